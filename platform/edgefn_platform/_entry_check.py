@@ -1,0 +1,56 @@
+"""Run natively, in a child process, by `edgefn build` before componentize-py.
+
+Usage: python -I _entry_check.py FUNCTION_DIR MODULE:ATTRIBUTE SITE_PACKAGES
+
+Prints one human-readable problem and exits 1, or exits 0 when the sources
+compile and the entry names an `edgefn.App`. Runs in a child so the function's
+import-time code cannot touch the builder's process.
+"""
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def main() -> int:
+    directory, entry, site = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    for path in sorted(directory.rglob("*.py")):
+        relative = path.relative_to(directory)
+        if any(part.startswith(".") or part in {"tests", "__pycache__"} for part in relative.parts):
+            continue
+        try:
+            compile(path.read_bytes(), str(relative), "exec")
+        except SyntaxError as exc:
+            print(f"{relative}:{exc.lineno}:{exc.offset or 0}: {type(exc).__name__}: {exc.msg}")
+            return 1
+    sys.path[:0] = [str(directory), site]
+    os.chdir(directory)
+    module_name, _, attribute = entry.partition(":")
+    try:
+        module = __import__(module_name, fromlist=["_"])
+    except Exception as exc:
+        frames = [
+            f for f in traceback.extract_tb(exc.__traceback__)
+            if f.filename.startswith(str(directory))
+        ]
+        where = ""
+        if frames:
+            where = f"{Path(frames[-1].filename).relative_to(directory)}:{frames[-1].lineno}: "
+        print(f"{where}importing entry module {module_name!r} failed: {type(exc).__name__}: {exc}")
+        return 1
+    if not hasattr(module, attribute):
+        print(f"entry {entry!r}: module {module_name!r} has no attribute {attribute!r}; "
+              f"set `entry` in edgefn.toml or define `{attribute} = App()`")
+        return 1
+    from edgefn import App
+
+    app = getattr(module, attribute)
+    if not isinstance(app, App):
+        print(f"entry {entry!r} is a {type(app).__name__}, not an edgefn.App")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

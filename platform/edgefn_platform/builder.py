@@ -1,0 +1,197 @@
+"""`edgefn build`: a function folder -> a WebAssembly component (componentize-py).
+
+Before componentize-py runs (about 6 s), the sources are compiled and the entry
+imported natively, so syntax errors and missing entries are reported in edgefn's
+words, with file and line. Builds are skipped when nothing they depend on
+changed: the function's files, the SDK, the WIT contract and componentize-py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from importlib.metadata import version
+from pathlib import Path
+
+import edgefn
+
+from .manifest import MANIFEST_FILE, Manifest, load_manifest
+
+__all__ = ["BuildError", "BuildResult", "build", "output_path"]
+
+BUILD_DIR = ".edgefn"
+_WORLD = "handler"
+_ENTRY_MODULE = "_edgefn_entry"
+_GUEST_PYTHON = "python3.14"  # the CPython componentize-py 0.25 embeds
+_SKIP = {BUILD_DIR, "__pycache__", ".git", ".pytest_cache", "tests"}
+_CHECK_SCRIPT = Path(__file__).with_name("_entry_check.py")
+
+Progress = Callable[[str], None]
+
+
+class BuildError(Exception):
+    """The function cannot be built; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: Manifest
+    path: Path
+    sha256: str
+    size: int
+    seconds: float
+    cached: bool
+
+
+def output_path(directory: Path, manifest: Manifest) -> Path:
+    return directory / BUILD_DIR / f"{manifest.name}.wasm"
+
+
+def build(directory: Path | str = ".", *, force: bool = False, progress: Progress | None = None) -> BuildResult:
+    """Build the function in `directory` into `directory/.edgefn/<name>.wasm`."""
+    say = progress or (lambda _message: None)
+    started = time.perf_counter()
+    directory = Path(directory).resolve()
+    manifest = load_manifest(directory)
+    output = output_path(directory, manifest)
+    stamp = output.with_suffix(".build.json")
+    source_hash = _source_hash(directory, manifest)
+    if not force and output.exists() and _read_stamp(stamp).get("source") == source_hash:
+        sha256 = _read_stamp(stamp)["sha256"]
+        return BuildResult(manifest, output, sha256, output.stat().st_size, 0.0, cached=True)
+
+    work = directory / BUILD_DIR
+    site = work / "deps" / "lib" / _GUEST_PYTHON / "site-packages"
+    if manifest.requirements:
+        say(f"installing {len(manifest.requirements)} requirement(s)")
+        _install_requirements(manifest, site)
+    else:
+        shutil.rmtree(work / "deps", ignore_errors=True)
+        site.mkdir(parents=True, exist_ok=True)
+    say("checking sources and entry point")
+    _check_entry(directory, manifest, site)
+
+    say("compiling with componentize-py")
+    staging = work / "stage"
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / f"{_ENTRY_MODULE}.py").write_text(
+        f"from edgefn._guest import export\n"
+        f"from {manifest.entry_module} import {manifest.entry_attribute} as _app\n"
+        f"IncomingHandler = export(_app)\n"
+    )
+    partial = output.with_suffix(".wasm.partial")
+    _componentize(directory, staging, work / "deps", partial)
+    os.replace(partial, output)
+    sha256 = hashlib.sha256(output.read_bytes()).hexdigest()
+    stamp.write_text(json.dumps({"source": source_hash, "sha256": sha256}))
+    seconds = time.perf_counter() - started
+    return BuildResult(manifest, output, sha256, output.stat().st_size, seconds, cached=False)
+
+
+def _componentize(directory: Path, staging: Path, deps: Path, output: Path) -> None:
+    sdk_root = Path(edgefn.__file__).resolve().parent.parent
+    with resources.as_file(resources.files("edgefn.wit")) as wit:
+        command = [
+            _componentize_py(), "-d", str(wit), "-w", _WORLD, "componentize", _ENTRY_MODULE,
+            "-p", str(staging), "-p", str(directory), "-p", str(sdk_root), "-o", str(output),
+        ]
+        # componentize-py appends $VIRTUAL_ENV's site-packages to the path; point it at
+        # the function's own requirements so host packages never leak into a build.
+        env = {**os.environ, "VIRTUAL_ENV": str(deps)}
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        output.unlink(missing_ok=True)
+        raise BuildError("componentize-py failed:\n" + _summarise(result.stderr or result.stdout))
+
+
+def _componentize_py() -> str:
+    beside_python = Path(sys.executable).with_name("componentize-py")
+    found = str(beside_python) if beside_python.exists() else shutil.which("componentize-py")
+    if found is None:
+        raise BuildError("componentize-py is not installed; `pip install componentize-py==0.25.*`")
+    return found
+
+
+def _check_entry(directory: Path, manifest: Manifest, site: Path) -> None:
+    command = [sys.executable, "-I", str(_CHECK_SCRIPT), str(directory), manifest.entry, str(site)]
+    env = {"PATH": os.environ.get("PATH", ""), **manifest.env}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise BuildError(result.stdout.strip() or _summarise(result.stderr))
+
+
+def _install_requirements(manifest: Manifest, site: Path) -> None:
+    shutil.rmtree(site.parent.parent.parent, ignore_errors=True)
+    site.mkdir(parents=True)
+    command = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "--no-compile", "--target", str(site), *manifest.requirements,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError("installing requirements failed:\n" + _summarise(result.stderr))
+    native = _native_distributions(site)
+    if native:
+        raise BuildError(
+            "requirements with native extensions cannot run inside WebAssembly: "
+            + ", ".join(native)
+            + ". edgefn bundles pure-Python packages only; pick a pure-Python alternative "
+            "or move that work into a host capability."
+        )
+
+
+def _native_distributions(site: Path) -> list[str]:
+    native = []
+    for wheel in sorted(site.glob("*.dist-info/WHEEL")):
+        fields = dict(
+            line.split(": ", 1) for line in wheel.read_text().splitlines() if ": " in line
+        )
+        if fields.get("Root-Is-Purelib", "true").strip().lower() != "true":
+            tag = fields.get("Tag", "?").strip()
+            native.append(f"{wheel.parent.name.removesuffix('.dist-info')} (wheel tag {tag})")
+    return native
+
+
+def _source_hash(directory: Path, manifest: Manifest) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"componentize-py={version('componentize-py')}\n".encode())
+    sdk = Path(edgefn.__file__).resolve().parent
+    wit = resources.files("edgefn.wit")
+    inputs = [(f"fn/{p.relative_to(directory)}", p) for p in _source_files(directory)]
+    inputs += [(f"sdk/{p.relative_to(sdk)}", p) for p in sorted(sdk.rglob("*.py"))]
+    for name, path in inputs:
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for entry in sorted(wit.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".wit"):
+            digest.update(entry.name.encode() + b"\0" + entry.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _source_files(directory: Path) -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP and not d.startswith("."))
+        files += [Path(root) / n for n in sorted(names) if not n.endswith((".pyc", ".wasm"))]
+    return files
+
+
+def _read_stamp(stamp: Path) -> dict[str, str]:
+    try:
+        data = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _summarise(output: str, lines: int = 15) -> str:
+    # componentize-py appends a native backtrace; the Python part is what helps.
+    text = output.split("\nStack backtrace:")[0].rstrip()
+    return "\n".join(text.splitlines()[-lines:])

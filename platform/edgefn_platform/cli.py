@@ -1,0 +1,158 @@
+"""The `edgefn` command line: a thin click layer over the builder and runtime."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgefn_runtime import Engine, InvalidComponent, Request, SandboxError
+
+from ._units import format_size
+from .builder import BuildError, BuildResult, build
+from .manifest import ManifestError, load_manifest
+from .scaffold import TEMPLATES, ScaffoldError, create_function
+
+__all__ = ["main"]
+
+# Errors a user can act on: shown as one line, exit code 1, never a traceback.
+_USER_ERRORS = (BuildError, ManifestError, ScaffoldError, InvalidComponent)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="edgefn")
+def main() -> None:
+    """Build and run Python edge functions as WebAssembly components."""
+
+
+@main.command()
+@click.argument("name")
+@click.option("--template", type=click.Choice(TEMPLATES), default="hello", show_default=True,
+              help="Starter to copy.")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=".",
+              show_default=True, help="Folder to create the function in.")
+def new(name: str, template: str, parent: Path) -> None:
+    """Create a ready-to-build function folder NAME with a test."""
+    target = create_function(name, parent, template)
+    click.echo(f"Created {target} from the {template!r} template.")
+    click.echo(f"Next: cd {target} && edgefn build && edgefn invoke . /")
+
+
+@main.command("build")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                default=".")
+@click.option("--force", is_flag=True, help="Rebuild even if no source changed.")
+def build_command(directory: Path, force: bool) -> None:
+    """Compile the function in DIRECTORY into a WebAssembly component."""
+    _build(directory, force=force)
+
+
+@main.command("invoke")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", default="/")
+@click.option("-X", "--request", "method", default="GET", show_default=True,
+              help="HTTP method.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+              help="Request header; repeatable.")
+@click.option("-d", "--data", default=None, metavar="DATA|@FILE",
+              help="Request body; @FILE reads it from a file.")
+@click.option("-i", "--include-usage", is_flag=True,
+              help="Also print fuel, memory and time used.")
+def invoke_command(directory: Path, path: str, method: str, headers: tuple[str, ...],
+                   data: str | None, include_usage: bool) -> None:
+    """Run one request through the function in DIRECTORY, in the real sandbox.
+
+    Builds first if the sources changed. Prints the status line, headers and
+    body; the function's log lines go to stderr.
+    """
+    result = _build(directory, quiet_if_cached=True)
+    manifest = result.manifest
+    request = Request(method.upper(), *_split_query(path), headers=_parse_headers(headers),
+                      body=_read_data(data))
+    assets = directory / manifest.assets if manifest.assets else None
+    with Engine() as engine:
+        started = time.perf_counter()
+        sandbox = engine.load(result.path, env=manifest.env, assets=assets)
+        loaded = time.perf_counter() - started
+        try:
+            outcome = sandbox.invoke(request, manifest.resolve_limits())
+        except SandboxError as exc:
+            _echo_logs(exc.logs)
+            raise click.ClickException(f"{exc.code}: {exc}") from None
+    _echo_logs(outcome.logs)
+    response = outcome.response
+    click.echo(f"HTTP {response.status}")
+    for name, value in response.headers:
+        click.echo(f"{name}: {value}")
+    click.echo()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(response.body)
+    if response.body and not response.body.endswith(b"\n"):
+        click.echo()
+    if include_usage:
+        usage = outcome.usage
+        click.echo(
+            f"usage: fuel {usage.fuel:,}, instantiate {usage.instantiate_seconds * 1000:.2f} ms, "
+            f"execute {usage.execute_seconds * 1000:.2f} ms, load {loaded * 1000:.0f} ms, "
+            f"peak memory {'n/a' if usage.peak_memory is None else format_size(usage.peak_memory)}",
+            err=True,
+        )
+
+
+def _build(directory: Path, *, force: bool = False, quiet_if_cached: bool = False) -> BuildResult:
+    name = load_manifest(directory.resolve()).name
+    if not quiet_if_cached:
+        click.echo(f"Building {name} from {directory} ...", err=True)
+    result = build(directory, force=force, progress=lambda step: click.echo(f"  {step}", err=True))
+    if result.cached:
+        if not quiet_if_cached:
+            click.echo(f"Up to date: {result.path}", err=True)
+    else:
+        click.echo(
+            f"Built {result.path} in {result.seconds:.1f} s "
+            f"({format_size(result.size)}, sha256 {result.sha256[:12]})",
+            err=True,
+        )
+    return result
+
+
+def _split_query(path: str) -> tuple[str, str]:
+    path, _, query = path.partition("?")
+    return (path if path.startswith("/") else f"/{path}"), query
+
+
+def _parse_headers(headers: tuple[str, ...]) -> list[tuple[str, str]]:
+    parsed = []
+    for header in headers:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected 'NAME: VALUE', got {header!r}", param_hint="-H")
+        parsed.append((name.strip(), value.strip()))
+    return parsed
+
+
+def _read_data(data: str | None) -> bytes:
+    if data is None:
+        return b""
+    if data.startswith("@"):
+        try:
+            return Path(data[1:]).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {data[1:]}: {exc.strerror}", param_hint="-d")
+    return data.encode()
+
+
+def _echo_logs(lines: list[str]) -> None:
+    for line in lines:
+        click.secho(f"log | {line}", err=True, dim=True)

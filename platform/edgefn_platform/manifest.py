@@ -1,0 +1,166 @@
+"""`edgefn.toml`: a function's name, entry point, route, limits, env and assets."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefn_runtime import MIN_MEMORY, Limits
+
+from ._units import parse_count, parse_duration, parse_size
+
+__all__ = ["MANIFEST_FILE", "Manifest", "ManifestError", "load_manifest", "parse_manifest"]
+
+MANIFEST_FILE = "edgefn.toml"
+
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+_ENTRY = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})*:{_IDENTIFIER}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ROUTE = re.compile(r"/|(/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
+_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\s*([<>=!~]=?[^;\s]+\s*,?\s*)*")
+
+# Manifest limit key -> (Limits field, parser, what the parser accepts).
+_LIMITS: dict[str, tuple[str, Any, str]] = {
+    "memory": ("memory", parse_size, 'a size such as "64MiB" (at least 16MiB)'),
+    "fuel": ("fuel", parse_count, "a whole number of fuel units such as 2_000_000_000"),
+    "timeout": ("timeout", parse_duration, 'a duration such as "2s" or "500ms"'),
+    "max_body": ("max_body", parse_size, 'a size such as "10MiB"'),
+    "max_response": ("max_response", parse_size, 'a size such as "10MiB"'),
+}
+_KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets"}
+
+
+class ManifestError(ValueError):
+    """`edgefn.toml` is missing, does not parse, or has fields out of range.
+
+    `problems` lists each one as "field: what is wrong and what is allowed".
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    entry: str = "app:app"
+    route: str = ""
+    requirements: tuple[str, ...] = ()
+    limits: dict[str, int | float] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    assets: str | None = None
+
+    @property
+    def entry_module(self) -> str:
+        return self.entry.partition(":")[0]
+
+    @property
+    def entry_attribute(self) -> str:
+        return self.entry.partition(":")[2]
+
+    def resolve_limits(self, defaults: Limits = Limits()) -> Limits:
+        """The limits this function asked for, the rest filled from `defaults`."""
+        return dataclasses.replace(defaults, **self.limits)
+
+
+def load_manifest(directory: Path) -> Manifest:
+    """Read and check `directory/edgefn.toml`."""
+    path = directory / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(str(path), ["file not found; `edgefn new NAME` creates one"]) from None
+    manifest = parse_manifest(text, source=str(path))
+    if manifest.assets is not None and not (directory / manifest.assets).is_dir():
+        raise ManifestError(str(path), [f"assets: directory {manifest.assets!r} does not exist"])
+    return manifest
+
+
+def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
+    """Parse manifest TOML, reporting every mistake with its field name."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(source, [f"not valid TOML: {exc}"]) from None
+    problems: list[str] = []
+    for key in sorted(set(data) - _KEYS):
+        problems.append(f"{key}: unknown field (allowed: {', '.join(sorted(_KEYS))})")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        problems.append(
+            f"name: must be 1-63 lowercase letters, digits or '-', not starting or ending "
+            f"with '-' (a DNS label), got {name!r}"
+        )
+    entry = data.get("entry", "app:app")
+    if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
+        problems.append(f'entry: must be "module:attribute" such as "app:app", got {entry!r}')
+    route = data.get("route", f"/{name}")
+    if not isinstance(route, str) or not _ROUTE.fullmatch(route) or _has_dot_segment(route):
+        problems.append(
+            f'route: must be an absolute path such as "/{name}" with no empty, "." or ".." '
+            f"segments and no trailing '/', got {route!r}"
+        )
+    requirements = data.get("requirements", [])
+    if not isinstance(requirements, list) or not all(
+        isinstance(r, str) and _REQUIREMENT.fullmatch(r) for r in requirements
+    ):
+        problems.append(
+            f'requirements: must be a list of pip requirement strings such as ["attrs>=23"], '
+            f"got {requirements!r}"
+        )
+    limits = _parse_limits(data.get("limits", {}), problems)
+    env = data.get("env", {})
+    if not isinstance(env, dict):
+        problems.append(f"env: must be a table of NAME = \"value\", got {env!r}")
+        env = {}
+    for key, value in env.items():
+        if not _ENV_NAME.fullmatch(key) or not isinstance(value, str):
+            problems.append(f"env.{key}: names must be identifiers and values strings, got {value!r}")
+    assets = data.get("assets")
+    if assets is not None and (
+        not isinstance(assets, str) or Path(assets).is_absolute() or ".." in Path(assets).parts
+    ):
+        problems.append(f"assets: must be a directory inside the function folder, got {assets!r}")
+
+    if problems:
+        raise ManifestError(source, problems)
+    return Manifest(
+        name=name,
+        entry=entry,
+        route=route,
+        requirements=tuple(requirements),
+        limits=limits,
+        env=dict(env),
+        assets=assets,
+    )
+
+
+def _parse_limits(table: Any, problems: list[str]) -> dict[str, int | float]:
+    if not isinstance(table, dict):
+        problems.append(f"limits: must be a table such as [limits], got {table!r}")
+        return {}
+    limits: dict[str, int | float] = {}
+    for key, value in table.items():
+        if key not in _LIMITS:
+            problems.append(f"limits.{key}: unknown limit (allowed: {', '.join(_LIMITS)})")
+            continue
+        field_name, parse, allowed = _LIMITS[key]
+        try:
+            limits[field_name] = parse(value)
+        except ValueError:
+            problems.append(f"limits.{key}: expected {allowed}, got {value!r}")
+    if limits.get("memory", MIN_MEMORY) < MIN_MEMORY:
+        problems.append(f"limits.memory: must be at least 16MiB, got {table['memory']!r}")
+    return limits
+
+
+def _has_dot_segment(route: str) -> bool:
+    return any(segment in ("", ".", "..") for segment in route.split("/")[1:]) and route != "/"

@@ -1,0 +1,1 @@
+"""Starter function folders for `edgefn new`."""

@@ -1,0 +1,48 @@
+"""edgefn's WebAssembly runtime: every request in a fresh, limited wasmtime sandbox.
+
+>>> from edgefn_runtime import Engine, Limits, Request
+>>> engine = Engine()
+>>> sandbox = engine.load("hello.wasm")
+>>> outcome = sandbox.invoke(Request("GET", "/"), Limits(timeout=1.0))
+>>> outcome.response.status
+200
+"""
+
+from ._contract import CONTRACT_VERSION
+from ._engine import Engine, default_cache_dir
+from ._errors import (
+    BodyTooLarge,
+    FuelExhausted,
+    GuestCrashed,
+    GuestError,
+    InvalidComponent,
+    MemoryLimitExceeded,
+    ResponseTooLarge,
+    SandboxError,
+    Timeout,
+)
+from ._limits import MIN_MEMORY, Limits
+from ._messages import Outcome, Request, Response, Usage
+from ._sandbox import Sandbox
+
+__all__ = [
+    "CONTRACT_VERSION",
+    "MIN_MEMORY",
+    "BodyTooLarge",
+    "Engine",
+    "FuelExhausted",
+    "GuestCrashed",
+    "GuestError",
+    "InvalidComponent",
+    "Limits",
+    "MemoryLimitExceeded",
+    "Outcome",
+    "Request",
+    "Response",
+    "ResponseTooLarge",
+    "Sandbox",
+    "SandboxError",
+    "Timeout",
+    "Usage",
+    "default_cache_dir",
+]

@@ -1,0 +1,54 @@
+"""edgefn's WIT contract as seen from the host: checks and value conversion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import wasmtime
+from wasmtime import component as wc
+
+from ._errors import InvalidComponent
+from ._messages import Request
+
+__all__ = ["CONTRACT_VERSION", "HANDLER_EXPORT", "check_component", "request_head"]
+
+CONTRACT_VERSION = "0.1.0"
+HANDLER_EXPORT = f"edgefn:http/incoming-handler@{CONTRACT_VERSION}"
+_TYPES_IMPORT = f"edgefn:http/types@{CONTRACT_VERSION}"
+_HANDLER_PREFIX = "edgefn:http/incoming-handler@"
+
+
+def check_component(engine: wasmtime.Engine, component: wc.Component) -> None:
+    """Raise `InvalidComponent` unless `component` implements the handler world."""
+    component_type = component.type
+    exports = component_type.exports(engine)
+    if HANDLER_EXPORT not in exports:
+        other = [name for name in exports if name.startswith(_HANDLER_PREFIX)]
+        if other:
+            version = other[0].removeprefix(_HANDLER_PREFIX)
+            raise InvalidComponent(
+                f"the component implements edgefn contract {version}, but this runtime "
+                f"speaks {CONTRACT_VERSION}; rebuild it with a matching edgefn"
+            )
+        raise InvalidComponent(
+            f"the component does not export {HANDLER_EXPORT} (it exports: "
+            f"{', '.join(exports) or 'nothing'}); build functions with `edgefn build`"
+        )
+    handler = exports[HANDLER_EXPORT].ty
+    if not isinstance(handler, wc.ComponentInstanceType) or "handle" not in handler.exports(engine):
+        raise InvalidComponent(f"{HANDLER_EXPORT} does not export a `handle` function")
+    for name in component_type.imports(engine):
+        if not (name.startswith("wasi:") or name == _TYPES_IMPORT):
+            raise InvalidComponent(
+                f"the component imports {name}, which edgefn does not provide"
+            )
+
+
+def request_head(request: Request) -> Any:
+    """`request` as the WIT `request-head` record."""
+    head = wc.Record()
+    head.method = request.method
+    head.path = request.path
+    head.query = request.query
+    head.headers = request.headers
+    return head

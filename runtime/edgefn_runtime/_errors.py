@@ -1,0 +1,109 @@
+"""edgefn's runtime errors, and the one place wasmtime failures become them."""
+
+from __future__ import annotations
+
+from ._messages import Usage
+
+__all__ = [
+    "BodyTooLarge",
+    "FuelExhausted",
+    "GuestCrashed",
+    "GuestError",
+    "InvalidComponent",
+    "MemoryLimitExceeded",
+    "ResponseTooLarge",
+    "SandboxError",
+    "Timeout",
+]
+
+
+class InvalidComponent(Exception):
+    """The file is not a component implementing edgefn's handler world."""
+
+
+class SandboxError(Exception):
+    """A request failed inside the sandbox. The process stays healthy.
+
+    `code` is stable and used in HTTP error bodies; `logs` and `usage` are what
+    the request produced before it failed.
+    """
+
+    code = "sandbox_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.logs: list[str] = []
+        self.usage = Usage()
+
+
+class Timeout(SandboxError):
+    code = "timeout"
+
+
+class FuelExhausted(SandboxError):
+    code = "fuel_exhausted"
+
+
+class MemoryLimitExceeded(SandboxError):
+    code = "memory_limit"
+
+
+class BodyTooLarge(SandboxError):
+    code = "body_too_large"
+
+
+class ResponseTooLarge(SandboxError):
+    code = "response_too_large"
+
+
+class GuestError(SandboxError):
+    """The function raised an exception it did not handle."""
+
+    code = "function_error"
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}" if message else kind)
+        self.kind = kind
+
+
+class GuestCrashed(SandboxError):
+    """The guest trapped for a reason other than a limit."""
+
+    code = "function_crashed"
+
+
+def from_trap(error: Exception, *, fuel_left: int, limits_memory: int,
+              logs: list[str]) -> SandboxError:
+    """Classify a wasmtime failure during instantiate or call."""
+    text = str(error)
+    if "wasm trap: interrupt" in text:
+        return Timeout("the function ran past its wall-clock timeout")
+    if fuel_left == 0 or "all fuel consumed" in text:
+        return FuelExhausted("the function used all of its fuel (CPU budget)")
+    if _out_of_memory(text, logs):
+        return MemoryLimitExceeded(
+            f"the function needed more than its memory limit of {limits_memory // 1024**2} MiB"
+        )
+    return GuestCrashed(f"the function crashed: {_trap_reason(text)}")
+
+
+def from_guest_error(kind: str, message: str, limits_memory: int) -> SandboxError:
+    """Classify an exception the SDK reported through the contract."""
+    if kind == "MemoryError":
+        return MemoryLimitExceeded(
+            f"the function needed more than its memory limit of {limits_memory // 1024**2} MiB"
+        )
+    return GuestError(kind, message)
+
+
+def _out_of_memory(text: str, logs: list[str]) -> bool:
+    tail = "\n".join(logs[-5:])
+    return any(s in text or s in tail for s in ("MemoryError", "memory allocation of", "out of memory"))
+
+
+def _trap_reason(text: str) -> str:
+    for line in text.splitlines():
+        if "wasm trap:" in line:
+            return line.split("wasm trap:", 1)[1].strip()
+    return text.splitlines()[0] if text else "unknown trap"

@@ -1,0 +1,40 @@
+"""Per-request resource limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits", "MIN_MEMORY"]
+
+MiB = 1024 * 1024
+
+# componentize-py's CPython starts with about 12.3 MB of linear memory; a hello
+# function does not run under less than this.
+MIN_MEMORY = 16 * MiB
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may use. Each breach raises its own `SandboxError`.
+
+    memory: bytes of linear memory; fuel: wasmtime fuel units (roughly one per
+    wasm instruction); timeout: wall-clock seconds; max_body / max_response:
+    request and response body bytes; max_log: log bytes kept per request.
+    """
+
+    memory: int = 64 * MiB
+    fuel: int = 2_000_000_000
+    timeout: float = 2.0
+    max_body: int = 10 * MiB
+    max_response: int = 10 * MiB
+    max_log: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if self.memory < MIN_MEMORY:
+            raise ValueError(f"memory limit {self.memory} B is below the minimum of 16 MiB")
+        for name in ("fuel", "max_body", "max_response", "max_log"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} limit must be a non-negative int, got {value!r}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout!r}")

@@ -1,0 +1,50 @@
+"""The data that goes into a sandbox and comes out of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Outcome", "Request", "Response", "Usage"]
+
+HeaderList = list[tuple[str, str]]
+
+
+@dataclass
+class Request:
+    """One HTTP request, with `path` relative to the function's route."""
+
+    method: str
+    path: str = "/"
+    query: str = ""
+    headers: HeaderList = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: HeaderList
+    body: bytes
+
+
+@dataclass
+class Usage:
+    """What one request consumed.
+
+    `peak_memory` is None: wasmtime-py 50's component API gives the host no
+    handle on a component's linear memory, so it cannot be read back.
+    """
+
+    fuel: int = 0
+    instantiate_seconds: float = 0.0
+    execute_seconds: float = 0.0
+    peak_memory: int | None = None
+
+
+@dataclass
+class Outcome:
+    """A successful invocation: the response, what it cost, and what it logged."""
+
+    response: Response
+    usage: Usage
+    logs: list[str]

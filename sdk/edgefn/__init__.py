@@ -1,0 +1,28 @@
+"""edgefn: write HTTP functions in Python, run them as WebAssembly at the edge.
+
+>>> from edgefn import App, Request
+>>> app = App()
+>>> @app.get("/hello/{name}")
+... def hello(request: Request):
+...     return {"hello": request.path_params["name"]}
+"""
+
+from ._datastructures import Headers, QueryParams
+from ._exceptions import HTTPError
+from ._requests import Request
+from ._responses import JSONResponse, Response, StreamingResponse, json, redirect, text
+from ._routing import App
+
+__all__ = [
+    "App",
+    "HTTPError",
+    "Headers",
+    "JSONResponse",
+    "QueryParams",
+    "Request",
+    "Response",
+    "StreamingResponse",
+    "json",
+    "redirect",
+    "text",
+]

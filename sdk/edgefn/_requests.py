@@ -1,0 +1,77 @@
+"""The request a handler receives."""
+
+from __future__ import annotations
+
+import json as _json
+from collections.abc import Callable, Iterable
+from functools import cached_property
+from typing import Any
+
+from ._datastructures import Headers, QueryParams
+from ._exceptions import HTTPError
+
+__all__ = ["Request"]
+
+
+class Request:
+    """An incoming HTTP request.
+
+    `path` is relative to the function's route. The body is read on first
+    access of `body`, `text()` or `json()`, so handlers that ignore it never pay
+    for it.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        *,
+        query_string: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes | Callable[[], bytes] = b"",
+        path_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.method = method.upper()
+        self.path = path
+        self.query_string = query_string
+        self.headers = Headers(headers)
+        self.path_params: dict[str, Any] = path_params or {}
+        self._body = body
+
+    @cached_property
+    def query(self) -> QueryParams:
+        """Query parameters; `request.query.getlist("tag")` for repeated keys."""
+        return QueryParams.parse(self.query_string)
+
+    @property
+    def body(self) -> bytes:
+        """The raw body, read once on first access."""
+        if callable(self._body):
+            self._body = self._body()
+        return self._body
+
+    def text(self, encoding: str | None = None) -> str:
+        """The body decoded with the charset of `Content-Type` (UTF-8 by default)."""
+        charset = encoding or _charset(self.headers.get("content-type", "")) or "utf-8"
+        try:
+            return self.body.decode(charset)
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise HTTPError(400, f"request body is not valid {charset} text: {exc}") from None
+
+    def json(self) -> Any:
+        """The body parsed as JSON; invalid JSON aborts with 400 and says where it broke."""
+        try:
+            return _json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"Request({self.method} {self.path!r})"
+
+
+def _charset(content_type: str) -> str | None:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "charset" and value:
+            return value.strip('"')
+    return None

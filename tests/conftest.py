@@ -1,0 +1,41 @@
+"""Shared fixtures: one engine and one build per test function per session.
+
+Components are built by `edgefn_platform.build`, which skips the build when the
+source hash is unchanged, and compiled ahead of time into `.cache/edgefn`, so a
+second `make test` reuses both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
+os.environ.setdefault("EDGEFN_CACHE_DIR", str(ROOT / ".cache" / "edgefn"))
+
+from edgefn_platform import build  # noqa: E402
+from edgefn_runtime import Engine, Sandbox  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    with Engine() as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def hostile(engine: Engine) -> Sandbox:
+    """The fixture function with a route per misbehaviour (tests/functions/hostile)."""
+    result = build(FUNCTIONS / "hostile")
+    return engine.load(result.path, env=result.manifest.env)
+
+
+@pytest.fixture(scope="session")
+def hello(engine: Engine) -> Sandbox:
+    """The shipped example (functions/hello)."""
+    result = build(ROOT / "functions" / "hello")
+    return engine.load(result.path, env=result.manifest.env)

@@ -1,0 +1,133 @@
+import json
+import os
+import socket
+import sys
+
+from edgefn import App, Request, Response, StreamingResponse
+
+app = App()
+counter = 0
+
+
+@app.route("/inspect", methods=["GET", "POST", "PUT", "DELETE"])
+def inspect(request: Request) -> dict[str, object]:
+    return {
+        "method": request.method,
+        "path": request.path,
+        "query": {key: request.query.getlist(key) for key in request.query},
+        "headers": request.headers.multi_items(),
+    }
+
+
+@app.post("/echo")
+def echo(request: Request) -> Response:
+    return Response(request.body, headers={"content-type": "application/octet-stream"})
+
+
+@app.get("/counter")
+def count(request: Request) -> dict[str, int]:
+    global counter
+    counter += 1
+    return {"counter": counter}
+
+
+@app.get("/env")
+def env(request: Request) -> dict[str, str]:
+    return dict(os.environ)
+
+
+@app.get("/read")
+def read(request: Request) -> dict[str, str]:
+    path = request.query["path"]
+    try:
+        with open(path, "rb") as file:
+            return {"read": file.read(100).decode("latin-1")}
+    except OSError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+@app.get("/listdir")
+def listdir(request: Request) -> dict[str, object]:
+    try:
+        return {"entries": os.listdir(request.query.get("path", "/"))}
+    except OSError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+@app.get("/socket")
+def connect(request: Request) -> dict[str, str]:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            sock.connect(("127.0.0.1", int(request.query.get("port", "80"))))
+            return {"connected": "yes"}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+@app.get("/print")
+def printing(request: Request) -> str:
+    print("printed line")
+    import logging
+
+    logging.getLogger("hostile").warning("logged line")
+    return "body only\n"
+
+
+@app.get("/log-flood")
+def log_flood(request: Request) -> str:
+    for i in range(int(request.query.get("lines", "100000"))):
+        print(f"flood line {i:06d} " + "x" * 80)
+    return "still alive\n"
+
+
+@app.get("/loop")
+def loop(request: Request) -> None:
+    while True:
+        pass
+
+
+@app.get("/sleep")
+def sleep(request: Request) -> str:
+    import time
+
+    time.sleep(float(request.query.get("seconds", "10")))
+    return "woke up\n"
+
+
+@app.get("/alloc")
+def alloc(request: Request) -> None:
+    hoard = []
+    while True:
+        hoard.append(bytearray(1024 * 1024))
+
+
+@app.get("/recurse")
+def recurse(request: Request) -> None:
+    def down(n: int) -> int:
+        return down(n + 1) + 1
+
+    down(0)
+
+
+@app.get("/raise")
+def fail(request: Request) -> None:
+    raise KeyError("no such thing")
+
+
+@app.get("/big")
+def big(request: Request) -> Response:
+    size = int(request.query["size"])
+    megabyte = b"x" * 1024 * 1024
+    chunks = (megabyte[: min(len(megabyte), size - sent)] for sent in range(0, size, len(megabyte)))
+    return StreamingResponse(chunks)
+
+
+@app.get("/exit")
+def leave(request: Request) -> None:
+    sys.exit(3)
+
+
+@app.get("/json")
+def as_json(request: Request) -> Response:
+    return Response(json.dumps({"ok": True}), headers={"content-type": "application/json"})
