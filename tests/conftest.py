@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 os.environ.setdefault("EDGEFN_CACHE_DIR", str(ROOT / ".cache" / "edgefn"))
 
-from edgefn_platform import build  # noqa: E402
+from edgefn_platform import BuildResult, build  # noqa: E402
 from edgefn_runtime import Engine, Sandbox  # noqa: E402
 
 
@@ -28,10 +28,16 @@ def engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def hostile(engine: Engine) -> Sandbox:
+def hostile_build() -> BuildResult:
     """The fixture function with a route per misbehaviour (tests/functions/hostile)."""
-    result = build(FUNCTIONS / "hostile")
-    return engine.load(result.path, env=result.manifest.env)
+    return build(FUNCTIONS / "hostile")
+
+
+@pytest.fixture(scope="session")
+def hostile(engine: Engine, hostile_build: BuildResult) -> Sandbox:
+    manifest = hostile_build.manifest
+    assets = FUNCTIONS / "hostile" / manifest.assets if manifest.assets else None
+    return engine.load(hostile_build.path, env=manifest.env, assets=assets)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-
 from edgefn_runtime import (
     BodyTooLarge,
     FuelExhausted,
@@ -151,6 +150,17 @@ def test_host_files_are_not_readable(hostile: Sandbox, path: str) -> None:
     result = json.loads(call(hostile, "/read", f"path={path}").response.body)
     assert "read" not in result
     assert result["error"].startswith("FileNotFoundError")
+
+
+def test_assets_are_readable_but_not_writable(hostile: Sandbox) -> None:
+    read = json.loads(call(hostile, "/read", "path=/assets/greeting.txt").response.body)
+    assert read == {"read": "hello from an asset\n"}
+    listed = json.loads(call(hostile, "/listdir", "path=/assets").response.body)
+    assert listed == {"entries": ["greeting.txt"]}
+    written = json.loads(call(hostile, "/write", "path=/assets/greeting.txt").response.body)
+    assert "written" not in written
+    escaped = json.loads(call(hostile, "/read", "path=/assets/../../etc/passwd").response.body)
+    assert "read" not in escaped
 
 
 def test_root_directory_cannot_be_listed(hostile: Sandbox) -> None:

@@ -31,7 +31,8 @@ def main() -> int:
         module = __import__(module_name, fromlist=["_"])
     except Exception as exc:
         frames = [
-            f for f in traceback.extract_tb(exc.__traceback__)
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
             if f.filename.startswith(str(directory))
         ]
         where = ""
@@ -40,8 +41,10 @@ def main() -> int:
         print(f"{where}importing entry module {module_name!r} failed: {type(exc).__name__}: {exc}")
         return 1
     if not hasattr(module, attribute):
-        print(f"entry {entry!r}: module {module_name!r} has no attribute {attribute!r}; "
-              f"set `entry` in edgefn.toml or define `{attribute} = App()`")
+        print(
+            f"entry {entry!r}: module {module_name!r} has no attribute {attribute!r}; "
+            f"set `entry` in edgefn.toml or define `{attribute} = App()`"
+        )
         return 1
     from edgefn import App
 

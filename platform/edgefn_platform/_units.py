@@ -7,9 +7,17 @@ import re
 __all__ = ["format_size", "parse_count", "parse_duration", "parse_size"]
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-    "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
 _NUMBER_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([a-z]*)\s*", re.IGNORECASE)
@@ -18,7 +26,7 @@ _NUMBER_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([a-z]*)\s*",
 def parse_size(value: str | int) -> int:
     """Bytes from an int or a string like `"64MiB"`, `"512k"`, `"10MB"`."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size like \"64MiB\", got {value!r}")
+        raise ValueError(f'expected a size like "64MiB", got {value!r}')
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"a size cannot be negative, got {value}")
@@ -26,21 +34,23 @@ def parse_size(value: str | int) -> int:
     found = _NUMBER_UNIT.fullmatch(str(value))
     unit = found.group(2).lower() if found else None
     if found is None or unit not in _SIZE_UNITS:
-        raise ValueError(f"expected a size like \"64MiB\", \"512KiB\" or a number of bytes, got {value!r}")
+        raise ValueError(
+            f'expected a size like "64MiB", "512KiB" or a number of bytes, got {value!r}'
+        )
     return int(float(found.group(1)) * _SIZE_UNITS[unit])
 
 
 def parse_duration(value: str | int | float) -> float:
     """Seconds from a number or a string like `"2s"`, `"500ms"`, `"1m"`."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like \"2s\", got {value!r}")
+        raise ValueError(f'expected a duration like "2s", got {value!r}')
     if isinstance(value, (int, float)):
         seconds = float(value)
     else:
         found = _NUMBER_UNIT.fullmatch(str(value))
         unit = found.group(2).lower() if found else None
         if found is None or unit not in _DURATION_UNITS:
-            raise ValueError(f"expected a duration like \"2s\" or \"500ms\", got {value!r}")
+            raise ValueError(f'expected a duration like "2s" or "500ms", got {value!r}')
         seconds = float(found.group(1)) * _DURATION_UNITS[unit]
     if seconds <= 0:
         raise ValueError(f"a duration must be positive, got {value!r}")
@@ -54,7 +64,9 @@ def parse_count(value: str | int | float) -> int:
     try:
         number = float(str(value).replace("_", "")) if isinstance(value, str) else value
     except ValueError:
-        raise ValueError(f"expected a whole number like 2000000000 or \"2e9\", got {value!r}") from None
+        raise ValueError(
+            f'expected a whole number like 2000000000 or "2e9", got {value!r}'
+        ) from None
     if number < 0 or number != int(number):
         raise ValueError(f"expected a non-negative whole number, got {value!r}")
     return int(number)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import edgefn
 
-from .manifest import MANIFEST_FILE, Manifest, load_manifest
+from .manifest import Manifest, load_manifest
 
 __all__ = ["BuildError", "BuildResult", "build", "output_path"]
 
@@ -55,7 +55,9 @@ def output_path(directory: Path, manifest: Manifest) -> Path:
     return directory / BUILD_DIR / f"{manifest.name}.wasm"
 
 
-def build(directory: Path | str = ".", *, force: bool = False, progress: Progress | None = None) -> BuildResult:
+def build(
+    directory: Path | str = ".", *, force: bool = False, progress: Progress | None = None
+) -> BuildResult:
     """Build the function in `directory` into `directory/.edgefn/<name>.wasm`."""
     say = progress or (lambda _message: None)
     started = time.perf_counter()
@@ -100,8 +102,21 @@ def _componentize(directory: Path, staging: Path, deps: Path, output: Path) -> N
     sdk_root = Path(edgefn.__file__).resolve().parent.parent
     with resources.as_file(resources.files("edgefn.wit")) as wit:
         command = [
-            _componentize_py(), "-d", str(wit), "-w", _WORLD, "componentize", _ENTRY_MODULE,
-            "-p", str(staging), "-p", str(directory), "-p", str(sdk_root), "-o", str(output),
+            _componentize_py(),
+            "-d",
+            str(wit),
+            "-w",
+            _WORLD,
+            "componentize",
+            _ENTRY_MODULE,
+            "-p",
+            str(staging),
+            "-p",
+            str(directory),
+            "-p",
+            str(sdk_root),
+            "-o",
+            str(output),
         ]
         # componentize-py appends $VIRTUAL_ENV's site-packages to the path; point it at
         # the function's own requirements so host packages never leak into a build.
@@ -132,8 +147,16 @@ def _install_requirements(manifest: Manifest, site: Path) -> None:
     shutil.rmtree(site.parent.parent.parent, ignore_errors=True)
     site.mkdir(parents=True)
     command = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-compile", "--target", str(site), *manifest.requirements,
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--target",
+        str(site),
+        *manifest.requirements,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:

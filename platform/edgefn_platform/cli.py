@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from edgefn_runtime import Engine, InvalidComponent, Request, SandboxError
 
 from ._units import format_size
@@ -38,10 +37,21 @@ def main() -> None:
 
 @main.command()
 @click.argument("name")
-@click.option("--template", type=click.Choice(TEMPLATES), default="hello", show_default=True,
-              help="Starter to copy.")
-@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=".",
-              show_default=True, help="Folder to create the function in.")
+@click.option(
+    "--template",
+    type=click.Choice(TEMPLATES),
+    default="hello",
+    show_default=True,
+    help="Starter to copy.",
+)
+@click.option(
+    "--dir",
+    "parent",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Folder to create the function in.",
+)
 def new(name: str, template: str, parent: Path) -> None:
     """Create a ready-to-build function folder NAME with a test."""
     target = create_function(name, parent, template)
@@ -50,8 +60,9 @@ def new(name: str, template: str, parent: Path) -> None:
 
 
 @main.command("build")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
-                default=".")
+@click.argument(
+    "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
+)
 @click.option("--force", is_flag=True, help="Rebuild even if no source changed.")
 def build_command(directory: Path, force: bool) -> None:
     """Compile the function in DIRECTORY into a WebAssembly component."""
@@ -61,16 +72,31 @@ def build_command(directory: Path, force: bool) -> None:
 @main.command("invoke")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("path", default="/")
-@click.option("-X", "--request", "method", default="GET", show_default=True,
-              help="HTTP method.")
-@click.option("-H", "--header", "headers", multiple=True, metavar="'NAME: VALUE'",
-              help="Request header; repeatable.")
-@click.option("-d", "--data", default=None, metavar="DATA|@FILE",
-              help="Request body; @FILE reads it from a file.")
-@click.option("-i", "--include-usage", is_flag=True,
-              help="Also print fuel, memory and time used.")
-def invoke_command(directory: Path, path: str, method: str, headers: tuple[str, ...],
-                   data: str | None, include_usage: bool) -> None:
+@click.option("-X", "--request", "method", default="GET", show_default=True, help="HTTP method.")
+@click.option(
+    "-H",
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Request header; repeatable.",
+)
+@click.option(
+    "-d",
+    "--data",
+    default=None,
+    metavar="DATA|@FILE",
+    help="Request body; @FILE reads it from a file.",
+)
+@click.option("-i", "--include-usage", is_flag=True, help="Also print fuel, memory and time used.")
+def invoke_command(
+    directory: Path,
+    path: str,
+    method: str,
+    headers: tuple[str, ...],
+    data: str | None,
+    include_usage: bool,
+) -> None:
     """Run one request through the function in DIRECTORY, in the real sandbox.
 
     Builds first if the sources changed. Prints the status line, headers and
@@ -78,8 +104,9 @@ def invoke_command(directory: Path, path: str, method: str, headers: tuple[str, 
     """
     result = _build(directory, quiet_if_cached=True)
     manifest = result.manifest
-    request = Request(method.upper(), *_split_query(path), headers=_parse_headers(headers),
-                      body=_read_data(data))
+    request = Request(
+        method.upper(), *_split_query(path), headers=_parse_headers(headers), body=_read_data(data)
+    )
     assets = directory / manifest.assets if manifest.assets else None
     with Engine() as engine:
         started = time.perf_counter()
@@ -149,7 +176,9 @@ def _read_data(data: str | None) -> bytes:
         try:
             return Path(data[1:]).read_bytes()
         except OSError as exc:
-            raise click.BadParameter(f"cannot read {data[1:]}: {exc.strerror}", param_hint="-d")
+            raise click.BadParameter(
+                f"cannot read {data[1:]}: {exc.strerror}", param_hint="-d"
+            ) from None
     return data.encode()
 
 

@@ -22,7 +22,9 @@ _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _ENTRY = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})*:{_IDENTIFIER}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ROUTE = re.compile(r"/|(/[A-Za-z0-9._~!$&'()*+,;=:@-]+)+")
-_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\s*([<>=!~]=?[^;\s]+\s*,?\s*)*")
+_REQUIREMENT = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\s*([<>=!~]=?[^;\s]+\s*,?\s*)*"
+)
 
 # Manifest limit key -> (Limits field, parser, what the parser accepts).
 _LIMITS: dict[str, tuple[str, Any, str]] = {
@@ -53,7 +55,7 @@ class Manifest:
     entry: str = "app:app"
     route: str = ""
     requirements: tuple[str, ...] = ()
-    limits: dict[str, int | float] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     assets: str | None = None
 
@@ -65,9 +67,9 @@ class Manifest:
     def entry_attribute(self) -> str:
         return self.entry.partition(":")[2]
 
-    def resolve_limits(self, defaults: Limits = Limits()) -> Limits:
+    def resolve_limits(self, defaults: Limits | None = None) -> Limits:
         """The limits this function asked for, the rest filled from `defaults`."""
-        return dataclasses.replace(defaults, **self.limits)
+        return dataclasses.replace(defaults or Limits(), **self.limits)
 
 
 def load_manifest(directory: Path) -> Manifest:
@@ -119,11 +121,13 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
     limits = _parse_limits(data.get("limits", {}), problems)
     env = data.get("env", {})
     if not isinstance(env, dict):
-        problems.append(f"env: must be a table of NAME = \"value\", got {env!r}")
+        problems.append(f'env: must be a table of NAME = "value", got {env!r}')
         env = {}
     for key, value in env.items():
         if not _ENV_NAME.fullmatch(key) or not isinstance(value, str):
-            problems.append(f"env.{key}: names must be identifiers and values strings, got {value!r}")
+            problems.append(
+                f"env.{key}: names must be identifiers and values strings, got {value!r}"
+            )
     assets = data.get("assets")
     if assets is not None and (
         not isinstance(assets, str) or Path(assets).is_absolute() or ".." in Path(assets).parts
@@ -132,6 +136,7 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
 
     if problems:
         raise ManifestError(source, problems)
+    assert isinstance(name, str)
     return Manifest(
         name=name,
         entry=entry,
@@ -143,11 +148,11 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
     )
 
 
-def _parse_limits(table: Any, problems: list[str]) -> dict[str, int | float]:
+def _parse_limits(table: Any, problems: list[str]) -> dict[str, Any]:
     if not isinstance(table, dict):
         problems.append(f"limits: must be a table such as [limits], got {table!r}")
         return {}
-    limits: dict[str, int | float] = {}
+    limits: dict[str, Any] = {}
     for key, value in table.items():
         if key not in _LIMITS:
             problems.append(f"limits.{key}: unknown limit (allowed: {', '.join(_LIMITS)})")

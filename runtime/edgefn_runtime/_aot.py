@@ -57,7 +57,9 @@ class AotCache:
             component = wc.Component.from_file(engine, wasm)
         except wasmtime.WasmtimeError as exc:
             first_line = str(exc).splitlines()[0]
-            raise InvalidComponent(f"{wasm} is not a valid WebAssembly component: {first_line}") from None
+            raise InvalidComponent(
+                f"{wasm} is not a valid WebAssembly component: {first_line}"
+            ) from None
         self._store(artifact, component.serialize())
         return component
 

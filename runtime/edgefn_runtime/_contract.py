@@ -39,16 +39,13 @@ def check_component(engine: wasmtime.Engine, component: wc.Component) -> None:
         raise InvalidComponent(f"{HANDLER_EXPORT} does not export a `handle` function")
     for name in component_type.imports(engine):
         if not (name.startswith("wasi:") or name == _TYPES_IMPORT):
-            raise InvalidComponent(
-                f"the component imports {name}, which edgefn does not provide"
-            )
+            raise InvalidComponent(f"the component imports {name}, which edgefn does not provide")
 
 
 def request_head(request: Request) -> Any:
     """`request` as the WIT `request-head` record."""
     head = wc.Record()
-    head.method = request.method
-    head.path = request.path
-    head.query = request.query
-    head.headers = request.headers
+    head.__dict__.update(
+        method=request.method, path=request.path, query=request.query, headers=request.headers
+    )
     return head

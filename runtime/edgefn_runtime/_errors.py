@@ -73,8 +73,9 @@ class GuestCrashed(SandboxError):
     code = "function_crashed"
 
 
-def from_trap(error: Exception, *, fuel_left: int, limits_memory: int,
-              logs: list[str]) -> SandboxError:
+def from_trap(
+    error: Exception, *, fuel_left: int, limits_memory: int, logs: list[str]
+) -> SandboxError:
     """Classify a wasmtime failure during instantiate or call."""
     text = str(error)
     if "wasm trap: interrupt" in text:
@@ -99,7 +100,9 @@ def from_guest_error(kind: str, message: str, limits_memory: int) -> SandboxErro
 
 def _out_of_memory(text: str, logs: list[str]) -> bool:
     tail = "\n".join(logs[-5:])
-    return any(s in text or s in tail for s in ("MemoryError", "memory allocation of", "out of memory"))
+    return any(
+        s in text or s in tail for s in ("MemoryError", "memory allocation of", "out of memory")
+    )
 
 
 def _trap_reason(text: str) -> str:

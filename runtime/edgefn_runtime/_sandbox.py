@@ -49,7 +49,7 @@ class Sandbox:
         assert handle is not None, "check_component() vouched for this export"
         self._handle = handle
 
-    def invoke(self, request: Request, limits: Limits = Limits()) -> Outcome:
+    def invoke(self, request: Request, limits: Limits | None = None) -> Outcome:
         """Run `request` through the function under `limits`.
 
         Raises a `SandboxError` subclass for every failure: the function's own
@@ -57,6 +57,7 @@ class Sandbox:
         `MemoryLimitExceeded`, `BodyTooLarge`, `ResponseTooLarge`) or any other
         trap (`GuestCrashed`). The engine stays usable after each.
         """
+        limits = limits or Limits()
         if len(request.body) > limits.max_body:
             raise BodyTooLarge(
                 f"request body of {len(request.body)} bytes exceeds the limit of {limits.max_body}"

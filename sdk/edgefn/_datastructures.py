@@ -3,51 +3,69 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 __all__ = ["Headers", "MutableHeaders", "QueryParams"]
 
+_MISSING: Any = object()
+
 
 class _MultiDict(Mapping[str, str]):
-    """An ordered list of (key, value) pairs; `[key]` returns the first value."""
+    """An ordered list of (key, value) pairs; `[key]` returns the first value.
+
+    Kept as a plain list: requests carry a handful of headers, and building
+    nothing up front is what keeps a request cheap inside a fresh instance.
+    """
 
     __slots__ = ("_items",)
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items = [(self._key(k), k, v) for k, v in items]
+        self._items = list(items)
 
     @staticmethod
     def _key(key: str) -> str:
         return key
 
     def __getitem__(self, key: str) -> str:
+        value: str = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    # Mapping's own get() and `in` go through __getitem__ and KeyError; raising is
+    # costly in guest CPython, so look up directly.
+    def get(self, key: str, default: Any = None) -> Any:
         wanted = self._key(key)
-        for k, _, v in self._items:
-            if k == wanted:
+        for k, v in self._items:
+            if self._key(k) == wanted:
                 return v
-        raise KeyError(key)
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()
-        for k, original, _ in self._items:
-            if k not in seen:
-                seen.add(k)
-                yield original
+        for k, _ in self._items:
+            if self._key(k) not in seen:
+                seen.add(self._key(k))
+                yield k
 
     def __len__(self) -> int:
-        return len({k for k, _, _ in self._items})
+        return len({self._key(k) for k, _ in self._items})
 
     def getlist(self, key: str) -> list[str]:
         """Every value given for `key`, in order (an empty list if there is none)."""
         wanted = self._key(key)
-        return [v for k, _, v in self._items if k == wanted]
+        return [v for k, v in self._items if self._key(k) == wanted]
 
     def multi_items(self) -> list[tuple[str, str]]:
         """All (key, value) pairs, repeated keys included, in their original order."""
-        return [(original, v) for _, original, v in self._items]
+        return list(self._items)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.multi_items()!r})"
+        return f"{type(self).__name__}({self._items!r})"
 
 
 class QueryParams(_MultiDict):
@@ -75,21 +93,30 @@ class MutableHeaders(Headers):
 
     __slots__ = ()
 
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(items)
+        for key, value in self._items:
+            _check(key, value)
+
     def __setitem__(self, key: str, value: str) -> None:
         del self[key]
         self.append(key, value)
 
     def __delitem__(self, key: str) -> None:
         wanted = key.lower()
-        self._items = [item for item in self._items if item[0] != wanted]
+        self._items = [item for item in self._items if item[0].lower() != wanted]
 
     def append(self, key: str, value: str) -> None:
         """Add a value for `key` without replacing the ones it has (e.g. `Set-Cookie`)."""
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"header {key!r}: names and values must be str, got {value!r}")
-        self._items.append((key.lower(), key, value))
+        _check(key, value)
+        self._items.append((key, value))
 
-    def setdefault(self, key: str, value: str) -> str:  # type: ignore[override]
+    def setdefault(self, key: str, value: str) -> str:
         if key not in self:
-            self[key] = value
+            self.append(key, value)
         return self[key]
+
+
+def _check(key: object, value: object) -> None:
+    if type(key) is not str or type(value) is not str:
+        raise TypeError(f"header {key!r}: names and values must be str, got {value!r}")

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 
 __all__ = ["HTTPError"]
+
+# Phrases Python renamed in 3.13 (RFC 9110); pinned so codes match natively and in wasm.
+_CODES = {
+    413: "content_too_large",
+    414: "uri_too_long",
+    416: "range_not_satisfiable",
+    422: "unprocessable_content",
+}
 
 
 class HTTPError(Exception):
@@ -33,7 +42,11 @@ class HTTPError(Exception):
             phrase = "Error"
         self.status = status
         self.message = message if message is not None else phrase
-        self.code = code or phrase.lower().replace(" ", "_").replace("-", "_")
+        self.code = (
+            code
+            or _CODES.get(status)
+            or re.sub(r"[^a-z0-9]+", "_", phrase.lower().replace("'", ""))
+        )
         self.headers = dict(headers or {})
         super().__init__(self.message)
 

@@ -18,10 +18,10 @@ from wit_world.exports import IncomingHandler
 from wit_world.imports.types import GuestError, RequestHead, ResponseHead
 
 from ._requests import Request
+from ._responses import StreamingResponse
 from ._routing import App
 
 __all__ = ["export"]
-
 
 
 class _LogStream(io.RawIOBase):
@@ -47,9 +47,14 @@ class _LogStream(io.RawIOBase):
 # fd 1 carries the response body, so print() goes to the log stream too. This
 # runs once at build time; every instance starts from that snapshot.
 sys.stdout = sys.stderr = io.TextIOWrapper(
-    _LogStream(), encoding="utf-8", errors="backslashreplace", write_through=True  # type: ignore[arg-type]
+    _LogStream(),
+    encoding="utf-8",
+    errors="backslashreplace",
+    write_through=True,  # type: ignore[arg-type]
 )
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+logging.basicConfig(
+    stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+)
 
 
 def export(app: App) -> type[IncomingHandler]:
@@ -74,7 +79,10 @@ def _handle(app: App, head: RequestHead) -> ResponseHead:
             body=sys.stdin.buffer.read,
         )
         response = app.handle(request)
-        length = _write_body(response.chunks())
+        chunks = (
+            response.body_iterator if isinstance(response, StreamingResponse) else (response.body,)
+        )
+        length = _write_body(chunks)
         return ResponseHead(response.status, response.headers.multi_items(), length)
     except BaseException as exc:  # noqa: BLE001 - an escaping exception would trap the guest
         traceback.print_exc()

@@ -27,14 +27,12 @@ class Response:
             raise ValueError(f"response status must be an int from 100 to 599, got {status!r}")
         self.status = status
         self.body = self._render(body)
-        self.headers = MutableHeaders()
-        for key, value in (headers or {}).items():
-            self.headers[key] = value
+        self.headers = MutableHeaders(headers.items() if headers else ())
         media_type = media_type or self.media_type
         if media_type is not None and "content-type" not in self.headers:
             if media_type.startswith("text/") and "charset=" not in media_type:
                 media_type += "; charset=utf-8"
-            self.headers["content-type"] = media_type
+            self.headers.append("content-type", media_type)
 
     def _render(self, body: Any) -> bytes:
         if isinstance(body, bytes):

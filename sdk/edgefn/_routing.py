@@ -34,6 +34,8 @@ class _Route:
     converters: dict[str, Callable[[str], Any]]
 
     def match(self, path: str) -> dict[str, Any] | None:
+        if not self.converters:
+            return {} if path == self.path else None
         found = self.pattern.fullmatch(path)
         if found is None:
             return None

@@ -81,8 +81,9 @@ class TestClient:
                 raise
             message = f"{type(exc).__name__}: {exc}"
             error = {"error": {"code": "function_error", "message": message}}
-            return TestResponse(500, Headers([("content-type", "application/json")]),
-                                _json.dumps(error).encode())
+            return TestResponse(
+                500, Headers([("content-type", "application/json")]), _json.dumps(error).encode()
+            )
         body = b"".join(response.chunks())
         return TestResponse(response.status, Headers(response.headers.multi_items()), body)
 

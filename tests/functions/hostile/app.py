@@ -46,6 +46,16 @@ def read(request: Request) -> dict[str, str]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+@app.get("/write")
+def write(request: Request) -> dict[str, str]:
+    try:
+        with open(request.query["path"], "w") as file:
+            file.write("overwritten")
+        return {"written": "yes"}
+    except OSError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 @app.get("/listdir")
 def listdir(request: Request) -> dict[str, object]:
     try:

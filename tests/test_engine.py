@@ -1,0 +1,79 @@
+"""Loading components: AOT cache, contract checks, limits validation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import wasmtime
+from edgefn_platform import BuildResult
+from edgefn_runtime import Engine, InvalidComponent, Limits, Request
+
+
+def test_second_load_is_served_from_the_aot_cache(
+    tmp_path: Path, hostile_build: BuildResult
+) -> None:
+    wasm = hostile_build.path
+    with Engine(cache_dir=tmp_path) as engine:
+        engine.load(wasm)
+        assert (engine.aot.hits, engine.aot.misses) == (0, 1)
+        started = time.perf_counter()
+        sandbox = engine.load(wasm)
+        assert time.perf_counter() - started < 1.0
+        assert (engine.aot.hits, engine.aot.misses) == (1, 1)
+        assert sandbox.invoke(Request("GET", "/counter")).response.status == 200
+
+
+def test_corrupt_artifact_is_recompiled(tmp_path: Path, hostile_build: BuildResult) -> None:
+    wasm = hostile_build.path
+    with Engine(cache_dir=tmp_path) as engine:
+        artifact = engine.aot.path_for(hostile_build.sha256)
+        artifact.parent.mkdir(parents=True)
+        artifact.write_bytes(b"garbage")
+        sandbox = engine.load(wasm)
+        assert engine.aot.misses == 1
+        assert sandbox.invoke(Request("GET", "/counter")).response.status == 200
+
+
+def test_random_bytes_are_not_a_component(tmp_path: Path, engine: Engine) -> None:
+    path = tmp_path / "junk.wasm"
+    path.write_bytes(b"\x00asm but not really")
+    with pytest.raises(InvalidComponent, match="not a valid WebAssembly component"):
+        engine.load(path)
+
+
+def test_core_module_is_not_a_component(tmp_path: Path, engine: Engine) -> None:
+    path = tmp_path / "core.wasm"
+    path.write_bytes(wasmtime.wat2wasm("(module)"))
+    with pytest.raises(InvalidComponent):
+        engine.load(path)
+
+
+def test_component_without_the_handler_export_is_refused(tmp_path: Path, engine: Engine) -> None:
+    path = tmp_path / "empty.wasm"
+    path.write_bytes(wasmtime.wat2wasm("(component)"))
+    with pytest.raises(
+        InvalidComponent, match="does not export edgefn:http/incoming-handler@0.1.0"
+    ):
+        engine.load(path)
+
+
+def test_missing_assets_directory_is_refused(
+    tmp_path: Path, engine: Engine, hostile_build: BuildResult
+) -> None:
+    with pytest.raises(FileNotFoundError, match="assets directory"):
+        engine.load(hostile_build.path, assets=tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("memory", 1024, "minimum of 16 MiB"),
+        ("fuel", -1, "non-negative"),
+        ("timeout", 0, "positive"),
+    ],
+)
+def test_limits_reject_nonsense(field: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Limits(**{field: value})  # type: ignore[arg-type]
