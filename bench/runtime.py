@@ -57,6 +57,11 @@ def main() -> None:
         execute = statistics.median(o.usage.execute_seconds for o in outcomes) * 1000
         fuel = outcomes[0].usage.fuel
 
+        fib = Request("GET", "/fib", "n=25")
+        fib_wasm = best_seconds(lambda: sandbox.invoke(fib, LIMITS))
+        fib_fuel = sandbox.invoke(fib, LIMITS).usage.fuel
+        fib_native = best_seconds(lambda: native.get("/fib?n=25"))
+
         payload = b"\xab" * BODY
         size = f"size={BODY}"
         body_in = best_seconds(
@@ -71,6 +76,15 @@ def main() -> None:
     print(f"  edgefn   {wasm_rps:8.0f} req/s   (target >= 700)")
     print(f"  native   {native_rps:8.0f} req/s   ratio {wasm_rps / native_rps:.4f}")
     print(f"  median instantiate {instantiate:.3f} ms, execute {execute:.3f} ms, fuel {fuel:,}")
+    print("pure Python CPU work, fib(25) (best of 5, whole request)")
+    print(
+        f"  edgefn {fib_wasm * 1000:7.1f} ms   native {fib_native * 1000:7.1f} ms"
+        f"   ratio {fib_wasm / fib_native:.2f}"
+    )
+    print(
+        f"  fuel {fib_fuel:,}: one billion fuel units is about "
+        f"{fib_wasm / fib_fuel * 1e12:.0f} ms of guest Python"
+    )
     print(f"body throughput, {BODY // 2**20} MiB (best of 5, whole request)")
     print(
         f"  in   edgefn {mb / body_in:7.0f} MB/s   native {mb / native_in:7.0f} MB/s"

@@ -18,3 +18,12 @@ def sink(request: Request) -> dict[str, int]:
 @app.get("/source")
 def source(request: Request) -> Response:
     return Response(b"x" * int(request.query["size"]))
+
+
+def fib(n: int) -> int:
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+@app.get("/fib")
+def fibonacci(request: Request) -> dict[str, int]:
+    return {"fib": fib(int(request.query.get("n", "25")))}
