@@ -74,6 +74,14 @@ def test_infinite_loop_times_out_within_half_a_second(hostile: Sandbox) -> None:
     assert_healthy(hostile)
 
 
+def test_sleeping_past_the_timeout_times_out_on_time(hostile: Sandbox) -> None:
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        call(hostile, "/sleep", "seconds=10", limits=Limits(timeout=0.5))
+    assert time.monotonic() - started < 0.5 + 0.5
+    assert_healthy(hostile)
+
+
 def test_cpu_burn_exhausts_fuel(hostile: Sandbox) -> None:
     with pytest.raises(FuelExhausted) as caught:
         call(hostile, "/loop", limits=Limits(fuel=50_000_000, timeout=10))

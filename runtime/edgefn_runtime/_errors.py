@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._limits import Limits
 from ._messages import Usage
 
 __all__ = [
@@ -73,29 +74,29 @@ class GuestCrashed(SandboxError):
     code = "function_crashed"
 
 
-def from_trap(
-    error: Exception, *, fuel_left: int, limits_memory: int, logs: list[str]
-) -> SandboxError:
+def from_trap(error: Exception, limits: Limits, *, fuel_left: int, logs: list[str]) -> SandboxError:
     """Classify a wasmtime failure during instantiate or call."""
     text = str(error)
     if "wasm trap: interrupt" in text:
-        return Timeout("the function ran past its wall-clock timeout")
+        return Timeout(f"the function ran past its wall-clock timeout of {limits.timeout:g} s")
     if fuel_left == 0 or "all fuel consumed" in text:
-        return FuelExhausted("the function used all of its fuel (CPU budget)")
+        return FuelExhausted(f"the function used all of its fuel ({limits.fuel:,} units)")
     if _out_of_memory(text, logs):
-        return MemoryLimitExceeded(
-            f"the function needed more than its memory limit of {limits_memory // 1024**2} MiB"
-        )
+        return _memory_limit(limits)
     return GuestCrashed(f"the function crashed: {_trap_reason(text)}")
 
 
-def from_guest_error(kind: str, message: str, limits_memory: int) -> SandboxError:
+def from_guest_error(kind: str, message: str, limits: Limits) -> SandboxError:
     """Classify an exception the SDK reported through the contract."""
     if kind == "MemoryError":
-        return MemoryLimitExceeded(
-            f"the function needed more than its memory limit of {limits_memory // 1024**2} MiB"
-        )
+        return _memory_limit(limits)
     return GuestError(kind, message)
+
+
+def _memory_limit(limits: Limits) -> MemoryLimitExceeded:
+    return MemoryLimitExceeded(
+        f"the function needed more than its memory limit of {limits.memory / 1024**2:g} MiB"
+    )
 
 
 def _out_of_memory(text: str, logs: list[str]) -> bool:

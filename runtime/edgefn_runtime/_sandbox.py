@@ -10,7 +10,14 @@ import wasmtime
 from wasmtime import component as wc
 
 from ._contract import HANDLER_EXPORT, request_head
-from ._errors import BodyTooLarge, ResponseTooLarge, SandboxError, from_guest_error, from_trap
+from ._errors import (
+    BodyTooLarge,
+    GuestCrashed,
+    ResponseTooLarge,
+    SandboxError,
+    from_guest_error,
+    from_trap,
+)
 from ._limits import Limits
 from ._messages import Outcome, Request, Response, Usage
 from ._stdio import GuestOutput, set_stdin_bytes
@@ -79,6 +86,7 @@ class Sandbox:
             GuestOutput(config, "stderr", limits.max_log) as log,
         ):
             store.set_wasi(config)
+            trap: wasmtime.WasmtimeError | None = None
             started = time.perf_counter()
             try:
                 instance = engine.linker.instantiate(store, self.component)
@@ -87,32 +95,32 @@ class Sandbox:
                 assert handle is not None
                 result = handle(store, request_head(request))
             except wasmtime.WasmtimeError as exc:
-                elapsed = time.perf_counter() - started
-                usage.execute_seconds = elapsed - usage.instantiate_seconds
-                usage.fuel = limits.fuel - store.get_fuel()
-                error = from_trap(
-                    exc,
-                    fuel_left=limits.fuel - usage.fuel,
-                    limits_memory=limits.memory,
-                    logs=_log_lines(log),
-                )
-                raise _with_context(error, usage, log) from None
+                trap = exc
             usage.execute_seconds = time.perf_counter() - started - usage.instantiate_seconds
-            usage.fuel = limits.fuel - store.get_fuel()
+            fuel_left = store.get_fuel()
+            usage.fuel = limits.fuel - fuel_left
+            logs = _log_lines(log)
 
+            def fail(error: SandboxError) -> SandboxError:
+                error.usage, error.logs = usage, logs
+                return error
+
+            if trap is not None:
+                raise fail(from_trap(trap, limits, fuel_left=fuel_left, logs=logs)) from None
             if result.tag == "err":
-                error = from_guest_error(result.payload.kind, result.payload.message, limits.memory)
-                raise _with_context(error, usage, log)
+                raise fail(from_guest_error(result.payload.kind, result.payload.message, limits))
             head = result.payload
             length = getattr(head, "body-length")
             if length > limits.max_response:
-                error = ResponseTooLarge(
-                    f"response body exceeds the limit of {limits.max_response} bytes "
-                    f"(the function tried to send at least {length})"
+                raise fail(
+                    ResponseTooLarge(
+                        f"response body exceeds the limit of {limits.max_response} bytes "
+                        f"(the function tried to send at least {length})"
+                    )
                 )
-                raise _with_context(error, usage, log)
-            response = Response(head.status, head.headers, body.read(length))
-            return Outcome(response, usage, _log_lines(log))
+            if not 100 <= head.status <= 599:
+                raise fail(GuestCrashed(f"the function answered with invalid status {head.status}"))
+            return Outcome(Response(head.status, head.headers, body.read(length)), usage, logs)
 
 
 def _log_lines(log: GuestOutput) -> list[str]:
@@ -120,9 +128,3 @@ def _log_lines(log: GuestOutput) -> list[str]:
     if truncated:
         lines.append(f"[edgefn] log limit of {log.limit} bytes reached; later output dropped")
     return lines
-
-
-def _with_context(error: SandboxError, usage: Usage, log: GuestOutput) -> SandboxError:
-    error.usage = usage
-    error.logs = _log_lines(log)
-    return error

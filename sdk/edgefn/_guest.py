@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterable
 
@@ -34,7 +35,7 @@ class _LogStream(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> int:
         view, written = memoryview(data), 0
         while not self._full and written < len(view):
             try:
@@ -50,8 +51,21 @@ sys.stdout = sys.stderr = io.TextIOWrapper(
     _LogStream(),
     encoding="utf-8",
     errors="backslashreplace",
-    write_through=True,  # type: ignore[arg-type]
+    write_through=True,
 )
+
+_host_sleep = time.sleep
+
+
+def _sleep(seconds: float) -> None:
+    """time.sleep in 10 ms slices: the host's wall-clock deadline only fires
+    while WebAssembly runs, not while the host waits out one long sleep."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        _host_sleep(min(left, 0.01))
+
+
+time.sleep = _sleep
 logging.basicConfig(
     stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
 )
