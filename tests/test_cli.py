@@ -107,6 +107,14 @@ def test_import_error_names_the_line(tmp_path: Path) -> None:
     assert "app.py:2" in result.output and "No module named 'nosuchmodule'" in result.output
 
 
+def test_host_packages_are_not_importable(tmp_path: Path) -> None:
+    source = "import click\nfrom edgefn import App\napp = App()\n"
+    directory = make_function(tmp_path, "hostdep", source)
+    result = CliRunner().invoke(main, ["build", str(directory)])
+    assert result.exit_code == 1
+    assert "app.py:1" in result.output and "No module named 'click'" in result.output
+
+
 def test_bad_manifest_is_one_clear_line(tmp_path: Path) -> None:
     directory = make_function(tmp_path, "badlimits", "", extra="[limits]\nmemory = 'huge'\n")
     result = CliRunner().invoke(main, ["build", str(directory)])

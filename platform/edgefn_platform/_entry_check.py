@@ -1,6 +1,6 @@
 """Run natively, in a child process, by `edgefn build` before componentize-py.
 
-Usage: python -I _entry_check.py FUNCTION_DIR MODULE:ATTRIBUTE SITE_PACKAGES
+Usage: python -I -S _entry_check.py FUNCTION_DIR MODULE:ATTRIBUTE PATH...
 
 Prints one human-readable problem and exits 1, or exits 0 when the sources
 compile and the entry names an `edgefn.App`. Runs in a child so the function's
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def main() -> int:
-    directory, entry, site = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    directory, entry, search_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
     for path in sorted(directory.rglob("*.py")):
         relative = path.relative_to(directory)
         if any(part.startswith(".") or part in {"tests", "__pycache__"} for part in relative.parts):
@@ -24,7 +24,7 @@ def main() -> int:
         except SyntaxError as exc:
             print(f"{relative}:{exc.lineno}:{exc.offset or 0}: {type(exc).__name__}: {exc.msg}")
             return 1
-    sys.path[:0] = [str(directory), site]
+    sys.path[:0] = [str(directory), *search_path]
     os.chdir(directory)
     module_name, _, attribute = entry.partition(":")
     try:

@@ -71,26 +71,21 @@ def build(
         return BuildResult(manifest, output, sha256, output.stat().st_size, 0.0, cached=True)
 
     work = directory / BUILD_DIR
-    site = work / "deps" / "lib" / _GUEST_PYTHON / "site-packages"
+    deps = work / "deps"
+    # componentize-py looks for site-packages in this layout under $VIRTUAL_ENV.
+    site = deps / "lib" / _GUEST_PYTHON / "site-packages"
+    shutil.rmtree(deps, ignore_errors=True)
+    site.mkdir(parents=True)
     if manifest.requirements:
         say(f"installing {len(manifest.requirements)} requirement(s)")
         _install_requirements(manifest, site)
-    else:
-        shutil.rmtree(work / "deps", ignore_errors=True)
-        site.mkdir(parents=True, exist_ok=True)
+    staging = _stage(work / "stage", manifest)
     say("checking sources and entry point")
-    _check_entry(directory, manifest, site)
+    _check_entry(directory, manifest, [staging, site])
 
     say("compiling with componentize-py")
-    staging = work / "stage"
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / f"{_ENTRY_MODULE}.py").write_text(
-        f"from edgefn._guest import export\n"
-        f"from {manifest.entry_module} import {manifest.entry_attribute} as _app\n"
-        f"IncomingHandler = export(_app)\n"
-    )
     partial = output.with_suffix(".wasm.partial")
-    _componentize(directory, staging, work / "deps", partial)
+    _componentize(directory, staging, deps, partial)
     os.replace(partial, output)
     sha256 = hashlib.sha256(output.read_bytes()).hexdigest()
     stamp.write_text(json.dumps({"source": source_hash, "sha256": sha256}))
@@ -98,8 +93,27 @@ def build(
     return BuildResult(manifest, output, sha256, output.stat().st_size, seconds, cached=False)
 
 
+def _stage(staging: Path, manifest: Manifest) -> Path:
+    """The SDK and the generated entry module, alone in their own folder.
+
+    A copy, rather than the folder the SDK is installed in, so that nothing else
+    installed beside it (wasmtime, click, ...) can be imported into a function.
+    """
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(
+        Path(edgefn.__file__).resolve().parent,
+        staging / "edgefn",
+        ignore=shutil.ignore_patterns("__pycache__", "testing.py"),
+    )
+    (staging / f"{_ENTRY_MODULE}.py").write_text(
+        f"from edgefn._guest import export\n"
+        f"from {manifest.entry_module} import {manifest.entry_attribute} as _app\n"
+        f"IncomingHandler = export(_app)\n"
+    )
+    return staging
+
+
 def _componentize(directory: Path, staging: Path, deps: Path, output: Path) -> None:
-    sdk_root = Path(edgefn.__file__).resolve().parent.parent
     with resources.as_file(resources.files("edgefn.wit")) as wit:
         command = [
             _componentize_py(),
@@ -113,8 +127,6 @@ def _componentize(directory: Path, staging: Path, deps: Path, output: Path) -> N
             str(staging),
             "-p",
             str(directory),
-            "-p",
-            str(sdk_root),
             "-o",
             str(output),
         ]
@@ -135,8 +147,17 @@ def _componentize_py() -> str:
     return found
 
 
-def _check_entry(directory: Path, manifest: Manifest, site: Path) -> None:
-    command = [sys.executable, "-I", str(_CHECK_SCRIPT), str(directory), manifest.entry, str(site)]
+def _check_entry(directory: Path, manifest: Manifest, path: list[Path]) -> None:
+    # -S: no site-packages, so the function sees what it will see as a component.
+    command = [
+        sys.executable,
+        "-I",
+        "-S",
+        str(_CHECK_SCRIPT),
+        str(directory),
+        manifest.entry,
+        *map(str, path),
+    ]
     env = {"PATH": os.environ.get("PATH", ""), **manifest.env}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -144,8 +165,6 @@ def _check_entry(directory: Path, manifest: Manifest, site: Path) -> None:
 
 
 def _install_requirements(manifest: Manifest, site: Path) -> None:
-    shutil.rmtree(site.parent.parent.parent, ignore_errors=True)
-    site.mkdir(parents=True)
     command = [
         sys.executable,
         "-m",
