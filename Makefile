@@ -13,15 +13,17 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# Until the gateway exists: build the hello example and run one request through the sandbox.
+# Build the example functions and serve them on the embedded store in ./.edgefn-data.
 run: install
-	$(BIN)/edgefn invoke functions/hello /hello/world -i
+	$(BIN)/edgefn serve --deploy functions/hello
 
 test: install
 	$(BIN)/python -m pytest
 
+# Benchmarks print edgefn beside a native baseline measured in the same run.
 bench: install
 	$(BIN)/python bench/runtime.py
+	$(BIN)/python bench/gateway.py
 
 lint: install
 	$(BIN)/ruff check sdk runtime platform tests bench

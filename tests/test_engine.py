@@ -77,3 +77,14 @@ def test_missing_assets_directory_is_refused(
 def test_limits_reject_nonsense(field: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Limits(**{field: value})  # type: ignore[arg-type]
+
+
+def test_other_contract_version_is_named(tmp_path: Path, engine: Engine) -> None:
+    path = tmp_path / "future.wasm"
+    path.write_bytes(
+        wasmtime.wat2wasm(
+            '(component (instance $i) (export "edgefn:http/incoming-handler@0.2.0" (instance $i)))'
+        )
+    )
+    with pytest.raises(InvalidComponent, match="implements edgefn contract 0.2.0"):
+        engine.load(path)

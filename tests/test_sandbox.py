@@ -10,6 +10,7 @@ import pytest
 from edgefn_runtime import (
     BodyTooLarge,
     FuelExhausted,
+    GuestCrashed,
     GuestError,
     Limits,
     MemoryLimitExceeded,
@@ -101,6 +102,13 @@ def test_deep_recursion_is_a_guest_error(hostile: Sandbox) -> None:
         call(hostile, "/recurse")
     assert caught.value.kind == "RecursionError"
     assert any("RecursionError" in line for line in caught.value.logs)
+    assert_healthy(hostile)
+
+
+def test_stack_overflow_is_a_crash(hostile: Sandbox) -> None:
+    with pytest.raises(GuestCrashed, match="the function crashed") as caught:
+        call(hostile, "/crash", limits=Limits(timeout=10))
+    assert caught.value.code == "function_crashed"
     assert_healthy(hostile)
 
 

@@ -67,6 +67,20 @@ class Manifest:
     def entry_attribute(self) -> str:
         return self.entry.partition(":")[2]
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, as the registry stores it."""
+        data = dataclasses.asdict(self)
+        data["requirements"] = list(self.requirements)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """The inverse of `to_dict`; keys it does not know are ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["requirements"] = tuple(values.get("requirements", ()))
+        return cls(**values)
+
     def resolve_limits(self, defaults: Limits | None = None) -> Limits:
         """The limits this function asked for, the rest filled from `defaults`."""
         return dataclasses.replace(defaults or Limits(), **self.limits)

@@ -120,6 +120,17 @@ def recurse(request: Request) -> None:
     down(0)
 
 
+@app.get("/crash")
+def crash(request: Request) -> None:
+    # Past CPython's own recursion check, the WebAssembly stack overflows: a trap.
+    sys.setrecursionlimit(10**7)
+
+    def down(n: int) -> int:
+        return down(n + 1) + 1
+
+    down(0)
+
+
 @app.get("/raise")
 def fail(request: Request) -> None:
     raise KeyError("no such thing")

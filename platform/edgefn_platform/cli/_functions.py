@@ -1,41 +1,23 @@
-"""The `edgefn` command line: a thin click layer over the builder and runtime."""
+"""`edgefn new`, `build` and `invoke`: working on a function folder locally."""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
-from edgefn_runtime import Engine, InvalidComponent, Request, SandboxError
+from edgefn_runtime import Engine, Request, SandboxError
 
-from ._units import format_size
-from .builder import BuildError, BuildResult, build
-from .manifest import ManifestError, load_manifest
-from .scaffold import TEMPLATES, ScaffoldError, create_function
+from .._units import format_size
+from ..builder import BuildResult, build
+from ..manifest import load_manifest
+from ..scaffold import TEMPLATES, create_function
 
-__all__ = ["main"]
-
-# Errors a user can act on: shown as one line, exit code 1, never a traceback.
-_USER_ERRORS = (BuildError, ManifestError, ScaffoldError, InvalidComponent)
+__all__ = ["COMMANDS", "build_function"]
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except _USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-@click.group(cls=_Group)
-@click.version_option(package_name="edgefn")
-def main() -> None:
-    """Build and run Python edge functions as WebAssembly components."""
-
-
-@main.command()
+@click.command()
 @click.argument("name")
 @click.option(
     "--template",
@@ -59,17 +41,17 @@ def new(name: str, template: str, parent: Path) -> None:
     click.echo(f"Next: cd {target} && edgefn build && edgefn invoke . /")
 
 
-@main.command("build")
+@click.command("build")
 @click.argument(
     "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
 )
 @click.option("--force", is_flag=True, help="Rebuild even if no source changed.")
 def build_command(directory: Path, force: bool) -> None:
     """Compile the function in DIRECTORY into a WebAssembly component."""
-    _build(directory, force=force)
+    build_function(directory, force=force)
 
 
-@main.command("invoke")
+@click.command("invoke")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("path", default="/")
 @click.option("-X", "--request", "method", default="GET", show_default=True, help="HTTP method.")
@@ -102,7 +84,7 @@ def invoke_command(
     Builds first if the sources changed. Prints the status line, headers and
     body; the function's log lines go to stderr.
     """
-    result = _build(directory, quiet_if_cached=True)
+    result = build_function(directory, quiet_if_cached=True)
     manifest = result.manifest
     request = Request(
         method.upper(), *_split_query(path), headers=_parse_headers(headers), body=_read_data(data)
@@ -137,7 +119,9 @@ def invoke_command(
         )
 
 
-def _build(directory: Path, *, force: bool = False, quiet_if_cached: bool = False) -> BuildResult:
+def build_function(
+    directory: Path, *, force: bool = False, quiet_if_cached: bool = False
+) -> BuildResult:
     name = load_manifest(directory.resolve()).name
     if not quiet_if_cached:
         click.echo(f"Building {name} from {directory} ...", err=True)
@@ -185,3 +169,6 @@ def _read_data(data: str | None) -> bytes:
 def _echo_logs(lines: list[str]) -> None:
     for line in lines:
         click.secho(f"log | {line}", err=True, dim=True)
+
+
+COMMANDS = [new, build_command, invoke_command]

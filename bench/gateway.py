@@ -1,0 +1,141 @@
+"""Gateway benchmark: the hello handler through `edgefn serve` vs a plain FastAPI app.
+
+Both run with 2 worker processes on loopback, in the same run, loaded with the
+same client: `wrk` when installed, else a bounded asyncio load generator. Prints
+requests/s and p50/p99 latency for each and the ratios.
+
+    python bench/gateway.py [--seconds 10] [--connections 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from edgefn_platform import build  # noqa: E402
+from gateway_process import GatewayProcess, free_port  # noqa: E402
+
+
+def start_baseline(port: int) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "baseline_app:app",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    process = subprocess.Popen(command, cwd=HERE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/bench/").status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError("baseline did not start")
+
+
+def load_wrk(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def percentile(p: str) -> float:
+        value, unit = re.search(rf"{p}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return rps, percentile("50"), percentile("99")
+
+
+def load_python(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
+    async def run() -> tuple[float, float, float]:
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.monotonic() + seconds
+        limits = httpx.Limits(max_connections=connections)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+            async def worker() -> None:
+                nonlocal errors
+                while time.monotonic() < deadline:
+                    started = time.perf_counter()
+                    response = await client.get(url)
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    errors += response.status_code != 200
+
+            started = time.monotonic()
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            elapsed = time.monotonic() - started
+        if errors:
+            print(f"  warning: {errors} non-200 responses")
+        quantiles = statistics.quantiles(latencies, n=100)
+        return len(latencies) / elapsed, quantiles[49], quantiles[98]
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    load = load_wrk if shutil.which("wrk") else load_python
+    print(
+        f"load generator: {'wrk' if load is load_wrk else 'python (install wrk for less noise)'}"
+        f", {args.connections} connections, {args.seconds} s each"
+    )
+
+    function = HERE / "functions" / "bench"
+    result = build(function)
+    with tempfile.TemporaryDirectory() as temp:
+        gateway = GatewayProcess(Path(temp) / "data", workers=2).start()
+        port = free_port()
+        baseline = start_baseline(port)
+        try:
+            deployed = gateway.admin(
+                "POST",
+                "/v1/functions",
+                data={"manifest": (function / "edgefn.toml").read_text()},
+                files={"component": ("bench.wasm", result.path.read_bytes())},
+            )
+            deployed.raise_for_status()
+            time.sleep(1.5)
+            edgefn = load(f"{gateway.public_url}/bench/", args.seconds, args.connections)
+            native = load(f"http://127.0.0.1:{port}/bench/", args.seconds, args.connections)
+        finally:
+            gateway.stop()
+            baseline.terminate()
+            baseline.wait()
+    print(f"{'':10} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9}")
+    print(f"{'edgefn':10} {edgefn[0]:10.0f} {edgefn[1]:9.2f} {edgefn[2]:9.2f}")
+    print(f"{'fastapi':10} {native[0]:10.0f} {native[1]:9.2f} {native[2]:9.2f}")
+    print(
+        f"ratio: throughput {edgefn[0] / native[0]:.2f} x (target >= 0.5), "
+        f"p99 {edgefn[2] / native[2]:.2f} x (target <= 3)"
+    )
+
+
+if __name__ == "__main__":
+    main()

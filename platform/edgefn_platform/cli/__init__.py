@@ -1,0 +1,38 @@
+"""The `edgefn` command line: a thin click layer over the builder, runtime and admin API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from edgefn_runtime import InvalidComponent
+
+from ..builder import BuildError
+from ..client import AdminError
+from ..manifest import ManifestError
+from ..scaffold import ScaffoldError
+from . import _admin, _functions, _gateway
+
+__all__ = ["main"]
+
+# Errors a user can act on: shown as one line, exit code 1, never a traceback.
+_USER_ERRORS = (AdminError, BuildError, ManifestError, ScaffoldError, InvalidComponent)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"show_default": True})
+@click.version_option(package_name="edgefn")
+def main() -> None:
+    """Build, run and deploy Python edge functions as WebAssembly components."""
+
+
+for module in (_functions, _gateway, _admin):
+    for command in module.COMMANDS:
+        main.add_command(command)

@@ -1,0 +1,211 @@
+"""`edgefn deploy`, `ls`, `info`, `versions`, `rollback`, `rm`, `logs`: the admin API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .._units import format_size
+from ..client import AdminClient
+from ..gateway import pack_assets
+from ..manifest import MANIFEST_FILE, load_manifest
+from ._functions import build_function
+
+__all__ = ["COMMANDS"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _with_client(command: F) -> F:
+    """Add --gateway/--token and pass an `AdminClient` as `client`."""
+
+    @click.option(
+        "--gateway",
+        default="http://127.0.0.1:8081",
+        envvar="EDGEFN_GATEWAY",
+        help="Admin API URL. [env: EDGEFN_GATEWAY]",
+    )
+    @click.option(
+        "--token",
+        envvar="EDGEFN_TOKEN",
+        default=None,
+        show_default=False,
+        help="Admin token; else read from ./.edgefn-data/admin-token. [env: EDGEFN_TOKEN]",
+    )
+    @functools.wraps(command)
+    def wrapper(*args: Any, gateway: str, token: str | None, **kwargs: Any) -> Any:
+        client = AdminClient(gateway, token or _local_token())
+        try:
+            return command(*args, client=client, **kwargs)
+        finally:
+            client.close()
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _local_token() -> str | None:
+    # A gateway started here with the default data directory keeps its token there.
+    try:
+        return Path(".edgefn-data/admin-token").read_text().strip()
+    except OSError:
+        return None
+
+
+@click.command()
+@click.argument(
+    "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
+)
+@_with_client
+def deploy(directory: Path, client: AdminClient) -> None:
+    """Build the function in DIRECTORY if it changed, upload it and make it active."""
+    started = time.perf_counter()
+    result = build_function(directory)
+    manifest = load_manifest(directory.resolve())
+    with tempfile.TemporaryDirectory() as temp:
+        assets = None
+        if manifest.assets:
+            assets = Path(temp) / "assets.tar.gz"
+            pack_assets(directory / manifest.assets, assets)
+        size = result.size + (assets.stat().st_size if assets else 0)
+        with click.progressbar(
+            length=size,
+            label=f"Uploading {format_size(size)}",
+            file=sys.stderr,
+        ) as bar:
+            deployed = client.deploy(
+                (directory / MANIFEST_FILE).read_text(encoding="utf-8"),
+                result.path,
+                assets,
+                progress=lambda n: bar.update(n),
+            )
+    seconds = time.perf_counter() - started
+    click.echo(
+        f"Deployed {deployed['name']} version {deployed['active']['version']} "
+        f"in {seconds:.1f} s: {deployed['url']}"
+    )
+
+
+@click.command("ls")
+@_with_client
+def list_functions(client: AdminClient) -> None:
+    """List deployed functions."""
+    rows = [
+        (f["name"], f["route"], str(f["active"]["version"]), _when(f["updated_at"]))
+        for f in client.functions()
+    ]
+    _table(["NAME", "ROUTE", "VERSION", "UPDATED"], rows)
+
+
+@click.command()
+@click.argument("name")
+@_with_client
+def info(name: str, client: AdminClient) -> None:
+    """Show a function: route, active version, limits, size, when it was deployed."""
+    function = client.function(name)
+    active = function["active"]
+    click.echo(f"name:        {function['name']}")
+    click.echo(f"url:         {function['url']}")
+    click.echo(f"version:     {active['version']} of {function['versions']}")
+    click.echo(f"deployed:    {_when(active['created_at'])}")
+    click.echo(f"size:        {format_size(active['size'])}  sha256 {active['sha256'][:16]}")
+    click.echo(f"env:         {', '.join(active['env']) or '-'}")
+    for key, value in active["limits"].items():
+        click.echo(f"limit {key + ':':13} {value}")
+
+
+@click.command()
+@click.argument("name")
+@_with_client
+def versions(name: str, client: AdminClient) -> None:
+    """List every version of a function; the active one is starred."""
+    active = client.function(name)["active"]["version"]
+    rows = [
+        (
+            "*" if v["version"] == active else "",
+            str(v["version"]),
+            v["route"],
+            format_size(v["size"]),
+            v["sha256"][:12],
+            _when(v["created_at"]),
+        )
+        for v in client.versions(name)
+    ]
+    _table(["", "VERSION", "ROUTE", "SIZE", "SHA256", "DEPLOYED"], rows)
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--to",
+    "version",
+    type=int,
+    default=None,
+    show_default=False,
+    help="Version to activate (default: the one before the active one).",
+)
+@_with_client
+def rollback(name: str, version: int | None, client: AdminClient) -> None:
+    """Activate an earlier version of NAME at once (no rebuild, no recompile)."""
+    if version is None:
+        active = client.function(name)["active"]["version"]
+        earlier = [v["version"] for v in client.versions(name) if v["version"] < active]
+        if not earlier:
+            raise click.ClickException(f"{name} has no version before {active}")
+        version = max(earlier)
+    function = client.activate(name, version)
+    click.echo(f"{name} now serves version {function['active']['version']} at {function['url']}")
+
+
+@click.command("rm")
+@click.argument("name")
+@_with_client
+def remove(name: str, client: AdminClient) -> None:
+    """Delete a function: its route stops answering at once."""
+    client.delete(name)
+    click.echo(f"Deleted {name}")
+
+
+@click.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they arrive.")
+@_with_client
+def logs(name: str, follow: bool, client: AdminClient) -> None:
+    """Print NAME's recent log lines and access lines."""
+    after = 0
+    while True:
+        for record in client.logs(name, after):
+            after = record["id"]
+            stamp = datetime.fromtimestamp(record["time"]).strftime("%H:%M:%S.%f")[:-3]
+            line = record["line"]
+            if record["kind"] == "access":
+                entry = json.loads(line)
+                line = (
+                    f"{entry['method']} {entry['path']} -> {entry['status']} "
+                    f"{entry['duration_ms']} ms fuel {entry['fuel']}"
+                )
+            click.echo(f"{stamp} {record['request_id'][:12]} {record['kind']:6} {line}")
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(headers: list[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
+    for row in [tuple(headers), *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+
+
+COMMANDS = [deploy, list_functions, info, versions, rollback, remove, logs]

@@ -1,0 +1,210 @@
+"""`edgefn serve` and `edgefn dev`: running a gateway."""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+from pathlib import Path
+
+import click
+from edgefn_runtime import Engine, default_cache_dir
+
+from .._units import parse_size
+from ..gateway import Deployer, GatewayConfig, deploy_directory, load_token, run, run_worker
+from ..manifest import load_manifest
+from ..registry import SQLiteRegistry
+from ._functions import build_function
+
+__all__ = ["COMMANDS"]
+
+
+def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
+    options = [
+        click.option(
+            "--host",
+            default="0.0.0.0",
+            envvar="EDGEFN_HOST",
+            help="Public listener address (function traffic). [env: EDGEFN_HOST]",
+        ),
+        click.option(
+            "--port",
+            default=8080,
+            envvar="EDGEFN_PORT",
+            help="Public listener port. [env: EDGEFN_PORT]",
+        ),
+        click.option(
+            "--admin-host",
+            default="127.0.0.1",
+            envvar="EDGEFN_ADMIN_HOST",
+            help="Admin API address. [env: EDGEFN_ADMIN_HOST]",
+        ),
+        click.option(
+            "--admin-port",
+            default=8081,
+            envvar="EDGEFN_ADMIN_PORT",
+            help="Admin API port. [env: EDGEFN_ADMIN_PORT]",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.command()
+@_listener_options
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".edgefn-data",
+    envvar="EDGEFN_DATA_DIR",
+    help="Registry and artifacts. [env: EDGEFN_DATA_DIR]",
+)
+@click.option(
+    "--workers",
+    default=1,
+    type=click.IntRange(1, 64),
+    envvar="EDGEFN_WORKERS",
+    help="Worker processes; each serves every function. [env: EDGEFN_WORKERS]",
+)
+@click.option(
+    "--token",
+    envvar="EDGEFN_TOKEN",
+    default=None,
+    show_default=False,
+    help="Admin API token; generated and stored in the data directory if unset. "
+    "[env: EDGEFN_TOKEN]",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="EDGEFN_CACHE_DIR",
+    show_default=False,
+    help="Where compiled (AOT) artifacts are cached; default: the data directory. "
+    "[env: EDGEFN_CACHE_DIR]",
+)
+@click.option(
+    "--max-upload",
+    default="100MiB",
+    envvar="EDGEFN_MAX_UPLOAD",
+    help="Largest deploy upload accepted. [env: EDGEFN_MAX_UPLOAD]",
+)
+@click.option(
+    "--deploy",
+    "deploy_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Build and deploy this function folder at start; repeatable.",
+)
+def serve(
+    host: str,
+    port: int,
+    admin_host: str,
+    admin_port: int,
+    data_dir: Path,
+    workers: int,
+    token: str | None,
+    cache_dir: Path | None,
+    max_upload: str,
+    deploy_dirs: tuple[Path, ...],
+) -> None:
+    """Run the gateway: public function traffic and the admin API."""
+    try:
+        upload_limit = parse_size(max_upload)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-upload") from None
+    config = GatewayConfig(
+        host=host,
+        port=port,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        data_dir=data_dir,
+        workers=workers,
+        token=token,
+        cache_dir=cache_dir,
+        max_upload=upload_limit,
+    )
+    if deploy_dirs:
+        registry = SQLiteRegistry(config.data_dir)
+        with Engine(cache_dir=config.aot_cache_dir) as engine:
+            deployer = Deployer(registry, engine, config.data_dir)
+            for directory in deploy_dirs:
+                result = build_function(directory, quiet_if_cached=True)
+                version = deploy_directory(deployer, directory, result.path)
+                url = config.public_url() + version.route
+                click.echo(f"Deployed {version.function} version {version.version} at {url}")
+        registry.close()
+    load_token(config)
+    click.echo(
+        f"Serving functions on {config.public_url()} with {workers} worker(s); admin API "
+        f"on http://{admin_host}:{admin_port} (token in {_token_source(config)})"
+    )
+    for directory in deploy_dirs:
+        manifest = load_manifest(directory.resolve())
+        click.echo(f"Try: curl {config.public_url()}{manifest.route}/")
+    run(config)
+
+
+def _token_source(config: GatewayConfig) -> str:
+    return "EDGEFN_TOKEN" if config.token else str(config.data_dir / "admin-token")
+
+
+@click.command()
+@click.argument(
+    "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
+)
+@click.option("--port", default=8080, envvar="EDGEFN_PORT", help="Port to serve on.")
+def dev(directory: Path, port: int) -> None:
+    """Serve the function in DIRECTORY locally; rebuild and redeploy on every change."""
+    from watchfiles import watch  # imported here: only `dev` needs it
+
+    directory = directory.resolve()
+    with tempfile.TemporaryDirectory(prefix="edgefn-dev-") as data_dir:
+        config = GatewayConfig(
+            host="127.0.0.1",
+            port=port,
+            admin_port=0,
+            data_dir=Path(data_dir),
+            token="dev",
+            cache_dir=default_cache_dir(),
+        )
+        registry = SQLiteRegistry(config.data_dir)
+        engine = Engine(cache_dir=config.aot_cache_dir)
+        deployer = Deployer(registry, engine, config.data_dir)
+
+        def redeploy() -> None:
+            try:
+                result = build_function(directory, quiet_if_cached=True)
+                version = deploy_directory(deployer, directory, result.path)
+            except Exception as exc:  # keep watching: the next save may fix it
+                click.secho(f"error: {exc}", fg="red", err=True)
+                return
+            click.secho(
+                f"Serving {version.function} version {version.version} at "
+                f"{config.public_url()}{version.route}",
+                fg="green",
+            )
+
+        redeploy()
+        worker = multiprocessing.get_context("spawn").Process(
+            target=run_worker, args=(config, "dev"), daemon=True
+        )
+        worker.start()
+        click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")
+        try:
+            for _changes in watch(
+                directory,
+                watch_filter=lambda _c, p: "/.edgefn/" not in p and "__pycache__" not in p,
+            ):
+                click.echo("Change detected; rebuilding ...")
+                redeploy()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            worker.terminate()
+            worker.join(timeout=10)
+            engine.close()
+            registry.close()
+
+
+COMMANDS = [serve, dev]

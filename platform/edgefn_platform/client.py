@@ -1,0 +1,96 @@
+"""A small client for the admin API, used by the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+__all__ = ["AdminClient", "AdminError"]
+
+
+class AdminError(Exception):
+    """The admin API refused a request, or could not be reached."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code}, HTTP {status})" if status else message)
+        self.status = status
+        self.code = code
+
+
+class _Progress:
+    """A file wrapper that reports how many bytes were read from it."""
+
+    def __init__(self, file: BinaryIO, report: Callable[[int], None]) -> None:
+        self._file = file
+        self._report = report
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        self._report(len(chunk))
+        return chunk
+
+
+class AdminClient:
+    def __init__(self, gateway: str, token: str | None, timeout: float = 300.0) -> None:
+        self.gateway = gateway.rstrip("/")
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.gateway, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AdminError(
+                0, "unreachable", f"cannot reach the gateway admin API at {self.gateway}: {exc}"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise AdminError(response.status_code, error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise AdminError(response.status_code, "http_error", response.text[:200]) from None
+        return response.json() if response.content else None
+
+    def deploy(
+        self,
+        manifest: str,
+        component: Path,
+        assets: Path | None = None,
+        progress: Callable[[int], None] = lambda _n: None,
+    ) -> dict[str, Any]:
+        with component.open("rb") as wasm:
+            files: dict[str, Any] = {
+                "component": (component.name, _Progress(wasm, progress), "application/wasm")
+            }
+            if assets is not None:
+                files["assets"] = ("assets.tar.gz", assets.open("rb"), "application/gzip")
+            result: dict[str, Any] = self._call(
+                "POST", "/v1/functions", data={"manifest": manifest}, files=files
+            )
+            return result
+
+    def functions(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/functions")  # type: ignore[no-any-return]
+
+    def function(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/functions/{name}")  # type: ignore[no-any-return]
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/functions/{name}/versions")  # type: ignore[no-any-return]
+
+    def activate(self, name: str, version: int) -> dict[str, Any]:
+        path = f"/v1/functions/{name}/activate"
+        return self._call("POST", path, json={"version": version})  # type: ignore[no-any-return]
+
+    def delete(self, name: str) -> None:
+        self._call("DELETE", f"/v1/functions/{name}")
+
+    def logs(self, name: str, after: int = 0) -> list[dict[str, Any]]:
+        path = f"/v1/functions/{name}/logs"
+        return self._call("GET", path, params={"after": after})  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,18 @@
+"""The gateway: public function traffic, the admin API, and the worker processes."""
+
+from ._deploy import Deployer, InvalidAssets, deploy_directory, pack_assets
+from ._errors import GatewayError
+from .config import GatewayConfig, load_token
+from .server import run, run_worker
+
+__all__ = [
+    "Deployer",
+    "GatewayConfig",
+    "GatewayError",
+    "InvalidAssets",
+    "deploy_directory",
+    "load_token",
+    "pack_assets",
+    "run",
+    "run_worker",
+]

@@ -1,0 +1,105 @@
+"""Deploy: upload -> validate -> AOT compile -> store -> activate, all or nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from edgefn_runtime import Engine
+
+from ..manifest import MANIFEST_FILE, parse_manifest
+from ..registry import Registry, VersionRecord
+
+__all__ = ["Deployer", "InvalidAssets", "deploy_directory", "pack_assets"]
+
+
+class InvalidAssets(ValueError):
+    """The assets archive is not a gzip'd tar of regular files and folders."""
+
+
+@dataclass
+class Deployer:
+    registry: Registry
+    engine: Engine
+    data_dir: Path
+
+    @property
+    def assets_dir(self) -> Path:
+        return self.data_dir / "assets"
+
+    def deploy(
+        self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None = None
+    ) -> VersionRecord:
+        """Validate and compile before anything is stored; the registry then stores
+        the artifact and activates the version in one transaction. A failure or a
+        crash at any step leaves the previous version serving."""
+        manifest = parse_manifest(manifest_text, source="edgefn.toml")
+        scratch = self.data_dir / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch) as temp:
+            wasm = Path(temp) / "component.wasm"
+            sha256 = _copy_hashing(component, wasm)
+            assets_sha = self._unpack_assets(assets, Path(temp)) if assets else None
+            if manifest.assets and assets_sha is None:
+                raise InvalidAssets(
+                    f"the manifest names assets {manifest.assets!r}, "
+                    "but no assets archive was uploaded"
+                )
+            assets_path = self.assets_dir / assets_sha if assets_sha else None
+            # Loading validates the contract and compiles into the shared AOT cache.
+            self.engine.load(wasm, env=manifest.env, assets=assets_path)
+            stored = manifest.to_dict() | {"assets_sha256": assets_sha}
+            return self.registry.deploy(manifest.name, manifest.route, stored, wasm, sha256)
+
+    def _unpack_assets(self, archive: BinaryIO, temp: Path) -> str:
+        data = temp / "assets.tar.gz"
+        sha256 = _copy_hashing(archive, data)
+        target = self.assets_dir / sha256
+        if target.is_dir():
+            return sha256
+        unpacked = temp / "assets"
+        try:
+            with tarfile.open(data, "r:gz") as tar:
+                tar.extractall(unpacked, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise InvalidAssets(f"the assets archive cannot be unpacked: {exc}") from None
+        self.assets_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            unpacked.rename(target)
+        except OSError:
+            if not target.is_dir():  # another worker unpacked the same archive first
+                raise
+        return sha256
+
+
+def pack_assets(directory: Path, archive: Path) -> None:
+    """The archive `Deployer` expects: a gzip'd tar of `directory`'s contents."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(directory.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+
+
+def _copy_hashing(source: BinaryIO, target: Path) -> str:
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def deploy_directory(deployer: Deployer, directory: Path, wasm: Path) -> VersionRecord:
+    """Deploy a built function folder in-process (`edgefn serve --deploy`, `edgefn dev`)."""
+    manifest_text = (directory / MANIFEST_FILE).read_text(encoding="utf-8")
+    manifest = parse_manifest(manifest_text)
+    with tempfile.TemporaryDirectory() as temp, wasm.open("rb") as component:
+        if manifest.assets is None:
+            return deployer.deploy(manifest_text, component)
+        archive = Path(temp) / "assets.tar.gz"
+        pack_assets(directory / manifest.assets, archive)
+        with archive.open("rb") as assets:
+            return deployer.deploy(manifest_text, component, assets)

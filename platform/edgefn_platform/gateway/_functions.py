@@ -1,0 +1,119 @@
+"""The worker's view of the registry: loaded sandboxes by route, kept fresh."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefn_runtime import Engine, Limits, Sandbox
+
+from ..manifest import Manifest
+from ..registry import FunctionRecord, Registry
+
+__all__ = ["FunctionTable", "LiveFunction"]
+
+log = logging.getLogger("edgefn.gateway")
+
+
+@dataclass(frozen=True)
+class LiveFunction:
+    """The active version of a function, loaded and ready to invoke."""
+
+    name: str
+    version: int
+    route: str
+    sandbox: Sandbox
+    limits: Limits
+
+
+class FunctionTable:
+    """Routes by longest prefix to the active version of each function.
+
+    A background thread polls the registry's change token every
+    `refresh_seconds`; a changed version is loaded (from the AOT cache) before
+    the table is swapped, so requests never wait for a load and in-flight
+    requests finish on the version they started with.
+    """
+
+    def __init__(
+        self, registry: Registry, engine: Engine, assets_dir: Path, refresh_seconds: float = 0.25
+    ) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.assets_dir = assets_dir
+        self.refresh_seconds = refresh_seconds
+        self._routes: dict[str, LiveFunction] = {}
+        self._token: object = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def match(self, path: str) -> tuple[LiveFunction, str] | None:
+        """The function owning `path` and the path relative to its route."""
+        routes = self._routes
+        prefix = path.rstrip("/") or "/"
+        while True:
+            function = routes.get(prefix)
+            if function is not None:
+                relative = path[len(prefix) :] if prefix != "/" else path
+                return function, relative if relative.startswith("/") else "/" + relative
+            if prefix == "/":
+                return None
+            prefix = prefix.rsplit("/", 1)[0] or "/"
+
+    def functions(self) -> list[LiveFunction]:
+        return list(self._routes.values())
+
+    def refresh(self, force: bool = False) -> None:
+        """Load what changed in the registry since the last call."""
+        with self._lock:
+            token = self.registry.change_token()
+            if token == self._token and not force:
+                return
+            loaded = {(f.name, f.version): f for f in self._routes.values()}
+            routes = {}
+            for record in self.registry.functions():
+                function = loaded.get((record.name, record.active.version))
+                if function is None:
+                    try:
+                        function = self._load(record)
+                    except Exception:
+                        log.exception(
+                            "cannot load %s version %s", record.name, record.active.version
+                        )
+                        continue
+                routes[record.route] = function
+            self._routes = routes
+            self._token = token
+
+    def _load(self, record: FunctionRecord) -> LiveFunction:
+        version = record.active
+        manifest = Manifest.from_dict(version.manifest)
+        assets_sha = version.manifest.get("assets_sha256")
+        assets = self.assets_dir / assets_sha if assets_sha else None
+        sandbox = self.engine.load(
+            self.registry.artifact_path(version.sha256), env=manifest.env, assets=assets
+        )
+        log.info("loaded %s version %s at %s", record.name, version.version, record.route)
+        return LiveFunction(
+            record.name, version.version, record.route, sandbox, manifest.resolve_limits()
+        )
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="edgefn-refresh", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.refresh_seconds):
+            try:
+                self.refresh()
+            except Exception:  # the next poll retries; serving goes on meanwhile
+                log.exception("registry refresh failed")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()

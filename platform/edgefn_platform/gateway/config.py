@@ -1,0 +1,62 @@
+"""Gateway settings: one dataclass, filled from CLI options or `EDGEFN_*` variables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["GatewayConfig", "load_token"]
+
+TOKEN_FILE = "admin-token"
+
+
+@dataclass
+class GatewayConfig:
+    """Where the gateway listens, where it keeps its data, and how many workers it runs."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    data_dir: Path = field(default_factory=lambda: Path(".edgefn-data"))
+    workers: int = 1
+    token: str | None = None
+    # AOT artifacts; defaults to `<data_dir>/aot`.
+    cache_dir: Path | None = None
+    max_upload: int = 100 * 1024 * 1024
+    # How often each worker looks for a new active version.
+    refresh_seconds: float = 0.25
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+
+    @property
+    def aot_cache_dir(self) -> Path:
+        """The directory `Engine` keeps its `aot/` folder in."""
+        return self.cache_dir or self.data_dir
+
+    def public_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def load_token(config: GatewayConfig) -> str:
+    """The admin token: `config.token` (from `EDGEFN_TOKEN`), else the one stored in
+    the data directory, else a new one written there with mode 0600."""
+    if config.token:
+        return config.token
+    path = config.data_dir / TOKEN_FILE
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    return token

@@ -1,0 +1,111 @@
+"""Registry records, errors and the interface every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = [
+    "FunctionNotFound",
+    "FunctionRecord",
+    "LogRecord",
+    "Registry",
+    "RegistryError",
+    "RouteConflict",
+    "VersionNotFound",
+    "VersionRecord",
+]
+
+
+class RegistryError(Exception):
+    """A registry operation was refused; the message says why."""
+
+
+class FunctionNotFound(RegistryError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no function named {name!r} is deployed")
+        self.name = name
+
+
+class VersionNotFound(RegistryError):
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(f"function {name!r} has no version {version}")
+
+
+class RouteConflict(RegistryError):
+    def __init__(self, route: str, owner: str) -> None:
+        super().__init__(f"route {route} is already served by function {owner!r}")
+        self.route = route
+        self.owner = owner
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One immutable deployed version of a function."""
+
+    function: str
+    version: int
+    route: str
+    sha256: str
+    size: int
+    manifest: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class FunctionRecord:
+    """A function and its active version."""
+
+    name: str
+    route: str
+    active: VersionRecord
+    versions: int
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One line of a function's recent logs: its own output, or an access line."""
+
+    id: int
+    function: str
+    time: float
+    request_id: str
+    kind: str  # "log" or "access"
+    line: str
+
+
+class Registry(Protocol):
+    """What the gateway needs from a registry backend."""
+
+    def deploy(
+        self, name: str, route: str, manifest: dict[str, Any], component: Path, sha256: str
+    ) -> VersionRecord:
+        """Store `component` as the next version of `name` and activate it, atomically."""
+
+    def activate(self, name: str, version: int) -> FunctionRecord:
+        """Make an existing version the active one."""
+
+    def delete(self, name: str) -> None:
+        """Remove a function, its versions and the artifacts no other version uses."""
+
+    def functions(self) -> list[FunctionRecord]: ...
+
+    def function(self, name: str) -> FunctionRecord: ...
+
+    def versions(self, name: str) -> list[VersionRecord]: ...
+
+    def artifact_path(self, sha256: str) -> Path:
+        """Where the component with this sha256 is stored."""
+
+    def change_token(self) -> Any:
+        """A value that changes whenever anything was deployed, activated or deleted."""
+
+    def append_logs(self, records: Iterable[tuple[str, float, str, str, str]]) -> None:
+        """Add (function, time, request_id, kind, line) records, keeping the newest only."""
+
+    def logs(self, name: str, after: int = 0, limit: int = 200) -> list[LogRecord]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,116 @@
+"""A real `edgefn serve` in a subprocess on loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    data_dir: Path
+    workers: int = 1
+    token: str = "test-token"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def public_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self) -> GatewayProcess:
+        env = {
+            **os.environ,
+            "EDGEFN_TOKEN": self.token,
+            "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn"),
+            **self.extra_env,
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "edgefn_platform",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--admin-port",
+            str(self.admin_port),
+            "--data-dir",
+            str(self.data_dir),
+            "--workers",
+            str(self.workers),
+        ]
+        log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, "gateway exited"
+            try:
+                if self.admin("GET", "/v1/functions").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("the gateway did not start")
+
+    def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        headers = {"authorization": f"Bearer {self.token}"}
+        return httpx.request(method, self.admin_url + path, headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.get(self.public_url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the gateway and its workers."""
+        assert self.process is not None
+        for pid in _children(self.process.pid):
+            os.kill(pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children

@@ -1,0 +1,286 @@
+"""End to end: a real `edgefn serve` with two workers, driven by the CLI and httpx."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import wasmtime
+from click.testing import CliRunner, Result
+from edgefn_platform.cli import main
+from gateway_process import ROOT, GatewayProcess, free_port
+
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
+HELLO = ROOT / "functions" / "hello"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    data_dir = tmp_path_factory.mktemp("gateway") / "data"
+    process = GatewayProcess(data_dir, workers=2, extra_env={"EDGEFN_MAX_UPLOAD": "25MiB"})
+    yield process.start()
+    process.stop()
+
+
+def cli(gateway: GatewayProcess, *args: str) -> Result:
+    return CliRunner().invoke(
+        main, [*args, "--gateway", gateway.admin_url, "--token", gateway.token]
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed(gateway: GatewayProcess) -> GatewayProcess:
+    for directory in (HELLO, FUNCTIONS / "hostile"):
+        result = cli(gateway, "deploy", str(directory))
+        assert result.exit_code == 0, result.output
+        assert f"{gateway.public_url}/" in result.output and "version" in result.output
+    time.sleep(1)  # the other worker notices within a second
+    return gateway
+
+
+def test_deployed_function_answers_with_a_request_id(deployed: GatewayProcess) -> None:
+    response = deployed.get("/hello/hello/world?greeting=Hey", headers={"x-request-id": "abc-1"})
+    assert response.status_code == 200
+    assert response.text == "Hey, world!\n"
+    assert response.headers["x-request-id"] == "abc-1"
+    assert deployed.get("/hello/").headers["x-request-id"]
+
+
+def test_function_sees_its_relative_path_and_route(deployed: GatewayProcess) -> None:
+    seen = deployed.get("/hostile/inspect?a=1").json()
+    assert seen["path"] == "/inspect"
+    assert ["x-edgefn-route", "/hostile"] in seen["headers"]
+
+
+def test_unknown_route_is_404_no_route(deployed: GatewayProcess) -> None:
+    response = deployed.get("/nobody/home")
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "no_route" and error["request_id"] == response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/hostile/raise", 500, "function_error"),
+        ("/hostile/crash", 502, "function_crashed"),
+        ("/hostile/sleep?seconds=5", 504, "timeout"),
+        ("/hostile/loop", 503, "fuel_exhausted"),
+        ("/hostile/alloc", 503, "memory_limit"),
+        ("/hostile/big?size=100000000", 502, "response_too_large"),
+    ],
+)
+def test_each_runtime_error_has_its_status_and_code(
+    deployed: GatewayProcess, path: str, status: int, code: str
+) -> None:
+    response = deployed.get(path)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    if code == "function_error":
+        assert "KeyError" in response.json()["error"]["message"]
+    assert deployed.get("/hello/").status_code == 200
+
+
+def test_body_over_the_limit_is_413(deployed: GatewayProcess) -> None:
+    response = httpx.post(deployed.public_url + "/hostile/echo", content=b"x" * (11 * 2**20))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+
+
+def test_function_deployed_after_start_is_served_by_both_workers(
+    deployed: GatewayProcess,
+) -> None:
+    for _ in range(60):  # a new connection each time, so the kernel spreads them
+        assert deployed.get("/hello/", headers={"connection": "close"}).status_code == 200
+    time.sleep(1)  # access lines are flushed in batches
+    lines = deployed.admin("GET", "/v1/functions/hello/logs?limit=1000").json()
+    workers = {json.loads(r["line"])["worker"] for r in lines if r["kind"] == "access"}
+    assert len(workers) == 2
+
+
+def test_admin_api_requires_the_token(deployed: GatewayProcess) -> None:
+    assert httpx.get(deployed.admin_url + "/v1/functions").status_code == 401
+    wrong = httpx.get(
+        deployed.admin_url + "/v1/functions", headers={"authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+    assert deployed.admin("GET", "/v1/functions").status_code == 200
+
+
+def upload(gateway: GatewayProcess, manifest: str, component: bytes) -> httpx.Response:
+    return gateway.admin(
+        "POST",
+        "/v1/functions",
+        data={"manifest": manifest},
+        files={"component": ("c.wasm", bytes(component))},
+    )
+
+
+@pytest.mark.parametrize(
+    ("manifest", "component", "status", "message"),
+    [
+        ('name = "bad"', b"", 400, "empty"),
+        ('name = "bad"', os.urandom(4096), 400, "not a valid WebAssembly component"),
+        ('name = "bad"', wasmtime.wat2wasm("(module)"), 400, "component"),
+        ('name = "bad"', wasmtime.wat2wasm("(component)"), 400, "does not export"),
+        ('name = "Bad Name"', wasmtime.wat2wasm("(component)"), 400, "name:"),
+        ("name = ", b"\0asm", 400, "not valid TOML"),
+        ('name = "bad"', b"\0" * (26 * 2**20), 413, "exceeds the limit"),
+    ],
+)
+def test_bad_uploads_are_refused_and_nothing_is_stored(
+    deployed: GatewayProcess, manifest: str, component: bytes, status: int, message: str
+) -> None:
+    response = upload(deployed, manifest, component)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+    assert deployed.admin("GET", "/v1/functions/bad").status_code == 404
+
+
+def test_route_conflict_is_409_naming_the_owner(deployed: GatewayProcess) -> None:
+    component = (HELLO / ".edgefn" / "hello.wasm").read_bytes()
+    response = upload(deployed, 'name = "squatter"\nroute = "/hello"', component)
+    assert response.status_code == 409
+    assert "'hello'" in response.json()["error"]["message"]
+
+
+def write_function(directory: Path, name: str, answer: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    (directory / "edgefn.toml").write_text(f'name = "{name}"\n')
+    (directory / "app.py").write_text(
+        "from edgefn import App\napp = App()\n\n"
+        f"@app.get('/')\ndef index(request):\n    return {answer!r}\n"
+    )
+    return directory
+
+
+def test_redeploy_under_load_rollback_and_delete(deployed: GatewayProcess, tmp_path: Path) -> None:
+    directory = write_function(tmp_path / "flip", "flip", "v1")
+    assert cli(deployed, "deploy", str(directory)).exit_code == 0
+    time.sleep(1)
+    assert deployed.get("/flip/").text == "v1"
+
+    answers: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=deployed.public_url, timeout=30) as client:
+            while not stop.is_set():
+                response = client.get("/flip/")
+                (answers if response.status_code == 200 else failures).append(response.text)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        write_function(directory, "flip", "v2")
+        result = cli(deployed, "deploy", str(directory))
+        assert result.exit_code == 0, result.output
+        time.sleep(1.5)  # every worker notices within a second
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    assert answers[0] == "v1" and answers[-1] == "v2"
+    assert set(answers) == {"v1", "v2"}
+
+    rolled = cli(deployed, "rollback", "flip")
+    assert rolled.exit_code == 0 and "version 1" in rolled.output
+    time.sleep(1)
+    assert deployed.get("/flip/").text == "v1"
+    versions = cli(deployed, "versions", "flip")
+    assert "* " in versions.output.splitlines()[1]
+
+    assert cli(deployed, "rm", "flip").exit_code == 0
+    time.sleep(1)
+    assert deployed.get("/flip/").json()["error"]["code"] == "no_route"
+
+
+def test_cli_errors_are_one_line(deployed: GatewayProcess) -> None:
+    result = cli(deployed, "info", "ghost")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "Error: no function named 'ghost' is deployed (function_not_found, HTTP 404)"
+    )
+
+
+def test_sigkill_during_deploy_leaves_the_previous_version(tmp_path: Path) -> None:
+    gateway = GatewayProcess(tmp_path / "data").start()
+    try:
+        directory = write_function(tmp_path / "crashy", "crashy", "first")
+        assert cli(gateway, "deploy", str(directory)).exit_code == 0
+        # New source, new component: the deploy spends seconds compiling it.
+        write_function(directory, "crashy", f"second {time.time()}")
+        assert CliRunner().invoke(main, ["build", str(directory)]).exit_code == 0
+        wasm = directory / ".edgefn" / "crashy.wasm"
+        thread = threading.Thread(
+            target=lambda: _ignore_errors(
+                lambda: upload(gateway, 'name = "crashy"', wasm.read_bytes())
+            )
+        )
+        thread.start()
+        scratch = tmp_path / "data" / "tmp"
+        deadline = time.monotonic() + 30
+        while not (scratch.is_dir() and any(scratch.iterdir())):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        gateway.kill()
+        thread.join()
+    finally:
+        gateway.stop()
+
+    restarted = GatewayProcess(tmp_path / "data").start()
+    try:
+        versions = restarted.admin("GET", "/v1/functions/crashy/versions").json()
+        assert [v["version"] for v in versions] == [1]
+        assert restarted.get("/crashy/").text == "first"
+    finally:
+        restarted.stop()
+
+
+def _ignore_errors(call: object) -> None:
+    try:
+        call()  # type: ignore[operator]
+    except httpx.HTTPError:
+        pass
+
+
+def test_dev_serves_and_redeploys_on_change(tmp_path: Path) -> None:
+    directory = write_function(tmp_path / "devfn", "devfn", "before")
+    port = free_port()
+    log = (tmp_path / "dev.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgefn_platform", "dev", str(directory), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn")},
+    )
+    try:
+        assert _wait_for(f"http://127.0.0.1:{port}/devfn/", "before")
+        write_function(directory, "devfn", "after")
+        assert _wait_for(f"http://127.0.0.1:{port}/devfn/", "after")
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    assert f"http://127.0.0.1:{port}/devfn" in (tmp_path / "dev.log").read_text()
+
+
+def _wait_for(url: str, text: str, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url).text == text:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
