@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+
 from edgefn_platform import BuildResult
 from edgefn_runtime import Engine, InvalidComponent, Limits, Request
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import wasmtime
 from click.testing import CliRunner, Result
+
 from edgefn_platform.cli import main
 from gateway_process import ROOT, GatewayProcess, free_port
 

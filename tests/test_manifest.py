@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from edgefn_platform import ManifestError, load_manifest, parse_manifest
 from edgefn_platform._units import parse_count, parse_duration, parse_size
 from edgefn_runtime import Limits

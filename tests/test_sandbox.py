@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+
 from edgefn_runtime import (
     BodyTooLarge,
     FuelExhausted,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from edgefn import App, HTTPError, Request, Response, StreamingResponse
 from edgefn.testing import TestClient
 

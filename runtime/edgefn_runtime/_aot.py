@@ -41,6 +41,10 @@ class AotCache:
     def path_for(self, sha256: str) -> Path:
         return self.directory / f"{sha256}-{self.engine_key}.cwasm"
 
+    def remove(self, sha256: str) -> None:
+        """Forget the compiled artifact of a component no longer deployed."""
+        self.path_for(sha256).unlink(missing_ok=True)
+
     def load(self, engine: wasmtime.Engine, wasm: Path, sha256: str | None = None) -> wc.Component:
         """The compiled component for `wasm`, compiling and caching it on a miss."""
         artifact = self.path_for(sha256 or sha256_file(wasm))

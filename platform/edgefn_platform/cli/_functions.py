@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+
 from edgefn_runtime import Engine, Request, SandboxError
 
 from .._units import format_size

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import click
+
 from edgefn_runtime import Engine, default_cache_dir
 
 from .._units import parse_size
@@ -93,8 +94,10 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
     "--deploy",
     "deploy_dirs",
     multiple=True,
+    envvar="EDGEFN_DEPLOY",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Build and deploy this function folder at start; repeatable.",
+    help="Build and deploy this function folder at start; repeatable. "
+    "[env: EDGEFN_DEPLOY, space-separated]",
 )
 def serve(
     host: str,

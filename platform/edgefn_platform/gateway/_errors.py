@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
+
 from edgefn_runtime import (
     BodyTooLarge,
     FuelExhausted,
@@ -13,7 +15,6 @@ from edgefn_runtime import (
     SandboxError,
     Timeout,
 )
-from starlette.responses import JSONResponse
 
 from ..manifest import ManifestError
 from ..registry import FunctionNotFound, RegistryError, RouteConflict, VersionNotFound

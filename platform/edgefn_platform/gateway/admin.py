@@ -162,7 +162,9 @@ def create_admin_app(
 
     @app.delete("/v1/functions/{name}", status_code=204)
     def delete(name: str) -> None:
-        registry.delete(name)
+        """Remove the function; its route stops answering at once."""
+        for sha256 in registry.delete(name):
+            deployer.engine.aot.remove(sha256)
         table.refresh()
 
     @app.get("/v1/functions/{name}/logs", response_model=list[LogOut])

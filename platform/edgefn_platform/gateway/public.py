@@ -9,12 +9,13 @@ import time
 import uuid
 
 import anyio
-from edgefn_runtime import BodyTooLarge, GuestCrashed, Outcome, SandboxError
-from edgefn_runtime import Request as SandboxRequest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from edgefn_runtime import BodyTooLarge, GuestCrashed, Outcome, SandboxError
+from edgefn_runtime import Request as SandboxRequest
 
 from ._errors import GatewayError, error_response
 from ._functions import FunctionTable, LiveFunction

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
+
 from edgefn_runtime import Engine
 
 from ..registry import SQLiteRegistry

@@ -88,8 +88,9 @@ class Registry(Protocol):
     def activate(self, name: str, version: int) -> FunctionRecord:
         """Make an existing version the active one."""
 
-    def delete(self, name: str) -> None:
-        """Remove a function, its versions and the artifacts no other version uses."""
+    def delete(self, name: str) -> list[str]:
+        """Remove a function, its versions and the artifacts no other version uses;
+        return the sha256 of each artifact removed."""
 
     def functions(self) -> list[FunctionRecord]: ...
 

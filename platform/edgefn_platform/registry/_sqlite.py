@@ -153,7 +153,7 @@ class SQLiteRegistry:
             self._set_active(db, name, record.route, version)
         return self.function(name)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str) -> list[str]:
         with self._function_lock(name):
             with self._transaction() as db:
                 self._function_row(db, name)
@@ -162,9 +162,10 @@ class SQLiteRegistry:
                 db.execute("DELETE FROM versions WHERE function = ?", (name,))
                 db.execute("DELETE FROM logs WHERE function = ?", (name,))
                 used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
-            for artifact in self.artifacts.glob("*.wasm"):
-                if artifact.stem not in used:
-                    artifact.unlink(missing_ok=True)
+            unused = [a for a in self.artifacts.glob("*.wasm") if a.stem not in used]
+            for artifact in unused:
+                artifact.unlink(missing_ok=True)
+            return [a.stem for a in unused]
 
     def _store_artifact(self, component: Path, sha256: str) -> None:
         target = self.artifact_path(sha256)

@@ -149,6 +149,11 @@ def leave(request: Request) -> None:
     sys.exit(3)
 
 
+@app.get("/bad-header")
+def bad_header(request: Request) -> Response:
+    return Response("x", headers={"x-evil": "a\r\nInjected: 1"})
+
+
 @app.get("/json")
 def as_json(request: Request) -> Response:
     return Response(json.dumps({"ok": True}), headers={"content-type": "application/json"})
