@@ -119,7 +119,7 @@ def info(name: str, client: AdminClient) -> None:
     click.echo(f"size:        {format_size(active['size'])}  sha256 {active['sha256'][:16]}")
     click.echo(f"env:         {', '.join(active['env']) or '-'}")
     for key, value in active["limits"].items():
-        click.echo(f"limit {key + ':':13} {value}")
+        click.echo(f"limit {key + ':':13} {_limit(key, value)}")
 
 
 @click.command()
@@ -196,6 +196,14 @@ def logs(name: str, follow: bool, client: AdminClient) -> None:
         if not follow:
             return
         time.sleep(0.5)
+
+
+def _limit(key: str, value: float) -> str:
+    if key == "timeout":
+        return f"{value:g} s"
+    if key == "fuel":
+        return f"{int(value):,} units"
+    return format_size(int(value))
 
 
 def _when(timestamp: float) -> str:
