@@ -285,3 +285,10 @@ def _wait_for(url: str, text: str, timeout: float = 60) -> bool:
             pass
         time.sleep(0.2)
     return False
+
+
+def test_redeploying_the_active_version_adds_no_version(deployed: GatewayProcess) -> None:
+    before = deployed.admin("GET", "/v1/functions/hello").json()["versions"]
+    result = cli(deployed, "deploy", str(HELLO))
+    assert result.exit_code == 0, result.output
+    assert deployed.admin("GET", "/v1/functions/hello").json()["versions"] == before

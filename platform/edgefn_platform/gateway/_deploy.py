@@ -7,12 +7,12 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from edgefn_runtime import Engine
 
 from ..manifest import MANIFEST_FILE, parse_manifest
-from ..registry import Registry, VersionRecord
+from ..registry import FunctionNotFound, Registry, VersionRecord
 
 __all__ = ["Deployer", "InvalidAssets", "deploy_directory", "pack_assets"]
 
@@ -53,7 +53,20 @@ class Deployer:
             # Loading validates the contract and compiles into the shared AOT cache.
             self.engine.load(wasm, env=manifest.env, assets=assets_path)
             stored = manifest.to_dict() | {"assets_sha256": assets_sha}
+            unchanged = self._active_if_same(manifest.name, sha256, stored)
+            if unchanged is not None:
+                return unchanged
             return self.registry.deploy(manifest.name, manifest.route, stored, wasm, sha256)
+
+    def _active_if_same(
+        self, name: str, sha256: str, manifest: dict[str, Any]
+    ) -> VersionRecord | None:
+        """Redeploying exactly what is active adds no version (e.g. every `make run`)."""
+        try:
+            active = self.registry.function(name).active
+        except FunctionNotFound:
+            return None
+        return active if (active.sha256, active.manifest) == (sha256, manifest) else None
 
     def _unpack_assets(self, archive: BinaryIO, temp: Path) -> str:
         data = temp / "assets.tar.gz"
