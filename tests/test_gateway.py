@@ -61,6 +61,13 @@ def test_function_sees_its_relative_path_and_route(deployed: GatewayProcess) -> 
     assert ["x-edgefn-route", "/hostile"] in seen["headers"]
 
 
+def test_deployed_assets_are_mounted_read_only(deployed: GatewayProcess) -> None:
+    read = deployed.get("/hostile/read?path=/assets/greeting.txt").json()
+    assert read == {"read": "hello from an asset\n"}
+    written = deployed.get("/hostile/write?path=/assets/greeting.txt").json()
+    assert "written" not in written
+
+
 def test_unknown_route_is_404_no_route(deployed: GatewayProcess) -> None:
     response = deployed.get("/nobody/home")
     assert response.status_code == 404
@@ -143,6 +150,19 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(
     response = upload(deployed, manifest, component)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
+    assert deployed.admin("GET", "/v1/functions/bad").status_code == 404
+
+
+def test_broken_assets_archive_is_refused(deployed: GatewayProcess) -> None:
+    component = (HELLO / ".edgefn" / "hello.wasm").read_bytes()
+    response = deployed.admin(
+        "POST",
+        "/v1/functions",
+        data={"manifest": 'name = "bad"\nroute = "/bad"'},
+        files={"component": ("c.wasm", component), "assets": ("a.tar.gz", b"not a tarball")},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_assets"
     assert deployed.admin("GET", "/v1/functions/bad").status_code == 404
 
 

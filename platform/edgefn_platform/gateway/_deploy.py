@@ -21,6 +21,11 @@ class InvalidAssets(ValueError):
     """The assets archive is not a gzip'd tar of regular files and folders."""
 
 
+# What an assets archive may unpack to: checked from its headers before extracting.
+MAX_ASSETS_BYTES = 256 * 1024 * 1024
+MAX_ASSETS_FILES = 10_000
+
+
 @dataclass
 class Deployer:
     registry: Registry
@@ -77,6 +82,13 @@ class Deployer:
         unpacked = temp / "assets"
         try:
             with tarfile.open(data, "r:gz") as tar:
+                members = tar.getmembers()
+                total = sum(m.size for m in members)
+                if len(members) > MAX_ASSETS_FILES or total > MAX_ASSETS_BYTES:
+                    raise InvalidAssets(
+                        f"the assets unpack to {len(members)} files and {total} bytes; the "
+                        f"limits are {MAX_ASSETS_FILES} files and {MAX_ASSETS_BYTES} bytes"
+                    )
                 tar.extractall(unpacked, filter="data")
         except (tarfile.TarError, OSError) as exc:
             raise InvalidAssets(f"the assets archive cannot be unpacked: {exc}") from None
