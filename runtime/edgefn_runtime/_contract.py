@@ -14,7 +14,7 @@ __all__ = ["CONTRACT_VERSION", "HANDLER_EXPORT", "check_component", "request_hea
 
 CONTRACT_VERSION = "0.1.0"
 HANDLER_EXPORT = f"edgefn:http/incoming-handler@{CONTRACT_VERSION}"
-_TYPES_IMPORT = f"edgefn:http/types@{CONTRACT_VERSION}"
+_IMPORTS = {f"edgefn:http/{name}@{CONTRACT_VERSION}" for name in ("types", "image")}
 _HANDLER_PREFIX = "edgefn:http/incoming-handler@"
 
 
@@ -38,7 +38,7 @@ def check_component(engine: wasmtime.Engine, component: wc.Component) -> None:
     if not isinstance(handler, wc.ComponentInstanceType) or "handle" not in handler.exports(engine):
         raise InvalidComponent(f"{HANDLER_EXPORT} does not export a `handle` function")
     for name in component_type.imports(engine):
-        if not (name.startswith("wasi:") or name == _TYPES_IMPORT):
+        if not (name.startswith("wasi:") or name in _IMPORTS):
             raise InvalidComponent(f"the component imports {name}, which edgefn does not provide")
 
 

@@ -17,7 +17,9 @@ from wasmtime import component as wc
 from ._aot import AotCache, sha256_file
 from ._contract import check_component
 from ._errors import InvalidComponent
+from ._limits import Limits
 from ._sandbox import Sandbox
+from .image import ImageContext, add_image_capability
 
 __all__ = ["Engine", "default_cache_dir"]
 
@@ -71,6 +73,7 @@ class Engine:
         self.wasmtime = wasmtime.Engine(config)
         self.linker = wc.Linker(self.wasmtime)
         self.linker.add_wasip2()
+        add_image_capability(self.linker)
         self.aot = AotCache((cache_dir or default_cache_dir()) / "aot", self._engine_key())
         self._ticker: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -106,7 +109,7 @@ class Engine:
         # Link and instantiate once, without calling the guest: a component
         # that does not fit the pool or links to something missing fails here,
         # at load, instead of on its first request.
-        store = wasmtime.Store(self.wasmtime)
+        store = wasmtime.Store(self.wasmtime, data=ImageContext(b"", None, Limits()))
         store.set_fuel(10**9)
         store.set_epoch_deadline(2**32)
         store.set_wasi(wasmtime.WasiConfig())

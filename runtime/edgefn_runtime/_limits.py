@@ -19,7 +19,8 @@ class Limits:
 
     memory: bytes of linear memory; fuel: wasmtime fuel units (roughly one per
     wasm instruction); timeout: wall-clock seconds; max_body / max_response:
-    request and response body bytes; max_log: log bytes kept per request.
+    request and response body bytes; max_log: log bytes kept per request;
+    max_image_pixels: largest image (width x height) the image service decodes.
     """
 
     memory: int = 64 * MiB
@@ -28,11 +29,12 @@ class Limits:
     max_body: int = 10 * MiB
     max_response: int = 10 * MiB
     max_log: int = 64 * 1024
+    max_image_pixels: int = 40_000_000
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
             raise ValueError(f"memory limit {self.memory} B is below the minimum of 16 MiB")
-        for name in ("fuel", "max_body", "max_response", "max_log"):
+        for name in ("fuel", "max_body", "max_response", "max_log", "max_image_pixels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} limit must be a non-negative int, got {value!r}")

@@ -36,6 +36,7 @@ class Usage:
     """
 
     fuel: int = 0
+    image_pixels: int = 0
     instantiate_seconds: float = 0.0
     execute_seconds: float = 0.0
     peak_memory: int | None = None

@@ -21,6 +21,7 @@ from ._errors import (
 from ._limits import Limits
 from ._messages import Outcome, Request, Response, Usage
 from ._stdio import GuestOutput, set_stdin_bytes
+from .image import ImageContext
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -70,7 +71,8 @@ class Sandbox:
                 f"request body of {len(request.body)} bytes exceeds the limit of {limits.max_body}"
             )
         engine = self.engine
-        store = wasmtime.Store(engine.wasmtime)
+        context = ImageContext(request.body, Path(self.assets) if self.assets else None, limits)
+        store = wasmtime.Store(engine.wasmtime, data=context)
         store.set_limits(memory_size=limits.memory)
         store.set_fuel(limits.fuel)
         store.set_epoch_deadline(engine.epoch_deadline(limits.timeout))
@@ -86,6 +88,7 @@ class Sandbox:
             GuestOutput(config, "stderr", limits.max_log) as log,
         ):
             store.set_wasi(config)
+            context.output = body
             trap: wasmtime.WasmtimeError | None = None
             started = time.perf_counter()
             try:
@@ -105,6 +108,9 @@ class Sandbox:
                 error.usage, error.logs = usage, logs
                 return error
 
+            usage.image_pixels = context.usage["pixels"]
+            if context.error is not None:  # image work broke a budget; the guest can't hide it
+                raise fail(context.error) from None
             if trap is not None:
                 raise fail(from_trap(trap, limits, fuel_left=fuel_left, logs=logs)) from None
             if result.tag == "err":

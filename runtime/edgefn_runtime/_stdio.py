@@ -55,6 +55,12 @@ class GuestOutput:
         """The first `length` bytes (the SDK declares how many it wrote)."""
         return os.pread(self._fd, length, 0) if length else b""
 
+    def write(self, data: bytes) -> None:
+        """Put `data` at the start of the file, as if the guest had written it."""
+        if len(data) > self.limit:
+            raise ValueError(f"{len(data)} bytes exceed the limit of {self.limit}")
+        os.pwrite(self._fd, data, 0)
+
     def read_text_lines(self) -> tuple[list[str], bool]:
         """Lines written so far, and whether the guest reached the limit."""
         # tmpfs reports unwritten pages as a hole: read only up to the first one.

@@ -16,10 +16,12 @@ from collections.abc import Iterable
 
 from componentize_py_types import Err
 from wit_world.exports import IncomingHandler
+from wit_world.imports import image as host_image
 from wit_world.imports.types import GuestError, RequestHead, ResponseHead
 
+from . import image
 from ._requests import Request
-from ._responses import StreamingResponse
+from ._responses import Response, StreamingResponse
 from ._routing import App
 
 __all__ = ["export"]
@@ -93,14 +95,50 @@ def _handle(app: App, head: RequestHead) -> ResponseHead:
             body=sys.stdin.buffer.read,
         )
         response = app.handle(request)
-        chunks = (
-            response.body_iterator if isinstance(response, StreamingResponse) else (response.body,)
-        )
-        length = _write_body(chunks)
+        if isinstance(response, image.RenderedResponse):
+            length = response.length  # the host wrote the body
+        elif isinstance(response, StreamingResponse):
+            length = _write_body(response.body_iterator)
+        else:
+            length = _write_body((response.body,))
         return ResponseHead(response.status, response.headers.multi_items(), length)
     except BaseException as exc:  # noqa: BLE001 - an escaping exception would trap the guest
         traceback.print_exc()
         raise Err(GuestError(_kind(exc), str(exc))) from None
+
+
+class _HostImages:
+    """edgefn.image's backend inside the component: the host's image capability."""
+
+    def probe(self, source: tuple[str, object]) -> image.ImageInfo:
+        try:
+            info = host_image.probe(_source(source))
+        except Err as failure:
+            image.raise_failure(failure.value.kind, failure.value.message)
+            raise
+        return image.ImageInfo(
+            info.width, info.height, info.format, info.orientation, info.animated, info.digest
+        )
+
+    def render(self, source: tuple[str, object], pipeline: str) -> Response:
+        try:
+            rendered = host_image.render(_source(source), pipeline)
+        except Err as failure:
+            image.raise_failure(failure.value.kind, failure.value.message)
+            raise
+        return image.RenderedResponse(rendered.content_type, rendered.length)
+
+
+def _source(source: tuple[str, object]) -> host_image.Source:
+    kind, value = source
+    if kind == "asset":
+        return host_image.Source_Asset(value)
+    if kind == "bytes":
+        return host_image.Source_Bytes(value)
+    return host_image.Source_Body()
+
+
+image.use_backend(_HostImages())
 
 
 def _write_body(chunks: Iterable[bytes]) -> int:

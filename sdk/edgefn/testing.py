@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import image
 from ._datastructures import Headers
 from ._requests import Request
+from ._responses import Response
 from ._routing import App
 
 __all__ = ["TestClient", "TestResponse", "load_app"]
@@ -53,9 +55,12 @@ class TestClient:
 
     __test__ = False
 
-    def __init__(self, app: App, *, raise_exceptions: bool = True) -> None:
+    def __init__(
+        self, app: App, *, raise_exceptions: bool = True, assets: str | Path | None = None
+    ) -> None:
         self.app = app
         self.raise_exceptions = raise_exceptions
+        self.assets = Path(assets) if assets is not None else None
 
     def request(
         self,
@@ -74,6 +79,7 @@ class TestClient:
         if isinstance(body, str):
             body = body.encode()
         request = Request(method, path, query_string=query, headers=header_items, body=body)
+        image.use_backend(_NativeImages(body, self.assets))
         try:
             response = self.app.handle(request)
         except Exception as exc:
@@ -129,3 +135,40 @@ def load_app(directory: str | Path) -> App:
     if not isinstance(app, App):
         raise TypeError(f"entry {entry!r} in {directory} does not name an edgefn.App")
     return app
+
+
+class _NativeImages:
+    """edgefn.image's backend natively: the host's Pillow pipeline, in-process, so
+    outputs are the same bytes the sandbox would send."""
+
+    def __init__(self, body: bytes, assets: Path | None) -> None:
+        self.body = body
+        self.assets = assets
+
+    def _data(self, source: tuple[str, Any]) -> bytes:
+        kind, value = source
+        if kind == "asset":
+            if self.assets is None:
+                raise ValueError("pass TestClient(..., assets=folder) to read assets")
+            return (self.assets / str(value)).read_bytes()
+        return bytes(value) if kind == "bytes" else bytes(self.body)
+
+    def probe(self, source: tuple[str, Any]) -> image.ImageInfo:
+        from edgefn_runtime.image import ImageFailure, probe
+
+        try:
+            info = probe(self._data(source))
+        except ImageFailure as failure:
+            image.raise_failure(failure.kind, failure.message)
+            raise
+        return image.ImageInfo(**info.__dict__)
+
+    def render(self, source: tuple[str, Any], pipeline: str) -> Response:
+        from edgefn_runtime.image import Budget, ImageFailure, render
+
+        try:
+            rendered = render(self._data(source), _json.loads(pipeline), self.assets, Budget())
+        except ImageFailure as failure:
+            image.raise_failure(failure.kind, failure.message)
+            raise
+        return Response(rendered.data, headers={"content-type": rendered.content_type})

@@ -1,0 +1,310 @@
+"""Image processing for functions: record a pipeline, run it in one host call.
+
+>>> from edgefn.image import Image
+>>> @app.post("/thumb")
+... def thumb(request):
+...     return Image.from_body().resize(800, fit="contain").text("© edgefn").send("webp", 80)
+
+Pixels never enter the function: the host decodes the source, applies every
+operation and writes the encoded result straight into the response body.
+Natively (`edgefn.testing`) the same pipeline runs in-process with Pillow.
+"""
+
+from __future__ import annotations
+
+import json as _json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._exceptions import HTTPError
+from ._responses import Response
+
+__all__ = [
+    "FITS",
+    "FORMATS",
+    "GRAVITIES",
+    "Image",
+    "ImageError",
+    "ImageInfo",
+    "ImageTooLarge",
+    "InvalidImage",
+    "RenderedResponse",
+    "UnsupportedImage",
+    "raise_failure",
+    "use_backend",
+]
+
+FORMATS = ("jpeg", "png", "webp", "avif", "gif")
+FITS = ("cover", "contain", "fill", "inside", "outside")
+GRAVITIES = (
+    "north",
+    "northeast",
+    "east",
+    "southeast",
+    "south",
+    "southwest",
+    "west",
+    "northwest",
+    "center",
+)
+
+
+class ImageError(HTTPError):
+    """The image service refused the input or the pipeline; answers with its status."""
+
+
+class UnsupportedImage(ImageError):
+    def __init__(self, message: str) -> None:
+        super().__init__(415, message, code="unsupported_image")
+
+
+class InvalidImage(ImageError):
+    def __init__(self, message: str) -> None:
+        super().__init__(422, message, code="invalid_image")
+
+
+class ImageTooLarge(ImageError):
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message, code="image_too_large")
+
+
+_ERRORS: dict[str, Any] = {
+    "unsupported_image": UnsupportedImage,
+    "invalid_image": InvalidImage,
+    "image_too_large": ImageTooLarge,
+}
+
+
+def raise_failure(kind: str, message: str) -> None:
+    """Raise the SDK exception for a failure `kind` reported by the image service."""
+    error = _ERRORS.get(kind)
+    if error is not None:
+        raise error(message)
+    if kind == "response_too_large":
+        raise ImageError(502, message, code="response_too_large")
+    if kind in ("budget_exceeded", "memory_limit"):
+        raise ImageError(503, message, code=kind)
+    raise ValueError(f"image pipeline rejected: {message}")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What `probe()` reads from the image header."""
+
+    width: int
+    height: int
+    format: str
+    orientation: int
+    animated: bool
+    digest: str
+
+
+class Backend(Protocol):
+    """Runs pipelines: the host capability in wasm, Pillow in-process natively."""
+
+    def probe(self, source: tuple[str, Any]) -> ImageInfo: ...
+
+    def render(self, source: tuple[str, Any], pipeline: str) -> Response: ...
+
+
+class RenderedResponse(Response):
+    """An image response whose body the host already wrote (`length` bytes)."""
+
+    def __init__(self, content_type: str, length: int) -> None:
+        super().__init__(b"", headers={"content-type": content_type})
+        self.length = length
+
+
+_backend: Backend | None = None
+
+
+def use_backend(backend: Backend) -> None:
+    """Set by the guest glue or `edgefn.testing`; functions never call this."""
+    global _backend
+    _backend = backend
+
+
+def _current() -> Backend:
+    if _backend is None:
+        raise RuntimeError("edgefn.image needs the edgefn runtime or edgefn.testing")
+    return _backend
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image source and the operations to apply, in order. Each method returns
+    a new `Image`; nothing runs until `send()` (or `probe()`)."""
+
+    source: tuple[str, Any]
+    ops: tuple[dict[str, Any], ...] = ()
+    auto_orient: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls) -> Image:
+        """The request body."""
+        return cls(("body", None))
+
+    @classmethod
+    def from_asset(cls, name: str) -> Image:
+        """A file in the function's assets folder."""
+        return cls(("asset", name))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Image:
+        """Small bytes the function holds (at most 64 KiB)."""
+        return cls(("bytes", bytes(data)))
+
+    def _with(self, op: dict[str, Any]) -> Image:
+        return Image(self.source, (*self.ops, op), self.auto_orient, self.settings)
+
+    def resize(
+        self,
+        width: int | None = None,
+        height: int | None = None,
+        *,
+        fit: str = "contain",
+        gravity: str = "center",
+        upscale: bool = False,
+        background: str = "#ffffff",
+    ) -> Image:
+        """Scale to `width` and/or `height`. Fits: cover (fill the box, crop the rest),
+        contain (fit inside, pad to the box), fill (stretch), inside (fit inside, no
+        padding), outside (cover the box, no crop). Never enlarges unless `upscale`."""
+        _check(fit, FITS, "fit")
+        _check(gravity, GRAVITIES, "gravity")
+        for name, value in (("width", width), ("height", height)):
+            if value is not None and (not isinstance(value, int) or not 1 <= value <= 16384):
+                raise ValueError(f"{name} must be an int from 1 to 16384, got {value!r}")
+        if width is None and height is None:
+            raise ValueError("resize needs a width, a height or both")
+        return self._with(
+            {
+                "op": "resize",
+                "width": width,
+                "height": height,
+                "fit": fit,
+                "gravity": gravity,
+                "upscale": upscale,
+                "background": background,
+            }
+        )
+
+    def crop(
+        self,
+        width: int,
+        height: int,
+        *,
+        gravity: str = "center",
+        left: int | None = None,
+        top: int | None = None,
+    ) -> Image:
+        """Cut `width` x `height`: at `left`/`top`, or placed by `gravity`."""
+        if left is not None or top is not None:
+            return self._with(
+                {"op": "crop", "left": left or 0, "top": top or 0, "width": width, "height": height}
+            )
+        _check(gravity, GRAVITIES, "gravity")
+        return self._with({"op": "crop", "width": width, "height": height, "gravity": gravity})
+
+    def rotate(self, degrees: int) -> Image:
+        """Rotate clockwise by 90, 180 or 270 degrees."""
+        if degrees % 90:
+            raise ValueError(f"rotate takes multiples of 90 degrees, got {degrees}")
+        return self._with({"op": "rotate", "degrees": degrees % 360})
+
+    def flip(self, direction: str = "horizontal") -> Image:
+        """Mirror left-right (`horizontal`) or top-bottom (`vertical`)."""
+        _check(direction, ("horizontal", "vertical"), "direction")
+        return self._with({"op": "flip", "direction": direction})
+
+    def orient(self, auto: bool = True) -> Image:
+        """Apply EXIF orientation first (the default) or keep the stored pixels."""
+        return Image(self.source, self.ops, auto, self.settings)
+
+    def text(
+        self,
+        text: str,
+        *,
+        size: float = 0.05,
+        color: str = "#ffffff",
+        opacity: float = 0.5,
+        gravity: str = "southeast",
+        margin: float = 0.02,
+        tile: bool = False,
+    ) -> Image:
+        """Stamp `text`; `size` and `margin` are fractions of the image width."""
+        _check(gravity, GRAVITIES, "gravity")
+        return self._with(
+            {
+                "op": "text",
+                "text": text,
+                "size": size,
+                "color": color,
+                "opacity": opacity,
+                "gravity": gravity,
+                "margin": margin,
+                "tile": tile,
+            }
+        )
+
+    def overlay(
+        self,
+        asset: str,
+        *,
+        scale: float = 0.2,
+        opacity: float = 1.0,
+        gravity: str = "southeast",
+        margin: float = 0.02,
+        tile: bool = False,
+    ) -> Image:
+        """Stamp an image from the assets; `scale` is its width over the image's width."""
+        _check(gravity, GRAVITIES, "gravity")
+        return self._with(
+            {
+                "op": "overlay",
+                "asset": asset,
+                "scale": scale,
+                "opacity": opacity,
+                "gravity": gravity,
+                "margin": margin,
+                "tile": tile,
+            }
+        )
+
+    def pipeline(self, format: str = "jpeg", quality: int = 85, background: str = "#ffffff") -> str:
+        """The JSON the host runs (what `send` sends)."""
+        _check(format, FORMATS, "format")
+        if not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise ValueError(f"quality must be an int from 1 to 100, got {quality!r}")
+        output = {"format": format, "quality": quality, "background": background}
+        return _json.dumps(
+            {"auto_orient": self.auto_orient, "ops": list(self.ops), "output": output}
+        )
+
+    def send(
+        self,
+        format: str = "jpeg",
+        quality: int = 85,
+        *,
+        background: str = "#ffffff",
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Run the pipeline and answer with the encoded image (metadata stripped;
+        transparency flattened onto `background` for JPEG)."""
+        response = _current().render(self.source, self.pipeline(format, quality, background))
+        response.status = status
+        for key, value in (headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    def probe(self) -> ImageInfo:
+        """Width, height, format, EXIF orientation, animation and sha256 of the source,
+        read from its header without decoding pixels."""
+        return _current().probe(self.source)
+
+
+def _check(value: str, allowed: tuple[str, ...], name: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
