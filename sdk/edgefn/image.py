@@ -30,6 +30,7 @@ __all__ = [
     "InvalidImage",
     "RenderedResponse",
     "UnsupportedImage",
+    "negotiate",
     "raise_failure",
     "use_backend",
 ]
@@ -303,6 +304,18 @@ class Image:
         """Width, height, format, EXIF orientation, animation and sha256 of the source,
         read from its header without decoding pixels."""
         return _current().probe(self.source)
+
+
+def negotiate(accept: str, fallback: str = "jpeg") -> str:
+    """The best output format a client accepts: AVIF, then WebP, else `fallback`.
+
+    Answers chosen this way should carry `Vary: Accept`.
+    """
+    offered = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    for fmt in ("avif", "webp"):
+        if f"image/{fmt}" in offered:
+            return fmt
+    return fallback
 
 
 def _check(value: str, allowed: tuple[str, ...], name: str) -> None:

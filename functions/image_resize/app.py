@@ -1,0 +1,121 @@
+"""image_resize: resize, crop and convert images at the edge.
+
+POST /image_resize?w=800&format=auto      (image in the body)
+GET  /image_resize/sample.jpg?w=400&h=400&fit=cover
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from urllib.parse import urlencode
+
+from edgefn import App, HTTPError, Request, Response
+from edgefn.image import FITS, FORMATS, GRAVITIES, Image, negotiate
+
+app = App()
+
+_COLOR = re.compile(r"#?[0-9a-fA-F]{6}")
+_PARAMS = ("w", "h", "fit", "format", "q", "dpr", "gravity", "bg")
+
+
+@app.post("/")
+def resize_body(request: Request) -> Response:
+    return resize(request, Image.from_body())
+
+
+@app.get("/sample.jpg")
+def resize_sample(request: Request) -> Response:
+    return resize(request, Image.from_asset("sample.jpg"))
+
+
+def resize(request: Request, source: Image) -> Response:
+    verify_signature(request)
+    params = parse(request)
+    fmt = params["format"]
+    if fmt == "auto":
+        fmt = negotiate(request.headers.get("accept", ""))
+    info = source.probe()
+    canonical = urlencode(sorted({**params, "format": fmt}.items()))
+    etag = '"' + hashlib.sha256(f"{info.digest}?{canonical}".encode()).hexdigest()[:32] + '"'
+    headers = {"etag": etag, "cache-control": "public, max-age=31536000, immutable"}
+    if params["format"] == "auto":
+        headers["vary"] = "Accept"
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(b"", 304, headers)  # no pixel work
+    image = source
+    dpr = params["dpr"]
+    if params["w"] or params["h"]:
+        image = image.resize(
+            round(params["w"] * dpr) if params["w"] else None,
+            round(params["h"] * dpr) if params["h"] else None,
+            fit=params["fit"],
+            gravity=params["gravity"],
+            background=params["bg"],
+        )
+    return image.send(fmt, params["q"], background=params["bg"], headers=headers)
+
+
+def parse(request: Request) -> dict:
+    query = request.query
+    unknown = sorted(set(query) - set(_PARAMS) - {"sig"})
+    if unknown:
+        raise HTTPError(400, f"unknown parameter {unknown[0]!r} (allowed: {', '.join(_PARAMS)})")
+    return {
+        "w": _int(query, "w", 1, 8192, None),
+        "h": _int(query, "h", 1, 8192, None),
+        "fit": _choice(query, "fit", FITS, "contain"),
+        "format": _choice(query, "format", ("auto", *FORMATS), "auto"),
+        "q": _int(query, "q", 1, 100, 82),
+        "dpr": _dpr(query),
+        "gravity": _choice(query, "gravity", GRAVITIES, "center"),
+        "bg": _color(query),
+    }
+
+
+def verify_signature(request: Request) -> None:
+    """imgproxy-style: sig = hex HMAC-SHA256(key, route + path + "?" + sorted params)."""
+    key = os.environ.get("SIGNING_KEY", "")
+    if not key:
+        return
+    params = sorted((k, v) for k in request.query if k != "sig" for v in request.query.getlist(k))
+    signed = request.headers.get("x-edgefn-route", "") + request.path + "?" + urlencode(params)
+    expected = hmac.new(key.encode(), signed.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, request.query.get("sig", "")):
+        raise HTTPError(403, "missing or invalid signature (sig)", code="invalid_signature")
+
+
+def _int(query, name: str, low: int, high: int, default: int | None) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise HTTPError(400, f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+def _choice(query, name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = query.get(name, default)
+    if value not in allowed:
+        raise HTTPError(400, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _dpr(query) -> float:
+    raw = query.get("dpr", "1")
+    try:
+        dpr = float(raw)
+    except ValueError:
+        dpr = 0.0
+    if not 1 <= dpr <= 3:
+        raise HTTPError(400, f"dpr must be a number from 1 to 3, got {raw!r}")
+    return dpr
+
+
+def _color(query) -> str:
+    raw = query.get("bg", "ffffff")
+    if not _COLOR.fullmatch(raw):
+        raise HTTPError(400, f"bg must be a hex colour like ff8800, got {raw!r}")
+    return "#" + raw.lstrip("#")

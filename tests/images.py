@@ -1,0 +1,79 @@
+"""Test images made with Pillow: no binary fixtures."""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import struct
+import zlib
+
+from PIL import Image, ImageChops, ImageStat
+
+
+def photo(width: int = 600, height: int = 400, mode: str = "RGB", seed: int = 1) -> Image.Image:
+    """A photographic-like picture: smooth gradients, shapes and noise."""
+    rng = random.Random(seed)
+    gradient = Image.linear_gradient("L").resize((width, height))
+    radial = Image.radial_gradient("L").resize((width, height))
+    noise = Image.frombytes("L", (width, height), rng.randbytes(width * height))
+    noise = noise.point(lambda value: 96 + value // 4)
+    image = Image.merge("RGB", (gradient, radial, noise))
+    for _ in range(6):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randrange(10, max(11, width // 6))
+        color = tuple(rng.randrange(256) for _ in range(3))
+        image.paste(color, (max(0, x - r), max(0, y - r), min(width, x + r), min(height, y + r)))
+    if mode == "RGBA":
+        alpha = Image.linear_gradient("L").rotate(90).resize((width, height))
+        image.putalpha(alpha)
+    return image.convert(mode) if mode not in ("RGB", "RGBA") else image
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def jpeg_with_orientation(orientation: int, width: int = 400, height: int = 200) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(photo(width, height), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def animated_gif() -> bytes:
+    frames = [photo(120, 80, seed=s).convert("P") for s in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header declares `width` x `height` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * min(width, 4096))
+    data = compressor.compress(row * 16) + compressor.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """Peak signal-to-noise ratio in dB (inf when identical)."""
+    assert a.size == b.size, (a.size, b.size)
+    difference = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
+    mse = sum(ImageStat.Stat(difference).sum2) / (a.width * a.height * 3)
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
