@@ -85,12 +85,11 @@ class Rendered:
 def probe(data: bytes) -> Probed:
     """Header facts and a sha256 of `data`; no pixels are decoded."""
     with _open(data) as image:
-        orientation = int(image.getexif().get(0x0112, 1) or 1)
         return Probed(
             width=image.width,
             height=image.height,
             format=(image.format or "").lower(),
-            orientation=orientation if 1 <= orientation <= 8 else 1,
+            orientation=_orientation(image),
             animated=bool(getattr(image, "is_animated", False)),
             digest=hashlib.sha256(data).hexdigest(),
         )
@@ -128,7 +127,7 @@ def render(data: bytes, pipeline: dict[str, Any], assets: Path | None, budget: B
                 "invalid_image", f"the image is corrupt or truncated: {exc}"
             ) from None
         image: Image.Image = source
-        if orient and int(source.getexif().get(0x0112, 1) or 1) != 1:
+        if orient and _orientation(source) != 1:
             image = ImageOps.exif_transpose(image)
         image = _normalise_mode(image)
     for op in ops:
@@ -151,13 +150,28 @@ def _open(data: bytes) -> Image.Image:
         raise ImageFailure("invalid_image", f"the image header is corrupt: {exc}") from None
 
 
+def _orientation(image: Image.Image) -> int:
+    # Image.getexif() decodes a whole PNG to look for EXIF after the pixels: a
+    # bomb's worth of work. Read only EXIF the header already carried.
+    raw = image.info.get("exif")
+    if not isinstance(raw, bytes):
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+        value = int(exif.get(0x0112, 1) or 1)
+    except Exception:  # malformed EXIF is ignored, as browsers do
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
 def _draft(image: Image.Image, ops: list[dict[str, Any]], orient: bool) -> None:
     # JPEG can decode at 1/2, 1/4 or 1/8 scale straight from the DCT: far less
     # work when the first operation shrinks the image anyway.
     if image.format != "JPEG" or not ops or ops[0].get("op") != "resize":
         return
     width, height = ops[0].get("width"), ops[0].get("height")
-    swapped = orient and int(image.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8)
+    swapped = orient and _orientation(image) in (5, 6, 7, 8)
     if swapped:
         width, height = height, width
     target = _fit_size(
