@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml
 
 # Build the example functions and serve them on the embedded store in ./.edgefn-data.
 run: install
-	$(BIN)/edgefn serve --deploy functions/hello
+	$(BIN)/edgefn serve --deploy functions/hello --deploy functions/image_resize --deploy functions/watermark
 
 test: install
 	$(BIN)/python -m pytest
@@ -24,6 +24,7 @@ test: install
 bench: install
 	$(BIN)/python bench/runtime.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/images.py
 
 lint: install
 	$(BIN)/ruff check sdk runtime platform tests bench

@@ -104,6 +104,12 @@ class GatewayProcess:
         self.process.wait()
 
 
+def worker_pids(gateway: GatewayProcess) -> list[int]:
+    """The worker processes of a multi-worker gateway."""
+    assert gateway.process is not None
+    return _children(gateway.process.pid)
+
+
 def _children(pid: int) -> list[int]:
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

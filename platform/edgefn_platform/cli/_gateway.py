@@ -144,7 +144,11 @@ def serve(
     )
     for directory in deploy_dirs:
         manifest = load_manifest(directory.resolve())
-        click.echo(f"Try: curl {config.public_url()}{manifest.route}/")
+        url = config.public_url() + manifest.route
+        if manifest.assets and (directory / manifest.assets / "sample.jpg").is_file():
+            click.echo(f"Try: curl -o out.jpg '{url}/sample.jpg?w=400'")
+        else:
+            click.echo(f"Try: curl {url}/")
     run(config)
 
 

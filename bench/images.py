@@ -1,0 +1,131 @@
+"""Image benchmark: 3 MP JPEG -> 800 px wide + text watermark -> JPEG q85.
+
+Through `edgefn serve --workers 2` (the watermark function) against the same
+Pillow pipeline in a plain FastAPI app with 2 workers, in the same run, with
+the same client. Prints p50/p99 latency and the ratios.
+
+    python bench/images.py [--requests 200] [--concurrency 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from images import encode, photo  # noqa: E402
+
+from edgefn_platform import build  # noqa: E402
+from edgefn_platform.client import AdminClient  # noqa: E402
+from edgefn_platform.gateway import pack_assets  # noqa: E402
+from gateway_process import GatewayProcess, free_port  # noqa: E402
+
+QUERY = "w=800&text=edgefn&size=0.05&opacity=0.5&format=jpeg&q=85"
+
+
+def camera_like_jpeg(width: int, height: int) -> bytes:
+    """About the size of a phone photo: detail (grain) everywhere, quality 92."""
+    grain = Image.effect_noise((width, height), 60).convert("RGB")
+    return encode(Image.blend(photo(width, height), grain, 0.2), "JPEG", quality=92)
+
+
+def measure(url: str, body: bytes, requests: int, concurrency: int) -> list[float]:
+    def one(_: int) -> float:
+        started = time.perf_counter()
+        response = httpx.post(url, content=body, timeout=30)
+        elapsed = (time.perf_counter() - started) * 1000
+        response.raise_for_status()
+        return elapsed
+
+    for _ in range(10):  # warm up both workers
+        one(0)
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, range(requests)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+
+    body = camera_like_jpeg(2121, 1414)  # 3.0 MP
+    with Image.open(io.BytesIO(body)) as image:
+        print(
+            f"input: {image.width}x{image.height} JPEG, {len(body) / 1e6:.2f} MB; "
+            f"{args.requests} requests, {args.concurrency} at a time"
+        )
+    function = ROOT / "functions" / "watermark"
+    result = build(function)
+    with tempfile.TemporaryDirectory() as temp:
+        gateway = GatewayProcess(Path(temp) / "data", workers=2)
+        manifest = (function / "edgefn.toml").read_text()
+        gateway.start()
+        port = free_port()
+        baseline = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "baseline_images:app",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=HERE,
+        )
+        try:
+            archive = Path(temp) / "assets.tar.gz"
+            pack_assets(function / "assets", archive)
+            AdminClient(gateway.admin_url, gateway.token).deploy(manifest, result.path, archive)
+            _wait(f"http://127.0.0.1:{port}/watermark/")
+            time.sleep(1.5)
+            edgefn = measure(
+                f"{gateway.public_url}/watermark/?{QUERY}", body, args.requests, args.concurrency
+            )
+            native = measure(
+                f"http://127.0.0.1:{port}/watermark/?{QUERY}", body, args.requests, args.concurrency
+            )
+        finally:
+            gateway.stop()
+            baseline.terminate()
+            baseline.wait()
+    rows = {"edgefn": edgefn, "fastapi+pillow": native}
+    print(f"{'':16} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, times in rows.items():
+        q = statistics.quantiles(times, n=100)
+        print(f"{name:16} {q[49]:8.1f} {q[98]:8.1f}")
+    p50 = statistics.median(edgefn) / statistics.median(native)
+    p99 = statistics.quantiles(edgefn, n=100)[98] / statistics.quantiles(native, n=100)[98]
+    print(f"ratio p50 {p50:.2f} x (target <= 1.15 and <= 47 ms), p99 {p99:.2f} x")
+
+
+def _wait(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+if __name__ == "__main__":
+    main()
