@@ -27,7 +27,10 @@ WATERMARK = ROOT / "functions" / "watermark"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(tmp_path_factory.mktemp("images") / "data", workers=2).start()
+    data_dir = tmp_path_factory.mktemp("images") / "data"
+    # The operator caps decoded images at 5 MP for every function.
+    limit = {"EDGEFN_MAX_IMAGE_PIXELS": "5000000"}
+    process = GatewayProcess(data_dir, workers=2, extra_env=limit).start()
     for directory in (RESIZE, WATERMARK, ROOT / "functions" / "hello"):
         result = CliRunner().invoke(
             main,
@@ -114,6 +117,13 @@ def test_a_100_megapixel_bomb_is_refused_fast_without_memory_growth(
         assert response.status_code == 413
     assert (time.perf_counter() - started) / 10 < 0.25
     assert sum(_rss(gateway)) - before < 100 * 2**20
+
+
+def test_the_operator_pixel_limit_applies(gateway: GatewayProcess) -> None:
+    body = encode(photo(3000, 2000), "JPEG", quality=80)  # 6 MP
+    response = httpx.post(gateway.public_url + "/image_resize?w=100", content=body)
+    assert response.status_code == 413
+    assert "the limit is 5 MP" in response.json()["error"]["message"]
 
 
 def test_signed_urls(gateway: GatewayProcess, tmp_path: Path) -> None:

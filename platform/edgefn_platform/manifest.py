@@ -33,6 +33,7 @@ _LIMITS: dict[str, tuple[str, Any, str]] = {
     "timeout": ("timeout", parse_duration, 'a duration such as "2s" or "500ms"'),
     "max_body": ("max_body", parse_size, 'a size such as "10MiB"'),
     "max_response": ("max_response", parse_size, 'a size such as "10MiB"'),
+    "max_image_pixels": ("max_image_pixels", parse_count, "a number of pixels such as 40e6"),
 }
 _KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets"}
 

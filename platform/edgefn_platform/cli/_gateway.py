@@ -91,6 +91,13 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
     help="Largest deploy upload accepted. [env: EDGEFN_MAX_UPLOAD]",
 )
 @click.option(
+    "--max-image-pixels",
+    default=40_000_000,
+    type=click.IntRange(1),
+    envvar="EDGEFN_MAX_IMAGE_PIXELS",
+    help="Largest image (width x height) functions may decode. [env: EDGEFN_MAX_IMAGE_PIXELS]",
+)
+@click.option(
     "--deploy",
     "deploy_dirs",
     multiple=True,
@@ -109,6 +116,7 @@ def serve(
     token: str | None,
     cache_dir: Path | None,
     max_upload: str,
+    max_image_pixels: int,
     deploy_dirs: tuple[Path, ...],
 ) -> None:
     """Run the gateway: public function traffic and the admin API."""
@@ -126,6 +134,7 @@ def serve(
         token=token,
         cache_dir=cache_dir,
         max_upload=upload_limit,
+        max_image_pixels=max_image_pixels,
     )
     if deploy_dirs:
         registry = SQLiteRegistry(config.data_dir)

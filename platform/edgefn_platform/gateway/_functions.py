@@ -38,8 +38,14 @@ class FunctionTable:
     """
 
     def __init__(
-        self, registry: Registry, engine: Engine, assets_dir: Path, refresh_seconds: float = 0.25
+        self,
+        registry: Registry,
+        engine: Engine,
+        assets_dir: Path,
+        refresh_seconds: float = 0.25,
+        defaults: Limits | None = None,
     ) -> None:
+        self.defaults = defaults or Limits()
         self.registry = registry
         self.engine = engine
         self.assets_dir = assets_dir
@@ -98,7 +104,11 @@ class FunctionTable:
         )
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)
         return LiveFunction(
-            record.name, version.version, record.route, sandbox, manifest.resolve_limits()
+            record.name,
+            version.version,
+            record.route,
+            sandbox,
+            manifest.resolve_limits(self.defaults),
         )
 
     def start(self) -> None:

@@ -26,6 +26,8 @@ class GatewayConfig:
     # AOT artifacts; defaults to `<data_dir>/aot`.
     cache_dir: Path | None = None
     max_upload: int = 100 * 1024 * 1024
+    # Largest image (width x height) the image service decodes, for every function.
+    max_image_pixels: int = 40_000_000
     # How often each worker looks for a new active version.
     refresh_seconds: float = 0.25
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from edgefn_runtime import Engine
+from edgefn_runtime import Engine, Limits
 
 from ..registry import SQLiteRegistry
 from ._deploy import Deployer
@@ -52,7 +52,10 @@ class Worker:
         registry = SQLiteRegistry(config.data_dir)
         engine = Engine(cache_dir=config.aot_cache_dir)
         deployer = Deployer(registry, engine, config.data_dir)
-        table = FunctionTable(registry, engine, deployer.assets_dir, config.refresh_seconds)
+        defaults = Limits(max_image_pixels=config.max_image_pixels)
+        table = FunctionTable(
+            registry, engine, deployer.assets_dir, config.refresh_seconds, defaults
+        )
         return cls(config, registry, engine, table, LogSink(registry), deployer)
 
     def close(self) -> None:
