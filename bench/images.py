@@ -25,12 +25,11 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from images import encode, photo  # noqa: E402
-
 from edgefn_platform import build  # noqa: E402
 from edgefn_platform.client import AdminClient  # noqa: E402
 from edgefn_platform.gateway import pack_assets  # noqa: E402
 from gateway_process import GatewayProcess, free_port  # noqa: E402
+from images import encode, photo  # noqa: E402
 
 QUERY = "w=800&text=edgefn&size=0.05&opacity=0.5&format=jpeg&q=85"
 

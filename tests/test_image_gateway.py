@@ -13,13 +13,13 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from click.testing import CliRunner
-from gateway_process import ROOT, GatewayProcess, worker_pids
-from images import encode, photo, png_bomb
 from PIL import Image
 
 from edgefn.testing import TestClient, load_app
 from edgefn_platform.cli import main
 from edgefn_platform.gateway import pack_assets
+from gateway_process import ROOT, GatewayProcess, worker_pids
+from images import encode, photo, png_bomb
 
 RESIZE = ROOT / "functions" / "image_resize"
 WATERMARK = ROOT / "functions" / "watermark"

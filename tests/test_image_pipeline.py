@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from images import animated_gif, decode, encode, jpeg_with_orientation, photo, png_bomb, psnr
 from PIL import Image, ImageOps
 
 from edgefn_runtime.image import Budget, ImageFailure, probe, render
+from images import animated_gif, decode, encode, jpeg_with_orientation, photo, png_bomb, psnr
 
 SOURCE = encode(photo(600, 400), "PNG")
 

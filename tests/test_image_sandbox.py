@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from images import encode, photo, png_bomb
 
 from edgefn.testing import TestClient, load_app
 from edgefn_platform import build
 from edgefn_runtime import Engine, FuelExhausted, Limits, MemoryLimitExceeded, Request, Sandbox
+from images import encode, photo, png_bomb
 
 RESIZE = Path(__file__).resolve().parent.parent / "functions" / "image_resize"
 LIMITS = Limits(

@@ -56,9 +56,18 @@ def test_etag_and_304_without_pixel_work() -> None:
 
 @pytest.mark.parametrize(
     ("query", "name"),
-    [("w=0", "w"), ("w=abc", "w"), ("h=99999", "h"), ("fit=squash", "fit"),
-     ("format=bmp", "format"), ("q=101", "q"), ("dpr=4", "dpr"), ("gravity=up", "gravity"),
-     ("bg=red", "bg"), ("width=10", "width")],
+    [
+        ("w=0", "w"),
+        ("w=abc", "w"),
+        ("h=99999", "h"),
+        ("fit=squash", "fit"),
+        ("format=bmp", "format"),
+        ("q=101", "q"),
+        ("dpr=4", "dpr"),
+        ("gravity=up", "gravity"),
+        ("bg=red", "bg"),
+        ("width=10", "width"),
+    ],
 )
 def test_invalid_parameters_are_400_naming_the_parameter(query: str, name: str) -> None:
     response = client.get(f"/sample.jpg?{query}")

@@ -42,9 +42,18 @@ def test_body_resize_and_format() -> None:
 
 @pytest.mark.parametrize(
     ("query", "name"),
-    [("", "text"), ("text=a&position=middle", "position"), ("text=a&opacity=2", "opacity"),
-     ("text=a&color=red", "color"), ("logo=2", "logo"), ("text=a&format=tiff", "format"),
-     ("text=a&q=0", "q"), ("text=a&size=9", "size"), ("text=a&w=0", "w"), ("txt=a", "txt")],
+    [
+        ("", "text"),
+        ("text=a&position=middle", "position"),
+        ("text=a&opacity=2", "opacity"),
+        ("text=a&color=red", "color"),
+        ("logo=2", "logo"),
+        ("text=a&format=tiff", "format"),
+        ("text=a&q=0", "q"),
+        ("text=a&size=9", "size"),
+        ("text=a&w=0", "w"),
+        ("txt=a", "txt"),
+    ],
 )
 def test_invalid_parameters_are_400(query: str, name: str) -> None:
     response = client.get(f"/sample.jpg?{query}")
