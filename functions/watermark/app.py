@@ -45,7 +45,7 @@ def watermark(request: Request, image: Image) -> Response:
     if unknown:
         raise HTTPError(400, f"unknown parameter {unknown[0]!r} (allowed: {', '.join(_PARAMS)})")
     text = query.get("text", "")
-    logo = query.get("logo", "0")
+    logo = query.get("logo", "0" if text else "1")  # the logo, when nothing else is asked for
     if logo not in ("0", "1"):
         raise HTTPError(400, f"logo must be 0 or 1, got {logo!r}")
     if not text and logo == "0":

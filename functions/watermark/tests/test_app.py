@@ -33,6 +33,12 @@ def test_logo_and_tiling() -> None:
     assert changed(plain, tiled, (0, 0, 200, 200)) and changed(plain, tiled, (900, 500, 1200, 800))
 
 
+def test_the_logo_is_the_default_watermark() -> None:
+    plain = decode(client.get("/sample.jpg?logo=1&opacity=0&format=png").body)
+    default = decode(client.get("/sample.jpg?format=png").body)
+    assert changed(plain, default, (800, 600, 1200, 800))
+
+
 def test_body_resize_and_format() -> None:
     body = (HERE / "assets" / "sample.jpg").read_bytes()
     response = client.post("/?text=hi&w=300&format=webp&q=70", body=body)
