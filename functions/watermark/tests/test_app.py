@@ -49,7 +49,7 @@ def test_body_resize_and_format() -> None:
 @pytest.mark.parametrize(
     ("query", "name"),
     [
-        ("", "text"),
+        ("logo=0", "text"),
         ("text=a&position=middle", "position"),
         ("text=a&opacity=2", "opacity"),
         ("text=a&color=red", "color"),
