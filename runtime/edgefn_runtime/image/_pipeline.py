@@ -17,6 +17,9 @@ from typing import Any
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+# The SDK's vocabulary is the contract's: the host accepts exactly what it records.
+from edgefn.image import FITS, GRAVITIES
+
 __all__ = ["FORMATS", "Budget", "ImageFailure", "Probed", "Rendered", "probe", "render"]
 
 # Decoders allowed: no EPS/PDF/PSD and friends, whose parsers are attack surface.
@@ -28,18 +31,6 @@ FORMATS = {
     "avif": ("AVIF", "image/avif"),
     "gif": ("GIF", "image/gif"),
 }
-FITS = ("cover", "contain", "fill", "inside", "outside")
-GRAVITIES = (
-    "north",
-    "northeast",
-    "east",
-    "southeast",
-    "south",
-    "southwest",
-    "west",
-    "northwest",
-    "center",
-)
 # Image.open refuses past twice this; our own check (Budget.max_pixels) comes first.
 Image.MAX_IMAGE_PIXELS = None
 
