@@ -29,7 +29,7 @@ WATERMARK = ROOT / "functions" / "watermark"
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     data_dir = tmp_path_factory.mktemp("images") / "data"
     # The operator caps decoded images at 5 MP for every function.
-    limit = {"EDGEFN_MAX_IMAGE_PIXELS": "5000000"}
+    limit = {"EDGEFN_MAXIMUMS_MAX_IMAGE_PIXELS": "5000000"}
     process = GatewayProcess(data_dir, workers=2, extra_env=limit).start()
     for directory in (RESIZE, WATERMARK, ROOT / "functions" / "hello"):
         result = CliRunner().invoke(

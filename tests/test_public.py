@@ -8,6 +8,7 @@ import pytest
 
 from edgefn_platform.gateway._functions import LiveFunction
 from edgefn_platform.gateway._logs import LogSink
+from edgefn_platform.gateway.policy import Policy
 from edgefn_platform.gateway.public import create_public_app
 from edgefn_runtime import Limits, Sandbox
 
@@ -32,14 +33,15 @@ class NoLogs(LogSink):
         self.lines.append((request_id, kind, lines))
 
 
-def client(hostile: Sandbox, max_in_flight: int = 64) -> httpx.AsyncClient:
-    app = create_public_app(OneFunction(hostile), NoLogs(), max_in_flight)  # type: ignore[arg-type]
+def client(hostile: Sandbox, **backpressure: float) -> httpx.AsyncClient:
+    policy = Policy(**backpressure)  # type: ignore[arg-type]
+    app = create_public_app(OneFunction(hostile), NoLogs(), policy)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
 @pytest.mark.anyio
 async def test_beyond_capacity_is_503_overloaded_with_retry_after(hostile: Sandbox) -> None:
-    async with client(hostile, max_in_flight=1) as http:
+    async with client(hostile, global_concurrency=1, queue_length=0) as http:
         responses: list[httpx.Response] = []
 
         async def call(path: str) -> None:
@@ -73,6 +75,31 @@ async def test_header_injection_from_the_function_is_refused(hostile: Sandbox) -
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "function_crashed"
     assert "injected" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_a_short_queue_wait_turns_into_overloaded(hostile: Sandbox) -> None:
+    async with client(hostile, global_concurrency=1, queue_length=5, queue_wait=0.2) as http:
+        responses: list[httpx.Response] = []
+
+        async def call(path: str) -> None:
+            responses.append(await http.get(path))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "/f/sleep?seconds=1")
+            await anyio.sleep(0.2)
+            group.start_soon(call, "/f/counter")
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 503]
+
+
+@pytest.mark.anyio
+async def test_server_timing_splits_the_request(hostile: Sandbox) -> None:
+    async with client(hostile) as http:
+        response = await http.get("/f/counter")
+    parts = dict(p.split(";dur=") for p in response.headers["server-timing"].split(", "))
+    assert set(parts) == {"queue", "instantiate", "execute"}
+    assert float(parts["instantiate"]) > 0 and float(parts["execute"]) > 0
 
 
 @pytest.fixture()

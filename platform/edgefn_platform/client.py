@@ -85,6 +85,16 @@ class AdminClient:
         path = f"/v1/functions/{name}/activate"
         return self._call("POST", path, json={"version": version})  # type: ignore[no-any-return]
 
+    def limits(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/functions/{name}/limits")  # type: ignore[no-any-return]
+
+    def set_limits(self, name: str, limits: dict[str, str]) -> dict[str, Any]:
+        path = f"/v1/functions/{name}/limits"
+        return self._call("PATCH", path, json=limits)  # type: ignore[no-any-return]
+
+    def reset_limits(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/functions/{name}/limits")  # type: ignore[no-any-return]
+
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/v1/functions/{name}")
 

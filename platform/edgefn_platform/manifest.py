@@ -34,6 +34,7 @@ _LIMITS: dict[str, tuple[str, Any, str]] = {
     "max_body": ("max_body", parse_size, 'a size such as "10MiB"'),
     "max_response": ("max_response", parse_size, 'a size such as "10MiB"'),
     "max_image_pixels": ("max_image_pixels", parse_count, "a number of pixels such as 40e6"),
+    "concurrency": ("concurrency", parse_count, "a number of requests in flight such as 16"),
 }
 _KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets"}
 
@@ -83,8 +84,9 @@ class Manifest:
         return cls(**values)
 
     def resolve_limits(self, defaults: Limits | None = None) -> Limits:
-        """The limits this function asked for, the rest filled from `defaults`."""
-        return dataclasses.replace(defaults or Limits(), **self.limits)
+        """The sandbox limits this function asked for, the rest filled from `defaults`."""
+        sandbox = {k: v for k, v in self.limits.items() if k != "concurrency"}
+        return dataclasses.replace(defaults or Limits(), **sandbox)
 
 
 def load_manifest(directory: Path) -> Manifest:

@@ -17,6 +17,7 @@ import click
 from .._units import format_size
 from ..client import AdminClient
 from ..gateway import pack_assets
+from ..gateway.policy import describe
 from ..manifest import MANIFEST_FILE, load_manifest
 from ._functions import build_function
 
@@ -88,6 +89,8 @@ def deploy(directory: Path, client: AdminClient) -> None:
                 progress=lambda n: bar.update(n),
             )
     seconds = time.perf_counter() - started
+    for warning in deployed.get("warnings", []):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     click.echo(
         f"Deployed {deployed['name']} version {deployed['active']['version']} "
         f"in {seconds:.1f} s: {deployed['url']}"
@@ -119,7 +122,7 @@ def info(name: str, client: AdminClient) -> None:
     click.echo(f"size:        {format_size(active['size'])}  sha256 {active['sha256'][:16]}")
     click.echo(f"env:         {', '.join(active['env']) or '-'}")
     for key, value in active["limits"].items():
-        click.echo(f"limit {key + ':':13} {_limit(key, value)}")
+        click.echo(f"limit {key + ':':13} {describe(key, value)}")
 
 
 @click.command()
@@ -165,6 +168,51 @@ def rollback(name: str, version: int | None, client: AdminClient) -> None:
     click.echo(f"{name} now serves version {function['active']['version']} at {function['url']}")
 
 
+_LIMIT_OPTIONS = [
+    ("memory", "Linear memory, e.g. 128MiB."),
+    ("fuel", "Fuel units, e.g. 5e9."),
+    ("timeout", "Wall clock, e.g. 3s."),
+    ("concurrency", "Requests in flight per worker."),
+    ("max-body", "Request body, e.g. 10MiB."),
+    ("max-response", "Response body, e.g. 10MiB."),
+    ("max-log", "Log bytes per request, e.g. 64KiB."),
+    ("max-image-pixels", "Largest image decoded, e.g. 40e6."),
+]
+
+
+def _limit_options(command: F) -> F:
+    for name, text in reversed(_LIMIT_OPTIONS):
+        command = click.option(f"--{name}", default=None, show_default=False, help=text)(command)
+    return command
+
+
+@click.command()
+@click.argument("name")
+@_limit_options
+@click.option("--reset", is_flag=True, help="Drop every override: back to the manifest.")
+@_with_client
+def limits(name: str, reset: bool, client: AdminClient, **values: str | None) -> None:
+    """Show NAME's effective limits and where each comes from; change them live.
+
+    Without options, shows them. With options (edgefn limits resize --memory 128MiB
+    --timeout 3s), overrides them at once on every worker, no redeploy.
+    """
+    changes = {key: value for key, value in values.items() if value is not None}
+    if reset:
+        result = client.reset_limits(name)
+    elif changes:
+        result = client.set_limits(name, changes)
+    else:
+        result = client.limits(name)
+    rows = [
+        (key, describe(key, entry["value"]), entry["source"])
+        for key, entry in result["limits"].items()
+    ]
+    _table(["LIMIT", "VALUE", "FROM"], rows)
+    for warning in result["warnings"]:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
 @click.command("rm")
 @click.argument("name")
 @_with_client
@@ -198,14 +246,6 @@ def logs(name: str, follow: bool, client: AdminClient) -> None:
         time.sleep(0.5)
 
 
-def _limit(key: str, value: float) -> str:
-    if key == "timeout":
-        return f"{value:g} s"
-    if key == "fuel":
-        return f"{int(value):,} units"
-    return format_size(int(value))
-
-
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -216,4 +256,4 @@ def _table(headers: list[str], rows: Sequence[Sequence[str]]) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
-COMMANDS = [deploy, list_functions, info, versions, rollback, remove, logs]
+COMMANDS = [deploy, list_functions, info, versions, rollback, limits, remove, logs]

@@ -12,6 +12,7 @@ from edgefn_runtime import Engine, default_cache_dir
 
 from .._units import parse_size
 from ..gateway import Deployer, GatewayConfig, deploy_directory, load_token, run, run_worker
+from ..gateway.policy import ConfigError, load_policy
 from ..manifest import load_manifest
 from ..registry import SQLiteRegistry
 from ._functions import build_function
@@ -91,11 +92,20 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
     help="Largest deploy upload accepted. [env: EDGEFN_MAX_UPLOAD]",
 )
 @click.option(
-    "--max-image-pixels",
-    default=40_000_000,
-    type=click.IntRange(1),
-    envvar="EDGEFN_MAX_IMAGE_PIXELS",
-    help="Largest image (width x height) functions may decode. [env: EDGEFN_MAX_IMAGE_PIXELS]",
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="EDGEFN_CONFIG",
+    show_default=False,
+    help="Gateway config (TOML): [defaults], [maximums], [backpressure], [observability]. "
+    "[env: EDGEFN_CONFIG]",
+)
+@click.option(
+    "--drain-timeout",
+    default=30.0,
+    envvar="EDGEFN_DRAIN_TIMEOUT",
+    help="On SIGTERM, seconds requests in flight get to finish. [env: EDGEFN_DRAIN_TIMEOUT]",
 )
 @click.option(
     "--deploy",
@@ -116,7 +126,8 @@ def serve(
     token: str | None,
     cache_dir: Path | None,
     max_upload: str,
-    max_image_pixels: int,
+    config_file: Path | None,
+    drain_timeout: float,
     deploy_dirs: tuple[Path, ...],
 ) -> None:
     """Run the gateway: public function traffic and the admin API."""
@@ -134,8 +145,13 @@ def serve(
         token=token,
         cache_dir=cache_dir,
         max_upload=upload_limit,
-        max_image_pixels=max_image_pixels,
+        config_file=config_file,
+        drain_timeout=drain_timeout,
     )
+    try:
+        load_policy(config_file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     if deploy_dirs:
         registry = SQLiteRegistry(config.data_dir)
         with Engine(cache_dir=config.aot_cache_dir) as engine:

@@ -11,6 +11,7 @@ from edgefn_runtime import Engine, Limits, Sandbox
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, Registry
+from .policy import EffectiveLimits, Policy
 
 __all__ = ["FunctionTable", "LiveFunction"]
 
@@ -26,6 +27,7 @@ class LiveFunction:
     route: str
     sandbox: Sandbox
     limits: Limits
+    concurrency: int = 16
 
 
 class FunctionTable:
@@ -43,9 +45,10 @@ class FunctionTable:
         engine: Engine,
         assets_dir: Path,
         refresh_seconds: float = 0.25,
-        defaults: Limits | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        self.defaults = defaults or Limits()
+        self.policy = policy or Policy()
+        self.ready = threading.Event()
         self.registry = registry
         self.engine = engine
         self.assets_dir = assets_dir
@@ -94,6 +97,11 @@ class FunctionTable:
             self._routes = routes
             self._token = token
 
+    def effective(self, record: FunctionRecord) -> EffectiveLimits:
+        """The limits `record`'s active version runs with under the operator's policy."""
+        manifest = Manifest.from_dict(record.active.manifest)
+        return self.policy.resolve(manifest.limits, record.overrides)
+
     def _load(self, record: FunctionRecord) -> LiveFunction:
         version = record.active
         manifest = Manifest.from_dict(version.manifest)
@@ -103,20 +111,29 @@ class FunctionTable:
             self.registry.artifact_path(version.sha256), env=manifest.env, assets=assets
         )
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)
+        effective = self.effective(record)
         return LiveFunction(
             record.name,
             version.version,
             record.route,
             sandbox,
-            manifest.resolve_limits(self.defaults),
+            effective.limits,
+            effective.concurrency,
         )
 
     def start(self) -> None:
-        self.refresh()
+        """Load every active version in the background; `ready` is set once all are."""
         self._thread = threading.Thread(target=self._run, name="edgefn-refresh", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        while not self.ready.is_set() and not self._stopped.is_set():
+            try:
+                self.refresh()
+                self.ready.set()
+            except Exception:
+                log.exception("loading the registry failed; retrying")
+                self._stopped.wait(1.0)
         while not self._stopped.wait(self.refresh_seconds):
             try:
                 self.refresh()

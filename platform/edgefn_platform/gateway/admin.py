@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from ..manifest import Manifest
-from ..registry import FunctionRecord, Registry, VersionRecord
-from ._deploy import Deployer
+from ..registry import FunctionRecord, VersionRecord
 from ._errors import HANDLED, GatewayError, error_response, status_and_code
-from ._functions import FunctionTable
+from .policy import ConfigError, parse_limits
+from .public import Lifecycle, health_routes
+
+if TYPE_CHECKING:
+    from .server import Worker
 
 __all__ = ["create_admin_app"]
 
@@ -69,17 +73,30 @@ class ActivateIn(BaseModel):
     version: int
 
 
-def create_admin_app(
-    registry: Registry,
-    deployer: Deployer,
-    table: FunctionTable,
-    token: str,
-    public_url: str,
-    max_upload: int,
-) -> FastAPI:
-    """The admin FastAPI app; `table` is refreshed at once after each change."""
+class LimitOut(BaseModel):
+    value: float
+    source: str  # manifest, override, default or maximum
+
+
+class LimitsOut(BaseModel):
+    limits: dict[str, LimitOut]
+    warnings: list[str]
+
+
+class DeployOut(FunctionOut):
+    warnings: list[str]
+
+
+def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAPI:
+    """The admin FastAPI app; the worker's table is refreshed at once after each change."""
+    from ._metrics import METRICS, render
+
+    registry, deployer, table = worker.registry, worker.deployer, worker.table
+    public_url, max_upload = worker.config.public_url(), worker.config.max_upload
 
     def authorize(request: Request) -> None:
+        if request.url.path in ("/healthz", "/readyz"):
+            return  # probes carry no token
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
             raise GatewayError(
@@ -119,14 +136,23 @@ def create_admin_app(
             updated_at=record.updated_at,
         )
 
-    @app.post("/v1/functions", status_code=201, response_model=FunctionOut)
+    for route in health_routes(lifecycle):
+        app.router.routes.append(route)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        """Prometheus metrics of every worker."""
+        return PlainTextResponse(render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/functions", status_code=201, response_model=DeployOut)
     async def deploy(
         request: Request,
         manifest: Annotated[str, Form(description="The function's edgefn.toml")],
         component: Annotated[UploadFile, File(description="The .wasm built by edgefn build")],
         assets: Annotated[UploadFile | None, File(description="tar.gz of the assets")] = None,
-    ) -> FunctionOut:
-        """Deploy a new version and make it active."""
+    ) -> DeployOut:
+        """Deploy a new version and make it active. Limits above the operator's
+        maximums are clamped, with a warning in `warnings`."""
         declared = int(request.headers.get("content-length") or 0)
         sizes = [declared, component.size or 0, (assets.size or 0) if assets else 0]
         if max(sizes) > max_upload:
@@ -138,8 +164,11 @@ def create_admin_app(
         version = await run_in_threadpool(
             deployer.deploy, manifest, component.file, assets.file if assets else None
         )
+        METRICS.deploys.labels(version.function).inc()
         await run_in_threadpool(table.refresh)
-        return out(registry.function(version.function))
+        record = registry.function(version.function)
+        warnings = table.effective(record).warnings
+        return DeployOut(**out(record).model_dump(), warnings=warnings)
 
     @app.get("/v1/functions", response_model=list[FunctionOut])
     def list_functions() -> list[FunctionOut]:
@@ -157,8 +186,44 @@ def create_admin_app(
     def activate(name: str, body: ActivateIn) -> FunctionOut:
         """Make an earlier (or later) version active: a rollback, with no recompile."""
         record = registry.activate(name, body.version)
+        METRICS.activations.labels(name).inc()
         table.refresh()
         return out(record)
+
+    def limits_out(record: FunctionRecord) -> LimitsOut:
+        effective = table.effective(record)
+        return LimitsOut(
+            limits={
+                k: LimitOut(value=v, source=effective.sources[k])
+                for k, v in effective.values.items()
+            },
+            warnings=effective.warnings,
+        )
+
+    @app.get("/v1/functions/{name}/limits", response_model=LimitsOut)
+    def limits(name: str) -> LimitsOut:
+        """Each effective limit and where it came from."""
+        return limits_out(registry.function(name))
+
+    @app.patch("/v1/functions/{name}/limits", response_model=LimitsOut)
+    def set_limits(name: str, body: dict[str, str | int | float]) -> LimitsOut:
+        """Override limits live, e.g. `{"memory": "128MiB", "timeout": "3s"}`; every
+        worker applies them to its next request."""
+        try:
+            changes = parse_limits(body, "limits")
+        except ConfigError as exc:
+            raise GatewayError(400, "invalid_limits", str(exc)) from None
+        current = registry.function(name).overrides
+        record = registry.set_overrides(name, {**current, **changes})
+        table.refresh()
+        return limits_out(record)
+
+    @app.delete("/v1/functions/{name}/limits", response_model=LimitsOut)
+    def reset_limits(name: str) -> LimitsOut:
+        """Drop every live override: back to the manifest and the defaults."""
+        record = registry.set_overrides(name, {})
+        table.refresh()
+        return limits_out(record)
 
     @app.delete("/v1/functions/{name}", status_code=204)
     def delete(name: str) -> None:

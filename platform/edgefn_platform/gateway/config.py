@@ -26,8 +26,12 @@ class GatewayConfig:
     # AOT artifacts; defaults to `<data_dir>/aot`.
     cache_dir: Path | None = None
     max_upload: int = 100 * 1024 * 1024
-    # Largest image (width x height) the image service decodes, for every function.
-    max_image_pixels: int = 40_000_000
+    # The operator's limits and backpressure (see policy.py); None: built-in defaults.
+    config_file: Path | None = None
+    # On SIGTERM: how long /readyz reports not-ready before listeners close, and how
+    # long requests in flight may then take to finish.
+    shutdown_delay: float = 1.0
+    drain_timeout: float = 30.0
     # How often each worker looks for a new active version.
     refresh_seconds: float = 0.25
 

@@ -1,27 +1,34 @@
-"""The public listener: function traffic only, routed by longest prefix."""
+"""The public listener: function traffic, routed by longest prefix, plus health."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgefn_runtime import BodyTooLarge, GuestCrashed, Outcome, SandboxError
+from edgefn_runtime import BodyTooLarge, GuestCrashed, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
 
-from ._errors import GatewayError, error_response
+from ._access import AccessEntry, log_access
+from ._admission import Admission
+from ._errors import GatewayError, error_response, status_and_code
 from ._functions import FunctionTable, LiveFunction
 from ._logs import LogSink
+from .policy import Policy
 
-__all__ = ["ROUTE_HEADER", "create_public_app"]
+if TYPE_CHECKING:
+    from ._metrics import Metrics
+
+__all__ = ["ROUTE_HEADER", "Lifecycle", "create_public_app", "health_routes"]
 
 # Tells the function which route prefix it was reached under.
 ROUTE_HEADER = "x-edgefn-route"
@@ -41,18 +48,51 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 
 
-def create_public_app(table: FunctionTable, logs: LogSink, max_in_flight: int = 64) -> Starlette:
-    """A Starlette app that runs each request in its function's sandbox.
+@dataclass
+class Lifecycle:
+    """`/readyz` is green once every active version is loaded, red again while draining."""
 
-    Sandbox calls run in worker threads, off the event loop; beyond
-    `max_in_flight` concurrent calls the gateway answers 503 `overloaded`.
-    """
-    limiter = anyio.CapacityLimiter(max_in_flight)
+    table: FunctionTable
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.table.ready.is_set() and not self.draining
+
+
+def health_routes(lifecycle: Lifecycle) -> list[Route]:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        if lifecycle.ready:
+            return JSONResponse({"status": "ready"})
+        reason = "draining" if lifecycle.draining else "loading functions"
+        return JSONResponse({"status": reason}, status_code=503)
+
+    return [Route("/healthz", healthz), Route("/readyz", readyz)]
+
+
+def create_public_app(
+    table: FunctionTable,
+    logs: LogSink,
+    policy: Policy | None = None,
+    lifecycle: Lifecycle | None = None,
+) -> Starlette:
+    """A Starlette app that runs each request in its function's sandbox, off the
+    event loop, behind the policy's backpressure."""
+    from ._metrics import METRICS  # after PROMETHEUS_MULTIPROC_DIR is set
+
+    policy = policy or Policy()
+    admission = Admission(policy.global_concurrency, policy.queue_length, policy.queue_wait)
+    threads = anyio.CapacityLimiter(policy.global_concurrency)
 
     async def handle(request: Request) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         function: LiveFunction | None = None
+        outcome: Outcome | None = None
+        usage, queued, bytes_in = Usage(), 0.0, 0
         try:
             match = table.match(request.url.path)
             if match is None:
@@ -60,30 +100,85 @@ def create_public_app(table: FunctionTable, logs: LogSink, max_in_flight: int = 
                     404, "no_route", f"no function is deployed at {request.url.path}"
                 )
             function, path = match
-            if limiter.borrowed_tokens >= limiter.total_tokens:
-                raise GatewayError(
-                    503,
-                    "overloaded",
-                    "the gateway is at capacity; retry shortly",
-                    {"retry-after": "1"},
-                )
             body = await _read_body(request, function.limits.max_body)
+            bytes_in = len(body)
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
             headers.append((ROUTE_HEADER, function.route))
             call = SandboxRequest(request.method, path, request.url.query, headers, body)
-            outcome = await anyio.to_thread.run_sync(
-                function.sandbox.invoke, call, function.limits, limiter=limiter
-            )
+            METRICS.queued.inc()
+            try:
+                async with admission.slot(function.name, function.concurrency) as queued:
+                    METRICS.queued.dec()
+                    METRICS.in_flight.labels(function.name).inc()
+                    try:
+                        outcome = await anyio.to_thread.run_sync(
+                            function.sandbox.invoke, call, function.limits, limiter=threads
+                        )
+                    finally:
+                        METRICS.in_flight.labels(function.name).dec()
+            except GatewayError:
+                METRICS.queued.dec()
+                raise
+            usage = outcome.usage
             response = _to_http(outcome, request_id)
+            outcome_name = "ok"
         except (GatewayError, SandboxError) as exc:
             response = error_response(exc, request_id)
-            if function is not None:
-                logs.add(function.name, request_id, "log", getattr(exc, "logs", []))
+            outcome_name = status_and_code(exc)[1]
+            if isinstance(exc, SandboxError):
+                usage = exc.usage
+                if function is not None:
+                    logs.add(function.name, request_id, "log", exc.logs)
+        if outcome is not None and function is not None:
+            logs.add(function.name, request_id, "log", outcome.logs)
+        timing = [
+            ("queue", queued),
+            ("instantiate", usage.instantiate_seconds),
+            ("execute", usage.execute_seconds),
+        ]
+        response.headers["server-timing"] = ", ".join(
+            f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing
+        )
+        if policy.usage_header and function is not None:
+            response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}"
+        entry = AccessEntry(
+            time=time.time(),
+            request_id=request_id,
+            function=function.name if function else None,
+            version=function.version if function else None,
+            method=request.method,
+            path=request.url.path,
+            status=response.status_code,
+            outcome=outcome_name,
+            queue_ms=round(queued * 1000, 3),
+            instantiate_ms=round(usage.instantiate_seconds * 1000, 3),
+            execute_ms=round(usage.execute_seconds * 1000, 3),
+            total_ms=round((time.perf_counter() - started) * 1000, 3),
+            fuel=usage.fuel,
+            bytes_in=bytes_in,
+            bytes_out=len(response.body),
+            worker=os.getpid(),
+        )
+        log_access(entry)
         if function is not None:
-            _log_access(logs, function, request, response, request_id, started)
+            logs.add(function.name, request_id, "access", [entry.json()])
+            _observe(METRICS, function.name, entry, usage, queued)
         return response
 
-    return Starlette(routes=[Route("/{path:path}", handle, methods=_METHODS)])
+    routes = health_routes(lifecycle) if lifecycle is not None else []
+    return Starlette(routes=[*routes, Route("/{path:path}", handle, methods=_METHODS)])
+
+
+def _observe(
+    metrics: Metrics, function: str, entry: AccessEntry, usage: Usage, queued: float
+) -> None:
+    metrics.requests.labels(function, str(entry.status), entry.outcome).inc()
+    metrics.queue.labels(function).observe(queued)
+    if usage.instantiate_seconds:
+        metrics.instantiate.labels(function).observe(usage.instantiate_seconds)
+        metrics.execute.labels(function).observe(usage.execute_seconds)
+    metrics.fuel.labels(function).inc(usage.fuel)
+    metrics.pixels.labels(function).inc(usage.image_pixels)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -104,7 +199,7 @@ def _to_http(outcome: Outcome, request_id: str) -> Response:
     for name, value in outcome.response.headers:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             error = GuestCrashed(f"the function answered with an invalid header {name!r}")
-            error.logs = outcome.logs
+            error.logs, error.usage = outcome.logs, outcome.usage
             raise error
         if name.lower() not in _HOP_BY_HOP:
             headers.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
@@ -114,28 +209,4 @@ def _to_http(outcome: Outcome, request_id: str) -> Response:
         *headers,
         (b"x-request-id", request_id.encode("latin-1", "replace")),
     ]
-    response.outcome = outcome  # type: ignore[attr-defined]
     return response
-
-
-def _log_access(
-    logs: LogSink,
-    function: LiveFunction,
-    request: Request,
-    response: Response,
-    request_id: str,
-    started: float,
-) -> None:
-    outcome: Outcome | None = getattr(response, "outcome", None)
-    if outcome is not None:
-        logs.add(function.name, request_id, "log", outcome.logs)
-    entry = {
-        "method": request.method,
-        "path": request.url.path,
-        "status": response.status_code,
-        "version": function.version,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-        "fuel": outcome.usage.fuel if outcome else None,
-        "worker": os.getpid(),
-    }
-    logs.add(function.name, request_id, "access", [json.dumps(entry)])

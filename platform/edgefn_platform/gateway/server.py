@@ -4,7 +4,7 @@ Each worker binds the public and admin ports with SO_REUSEPORT, so the kernel
 spreads connections across workers, and serves every function from the shared
 registry. The call path holds the GIL, so worker processes, not threads, are
 what use more than one core. The parent only supervises: it restarts a worker
-that dies and stops them all on SIGINT/SIGTERM.
+that dies and, on SIGINT/SIGTERM, lets every worker drain and exit.
 """
 
 from __future__ import annotations
@@ -13,23 +13,25 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
-from edgefn_runtime import Engine, Limits
+from edgefn_runtime import Engine
 
 from ..registry import SQLiteRegistry
 from ._deploy import Deployer
 from ._functions import FunctionTable
 from ._logs import LogSink
-from .admin import create_admin_app
 from .config import GatewayConfig, load_token
-from .public import create_public_app
+from .policy import Policy, load_policy
 
 __all__ = ["Worker", "bind", "run", "run_worker"]
 
@@ -41,6 +43,7 @@ class Worker:
     """Everything one worker process serves from."""
 
     config: GatewayConfig
+    policy: Policy
     registry: SQLiteRegistry
     engine: Engine
     table: FunctionTable
@@ -49,14 +52,12 @@ class Worker:
 
     @classmethod
     def open(cls, config: GatewayConfig) -> Worker:
+        policy = load_policy(config.config_file)
         registry = SQLiteRegistry(config.data_dir)
         engine = Engine(cache_dir=config.aot_cache_dir)
         deployer = Deployer(registry, engine, config.data_dir)
-        defaults = Limits(max_image_pixels=config.max_image_pixels)
-        table = FunctionTable(
-            registry, engine, deployer.assets_dir, config.refresh_seconds, defaults
-        )
-        return cls(config, registry, engine, table, LogSink(registry), deployer)
+        table = FunctionTable(registry, engine, deployer.assets_dir, config.refresh_seconds, policy)
+        return cls(config, policy, registry, engine, table, LogSink(registry), deployer)
 
     def close(self) -> None:
         self.table.stop()
@@ -80,44 +81,44 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
+def _metrics_dir(config: GatewayConfig) -> str:
+    return str(config.data_dir / "metrics")
+
+
 def run_worker(config: GatewayConfig, token: str) -> None:
-    """Serve both listeners in this process until SIGINT/SIGTERM."""
+    """Serve both listeners in this process until SIGINT/SIGTERM, then drain."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _metrics_dir(config))
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    from .admin import create_admin_app  # import prometheus_client only now
+    from .public import Lifecycle, create_public_app
+
     worker = Worker.open(config)
     worker.table.start()
     worker.logs.start()
-    public = create_public_app(worker.table, worker.logs)
-    admin = create_admin_app(
-        worker.registry,
-        worker.deployer,
-        worker.table,
-        token,
-        config.public_url(),
-        config.max_upload,
-    )
+    lifecycle = Lifecycle(worker.table)
+    public = create_public_app(worker.table, worker.logs, worker.policy, lifecycle)
+    admin = create_admin_app(worker, token, lifecycle)
     servers = [
-        (
-            _Server(uvicorn.Config(public, log_level="warning", access_log=False)),
-            bind(config.host, config.port),
-        ),
-        (
-            _Server(uvicorn.Config(admin, log_level="warning", access_log=False)),
-            bind(config.admin_host, config.admin_port),
-        ),
+        (_server(public, config), bind(config.host, config.port)),
+        (_server(admin, config), bind(config.admin_host, config.admin_port)),
     ]
 
-    def stop() -> None:
+    async def drain() -> None:
+        # Report not-ready first so load balancers stop sending, then stop
+        # accepting and let requests in flight finish (up to the drain timeout).
+        lifecycle.draining = True
+        await asyncio.sleep(config.shutdown_delay)
         for server, _ in servers:
             server.should_exit = True
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop)
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(drain()))
         await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in servers))
 
     try:
@@ -126,17 +127,31 @@ def run_worker(config: GatewayConfig, token: str) -> None:
         worker.close()
 
 
+def _server(app: Any, config: GatewayConfig) -> _Server:
+    return _Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=int(config.drain_timeout),
+        )
+    )
+
+
 def run(config: GatewayConfig) -> None:
     """Run the gateway: in this process for one worker, else supervise `workers`."""
     token = load_token(config)
-    # Fail fast, in the parent, when a port is taken.
+    load_policy(config.config_file)  # fail fast, in the parent, on a bad config
     for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
-        bind(host, port).close()
+        bind(host, port).close()  # fail fast when a port is taken
+    metrics = _metrics_dir(config)
+    shutil.rmtree(metrics, ignore_errors=True)  # counters start from zero each run
+    os.makedirs(metrics)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics
     if config.workers == 1:
         run_worker(config, token)
         return
     context = multiprocessing.get_context("spawn")
-    processes: list[multiprocessing.process.BaseProcess] = []
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -159,8 +174,17 @@ def run(config: GatewayConfig) -> None:
                 log.warning(
                     "worker %s exited with %s; starting a new one", process.pid, process.exitcode
                 )
+                _forget(process)
                 processes[i] = start()
     for process in processes:
-        process.terminate()
+        process.terminate()  # SIGTERM: each worker drains
     for process in processes:
-        process.join(timeout=10)
+        process.join(timeout=config.shutdown_delay + config.drain_timeout + 5)
+        _forget(process)
+
+
+def _forget(process: multiprocessing.process.BaseProcess) -> None:
+    from prometheus_client import multiprocess
+
+    if process.pid is not None:
+        multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]

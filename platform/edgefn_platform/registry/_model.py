@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,6 +63,8 @@ class FunctionRecord:
     active: VersionRecord
     versions: int
     updated_at: float
+    # Limits the operator set live (`edgefn limits`), over the manifest's.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ class Registry(Protocol):
     def delete(self, name: str) -> list[str]:
         """Remove a function, its versions and the artifacts no other version uses;
         return the sha256 of each artifact removed."""
+
+    def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:
+        """Replace the operator's live limit overrides of `name` ({} resets them)."""
 
     def functions(self) -> list[FunctionRecord]: ...
 

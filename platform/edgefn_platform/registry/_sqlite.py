@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS logs (
     line TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs (function, id);
+CREATE TABLE IF NOT EXISTS overrides (
+    function TEXT PRIMARY KEY,
+    limits TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('generation', 0);
 """
@@ -161,11 +165,26 @@ class SQLiteRegistry:
                 db.execute("DELETE FROM functions WHERE name = ?", (name,))
                 db.execute("DELETE FROM versions WHERE function = ?", (name,))
                 db.execute("DELETE FROM logs WHERE function = ?", (name,))
+                db.execute("DELETE FROM overrides WHERE function = ?", (name,))
                 used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
             unused = [a for a in self.artifacts.glob("*.wasm") if a.stem not in used]
             for artifact in unused:
                 artifact.unlink(missing_ok=True)
             return [a.stem for a in unused]
+
+    def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:
+        with self._transaction() as db:
+            self._function_row(db, name)
+            _bump_generation(db)
+            if limits:
+                db.execute(
+                    "INSERT INTO overrides VALUES (?, ?) ON CONFLICT (function) DO UPDATE SET "
+                    "limits = excluded.limits",
+                    (name, json.dumps(limits)),
+                )
+            else:
+                db.execute("DELETE FROM overrides WHERE function = ?", (name,))
+        return self.function(name)
 
     def _store_artifact(self, component: Path, sha256: str) -> None:
         target = self.artifact_path(sha256)
@@ -226,12 +245,15 @@ class SQLiteRegistry:
     def _function(self, db: sqlite3.Connection, name: str) -> FunctionRecord:
         row = self._function_row(db, name)
         count = db.execute("SELECT COUNT(*) FROM versions WHERE function = ?", (name,))
+        overrides = db.execute("SELECT limits FROM overrides WHERE function = ?", (name,))
+        found = overrides.fetchone()
         return FunctionRecord(
             name=name,
             route=row["route"],
             active=self._version(db, name, row["active_version"]),
             versions=count.fetchone()[0],
             updated_at=row["updated_at"],
+            overrides=json.loads(found[0]) if found else {},
         )
 
     def _function_row(self, db: sqlite3.Connection, name: str) -> sqlite3.Row:

@@ -1,0 +1,71 @@
+"""The access log: one line per function request on stdout.
+
+JSON by default (for log shippers); a short human-readable line when stdout is a
+terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+__all__ = ["AccessEntry", "log_access"]
+
+
+@dataclass
+class AccessEntry:
+    time: float
+    request_id: str
+    function: str | None
+    version: int | None
+    method: str
+    path: str
+    status: int
+    outcome: str
+    queue_ms: float
+    instantiate_ms: float
+    execute_ms: float
+    total_ms: float
+    fuel: int
+    bytes_in: int
+    bytes_out: int
+    worker: int
+
+    def json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    def human(self) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
+        return (
+            f"{stamp} {self.status} {self.method} {self.path} -> "
+            f"{self.function or '-'}@{self.version or '-'} {self.outcome} "
+            f"{self.total_ms:.1f} ms fuel {self.fuel:,} [{self.request_id[:8]}]"
+        )
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, human: bool) -> None:
+        super().__init__()
+        self.human = human
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: AccessEntry = record.entry  # type: ignore[attr-defined]
+        return entry.human() if self.human else entry.json()
+
+
+def log_access(entry: AccessEntry) -> None:
+    access_logger().info("", extra={"entry": entry})
+
+
+def access_logger() -> logging.Logger:
+    logger = logging.getLogger("edgefn.access")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(_Formatter(human=sys.stdout.isatty()))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger

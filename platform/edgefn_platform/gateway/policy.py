@@ -1,0 +1,175 @@
+"""The operator's limit policy: defaults, maximums, backpressure.
+
+Effective limits of a function = its manifest's request, filled from the
+defaults, replaced by any live override, clamped to the maximums. Loaded from a
+gateway config file (`edgefn serve --config gateway.toml`) and `EDGEFN_*`
+variables, the variables winning:
+
+    [defaults]                 EDGEFN_DEFAULTS_MEMORY=...
+    memory = "64MiB"
+    [maximums]                 EDGEFN_MAXIMUMS_FUEL=...
+    fuel = 5e10
+    [backpressure]             EDGEFN_BACKPRESSURE_QUEUE_WAIT=...
+    global_concurrency = 64
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgefn_runtime import MIN_MEMORY, Limits
+
+from .._units import format_size, parse_count, parse_duration, parse_size
+
+__all__ = ["LIMIT_KEYS", "ConfigError", "EffectiveLimits", "Policy", "load_policy"]
+
+# Limit key -> parser. `concurrency` is the gateway's; the rest are the sandbox's.
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "memory": parse_size,
+    "fuel": parse_count,
+    "timeout": parse_duration,
+    "max_body": parse_size,
+    "max_response": parse_size,
+    "max_log": parse_size,
+    "max_image_pixels": parse_count,
+    "concurrency": parse_count,
+}
+LIMIT_KEYS = tuple(PARSERS)
+_SIZES = {"memory", "max_body", "max_response", "max_log"}
+
+DEFAULTS: dict[str, Any] = {f.name: getattr(Limits(), f.name) for f in fields(Limits)} | {
+    "concurrency": 16
+}
+MAXIMUMS: dict[str, Any] = {
+    "memory": 1024 * 2**20,
+    "fuel": 50_000_000_000,
+    "timeout": 30.0,
+    "max_body": 100 * 2**20,
+    "max_response": 100 * 2**20,
+    "max_log": 2**20,
+    "max_image_pixels": 100_000_000,
+    "concurrency": 256,
+}
+
+
+class ConfigError(ValueError):
+    """The gateway config file or an `EDGEFN_*` variable is wrong; says which key."""
+
+
+def describe(key: str, value: Any) -> str:
+    """A limit value as people write it."""
+    if key in _SIZES:
+        return format_size(int(value))
+    if key == "timeout":
+        return f"{value:g} s"
+    return f"{int(value):,}"
+
+
+@dataclass(frozen=True)
+class EffectiveLimits:
+    """What a function runs with, where each value came from, and what was clamped."""
+
+    limits: Limits
+    concurrency: int
+    sources: dict[str, str]
+    values: dict[str, Any]
+    warnings: list[str]
+
+
+@dataclass
+class Policy:
+    defaults: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    maximums: dict[str, Any] = field(default_factory=lambda: dict(MAXIMUMS))
+    global_concurrency: int = 64
+    queue_length: int = 128
+    queue_wait: float = 1.0
+    usage_header: bool = False
+
+    def resolve(
+        self, requested: Mapping[str, Any], overrides: Mapping[str, Any]
+    ) -> EffectiveLimits:
+        values, sources, warnings = {}, {}, []
+        for key in LIMIT_KEYS:
+            if key in overrides:
+                value, source = overrides[key], "override"
+            elif key in requested:
+                value, source = requested[key], "manifest"
+            else:
+                value, source = self.defaults[key], "default"
+            maximum = self.maximums[key]
+            if value > maximum:
+                warnings.append(
+                    f"{key}: {describe(key, value)} asked for ({source}), above the "
+                    f"maximum of {describe(key, maximum)}, which applies"
+                )
+                value, source = maximum, "maximum"
+            values[key], sources[key] = value, source
+        limits = Limits(**{k: v for k, v in values.items() if k != "concurrency"})
+        return EffectiveLimits(limits, int(values["concurrency"]), sources, values, warnings)
+
+
+def parse_limits(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Parse `key = value` limits, naming `where` in errors."""
+    parsed = {}
+    for key, raw in table.items():
+        if key not in PARSERS:
+            raise ConfigError(f"{where}.{key}: unknown limit (allowed: {', '.join(LIMIT_KEYS)})")
+        try:
+            parsed[key] = PARSERS[key](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{key}: {exc}") from None
+    if parsed.get("memory", MIN_MEMORY) < MIN_MEMORY:
+        raise ConfigError(f"{where}.memory: must be at least 16MiB")
+    if parsed.get("concurrency", 1) < 1:
+        raise ConfigError(f"{where}.concurrency: must be at least 1")
+    return parsed
+
+
+def load_policy(path: Path | None, environ: Mapping[str, str] = os.environ) -> Policy:
+    """The policy from the config file at `path` (if any) and `EDGEFN_*` variables."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    unknown = set(data) - {"defaults", "maximums", "backpressure", "observability"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown section [{sorted(unknown)[0]}] (allowed: defaults, "
+            "maximums, backpressure, observability)"
+        )
+    sections = {
+        name: dict(data.get(name, {}))
+        for name in ("defaults", "maximums", "backpressure", "observability")
+    }
+    for name, table in sections.items():
+        prefix = f"EDGEFN_{name.upper()}_"
+        for variable, value in environ.items():
+            if variable.startswith(prefix):
+                table[variable.removeprefix(prefix).lower()] = value
+    policy = Policy()
+    policy.defaults.update(parse_limits(sections["defaults"], "defaults"))
+    policy.maximums.update(parse_limits(sections["maximums"], "maximums"))
+    backpressure = sections["backpressure"]
+    for key in set(backpressure) - {"global_concurrency", "queue_length", "queue_wait"}:
+        raise ConfigError(
+            f"backpressure.{key}: unknown key (allowed: global_concurrency, "
+            "queue_length, queue_wait)"
+        )
+    try:
+        policy.global_concurrency = parse_count(backpressure.get("global_concurrency", 64))
+        policy.queue_length = parse_count(backpressure.get("queue_length", 128))
+        policy.queue_wait = parse_duration(backpressure.get("queue_wait", "1s"))
+    except ValueError as exc:
+        raise ConfigError(f"backpressure: {exc}") from None
+    usage = sections["observability"].get("usage_header", False)
+    policy.usage_header = usage is True or str(usage).lower() in ("1", "true", "yes")
+    for key in LIMIT_KEYS:  # a lowered maximum lowers the default with it
+        policy.defaults[key] = min(policy.defaults[key], policy.maximums[key])
+    return policy
