@@ -40,7 +40,7 @@ class GatewayProcess:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self) -> GatewayProcess:
+    def start(self, wait_for: str = "/readyz") -> GatewayProcess:
         env = {
             **os.environ,
             "EDGEFN_TOKEN": self.token,
@@ -65,15 +65,16 @@ class GatewayProcess:
         ]
         log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        self.wait_ready()
+        self.wait_ready(wait_for)
         return self
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, path: str = "/readyz", timeout: float = 60) -> None:
+        """Until the admin listener answers 200 on `path` (every function loaded)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, "gateway exited"
             try:
-                if self.admin("GET", "/v1/functions").status_code == 200:
+                if httpx.get(self.admin_url + path).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

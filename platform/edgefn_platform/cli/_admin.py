@@ -238,7 +238,7 @@ def logs(name: str, follow: bool, client: AdminClient) -> None:
                 entry = json.loads(line)
                 line = (
                     f"{entry['method']} {entry['path']} -> {entry['status']} "
-                    f"{entry['duration_ms']} ms fuel {entry['fuel']}"
+                    f"{entry['outcome']} {entry['total_ms']} ms fuel {entry['fuel']:,}"
                 )
             click.echo(f"{stamp} {record['request_id'][:12]} {record['kind']:6} {line}")
         if not follow:

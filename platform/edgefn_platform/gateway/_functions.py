@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgefn_runtime import Engine, Limits, Sandbox
@@ -81,19 +81,27 @@ class FunctionTable:
             token = self.registry.change_token()
             if token == self._token and not force:
                 return
-            loaded = {(f.name, f.version): f for f in self._routes.values()}
+            current = {f.name: f for f in self._routes.values()}
             routes = {}
             for record in self.registry.functions():
-                function = loaded.get((record.name, record.active.version))
-                if function is None:
+                function = current.get(record.name)
+                if function is not None and function.version == record.active.version:
+                    # Same version: only its limits may have changed (edgefn limits).
+                    effective = self.effective(record)
+                    function = replace(
+                        function, limits=effective.limits, concurrency=effective.concurrency
+                    )
+                else:
                     try:
                         function = self._load(record)
                     except Exception:
+                        # Keep serving what this worker has; the next change retries.
                         log.exception(
                             "cannot load %s version %s", record.name, record.active.version
                         )
-                        continue
-                routes[record.route] = function
+                        if function is None:
+                            continue
+                routes[function.route] = function
             self._routes = routes
             self._token = token
 

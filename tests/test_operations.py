@@ -1,0 +1,290 @@
+"""Operating a gateway: limit policy, live limits, backpressure, metrics, logs, health."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from edgefn_platform.cli import main
+from gateway_process import ROOT, GatewayProcess
+
+HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
+CONFIG = """
+[maximums]
+memory = "256MiB"
+
+[backpressure]
+queue_length = 1
+queue_wait = "300ms"
+
+[observability]
+usage_header = true
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("ops")
+    (root / "gateway.toml").write_text(CONFIG)
+    process = GatewayProcess(
+        root / "data", workers=2, extra_env={"EDGEFN_CONFIG": str(root / "gateway.toml")}
+    ).start()
+    for directory in (ROOT / "functions" / "hello", HOSTILE):
+        assert cli(process, "deploy", str(directory)).exit_code == 0
+    time.sleep(1)
+    yield process
+    process.stop()
+
+
+def cli(gateway: GatewayProcess, *args: str) -> Result:
+    return CliRunner().invoke(
+        main, [*args, "--gateway", gateway.admin_url, "--token", gateway.token]
+    )
+
+
+def fresh_get(gateway: GatewayProcess, path: str, **kwargs: object) -> httpx.Response:
+    """A request on a new connection, so the kernel may pick either worker."""
+    headers = {"connection": "close", **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+    return gateway.get(path, headers=headers, **kwargs)
+
+
+def test_a_limit_above_the_maximum_is_clamped_with_a_warning(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    directory = tmp_path / "greedy"
+    directory.mkdir()
+    (directory / "edgefn.toml").write_text('name = "greedy"\n[limits]\nmemory = "512MiB"\n')
+    (directory / "app.py").write_text("from edgefn import App\napp = App()\n")
+    result = cli(gateway, "deploy", str(directory))
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: memory: 512.0 MiB asked for (manifest), above the maximum of 256.0 MiB"
+        in result.output
+    )
+    shown = cli(gateway, "limits", "greedy").output
+    assert re.search(r"memory\s+256.0 MiB\s+maximum", shown)
+    assert re.search(r"fuel\s+2,000,000,000\s+default", shown)
+
+
+def test_live_limits_apply_on_every_worker_and_reset(gateway: GatewayProcess) -> None:
+    changed = cli(gateway, "limits", "hostile", "--fuel", "100000")
+    assert changed.exit_code == 0 and re.search(r"fuel\s+100,000\s+override", changed.output)
+    time.sleep(1)
+    codes = {fresh_get(gateway, "/hostile/counter").json()["error"]["code"] for _ in range(16)}
+    assert codes == {"fuel_exhausted"}
+
+    cli(gateway, "limits", "hostile", "--reset")
+    cli(gateway, "limits", "hostile", "--memory", "16MiB")
+    time.sleep(1)
+    body = b"x" * (8 * 2**20)
+    response = httpx.post(gateway.public_url + "/hostile/echo", content=body)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "memory_limit"
+
+    reset = cli(gateway, "limits", "hostile", "--reset")
+    assert re.search(r"memory\s+64.0 MiB\s+manifest", reset.output)
+    time.sleep(1)
+    assert {fresh_get(gateway, "/hostile/counter").status_code for _ in range(8)} == {200}
+    assert httpx.post(gateway.public_url + "/hostile/echo", content=body).status_code == 200
+
+
+def test_a_busy_function_is_overloaded_while_others_answer(gateway: GatewayProcess) -> None:
+    cli(gateway, "limits", "hostile", "--concurrency", "1", "--timeout", "5s")
+    time.sleep(1)
+    results: list[httpx.Response] = []
+
+    def slow() -> None:
+        results.append(fresh_get(gateway, "/hostile/sleep?seconds=1.5"))
+
+    threads = [threading.Thread(target=slow) for _ in range(10)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        assert fresh_get(gateway, "/hello/").status_code == 200  # another function is fine
+        for thread in threads:
+            thread.join()
+    finally:
+        cli(gateway, "limits", "hostile", "--reset")
+    overloaded = [r for r in results if r.status_code == 503]
+    assert overloaded and all(r.json()["error"]["code"] == "overloaded" for r in overloaded)
+    assert all(r.headers["retry-after"] == "1" for r in overloaded)
+    # Two workers, each running one and queueing at most one.
+    assert 1 <= sum(r.status_code == 200 for r in results) <= 4
+    time.sleep(1)
+
+
+def test_metrics_count_a_known_mix_across_workers(gateway: GatewayProcess) -> None:
+    component = (HOSTILE / ".edgefn" / "hostile.wasm").read_bytes()
+    deployed = gateway.admin(
+        "POST",
+        "/v1/functions",
+        data={"manifest": 'name = "metered"\n[env]\nDECLARED = "x"\n'},
+        files={"component": ("c.wasm", component)},
+    )
+    assert deployed.status_code == 201, deployed.text
+    time.sleep(1)
+    for path, times in (("/metered/counter", 5), ("/metered/raise", 2), ("/metered/loop", 1)):
+        for _ in range(times):
+            fresh_get(gateway, path)
+    text = gateway.admin("GET", "/metrics").text
+
+    def sample(name: str, **labels: str) -> float:
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                found = ",".join(sorted(line[len(name) + 1 : line.index("}")].split(",")))
+                if found == wanted:
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    requests = "edgefn_requests_total"
+    assert sample(requests, function="metered", status="200", outcome="ok") == 5
+    assert sample(requests, function="metered", status="500", outcome="function_error") == 2
+    assert sample(requests, function="metered", status="503", outcome="fuel_exhausted") == 1
+    assert sample("edgefn_execute_seconds_count", function="metered") == 8
+    assert sample("edgefn_fuel_consumed_total", function="metered") > 2_000_000_000
+    assert sample("edgefn_deploys_total", function="metered") == 1
+    assert "edgefn_aot_cache" in text or "edgefn_in_flight" in text
+
+
+def test_access_log_is_json_with_the_documented_fields(gateway: GatewayProcess) -> None:
+    fresh_get(gateway, "/hello/", headers={"x-request-id": "access-check-1"})
+    time.sleep(0.5)
+    log = gateway.data_dir.parent / f"{gateway.data_dir.name}.log"
+    entries = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and "access-check-1" in line
+    ]
+    assert len(entries) == 1
+    entry = entries[0]
+    assert set(entry) >= {
+        "time",
+        "request_id",
+        "function",
+        "version",
+        "method",
+        "path",
+        "status",
+        "outcome",
+        "queue_ms",
+        "instantiate_ms",
+        "execute_ms",
+        "total_ms",
+        "fuel",
+        "bytes_in",
+        "bytes_out",
+    }
+    assert (entry["function"], entry["status"], entry["outcome"]) == ("hello", 200, "ok")
+
+
+def test_guest_log_lines_carry_the_request_id(gateway: GatewayProcess) -> None:
+    fresh_get(gateway, "/hostile/print", headers={"x-request-id": "print-check-1"})
+    time.sleep(1)
+    lines = gateway.admin("GET", "/v1/functions/hostile/logs?limit=1000").json()
+    mine = [r["line"] for r in lines if r["request_id"] == "print-check-1" and r["kind"] == "log"]
+    assert mine == ["printed line", "WARNING hostile: logged line"]
+
+
+def test_logs_follow_sees_a_new_line(gateway: GatewayProcess) -> None:
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgefn_platform",
+            "logs",
+            "hello",
+            "--follow",
+            "--gateway",
+            gateway.admin_url,
+            "--token",
+            gateway.token,
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.5)
+        fresh_get(gateway, "/hello/", headers={"x-request-id": "follow-check-1"})
+        deadline, seen = time.monotonic() + 10, b""
+        assert follower.stdout is not None
+        fd = follower.stdout.fileno()
+        os.set_blocking(fd, False)
+        while b"follow-chec" not in seen and time.monotonic() < deadline:
+            try:
+                seen += os.read(fd, 65536)
+            except BlockingIOError:
+                time.sleep(0.2)
+        assert b"follow-chec" in seen
+    finally:
+        follower.terminate()
+        follower.wait()
+
+
+def test_server_timing_and_usage_headers(gateway: GatewayProcess) -> None:
+    response = gateway.get("/hello/")
+    assert re.fullmatch(
+        r"queue;dur=[\d.]+, instantiate;dur=[\d.]+, execute;dur=[\d.]+",
+        response.headers["server-timing"],
+    )
+    assert re.fullmatch(r"fuel=\d+", response.headers["x-edgefn-usage"])
+
+
+def test_health_on_both_listeners(gateway: GatewayProcess) -> None:
+    for base in (gateway.public_url, gateway.admin_url):
+        assert httpx.get(base + "/healthz").json() == {"status": "alive"}
+        assert httpx.get(base + "/readyz").json() == {"status": "ready"}
+
+
+def test_restart_is_ready_only_once_compiled_and_warm(tmp_path: Path) -> None:
+    first = GatewayProcess(tmp_path / "data").start()
+    assert cli(first, "deploy", str(ROOT / "functions" / "hello")).exit_code == 0
+    first.stop()
+    # A new AOT cache: the restart must compile before it reports ready.
+    gateway = GatewayProcess(
+        tmp_path / "data", extra_env={"EDGEFN_CACHE_DIR": str(tmp_path / "cold")}
+    )
+    gateway.start(wait_for="/healthz")
+    try:
+        assert httpx.get(gateway.public_url + "/readyz").status_code == 503
+        gateway.wait_ready()
+        started = time.perf_counter()
+        assert gateway.get("/hello/").status_code == 200
+        first_request = time.perf_counter() - started
+        warm = []
+        for _ in range(20):
+            started = time.perf_counter()
+            gateway.get("/hello/")
+            warm.append(time.perf_counter() - started)
+        assert first_request <= max(3 * statistics.median(warm), 0.05)
+    finally:
+        gateway.stop()
+
+
+def test_sigterm_lets_a_slow_request_finish(tmp_path: Path) -> None:
+    gateway = GatewayProcess(tmp_path / "data").start()
+    assert cli(gateway, "deploy", str(HOSTILE)).exit_code == 0
+    cli(gateway, "limits", "hostile", "--timeout", "5s")
+    result: list[httpx.Response] = []
+    slow = threading.Thread(target=lambda: result.append(gateway.get("/hostile/sleep?seconds=2")))
+    slow.start()
+    time.sleep(0.3)
+    assert gateway.process is not None
+    gateway.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert httpx.get(gateway.public_url + "/readyz").status_code == 503
+    slow.join()
+    assert result[0].status_code == 200 and result[0].text == "woke up\n"
+    assert gateway.process.wait(timeout=20) == 0
