@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-__all__ = ["AccessEntry", "log_access"]
+__all__ = ["AccessEntry", "access_logger", "log_access"]
 
 
 @dataclass

@@ -115,9 +115,13 @@ class FunctionTable:
         manifest = Manifest.from_dict(version.manifest)
         assets_sha = version.manifest.get("assets_sha256")
         assets = self.assets_dir / assets_sha if assets_sha else None
+        from ._metrics import METRICS  # after PROMETHEUS_MULTIPROC_DIR is set
+
+        hits = self.engine.aot.hits
         sandbox = self.engine.load(
             self.registry.artifact_path(version.sha256), env=manifest.env, assets=assets
         )
+        METRICS.aot.labels("hit" if self.engine.aot.hits > hits else "miss").inc()
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)
         effective = self.effective(record)
         return LiveFunction(
