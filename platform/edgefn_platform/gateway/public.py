@@ -196,8 +196,14 @@ async def _warm_up(lifecycle: Lifecycle, threads: anyio.CapacityLimiter, metrics
             )
         except SandboxError:
             pass
-        for family in (metrics.in_flight, metrics.queue, metrics.instantiate, metrics.execute,
-                       metrics.fuel, metrics.pixels):
+        for family in (
+            metrics.in_flight,
+            metrics.queue,
+            metrics.instantiate,
+            metrics.execute,
+            metrics.fuel,
+            metrics.pixels,
+        ):
             family.labels(function.name)
         metrics.requests.labels(function.name, "200", "ok")
     access_logger()
