@@ -24,33 +24,10 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+from baseline import start_baseline  # noqa: E402
+
 from edgefn_platform import build  # noqa: E402
 from gateway_process import GatewayProcess, free_port  # noqa: E402
-
-
-def start_baseline(port: int) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "baseline_app:app",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    process = subprocess.Popen(command, cwd=HERE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/bench/").status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError("baseline did not start")
 
 
 def load_wrk(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
@@ -127,7 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temp:
         gateway = GatewayProcess(Path(temp) / "data", workers=2).start()
         port = free_port()
-        baseline = start_baseline(port)
+        baseline = start_baseline("baseline_app:app", port, "/bench/")
         try:
             deployed = gateway.admin(
                 "POST",

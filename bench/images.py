@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,8 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from baseline import start_baseline  # noqa: E402
+
 from edgefn_platform import build  # noqa: E402
 from edgefn_platform.client import AdminClient  # noqa: E402
 from edgefn_platform.gateway import pack_assets  # noqa: E402
@@ -73,27 +74,11 @@ def main() -> None:
         manifest = (function / "edgefn.toml").read_text()
         gateway.start()
         port = free_port()
-        baseline = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "baseline_images:app",
-                "--port",
-                str(port),
-                "--workers",
-                "2",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            cwd=HERE,
-        )
+        baseline = start_baseline("baseline_images:app", port, "/watermark/")
         try:
             archive = Path(temp) / "assets.tar.gz"
             pack_assets(function / "assets", archive)
             AdminClient(gateway.admin_url, gateway.token).deploy(manifest, result.path, archive)
-            _wait(f"http://127.0.0.1:{port}/watermark/")
             time.sleep(1.5)
             edgefn = measure(
                 f"{gateway.public_url}/watermark/?{QUERY}", body, args.requests, args.concurrency
@@ -113,17 +98,6 @@ def main() -> None:
     p50 = statistics.median(edgefn) / statistics.median(native)
     p99 = statistics.quantiles(edgefn, n=100)[98] / statistics.quantiles(native, n=100)[98]
     print(f"ratio p50 {p50:.2f} x (target <= 1.15 and <= 47 ms), p99 {p99:.2f} x")
-
-
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 if __name__ == "__main__":

@@ -69,13 +69,18 @@ class GatewayProcess:
         return self
 
     def wait_ready(self, path: str = "/readyz", timeout: float = 60) -> None:
-        """Until the admin listener answers 200 on `path` (every function loaded)."""
-        deadline = time.monotonic() + timeout
+        """Until the admin listener answers 200 on `path` ten times in a row, on new
+        connections, so that every worker (SO_REUSEPORT) is likely to have answered."""
+        deadline, streak = time.monotonic() + timeout, 0
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, "gateway exited"
             try:
-                if httpx.get(self.admin_url + path).status_code == 200:
+                ok = httpx.get(self.admin_url + path).status_code == 200
+                streak = streak + 1 if ok else 0
+                if streak >= 10:
                     return
+                if ok:
+                    continue
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)

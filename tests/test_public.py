@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import anyio
 import httpx
 import pytest
@@ -18,6 +20,8 @@ class OneFunction:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.function = LiveFunction("f", 1, "/f", sandbox, Limits(timeout=5))
+        self.ready = threading.Event()
+        self.ready.set()
 
     def match(self, path: str) -> tuple[LiveFunction, str] | None:
         if path == "/f" or path.startswith("/f/"):

@@ -157,11 +157,10 @@ class _NativeImages:
         from edgefn_runtime.image import ImageFailure, probe
 
         try:
-            info = probe(self._data(source))
+            return probe(self._data(source))
         except ImageFailure as failure:
             image.raise_failure(failure.kind, failure.message)
             raise
-        return image.ImageInfo(**info.__dict__)
 
     def render(self, source: tuple[str, Any], pipeline: str) -> Response:
         from edgefn_runtime.image import Budget, ImageFailure, render

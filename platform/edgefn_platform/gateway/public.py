@@ -98,6 +98,14 @@ def create_public_app(
         outcome: Outcome | None = None
         usage, queued, bytes_in = Usage(), 0.0, 0
         try:
+            if not table.ready.is_set():
+                # Not a 404: this worker has not loaded the registry yet.
+                raise GatewayError(
+                    503,
+                    "starting",
+                    "the gateway is still loading functions; retry shortly",
+                    {"retry-after": "1"},
+                )
             match = table.match(request.url.path)
             if match is None:
                 raise GatewayError(

@@ -1,7 +1,7 @@
 """The image capability: Pillow pipelines for guests, one host call per pipeline."""
 
 from ._host import IMAGE_IMPORT, ImageContext, add_image_capability
-from ._pipeline import FORMATS, Budget, ImageFailure, Probed, Rendered, probe, render
+from ._pipeline import FORMATS, Budget, ImageFailure, Rendered, probe, render
 
 __all__ = [
     "FORMATS",
@@ -9,7 +9,6 @@ __all__ = [
     "Budget",
     "ImageContext",
     "ImageFailure",
-    "Probed",
     "Rendered",
     "add_image_capability",
     "probe",

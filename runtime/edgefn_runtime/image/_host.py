@@ -20,10 +20,12 @@ from wasmtime import _ffi as ffi
 from wasmtime import _value
 from wasmtime import component as wc
 
+from edgefn.image import ImageInfo
+
 from .._errors import FuelExhausted, MemoryLimitExceeded, SandboxError
 from .._limits import Limits
 from .._stdio import GuestOutput
-from ._pipeline import Budget, ImageFailure, Probed, Rendered, probe, render
+from ._pipeline import Budget, ImageFailure, Rendered, probe, render
 
 __all__ = ["IMAGE_IMPORT", "ImageContext", "add_image_capability"]
 
@@ -159,7 +161,7 @@ def _failure(failure: ImageFailure) -> wc.Variant:
     return wc.Variant("err", record)
 
 
-def _record(value: Probed | Rendered, exclude: tuple[str, ...], **extra: Any) -> wc.Record:
+def _record(value: ImageInfo | Rendered, exclude: tuple[str, ...], **extra: Any) -> wc.Record:
     record = wc.Record()
     fields = {k.replace("_", "-"): v for k, v in value.__dict__.items() if k not in exclude}
     record.__dict__.update(fields, **extra)

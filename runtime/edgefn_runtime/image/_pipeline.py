@@ -18,9 +18,9 @@ from typing import Any
 from PIL import Image, ImageColor, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 # The SDK's vocabulary is the contract's: the host accepts exactly what it records.
-from edgefn.image import FITS, GRAVITIES
+from edgefn.image import FITS, GRAVITIES, ImageInfo
 
-__all__ = ["FORMATS", "Budget", "ImageFailure", "Probed", "Rendered", "probe", "render"]
+__all__ = ["FORMATS", "Budget", "ImageFailure", "Rendered", "probe", "render"]
 
 # Decoders allowed: no EPS/PDF/PSD and friends, whose parsers are attack surface.
 _DECODERS = ["JPEG", "PNG", "WEBP", "GIF", "AVIF", "BMP", "TIFF"]
@@ -55,16 +55,6 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class Probed:
-    width: int
-    height: int
-    format: str
-    orientation: int
-    animated: bool
-    digest: str
-
-
-@dataclass(frozen=True)
 class Rendered:
     data: bytes
     width: int
@@ -73,10 +63,10 @@ class Rendered:
     content_type: str
 
 
-def probe(data: bytes) -> Probed:
+def probe(data: bytes) -> ImageInfo:
     """Header facts and a sha256 of `data`; no pixels are decoded."""
     with _open(data) as image:
-        return Probed(
+        return ImageInfo(
             width=image.width,
             height=image.height,
             format=(image.format or "").lower(),
