@@ -9,7 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -64,6 +64,20 @@ class Lifecycle:
         return self.table.ready.is_set() and self.warm and not self.draining
 
 
+@dataclass
+class _Exchange:
+    """What one request did, gathered for its access line, logs and metrics."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    function: LiveFunction | None = None
+    usage: Usage = field(default_factory=Usage)
+    logs: list[str] = field(default_factory=list)
+    queued: float = 0.0
+    bytes_in: int = 0
+    outcome: str = "ok"
+
+
 def health_routes(lifecycle: Lifecycle) -> list[Route]:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -92,62 +106,59 @@ def create_public_app(
     threads = anyio.CapacityLimiter(policy.global_concurrency)
 
     async def handle(request: Request) -> Response:
-        started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        function: LiveFunction | None = None
-        outcome: Outcome | None = None
-        usage, queued, bytes_in = Usage(), 0.0, 0
+        exchange = _Exchange(request.headers.get("x-request-id") or uuid.uuid4().hex)
         try:
-            if not table.ready.is_set():
-                # Not a 404: this worker has not loaded the registry yet.
-                raise GatewayError(
-                    503,
-                    "starting",
-                    "the gateway is still loading functions; retry shortly",
-                    {"retry-after": "1"},
-                )
-            match = table.match(request.url.path)
-            if match is None:
-                raise GatewayError(
-                    404, "no_route", f"no function is deployed at {request.url.path}"
-                )
-            function, path = match
-            body = await _read_body(request, function.limits.max_body)
-            bytes_in = len(body)
-            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-            headers.append((ROUTE_HEADER, function.route))
-            call = SandboxRequest(request.method, path, request.url.query, headers, body)
-            METRICS.queued.inc()
-            try:
-                async with admission.slot(function.name, function.concurrency) as queued:
-                    METRICS.queued.dec()
-                    METRICS.in_flight.labels(function.name).inc()
-                    try:
-                        outcome = await anyio.to_thread.run_sync(
-                            function.sandbox.invoke, call, function.limits, limiter=threads
-                        )
-                    finally:
-                        METRICS.in_flight.labels(function.name).dec()
-            except GatewayError:
-                METRICS.queued.dec()
-                raise
-            usage = outcome.usage
-            response = _to_http(outcome, request_id)
-            outcome_name = "ok"
+            response = await run(request, exchange)
         except (GatewayError, SandboxError) as exc:
-            response = error_response(exc, request_id)
-            outcome_name = status_and_code(exc)[1]
+            response = error_response(exc, exchange.request_id)
+            exchange.outcome = status_and_code(exc)[1]
             if isinstance(exc, SandboxError):
-                usage = exc.usage
-                if function is not None:
-                    logs.add(function.name, request_id, "log", exc.logs)
-        if outcome is not None and function is not None:
-            logs.add(function.name, request_id, "log", outcome.logs)
-        timing = [
-            ("queue", queued),
+                exchange.usage, exchange.logs = exc.usage, exc.logs
+        record(request, response, exchange)
+        return response
+
+    async def run(request: Request, exchange: _Exchange) -> Response:
+        if not table.ready.is_set():
+            # Not a 404: this worker has not loaded the registry yet.
+            raise GatewayError(
+                503,
+                "starting",
+                "the gateway is still loading functions; retry shortly",
+                {"retry-after": "1"},
+            )
+        match = table.match(request.url.path)
+        if match is None:
+            raise GatewayError(404, "no_route", f"no function is deployed at {request.url.path}")
+        function, path = match
+        exchange.function = function
+        body = await _read_body(request, function.limits.max_body)
+        exchange.bytes_in = len(body)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        headers.append((ROUTE_HEADER, function.route))
+        call = SandboxRequest(request.method, path, request.url.query, headers, body)
+        METRICS.queued.inc()
+        try:
+            async with admission.slot(function.name, function.concurrency) as queued:
+                METRICS.queued.dec()
+                exchange.queued = queued
+                with METRICS.in_flight.labels(function.name).track_inprogress():
+                    outcome = await anyio.to_thread.run_sync(
+                        function.sandbox.invoke, call, function.limits, limiter=threads
+                    )
+        except GatewayError:
+            METRICS.queued.dec()
+            raise
+        exchange.usage, exchange.logs = outcome.usage, outcome.logs
+        return _to_http(outcome, exchange.request_id)
+
+    def record(request: Request, response: Response, exchange: _Exchange) -> None:
+        """Timings and usage headers, the access line, function logs, metrics."""
+        usage, function = exchange.usage, exchange.function
+        timing = (
+            ("queue", exchange.queued),
             ("instantiate", usage.instantiate_seconds),
             ("execute", usage.execute_seconds),
-        ]
+        )
         response.headers["server-timing"] = ", ".join(
             f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing
         )
@@ -155,27 +166,27 @@ def create_public_app(
             response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}"
         entry = AccessEntry(
             time=time.time(),
-            request_id=request_id,
+            request_id=exchange.request_id,
             function=function.name if function else None,
             version=function.version if function else None,
             method=request.method,
             path=request.url.path,
             status=response.status_code,
-            outcome=outcome_name,
-            queue_ms=round(queued * 1000, 3),
+            outcome=exchange.outcome,
+            queue_ms=round(exchange.queued * 1000, 3),
             instantiate_ms=round(usage.instantiate_seconds * 1000, 3),
             execute_ms=round(usage.execute_seconds * 1000, 3),
-            total_ms=round((time.perf_counter() - started) * 1000, 3),
+            total_ms=round((time.perf_counter() - exchange.started) * 1000, 3),
             fuel=usage.fuel,
-            bytes_in=bytes_in,
+            bytes_in=exchange.bytes_in,
             bytes_out=len(response.body),
             worker=os.getpid(),
         )
         log_access(entry)
         if function is not None:
-            logs.add(function.name, request_id, "access", [entry.json()])
-            _observe(METRICS, function.name, entry, usage, queued)
-        return response
+            logs.add(function.name, exchange.request_id, "log", exchange.logs)
+            logs.add(function.name, exchange.request_id, "access", [entry.json()])
+            _observe(METRICS, function.name, entry, usage, exchange.queued)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
