@@ -235,19 +235,8 @@ class Image:
         tile: bool = False,
     ) -> Image:
         """Stamp `text`; `size` and `margin` are fractions of the image width."""
-        _check(gravity, GRAVITIES, "gravity")
-        return self._with(
-            {
-                "op": "text",
-                "text": text,
-                "size": size,
-                "color": color,
-                "opacity": opacity,
-                "gravity": gravity,
-                "margin": margin,
-                "tile": tile,
-            }
-        )
+        op = {"op": "text", "text": text, "size": size, "color": color}
+        return self._stamp(op, opacity, gravity, margin, tile)
 
     def overlay(
         self,
@@ -260,18 +249,15 @@ class Image:
         tile: bool = False,
     ) -> Image:
         """Stamp an image from the assets; `scale` is its width over the image's width."""
+        op = {"op": "overlay", "asset": asset, "scale": scale}
+        return self._stamp(op, opacity, gravity, margin, tile)
+
+    def _stamp(
+        self, op: dict[str, Any], opacity: float, gravity: str, margin: float, tile: bool
+    ) -> Image:
         _check(gravity, GRAVITIES, "gravity")
-        return self._with(
-            {
-                "op": "overlay",
-                "asset": asset,
-                "scale": scale,
-                "opacity": opacity,
-                "gravity": gravity,
-                "margin": margin,
-                "tile": tile,
-            }
-        )
+        placement = {"opacity": opacity, "gravity": gravity, "margin": margin, "tile": tile}
+        return self._with({**op, **placement})
 
     def pipeline(self, format: str = "jpeg", quality: int = 85, background: str = "#ffffff") -> str:
         """The JSON the host runs (what `send` sends)."""
