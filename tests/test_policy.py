@@ -1,0 +1,86 @@
+"""The operator's limit policy and the access log format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgefn_platform.gateway._access import AccessEntry
+from edgefn_platform.gateway.policy import ConfigError, Policy, load_policy
+
+
+def test_override_beats_manifest_beats_default_and_maximums_clamp() -> None:
+    policy = Policy()
+    effective = policy.resolve({"memory": 128 * 2**20, "fuel": 10**12}, {"timeout": 3.0})
+    assert effective.sources["memory"] == "manifest"
+    assert effective.sources["timeout"] == "override" and effective.limits.timeout == 3.0
+    assert effective.sources["max_body"] == "default"
+    assert effective.sources["fuel"] == "maximum"
+    assert effective.limits.fuel == policy.maximums["fuel"]
+    assert effective.warnings == [
+        "fuel: 1,000,000,000,000 asked for (manifest), above the maximum of "
+        "50,000,000,000, which applies"
+    ]
+    assert effective.concurrency == 16
+
+
+def test_config_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        '[defaults]\nmemory = "32MiB"\n[maximums]\ntimeout = "5s"\n'
+        '[backpressure]\nqueue_wait = "250ms"\n[observability]\nusage_header = true\n'
+    )
+    policy = load_policy(
+        config, {"EDGEFN_DEFAULTS_MEMORY": "48MiB", "EDGEFN_BACKPRESSURE_QUEUE_LENGTH": "3"}
+    )
+    assert policy.defaults["memory"] == 48 * 2**20  # the variable wins
+    assert policy.maximums["timeout"] == 5.0
+    assert (policy.queue_wait, policy.queue_length, policy.usage_header) == (0.25, 3, True)
+
+
+def test_a_lowered_maximum_lowers_the_default() -> None:
+    policy = load_policy(None, {"EDGEFN_MAXIMUMS_MAX_IMAGE_PIXELS": "5e6"})
+    assert policy.defaults["max_image_pixels"] == 5_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[limits]\n", "unknown section [limits]"),
+        ("[defaults]\ncpu = 1\n", "defaults.cpu: unknown limit"),
+        ('[maximums]\nmemory = "lots"\n', "maximums.memory"),
+        ('[defaults]\nmemory = "1MiB"\n', "at least 16MiB"),
+        ("[backpressure]\nqueue = 1\n", "backpressure.queue: unknown key"),
+        ("not toml [", "gateway.toml"),
+    ],
+)
+def test_config_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_policy(config, {})
+
+
+def test_access_entry_formats() -> None:
+    entry = AccessEntry(
+        time=0.0,
+        request_id="abcdef0123",
+        function="hello",
+        version=2,
+        method="GET",
+        path="/hello/",
+        status=200,
+        outcome="ok",
+        queue_ms=0.1,
+        instantiate_ms=0.5,
+        execute_ms=0.7,
+        total_ms=1.5,
+        fuel=123456,
+        bytes_in=0,
+        bytes_out=31,
+        worker=7,
+    )
+    assert json.loads(entry.json())["fuel"] == 123456
+    assert entry.human().endswith("200 GET /hello/ -> hello@2 ok 1.5 ms fuel 123,456 [abcdef01]")
