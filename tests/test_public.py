@@ -43,10 +43,10 @@ def client(hostile: Sandbox, **backpressure: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
-@pytest.mark.anyio
-async def test_beyond_capacity_is_503_overloaded_with_retry_after(hostile: Sandbox) -> None:
-    async with client(hostile, global_concurrency=1, queue_length=0) as http:
-        responses: list[httpx.Response] = []
+async def slow_then_fast(hostile: Sandbox, **backpressure: float) -> list[httpx.Response]:
+    """A 1 s request, then a quick one while it runs; responses in arrival order."""
+    responses: list[httpx.Response] = []
+    async with client(hostile, **backpressure) as http:
 
         async def call(path: str) -> None:
             responses.append(await http.get(path))
@@ -55,6 +55,12 @@ async def test_beyond_capacity_is_503_overloaded_with_retry_after(hostile: Sandb
             group.start_soon(call, "/f/sleep?seconds=1")
             await anyio.sleep(0.3)
             group.start_soon(call, "/f/counter")
+    return responses
+
+
+@pytest.mark.anyio
+async def test_beyond_capacity_is_503_overloaded_with_retry_after(hostile: Sandbox) -> None:
+    responses = await slow_then_fast(hostile, global_concurrency=1, queue_length=0)
     overloaded = [r for r in responses if r.status_code == 503]
     assert len(overloaded) == 1
     assert overloaded[0].json()["error"]["code"] == "overloaded"
@@ -83,16 +89,7 @@ async def test_header_injection_from_the_function_is_refused(hostile: Sandbox) -
 
 @pytest.mark.anyio
 async def test_a_short_queue_wait_turns_into_overloaded(hostile: Sandbox) -> None:
-    async with client(hostile, global_concurrency=1, queue_length=5, queue_wait=0.2) as http:
-        responses: list[httpx.Response] = []
-
-        async def call(path: str) -> None:
-            responses.append(await http.get(path))
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(call, "/f/sleep?seconds=1")
-            await anyio.sleep(0.2)
-            group.start_soon(call, "/f/counter")
+    responses = await slow_then_fast(hostile, global_concurrency=1, queue_length=5, queue_wait=0.2)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 503]
 

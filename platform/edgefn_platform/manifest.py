@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,15 @@ from edgefn_runtime import MIN_MEMORY, Limits
 
 from ._units import parse_count, parse_duration, parse_size
 
-__all__ = ["MANIFEST_FILE", "Manifest", "ManifestError", "load_manifest", "parse_manifest"]
+__all__ = [
+    "LIMIT_PARSERS",
+    "MANIFEST_FILE",
+    "Manifest",
+    "ManifestError",
+    "load_manifest",
+    "parse_limits",
+    "parse_manifest",
+]
 
 MANIFEST_FILE = "edgefn.toml"
 
@@ -26,15 +35,17 @@ _REQUIREMENT = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\s*([<>=!~]=?[^;\s]+\s*,?\s*)*"
 )
 
-# Manifest limit key -> (Limits field, parser, what the parser accepts).
-_LIMITS: dict[str, tuple[str, Any, str]] = {
-    "memory": ("memory", parse_size, 'a size such as "64MiB" (at least 16MiB)'),
-    "fuel": ("fuel", parse_count, "a whole number of fuel units such as 2_000_000_000"),
-    "timeout": ("timeout", parse_duration, 'a duration such as "2s" or "500ms"'),
-    "max_body": ("max_body", parse_size, 'a size such as "10MiB"'),
-    "max_response": ("max_response", parse_size, 'a size such as "10MiB"'),
-    "max_image_pixels": ("max_image_pixels", parse_count, "a number of pixels such as 40e6"),
-    "concurrency": ("concurrency", parse_count, "a number of requests in flight such as 16"),
+# Limit key -> (parser, what it accepts). The keys are `Limits` fields, plus the
+# gateway's `concurrency`; manifests, the gateway config and `edgefn limits` share them.
+LIMIT_PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "memory": (parse_size, 'a size such as "64MiB" (at least 16MiB)'),
+    "fuel": (parse_count, "a whole number of fuel units such as 2_000_000_000"),
+    "timeout": (parse_duration, 'a duration such as "2s" or "500ms"'),
+    "max_body": (parse_size, 'a size such as "10MiB"'),
+    "max_response": (parse_size, 'a size such as "10MiB"'),
+    "max_log": (parse_size, 'a size such as "64KiB"'),
+    "max_image_pixels": (parse_count, "a number of pixels such as 40e6"),
+    "concurrency": (parse_count, "a number of requests in flight such as 16"),
 }
 _KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets"}
 
@@ -135,7 +146,7 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
             f'requirements: must be a list of pip requirement strings such as ["attrs>=23"], '
             f"got {requirements!r}"
         )
-    limits = _parse_limits(data.get("limits", {}), problems)
+    limits = parse_limits(data.get("limits", {}), "limits", problems)
     env = data.get("env", {})
     if not isinstance(env, dict):
         problems.append(f'env: must be a table of NAME = "value", got {env!r}')
@@ -165,22 +176,27 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
     )
 
 
-def _parse_limits(table: Any, problems: list[str]) -> dict[str, Any]:
+def parse_limits(table: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    """Parse a table of limits; each mistake is appended to `problems` as
+    "<where>.<key>: what is wrong"."""
     if not isinstance(table, dict):
-        problems.append(f"limits: must be a table such as [limits], got {table!r}")
+        problems.append(f"{where}: must be a table such as [{where}], got {table!r}")
         return {}
     limits: dict[str, Any] = {}
     for key, value in table.items():
-        if key not in _LIMITS:
-            problems.append(f"limits.{key}: unknown limit (allowed: {', '.join(_LIMITS)})")
+        if key not in LIMIT_PARSERS:
+            allowed = ", ".join(LIMIT_PARSERS)
+            problems.append(f"{where}.{key}: unknown limit (allowed: {allowed})")
             continue
-        field_name, parse, allowed = _LIMITS[key]
+        parse, accepts = LIMIT_PARSERS[key]
         try:
-            limits[field_name] = parse(value)
+            limits[key] = parse(value)
         except ValueError:
-            problems.append(f"limits.{key}: expected {allowed}, got {value!r}")
+            problems.append(f"{where}.{key}: expected {accepts}, got {value!r}")
     if limits.get("memory", MIN_MEMORY) < MIN_MEMORY:
-        problems.append(f"limits.memory: must be at least 16MiB, got {table['memory']!r}")
+        problems.append(f"{where}.memory: must be at least 16MiB, got {table['memory']!r}")
+    if limits.get("concurrency", 1) < 1:
+        problems.append(f"{where}.concurrency: must be at least 1")
     return limits
 
 

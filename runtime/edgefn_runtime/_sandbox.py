@@ -51,7 +51,7 @@ class Sandbox:
         self.component = component
         self.sha256 = sha256
         self.env = env
-        self.assets = str(assets) if assets is not None else None
+        self.assets = Path(assets) if assets is not None else None
         handler = component.get_export_index(HANDLER_EXPORT)
         handle = component.get_export_index("handle", handler)
         assert handle is not None, "check_component() vouched for this export"
@@ -71,7 +71,7 @@ class Sandbox:
                 f"request body of {len(request.body)} bytes exceeds the limit of {limits.max_body}"
             )
         engine = self.engine
-        context = ImageContext(request.body, Path(self.assets) if self.assets else None, limits)
+        context = ImageContext(request.body, self.assets, limits)
         store = wasmtime.Store(engine.wasmtime, data=context)
         store.set_limits(memory_size=limits.memory)
         store.set_fuel(limits.fuel)
@@ -80,7 +80,7 @@ class Sandbox:
         config = wasmtime.WasiConfig()
         config.env = list(self.env.items())
         if self.assets is not None:
-            config.preopen_dir(self.assets, ASSETS_GUEST_PATH, fs_mutable=False)
+            config.preopen_dir(str(self.assets), ASSETS_GUEST_PATH, fs_mutable=False)
         set_stdin_bytes(config, request.body)
         usage = Usage()
         with (

@@ -17,29 +17,20 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgefn_runtime import MIN_MEMORY, Limits
+from edgefn_runtime import Limits
 
-from .._units import format_size, parse_count, parse_duration, parse_size
+from .._units import format_size, parse_count, parse_duration
+from ..manifest import LIMIT_PARSERS
+from ..manifest import parse_limits as manifest_limits
 
 __all__ = ["LIMIT_KEYS", "ConfigError", "EffectiveLimits", "Policy", "load_policy"]
 
-# Limit key -> parser. `concurrency` is the gateway's; the rest are the sandbox's.
-PARSERS: dict[str, Callable[[Any], Any]] = {
-    "memory": parse_size,
-    "fuel": parse_count,
-    "timeout": parse_duration,
-    "max_body": parse_size,
-    "max_response": parse_size,
-    "max_log": parse_size,
-    "max_image_pixels": parse_count,
-    "concurrency": parse_count,
-}
-LIMIT_KEYS = tuple(PARSERS)
+LIMIT_KEYS = tuple(LIMIT_PARSERS)
 _SIZES = {"memory", "max_body", "max_response", "max_log"}
 
 DEFAULTS: dict[str, Any] = {f.name: getattr(Limits(), f.name) for f in fields(Limits)} | {
@@ -114,19 +105,11 @@ class Policy:
 
 
 def parse_limits(table: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Parse `key = value` limits, naming `where` in errors."""
-    parsed = {}
-    for key, raw in table.items():
-        if key not in PARSERS:
-            raise ConfigError(f"{where}.{key}: unknown limit (allowed: {', '.join(LIMIT_KEYS)})")
-        try:
-            parsed[key] = PARSERS[key](raw)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.{key}: {exc}") from None
-    if parsed.get("memory", MIN_MEMORY) < MIN_MEMORY:
-        raise ConfigError(f"{where}.memory: must be at least 16MiB")
-    if parsed.get("concurrency", 1) < 1:
-        raise ConfigError(f"{where}.concurrency: must be at least 1")
+    """Parse `key = value` limits as a manifest's, raising `ConfigError` naming `where`."""
+    problems: list[str] = []
+    parsed = manifest_limits(dict(table), where, problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
     return parsed
 
 
