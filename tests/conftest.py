@@ -40,6 +40,14 @@ def hostile(engine: Engine, hostile_build: BuildResult) -> Sandbox:
     return engine.load(hostile_build.path, env=manifest.env, assets=assets)
 
 
+@pytest.fixture
+def reused(engine: Engine, hostile_build: BuildResult) -> Sandbox:
+    """The hostile fixture with up to 5 requests per instance (a fresh pool per test)."""
+    manifest = hostile_build.manifest
+    assets = FUNCTIONS / "hostile" / manifest.assets if manifest.assets else None
+    return engine.load(hostile_build.path, env=manifest.env, assets=assets, reuse=5)
+
+
 @pytest.fixture(scope="session")
 def hello(engine: Engine) -> Sandbox:
     """The shipped example (functions/hello)."""

@@ -9,7 +9,7 @@ import pytest
 import wasmtime
 
 from edgefn_platform import BuildResult
-from edgefn_runtime import Engine, InvalidComponent, Limits, Request
+from edgefn_runtime import CONTRACT_VERSION, Engine, InvalidComponent, Limits, Request
 
 
 def test_second_load_is_served_from_the_aot_cache(
@@ -55,7 +55,7 @@ def test_component_without_the_handler_export_is_refused(tmp_path: Path, engine:
     path = tmp_path / "empty.wasm"
     path.write_bytes(wasmtime.wat2wasm("(component)"))
     with pytest.raises(
-        InvalidComponent, match="does not export edgefn:http/incoming-handler@0.1.0"
+        InvalidComponent, match=f"does not export edgefn:http/incoming-handler@{CONTRACT_VERSION}"
     ):
         engine.load(path)
 
@@ -84,8 +84,8 @@ def test_other_contract_version_is_named(tmp_path: Path, engine: Engine) -> None
     path = tmp_path / "future.wasm"
     path.write_bytes(
         wasmtime.wat2wasm(
-            '(component (instance $i) (export "edgefn:http/incoming-handler@0.2.0" (instance $i)))'
+            '(component (instance $i) (export "edgefn:http/incoming-handler@0.1.0" (instance $i)))'
         )
     )
-    with pytest.raises(InvalidComponent, match="implements edgefn contract 0.2.0"):
+    with pytest.raises(InvalidComponent, match="implements edgefn contract 0.1.0"):
         engine.load(path)

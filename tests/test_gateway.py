@@ -173,6 +173,17 @@ def test_route_conflict_is_409_naming_the_owner(deployed: GatewayProcess) -> Non
     assert "'hello'" in response.json()["error"]["message"]
 
 
+def test_a_function_may_opt_in_to_reused_instances(deployed: GatewayProcess) -> None:
+    component = (FUNCTIONS / "hostile" / ".edgefn" / "hostile.wasm").read_bytes()
+    response = upload(deployed, 'name = "reused"\nreuse = 3', component)
+    assert response.status_code == 201, response.text
+    time.sleep(1)
+    counts = [deployed.get("/reused/counter").json()["counter"] for _ in range(12)]
+    # Each worker's instance serves three requests, then a fresh one takes over.
+    assert max(counts) == 3 and min(counts) == 1, counts
+    assert deployed.get("/hostile/counter").json()["counter"] == 1
+
+
 def write_function(directory: Path, name: str, answer: str) -> Path:
     directory.mkdir(exist_ok=True)
     (directory / "edgefn.toml").write_text(f'name = "{name}"\n')

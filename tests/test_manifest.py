@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefn_platform import ManifestError, load_manifest, parse_manifest
+from edgefn_platform import Manifest, ManifestError, load_manifest, parse_manifest
 from edgefn_platform._units import parse_count, parse_duration, parse_size
 from edgefn_runtime import Limits
 
@@ -77,10 +77,19 @@ def test_full_manifest() -> None:
         ("name = 'a'\n[limits]\ncpu = 1", "limits.cpu: unknown limit"),
         ("name = 'a'\n[env]\nPORT = 80", "env.PORT:"),
         ("name = 'a'\nnmae = 'typo'", "nmae: unknown field"),
+        ("name = 'a'\nreuse = 'yes'", "reuse:"),
+        ("name = 'a'\nreuse = -1", "reuse:"),
     ],
 )
 def test_each_mistake_names_its_field(text: str, field: str) -> None:
     assert any(p.startswith(field) for p in problems(text)), problems(text)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", 1000), ("false", 0), ("25", 25)])
+def test_reuse(value: str, expected: int) -> None:
+    manifest = parse_manifest(f"name = 'a'\nreuse = {value}")
+    assert manifest.reuse == expected
+    assert Manifest.from_dict(manifest.to_dict()).reuse == expected
 
 
 def test_all_mistakes_are_reported_at_once() -> None:

@@ -47,7 +47,9 @@ LIMIT_PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_image_pixels": (parse_count, "a number of pixels such as 40e6"),
     "concurrency": (parse_count, "a number of requests in flight such as 16"),
 }
-_KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets"}
+_KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets", "reuse"}
+# Requests one instance serves with `reuse = true`.
+DEFAULT_REUSE = 1000
 
 
 class ManifestError(ValueError):
@@ -71,6 +73,8 @@ class Manifest:
     limits: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     assets: str | None = None
+    # Requests one instance may serve in turn; 0 is a fresh instance for each.
+    reuse: int = 0
 
     @property
     def entry_module(self) -> str:
@@ -162,6 +166,17 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
     ):
         problems.append(f"assets: must be a directory inside the function folder, got {assets!r}")
 
+    reuse = data.get("reuse", False)
+    if reuse is True:
+        reuse = DEFAULT_REUSE
+    elif reuse is False:
+        reuse = 0
+    elif not isinstance(reuse, int) or reuse < 0:
+        problems.append(
+            f"reuse: must be true, false or the number of requests one instance may serve, "
+            f"got {reuse!r}"
+        )
+
     if problems:
         raise ManifestError(source, problems)
     assert isinstance(name, str)
@@ -173,6 +188,7 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
         limits=limits,
         env=dict(env),
         assets=assets,
+        reuse=reuse,
     )
 
 

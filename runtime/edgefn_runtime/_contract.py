@@ -12,7 +12,7 @@ from ._messages import Request
 
 __all__ = ["CONTRACT_VERSION", "HANDLER_EXPORT", "check_component", "request_head"]
 
-CONTRACT_VERSION = "0.1.0"
+CONTRACT_VERSION = "0.2.0"
 HANDLER_EXPORT = f"edgefn:http/incoming-handler@{CONTRACT_VERSION}"
 _IMPORTS = {f"edgefn:http/{name}@{CONTRACT_VERSION}" for name in ("types", "image")}
 _HANDLER_PREFIX = "edgefn:http/incoming-handler@"
@@ -42,10 +42,16 @@ def check_component(engine: wasmtime.Engine, component: wc.Component) -> None:
             raise InvalidComponent(f"the component imports {name}, which edgefn does not provide")
 
 
-def request_head(request: Request) -> Any:
+def request_head(request: Request, body_in_file: bool) -> Any:
     """`request` as the WIT `request-head` record."""
     head = wc.Record()
     head.__dict__.update(
-        method=request.method, path=request.path, query=request.query, headers=request.headers
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "headers": request.headers,
+            "body": wc.Variant("file" if body_in_file else "stdin", len(request.body)),
+        }
     )
     return head

@@ -17,7 +17,6 @@ from wasmtime import component as wc
 from ._aot import AotCache, sha256_file
 from ._contract import check_component
 from ._errors import InvalidComponent
-from ._limits import Limits
 from ._sandbox import Sandbox
 from .image import ImageContext, add_image_capability
 
@@ -89,11 +88,13 @@ class Engine:
         *,
         env: Mapping[str, str] | None = None,
         assets: Path | str | None = None,
+        reuse: int = 0,
     ) -> Sandbox:
         """A sandbox for the component at `wasm`.
 
         `env` is the only environment the guest sees; `assets`, if given, is
-        mounted read-only at `/assets`. Raises `InvalidComponent` when the file
+        mounted read-only at `/assets`; `reuse` lets one instance serve that
+        many requests in sequence (see `Sandbox`). Raises `InvalidComponent` when the file
         is not a component implementing edgefn's handler world.
         """
         wasm = Path(wasm)
@@ -103,13 +104,15 @@ class Engine:
         self._check_instantiates(component)
         if assets is not None and not Path(assets).is_dir():
             raise FileNotFoundError(f"assets directory {assets} does not exist")
-        return Sandbox(self, component, sha256=sha256, env=dict(env or {}), assets=assets)
+        return Sandbox(
+            self, component, sha256=sha256, env=dict(env or {}), assets=assets, reuse=reuse
+        )
 
     def _check_instantiates(self, component: wc.Component) -> None:
         # Link and instantiate once, without calling the guest: a component
         # that does not fit the pool or links to something missing fails here,
         # at load, instead of on its first request.
-        store = wasmtime.Store(self.wasmtime, data=ImageContext(b"", None, Limits()))
+        store = wasmtime.Store(self.wasmtime, data=ImageContext(None))
         store.set_fuel(10**9)
         store.set_epoch_deadline(2**32)
         store.set_wasi(wasmtime.WasiConfig())

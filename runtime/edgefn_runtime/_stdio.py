@@ -1,26 +1,39 @@
-"""The sandbox's stdio: request body in, response body and logs out.
+"""The sandbox's stdio: request bodies in, response bodies and logs out.
 
 Bodies never cross the boundary as `list<u8>` (wasmtime-py converts those one
-element at a time, about 1.4 µs per byte). stdin is fed from bytes through the
-C API; stdout and stderr are anonymous memory files the guest writes into
-directly, with no Python callback per write.
+element at a time, about 1.4 µs per byte). The guest reads and writes them
+itself, through WASI, in memory the host reads and writes directly.
+
+An instance that serves several requests keeps its stdout and stderr for its
+life: each request takes the next stretch of them. The host knows where each
+stretch starts because the guest declares how many bytes it wrote, and punches
+used stretches out of the memory files, so a long-lived instance holds no more
+host memory than a fresh one. Its request bodies come in a read-only file
+instead of stdin, because wasmtime reads a stdin file ahead to its end once
+and then closes the stream for good.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import fcntl
 import mmap
 import os
+import shutil
+import tempfile
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
-__all__ = ["GuestOutput", "set_stdin_bytes"]
+__all__ = ["BodyFile", "GuestOutput", "set_stdin_bytes"]
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 
 
 def set_stdin_bytes(config: wasmtime.WasiConfig, data: bytes) -> None:
-    """Make `data` the guest's stdin (wasmtime copies it into its own buffer)."""
+    """Make `data` the guest's whole stdin (wasmtime copies it into its own buffer)."""
     vec = ffi.wasm_byte_vec_t()
     # c_char_p points at the bytes object's own buffer: no copy on our side.
     buffer = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
@@ -28,55 +41,103 @@ def set_stdin_bytes(config: wasmtime.WasiConfig, data: bytes) -> None:
     ffi.wasi_config_set_stdin_bytes(config.ptr(), ctypes.byref(vec))
 
 
-class GuestOutput:
-    """A memfd behind the guest's stdout or stderr, sealed a little past `limit`.
+class _MemoryFile:
+    def __init__(self, name: str) -> None:
+        self._fd = os.memfd_create(f"edgefn-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        # Where the current request's stretch starts.
+        self.cursor = 0
 
-    The file is sized and sealed against growing, so a guest that writes without
-    end gets an I/O error instead of filling host memory; the unwritten rest
-    reads as zeros. The kernel refuses a write page by page, so one page of
-    slack past the limit guarantees that a guest which wrote more than `limit`
-    bytes left more than `limit` bytes in the file, and we can tell.
-    """
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self._fd}"
 
-    def __init__(self, config: wasmtime.WasiConfig, stream: str, limit: int) -> None:
-        self.limit = limit
-        self._fd = os.memfd_create(f"edgefn-{stream}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            # wasmtime opens the path with O_TRUNC, so size and seal it afterwards.
-            setattr(config, f"{stream}_file", f"/proc/self/fd/{self._fd}")
-            os.ftruncate(self._fd, limit + mmap.PAGESIZE + 1)
-            seals = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
-            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, seals)
-        except BaseException:
-            os.close(self._fd)
-            raise
-
-    def read(self, length: int) -> bytes:
-        """The first `length` bytes (the SDK declares how many it wrote)."""
-        return os.pread(self._fd, length, 0) if length else b""
-
-    def write(self, data: bytes) -> None:
-        """Put `data` at the start of the file, as if the guest had written it."""
-        if len(data) > self.limit:
-            raise ValueError(f"{len(data)} bytes exceed the limit of {self.limit}")
-        os.pwrite(self._fd, data, 0)
-
-    def read_text_lines(self) -> tuple[list[str], bool]:
-        """Lines written so far, and whether the guest reached the limit."""
-        # tmpfs reports unwritten pages as a hole: read only up to the first one.
-        end = os.lseek(self._fd, 0, os.SEEK_HOLE)
-        data = os.pread(self._fd, min(end, self.limit + 1), 0).rstrip(b"\0")
-        truncated = len(data) > self.limit
-        lines = data[: self.limit].decode("utf-8", "replace").splitlines()
-        return lines, truncated
+    def _release_before_cursor(self) -> None:
+        if self.cursor and _libc.fallocate(self._fd, _PUNCH_HOLE, 0, self.cursor) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> GuestOutput:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class BodyFile:
+    """The request body as `/.edgefn/body`, in a read-only directory of its own."""
+
+    GUEST_DIR = "/.edgefn"
+
+    def __init__(self, config: wasmtime.WasiConfig) -> None:
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self._dir = tempfile.mkdtemp(prefix="edgefn-body-", dir=shm)
+        self._fd = os.open(os.path.join(self._dir, "body"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._size = 0
+        config.preopen_dir(self._dir, self.GUEST_DIR, fs_mutable=False)
+
+    def put(self, body: bytes) -> None:
+        """Make `body` the file's content, for the guest to open."""
+        if body or self._size:
+            os.ftruncate(self._fd, len(body))
+            os.pwrite(self._fd, body, 0)
+            self._size = len(body)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class GuestOutput(_MemoryFile):
+    """A memfd behind the guest's stdout or stderr, sealed at `capacity` bytes.
+
+    The file is sized and sealed against growing, so a guest that writes without
+    end gets an I/O error instead of filling host memory; the unwritten rest
+    reads as zeros. The kernel refuses a write page by page, so a stretch is
+    only handed out while `limit` plus one page fits: a guest that wrote more
+    than `limit` bytes then left more than `limit` bytes in the file, and we
+    can tell.
+    """
+
+    def __init__(self, config: wasmtime.WasiConfig, stream: str, limit: int, capacity: int) -> None:
+        super().__init__(stream)
+        self.limit = limit
+        self.capacity = max(capacity, self.stretch(limit))
+        try:
+            # wasmtime opens the path with O_TRUNC, so size and seal it afterwards.
+            setattr(config, f"{stream}_file", self.path)
+            os.ftruncate(self._fd, self.capacity)
+            seals = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, seals)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def stretch(limit: int) -> int:
+        """Room one request needs to show that it went over `limit`."""
+        return limit + mmap.PAGESIZE + 1
+
+    def fits(self, limit: int) -> bool:
+        """Whether the rest of the file can hold one more request under `limit`."""
+        return self.capacity - self.cursor >= self.stretch(limit)
+
+    def take(self, length: int) -> bytes:
+        """The next `length` bytes the guest wrote (it declares how many)."""
+        data = os.pread(self._fd, length, self.cursor) if length else b""
+        self.cursor += len(data)
+        self._release_before_cursor()
+        return data
+
+    def take_text_lines(self, limit: int) -> tuple[list[str], bool]:
+        """Lines written since the last call, and whether they went over `limit`."""
+        # tmpfs reports unwritten pages as a hole; the zeros that end the last
+        # written page are not the guest's.
+        end = os.lseek(self._fd, self.cursor, os.SEEK_HOLE)
+        tail_start = max(self.cursor, end - mmap.PAGESIZE)
+        end = tail_start + len(os.pread(self._fd, end - tail_start, tail_start).rstrip(b"\0"))
+        data = os.pread(self._fd, min(end - self.cursor, limit + 1), self.cursor)
+        self.cursor = end
+        self._release_before_cursor()
+        lines = data[:limit].decode("utf-8", "replace").splitlines()
+        return lines, len(data) > limit

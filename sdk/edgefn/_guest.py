@@ -6,6 +6,7 @@ Imported only inside a component built by `edgefn build`: `wit_world` and
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -17,7 +18,15 @@ from collections.abc import Iterable
 from componentize_py_types import Err
 from wit_world.exports import IncomingHandler
 from wit_world.imports import image as host_image
-from wit_world.imports.types import GuestError, RequestHead, ResponseHead
+from wit_world.imports.types import (
+    GuestError,
+    RequestBody_File,
+    RequestBody_Stdin,
+    RequestHead,
+    ResponseBody_Rendered,
+    ResponseBody_Written,
+    ResponseHead,
+)
 
 from . import image
 from ._requests import Request
@@ -92,19 +101,31 @@ def _handle(app: App, head: RequestHead) -> ResponseHead:
             head.path,
             query_string=head.query,
             headers=head.headers,
-            body=sys.stdin.buffer.read,
+            body=functools.partial(_read_body, head.body),
         )
         response = app.handle(request)
+        sent: ResponseBody_Written | ResponseBody_Rendered
         if isinstance(response, image.RenderedResponse):
-            length = response.length  # the host wrote the body
+            sent = ResponseBody_Rendered()
         elif isinstance(response, StreamingResponse):
-            length = _write_body(response.body_iterator)
+            sent = ResponseBody_Written(_write_body(response.body_iterator))
         else:
-            length = _write_body((response.body,))
-        return ResponseHead(response.status, response.headers.multi_items(), length)
+            sent = ResponseBody_Written(_write_body((response.body,)))
+        return ResponseHead(response.status, response.headers.multi_items(), sent)
     except BaseException as exc:  # noqa: BLE001 - an escaping exception would trap the guest
         traceback.print_exc()
         raise Err(GuestError(_kind(exc), str(exc))) from None
+
+
+BODY_FILE = "/.edgefn/body"
+
+
+def _read_body(where: RequestBody_Stdin | RequestBody_File) -> bytes:
+    """The request body, from where the host put it."""
+    if isinstance(where, RequestBody_Stdin):
+        return sys.stdin.buffer.read(where.value)
+    with open(BODY_FILE, "rb") as file:
+        return file.read(where.value)
 
 
 class _HostImages:

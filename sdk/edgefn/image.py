@@ -109,7 +109,7 @@ class Backend(Protocol):
 
 
 class RenderedResponse(Response):
-    """An image response whose body the host already wrote (`length` bytes)."""
+    """An image response whose body (`length` bytes) the host rendered and holds."""
 
     def __init__(self, content_type: str, length: int) -> None:
         super().__init__(b"", headers={"content-type": content_type})

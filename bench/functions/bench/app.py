@@ -1,4 +1,4 @@
-"""Routes the runtime benchmark measures: a trivial answer, body in, body out."""
+"""Routes the benchmarks measure: a trivial answer, bodies, CPU work, held memory."""
 
 from edgefn import App, Request, Response
 
@@ -10,14 +10,9 @@ def hello(request: Request) -> Response:
     return Response("Hello, world!\n", media_type="text/plain")
 
 
-@app.post("/sink")
-def sink(request: Request) -> dict[str, int]:
-    return {"received": len(request.body)}
-
-
-@app.get("/source")
-def source(request: Request) -> Response:
-    return Response(b"x" * int(request.query["size"]))
+@app.post("/echo")
+def echo(request: Request) -> Response:
+    return Response(request.body, media_type="application/octet-stream")
 
 
 def fib(n: int) -> int:
@@ -27,3 +22,14 @@ def fib(n: int) -> int:
 @app.get("/fib")
 def fibonacci(request: Request) -> dict[str, int]:
     return {"fib": fib(int(request.query.get("n", "25")))}
+
+
+@app.get("/hold")
+def hold(request: Request) -> dict[str, int]:
+    """Keep `mb` MiB of guest memory busy for `ms` milliseconds."""
+    import time
+
+    block = bytearray(int(request.query.get("mb", "16")) * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    time.sleep(int(request.query.get("ms", "300")) / 1000)
+    return {"held": len(block)}

@@ -119,7 +119,10 @@ class FunctionTable:
 
         hits = self.engine.aot.hits
         sandbox = self.engine.load(
-            self.registry.artifact_path(version.sha256), env=manifest.env, assets=assets
+            self.registry.artifact_path(version.sha256),
+            env=manifest.env,
+            assets=assets,
+            reuse=manifest.reuse,
         )
         METRICS.aot.labels("hit" if self.engine.aot.hits > hits else "miss").inc()
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)

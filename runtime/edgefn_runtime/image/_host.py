@@ -1,8 +1,8 @@
 """The image capability as the guest sees it: `edgefn:http/image` in the linker.
 
 Host functions find their request through the store's data (an `ImageContext`),
-charge pixel work to the store's fuel, and write the encoded result straight
-into the response body, so pixels never cross the component boundary.
+charge pixel work to the store's fuel, and keep the encoded result on the host
+as the response body, so pixels never cross the component boundary.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from wasmtime import component as wc
 
 from edgefn.image import ImageInfo
 
+from .._contract import CONTRACT_VERSION
 from .._errors import FuelExhausted, MemoryLimitExceeded, SandboxError
 from .._limits import Limits
-from .._stdio import GuestOutput
 from ._pipeline import Budget, ImageFailure, Rendered, probe, render
 
 __all__ = ["IMAGE_IMPORT", "ImageContext", "add_image_capability"]
 
-IMAGE_IMPORT = "edgefn:http/image@0.1.0"
+IMAGE_IMPORT = f"edgefn:http/image@{CONTRACT_VERSION}"
 # Fuel charged per pixel decoded, produced or stamped: about the guest-Python
 # cost of touching that many values, so pixel work cannot escape the budget.
 FUEL_PER_PIXEL = 20
@@ -38,15 +38,23 @@ MAX_GUEST_BYTES = 64 * 1024
 
 @dataclass
 class ImageContext:
-    """What the image capability needs from the request it serves."""
+    """What the image capability needs from the request it serves.
 
-    body: bytes
+    A store keeps one context for its life; `begin` readies it for each request.
+    """
+
     assets: Path | None
-    limits: Limits
-    output: GuestOutput | None = None
+    body: bytes = b""
+    limits: Limits = field(default_factory=Limits)
+    # The last image rendered, which a `response-body.rendered` head sends.
+    rendered: bytes | None = None
     # A budget the image work broke; the sandbox raises it whatever the guest does.
     error: SandboxError | None = None
-    usage: dict[str, int] = field(default_factory=lambda: {"pixels": 0})
+    pixels: int = 0
+
+    def begin(self, body: bytes, limits: Limits) -> None:
+        self.body, self.limits = body, limits
+        self.rendered, self.error, self.pixels = None, None, 0
 
 
 def add_image_capability(linker: wc.Linker) -> None:
@@ -111,7 +119,6 @@ def _probe(store: wasmtime.StoreContext, source: Any) -> wc.Variant:
 @_guarded
 def _render(store: wasmtime.StoreContext, source: Any, pipeline: str) -> wc.Variant:
     context = _context(store)
-    assert context.output is not None
     try:
         spec = json.loads(pipeline)
     except ValueError as exc:
@@ -129,12 +136,12 @@ def _render(store: wasmtime.StoreContext, source: Any, pipeline: str) -> wc.Vari
             context.error = MemoryLimitExceeded(failure.message)
             _set_fuel(store, 0)  # stop the guest: the sandbox reports the breach
         raise
-    context.output.write(rendered.data)
+    context.rendered = rendered.data
     return wc.Variant("ok", _record(rendered, exclude=("data",), length=len(rendered.data)))
 
 
 def _charge(store: wasmtime.StoreContext, context: ImageContext, pixels: int) -> None:
-    context.usage["pixels"] += pixels
+    context.pixels += pixels
     fuel = ctypes.c_uint64()
     error = ffi.wasmtime_context_get_fuel(store._context(), ctypes.byref(fuel))
     if error:

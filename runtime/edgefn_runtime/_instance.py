@@ -1,0 +1,177 @@
+"""One component instance in its own store, serving requests one at a time."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import wasmtime
+
+from ._contract import request_head
+from ._errors import (
+    GuestCrashed,
+    ResponseTooLarge,
+    SandboxError,
+    from_guest_error,
+    from_trap,
+)
+from ._limits import Limits
+from ._messages import Outcome, Request, Response, Usage
+from ._stdio import BodyFile, GuestOutput, set_stdin_bytes
+from .image import ImageContext
+
+if TYPE_CHECKING:
+    from ._sandbox import Sandbox
+
+__all__ = ["Instance"]
+
+ASSETS_GUEST_PATH = "/assets"
+# A reusable instance's stdout and stderr hold this many requests at their
+# limits before the instance is retired; punched holes keep host memory low.
+_REUSE_STRETCHES = 4
+
+
+class Instance:
+    """A store, its WASI stdio and (once `serve` first runs) the instance.
+
+    A single-use instance gets its only request's body as stdin up front; a
+    reusable one (`body=None`) gets each body in a `BodyFile`. Fuel,
+    the wall-clock deadline and the memory limit are set anew for every request.
+    """
+
+    def __init__(self, sandbox: Sandbox, limits: Limits, body: bytes | None) -> None:
+        self._sandbox = sandbox
+        self.context = ImageContext(sandbox.assets)
+        self.store = wasmtime.Store(sandbox.engine.wasmtime, data=self.context)
+        self.requests = 0
+        self.broken = False
+        self._handle: Any = None
+        config = wasmtime.WasiConfig()
+        config.env = list(sandbox.env.items())
+        if sandbox.assets is not None:
+            config.preopen_dir(str(sandbox.assets), ASSETS_GUEST_PATH, fs_mutable=False)
+        stretches = 1 if body is not None else _REUSE_STRETCHES
+        self._body_file: BodyFile | None = None
+        self._stdout = self._stderr = None
+        try:
+            if body is None:
+                self._body_file = BodyFile(config)
+            else:
+                set_stdin_bytes(config, body)
+            self._stdout = _output(config, "stdout", limits.max_response, stretches)
+            self._stderr = _output(config, "stderr", limits.max_log, stretches)
+        except BaseException:
+            self.close()
+            raise
+        # An idle reusable instance may be dropped with its sandbox, unclosed.
+        self._finalizer = weakref.finalize(
+            self, _close_all, (self._body_file, self._stdout, self._stderr)
+        )
+        self.store.set_wasi(config)
+
+    def fits(self, limits: Limits) -> bool:
+        """Whether this instance can take another request under `limits`."""
+        assert self._stdout is not None and self._stderr is not None
+        return (
+            not self.broken
+            and self._stdout.fits(limits.max_response)
+            and self._stderr.fits(limits.max_log)
+        )
+
+    def serve(self, request: Request, limits: Limits) -> Outcome:
+        """Run one request; on any failure the instance is marked broken."""
+        try:
+            return self._serve(request, limits)
+        except BaseException:
+            self.broken = True
+            raise
+
+    def _serve(self, request: Request, limits: Limits) -> Outcome:
+        assert self._stdout is not None and self._stderr is not None
+        store, context, engine = self.store, self.context, self._sandbox.engine
+        context.begin(request.body, limits)
+        if self._body_file is not None:
+            self._body_file.put(request.body)
+        store.set_limits(memory_size=limits.memory)
+        store.set_fuel(limits.fuel)
+        store.set_epoch_deadline(engine.epoch_deadline(limits.timeout))
+        self.requests += 1
+        usage = Usage()
+        trap: wasmtime.WasmtimeError | None = None
+        started = time.perf_counter()
+        try:
+            if self._handle is None:
+                self._handle = self._instantiate()
+                usage.instantiate_seconds = time.perf_counter() - started
+            result = self._handle(store, request_head(request, self._body_file is not None))
+        except wasmtime.WasmtimeError as exc:
+            trap = exc
+        usage.execute_seconds = time.perf_counter() - started - usage.instantiate_seconds
+        fuel_left = store.get_fuel()
+        usage.fuel = limits.fuel - fuel_left
+        usage.image_pixels = context.pixels
+        logs, truncated = self._stderr.take_text_lines(limits.max_log)
+        if truncated:
+            logs.append(
+                f"[edgefn] log limit of {limits.max_log} bytes reached; later output dropped"
+            )
+
+        def fail(error: SandboxError) -> SandboxError:
+            error.usage, error.logs = usage, logs
+            return error
+
+        if context.error is not None:  # image work broke a budget; the guest can't hide it
+            raise fail(context.error) from None
+        if trap is not None:
+            raise fail(from_trap(trap, limits, fuel_left=fuel_left, logs=logs)) from None
+        if result.tag == "err":
+            raise fail(from_guest_error(result.payload.kind, result.payload.message, limits))
+        head = result.payload
+        if not 100 <= head.status <= 599:
+            raise fail(GuestCrashed(f"the function answered with invalid status {head.status}"))
+        # wasmtime-py lifts `response-body` untagged: written(n) is n, rendered is None.
+        written: int | None = head.body
+        if written is None:
+            if context.rendered is None:
+                raise fail(GuestCrashed("the function sent a rendered image but rendered none"))
+            body = context.rendered
+        elif written > limits.max_response:
+            raise fail(
+                ResponseTooLarge(
+                    f"response body exceeds the limit of {limits.max_response} bytes "
+                    f"(the function tried to send at least {written})"
+                )
+            )
+        else:
+            body = self._stdout.take(written)
+        return Outcome(Response(head.status, head.headers, body), usage, logs)
+
+    def _instantiate(self) -> Any:
+        sandbox = self._sandbox
+        instance = sandbox.engine.linker.instantiate(self.store, sandbox.component)
+        handle = instance.get_func(self.store, sandbox.handle_index)
+        assert handle is not None, "check_component() vouched for this export"
+        return handle
+
+    def close(self) -> None:
+        """Free the store and the stdio files now rather than at collection."""
+        _close_all((self._body_file, self._stdout, self._stderr))
+        self._handle = None
+        self.broken = True
+
+    def __enter__(self) -> Instance:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _close_all(streams: tuple[BodyFile | GuestOutput | None, ...]) -> None:
+    for stream in streams:
+        if stream is not None:
+            stream.close()
+
+
+def _output(config: wasmtime.WasiConfig, stream: str, limit: int, stretches: int) -> GuestOutput:
+    return GuestOutput(config, stream, limit, stretches * GuestOutput.stretch(limit))

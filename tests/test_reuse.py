@@ -1,0 +1,105 @@
+"""`reuse`: one instance serves several requests in turn, each under its own limits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgefn_runtime import (
+    FuelExhausted,
+    GuestError,
+    Limits,
+    MemoryLimitExceeded,
+    Request,
+    ResponseTooLarge,
+    Sandbox,
+    Timeout,
+)
+
+LIMITS = Limits(timeout=1.0)
+
+
+def counter(sandbox: Sandbox) -> int:
+    outcome = sandbox.invoke(Request("GET", "/counter"), LIMITS)
+    return int(json.loads(outcome.response.body)["counter"])
+
+
+def test_an_instance_serves_up_to_reuse_requests_then_is_replaced(reused: Sandbox) -> None:
+    # The isolation trade-off, made visible: globals survive within an instance.
+    assert [counter(reused) for _ in range(7)] == [1, 2, 3, 4, 5, 1, 2]
+
+
+def test_the_default_is_a_fresh_instance_per_request(hostile: Sandbox) -> None:
+    assert [counter(hostile) for _ in range(3)] == [1, 1, 1]
+
+
+def test_each_request_gets_its_own_body(reused: Sandbox) -> None:
+    bodies = [b"first", b"", bytes(range(256)) * 12_000, b"\x00last\xff", b""]
+    for body in bodies:
+        outcome = reused.invoke(Request("POST", "/echo", body=body), LIMITS)
+        assert outcome.response.body == body
+    assert counter(reused) == 1  # all five came from one instance, now retired
+
+
+def test_each_request_gets_its_own_logs(reused: Sandbox) -> None:
+    first = reused.invoke(Request("GET", "/print"), LIMITS)
+    second = reused.invoke(Request("GET", "/print"), LIMITS)
+    assert first.logs == second.logs
+    assert sum("printed line" in line for line in second.logs) == 1
+
+
+def test_log_cap_applies_per_request(reused: Sandbox) -> None:
+    limits = Limits(timeout=1.0, max_log=4096)
+    for _ in range(3):
+        outcome = reused.invoke(Request("GET", "/log-flood", "lines=200"), limits)
+        assert outcome.response.body == b"still alive\n"
+        assert "log limit of 4096 bytes reached" in outcome.logs[-1]
+        assert outcome.logs[0].startswith("flood line 000000")
+
+
+def test_responses_larger_than_the_output_stretches_still_arrive_whole(reused: Sandbox) -> None:
+    # Four stretches of 1 MiB: the instance is retired when the next would not fit.
+    limits = Limits(timeout=1.0, max_response=1024 * 1024)
+    size = 1000 * 1000
+    for _ in range(9):
+        outcome = reused.invoke(Request("GET", "/big", f"size={size}"), limits)
+        assert outcome.response.body == b"x" * size
+    with pytest.raises(ResponseTooLarge):
+        reused.invoke(Request("GET", "/big", f"size={2 * size}"), limits)
+
+
+@pytest.mark.parametrize(
+    ("path", "limits", "error"),
+    [
+        ("/loop", Limits(fuel=50_000_000), FuelExhausted),
+        ("/sleep", Limits(timeout=0.2), Timeout),
+        ("/alloc", Limits(memory=48 * 1024 * 1024), MemoryLimitExceeded),
+        ("/raise", LIMITS, GuestError),
+    ],
+)
+def test_limits_hold_per_request_and_a_failed_instance_is_dropped(
+    reused: Sandbox, path: str, limits: Limits, error: type[Exception]
+) -> None:
+    assert [counter(reused) for _ in range(2)] == [1, 2]
+    with pytest.raises(error):
+        reused.invoke(Request("GET", path), limits)
+    assert counter(reused) == 1  # a new instance: the failed one was thrown away
+    fuel = reused.invoke(Request("GET", "/counter"), LIMITS).usage.fuel
+    assert 0 < fuel < 50_000_000  # fuel is counted per request, not per instance
+
+
+def test_fuel_is_reset_for_every_request(reused: Sandbox) -> None:
+    first = reused.invoke(Request("GET", "/counter"), LIMITS).usage.fuel
+    # Each call fits the budget alone; four more of them together would not.
+    limits = Limits(timeout=1.0, fuel=first * 2)
+    for _ in range(4):
+        outcome = reused.invoke(Request("GET", "/counter"), limits)
+        assert 0 < outcome.usage.fuel < first
+    assert counter(reused) == 1
+
+
+def test_idle_instances_are_freed_on_close(reused: Sandbox) -> None:
+    counter(reused)
+    reused.close()
+    assert counter(reused) == 1
