@@ -25,6 +25,7 @@ bench: install
 	$(BIN)/python bench/runtime.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/images.py
+	$(BIN)/python bench/inflight.py
 
 lint: install
 	$(BIN)/ruff check sdk runtime platform tests bench

@@ -89,3 +89,23 @@ def test_other_contract_version_is_named(tmp_path: Path, engine: Engine) -> None
     )
     with pytest.raises(InvalidComponent, match="implements edgefn contract 0.1.0"):
         engine.load(path)
+
+
+def test_a_handle_function_of_another_type_is_refused(tmp_path: Path, engine: Engine) -> None:
+    # Right names, wrong signature: lifting its results by the contract's layout
+    # would read garbage, so the load must refuse it.
+    path = tmp_path / "impostor.wasm"
+    path.write_bytes(
+        wasmtime.wat2wasm(
+            f"""
+            (component
+              (core module $m (func (export "h") (param i32) (result i32) i32.const 0))
+              (core instance $i (instantiate $m))
+              (func $h (param "x" u32) (result u32) (canon lift (core func $i "h")))
+              (instance $handler (export "handle" (func $h)))
+              (export "edgefn:http/incoming-handler@{CONTRACT_VERSION}" (instance $handler)))
+            """
+        )
+    )
+    with pytest.raises(InvalidComponent, match=r"handle function has type func\(u32\) -> u32"):
+        engine.load(path)

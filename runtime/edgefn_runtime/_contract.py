@@ -1,16 +1,14 @@
-"""edgefn's WIT contract as seen from the host: checks and value conversion."""
+"""edgefn's WIT contract as seen from the host: what a component must export."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import wasmtime
 from wasmtime import component as wc
 
+from ._codec import check_handle_type
 from ._errors import InvalidComponent
-from ._messages import Request
 
-__all__ = ["CONTRACT_VERSION", "HANDLER_EXPORT", "check_component", "request_head"]
+__all__ = ["CONTRACT_VERSION", "HANDLER_EXPORT", "check_component"]
 
 CONTRACT_VERSION = "0.2.0"
 HANDLER_EXPORT = f"edgefn:http/incoming-handler@{CONTRACT_VERSION}"
@@ -37,21 +35,7 @@ def check_component(engine: wasmtime.Engine, component: wc.Component) -> None:
     handler = exports[HANDLER_EXPORT].ty
     if not isinstance(handler, wc.ComponentInstanceType) or "handle" not in handler.exports(engine):
         raise InvalidComponent(f"{HANDLER_EXPORT} does not export a `handle` function")
+    check_handle_type(handler.exports(engine)["handle"].ty)
     for name in component_type.imports(engine):
         if not (name.startswith("wasi:") or name in _IMPORTS):
             raise InvalidComponent(f"the component imports {name}, which edgefn does not provide")
-
-
-def request_head(request: Request, body_in_file: bool) -> Any:
-    """`request` as the WIT `request-head` record."""
-    head = wc.Record()
-    head.__dict__.update(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": request.query,
-            "headers": request.headers,
-            "body": wc.Variant("file" if body_in_file else "stdin", len(request.body)),
-        }
-    )
-    return head

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
-from ._contract import request_head
+from . import _nogil
+from ._codec import GuestFailure, call_handle
 from ._errors import (
     GuestCrashed,
     ResponseTooLarge,
@@ -93,9 +94,7 @@ class Instance:
         context.begin(request.body, limits)
         if self._body_file is not None:
             self._body_file.put(request.body)
-        store.set_limits(memory_size=limits.memory)
-        store.set_fuel(limits.fuel)
-        store.set_epoch_deadline(engine.epoch_deadline(limits.timeout))
+        _nogil.prepare(store, limits.memory, limits.fuel, engine.epoch_deadline(limits.timeout))
         self.requests += 1
         usage = Usage()
         trap: wasmtime.WasmtimeError | None = None
@@ -104,11 +103,11 @@ class Instance:
             if self._handle is None:
                 self._handle = self._instantiate()
                 usage.instantiate_seconds = time.perf_counter() - started
-            result = self._handle(store, request_head(request, self._body_file is not None))
+            head = call_handle(store, self._handle, request, self._body_file is not None)
         except wasmtime.WasmtimeError as exc:
             trap = exc
         usage.execute_seconds = time.perf_counter() - started - usage.instantiate_seconds
-        fuel_left = store.get_fuel()
+        fuel_left = _nogil.fuel(store)
         usage.fuel = limits.fuel - fuel_left
         usage.image_pixels = context.pixels
         logs, truncated = self._stderr.take_text_lines(limits.max_log)
@@ -125,13 +124,11 @@ class Instance:
             raise fail(context.error) from None
         if trap is not None:
             raise fail(from_trap(trap, limits, fuel_left=fuel_left, logs=logs)) from None
-        if result.tag == "err":
-            raise fail(from_guest_error(result.payload.kind, result.payload.message, limits))
-        head = result.payload
+        if isinstance(head, GuestFailure):
+            raise fail(from_guest_error(head.kind, head.message, limits))
         if not 100 <= head.status <= 599:
             raise fail(GuestCrashed(f"the function answered with invalid status {head.status}"))
-        # wasmtime-py lifts `response-body` untagged: written(n) is n, rendered is None.
-        written: int | None = head.body
+        written = head.written
         if written is None:
             if context.rendered is None:
                 raise fail(GuestCrashed("the function sent a rendered image but rendered none"))

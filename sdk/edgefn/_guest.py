@@ -100,7 +100,7 @@ def _handle(app: App, head: RequestHead) -> ResponseHead:
             head.method,
             head.path,
             query_string=head.query,
-            headers=head.headers,
+            headers=_parse_headers(head.headers),
             body=functools.partial(_read_body, head.body),
         )
         response = app.handle(request)
@@ -111,13 +111,24 @@ def _handle(app: App, head: RequestHead) -> ResponseHead:
             sent = ResponseBody_Written(_write_body(response.body_iterator))
         else:
             sent = ResponseBody_Written(_write_body((response.body,)))
-        return ResponseHead(response.status, response.headers.multi_items(), sent)
+        headers = "".join(f"{k}: {v}\n" for k, v in response.headers.multi_items())
+        return ResponseHead(response.status, headers, sent)
     except BaseException as exc:  # noqa: BLE001 - an escaping exception would trap the guest
         traceback.print_exc()
         raise Err(GuestError(_kind(exc), str(exc))) from None
 
 
 BODY_FILE = "/.edgefn/body"
+
+
+def _parse_headers(block: str) -> list[tuple[str, str]]:
+    """The WIT `headers` string: "name: value" lines, each ended by a line feed."""
+    return [_split_header(line) for line in block.split("\n")[:-1]]
+
+
+def _split_header(line: str) -> tuple[str, str]:
+    name, _, value = line.partition(": ")
+    return name, value
 
 
 def _read_body(where: RequestBody_Stdin | RequestBody_File) -> bytes:
