@@ -59,7 +59,11 @@ def main() -> None:
                 files={"component": ("bench.wasm", result.path.read_bytes())},
             ).raise_for_status()
             time.sleep(1.5)
-            pids = worker_pids(gateway)
+            pids = [
+                pid
+                for pid in worker_pids(gateway)
+                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
             before = {pid: rss_mb(pid, "VmRSS") for pid in pids}
             url = f"{gateway.public_url}/bench/hold?mb=16&ms=300"
             limits = httpx.Limits(max_connections=args.requests)

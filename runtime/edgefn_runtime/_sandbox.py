@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import queue
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,8 +74,11 @@ class Sandbox:
                 f"request body of {len(request.body)} bytes exceeds the limit of {limits.max_body}"
             )
         if not self.reuse:
-            with Instance(self, limits, request.body) as instance:
+            instance = Instance(self, limits, request.body)
+            try:
                 return instance.serve(request, limits)
+            finally:
+                _retire(instance)
         instance = self._checkout(limits)
         try:
             outcome = instance.serve(request, limits)
@@ -101,3 +106,33 @@ class Sandbox:
         """Free idle instances (reusable functions only)."""
         while self._idle:
             self._idle.pop().close()
+
+
+# Freeing a store resets its instance's memory for the next one (a copy of
+# about 12 MiB, ~0.5 ms). A thread of its own does that after the response
+# has left, with the GIL released, instead of the request waiting for it;
+# when it falls behind, requests free their own, so pool slots never run out.
+_MAX_RETIRING = 8
+_retiring: queue.SimpleQueue[Instance] = queue.SimpleQueue()
+_reaper: threading.Thread | None = None
+_reaper_lock = threading.Lock()
+
+
+def _retire(instance: Instance) -> None:
+    global _reaper
+    if _retiring.qsize() >= _MAX_RETIRING:
+        instance.close()
+        return
+    if _reaper is None:
+        with _reaper_lock:
+            if _reaper is None:
+                _reaper = threading.Thread(target=_reap, name="edgefn-reaper", daemon=True)
+                _reaper.start()
+    _retiring.put(instance)
+
+
+def _reap() -> None:
+    while True:
+        instance = _retiring.get()
+        instance.close()
+        del instance  # the last reference: the store is freed here

@@ -24,7 +24,7 @@ from edgefn_runtime import Request as SandboxRequest
 from ._access import AccessEntry, access_logger, log_access
 from ._admission import Admission
 from ._errors import GatewayError, error_response, status_and_code
-from ._functions import FunctionTable, LiveFunction
+from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
 from .policy import Policy
 
@@ -202,19 +202,13 @@ def create_public_app(
 
 
 async def _warm_up(lifecycle: Lifecycle, threads: anyio.CapacityLimiter, metrics: Metrics) -> None:
-    """Once every function is loaded, run one throwaway request through each, so the
-    first real request finds threads, metric files and code paths ready: as fast as
-    the tenth. Requests share nothing, so this one leaves no trace but the time."""
+    """Once every function is loaded, run one more throwaway request through each,
+    this time through a request thread, so the first real request finds threads,
+    metric files and code paths ready: as fast as the tenth."""
     while not lifecycle.table.ready.is_set():
         await asyncio.sleep(0.05)
     for function in lifecycle.table.functions():
-        call = SandboxRequest("GET", "/", headers=[("x-edgefn-warmup", "1")])
-        try:
-            await anyio.to_thread.run_sync(
-                function.sandbox.invoke, call, function.limits, limiter=threads
-            )
-        except SandboxError:
-            pass
+        await anyio.to_thread.run_sync(warm_up, function.sandbox, function.limits, limiter=threads)
         for family in (
             metrics.in_flight,
             metrics.queue,

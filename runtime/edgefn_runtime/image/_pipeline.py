@@ -158,8 +158,9 @@ def _draft(image: Image.Image, ops: list[dict[str, Any]], orient: bool) -> None:
     target = _fit_size(
         image.width, image.height, width, height, ops[0].get("fit", "inside"), upscale=False
     )
-    # Keep at least twice the target so the final Lanczos pass still has detail.
-    image.draft("RGB" if image.mode != "L" else "L", (target[0] * 2, target[1] * 2))
+    # The largest reduction that still leaves at least the target size, as
+    # imgproxy's shrink-on-load does; Lanczos does the rest.
+    image.draft("RGB" if image.mode != "L" else "L", target)
 
 
 def _normalise_mode(image: Image.Image) -> Image.Image:
