@@ -63,9 +63,10 @@ class Instance:
             self._stdout = _output(config, "stdout", limits.max_response, stretches)
             self._stderr = _output(config, "stderr", limits.max_log, stretches)
         except BaseException:
-            self.close()
+            _close_all((self._body_file, self._stdout, self._stderr))
             raise
-        # An idle reusable instance may be dropped with its sandbox, unclosed.
+        # Closes the files exactly once: from close(), or when an idle reusable
+        # instance is dropped with its sandbox, or at exit.
         self._finalizer = weakref.finalize(
             self, _close_all, (self._body_file, self._stdout, self._stderr)
         )
@@ -152,16 +153,10 @@ class Instance:
         return handle
 
     def close(self) -> None:
-        """Free the store and the stdio files now rather than at collection."""
-        _close_all((self._body_file, self._stdout, self._stderr))
+        """Free the stdio files now; the store goes with the last reference."""
+        self._finalizer()
         self._handle = None
         self.broken = True
-
-    def __enter__(self) -> Instance:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _close_all(streams: tuple[BodyFile | GuestOutput | None, ...]) -> None:
