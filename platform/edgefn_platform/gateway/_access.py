@@ -13,10 +13,13 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TextIO
 
 __all__ = ["AccessEntry", "access_logger", "log_access"]
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass
@@ -39,7 +42,8 @@ class AccessEntry:
     worker: int
 
     def json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # vars(), not asdict(): the fields are flat, and asdict() deep-copies each.
+        return _ENCODER.encode(vars(self))
 
     def human(self) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
