@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import wasmtime
+from wasmtime import component as wc
 
 from . import _nogil
 from ._codec import GuestFailure, call_handle
@@ -47,34 +48,31 @@ class Instance:
         self.store = wasmtime.Store(sandbox.engine.wasmtime, data=self.context)
         self.requests = 0
         self.broken = False
-        self._handle: Any = None
+        self._handle: wc.Func | None = None
         config = wasmtime.WasiConfig()
         config.env = list(sandbox.env.items())
         if sandbox.assets is not None:
             config.preopen_dir(str(sandbox.assets), ASSETS_GUEST_PATH, fs_mutable=False)
         stretches = 1 if body is not None else _REUSE_STRETCHES
-        self._body_file: BodyFile | None = None
-        self._stdout = self._stderr = None
+        self._body_file = BodyFile(config) if body is None else None
+        if body is not None:
+            set_stdin_bytes(config, body)
+        opened: list[BodyFile | GuestOutput] = [self._body_file] if self._body_file else []
         try:
-            if body is None:
-                self._body_file = BodyFile(config)
-            else:
-                set_stdin_bytes(config, body)
             self._stdout = _output(config, "stdout", limits.max_response, stretches)
+            opened.append(self._stdout)
             self._stderr = _output(config, "stderr", limits.max_log, stretches)
+            opened.append(self._stderr)
         except BaseException:
-            _close_all((self._body_file, self._stdout, self._stderr))
+            _close_all(opened)
             raise
         # Closes the files exactly once: from close(), or when an idle reusable
         # instance is dropped with its sandbox, or at exit.
-        self._finalizer = weakref.finalize(
-            self, _close_all, (self._body_file, self._stdout, self._stderr)
-        )
+        self._finalizer = weakref.finalize(self, _close_all, opened)
         self.store.set_wasi(config)
 
     def fits(self, limits: Limits) -> bool:
         """Whether this instance can take another request under `limits`."""
-        assert self._stdout is not None and self._stderr is not None
         return (
             not self.broken
             and self._stdout.fits(limits.max_response)
@@ -90,7 +88,6 @@ class Instance:
             raise
 
     def _serve(self, request: Request, limits: Limits) -> Outcome:
-        assert self._stdout is not None and self._stderr is not None
         store, context, engine = self.store, self.context, self._sandbox.engine
         context.begin(request.body, limits)
         if self._body_file is not None:
@@ -145,7 +142,7 @@ class Instance:
             body = self._stdout.take(written)
         return Outcome(Response(head.status, head.headers, body), usage, logs)
 
-    def _instantiate(self) -> Any:
+    def _instantiate(self) -> wc.Func:
         sandbox = self._sandbox
         instance = sandbox.engine.linker.instantiate(self.store, sandbox.component)
         handle = instance.get_func(self.store, sandbox.handle_index)
@@ -159,11 +156,10 @@ class Instance:
         self.broken = True
 
 
-def _close_all(streams: tuple[BodyFile | GuestOutput | None, ...]) -> None:
+def _close_all(streams: list[BodyFile | GuestOutput]) -> None:
     for stream in streams:
-        if stream is not None:
-            stream.close()
+        stream.close()
 
 
 def _output(config: wasmtime.WasiConfig, stream: str, limit: int, stretches: int) -> GuestOutput:
-    return GuestOutput(config, stream, limit, stretches * GuestOutput.stretch(limit))
+    return GuestOutput(config, stream, stretches * GuestOutput.stretch(limit))

@@ -30,6 +30,7 @@ __all__ = ["BodyFile", "GuestOutput", "set_stdin_bytes"]
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+_RELEASE_CHUNK = 1 << 20
 
 
 def set_stdin_bytes(config: wasmtime.WasiConfig, data: bytes) -> None:
@@ -39,27 +40,6 @@ def set_stdin_bytes(config: wasmtime.WasiConfig, data: bytes) -> None:
     buffer = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
     ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buffer)
     ffi.wasi_config_set_stdin_bytes(config.ptr(), ctypes.byref(vec))
-
-
-class _MemoryFile:
-    def __init__(self, name: str) -> None:
-        self._fd = os.memfd_create(f"edgefn-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        # Where the current request's stretch starts.
-        self.cursor = 0
-
-    @property
-    def path(self) -> str:
-        return f"/proc/self/fd/{self._fd}"
-
-    def _release_before_cursor(self) -> None:
-        if self.cursor and _libc.fallocate(self._fd, _PUNCH_HOLE, 0, self.cursor) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno))
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 class BodyFile:
@@ -88,25 +68,26 @@ class BodyFile:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
-class GuestOutput(_MemoryFile):
+class GuestOutput:
     """A memfd behind the guest's stdout or stderr, sealed at `capacity` bytes.
 
     The file is sized and sealed against growing, so a guest that writes without
     end gets an I/O error instead of filling host memory; the unwritten rest
     reads as zeros. The kernel refuses a write page by page, so a stretch is
-    only handed out while `limit` plus one page fits: a guest that wrote more
-    than `limit` bytes then left more than `limit` bytes in the file, and we
-    can tell.
+    only handed out while `limit` plus one page fits (`fits`): a guest that
+    wrote more than `limit` bytes then left more than `limit` bytes in the
+    file, and we can tell.
     """
 
-    def __init__(self, config: wasmtime.WasiConfig, stream: str, limit: int, capacity: int) -> None:
-        super().__init__(stream)
-        self.limit = limit
-        self.capacity = max(capacity, self.stretch(limit))
+    def __init__(self, config: wasmtime.WasiConfig, stream: str, capacity: int) -> None:
+        self._fd = os.memfd_create(f"edgefn-{stream}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        self.capacity = capacity
+        self.cursor = 0  # where the current request's stretch starts
+        self._released = 0  # bytes before this were punched out
         try:
             # wasmtime opens the path with O_TRUNC, so size and seal it afterwards.
-            setattr(config, f"{stream}_file", self.path)
-            os.ftruncate(self._fd, self.capacity)
+            setattr(config, f"{stream}_file", f"/proc/self/fd/{self._fd}")
+            os.ftruncate(self._fd, capacity)
             seals = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
             fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, seals)
         except BaseException:
@@ -125,8 +106,7 @@ class GuestOutput(_MemoryFile):
     def take(self, length: int) -> bytes:
         """The next `length` bytes the guest wrote (it declares how many)."""
         data = os.pread(self._fd, length, self.cursor) if length else b""
-        self.cursor += len(data)
-        self._release_before_cursor()
+        self._advance(self.cursor + len(data))
         return data
 
     def take_text_lines(self, limit: int) -> tuple[list[str], bool]:
@@ -134,10 +114,25 @@ class GuestOutput(_MemoryFile):
         # tmpfs reports unwritten pages as a hole; the zeros that end the last
         # written page are not the guest's.
         end = os.lseek(self._fd, self.cursor, os.SEEK_HOLE)
+        if end == self.cursor:
+            return [], False
         tail_start = max(self.cursor, end - mmap.PAGESIZE)
         end = tail_start + len(os.pread(self._fd, end - tail_start, tail_start).rstrip(b"\0"))
         data = os.pread(self._fd, min(end - self.cursor, limit + 1), self.cursor)
-        self.cursor = end
-        self._release_before_cursor()
+        self._advance(end)
         lines = data[:limit].decode("utf-8", "replace").splitlines()
         return lines, len(data) > limit
+
+    def _advance(self, cursor: int) -> None:
+        self.cursor = cursor
+        # Give read stretches' memory back in chunks, not a system call per request.
+        if cursor - self._released >= _RELEASE_CHUNK:
+            if _libc.fallocate(self._fd, _PUNCH_HOLE, 0, cursor) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, os.strerror(errno))
+            self._released = cursor
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
