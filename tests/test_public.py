@@ -106,3 +106,28 @@ async def test_server_timing_splits_the_request(hostile: Sandbox) -> None:
 @pytest.fixture()
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_unserved_methods_get_a_json_405_with_allow(hostile: Sandbox) -> None:
+    async with client(hostile) as http:
+        response = await http.request("TRACE", "/f/counter")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert "GET" in response.headers["allow"]
+
+
+@pytest.mark.anyio
+async def test_a_gateway_bug_is_a_json_500_and_the_app_keeps_serving(
+    hostile: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = OneFunction(hostile)
+    app = create_public_app(table, NoLogs(), Policy())  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        with monkeypatch.context() as patch:
+            patch.setattr(table, "match", lambda path: 1 / 0)
+            broken = await http.get("/f/counter")
+        assert broken.status_code == 500
+        assert broken.json()["error"]["code"] == "internal_error"
+        assert (await http.get("/f/counter")).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import tempfile
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
 )
 @click.option(
     "--workers",
-    default=1,
+    default=lambda: len(os.sched_getaffinity(0)),
+    show_default="one per CPU",
     type=click.IntRange(1, 64),
     envvar="EDGEFN_WORKERS",
     help="Worker processes; each serves every function. [env: EDGEFN_WORKERS]",
