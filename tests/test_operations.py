@@ -258,7 +258,10 @@ def test_restart_is_ready_only_once_compiled_and_warm(tmp_path: Path) -> None:
     )
     gateway.start(wait_for="/healthz")
     try:
-        assert httpx.get(gateway.public_url + "/readyz").status_code == 503
+        # Not ready: the admin listener says so, and the public one is not open yet.
+        assert httpx.get(gateway.admin_url + "/readyz").status_code == 503
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(gateway.public_url + "/readyz")
         gateway.wait_ready()
         started = time.perf_counter()
         assert gateway.get("/hello/").status_code == 200

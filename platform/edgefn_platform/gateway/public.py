@@ -204,9 +204,9 @@ def create_public_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The server starts accepting connections only after this.
         if lifecycle is not None:
-            loop = asyncio.get_running_loop()
-            loop.create_task(_warm_up(lifecycle, threads, METRICS))
+            await _warm_up(lifecycle, threads, METRICS)
         yield
 
     routes = health_routes(lifecycle) if lifecycle is not None else []
@@ -233,10 +233,13 @@ def create_public_app(
 
 
 async def _warm_up(lifecycle: Lifecycle, threads: ThreadPoolExecutor, metrics: Metrics) -> None:
-    """Once every function is loaded, run one more throwaway request through each,
-    this time through a request thread, so the first real request finds threads,
-    metric files and code paths ready: as fast as the tenth."""
+    """Once every function is loaded (and warmed by the table), run one more
+    throwaway request through each, this time through a request thread, so the
+    first real request finds threads, metric files and code paths ready: as fast
+    as the tenth. The public listener opens only after this."""
     while not lifecycle.table.ready.is_set():
+        if lifecycle.draining:  # stopped before it was ever ready
+            return
         await asyncio.sleep(0.05)
     for function in lifecycle.table.functions():
         loop = asyncio.get_running_loop()

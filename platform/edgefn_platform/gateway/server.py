@@ -74,8 +74,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket that other workers may bind too (SO_REUSEPORT)."""
+def bind(host: str, port: int, listen: bool = True) -> socket.socket:
+    """A socket that other workers may bind too (SO_REUSEPORT); listening unless
+    `listen` is false, in which case the server listens when it starts serving."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -84,7 +85,8 @@ def bind(host: str, port: int) -> socket.socket:
     # connections wait out the peer's delayed ACK (about 40 ms each).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     return sock
 
 
@@ -107,7 +109,10 @@ def run_worker(config: GatewayConfig, token: str) -> None:
     public = create_public_app(worker.table, worker.logs, worker.policy, lifecycle)
     admin = create_admin_app(worker, token, lifecycle)
     servers = [
-        (_server(public, config), bind(config.host, config.port)),
+        # Not listening yet: the kernel hands a port's connections to every
+        # listening worker, so a worker joins only when uvicorn starts serving,
+        # after the public app's startup has loaded and warmed every function.
+        (_server(public, config), bind(config.host, config.port, listen=False)),
         (_server(admin, config), bind(config.admin_host, config.admin_port)),
     ]
 
