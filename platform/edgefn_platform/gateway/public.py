@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -255,6 +256,11 @@ async def _warm_up(lifecycle: Lifecycle, threads: ThreadPoolExecutor, metrics: M
             family.labels(function.name)
         metrics.requests.labels(function.name, "200", "ok")
     access_logger()
+    # Startup leaves many objects behind; collect once now and exempt the survivors
+    # from later collections, so no early request pays for a full pass (seen as
+    # 9-11 ms first requests after a restart).
+    gc.collect()
+    gc.freeze()
     lifecycle.warm = True
 
 
