@@ -109,3 +109,14 @@ def test_a_handle_function_of_another_type_is_refused(tmp_path: Path, engine: En
     )
     with pytest.raises(InvalidComponent, match=r"handle function has type func\(u32\) -> u32"):
         engine.load(path)
+
+
+def test_back_to_back_fresh_requests_never_run_out_of_pool_slots(
+    hostile_build: BuildResult,
+) -> None:
+    # Stores are freed on a reaper thread; when it falls behind, requests must
+    # free their own rather than pile up until the pool of 16 slots is gone.
+    with Engine(max_instances=16) as small:
+        sandbox = small.load(hostile_build.path)
+        statuses = {sandbox.invoke(Request("GET", "/counter")).response.status for _ in range(300)}
+    assert statuses == {200}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
 
+from edgefn_platform import BuildResult
 from edgefn_runtime import (
+    Engine,
     FuelExhausted,
     GuestError,
     Limits,
@@ -103,3 +106,19 @@ def test_idle_instances_are_freed_on_close(reused: Sandbox) -> None:
     counter(reused)
     reused.close()
     assert counter(reused) == 1
+
+
+def test_idle_instances_are_capped_across_functions_and_freed_with_them(
+    hostile_build: BuildResult,
+) -> None:
+    gc.disable()  # freed by reference counting alone: no cycle keeps them alive
+    try:
+        with Engine(max_instances=8) as small:  # room for 8 // 4 = 2 idle instances
+            sandboxes = [small.load(hostile_build.path, reuse=5) for _ in range(3)]
+            for sandbox in sandboxes:
+                assert sandbox.invoke(Request("GET", "/counter"), LIMITS).response.status == 200
+            assert [s.idle for s in sandboxes] == [1, 1, 0]
+            del sandbox, sandboxes
+            assert small.idle_instances() == 0
+    finally:
+        gc.enable()

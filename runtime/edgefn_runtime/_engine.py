@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import threading
+import weakref
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
@@ -74,6 +75,10 @@ class Engine:
         self.linker.add_wasip2()
         add_image_capability(self.linker)
         self.aot = AotCache((cache_dir or default_cache_dir()) / "aot", self._engine_key())
+        # Idle reusable instances hold pool slots: keep three quarters of the
+        # pool for requests in flight, whatever number of functions reuse.
+        self.max_idle = max_instances // 4
+        self._sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
         self._ticker: threading.Thread | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -104,9 +109,15 @@ class Engine:
         self._check_instantiates(component)
         if assets is not None and not Path(assets).is_dir():
             raise FileNotFoundError(f"assets directory {assets} does not exist")
-        return Sandbox(
+        sandbox = Sandbox(
             self, component, sha256=sha256, env=dict(env or {}), assets=assets, reuse=reuse
         )
+        self._sandboxes.add(sandbox)
+        return sandbox
+
+    def idle_instances(self) -> int:
+        """Reusable instances idle across every loaded sandbox."""
+        return sum(sandbox.idle for sandbox in list(self._sandboxes))
 
     def _check_instantiates(self, component: wc.Component) -> None:
         # Link and instantiate once, without calling the guest: a component

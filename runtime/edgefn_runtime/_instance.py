@@ -43,7 +43,11 @@ class Instance:
     """
 
     def __init__(self, sandbox: Sandbox, limits: Limits, body: bytes | None) -> None:
-        self._sandbox = sandbox
+        # What it needs of the sandbox, not the sandbox: an idle instance sits in
+        # its sandbox's pool, and a reference back would make a cycle that only
+        # the garbage collector, at some later point, could free.
+        self._engine, self._component = sandbox.engine, sandbox.component
+        self._handle_index = sandbox.handle_index
         self.context = ImageContext(sandbox.assets)
         self.store = wasmtime.Store(sandbox.engine.wasmtime, data=self.context)
         self.requests = 0
@@ -88,7 +92,7 @@ class Instance:
             raise
 
     def _serve(self, request: Request, limits: Limits) -> Outcome:
-        store, context, engine = self.store, self.context, self._sandbox.engine
+        store, context, engine = self.store, self.context, self._engine
         context.begin(request.body, limits)
         if self._body_file is not None:
             self._body_file.put(request.body)
@@ -143,9 +147,8 @@ class Instance:
         return Outcome(Response(head.status, head.headers, body), usage, logs)
 
     def _instantiate(self) -> wc.Func:
-        sandbox = self._sandbox
-        instance = sandbox.engine.linker.instantiate(self.store, sandbox.component)
-        handle = instance.get_func(self.store, sandbox.handle_index)
+        instance = self._engine.linker.instantiate(self.store, self._component)
+        handle = instance.get_func(self.store, self._handle_index)
         assert handle is not None, "check_component() vouched for this export"
         return handle
 

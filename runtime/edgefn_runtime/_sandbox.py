@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 __all__ = ["Sandbox"]
 
 # Idle reusable instances kept per function; each holds a pool slot and its
-# linear memory, so a burst does not leave hundreds of them behind.
+# linear memory, so a burst does not leave hundreds of them behind. The engine
+# caps the total across functions too (`Engine.max_idle`).
 MAX_IDLE = 8
 
 
@@ -97,10 +98,20 @@ class Sandbox:
             instance.close()
 
     def _checkin(self, instance: Instance) -> None:
-        if instance.broken or instance.requests >= self.reuse or len(self._idle) >= MAX_IDLE:
+        if (
+            instance.broken
+            or instance.requests >= self.reuse
+            or len(self._idle) >= MAX_IDLE
+            or self.engine.idle_instances() >= self.engine.max_idle
+        ):
             instance.close()
         else:
             self._idle.append(instance)
+
+    @property
+    def idle(self) -> int:
+        """Reusable instances waiting for a request."""
+        return len(self._idle)
 
     def close(self) -> None:
         """Free idle instances (reusable functions only)."""
