@@ -129,7 +129,8 @@ def _lift_result(result: Any) -> ResponseHead | GuestFailure:
     if not result.of.result.is_ok:
         return GuestFailure(_text(fields[0].val), _text(fields[1].val))
     body = fields[2].val.of.variant
-    written = body.val.contents.of.u64 if ffi.to_str(body.discriminant) == "written" else None
+    # `written` carries a length; `rendered`, the only other case, carries nothing.
+    written = body.val.contents.of.u64 if body.val else None
     return ResponseHead(fields[0].val.of.u16, decode_headers(_text(fields[1].val)), written)
 
 

@@ -60,12 +60,15 @@ class _Formatter(logging.Formatter):
         self.human = human
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: AccessEntry = record.entry  # type: ignore[attr-defined]
-        return entry.human() if self.human else entry.json()
+        if self.human:
+            entry: AccessEntry = record.entry  # type: ignore[attr-defined]
+            return entry.human()
+        return record.line  # type: ignore[attr-defined, no-any-return]
 
 
-def log_access(entry: AccessEntry) -> None:
-    access_logger().info("", extra={"entry": entry})
+def log_access(entry: AccessEntry, line: str) -> None:
+    """Log `entry`; `line` is its `json()`, which the caller needs too."""
+    access_logger().info("", extra={"entry": entry, "line": line})
 
 
 def access_logger() -> logging.Logger:
@@ -85,19 +88,17 @@ class _BatchingHandler(logging.Handler):
     def __init__(self, stream: TextIO, interval: float = 0.1) -> None:
         super().__init__()
         self.stream = stream
-        self._lines: list[str] = []
-        self._lines_lock = threading.Lock()
+        self._lines: list[str] = []  # under the handler's own lock
         self._interval = interval
         threading.Thread(target=self._run, name="edgefn-access-log", daemon=True).start()
         atexit.register(self.flush)
 
     def emit(self, record: logging.LogRecord) -> None:
-        line = self.format(record)
-        with self._lines_lock:
-            self._lines.append(line)
+        # Handler.handle() holds self.lock around emit().
+        self._lines.append(self.format(record))
 
     def flush(self) -> None:
-        with self._lines_lock:
+        with self.lock:  # type: ignore[union-attr]
             lines, self._lines = self._lines, []
         if lines:
             self.stream.write("\n".join(lines) + "\n")

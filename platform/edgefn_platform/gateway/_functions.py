@@ -30,7 +30,7 @@ class LiveFunction:
     concurrency: int = 16
 
 
-WARM_UP = Request("GET", "/", headers=[("x-edgefn-warmup", "1")])
+_WARM_UP = Request("GET", "/", headers=[("x-edgefn-warmup", "1")])
 
 
 def warm_up(sandbox: Sandbox, limits: Limits) -> None:
@@ -38,7 +38,7 @@ def warm_up(sandbox: Sandbox, limits: Limits) -> None:
     map the memory image into pool slots, so the first real request after a
     deploy or restart is as fast as the tenth. It leaves no trace but the time."""
     try:
-        sandbox.invoke(WARM_UP, limits)
+        sandbox.invoke(_WARM_UP, limits)
     except SandboxError:
         pass
 

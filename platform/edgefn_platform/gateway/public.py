@@ -197,10 +197,11 @@ def create_public_app(
             bytes_out=len(response.body),
             worker=os.getpid(),
         )
-        log_access(entry)
+        line = entry.json()
+        log_access(entry, line)
         if function is not None:
             logs.add(function.name, exchange.request_id, "log", exchange.logs)
-            logs.add(function.name, exchange.request_id, "access", [entry.json()])
+            logs.add(function.name, exchange.request_id, "access", [line])
             _observe(METRICS, function.name, entry, usage, exchange.queued)
 
     @contextlib.asynccontextmanager
@@ -234,16 +235,19 @@ def create_public_app(
 
 
 async def _warm_up(lifecycle: Lifecycle, threads: ThreadPoolExecutor, metrics: Metrics) -> None:
-    """Once every function is loaded (and warmed by the table), run one more
-    throwaway request through each, this time through a request thread, so the
-    first real request finds threads, metric files and code paths ready: as fast
-    as the tenth. The public listener opens only after this."""
+    """Once every function is loaded, run one more throwaway request through each,
+    this time on a request thread, and create every metric file, so the first real
+    request finds them ready: as fast as the tenth. The public listener opens
+    only after this."""
     while not lifecycle.table.ready.is_set():
         if lifecycle.draining:  # stopped before it was ever ready
             return
         await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
     for function in lifecycle.table.functions():
-        loop = asyncio.get_running_loop()
+        # The table already warmed the sandbox on its own thread; this one runs
+        # on a request thread, which also starts that thread and lets wasmtime
+        # set up its per-thread state before a real request needs it.
         await loop.run_in_executor(threads, warm_up, function.sandbox, function.limits)
         for family in (
             metrics.in_flight,
