@@ -53,3 +53,14 @@ def hello(engine: Engine) -> Sandbox:
     """The shipped example (functions/hello)."""
     result = build(ROOT / "functions" / "hello")
     return engine.load(result.path, env=result.manifest.env)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After a full, green run (no selection), rewrite docs/ATTACKS.md."""
+    import attacks
+
+    options = session.config.option
+    whole = not session.config.args or session.config.args == session.config.getini("testpaths")
+    if exitstatus == 0 and whole and not options.keyword and not options.markexpr:
+        if attacks.RECORDED and not options.collectonly:
+            attacks.write_table()

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from click.testing import CliRunner, Result
+
+from edgefn_platform.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,6 +111,13 @@ class GatewayProcess:
             os.kill(pid, signal.SIGKILL)
         self.process.kill()
         self.process.wait()
+
+
+def cli(gateway: GatewayProcess, *args: str) -> Result:
+    """`edgefn <args>` against `gateway`'s admin API, in this process."""
+    return CliRunner().invoke(
+        main, [*args, "--gateway", gateway.admin_url, "--token", gateway.token]
+    )
 
 
 def worker_pids(gateway: GatewayProcess) -> list[int]:

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 import wasmtime
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from edgefn_platform.cli import main
-from gateway_process import ROOT, GatewayProcess, free_port
+from gateway_process import ROOT, GatewayProcess, cli, free_port
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 HELLO = ROOT / "functions" / "hello"
@@ -29,12 +29,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     process = GatewayProcess(data_dir, workers=2, extra_env={"EDGEFN_MAX_UPLOAD": "25MiB"})
     yield process.start()
     process.stop()
-
-
-def cli(gateway: GatewayProcess, *args: str) -> Result:
-    return CliRunner().invoke(
-        main, [*args, "--gateway", gateway.admin_url, "--token", gateway.token]
-    )
 
 
 @pytest.fixture(scope="module")

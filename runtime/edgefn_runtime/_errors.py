@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import wasmtime
+
 from ._limits import Limits
 from ._messages import Usage
 
@@ -76,6 +78,10 @@ class GuestCrashed(SandboxError):
 
 def from_trap(error: Exception, limits: Limits, *, fuel_left: int, logs: list[str]) -> SandboxError:
     """Classify a wasmtime failure during instantiate or call."""
+    if isinstance(error, wasmtime.ExitTrap):
+        # os._exit() in the guest: no response, like sys.exit(), which the SDK reports.
+        # WASI's exit carries only ok/error, so the guest's status number is lost.
+        return GuestError("SystemExit", "the function exited (os._exit) without a response")
     text = str(error)
     if "wasm trap: interrupt" in text:
         return Timeout(f"the function ran past its wall-clock timeout of {limits.timeout:g} s")

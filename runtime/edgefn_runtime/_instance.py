@@ -18,7 +18,7 @@ from ._errors import (
     from_guest_error,
     from_trap,
 )
-from ._limits import Limits
+from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, Limits
 from ._messages import Outcome, Request, Response, Usage
 from ._stdio import BodyFile, GuestOutput, set_stdin_bytes
 from .image import ImageContext
@@ -130,6 +130,15 @@ class Instance:
             raise fail(from_guest_error(head.kind, head.message, limits))
         if not 100 <= head.status <= 599:
             raise fail(GuestCrashed(f"the function answered with invalid status {head.status}"))
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in head.headers)
+        if len(head.headers) > MAX_RESPONSE_HEADERS or header_bytes > MAX_RESPONSE_HEADER_BYTES:
+            raise fail(
+                ResponseTooLarge(
+                    f"the response has {len(head.headers)} headers of {header_bytes} bytes; "
+                    f"the limits are {MAX_RESPONSE_HEADERS} headers and "
+                    f"{MAX_RESPONSE_HEADER_BYTES} bytes"
+                )
+            )
         written = head.written
         if written is None:
             if context.rendered is None:

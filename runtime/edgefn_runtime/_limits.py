@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Limits", "MIN_MEMORY"]
+__all__ = ["MAX_RESPONSE_HEADER_BYTES", "MAX_RESPONSE_HEADERS", "Limits", "MIN_MEMORY"]
 
 MiB = 1024 * 1024
 
 # componentize-py's CPython starts with about 12.3 MB of linear memory; a hello
 # function does not run under less than this.
 MIN_MEMORY = 16 * MiB
+
+# What a response's headers may add up to (as nginx's and Cloudflare's proxies
+# bound them): past this, clients and proxies in front would refuse it anyway.
+MAX_RESPONSE_HEADERS = 100
+MAX_RESPONSE_HEADER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from edgefn_runtime import Request as SandboxRequest
 from ._access import AccessEntry, access_logger, log_access
 from ._admission import Admission
 from ._errors import GatewayError, error_response, status_and_code
+from ._fairness import Fairness
 from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
 from .policy import Policy
@@ -111,6 +112,7 @@ def create_public_app(
     # concurrent.futures' pool hands work over through a C-level queue; anyio's
     # Condition-based one cost a thread wake-up in Python on every request.
     threads = ThreadPoolExecutor(policy.global_concurrency, thread_name_prefix="edgefn-sandbox")
+    fairness = Fairness()
 
     async def handle(request: Request) -> Response:
         exchange = _Exchange(request.headers.get("x-request-id") or _request_id())
@@ -158,7 +160,7 @@ def create_public_app(
                 exchange.queued = queued
                 with METRICS.in_flight.labels(function.name).track_inprogress():
                     outcome = await asyncio.get_running_loop().run_in_executor(
-                        threads, function.sandbox.invoke, call, function.limits
+                        threads, fairness.call, function.sandbox.invoke, call, function.limits
                     )
         except GatewayError:
             METRICS.queued.dec()

@@ -157,3 +157,42 @@ def bad_header(request: Request) -> Response:
 @app.get("/json")
 def as_json(request: Request) -> Response:
     return Response(json.dumps({"ok": True}), headers={"content-type": "application/json"})
+
+
+@app.get("/exit-hard")
+def exit_hard(request: Request) -> None:
+    os._exit(3)
+
+
+@app.get("/raise-in-generator")
+def raise_in_generator(request: Request) -> Response:
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b"first chunk\n"
+        raise RuntimeError("the generator broke")
+
+    return StreamingResponse(chunks())
+
+
+@app.get("/raise-in-finally")
+def raise_in_finally(request: Request) -> str:
+    try:
+        return "never sent\n"
+    finally:
+        raise ValueError("raised in finally")
+
+
+@app.get("/headers")
+def many_headers(request: Request) -> Response:
+    count, size = int(request.query.get("count", "1")), int(request.query.get("size", "1"))
+    response = Response("headers\n")
+    for i in range(count):
+        response.headers.append(f"x-h{i}", "v" * size)
+    return response
+
+
+@app.get("/resolve")
+def resolve(request: Request) -> dict[str, str]:
+    try:
+        return {"resolved": str(socket.getaddrinfo(request.query["host"], 80))}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
