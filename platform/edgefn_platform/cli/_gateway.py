@@ -110,6 +110,20 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
     help="On SIGTERM, seconds requests in flight get to finish. [env: EDGEFN_DRAIN_TIMEOUT]",
 )
 @click.option(
+    "--header-timeout",
+    default=10.0,
+    envvar="EDGEFN_HEADER_TIMEOUT",
+    help="Seconds a client has to send a request's line and headers; then 408. "
+    "[env: EDGEFN_HEADER_TIMEOUT]",
+)
+@click.option(
+    "--body-timeout",
+    default=30.0,
+    envvar="EDGEFN_BODY_TIMEOUT",
+    help="Seconds a client has to send a request's body after its headers; then 408. "
+    "[env: EDGEFN_BODY_TIMEOUT]",
+)
+@click.option(
     "--deploy",
     "deploy_dirs",
     multiple=True,
@@ -130,6 +144,8 @@ def serve(
     max_upload: str,
     config_file: Path | None,
     drain_timeout: float,
+    header_timeout: float,
+    body_timeout: float,
     deploy_dirs: tuple[Path, ...],
 ) -> None:
     """Run the gateway: public function traffic and the admin API."""
@@ -149,6 +165,8 @@ def serve(
         max_upload=upload_limit,
         config_file=config_file,
         drain_timeout=drain_timeout,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
     )
     try:
         load_policy(config_file)

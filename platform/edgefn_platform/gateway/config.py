@@ -32,6 +32,10 @@ class GatewayConfig:
     # long requests in flight may then take to finish.
     shutdown_delay: float = 1.0
     drain_timeout: float = 30.0
+    # Slow clients: a request's head must arrive within `header_timeout` seconds,
+    # its body within `body_timeout` seconds after that.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     # How often each worker looks for a new active version.
     refresh_seconds: float = 0.25
 

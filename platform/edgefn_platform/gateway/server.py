@@ -30,6 +30,7 @@ from edgefn_runtime import Engine
 from ..registry import SQLiteRegistry
 from ._deploy import Deployer
 from ._functions import FunctionTable
+from ._http import guarded_protocol
 from ._logs import LogSink
 from .config import GatewayConfig, load_token
 from .policy import Policy, load_policy
@@ -144,6 +145,7 @@ def _server(app: Any, config: GatewayConfig) -> _Server:
             app,
             log_level="warning",
             access_log=False,
+            http=guarded_protocol(config.header_timeout, config.body_timeout),
             timeout_graceful_shutdown=int(config.drain_timeout),
         )
     )

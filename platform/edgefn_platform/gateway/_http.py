@@ -1,0 +1,125 @@
+"""The HTTP/1.1 protocol both listeners speak: uvicorn's httptools protocol with
+the limits it lacks against slow or abusive clients.
+
+uvicorn times out only idle kept-alive connections: a client that sends one
+header byte a second (slowloris), a body that never ends, or a connection that
+never sends anything holds a socket and its memory for ever, and header bytes
+are not bounded at all. Here a request's head must arrive within
+`header_timeout` of the connection (or of the request's first byte), its body
+within `body_timeout` of the head, and the head may be `max_head` bytes.
+Protocol errors are answered in the gateway's JSON error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["guarded_protocol"]
+
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
+
+
+def guarded_protocol(
+    header_timeout: float, body_timeout: float, max_head: int = 64 * 1024
+) -> type[HttpToolsProtocol]:
+    """uvicorn's protocol class with these limits, for `uvicorn.Config(http=...)`."""
+
+    class GuardedProtocol(_Guarded):
+        pass
+
+    GuardedProtocol.header_timeout = header_timeout
+    GuardedProtocol.body_timeout = body_timeout
+    GuardedProtocol.max_head = max_head
+    return GuardedProtocol
+
+
+class _Guarded(HttpToolsProtocol):
+    header_timeout = 10.0
+    body_timeout = 30.0
+    max_head = 64 * 1024
+    _timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout, "the request head did not arrive in time")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._arm(self.header_timeout, "the request head did not arrive in time")
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.body_timeout, "the request body did not arrive in time")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_head:
+            self._refuse(
+                431,
+                "request_head_too_large",
+                f"the request line and headers exceed {self.max_head} bytes",
+            )
+            # Stop the parser: httptools turns a callback's exception into a parse error.
+            raise _Refused
+
+    def _arm(self, seconds: float, message: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expire, message)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, message: str) -> None:
+        self._timer = None
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # too late for a status; just stop waiting
+        else:
+            self._refuse(408, "request_timeout", message)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused: ignore what the client still sends
+        super().data_received(data)
+
+
+class _Refused(Exception):
+    pass
