@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["guarded_protocol"]
