@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench fuzz soak lint clean
 
 install: $(INSTALLED)
 
@@ -33,3 +33,7 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .cache functions/*/.edgefn tests/functions/*/.edgefn
+
+# The fuzz tests of `make test` with many more examples (not part of `make test`).
+fuzz: install
+	EDGEFN_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -p no:cacheprovider tests/test_fuzz.py tests/test_admin_fuzz.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,6 +34,9 @@ class GatewayProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    # For an admin listener with TLS: "https" and an SSL context that trusts its CA.
+    admin_scheme: str = "http"
+    verify: ssl.SSLContext | bool = True
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +45,7 @@ class GatewayProcess:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"{self.admin_scheme}://127.0.0.1:{self.admin_port}"
 
     def start(self, wait_for: str = "/readyz") -> GatewayProcess:
         env = {
@@ -78,7 +82,7 @@ class GatewayProcess:
         while time.monotonic() < deadline:
             assert self.process is not None and self.process.poll() is None, "gateway exited"
             try:
-                ok = httpx.get(self.admin_url + path).status_code == 200
+                ok = httpx.get(self.admin_url + path, verify=self.verify).status_code == 200
                 streak = streak + 1 if ok else 0
                 if streak >= 10:
                     return
@@ -91,7 +95,10 @@ class GatewayProcess:
 
     def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         headers = {"authorization": f"Bearer {self.token}"}
-        return httpx.request(method, self.admin_url + path, headers=headers, timeout=120, **kwargs)  # type: ignore[arg-type]
+        return httpx.request(
+            method, self.admin_url + path, headers=headers, timeout=120, verify=self.verify,
+            **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
 
     def get(self, path: str, **kwargs: object) -> httpx.Response:
         return httpx.get(self.public_url + path, timeout=30, **kwargs)  # type: ignore[arg-type]

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from click.testing import CliRunner, Result
 
-from edgefn_platform.cli import main
-from gateway_process import ROOT, GatewayProcess
+from gateway_process import ROOT, GatewayProcess, cli
 
 HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
 CONFIG = """
@@ -47,12 +45,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     time.sleep(1)
     yield process
     process.stop()
-
-
-def cli(gateway: GatewayProcess, *args: str) -> Result:
-    return CliRunner().invoke(
-        main, [*args, "--gateway", gateway.admin_url, "--token", gateway.token]
-    )
 
 
 def fresh_get(gateway: GatewayProcess, path: str, **kwargs: object) -> httpx.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["format_size", "parse_count", "parse_duration", "parse_size"]
@@ -37,7 +38,10 @@ def parse_size(value: str | int) -> int:
         raise ValueError(
             f'expected a size like "64MiB", "512KiB" or a number of bytes, got {value!r}'
         )
-    return int(float(found.group(1)) * _SIZE_UNITS[unit])
+    size = float(found.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(size):
+        raise ValueError(f"a size must be finite, got {value!r}")
+    return int(size)
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -45,28 +49,33 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f'expected a duration like "2s", got {value!r}')
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
     else:
         found = _NUMBER_UNIT.fullmatch(str(value))
         unit = found.group(2).lower() if found else None
         if found is None or unit not in _DURATION_UNITS:
             raise ValueError(f'expected a duration like "2s" or "500ms", got {value!r}')
         seconds = float(found.group(1)) * _DURATION_UNITS[unit]
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"a duration must be positive and finite, got {value!r}")
     return seconds
 
 
 def parse_count(value: str | int | float) -> int:
     """A whole number from an int or a string like `"2e9"` or `"2_000_000_000"`."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a whole number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f'expected a whole number like 2000000000 or "2e9", got {value!r}')
     try:
-        number = float(str(value).replace("_", "")) if isinstance(value, str) else value
+        number = float(value.replace("_", "")) if isinstance(value, str) else value
     except ValueError:
         raise ValueError(
             f'expected a whole number like 2000000000 or "2e9", got {value!r}'
         ) from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(f"expected a finite whole number, got {value!r}")
     if number < 0 or number != int(number):
         raise ValueError(f"expected a non-negative whole number, got {value!r}")
     return int(number)

@@ -47,6 +47,7 @@ LIMIT_PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_image_pixels": (parse_count, "a number of pixels such as 40e6"),
     "concurrency": (parse_count, "a number of requests in flight such as 16"),
 }
+_RESERVED_ROUTES = {"/", "/healthz", "/readyz"}
 _KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets", "reuse"}
 # Requests one instance serves with `reuse = true`.
 DEFAULT_REUSE = 1000
@@ -137,7 +138,11 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
     if not isinstance(entry, str) or not _ENTRY.fullmatch(entry):
         problems.append(f'entry: must be "module:attribute" such as "app:app", got {entry!r}')
     route = data.get("route", f"/{name}")
-    if not isinstance(route, str) or not _ROUTE.fullmatch(route) or _has_dot_segment(route):
+    if isinstance(route, str) and route in _RESERVED_ROUTES:
+        # "/" would take every path no other function owns, and the health paths
+        # belong to the load balancer's probes.
+        problems.append(f'route: {route!r} is reserved; use a prefix such as "/{name}"')
+    elif not isinstance(route, str) or not _ROUTE.fullmatch(route) or _has_dot_segment(route):
         problems.append(
             f'route: must be an absolute path such as "/{name}" with no empty, "." or ".." '
             f"segments and no trailing '/', got {route!r}"
@@ -217,4 +222,4 @@ def parse_limits(table: Any, where: str, problems: list[str]) -> dict[str, Any]:
 
 
 def _has_dot_segment(route: str) -> bool:
-    return any(segment in ("", ".", "..") for segment in route.split("/")[1:]) and route != "/"
+    return any(segment in ("", ".", "..") for segment in route.split("/")[1:])

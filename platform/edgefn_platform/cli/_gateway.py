@@ -124,6 +124,20 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
     "[env: EDGEFN_BODY_TIMEOUT]",
 )
 @click.option(
+    "--admin-tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="EDGEFN_ADMIN_TLS_CERT",
+    help="PEM certificate: serve the admin API over HTTPS. [env: EDGEFN_ADMIN_TLS_CERT]",
+)
+@click.option(
+    "--admin-tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="EDGEFN_ADMIN_TLS_KEY",
+    help="PEM private key for --admin-tls-cert. [env: EDGEFN_ADMIN_TLS_KEY]",
+)
+@click.option(
     "--deploy",
     "deploy_dirs",
     multiple=True,
@@ -146,6 +160,8 @@ def serve(
     drain_timeout: float,
     header_timeout: float,
     body_timeout: float,
+    admin_tls_cert: Path | None,
+    admin_tls_key: Path | None,
     deploy_dirs: tuple[Path, ...],
 ) -> None:
     """Run the gateway: public function traffic and the admin API."""
@@ -153,21 +169,33 @@ def serve(
         upload_limit = parse_size(max_upload)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-upload") from None
-    config = GatewayConfig(
-        host=host,
-        port=port,
-        admin_host=admin_host,
-        admin_port=admin_port,
-        data_dir=data_dir,
-        workers=workers,
-        token=token,
-        cache_dir=cache_dir,
-        max_upload=upload_limit,
-        config_file=config_file,
-        drain_timeout=drain_timeout,
-        header_timeout=header_timeout,
-        body_timeout=body_timeout,
-    )
+    try:
+        config = GatewayConfig(
+            host=host,
+            port=port,
+            admin_host=admin_host,
+            admin_port=admin_port,
+            data_dir=data_dir,
+            workers=workers,
+            token=token,
+            cache_dir=cache_dir,
+            max_upload=upload_limit,
+            config_file=config_file,
+            drain_timeout=drain_timeout,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            admin_tls_cert=admin_tls_cert,
+            admin_tls_key=admin_tls_key,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if config.admin_exposed_in_clear:
+        click.echo(
+            f"Warning: the admin API listens on {admin_host} without TLS: the token and "
+            "deploys cross the network in clear text. Keep --admin-host on 127.0.0.1, or "
+            "set --admin-tls-cert and --admin-tls-key.",
+            err=True,
+        )
     try:
         load_policy(config_file)
     except ConfigError as exc:
@@ -185,7 +213,8 @@ def serve(
     load_token(config)
     click.echo(
         f"Serving functions on {config.public_url()} with {workers} worker(s); admin API "
-        f"on http://{admin_host}:{admin_port} (token in {_token_source(config)})"
+        f"on {'https' if admin_tls_cert else 'http'}://{admin_host}:{admin_port} "
+        f"(token in {_token_source(config)})"
     )
     for directory in deploy_dirs:
         manifest = load_manifest(directory.resolve())

@@ -1,6 +1,7 @@
 """The admin API: deploy, inspect, roll back and delete functions; read their logs.
 
-Every route requires `Authorization: Bearer <token>`. OpenAPI docs at `/docs`.
+Every route but the health probes requires `Authorization: Bearer <token>`,
+the OpenAPI document at `/openapi.json` included.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ import hmac
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
@@ -69,8 +73,12 @@ class LogOut(BaseModel):
     line: str
 
 
+# SQLite's integers are 64-bit.
+_MAX_ID = 2**63 - 1
+
+
 class ActivateIn(BaseModel):
-    version: int
+    version: int = Field(ge=1, le=_MAX_ID)
 
 
 class LimitOut(BaseModel):
@@ -87,6 +95,31 @@ class DeployOut(FunctionOut):
     warnings: list[str]
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+class ErrorOut(BaseModel):
+    """Every error: a stable `code`, a message to act on, and the request id."""
+
+    error: ErrorDetail
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in [
+        (400, "Invalid request, manifest, component or limits"),
+        (401, "Missing or wrong admin token"),
+        (404, "No such function or version"),
+        (409, "The route is taken by another function"),
+        (413, "Upload too large"),
+        (507, "The data directory is full"),
+    ]
+}
+
+
 def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAPI:
     """The admin FastAPI app; the worker's table is refreshed at once after each change."""
     from ._metrics import METRICS, render
@@ -94,19 +127,15 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
     registry, deployer, table = worker.registry, worker.deployer, worker.table
     public_url, max_upload = worker.config.public_url(), worker.config.max_upload
 
-    def authorize(request: Request) -> None:
-        if request.url.path in ("/healthz", "/readyz"):
-            return  # probes carry no token
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            raise GatewayError(
-                401,
-                "unauthorized",
-                "missing or wrong admin token (send Authorization: Bearer <token>)",
-                {"www-authenticate": "Bearer"},
-            )
-
-    app = FastAPI(title="edgefn admin API", version="0.1.0", dependencies=[Depends(authorize)])
+    # No /docs page: its browser fetch of the document could not carry the token.
+    app = FastAPI(
+        title="edgefn admin API",
+        version="0.1.0",
+        responses=_ERRORS,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
@@ -116,8 +145,23 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
             exc = GatewayError(500, "internal_error", f"{type(exc).__name__}: {exc}")
         return error_response(exc, request_id)
 
+    # Checked before routing and before any body is read, so an upload without
+    # the token costs the server nothing, and unknown paths reveal nothing.
+    app.add_middleware(_RequireToken, token=token)
+
     for handled in (*HANDLED, Exception):
         app.add_exception_handler(handled, on_error)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own 404 and 405, in the gateway's error shape. Its 405 lists only
+        # the first route whose path matched; Allow must list every method of the path.
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["allow"] = ", ".join(_methods_of(app, request.url.path))
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        error = GatewayError(exc.status_code, code, str(exc.detail), headers)
+        return error_response(error, uuid.uuid4().hex)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -139,7 +183,12 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
     for route in health_routes(lifecycle):
         app.router.routes.append(route)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> JSONResponse:
+        """This API's OpenAPI document."""
+        return JSONResponse(app.openapi())
+
+    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
     def metrics() -> PlainTextResponse:
         """Prometheus metrics of every worker."""
         return PlainTextResponse(render(), media_type=CONTENT_TYPE_LATEST)
@@ -235,7 +284,7 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
     @app.get("/v1/functions/{name}/logs", response_model=list[LogOut])
     def logs(
         name: str,
-        after: Annotated[int, Query(ge=0, description="Only lines after this id")] = 0,
+        after: Annotated[int, Query(ge=0, le=_MAX_ID, description="Only lines after this id")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[LogOut]:
         """Recent log lines (the function's own and one access line per request)."""
@@ -246,3 +295,40 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         ]
 
     return app
+
+
+class _RequireToken:
+    """ASGI middleware: 401 for every request but the health probes without
+    `Authorization: Bearer <token>`, compared in constant time."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in _PROBES:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            # Only the scheme is case-insensitive; the token is compared as sent.
+            given = given[:7].lower() + given[7:]
+            if not hmac.compare_digest(given, self.expected):
+                error = GatewayError(
+                    401,
+                    "unauthorized",
+                    "missing or wrong admin token (send Authorization: Bearer <token>)",
+                    {"www-authenticate": "Bearer"},
+                )
+                request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+                await error_response(error, request_id or uuid.uuid4().hex)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_PROBES = ("/healthz", "/readyz")
+
+
+def _methods_of(app: FastAPI, path: str) -> list[str]:
+    methods = set()
+    for route in app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.fullmatch(path):
+            methods |= route.methods
+    return sorted(methods)

@@ -36,6 +36,9 @@ class GatewayConfig:
     # its body within `body_timeout` seconds after that.
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    # PEM files: the admin listener speaks HTTPS when both are set.
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
     # How often each worker looks for a new active version.
     refresh_seconds: float = 0.25
 
@@ -43,11 +46,19 @@ class GatewayConfig:
         self.data_dir = Path(self.data_dir).resolve()
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
+            raise ValueError("admin TLS needs both a certificate and a key")
 
     @property
     def aot_cache_dir(self) -> Path:
         """The directory `Engine` keeps its `aot/` folder in."""
         return self.cache_dir or self.data_dir
+
+    @property
+    def admin_exposed_in_clear(self) -> bool:
+        """Whether the admin API listens beyond loopback without TLS."""
+        loopback = self.admin_host in ("127.0.0.1", "::1", "localhost")
+        return not loopback and self.admin_tls_cert is None
 
     def public_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host

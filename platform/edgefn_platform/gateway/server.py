@@ -114,7 +114,7 @@ def run_worker(config: GatewayConfig, token: str) -> None:
         # listening worker, so a worker joins only when uvicorn starts serving,
         # after the public app's startup has loaded and warmed every function.
         (_server(public, config), bind(config.host, config.port, listen=False)),
-        (_server(admin, config), bind(config.admin_host, config.admin_port)),
+        (_server(admin, config, tls=True), bind(config.admin_host, config.admin_port)),
     ]
 
     async def drain() -> None:
@@ -139,10 +139,12 @@ def run_worker(config: GatewayConfig, token: str) -> None:
         worker.close()
 
 
-def _server(app: Any, config: GatewayConfig) -> _Server:
+def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
     return _Server(
         uvicorn.Config(
             app,
+            ssl_certfile=config.admin_tls_cert if tls else None,
+            ssl_keyfile=config.admin_tls_key if tls else None,
             log_level="warning",
             access_log=False,
             http=guarded_protocol(config.header_timeout, config.body_timeout),

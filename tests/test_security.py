@@ -1,0 +1,223 @@
+"""The admin listener lets no one in without the token and keeps it secret; the
+public listener exposes nothing of the admin API or of the host."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+import attacks
+from edgefn_platform.cli._gateway import serve
+from edgefn_platform.gateway.admin import create_admin_app
+from edgefn_platform.gateway.config import GatewayConfig
+from edgefn_platform.gateway.public import Lifecycle
+from edgefn_platform.gateway.server import Worker
+from gateway_process import ROOT, GatewayProcess, cli
+
+AREA = "Admin and public listeners (tests/test_security.py)"
+TOKEN = "s3cret-token-for-tests"
+PROBES = {"/healthz", "/readyz"}
+
+
+@pytest.fixture(scope="module")
+def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    data_dir = tmp_path_factory.mktemp("security") / "data"
+    config = GatewayConfig(data_dir=data_dir, token=TOKEN, cache_dir=ROOT / ".cache" / "edgefn")
+    worker = Worker.open(config)
+    with TestClient(create_admin_app(worker, TOKEN, Lifecycle(worker.table))) as client:
+        yield client
+    worker.close()
+
+
+def every_route(client: TestClient) -> list[tuple[str, str]]:
+    """(method, path) of every route of the app, path parameters filled in."""
+    found = []
+    for route in client.app.routes:  # type: ignore[attr-defined]
+        assert isinstance(route, Route), route
+        path = re.sub(r"{[^}]+}", "x", route.path)
+        found += [(method, path) for method in sorted(route.methods or ())]
+    return found
+
+
+def test_every_admin_route_needs_the_token(admin: TestClient) -> None:
+    routes = every_route(admin)
+    assert ("POST", "/v1/functions") in routes and ("GET", "/openapi.json") in routes
+    wrong = [
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": f"Basic {TOKEN}"},
+        {"authorization": f"Bearer {TOKEN.upper()}"},
+        {"authorization": f"Bearer {TOKEN}x"},
+        {"authorization": TOKEN},
+    ]
+    checked = 0
+    for method, path in routes:
+        if path in PROBES:
+            continue
+        for headers in wrong:
+            response = admin.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path, headers)
+            assert response.json()["error"]["code"] == "unauthorized"
+            checked += 1
+    right = admin.get("/v1/functions", headers={"authorization": f"bearer {TOKEN}"})
+    assert right.status_code == 200
+    for probe in PROBES:
+        assert admin.get(probe).status_code in (200, 503)
+    attacks.record(
+        AREA,
+        f"every admin route ({len(routes) - 2 * len(PROBES)} method and path pairs) "
+        "without the token, with a wrong one, another scheme, or a near miss",
+        f"401 `unauthorized` for all {checked} requests; only /healthz and /readyz are open",
+    )
+
+
+def test_unknown_admin_paths_reveal_nothing_without_the_token(admin: TestClient) -> None:
+    assert admin.get("/no/such/thing").status_code == 401
+    found = admin.get("/no/such/thing", headers={"authorization": f"Bearer {TOKEN}"})
+    assert found.status_code == 404 and found.json()["error"]["code"] == "not_found"
+
+
+def test_the_token_is_compared_in_constant_time(
+    admin: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    original = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr("edgefn_platform.gateway.admin.hmac.compare_digest", spy)
+    assert admin.get("/v1/functions", headers={"authorization": "Bearer nope"}).status_code == 401
+    assert compared, "the token check did not go through hmac.compare_digest"
+    attacks.record(AREA, "guess the token by timing", "compared with hmac.compare_digest")
+
+
+def test_an_upload_without_the_token_is_refused_before_its_body_is_read(
+    admin: TestClient,
+) -> None:
+    read = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal read
+        for _ in range(100):
+            read += 1
+            yield b"x" * 65536
+
+    response = admin.post("/v1/functions", content=body())
+    assert response.status_code == 401
+    assert read < 100, "the whole upload was read before the token was checked"
+
+
+def test_the_admin_listener_binds_to_loopback_unless_told_otherwise() -> None:
+    defaults = {p.name: p.default for p in serve.params}
+    assert defaults["admin_host"] == "127.0.0.1"
+    assert GatewayConfig().admin_host == "127.0.0.1"
+    assert not GatewayConfig().admin_exposed_in_clear
+    assert GatewayConfig(admin_host="0.0.0.0").admin_exposed_in_clear
+    attacks.record(AREA, "reach the admin API from another host", "binds 127.0.0.1 by default")
+
+
+def serve_briefly(tmp_path: Path, *args: str) -> tuple[GatewayProcess, str]:
+    gateway = GatewayProcess(tmp_path / "data", token=TOKEN)
+    command = [
+        sys.executable, "-m", "edgefn_platform", "serve", "--port", str(gateway.port),
+        "--admin-port", str(gateway.admin_port), "--data-dir", str(gateway.data_dir),
+        "--workers", "1", *args,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env={"EDGEFN_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
+    )
+    gateway.process = process  # type: ignore[assignment]
+    time.sleep(3)
+    gateway.stop()
+    assert process.stderr is not None
+    return gateway, process.stderr.read().decode()
+
+
+def test_an_exposed_admin_listener_without_tls_is_warned_about(tmp_path: Path) -> None:
+    _, stderr = serve_briefly(tmp_path, "--admin-host", "0.0.0.0")
+    assert "Warning: the admin API listens on 0.0.0.0 without TLS" in stderr
+    attacks.record(AREA, "admin API exposed on 0.0.0.0 without TLS", "startup warning")
+
+
+def test_the_admin_listener_can_speak_tls(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(str(cert))
+    certificate.private_key_pem.write_to_path(str(key))
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    env = {
+        "EDGEFN_ADMIN_HOST": "0.0.0.0",
+        "EDGEFN_ADMIN_TLS_CERT": str(cert),
+        "EDGEFN_ADMIN_TLS_KEY": str(key),
+    }
+    gateway = GatewayProcess(tmp_path / "data", extra_env=env, admin_scheme="https", verify=context)
+    try:
+        gateway.start()
+        assert gateway.admin("GET", "/v1/functions").status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{gateway.admin_port}/v1/functions")
+    finally:
+        gateway.stop()
+    assert "without TLS" not in (tmp_path / "data.log").read_text()
+    attacks.record(AREA, "read the token off the wire", "admin API over HTTPS when given a cert")
+
+
+def test_the_token_never_reaches_the_logs(tmp_path: Path) -> None:
+    gateway = GatewayProcess(tmp_path / "data", token=TOKEN).start()
+    try:
+        assert cli(gateway, "deploy", str(ROOT / "functions" / "hello")).exit_code == 0
+        for headers in ({"authorization": f"Bearer {TOKEN}"}, {"authorization": "Bearer x"}):
+            httpx.get(gateway.admin_url + "/v1/functions", headers=headers)
+        gateway.get("/hello/", headers={"authorization": f"Bearer {TOKEN}"})
+        time.sleep(1)  # access lines are written in batches
+        logs = gateway.admin("GET", "/v1/functions/hello/logs").json()
+        assert logs, "no log lines to search"
+    finally:
+        gateway.stop()
+    searched = [(tmp_path / "data.log").read_bytes()]
+    searched += [line["line"].encode() for line in logs]
+    searched += [(gateway.data_dir / "registry.sqlite3").read_bytes()]
+    assert not any(TOKEN.encode() in text for text in searched)
+    attacks.record(
+        AREA, "find the token in logs", "absent from the gateway log, access lines and registry"
+    )
+
+
+def test_the_public_listener_exposes_no_admin_route_docs_or_host_detail(
+    admin: TestClient, tmp_path: Path
+) -> None:
+    gateway = GatewayProcess(tmp_path / "data", token=TOKEN).start()
+    try:
+        paths = {path for _, path in every_route(admin)} - PROBES
+        paths |= {"/docs", "/redoc", "/openapi.json", "/v1/functions", "/metrics"}
+        for path in sorted(paths):
+            response = gateway.get(path, headers={"authorization": f"Bearer {TOKEN}"})
+            assert response.status_code == 404, (path, response.text)
+            assert response.json()["error"]["code"] == "no_route"
+            assert str(gateway.data_dir) not in response.text and "Traceback" not in response.text
+    finally:
+        gateway.stop()
+    attacks.record(
+        AREA,
+        f"admin routes, /docs, /openapi.json and /metrics on the public port ({len(paths)} paths)",
+        "404 `no_route` for each, even with the token; no host path or traceback in any body",
+    )
