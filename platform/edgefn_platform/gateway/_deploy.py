@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import shutil
+import sqlite3
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -11,14 +14,19 @@ from typing import Any, BinaryIO
 
 from edgefn_runtime import Engine
 
+from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, parse_manifest
 from ..registry import FunctionNotFound, Registry, VersionRecord
 
-__all__ = ["Deployer", "InvalidAssets", "deploy_directory", "pack_assets"]
+__all__ = ["Deployer", "InvalidAssets", "StorageFull", "deploy_directory", "pack_assets"]
 
 
 class InvalidAssets(ValueError):
     """The assets archive is not a gzip'd tar of regular files and folders."""
+
+
+class StorageFull(Exception):
+    """The data directory ran out of space mid-deploy; nothing was stored."""
 
 
 # What an assets archive may unpack to: checked from its headers before extracting.
@@ -36,18 +44,57 @@ class Deployer:
     def assets_dir(self) -> Path:
         return self.data_dir / "assets"
 
+    @property
+    def scratch_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    def recover(self) -> list[Path]:
+        """Remove what a crash mid-deploy or mid-delete left behind: scratch files,
+        unreferenced or half-written artifacts, unreferenced assets. Run it while
+        no deploy is in flight (the gateway does, before its workers start)."""
+        removed = self.registry.sweep()
+        if self.scratch_dir.is_dir():
+            for entry in self.scratch_dir.iterdir():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        used = {
+            version.manifest.get("assets_sha256")
+            for function in self.registry.functions()
+            for version in self.registry.versions(function.name)
+        }
+        if self.assets_dir.is_dir():
+            for entry in self.assets_dir.iterdir():
+                if entry.name not in used:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+        return removed
+
     def deploy(
         self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None = None
     ) -> VersionRecord:
         """Validate and compile before anything is stored; the registry then stores
         the artifact and activates the version in one transaction. A failure or a
         crash at any step leaves the previous version serving."""
+        try:
+            return self._deploy(manifest_text, component, assets)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in str(exc):
+                raise StorageFull(
+                    "the gateway's data directory is full; nothing was stored and the "
+                    "active version is unchanged. Free space (or delete unused functions) "
+                    "and deploy again"
+                ) from None
+            raise
+
+    def _deploy(
+        self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None
+    ) -> VersionRecord:
         manifest = parse_manifest(manifest_text, source="edgefn.toml")
-        scratch = self.data_dir / "tmp"
-        scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=scratch) as temp:
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.scratch_dir) as temp:
             wasm = Path(temp) / "component.wasm"
             sha256 = _copy_hashing(component, wasm)
+            crash_point("deploy:uploaded")
             assets_sha = self._unpack_assets(assets, Path(temp)) if assets else None
             if manifest.assets and assets_sha is None:
                 raise InvalidAssets(
@@ -57,6 +104,7 @@ class Deployer:
             assets_path = self.assets_dir / assets_sha if assets_sha else None
             # Loading validates the contract and compiles into the shared AOT cache.
             self.engine.load(wasm, env=manifest.env, assets=assets_path)
+            crash_point("deploy:compiled")
             stored = manifest.to_dict() | {"assets_sha256": assets_sha}
             unchanged = self._active_if_same(manifest.name, sha256, stored)
             if unchanged is not None:
@@ -91,6 +139,8 @@ class Deployer:
                     )
                 tar.extractall(unpacked, filter="data")
         except (tarfile.TarError, OSError) as exc:
+            if getattr(exc, "errno", None) == errno.ENOSPC:
+                raise
             raise InvalidAssets(f"the assets archive cannot be unpacked: {exc}") from None
         self.assets_dir.mkdir(parents=True, exist_ok=True)
         try:

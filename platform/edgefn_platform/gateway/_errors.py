@@ -18,7 +18,7 @@ from edgefn_runtime import (
 
 from ..manifest import ManifestError
 from ..registry import FunctionNotFound, RegistryError, RouteConflict, VersionNotFound
-from ._deploy import InvalidAssets
+from ._deploy import InvalidAssets, StorageFull
 
 __all__ = ["HANDLED", "GatewayError", "error_response", "status_and_code"]
 
@@ -52,6 +52,7 @@ _REGISTRY_STATUS: dict[type[Exception], tuple[int, str]] = {
     ManifestError: (400, "invalid_manifest"),
     InvalidComponent: (400, "invalid_component"),
     InvalidAssets: (400, "invalid_assets"),
+    StorageFull: (507, "insufficient_storage"),
 }
 
 

@@ -159,6 +159,7 @@ def run(config: GatewayConfig) -> None:
     load_policy(config.config_file)  # fail fast, in the parent, on a bad config
     for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
         bind(host, port).close()  # fail fast when a port is taken
+    _recover(config)
     metrics = _metrics_dir(config)
     shutil.rmtree(metrics, ignore_errors=True)  # counters start from zero each run
     os.makedirs(metrics)
@@ -196,6 +197,18 @@ def run(config: GatewayConfig) -> None:
     for process in processes:
         process.join(timeout=config.shutdown_delay + config.drain_timeout + 5)
         _forget(process)
+
+
+def _recover(config: GatewayConfig) -> None:
+    """Before any worker starts, clear what a crash of the last run left behind."""
+    registry = SQLiteRegistry(config.data_dir)
+    try:
+        with Engine(cache_dir=config.aot_cache_dir) as engine:
+            removed = Deployer(registry, engine, config.data_dir).recover()
+    finally:
+        registry.close()
+    for path in removed:
+        log.warning("removed %s, left behind by an interrupted deploy or delete", path)
 
 
 def _forget(process: multiprocessing.process.BaseProcess) -> None:

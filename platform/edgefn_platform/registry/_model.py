@@ -94,6 +94,10 @@ class Registry(Protocol):
         """Remove a function, its versions and the artifacts no other version uses;
         return the sha256 of each artifact removed."""
 
+    def sweep(self, partial: bool = True) -> list[Path]:
+        """Remove stored artifacts no version references (left by a crash), and
+        half-written ones unless `partial` is false; the paths removed."""
+
     def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:
         """Replace the operator's live limit overrides of `name` ({} resets them)."""
 

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._crash import crash_point
 from ._model import (
     FunctionNotFound,
     FunctionRecord,
@@ -119,9 +120,12 @@ class SQLiteRegistry:
         self, name: str, route: str, manifest: dict[str, Any], component: Path, sha256: str
     ) -> VersionRecord:
         with self._function_lock(name):
-            self._store_artifact(component, sha256)
+            # Stored while this transaction holds the write lock, so that a delete's
+            # sweep (which takes the lock too) never sees it unreferenced.
             with self._transaction() as db:
                 self._check_route(db, name, route)
+                self._store_artifact(component, sha256)
+                crash_point("deploy:stored")
                 row = db.execute(
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE function = ?",
                     (name,),
@@ -148,6 +152,7 @@ class SQLiteRegistry:
                     ),
                 )
                 self._set_active(db, name, route, version.version)
+            crash_point("deploy:committed")
             return version
 
     def activate(self, name: str, version: int) -> FunctionRecord:
@@ -155,6 +160,8 @@ class SQLiteRegistry:
             record = self._version(db, name, version)
             self._check_route(db, name, record.route)
             self._set_active(db, name, record.route, version)
+            crash_point("activate:uncommitted")
+        crash_point("activate:committed")
         return self.function(name)
 
     def delete(self, name: str) -> list[str]:
@@ -166,11 +173,24 @@ class SQLiteRegistry:
                 db.execute("DELETE FROM versions WHERE function = ?", (name,))
                 db.execute("DELETE FROM logs WHERE function = ?", (name,))
                 db.execute("DELETE FROM overrides WHERE function = ?", (name,))
-                used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
+                crash_point("delete:uncommitted")
+            crash_point("delete:committed")
+            return [path.stem for path in self.sweep(partial=False)]
+
+    def sweep(self, partial: bool = True) -> list[Path]:
+        """Remove the artifacts no version references, and half-written ones unless
+        `partial` is false (another process may be writing one): what a crash
+        mid-deploy or mid-delete leaves behind. The paths removed."""
+        # Under the write lock: a deploy stores its artifact and commits under it.
+        with self._transaction() as db:
+            used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
             unused = [a for a in self.artifacts.glob("*.wasm") if a.stem not in used]
+            unused += self.artifacts.glob("*.partial") if partial else []
             for artifact in unused:
                 artifact.unlink(missing_ok=True)
-            return [a.stem for a in unused]
+                if not partial:  # a delete's sweep, not the one at startup
+                    crash_point("delete:unlinking")
+        return unused
 
     def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:
         with self._transaction() as db:
