@@ -133,6 +133,16 @@ def worker_pids(gateway: GatewayProcess) -> list[int]:
     return _children(gateway.process.pid)
 
 
+def worker_rss(gateway: GatewayProcess) -> list[int]:
+    """Resident memory of each worker process, in bytes."""
+    sizes = []
+    for pid in worker_pids(gateway):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes.append(int(line.split()[1]) * 1024)
+    return sizes
+
+
 def _children(pid: int) -> list[int]:
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -8,7 +8,7 @@ import random
 import struct
 import zlib
 
-from PIL import Image, ImageChops, ImageStat
+from PIL import Image, ImageChops, ImageStat, TiffImagePlugin
 
 
 def photo(width: int = 600, height: int = 400, mode: str = "RGB", seed: int = 1) -> Image.Image:
@@ -77,3 +77,29 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header (SOF0) claims `width` x `height` (at most 65535)."""
+    data = bytearray(encode(photo(64, 48), "JPEG", quality=80))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def gif_with_screen(width: int, height: int) -> bytes:
+    """A GIF with a 1x1 frame on a `width` x `height` logical screen."""
+    return (
+        b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+        b",\0\0\0\0\x01\0\x01\0\0\x02\x02\x44\x01\0;"
+    )
+
+
+def jpeg_with_absurd_exif() -> bytes:
+    """A JPEG whose EXIF has an out-of-range orientation, a huge resolution and garbage."""
+    exif = Image.Exif()
+    exif[0x0112] = 65535  # orientation: only 1-8 mean anything
+    exif[0x011A] = TiffImagePlugin.IFDRational(2**32 - 1, 1)  # x resolution
+    exif[0x010F] = "x" * 10_000  # camera make
+    exif[0x9286] = b"\xff" * 5000  # user comment
+    return encode(photo(300, 200), "JPEG", quality=90, exif=exif.tobytes())

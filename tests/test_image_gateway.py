@@ -15,12 +15,21 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import attacks
 from edgefn.testing import TestClient, load_app
 from edgefn_platform.cli import main
 from edgefn_platform.gateway import pack_assets
-from gateway_process import ROOT, GatewayProcess, worker_pids
-from images import encode, photo, png_bomb
+from gateway_process import ROOT, GatewayProcess, worker_rss
+from images import (
+    encode,
+    gif_with_screen,
+    jpeg_declaring,
+    jpeg_with_absurd_exif,
+    photo,
+    png_bomb,
+)
 
+AREA = "Hostile images (tests/test_image_gateway.py)"
 RESIZE = ROOT / "functions" / "image_resize"
 WATERMARK = ROOT / "functions" / "watermark"
 
@@ -110,13 +119,55 @@ def test_a_100_megapixel_bomb_is_refused_fast_without_memory_growth(
     gateway: GatewayProcess,
 ) -> None:
     bomb = png_bomb(10_000, 10_000)
-    before = sum(rss for rss in _rss(gateway))
+    before = sum(rss for rss in worker_rss(gateway))
     started = time.perf_counter()
     for _ in range(10):
         response = httpx.post(gateway.public_url + "/image_resize?w=100", content=bomb)
         assert response.status_code == 413
     assert (time.perf_counter() - started) / 10 < 0.25
-    assert sum(_rss(gateway)) - before < 100 * 2**20
+    assert sum(worker_rss(gateway)) - before < 100 * 2**20
+
+
+def _hostile_images() -> list[tuple[str, bytes, int, str]]:
+    png = encode(photo(300, 200), "PNG")
+    jpeg = encode(photo(300, 200), "JPEG")
+    return [
+        ("PNG declaring 100,000 x 100,000", png_bomb(), 413, "image_too_large"),
+        ("JPEG declaring 65,500 x 65,500", jpeg_declaring(65_500, 65_500), 413, "image_too_large"),
+        ("GIF with a 65,535 x 65,535 logical screen", gif_with_screen(65_535, 65_535), 413,
+         "image_too_large"),
+        ("truncated PNG", png[: len(png) // 2], 422, "invalid_image"),
+        ("truncated JPEG", jpeg[:1500], 422, "invalid_image"),
+        ("PNG with a broken magic number", b"\x89PNX" + png[5:], 415, "unsupported_image"),
+        ("random bytes", bytes(range(256)) * 64, 415, "unsupported_image"),
+        ("CMYK JPEG", encode(photo(300, 200, "CMYK"), "JPEG"), 200, ""),
+        ("16-bit greyscale PNG", encode(photo(300, 200, "I;16"), "PNG"), 200, ""),
+        ("palette PNG", encode(photo(300, 200, "P"), "PNG"), 200, ""),
+        ("greyscale + alpha (LA) PNG", encode(photo(300, 200, "LA"), "PNG"), 200, ""),
+        ("JPEG with absurd EXIF values", jpeg_with_absurd_exif(), 200, ""),
+    ]  # fmt: skip
+
+
+def test_hostile_images_never_crash_or_grow_memory(gateway: GatewayProcess) -> None:
+    before = sum(worker_rss(gateway))
+    peak = before
+    for attack, body, status, code in _hostile_images():
+        for _ in range(3):  # repeated, so that a leak would show
+            response = httpx.post(gateway.public_url + "/image_resize?w=100", content=body)
+            assert response.status_code == status, (attack, response.text)
+            if code:
+                assert response.json()["error"]["code"] == code, attack
+            else:
+                assert decode(response.content).size[0] == 100, attack
+            peak = max(peak, sum(worker_rss(gateway)))
+        observed = f"{status} `{code}`" if code else "200, resized"
+        attacks.record(AREA, attack, observed)
+    assert gateway.get("/hello/").status_code == 200
+    growth = (peak - before) / 2**20
+    assert growth < 100, f"workers grew by {growth:.0f} MB"
+    attacks.record(
+        AREA, "all of the above, three times each", f"worker RSS grew by {growth:.0f} MB at most"
+    )
 
 
 def test_the_operator_pixel_limit_applies(gateway: GatewayProcess) -> None:
@@ -153,12 +204,3 @@ def test_signed_urls(gateway: GatewayProcess, tmp_path: Path) -> None:
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "invalid_signature"
     assert gateway.get(f"/signed/sample.jpg?{query}").status_code == 403
-
-
-def _rss(gateway: GatewayProcess) -> list[int]:
-    sizes = []
-    for pid in worker_pids(gateway):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                sizes.append(int(line.split()[1]) * 1024)
-    return sizes
