@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -16,6 +19,7 @@ import pytest
 import wasmtime
 from click.testing import CliRunner
 
+import attacks
 from edgefn_platform.cli import main
 from gateway_process import ROOT, GatewayProcess, cli, free_port
 
@@ -126,25 +130,106 @@ def upload(gateway: GatewayProcess, manifest: str, component: bytes) -> httpx.Re
     )
 
 
+HELLO_WASM = HELLO / ".edgefn" / "hello.wasm"
+OTHER_WORLD = """(component
+  (core module $m (func (export "run") (result i32) i32.const 0))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $inst (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $inst)))"""
+UPLOAD_AREA = "Uploads to the admin API (tests/test_gateway.py)"
+
+
+def hello_wasm() -> bytes:
+    return HELLO_WASM.read_bytes()  # built by the `deployed` fixture
+
+
 @pytest.mark.parametrize(
-    ("manifest", "component", "status", "message"),
+    ("attack", "manifest", "component", "status", "message"),
     [
-        ('name = "bad"', b"", 400, "empty"),
-        ('name = "bad"', os.urandom(4096), 400, "not a valid WebAssembly component"),
-        ('name = "bad"', wasmtime.wat2wasm("(module)"), 400, "component"),
-        ('name = "bad"', wasmtime.wat2wasm("(component)"), 400, "does not export"),
-        ('name = "Bad Name"', wasmtime.wat2wasm("(component)"), 400, "name:"),
-        ("name = ", b"\0asm", 400, "not valid TOML"),
-        ('name = "bad"', b"\0" * (26 * 2**20), 413, "exceeds the limit"),
+        ("empty component", 'name = "bad"', lambda: b"", 400, "empty"),
+        ("random bytes", 'name = "bad"', lambda: os.urandom(4096), 400,
+         "not a valid WebAssembly component"),
+        ("a core wasm module", 'name = "bad"', lambda: wasmtime.wat2wasm("(module)"), 400,
+         "component"),
+        ("a truncated component", 'name = "bad"', lambda: hello_wasm()[:100_000], 400,
+         "not a valid WebAssembly component"),
+        ("a component of another world (wasi:cli/run)", 'name = "bad"',
+         lambda: wasmtime.wat2wasm(OTHER_WORLD), 400, "does not export"),
+        ("a component exporting nothing", 'name = "bad"',
+         lambda: wasmtime.wat2wasm("(component)"), 400, "does not export"),
+        ("manifest that is not TOML", "name = ", lambda: b"\0asm", 400, "not valid TOML"),
+        ("manifest with a wrong type", 'name = "bad"\n[limits]\nmemory = true',
+         hello_wasm, 400, "limits.memory"),
+        ("manifest with an unknown key", 'name = "bad"\nsudo = true', hello_wasm, 400,
+         "sudo: unknown field"),
+        ("name with ../", 'name = "../bad"', hello_wasm, 400, "name:"),
+        ("name with a Cyrillic look-alike letter", 'name = "b\u0430d"', hello_wasm, 400,
+         "name:"),
+        ("name with a zero-width space", 'name = "bad\u200b"', hello_wasm, 400, "name:"),
+        ("name with spaces and capitals", 'name = "Bad Name"', hello_wasm, 400, "name:"),
+        ("route /", 'name = "bad"\nroute = "/"', hello_wasm, 400, "reserved"),
+        ("route /healthz", 'name = "bad"\nroute = "/healthz"', hello_wasm, 400, "reserved"),
+        ("route //x", 'name = "bad"\nroute = "//x"', hello_wasm, 400, "route:"),
+        ("route /x/../y", 'name = "bad"\nroute = "/x/../y"', hello_wasm, 400, "route:"),
+        ("an upload over --max-upload (26 MiB of 25)", 'name = "bad"',
+         lambda: b"\0" * (26 * 2**20), 413, "exceeds the limit"),
     ],
-)
+)  # fmt: skip
 def test_bad_uploads_are_refused_and_nothing_is_stored(
-    deployed: GatewayProcess, manifest: str, component: bytes, status: int, message: str
+    deployed: GatewayProcess,
+    attack: str,
+    manifest: str,
+    component: Callable[[], bytes],
+    status: int,
+    message: str,
 ) -> None:
-    response = upload(deployed, manifest, component)
+    response = upload(deployed, manifest, component())
     assert response.status_code == status, response.text
     assert message in response.json()["error"]["message"]
     assert deployed.admin("GET", "/v1/functions/bad").status_code == 404
+    assert not list((deployed.data_dir / "tmp").iterdir())
+    code = response.json()["error"]["code"]
+    attacks.record(UPLOAD_AREA, attack, f"{status} `{code}`; nothing stored")
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_200_megabyte_upload_is_refused_without_being_read_whole(
+    deployed: GatewayProcess, chunked: bool
+) -> None:
+    total, sent, answer = 200 * 2**20, 0, b""
+    framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % total
+    head = (
+        b"POST /v1/functions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n%s\r\n"
+        b"content-type: multipart/form-data; boundary=b\r\n\r\n"
+    )
+    part = b'--b\r\ncontent-disposition: form-data; name="component"; filename="c.wasm"\r\n\r\n'
+    with socket.create_connection(("127.0.0.1", deployed.admin_port)) as sock:
+        sock.sendall(head % (deployed.token.encode(), framing))
+        sock.sendall(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+        chunk = b"\0" * 2**20
+        if chunked:
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        sock.settimeout(10)
+        try:
+            while sent < total and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(chunk)
+                sent += 2**20
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us, as it should be
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while data := sock.recv(65536):
+                answer += data
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"upload_too_large" in answer
+    # What was sent sits in socket buffers at most; the server stopped reading.
+    assert sent < 64 * 2**20, f"{sent // 2**20} MB were sent before the server refused"
+    how = "chunked" if chunked else "with its Content-Length"
+    attacks.record(
+        UPLOAD_AREA,
+        f"a 200 MB upload, {how}",
+        f"413 `upload_too_large` after {sent // 2**20} MB had been sent; nothing stored",
+    )
 
 
 def test_broken_assets_archive_is_refused(deployed: GatewayProcess) -> None:

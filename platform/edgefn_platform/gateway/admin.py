@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
@@ -147,7 +147,8 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
 
     # Checked before routing and before any body is read, so an upload without
     # the token costs the server nothing, and unknown paths reveal nothing.
-    app.add_middleware(_RequireToken, token=token)
+    app.add_middleware(_LimitBody, limit=max_upload)
+    app.add_middleware(_RequireToken, token=token)  # added last: runs first
 
     for handled in (*HANDLED, Exception):
         app.add_exception_handler(handled, on_error)
@@ -159,7 +160,8 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["allow"] = ", ".join(_methods_of(app, request.url.path))
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+        code = codes.get(exc.status_code, "http_error")
         error = GatewayError(exc.status_code, code, str(exc.detail), headers)
         return error_response(error, uuid.uuid4().hex)
 
@@ -202,12 +204,6 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
     ) -> DeployOut:
         """Deploy a new version and make it active. Limits above the operator's
         maximums are clamped, with a warning in `warnings`."""
-        declared = int(request.headers.get("content-length") or 0)
-        sizes = [declared, component.size or 0, (assets.size or 0) if assets else 0]
-        if max(sizes) > max_upload:
-            raise GatewayError(
-                413, "upload_too_large", f"upload exceeds the limit of {max_upload} bytes"
-            )
         if (component.size or 0) == 0:
             raise GatewayError(400, "invalid_component", "the component file is empty")
         version = await run_in_threadpool(
@@ -324,6 +320,42 @@ class _RequireToken:
 
 
 _PROBES = ("/healthz", "/readyz")
+
+
+class _LimitBody:
+    """ASGI middleware: 413 for a request body over `limit` bytes, from its declared
+    Content-Length before reading any of it, else as soon as the bytes read pass it
+    (a chunked upload), so an oversized upload is never spooled to disk whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"upload exceeds the limit of {self.limit} bytes"
+        # Closing makes the client stop sending the rest instead of the server reading it.
+        headers = {"connection": "close"}
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.limit:
+            error = GatewayError(413, "upload_too_large", message, headers)
+            await error_response(error, uuid.uuid4().hex)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            received_message = await receive()
+            received += len(received_message.get("body", b""))
+            if received > self.limit:
+                # An HTTPException, which FastAPI's body parsing lets through to
+                # the app's handler (it turns any other exception into a 400).
+                raise HTTPException(413, message, headers)
+            return received_message
+
+        await self.app(scope, limited, send)
 
 
 def _methods_of(app: FastAPI, path: str) -> list[str]:
