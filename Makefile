@@ -37,3 +37,7 @@ clean:
 # The fuzz tests of `make test` with many more examples (not part of `make test`).
 fuzz: install
 	EDGEFN_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -p no:cacheprovider tests/test_fuzz.py tests/test_admin_fuzz.py
+
+# Five minutes of mixed healthy and hostile traffic; checks statuses and memory.
+soak: install
+	$(BIN)/python bench/soak.py --seconds 300

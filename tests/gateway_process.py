@@ -128,9 +128,18 @@ def cli(gateway: GatewayProcess, *args: str) -> Result:
 
 
 def worker_pids(gateway: GatewayProcess) -> list[int]:
-    """The worker processes of a multi-worker gateway."""
+    """The worker processes of a multi-worker gateway (not multiprocessing's helper)."""
     assert gateway.process is not None
-    return _children(gateway.process.pid)
+    return [
+        pid for pid in _children(gateway.process.pid) if b"resource_tracker" not in _cmdline(pid)
+    ]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def worker_rss(gateway: GatewayProcess) -> list[int]:

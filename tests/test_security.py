@@ -99,7 +99,7 @@ def test_the_token_is_compared_in_constant_time(
         compared.append((a, b))
         return original(a, b)
 
-    monkeypatch.setattr("edgefn_platform.gateway.admin.hmac.compare_digest", spy)
+    monkeypatch.setattr("edgefn_platform.gateway._admin_guards.hmac.compare_digest", spy)
     assert admin.get("/v1/functions", headers={"authorization": "Bearer nope"}).status_code == 401
     assert compared, "the token check did not go through hmac.compare_digest"
     attacks.record(AREA, "guess the token by timing", "compared with hmac.compare_digest")

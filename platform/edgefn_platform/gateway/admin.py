@@ -6,7 +6,6 @@ the OpenAPI document at `/openapi.json` included.
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,10 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
+from ._admin_guards import LimitBody, RequireToken
 from ._errors import HANDLED, GatewayError, error_response, status_and_code
 from .policy import ConfigError, parse_limits
 from .public import Lifecycle, health_routes
@@ -147,8 +146,8 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
 
     # Checked before routing and before any body is read, so an upload without
     # the token costs the server nothing, and unknown paths reveal nothing.
-    app.add_middleware(_LimitBody, limit=max_upload)
-    app.add_middleware(_RequireToken, token=token)  # added last: runs first
+    app.add_middleware(LimitBody, limit=max_upload)
+    app.add_middleware(RequireToken, token=token)  # added last: runs first
 
     for handled in (*HANDLED, Exception):
         app.add_exception_handler(handled, on_error)
@@ -291,71 +290,6 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         ]
 
     return app
-
-
-class _RequireToken:
-    """ASGI middleware: 401 for every request but the health probes without
-    `Authorization: Bearer <token>`, compared in constant time."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in _PROBES:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            # Only the scheme is case-insensitive; the token is compared as sent.
-            given = given[:7].lower() + given[7:]
-            if not hmac.compare_digest(given, self.expected):
-                error = GatewayError(
-                    401,
-                    "unauthorized",
-                    "missing or wrong admin token (send Authorization: Bearer <token>)",
-                    {"www-authenticate": "Bearer"},
-                )
-                request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-                await error_response(error, request_id or uuid.uuid4().hex)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-_PROBES = ("/healthz", "/readyz")
-
-
-class _LimitBody:
-    """ASGI middleware: 413 for a request body over `limit` bytes, from its declared
-    Content-Length before reading any of it, else as soon as the bytes read pass it
-    (a chunked upload), so an oversized upload is never spooled to disk whole."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        message = f"upload exceeds the limit of {self.limit} bytes"
-        # Closing makes the client stop sending the rest instead of the server reading it.
-        headers = {"connection": "close"}
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.limit:
-            error = GatewayError(413, "upload_too_large", message, headers)
-            await error_response(error, uuid.uuid4().hex)(scope, receive, send)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            received_message = await receive()
-            received += len(received_message.get("body", b""))
-            if received > self.limit:
-                # An HTTPException, which FastAPI's body parsing lets through to
-                # the app's handler (it turns any other exception into a 400).
-                raise HTTPException(413, message, headers)
-            return received_message
-
-        await self.app(scope, limited, send)
 
 
 def _methods_of(app: FastAPI, path: str) -> list[str]:
