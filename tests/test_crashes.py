@@ -164,19 +164,20 @@ def test_a_crash_at_any_step_of_deploy_rollback_or_delete_leaves_it_consistent(
     flip_v2 = Expected({"flip": ([1, 2], sha(resize))})
     flip_v2_back = Expected({"flip": ([1, 2], sha(hello))})
     with_gone = Expected({**flip_v2_back.functions, "gone": ([1], sha(hostile))})
+    before, after_it = "the version active before it serves", "its result serves"
     steps = {
-        "deploy:uploaded": (deploy, expected),
-        "deploy:compiled": (deploy, expected),
-        "deploy:stored": (deploy, expected),
-        "deploy:committed": (deploy, flip_v2),
-        "activate:uncommitted": (rollback, flip_v2),
-        "activate:committed": (rollback, flip_v2_back),
-        "delete:uncommitted": (delete, with_gone),
-        "delete:committed": (delete, flip_v2_back),
-        "delete:unlinking": (delete, flip_v2_back),
+        "deploy:uploaded": (deploy, expected, before),
+        "deploy:compiled": (deploy, expected, before),
+        "deploy:stored": (deploy, expected, before),
+        "deploy:committed": (deploy, flip_v2, after_it),
+        "activate:uncommitted": (rollback, flip_v2, before),
+        "activate:committed": (rollback, flip_v2_back, after_it),
+        "delete:uncommitted": (delete, with_gone, "the function is still there and serves"),
+        "delete:committed": (delete, flip_v2_back, "the function is gone"),
+        "delete:unlinking": (delete, flip_v2_back, "the function is gone"),
     }
     assert set(steps) == set(CRASH_POINTS)
-    for point, (operation, after) in steps.items():
+    for point, (operation, after, outcome) in steps.items():
         gateway = GatewayProcess(data_dir, extra_env={"EDGEFN_CRASH_AT": point}).start()
         try:
             check_consistent(gateway, expected)  # what the previous crash left
@@ -195,9 +196,7 @@ def test_a_crash_at_any_step_of_deploy_rollback_or_delete_leaves_it_consistent(
         attacks.record(
             AREA,
             f"SIGKILL the gateway at {point}",
-            "after restart: registry consistent, "
-            + ("the new state" if after is not steps["deploy:uploaded"][1] else "the previous")
-            + " version serves, no artifact orphaned or missing",
+            f"after restart: {outcome}; registry consistent; no artifact orphaned or missing",
         )
     gateway = GatewayProcess(data_dir).start()
     try:

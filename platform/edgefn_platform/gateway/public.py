@@ -129,6 +129,9 @@ def create_public_app(
         except (GatewayError, SandboxError) as exc:
             response = error_response(exc, exchange.request_id)
             exchange.outcome = status_and_code(exc)[1]
+            if isinstance(exc, BodyTooLarge):
+                # The rest of the body is unread: close rather than read it to its end.
+                response.headers["connection"] = "close"
             if isinstance(exc, SandboxError):
                 exchange.usage, exchange.logs = exc.usage, exc.logs
         record(request, response, exchange)
