@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 import attacks
+from edgefn_platform import build
 from edgefn_platform._crash import CRASH_POINTS
 from gateway_process import ROOT, GatewayProcess, cli, worker_pids
 
@@ -26,13 +27,8 @@ AREA = "Crashes and consistency (tests/test_crashes.py)"
 
 
 def built(directory: Path) -> bytes:
-    """A built component, built by the session's earlier tests or now."""
-    (wasm,) = (directory / ".edgefn").glob("*.wasm") or [None]
-    if wasm is None:
-        from edgefn_platform import build
-
-        wasm = build(directory).path
-    return wasm.read_bytes()
+    """A built component (built once per source: `build` skips an unchanged one)."""
+    return build(directory).path.read_bytes()
 
 
 def upload(gateway: GatewayProcess, name: str, component: bytes) -> httpx.Response:
