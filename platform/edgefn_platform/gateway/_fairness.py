@@ -44,6 +44,7 @@ class Fairness:
         self._running: dict[int, float] = {}
         self._demoted: set[int] = set()
         self._lock = threading.Lock()
+        self._busy = threading.Event()  # set while any call runs: the watcher sleeps otherwise
         self._thread: threading.Thread | None = None
 
     def call(self, function: Callable[..., T], *args: object) -> T:
@@ -53,6 +54,7 @@ class Fairness:
         thread = threading.get_native_id()
         with self._lock:
             self._running[thread] = time.monotonic()
+            self._busy.set()
         try:
             return function(*args)
         finally:
@@ -73,9 +75,12 @@ class Fairness:
 
     def _watch(self) -> None:
         while True:
+            self._busy.wait()
             time.sleep(self.interval)
             late = time.monotonic() - self.after
             with self._lock:
+                if not self._running:
+                    self._busy.clear()
                 for thread, started in self._running.items():
                     if started < late and thread not in self._demoted:
                         os.setpriority(os.PRIO_PROCESS, thread, _DEMOTED)

@@ -26,14 +26,8 @@ def guarded_protocol(
     header_timeout: float, body_timeout: float, max_head: int = 64 * 1024
 ) -> type[HttpToolsProtocol]:
     """uvicorn's protocol class with these limits, for `uvicorn.Config(http=...)`."""
-
-    class GuardedProtocol(_Guarded):
-        pass
-
-    GuardedProtocol.header_timeout = header_timeout
-    GuardedProtocol.body_timeout = body_timeout
-    GuardedProtocol.max_head = max_head
-    return GuardedProtocol
+    limits = {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_head": max_head}
+    return type("GuardedProtocol", (_Guarded,), limits)
 
 
 class _Guarded(HttpToolsProtocol):
