@@ -18,7 +18,14 @@ from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, parse_manifest
 from ..registry import FunctionNotFound, Registry, VersionRecord
 
-__all__ = ["Deployer", "InvalidAssets", "StorageFull", "deploy_directory", "pack_assets"]
+__all__ = [
+    "Deployer",
+    "InvalidAssets",
+    "StorageFull",
+    "deploy_directory",
+    "pack_assets",
+    "recover",
+]
 
 
 class InvalidAssets(ValueError):
@@ -28,6 +35,9 @@ class InvalidAssets(ValueError):
 class StorageFull(Exception):
     """The data directory ran out of space mid-deploy; nothing was stored."""
 
+
+# Below the data directory: unpacked assets by sha256, and each deploy's scratch folder.
+_ASSETS, _SCRATCH = "assets", "tmp"
 
 # What an assets archive may unpack to: checked from its headers before extracting.
 MAX_ASSETS_BYTES = 256 * 1024 * 1024
@@ -42,32 +52,11 @@ class Deployer:
 
     @property
     def assets_dir(self) -> Path:
-        return self.data_dir / "assets"
+        return self.data_dir / _ASSETS
 
     @property
     def scratch_dir(self) -> Path:
-        return self.data_dir / "tmp"
-
-    def recover(self) -> list[Path]:
-        """Remove what a crash mid-deploy or mid-delete left behind: scratch files,
-        unreferenced or half-written artifacts, unreferenced assets. Run it while
-        no deploy is in flight (the gateway does, before its workers start)."""
-        removed = self.registry.sweep()
-        if self.scratch_dir.is_dir():
-            for entry in self.scratch_dir.iterdir():
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-        used = {
-            version.manifest.get("assets_sha256")
-            for function in self.registry.functions()
-            for version in self.registry.versions(function.name)
-        }
-        if self.assets_dir.is_dir():
-            for entry in self.assets_dir.iterdir():
-                if entry.name not in used:
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(entry)
-        return removed
+        return self.data_dir / _SCRATCH
 
     def deploy(
         self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None = None
@@ -149,6 +138,29 @@ class Deployer:
             if not target.is_dir():  # another worker unpacked the same archive first
                 raise
         return sha256
+
+
+def recover(registry: Registry, data_dir: Path) -> list[Path]:
+    """Remove what a crash mid-deploy or mid-delete left behind: scratch files,
+    unreferenced or half-written artifacts, unreferenced assets; the paths removed.
+    Run it while no deploy is in flight (the gateway does, before its workers start)."""
+    removed = registry.sweep()
+    scratch, assets = data_dir / _SCRATCH, data_dir / _ASSETS
+    if scratch.is_dir():
+        for entry in scratch.iterdir():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    used = {
+        version.manifest.get("assets_sha256")
+        for function in registry.functions()
+        for version in registry.versions(function.name)
+    }
+    if assets.is_dir():
+        for entry in assets.iterdir():
+            if entry.name not in used:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
 
 
 def pack_assets(directory: Path, archive: Path) -> None:

@@ -28,7 +28,7 @@ import uvloop
 from edgefn_runtime import Engine
 
 from ..registry import SQLiteRegistry
-from ._deploy import Deployer
+from ._deploy import Deployer, recover
 from ._functions import FunctionTable
 from ._http import guarded_protocol
 from ._logs import LogSink
@@ -203,8 +203,7 @@ def _recover(config: GatewayConfig) -> None:
     """Before any worker starts, clear what a crash of the last run left behind."""
     registry = SQLiteRegistry(config.data_dir)
     try:
-        with Engine(cache_dir=config.aot_cache_dir) as engine:
-            removed = Deployer(registry, engine, config.data_dir).recover()
+        removed = recover(registry, config.data_dir)
     finally:
         registry.close()
     for path in removed:
