@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 os.environ.setdefault("EDGEFN_CACHE_DIR", str(ROOT / ".cache" / "edgefn"))
 
+import attacks  # noqa: E402
 from edgefn_platform import BuildResult, build  # noqa: E402
 from edgefn_runtime import Engine, Sandbox  # noqa: E402
 
@@ -57,10 +58,8 @@ def hello(engine: Engine) -> Sandbox:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """After a full, green run (no selection), rewrite docs/ATTACKS.md."""
-    import attacks
-
-    options = session.config.option
-    whole = not session.config.args or session.config.args == session.config.getini("testpaths")
-    if exitstatus == 0 and whole and not options.keyword and not options.markexpr:
-        if attacks.RECORDED and not options.collectonly:
-            attacks.write_table()
+    config, options = session.config, session.config.option
+    whole = not config.args or config.args == config.getini("testpaths")
+    selected = options.keyword or options.markexpr or options.collectonly
+    if exitstatus == 0 and whole and not selected and attacks.RECORDED:
+        attacks.write_table()
