@@ -144,12 +144,15 @@ def _cmdline(pid: int) -> bytes:
 
 def worker_rss(gateway: GatewayProcess) -> list[int]:
     """Resident memory of each worker process, in bytes."""
-    sizes = []
-    for pid in worker_pids(gateway):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                sizes.append(int(line.split()[1]) * 1024)
-    return sizes
+    return [rss(pid) for pid in worker_pids(gateway)]
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process `pid`, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ValueError(f"process {pid} reports no VmRSS")
 
 
 def _children(pid: int) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import time
 
@@ -21,6 +22,7 @@ from edgefn_runtime import (
     Sandbox,
     Timeout,
 )
+from gateway_process import rss
 
 LIMITS = Limits(timeout=1.0)
 
@@ -137,13 +139,6 @@ def test_os_exit_is_a_guest_error_too(hostile: Sandbox) -> None:
     assert_healthy(hostile)
 
 
-def rss() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_trapped_instances_are_freed_at_once_not_by_the_cyclic_gc(hostile: Sandbox) -> None:
     # A trap's traceback once held its instance's store in a reference cycle, so
     # each trapped instance kept its memory until a full collection: 200 of them
@@ -153,11 +148,11 @@ def test_trapped_instances_are_freed_at_once_not_by_the_cyclic_gc(hostile: Sandb
             call(hostile, "/exit-hard")
     gc.disable()
     try:
-        before = rss()
+        before = rss(os.getpid())
         for _ in range(200):
             with pytest.raises(GuestError):
                 call(hostile, "/exit-hard")
-        grown = rss() - before
+        grown = rss(os.getpid()) - before
     finally:
         gc.enable()
     assert grown < 200 * 2**20, f"grew by {grown / 2**20:.0f} MB"

@@ -59,7 +59,8 @@ class Fairness:
         clock = time.pthread_getcpuclockid(threading.get_ident())
         with self._lock:
             self._running[thread] = (clock, time.clock_gettime(clock))
-            self._busy.set()
+            if not self._busy.is_set():  # set() takes a lock and notifies: not per request
+                self._busy.set()
         try:
             return function(*args)
         finally:
