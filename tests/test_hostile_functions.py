@@ -180,7 +180,8 @@ def p99(times: list[float]) -> float:
 
 
 def test_noisy_neighbours_do_not_hurt_a_healthy_function(gateway: GatewayProcess) -> None:
-    solo, _ = latencies(gateway, 5)
+    # 10 s (~800 samples): the p99 of fewer swung enough to move the ratio by 0.5x.
+    solo, _ = latencies(gateway, 10)
     seconds = 30
     hammer = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "hammer.py"), gateway.public_url,

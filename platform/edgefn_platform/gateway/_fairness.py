@@ -35,7 +35,7 @@ _DEMOTED = 19
 class Fairness:
     """Runs calls on the current thread, demoting the thread while a call runs long."""
 
-    def __init__(self, after: float = 0.05, interval: float = 0.01) -> None:
+    def __init__(self, after: float = 0.02, interval: float = 0.005) -> None:
         self.after = after
         self.interval = interval
         self.enabled = _can_renice()
