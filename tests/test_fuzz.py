@@ -109,7 +109,7 @@ paths = st.one_of(
 @fuzz
 @given(paths)
 def test_the_route_table_only_matches_whole_segments(path: str) -> None:
-    table = FunctionTable(None, None, None)  # type: ignore[arg-type]
+    table = FunctionTable.__new__(FunctionTable)  # matching needs nothing loaded
     table._routes = {route: route for route in ROUTES}  # type: ignore[misc]
     match = table.match(path)
     if match is None:

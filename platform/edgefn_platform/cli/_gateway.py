@@ -15,7 +15,7 @@ from .._units import parse_size
 from ..gateway import Deployer, GatewayConfig, deploy_directory, load_token, run, run_worker
 from ..gateway.policy import ConfigError, load_policy
 from ..manifest import load_manifest
-from ..registry import SQLiteRegistry
+from ..registry import RegistryError, SQLiteRegistry, open_registry
 from ._functions import build_function
 
 __all__ = ["COMMANDS"]
@@ -60,7 +60,16 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
     type=click.Path(file_okay=False, path_type=Path),
     default=".edgefn-data",
     envvar="EDGEFN_DATA_DIR",
-    help="Registry and artifacts. [env: EDGEFN_DATA_DIR]",
+    help="Registry and artifacts; with --database-url, this gateway's caches only. "
+    "[env: EDGEFN_DATA_DIR]",
+)
+@click.option(
+    "--database-url",
+    default=None,
+    envvar="EDGEFN_DATABASE_URL",
+    show_default=False,
+    help="postgresql://user:password@host:5432/db: a registry several gateways share; "
+    "default: the embedded SQLite registry in the data directory. [env: EDGEFN_DATABASE_URL]",
 )
 @click.option(
     "--workers",
@@ -152,6 +161,7 @@ def serve(
     admin_host: str,
     admin_port: int,
     data_dir: Path,
+    database_url: str | None,
     workers: int,
     token: str | None,
     cache_dir: Path | None,
@@ -176,6 +186,7 @@ def serve(
             admin_host=admin_host,
             admin_port=admin_port,
             data_dir=data_dir,
+            database_url=database_url,
             workers=workers,
             token=token,
             cache_dir=cache_dir,
@@ -200,8 +211,11 @@ def serve(
         load_policy(config_file)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        registry = open_registry(config.database_url, config.data_dir)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
     if deploy_dirs:
-        registry = SQLiteRegistry(config.data_dir)
         with Engine(cache_dir=config.aot_cache_dir) as engine:
             deployer = Deployer(registry, engine, config.data_dir)
             for directory in deploy_dirs:
@@ -209,7 +223,7 @@ def serve(
                 version = deploy_directory(deployer, directory, result.path)
                 url = config.public_url() + version.route
                 click.echo(f"Deployed {version.function} version {version.version} at {url}")
-        registry.close()
+    registry.close()
     load_token(config)
     click.echo(
         f"Serving functions on {config.public_url()} with {workers} worker(s); admin API "

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from psycopg.errors import DiskFull
+
 from edgefn_runtime import Engine
 
 from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, parse_manifest
-from ..registry import FunctionNotFound, Registry, VersionRecord
+from ..registry import Blob, FunctionNotFound, Registry, RegistryError, VersionRecord
 
 __all__ = [
     "Deployer",
@@ -38,6 +40,7 @@ class StorageFull(Exception):
 
 # Below the data directory: unpacked assets by sha256, and each deploy's scratch folder.
 _ASSETS, _SCRATCH = "assets", "tmp"
+_ARCHIVE = "assets.tar.gz"
 
 # What an assets archive may unpack to: checked from its headers before extracting.
 MAX_ASSETS_BYTES = 256 * 1024 * 1024
@@ -66,10 +69,11 @@ class Deployer:
         crash at any step leaves the previous version serving."""
         try:
             return self._deploy(manifest_text, component, assets)
-        except (OSError, sqlite3.OperationalError) as exc:
-            if getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in str(exc):
+        except (OSError, sqlite3.OperationalError, DiskFull) as exc:
+            full = isinstance(exc, DiskFull) or "disk is full" in str(exc)
+            if full or getattr(exc, "errno", None) == errno.ENOSPC:
                 raise StorageFull(
-                    "the gateway's data directory is full; nothing was stored and the "
+                    "the gateway's data directory or database is full; nothing was stored and the "
                     "active version is unchanged. Free space (or delete unused functions) "
                     "and deploy again"
                 ) from None
@@ -98,7 +102,39 @@ class Deployer:
             unchanged = self._active_if_same(manifest.name, sha256, stored)
             if unchanged is not None:
                 return unchanged
-            return self.registry.deploy(manifest.name, manifest.route, stored, wasm, sha256)
+            # For gateways sharing the registry: they load this version without
+            # compiling it again (seconds) or needing the upload.
+            blobs = [Blob(self._compiled_key(sha256), self.engine.aot.path_for(sha256))]
+            if assets_sha:
+                blobs.append(Blob(f"assets/{assets_sha}", Path(temp) / _ARCHIVE))
+            return self.registry.deploy(manifest.name, manifest.route, stored, wasm, sha256, blobs)
+
+    def _compiled_key(self, sha256: str) -> str:
+        return f"compiled/{sha256}-{self.engine.aot.engine_key}"
+
+    def local_files(self, version: VersionRecord) -> tuple[Path, Path | None]:
+        """This gateway's copies of `version`'s component and unpacked assets, and
+        its compiled artifact in the AOT cache: each fetched from the registry
+        if another gateway deployed it."""
+        wasm = self.registry.artifact_path(version.sha256)
+        compiled = self.engine.aot.path_for(version.sha256)
+        if not compiled.exists():
+            self.registry.fetch(self._compiled_key(version.sha256), compiled)  # else: compile
+        assets_sha = version.manifest.get("assets_sha256")
+        if not assets_sha:
+            return wasm, None
+        target = self.assets_dir / assets_sha
+        if not target.is_dir():
+            self.scratch_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.scratch_dir) as temp:
+                archive = Path(temp) / _ARCHIVE
+                if not self.registry.fetch(f"assets/{assets_sha}", archive):
+                    raise RegistryError(
+                        f"the assets of {version.function} version {version.version} "
+                        "are missing from the registry; deploy the function again"
+                    )
+                self._unpack(archive, Path(temp), assets_sha)
+        return wasm, target
 
     def _active_if_same(
         self, name: str, sha256: str, manifest: dict[str, Any]
@@ -111,11 +147,16 @@ class Deployer:
         return active if (active.sha256, active.manifest) == (sha256, manifest) else None
 
     def _unpack_assets(self, archive: BinaryIO, temp: Path) -> str:
-        data = temp / "assets.tar.gz"
+        data = temp / _ARCHIVE
         sha256 = _copy_hashing(archive, data)
+        if not (self.assets_dir / sha256).is_dir():
+            self._unpack(data, temp, sha256)
+        return sha256
+
+    def _unpack(self, data: Path, temp: Path, sha256: str) -> None:
+        """Check the archive `data` from its headers, unpack it in `temp`, then move
+        it to `assets/<sha256>` (atomically: another worker may do the same)."""
         target = self.assets_dir / sha256
-        if target.is_dir():
-            return sha256
         unpacked = temp / "assets"
         try:
             with tarfile.open(data, "r:gz") as tar:
@@ -137,7 +178,6 @@ class Deployer:
         except OSError:
             if not target.is_dir():  # another worker unpacked the same archive first
                 raise
-        return sha256
 
 
 def recover(registry: Registry, data_dir: Path) -> list[Path]:

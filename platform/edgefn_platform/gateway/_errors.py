@@ -17,7 +17,13 @@ from edgefn_runtime import (
 )
 
 from ..manifest import ManifestError
-from ..registry import FunctionNotFound, RegistryError, RouteConflict, VersionNotFound
+from ..registry import (
+    FunctionNotFound,
+    RegistryError,
+    RegistryUnavailable,
+    RouteConflict,
+    VersionNotFound,
+)
 from ._deploy import InvalidAssets, StorageFull
 
 __all__ = ["HANDLED", "GatewayError", "error_response", "status_and_code"]
@@ -49,6 +55,7 @@ _REGISTRY_STATUS: dict[type[Exception], tuple[int, str]] = {
     FunctionNotFound: (404, "function_not_found"),
     VersionNotFound: (404, "version_not_found"),
     RouteConflict: (409, "route_conflict"),
+    RegistryUnavailable: (503, "registry_unavailable"),
     ManifestError: (400, "invalid_manifest"),
     InvalidComponent: (400, "invalid_component"),
     InvalidAssets: (400, "invalid_assets"),

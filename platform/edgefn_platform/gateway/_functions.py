@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from edgefn_runtime import Engine, Limits, Request, Sandbox, SandboxError
+from edgefn_runtime import Limits, Request, Sandbox, SandboxError
 
 from ..manifest import Manifest
-from ..registry import FunctionRecord, Registry
+from ..registry import FunctionRecord, RegistryUnavailable
+from ._deploy import Deployer
 from .policy import EffectiveLimits, Policy
 
 __all__ = ["FunctionTable", "LiveFunction", "warm_up"]
@@ -46,25 +46,27 @@ def warm_up(sandbox: Sandbox, limits: Limits) -> None:
 class FunctionTable:
     """Routes by longest prefix to the active version of each function.
 
-    A background thread polls the registry's change token every
-    `refresh_seconds`; a changed version is loaded (from the AOT cache) before
-    the table is swapped, so requests never wait for a load and in-flight
-    requests finish on the version they started with.
+    A background thread compares the registry's change token whenever the
+    registry announces a change (PostgreSQL) or every `refresh_seconds`
+    (SQLite); a changed version is fetched and loaded (from the AOT cache)
+    before the table is swapped, so requests never wait for a load and
+    in-flight requests finish on the version they started with. While the
+    registry is unreachable, the table keeps what it has and
+    `registry_available` is false.
     """
 
     def __init__(
         self,
-        registry: Registry,
-        engine: Engine,
-        assets_dir: Path,
+        deployer: Deployer,
         refresh_seconds: float = 0.25,
         policy: Policy | None = None,
     ) -> None:
         self.policy = policy or Policy()
         self.ready = threading.Event()
-        self.registry = registry
-        self.engine = engine
-        self.assets_dir = assets_dir
+        self.registry_available = True
+        self.deployer = deployer
+        self.registry = deployer.registry
+        self.engine = deployer.engine
         self.refresh_seconds = refresh_seconds
         self._routes: dict[str, LiveFunction] = {}
         self._token: object = None
@@ -126,17 +128,11 @@ class FunctionTable:
     def _load(self, record: FunctionRecord) -> LiveFunction:
         version = record.active
         manifest = Manifest.from_dict(version.manifest)
-        assets_sha = version.manifest.get("assets_sha256")
-        assets = self.assets_dir / assets_sha if assets_sha else None
+        wasm, assets = self.deployer.local_files(version)
         from ._metrics import METRICS  # after PROMETHEUS_MULTIPROC_DIR is set
 
         hits = self.engine.aot.hits
-        sandbox = self.engine.load(
-            self.registry.artifact_path(version.sha256),
-            env=manifest.env,
-            assets=assets,
-            reuse=manifest.reuse,
-        )
+        sandbox = self.engine.load(wasm, env=manifest.env, assets=assets, reuse=manifest.reuse)
         METRICS.aot.labels("hit" if self.engine.aot.hits > hits else "miss").inc()
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)
         effective = self.effective(record)
@@ -163,11 +159,21 @@ class FunctionTable:
             except Exception:
                 log.exception("loading the registry failed; retrying")
                 self._stopped.wait(1.0)
-        while not self._stopped.wait(self.refresh_seconds):
+        while not self._stopped.is_set():
             try:
-                self.refresh()
-            except Exception:  # the next poll retries; serving goes on meanwhile
+                if self.registry.wait_for_change(self.refresh_seconds):
+                    self.refresh()
+            except RegistryUnavailable as exc:
+                if self.registry_available:
+                    log.warning("%s", exc)
+                self.registry_available = False
+                self._stopped.wait(1.0)
+                continue
+            except Exception:  # the next change retries; serving goes on meanwhile
                 log.exception("registry refresh failed")
+            if not self.registry_available:
+                log.warning("the registry is reachable again; caught up with its changes")
+                self.registry_available = True
 
     def stop(self) -> None:
         self._stopped.set()

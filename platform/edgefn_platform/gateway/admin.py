@@ -114,7 +114,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "No such function or version"),
         (409, "The route is taken by another function"),
         (413, "Upload too large"),
-        (507, "The data directory is full"),
+        (503, "The registry database cannot be reached"),
+        (507, "The data directory or database is full"),
     ]
 }
 
@@ -181,7 +182,7 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
             updated_at=record.updated_at,
         )
 
-    for route in health_routes(lifecycle):
+    for route in health_routes(lifecycle, for_deploys=True):
         app.router.routes.append(route)
 
     @app.get("/openapi.json", include_in_schema=False)

@@ -21,6 +21,9 @@ class GatewayConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
     data_dir: Path = field(default_factory=lambda: Path(".edgefn-data"))
+    # A PostgreSQL URL: the registry gateways share; None: the embedded SQLite one
+    # in `data_dir`, which then holds only this gateway's caches.
+    database_url: str | None = None
     workers: int = 1
     token: str | None = None
     # AOT artifacts; defaults to `<data_dir>/aot`.

@@ -84,14 +84,20 @@ class _Exchange:
     outcome: str = "ok"
 
 
-def health_routes(lifecycle: Lifecycle) -> list[Route]:
+def health_routes(lifecycle: Lifecycle, for_deploys: bool = False) -> list[Route]:
+    """`/healthz` and `/readyz`. The admin listener's `/readyz` (`for_deploys`) is
+    also red while the registry is unreachable: serving goes on, deploys cannot."""
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
-        if lifecycle.ready:
+        registry_down = for_deploys and not lifecycle.table.registry_available
+        if lifecycle.ready and not registry_down:
             return JSONResponse({"status": "ready"})
         reason = "draining" if lifecycle.draining else "loading functions"
+        if registry_down:
+            reason = "registry unavailable"
         return JSONResponse({"status": reason}, status_code=503)
 
     return [Route("/healthz", healthz), Route("/readyz", readyz)]

@@ -27,7 +27,7 @@ import uvloop
 
 from edgefn_runtime import Engine
 
-from ..registry import SQLiteRegistry
+from ..registry import Registry, open_registry
 from ._deploy import Deployer, recover
 from ._functions import FunctionTable
 from ._http import guarded_protocol
@@ -46,7 +46,7 @@ class Worker:
 
     config: GatewayConfig
     policy: Policy
-    registry: SQLiteRegistry
+    registry: Registry
     engine: Engine
     table: FunctionTable
     logs: LogSink
@@ -55,10 +55,10 @@ class Worker:
     @classmethod
     def open(cls, config: GatewayConfig) -> Worker:
         policy = load_policy(config.config_file)
-        registry = SQLiteRegistry(config.data_dir)
+        registry = open_registry(config.database_url, config.data_dir)
         engine = Engine(cache_dir=config.aot_cache_dir)
         deployer = Deployer(registry, engine, config.data_dir)
-        table = FunctionTable(registry, engine, deployer.assets_dir, config.refresh_seconds, policy)
+        table = FunctionTable(deployer, config.refresh_seconds, policy)
         return cls(config, policy, registry, engine, table, LogSink(registry), deployer)
 
     def close(self) -> None:
@@ -201,7 +201,7 @@ def run(config: GatewayConfig) -> None:
 
 def _recover(config: GatewayConfig) -> None:
     """Before any worker starts, clear what a crash of the last run left behind."""
-    registry = SQLiteRegistry(config.data_dir)
+    registry = open_registry(config.database_url, config.data_dir)
     try:
         removed = recover(registry, config.data_dir)
     finally:

@@ -2,29 +2,54 @@
 
 `Registry` is the interface the gateway and admin API use; `open_registry()`
 picks the backend. The embedded default is SQLite plus content-addressed files
-in a data directory (`SQLiteRegistry`).
+in a data directory (`SQLiteRegistry`); gateways that share one registry use
+PostgreSQL (`PostgresRegistry`).
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+
 from ._model import (
+    Blob,
     FunctionNotFound,
     FunctionRecord,
     LogRecord,
     Registry,
     RegistryError,
+    RegistryUnavailable,
     RouteConflict,
     VersionNotFound,
     VersionRecord,
 )
+from ._postgres import PostgresRegistry
 from ._sqlite import SQLiteRegistry
 
 __all__ = [
+    "Blob",
     "FunctionNotFound",
     "FunctionRecord",
     "LogRecord",
+    "PostgresRegistry",
     "Registry",
     "RegistryError",
+    "RegistryUnavailable",
     "RouteConflict",
     "SQLiteRegistry",
     "VersionNotFound",
     "VersionRecord",
+    "open_registry",
 ]
+
+
+def open_registry(database_url: str | None, data_dir: Path) -> Registry:
+    """PostgreSQL at `database_url` if given (with `data_dir` as this gateway's
+    local cache), else the embedded registry in `data_dir`."""
+    if database_url:
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise RegistryError(
+                "the database URL must start with postgresql:// "
+                "(e.g. postgresql://edgefn:secret@db:5432/edgefn)"
+            )
+        return PostgresRegistry(database_url, data_dir)
+    return SQLiteRegistry(data_dir)

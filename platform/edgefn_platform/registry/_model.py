@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "Blob",
     "FunctionNotFound",
     "FunctionRecord",
     "LogRecord",
     "Registry",
     "RegistryError",
+    "RegistryUnavailable",
     "RouteConflict",
     "VersionNotFound",
     "VersionRecord",
@@ -21,6 +23,10 @@ __all__ = [
 
 class RegistryError(Exception):
     """A registry operation was refused; the message says why."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry's database cannot be reached; what is loaded keeps serving."""
 
 
 class FunctionNotFound(RegistryError):
@@ -39,6 +45,15 @@ class RouteConflict(RegistryError):
         super().__init__(f"route {route} is already served by function {owner!r}")
         self.route = route
         self.owner = owner
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A file other gateways need beside a version's component: its assets archive
+    (`assets/<sha256>`) or its compiled form (`compiled/<sha256>-<engine key>`)."""
+
+    key: str
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -83,9 +98,16 @@ class Registry(Protocol):
     """What the gateway needs from a registry backend."""
 
     def deploy(
-        self, name: str, route: str, manifest: dict[str, Any], component: Path, sha256: str
+        self,
+        name: str,
+        route: str,
+        manifest: dict[str, Any],
+        component: Path,
+        sha256: str,
+        blobs: Sequence[Blob] = (),
     ) -> VersionRecord:
-        """Store `component` as the next version of `name` and activate it, atomically."""
+        """Store `component` (and `blobs`, for backends that other gateways share) as
+        the next version of `name` and activate it, atomically."""
 
     def activate(self, name: str, version: int) -> FunctionRecord:
         """Make an existing version the active one."""
@@ -108,10 +130,18 @@ class Registry(Protocol):
     def versions(self, name: str) -> list[VersionRecord]: ...
 
     def artifact_path(self, sha256: str) -> Path:
-        """Where the component with this sha256 is stored."""
+        """A local file holding the component with this sha256 (fetched if need be)."""
+
+    def fetch(self, key: str, target: Path) -> bool:
+        """Write the blob `key` to `target`, verified by its sha256; False if the
+        registry has none (the embedded one never has: its node keeps its own)."""
 
     def change_token(self) -> Any:
         """A value that changes whenever anything was deployed, activated or deleted."""
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds; whether the registry may have changed since
+        the last call (a change was announced, or the backend cannot tell)."""
 
     def append_logs(self, records: Iterable[tuple[str, float, str, str, str]]) -> None:
         """Add (function, time, request_id, kind, line) records, keeping the newest only."""

@@ -15,13 +15,14 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .._crash import crash_point
 from ._model import (
+    Blob,
     FunctionNotFound,
     FunctionRecord,
     LogRecord,
@@ -117,7 +118,13 @@ class SQLiteRegistry:
     # -- writes ------------------------------------------------------------
 
     def deploy(
-        self, name: str, route: str, manifest: dict[str, Any], component: Path, sha256: str
+        self,
+        name: str,
+        route: str,
+        manifest: dict[str, Any],
+        component: Path,
+        sha256: str,
+        blobs: Sequence[Blob] = (),  # this node's workers share its own assets and cache
     ) -> VersionRecord:
         with self._function_lock(name):
             # Stored while this transaction holds the write lock, so that a delete's
@@ -258,9 +265,16 @@ class SQLiteRegistry:
     def artifact_path(self, sha256: str) -> Path:
         return self.artifacts / f"{sha256}.wasm"
 
+    def fetch(self, key: str, target: Path) -> bool:
+        return False
+
     def change_token(self) -> int:
         row = self._db().execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         return int(row[0])
+
+    def wait_for_change(self, timeout: float) -> bool:
+        time.sleep(timeout)  # no announcements: a poll, and the token is a local read
+        return True
 
     def _function(self, db: sqlite3.Connection, name: str) -> FunctionRecord:
         row = self._function_row(db, name)

@@ -1,0 +1,479 @@
+"""The shared registry: PostgreSQL, for many gateways behind one load balancer.
+
+Everything a gateway needs to serve a version is in the database: functions,
+versions, limit overrides, logs, and blobs (components, assets archives and
+compiled artifacts, by key). Each gateway keeps local copies of components in
+`<data_dir>/artifacts`, fetched on first use and verified by sha256.
+
+Every change bumps a generation counter and sends `NOTIFY edgefn_changes` in
+its own transaction. Gateways LISTEN, and also compare the counter after
+reconnecting and every `RECHECK_SECONDS`, so a missed announcement can delay a
+change but never lose it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .._crash import crash_point
+from ._model import (
+    Blob,
+    FunctionNotFound,
+    FunctionRecord,
+    LogRecord,
+    RegistryError,
+    RegistryUnavailable,
+    RouteConflict,
+    VersionNotFound,
+    VersionRecord,
+)
+
+__all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresRegistry", "migrate"]
+
+CHANNEL = "edgefn_changes"
+LOG_LINES_KEPT = 1000
+RECHECK_SECONDS = 10.0
+
+# Migrations, applied in order, each once; the schema's version is their count.
+_MIGRATIONS = [
+    """
+    CREATE TABLE functions (
+        name TEXT PRIMARY KEY,
+        route TEXT NOT NULL UNIQUE,
+        active_version BIGINT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE versions (
+        function TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        route TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        manifest JSONB NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (function, version)
+    );
+    CREATE TABLE overrides (function TEXT PRIMARY KEY, limits JSONB NOT NULL);
+    CREATE TABLE logs (
+        id BIGSERIAL PRIMARY KEY,
+        function TEXT NOT NULL,
+        time DOUBLE PRECISION NOT NULL,
+        request_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        line TEXT NOT NULL
+    );
+    CREATE INDEX logs_by_function ON logs (function, id);
+    CREATE TABLE blobs (
+        key TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        data BYTEA NOT NULL
+    );
+    CREATE TABLE generation (value BIGINT NOT NULL);
+    INSERT INTO generation VALUES (0);
+    """,
+    # Components are compressed already; pglz would cost seconds per deploy for nothing.
+    "ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL;",
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+# Advisory lock keys: schema migration, and blob sweeps (exclusive) against
+# deploys (shared), so a sweep never removes a blob a deploy is about to use.
+_MIGRATE_LOCK = 0x6564_6766_6E01
+_SWEEP_LOCK = 0x6564_6766_6E02
+
+_CONNECT: dict[str, Any] = {
+    "autocommit": True,
+    "row_factory": dict_row,
+    "connect_timeout": 3,
+    # Notice a vanished server within seconds, not at the kernel's two hours.
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+}
+
+_SWEEP = """
+DELETE FROM blobs b WHERE NOT EXISTS (
+    SELECT 1 FROM versions v
+    WHERE b.key IN ('component/' || v.sha256, 'assets/' || (v.manifest ->> 'assets_sha256'))
+       OR b.key LIKE 'compiled/' || v.sha256 || '-%'
+) RETURNING key
+"""
+
+Connection = psycopg.Connection[DictRow]
+
+
+def migrate(conn: Connection, upto: int = SCHEMA_VERSION) -> int:
+    """Bring the schema to version `upto`; idempotent, and safe for gateways
+    starting together (one migrates, the others wait and find nothing to do)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS edgefn_schema (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM edgefn_schema").fetchone()
+        current = int(row["v"]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise RegistryError(
+                f"the database's registry schema is version {current}, newer than this "
+                f"gateway knows ({SCHEMA_VERSION}): upgrade the gateway"
+            )
+        for number in range(current + 1, upto + 1):
+            conn.execute(_MIGRATIONS[number - 1].encode())
+            conn.execute("INSERT INTO edgefn_schema VALUES (%s)", (number,))
+        return max(current, upto)
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether `exc` means the database is unreachable (not a refused statement)."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    # Class 08: connection exceptions; 57: the server shutting down.
+    return isinstance(exc, psycopg.OperationalError) and (
+        exc.sqlstate is None or exc.sqlstate[:2] in ("08", "57")
+    )
+
+
+class PostgresRegistry:
+    """A `Registry` in PostgreSQL, shared by every gateway that points at it."""
+
+    def __init__(self, url: str, data_dir: Path, pool_size: int = 8) -> None:
+        self.url = url
+        self.data_dir = data_dir
+        self.artifacts = data_dir / "artifacts"
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        info = conninfo_to_dict(url)
+        self._where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}"
+        self._where += f"/{info.get('dbname', '')}"
+        self._pool: ConnectionPool[Connection] = ConnectionPool(
+            url,
+            connection_class=Connection,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=_CONNECT,
+            check=ConnectionPool.check_connection,
+            timeout=5.0,
+            open=False,
+            name="edgefn-registry",
+        )
+        try:
+            self._pool.open(wait=True, timeout=10.0)
+        except PoolTimeout:
+            self._pool.close()
+            raise RegistryUnavailable(self._unreachable()) from None
+        with self._pool.connection() as conn:
+            migrate(conn)
+        self._listener: Connection | None = None
+        self._checked = 0.0
+
+    def _unreachable(self) -> str:
+        return (
+            f"the registry database at {self._where} cannot be reached; functions "
+            "already loaded keep serving; retry when it is back"
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except Exception as exc:
+            if _lost(exc):
+                raise RegistryUnavailable(self._unreachable()) from exc
+            raise
+
+    # -- writes ------------------------------------------------------------
+
+    def deploy(
+        self,
+        name: str,
+        route: str,
+        manifest: dict[str, Any],
+        component: Path,
+        sha256: str,
+        blobs: Sequence[Blob] = (),
+    ) -> VersionRecord:
+        with self._transaction() as db:
+            _lock_function(db, name)
+            db.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_SWEEP_LOCK,))
+            _check_route(db, name, route)
+            self._put(db, Blob(f"component/{sha256}", component))
+            for blob in blobs:
+                self._put(db, blob)
+            crash_point("deploy:stored")
+            row = db.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 AS v FROM versions WHERE function = %s",
+                (name,),
+            ).fetchone()
+            assert row is not None
+            size = component.stat().st_size
+            version = VersionRecord(name, row["v"], route, sha256, size, manifest, time.time())
+            db.execute(
+                "INSERT INTO versions VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (name, version.version, route, sha256, size, Jsonb(manifest), version.created_at),
+            )
+            _set_active(db, name, route, version.version)
+        crash_point("deploy:committed")
+        local = self.artifacts / f"{sha256}.wasm"
+        if not local.exists():  # this gateway loads it next: spare it the download
+            _write_atomically(local, component.read_bytes())
+        return version
+
+    def activate(self, name: str, version: int) -> FunctionRecord:
+        with self._transaction() as db:
+            _lock_function(db, name)
+            record = _version(db, name, version)
+            _check_route(db, name, record.route)
+            _set_active(db, name, record.route, version)
+            crash_point("activate:uncommitted")
+        crash_point("activate:committed")
+        return self.function(name)
+
+    def delete(self, name: str) -> list[str]:
+        with self._transaction() as db:
+            _lock_function(db, name)
+            _function_row(db, name)
+            for table, column in [
+                ("functions", "name"),
+                ("versions", "function"),
+                ("logs", "function"),
+                ("overrides", "function"),
+            ]:
+                db.execute(f"DELETE FROM {table} WHERE {column} = %s", (name,))
+            _announce(db)
+            crash_point("delete:uncommitted")
+        crash_point("delete:committed")
+        keys, _ = self._sweep(partial=False)
+        return [key.split("/", 1)[1] for key in keys if key.startswith("component/")]
+
+    def sweep(self, partial: bool = True) -> list[Path]:
+        """Remove blobs no version uses, and this gateway's local copies of
+        components no version uses (and half-written ones unless `partial` is false)."""
+        return self._sweep(partial)[1]
+
+    def _sweep(self, partial: bool) -> tuple[list[str], list[Path]]:
+        with self._transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SWEEP_LOCK,))
+            keys = [row["key"] for row in db.execute(_SWEEP)]
+            used = {r["sha256"] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
+        unused = [a for a in self.artifacts.glob("*.wasm") if a.stem not in used]
+        unused += self.artifacts.glob("*.partial") if partial else []
+        for artifact in unused:
+            artifact.unlink(missing_ok=True)
+        return keys, unused
+
+    def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:
+        with self._transaction() as db:
+            _lock_function(db, name)
+            _function_row(db, name)
+            db.execute("DELETE FROM overrides WHERE function = %s", (name,))
+            if limits:
+                db.execute("INSERT INTO overrides VALUES (%s, %s)", (name, Jsonb(limits)))
+            _announce(db)
+        return self.function(name)
+
+    def _put(self, db: Connection, blob: Blob) -> None:
+        exists = db.execute("SELECT 1 FROM blobs WHERE key = %s", (blob.key,)).fetchone()
+        if exists is None:
+            data = blob.path.read_bytes()
+            db.execute(
+                "INSERT INTO blobs VALUES (%s, %s, %s, %s)",
+                (blob.key, hashlib.sha256(data).hexdigest(), len(data), data),
+            )
+
+    # -- reads -------------------------------------------------------------
+
+    def functions(self) -> list[FunctionRecord]:
+        with self._transaction() as db:
+            names = [r["name"] for r in db.execute("SELECT name FROM functions ORDER BY name")]
+            return [_function(db, name) for name in names]
+
+    def function(self, name: str) -> FunctionRecord:
+        with self._transaction() as db:
+            return _function(db, name)
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        with self._transaction() as db:
+            _function_row(db, name)
+            rows = db.execute(
+                "SELECT * FROM versions WHERE function = %s ORDER BY version", (name,)
+            ).fetchall()
+        return [_version_record(row) for row in rows]
+
+    def artifact_path(self, sha256: str) -> Path:
+        path = self.artifacts / f"{sha256}.wasm"
+        if not path.exists() and not self.fetch(f"component/{sha256}", path):
+            raise RegistryError(f"the registry has no component with sha256 {sha256}")
+        return path
+
+    def fetch(self, key: str, target: Path) -> bool:
+        with self._transaction() as db:
+            row = db.execute("SELECT sha256, data FROM blobs WHERE key = %s", (key,)).fetchone()
+        if row is None:
+            return False
+        data = row["data"]
+        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+            raise RegistryError(f"the registry's copy of {key} is corrupt (sha256 mismatch)")
+        _write_atomically(target, data)
+        return True
+
+    def change_token(self) -> int:
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM generation").fetchone()
+        assert row is not None
+        return int(row["value"])
+
+    def wait_for_change(self, timeout: float) -> bool:
+        if self._listener is None:
+            try:
+                self._listener = psycopg.connect(self.url, **_CONNECT)
+                self._listener.execute(f"LISTEN {CHANNEL}")
+            except psycopg.OperationalError as exc:
+                self._close_listener()
+                raise RegistryUnavailable(self._unreachable()) from exc
+            # Announcements may have been missed while not listening: re-read.
+            self._checked = time.monotonic()
+            return True
+        try:
+            announced = any(True for _ in self._listener.notifies(timeout=timeout, stop_after=1))
+        except psycopg.OperationalError as exc:
+            self._close_listener()
+            raise RegistryUnavailable(self._unreachable()) from exc
+        if announced or time.monotonic() - self._checked >= RECHECK_SECONDS:
+            self._checked = time.monotonic()
+            return True
+        return False
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    # -- logs --------------------------------------------------------------
+
+    def append_logs(self, records: Iterable[tuple[str, float, str, str, str]]) -> None:
+        records = list(records)
+        if not records:
+            return
+        with self._transaction() as db:
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO logs (function, time, request_id, kind, line) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    records,
+                )
+            for name in {r[0] for r in records}:
+                db.execute(
+                    "DELETE FROM logs WHERE function = %s AND id < (SELECT id FROM logs "
+                    "WHERE function = %s ORDER BY id DESC LIMIT 1 OFFSET %s)",
+                    (name, name, LOG_LINES_KEPT - 1),
+                )
+
+    def logs(self, name: str, after: int = 0, limit: int = 200) -> list[LogRecord]:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM (SELECT * FROM logs WHERE function = %s AND id > %s "
+                "ORDER BY id DESC LIMIT %s) newest ORDER BY id",
+                (name, after, limit),
+            ).fetchall()
+        return [
+            LogRecord(r["id"], r["function"], r["time"], r["request_id"], r["kind"], r["line"])
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        self._close_listener()
+        self._pool.close()
+
+
+def _lock_function(db: Connection, name: str) -> None:
+    # Serialises changes to one function across every gateway, until commit.
+    db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("edgefn:" + name,))
+
+
+def _announce(db: Connection) -> None:
+    db.execute("UPDATE generation SET value = value + 1")
+    db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+
+
+def _check_route(db: Connection, name: str, route: str) -> None:
+    owner = db.execute(
+        "SELECT name FROM functions WHERE route = %s AND name != %s", (route, name)
+    ).fetchone()
+    if owner is not None:
+        raise RouteConflict(route, owner["name"])
+
+
+def _set_active(db: Connection, name: str, route: str, version: int) -> None:
+    _announce(db)
+    db.execute(
+        "INSERT INTO functions VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+        "route = excluded.route, active_version = excluded.active_version, "
+        "updated_at = excluded.updated_at",
+        (name, route, version, time.time()),
+    )
+
+
+def _function(db: Connection, name: str) -> FunctionRecord:
+    row = _function_row(db, name)
+    count = db.execute("SELECT COUNT(*) AS n FROM versions WHERE function = %s", (name,))
+    overrides = db.execute("SELECT limits FROM overrides WHERE function = %s", (name,))
+    found = overrides.fetchone()
+    return FunctionRecord(
+        name=name,
+        route=row["route"],
+        active=_version(db, name, row["active_version"]),
+        versions=count.fetchone()["n"],  # type: ignore[index]
+        updated_at=row["updated_at"],
+        overrides=found["limits"] if found else {},
+    )
+
+
+def _function_row(db: Connection, name: str) -> DictRow:
+    row = db.execute("SELECT * FROM functions WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        raise FunctionNotFound(name)
+    return row
+
+
+def _version(db: Connection, name: str, version: int) -> VersionRecord:
+    row = db.execute(
+        "SELECT * FROM versions WHERE function = %s AND version = %s", (name, version)
+    ).fetchone()
+    if row is None:
+        _function_row(db, name)
+        raise VersionNotFound(name, version)
+    return _version_record(row)
+
+
+def _version_record(row: DictRow) -> VersionRecord:
+    return VersionRecord(
+        function=row["function"],
+        version=row["version"],
+        route=row["route"],
+        sha256=row["sha256"],
+        size=row["size"],
+        manifest=row["manifest"],
+        created_at=row["created_at"],
+    )
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    # Readers see the whole file or none; `.partial` leftovers are swept at startup.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        dir=target.parent, prefix=target.name + ".", suffix=".partial", delete=False
+    ) as file:
+        file.write(data)
+    Path(file.name).replace(target)
