@@ -20,6 +20,24 @@ os.environ.setdefault("EDGEFN_CACHE_DIR", str(ROOT / ".cache" / "edgefn"))
 import attacks  # noqa: E402
 from edgefn_platform import BuildResult, build  # noqa: E402
 from edgefn_runtime import Engine, Sandbox  # noqa: E402
+from pg_cluster import Cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A PostgreSQL server of this session's own, on a loopback port."""
+    cluster = Cluster().init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def database_url(postgres: Cluster) -> str:
+    """A new, empty database on the session's PostgreSQL server."""
+    return postgres.database()
 
 
 @pytest.fixture(scope="session")

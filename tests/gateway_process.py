@@ -32,6 +32,8 @@ class GatewayProcess:
     workers: int = 1
     token: str = "test-token"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # A PostgreSQL URL: the registry this gateway shares with others.
+    database_url: str | None = None
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     # For an admin listener with TLS: "https" and an SSL context that trusts its CA.
@@ -69,6 +71,7 @@ class GatewayProcess:
             str(self.data_dir),
             "--workers",
             str(self.workers),
+            *(["--database-url", self.database_url] if self.database_url else []),
         ]
         log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)

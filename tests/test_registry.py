@@ -1,10 +1,15 @@
-"""The SQLite registry: versions, activation, routes, deletion, logs."""
+"""The registry, on both backends: versions, activation, routes, deletion, logs.
+
+Every test taking `registry` runs against the embedded SQLite registry and
+against PostgreSQL (a new database on the session's own server).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +17,38 @@ import pytest
 from edgefn_platform.gateway import GatewayConfig, load_token
 from edgefn_platform.registry import (
     FunctionNotFound,
+    Registry,
     RouteConflict,
-    SQLiteRegistry,
     VersionNotFound,
+    open_registry,
 )
 from edgefn_platform.registry._sqlite import LOG_LINES_KEPT
 
+Opener = Callable[[str], Registry]
 
-@pytest.fixture()
-def registry(tmp_path: Path) -> SQLiteRegistry:
-    return SQLiteRegistry(tmp_path / "data")
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the registry as another gateway would: `opener("b")` with its own data dir
+    (for SQLite, the same directory: its workers share one)."""
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").database()
+    opened: list[Registry] = []
+
+    def open_as(node: str) -> Registry:
+        data_dir = tmp_path / (node if url else "data")
+        opened.append(open_registry(url, data_dir))
+        return opened[-1]
+
+    yield open_as
+    for registry in opened:
+        registry.close()
+
+
+@pytest.fixture
+def registry(opener: Opener) -> Registry:
+    return opener("a")
 
 
 def component(tmp_path: Path, content: bytes) -> tuple[Path, str]:
@@ -31,7 +58,7 @@ def component(tmp_path: Path, content: bytes) -> tuple[Path, str]:
 
 
 def deploy(
-    registry: SQLiteRegistry, tmp_path: Path, name: str, content: bytes, route: str | None = None
+    registry: Registry, tmp_path: Path, name: str, content: bytes, route: str | None = None
 ) -> int:
     path, sha = component(tmp_path, content)
     record = registry.deploy(name, route or f"/{name}", {"name": name}, path, sha)
@@ -39,7 +66,7 @@ def deploy(
 
 
 def test_versions_are_numbered_per_function_and_the_latest_is_active(
-    registry: SQLiteRegistry, tmp_path: Path
+    registry: Registry, tmp_path: Path
 ) -> None:
     assert deploy(registry, tmp_path, "a", b"one") == 1
     assert deploy(registry, tmp_path, "a", b"two") == 2
@@ -49,7 +76,7 @@ def test_versions_are_numbered_per_function_and_the_latest_is_active(
     assert registry.artifact_path(registry.function("a").active.sha256).read_bytes() == b"two"
 
 
-def test_activate_rolls_back_and_forward(registry: SQLiteRegistry, tmp_path: Path) -> None:
+def test_activate_rolls_back_and_forward(registry: Registry, tmp_path: Path) -> None:
     deploy(registry, tmp_path, "a", b"one")
     deploy(registry, tmp_path, "a", b"two")
     token = registry.change_token()
@@ -62,7 +89,7 @@ def test_activate_rolls_back_and_forward(registry: SQLiteRegistry, tmp_path: Pat
 
 
 def test_a_taken_route_is_a_conflict_and_nothing_is_stored(
-    registry: SQLiteRegistry, tmp_path: Path
+    registry: Registry, tmp_path: Path
 ) -> None:
     deploy(registry, tmp_path, "a", b"one", route="/shared")
     with pytest.raises(RouteConflict, match="already served by function 'a'"):
@@ -72,7 +99,7 @@ def test_a_taken_route_is_a_conflict_and_nothing_is_stored(
 
 
 def test_delete_removes_the_function_and_unused_artifacts(
-    registry: SQLiteRegistry, tmp_path: Path
+    registry: Registry, tmp_path: Path
 ) -> None:
     deploy(registry, tmp_path, "a", b"shared")
     deploy(registry, tmp_path, "a", b"only-a")
@@ -85,7 +112,7 @@ def test_delete_removes_the_function_and_unused_artifacts(
         registry.delete("a")
 
 
-def test_logs_keep_the_newest_lines(registry: SQLiteRegistry, tmp_path: Path) -> None:
+def test_logs_keep_the_newest_lines(registry: Registry, tmp_path: Path) -> None:
     deploy(registry, tmp_path, "a", b"one")
     registry.append_logs(
         ("a", float(i), f"r{i}", "log", f"line {i}") for i in range(LOG_LINES_KEPT + 50)
@@ -96,12 +123,51 @@ def test_logs_keep_the_newest_lines(registry: SQLiteRegistry, tmp_path: Path) ->
     assert [r.line for r in registry.logs("a", after=kept[-2].id)] == [kept[-1].line]
 
 
-def test_a_second_process_sees_the_same_registry(registry: SQLiteRegistry, tmp_path: Path) -> None:
-    other = SQLiteRegistry(registry.data_dir)
+def test_a_second_gateway_sees_the_same_registry(
+    registry: Registry, opener: Opener, tmp_path: Path
+) -> None:
+    other = opener("b")
     token = other.change_token()
+    other.wait_for_change(0.01)  # starts listening, where there is anything to listen to
     deploy(registry, tmp_path, "a", b"one")
+    assert other.wait_for_change(0.5)
     assert other.change_token() != token
     assert other.function("a").active.version == 1
+    # Its own copy of the component, whether a shared file or fetched and verified.
+    assert other.artifact_path(registry.function("a").active.sha256).read_bytes() == b"one"
+
+
+def test_limit_overrides_are_replaced_and_reset(registry: Registry, tmp_path: Path) -> None:
+    deploy(registry, tmp_path, "a", b"one")
+    token = registry.change_token()
+    assert registry.set_overrides("a", {"timeout": 2.0}).overrides == {"timeout": 2.0}
+    assert registry.change_token() != token
+    assert registry.set_overrides("a", {"memory": 1 << 25}).overrides == {"memory": 1 << 25}
+    assert registry.set_overrides("a", {}).overrides == {}
+    with pytest.raises(FunctionNotFound):
+        registry.set_overrides("zz", {"timeout": 1.0})
+
+
+def test_version_numbers_beyond_32_bits_are_just_missing(
+    registry: Registry, tmp_path: Path
+) -> None:
+    deploy(registry, tmp_path, "a", b"one")
+    with pytest.raises(VersionNotFound):
+        registry.activate("a", 2**62)
+    assert registry.logs("a", after=2**62) == []
+
+
+def test_sweep_removes_only_unreferenced_local_artifacts(
+    registry: Registry, tmp_path: Path
+) -> None:
+    deploy(registry, tmp_path, "a", b"one")
+    kept = registry.artifact_path(hashlib.sha256(b"one").hexdigest())
+    stray = kept.with_name("0" * 64 + ".wasm")
+    stray.write_bytes(b"left by a crash")
+    half = kept.with_name("x.123.partial")
+    half.write_bytes(b"half")
+    assert sorted(registry.sweep()) == sorted([stray, half])
+    assert kept.read_bytes() == b"one"
 
 
 def test_admin_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from ..registry import Registry
+from ..registry import Registry, RegistryUnavailable
 
 __all__ = ["LogSink"]
 
@@ -45,6 +45,8 @@ class LogSink:
             pending, self._pending = self._pending, []
         try:
             self.registry.append_logs(pending)
+        except RegistryUnavailable:
+            log.warning("dropping %d log lines: the registry is unreachable", len(pending))
         except Exception:
             log.exception("dropping %d log lines the registry did not take", len(pending))
 

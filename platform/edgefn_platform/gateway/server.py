@@ -98,6 +98,8 @@ def _metrics_dir(config: GatewayConfig) -> str:
 def run_worker(config: GatewayConfig, token: str) -> None:
     """Serve both listeners in this process until SIGINT/SIGTERM, then drain."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # The table logs the registry going and coming back once, not each pool retry.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _metrics_dir(config))
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     from .admin import create_admin_app  # import prometheus_client only now

@@ -164,11 +164,15 @@ class PostgresRegistry:
             kwargs=_CONNECT,
             check=ConnectionPool.check_connection,
             timeout=5.0,
+            # Give up a reconnection after 2 s, so the next request retries at once:
+            # the pool's own retries back off exponentially (1, 2, 4 ... s), which
+            # would keep deploys failing long after the database is back.
+            reconnect_timeout=2.0,
             open=False,
             name="edgefn-registry",
         )
         try:
-            self._pool.open(wait=True, timeout=10.0)
+            self._pool.open(wait=True, timeout=5.0)
         except PoolTimeout:
             self._pool.close()
             raise RegistryUnavailable(self._unreachable()) from None

@@ -1,0 +1,143 @@
+"""Two gateways sharing one PostgreSQL registry, as two nodes behind a load balancer.
+
+Each has its own data directory and its own AOT cache: B never compiles what A
+deployed, it fetches the compiled artifact (and the assets) from the registry.
+The tests run in order, on one pair of gateways.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgefn_platform import BuildResult
+from edgefn_platform.gateway import pack_assets
+from gateway_process import GatewayProcess
+from pg_cluster import Cluster
+
+HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
+pytestmark = pytest.mark.wasm
+
+
+class Nodes:
+    def __init__(self, a: GatewayProcess, b: GatewayProcess, build: BuildResult, root: Path):
+        self.a, self.b, self.build = a, b, build
+        self.archive = root / "assets.tar.gz"
+        pack_assets(HOSTILE / "assets", self.archive)
+
+    def deploy(self, through: GatewayProcess, release: str) -> httpx.Response:
+        """The hostile fixture as function `shared`, its env telling the release apart."""
+        manifest = f'name = "shared"\n[env]\nRELEASE = "{release}"\n'
+        return through.admin(
+            "POST",
+            "/v1/functions",
+            data={"manifest": manifest},
+            files={
+                "component": ("c.wasm", self.build.path.read_bytes()),
+                "assets": ("a.tar.gz", self.archive.read_bytes()),
+            },
+        )
+
+
+def release(gateway: GatewayProcess) -> str | None:
+    response = gateway.get("/shared/env", headers={"connection": "close"})
+    return response.json().get("RELEASE") if response.status_code == 200 else None
+
+
+def seconds_until(check: Callable[[], bool], timeout: float = 10.0) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, "not within the timeout"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    postgres: Cluster, hostile_build: BuildResult, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Nodes]:
+    root = tmp_path_factory.mktemp("nodes")
+    url = postgres.database()
+    a = GatewayProcess(root / "a", workers=2, database_url=url).start()
+    # B's cache starts empty: what it serves, it fetched from the registry.
+    b = GatewayProcess(
+        root / "b", workers=2, database_url=url, extra_env={"EDGEFN_CACHE_DIR": str(root / "bc")}
+    ).start()
+    yield Nodes(a, b, hostile_build, root)
+    a.stop()
+    b.stop()
+
+
+def test_a_deploy_through_a_is_served_by_b_within_2_seconds(nodes: Nodes) -> None:
+    response = nodes.deploy(nodes.a, "1")
+    assert response.status_code == 201, response.text
+    took = seconds_until(lambda: release(nodes.b) == "1")
+    print(f"B served the version deployed through A {took:.2f} s after the deploy returned")
+    assert took < 2.0
+    # Every worker of B, each on a new connection, with the assets fetched too.
+    assert {release(nodes.b) for _ in range(10)} == {"1"}
+    read = nodes.b.get("/shared/read", params={"path": "/assets/greeting.txt"}).json()
+    assert "read" in read
+    metrics = nodes.b.admin("GET", "/metrics").text
+    assert re.search(r'edgefn_aot_cache_total\{result="hit"\} [1-9]', metrics)
+    assert not re.search(r'edgefn_aot_cache_total\{result="miss"\} [1-9]', metrics)
+
+
+def test_a_rollback_through_b_is_seen_by_a(nodes: Nodes) -> None:
+    assert nodes.deploy(nodes.a, "2").status_code == 201
+    seconds_until(lambda: release(nodes.b) == "2")
+    rolled = nodes.b.admin("POST", "/v1/functions/shared/activate", json={"version": 1})
+    assert rolled.status_code == 200 and rolled.json()["active"]["version"] == 1
+    took = seconds_until(lambda: release(nodes.a) == "1")
+    print(f"A served the rollback made through B after {took:.2f} s")
+    assert took < 2.0
+    assert {release(nodes.a) for _ in range(10)} == {"1"}
+
+
+def test_limits_changed_through_a_apply_on_b(nodes: Nodes) -> None:
+    changed = nodes.a.admin("PATCH", "/v1/functions/shared/limits", json={"fuel": 100_000})
+    assert changed.status_code == 200, changed.text
+
+    def exhausted() -> bool:
+        response = nodes.b.get("/shared/counter", headers={"connection": "close"})
+        return response.status_code == 503 and response.json()["error"]["code"] == "fuel_exhausted"
+
+    assert seconds_until(exhausted) < 2.0
+    assert nodes.a.admin("DELETE", "/v1/functions/shared/limits").status_code == 200
+    seconds_until(lambda: nodes.b.get("/shared/counter").status_code == 200)
+
+
+def test_both_keep_serving_while_the_database_is_down(nodes: Nodes, postgres: Cluster) -> None:
+    postgres.stop()
+    try:
+        # Deploys need the registry: refused, with the reason, and admin /readyz says so.
+        refused = nodes.deploy(nodes.a, "3")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "registry_unavailable"
+        for node in (nodes.a, nodes.b):
+            seconds_until(lambda n=node: n.admin("GET", "/readyz").status_code == 503)
+            assert node.admin("GET", "/readyz").json()["status"] == "registry unavailable"
+        # Serving does not: a few seconds of traffic on both, all answered.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert release(nodes.a) == "1" and release(nodes.b) == "1"
+            assert nodes.b.get("/readyz").status_code == 200
+    finally:
+        postgres.start()
+    for node in (nodes.a, nodes.b):
+        seconds_until(lambda n=node: n.admin("GET", "/readyz").status_code == 200)
+    assert nodes.deploy(nodes.a, "3").status_code == 201
+    assert seconds_until(lambda: release(nodes.b) == "3") < 2.0
+    assert release(nodes.a) == "3"
+
+
+def test_killing_a_leaves_b_unaffected(nodes: Nodes) -> None:
+    nodes.a.kill()
+    assert {release(nodes.b) for _ in range(10)} == {"3"}
+    assert nodes.deploy(nodes.b, "4").status_code == 201
+    assert seconds_until(lambda: release(nodes.b) == "4") < 2.0
