@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test bench fuzz soak lint clean
+.PHONY: install postgres run test bench fuzz soak lint clean
 
 install: $(INSTALLED)
 
@@ -17,7 +17,14 @@ $(INSTALLED): pyproject.toml
 run: install
 	$(BIN)/edgefn serve --deploy functions/hello --deploy functions/image_resize --deploy functions/watermark
 
-test: install
+# The tests start a throwaway PostgreSQL server of their own (tests/pg_cluster.py);
+# this installs Debian's package when its initdb is missing.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "Installing PostgreSQL (apt-get install postgresql) for the multi-gateway tests ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: install postgres
 	$(BIN)/python -m pytest
 
 # Benchmarks print edgefn beside a native baseline measured in the same run.
