@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 import attacks
@@ -106,6 +107,9 @@ class Expected:
 
 
 def check_consistent(gateway: GatewayProcess, expected: Expected) -> None:
+    """The registry lists what `expected` says and serves it; every stored component is
+    referenced and every referenced one stored (on PostgreSQL: in the database, and the
+    gateway's local copies are a subset)."""
     listed = {f["name"]: f for f in gateway.admin("GET", "/v1/functions").json()}
     assert set(listed) == set(expected.functions), listed
     referenced = set()
@@ -117,7 +121,16 @@ def check_consistent(gateway: GatewayProcess, expected: Expected) -> None:
         assert routed(gateway, name)
     assert "gone" in expected.functions or not routed(gateway, "gone")
     artifacts = gateway.data_dir / "artifacts"
-    assert {p.stem for p in artifacts.glob("*.wasm")} == referenced  # none orphaned or missing
+    local = {p.stem for p in artifacts.glob("*.wasm")}
+    if gateway.database_url is None:
+        assert local == referenced  # none orphaned or missing
+    else:
+        with psycopg.connect(gateway.database_url) as conn:
+            keys = [r[0] for r in conn.execute("SELECT key FROM blobs")]
+        stored = {k.split("/", 1)[1] for k in keys if k.startswith("component/")}
+        assert stored == referenced and local <= referenced
+        compiled = {k.split("/", 1)[1].split("-")[0] for k in keys if k.startswith("compiled/")}
+        assert compiled == referenced
     assert not list(artifacts.glob("*.partial"))
     scratch = gateway.data_dir / "tmp"
     assert not scratch.exists() or not any(scratch.iterdir())
@@ -135,14 +148,16 @@ def sha(component: bytes) -> str:
     return hashlib.sha256(component).hexdigest()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_crash_at_any_step_of_deploy_rollback_or_delete_leaves_it_consistent(
-    tmp_path: Path,
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     hello = built(ROOT / "functions" / "hello")
     hostile = built(FUNCTIONS / "hostile")
     resize = built(ROOT / "functions" / "image_resize")
     data_dir = tmp_path / "data"
-    gateway = GatewayProcess(data_dir).start()
+    url = request.getfixturevalue("database_url") if backend == "postgres" else None
+    gateway = GatewayProcess(data_dir, database_url=url).start()
     assert upload(gateway, "flip", hello).status_code == 201
     gateway.stop()
     expected = Expected({"flip": ([1], sha(hello))})
@@ -174,7 +189,9 @@ def test_a_crash_at_any_step_of_deploy_rollback_or_delete_leaves_it_consistent(
     }
     assert set(steps) == set(CRASH_POINTS)
     for point, (operation, after, outcome) in steps.items():
-        gateway = GatewayProcess(data_dir, extra_env={"EDGEFN_CRASH_AT": point}).start()
+        gateway = GatewayProcess(
+            data_dir, database_url=url, extra_env={"EDGEFN_CRASH_AT": point}
+        ).start()
         try:
             check_consistent(gateway, expected)  # what the previous crash left
             if point == "delete:unlinking":
@@ -191,10 +208,10 @@ def test_a_crash_at_any_step_of_deploy_rollback_or_delete_leaves_it_consistent(
         expected = after
         attacks.record(
             AREA,
-            f"SIGKILL the gateway at {point}",
+            f"SIGKILL the gateway at {point} ({backend} registry)",
             f"after restart: {outcome}; registry consistent; no artifact orphaned or missing",
         )
-    gateway = GatewayProcess(data_dir).start()
+    gateway = GatewayProcess(data_dir, database_url=url).start()
     try:
         check_consistent(gateway, expected)
     finally:

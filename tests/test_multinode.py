@@ -122,6 +122,8 @@ def test_both_keep_serving_while_the_database_is_down(nodes: Nodes, postgres: Cl
         for node in (nodes.a, nodes.b):
             seconds_until(lambda n=node: n.admin("GET", "/readyz").status_code == 503)
             assert node.admin("GET", "/readyz").json()["status"] == "registry unavailable"
+            metrics = node.admin("GET", "/metrics").text
+            assert re.search(r"^edgefn_registry_available 0\.0$", metrics, re.MULTILINE)
         # Serving does not: a few seconds of traffic on both, all answered.
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
@@ -134,6 +136,13 @@ def test_both_keep_serving_while_the_database_is_down(nodes: Nodes, postgres: Cl
     assert nodes.deploy(nodes.a, "3").status_code == 201
     assert seconds_until(lambda: release(nodes.b) == "3") < 2.0
     assert release(nodes.a) == "3"
+    # Every worker of both says so.
+    for node in (nodes.a, nodes.b):
+        metrics = node.admin("GET", "/metrics").text
+        assert re.search(r"^edgefn_registry_available 1\.0$", metrics, re.MULTILINE)
+        serving = re.findall(r'^edgefn_serving_version\{function="shared",pid="\d+"\} (\S+)$',
+                             metrics, re.MULTILINE)  # fmt: skip
+        assert serving == ["3.0", "3.0"], metrics
 
 
 def test_killing_a_leaves_b_unaffected(nodes: Nodes) -> None:

@@ -121,7 +121,9 @@ def test_open_registry_checks_the_url(tmp_path: Path) -> None:
 
 def test_an_unreachable_database_is_reported_as_such(postgres: Cluster, tmp_path: Path) -> None:
     url = f"postgresql://edgefn@127.0.0.1:{postgres.port + 1}/nowhere"
-    with pytest.raises(RegistryUnavailable, match="127.0.0.1:.*/nowhere cannot be reached"):
+    with pytest.raises(
+        RegistryUnavailable, match="PostgreSQL at 127.0.0.1:.*/nowhere.*cannot be reached"
+    ):
         PostgresRegistry(url, tmp_path)
 
 

@@ -228,7 +228,7 @@ def serve(
     click.echo(
         f"Serving functions on {config.public_url()} with {workers} worker(s); admin API "
         f"on {'https' if admin_tls_cert else 'http'}://{admin_host}:{admin_port} "
-        f"(token in {_token_source(config)})"
+        f"(token in {_token_source(config)}); registry: {registry.location}"
     )
     for directory in deploy_dirs:
         manifest = load_manifest(directory.resolve())

@@ -119,6 +119,12 @@ class FunctionTable:
                 routes[function.route] = function
             self._routes = routes
             self._token = token
+        from ._metrics import METRICS
+
+        for name in current.keys() - {f.name for f in routes.values()}:
+            METRICS.serving.labels(name).set(0)  # multiprocess series outlive .remove()
+        for function in routes.values():
+            METRICS.serving.labels(function.name).set(function.version)
 
     def effective(self, record: FunctionRecord) -> EffectiveLimits:
         """The limits `record`'s active version runs with under the operator's policy."""
@@ -166,14 +172,20 @@ class FunctionTable:
             except RegistryUnavailable as exc:
                 if self.registry_available:
                     log.warning("%s", exc)
-                self.registry_available = False
+                self._set_available(False)
                 self._stopped.wait(1.0)
                 continue
             except Exception:  # the next change retries; serving goes on meanwhile
                 log.exception("registry refresh failed")
             if not self.registry_available:
                 log.warning("the registry is reachable again; caught up with its changes")
-                self.registry_available = True
+            self._set_available(True)
+
+    def _set_available(self, available: bool) -> None:
+        from ._metrics import METRICS
+
+        self.registry_available = available
+        METRICS.registry_up.set(1 if available else 0)
 
     def stop(self) -> None:
         self._stopped.set()

@@ -48,6 +48,19 @@ class Metrics:
             "edgefn_activations", "Versions activated by rollback or roll-forward.", ["function"]
         )
         self.aot = Counter("edgefn_aot_cache", "AOT artifact loads by result.", ["result"])
+        # Per worker (a `pid` label each): after a change, every worker of every
+        # gateway should show the same versions within a second.
+        self.serving = Gauge(
+            "edgefn_serving_version",
+            "The version of each function a worker serves (0: deleted).",
+            ["function"],
+            multiprocess_mode="liveall",
+        )
+        self.registry_up = Gauge(
+            "edgefn_registry_available",
+            "1 while every worker reaches the registry; 0 while one does not (deploys fail).",
+            multiprocess_mode="livemin",
+        )
 
 
 METRICS = Metrics()

@@ -97,6 +97,9 @@ class LogRecord:
 class Registry(Protocol):
     """What the gateway needs from a registry backend."""
 
+    # Where it is, for messages: a file, or a database without its password.
+    location: str
+
     def deploy(
         self,
         name: str,

@@ -154,8 +154,8 @@ class PostgresRegistry:
         self.artifacts = data_dir / "artifacts"
         self.artifacts.mkdir(parents=True, exist_ok=True)
         info = conninfo_to_dict(url)
-        self._where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}"
-        self._where += f"/{info.get('dbname', '')}"
+        where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+        self.location = f"PostgreSQL at {where}"
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             url,
             connection_class=Connection,
@@ -183,7 +183,7 @@ class PostgresRegistry:
 
     def _unreachable(self) -> str:
         return (
-            f"the registry database at {self._where} cannot be reached; functions "
+            f"the registry ({self.location}) cannot be reached; functions "
             "already loaded keep serving; retry when it is back"
         )
 
@@ -275,6 +275,8 @@ class PostgresRegistry:
         unused += self.artifacts.glob("*.partial") if partial else []
         for artifact in unused:
             artifact.unlink(missing_ok=True)
+            if not partial:  # a delete's sweep, not the one at startup
+                crash_point("delete:unlinking")
         return keys, unused
 
     def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:

@@ -76,6 +76,7 @@ class SQLiteRegistry:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
+        self.location = str(data_dir / "registry.sqlite3")
         self.artifacts = data_dir / "artifacts"
         self._locks = data_dir / "locks"
         for directory in (self.artifacts, self._locks):
