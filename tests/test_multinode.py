@@ -49,6 +49,13 @@ def release(gateway: GatewayProcess) -> str | None:
     return response.json().get("RELEASE") if response.status_code == 200 else None
 
 
+def serves(gateway: GatewayProcess, expected: str) -> bool:
+    """Whether every worker serves `expected`: ten requests on new connections, which
+    the kernel spreads across a gateway's workers (two here: each is missed with
+    probability 2^-10)."""
+    return all(release(gateway) == expected for _ in range(10))
+
+
 def seconds_until(check: Callable[[], bool], timeout: float = 10.0) -> float:
     started = time.monotonic()
     while not check():
@@ -76,11 +83,10 @@ def nodes(
 def test_a_deploy_through_a_is_served_by_b_within_2_seconds(nodes: Nodes) -> None:
     response = nodes.deploy(nodes.a, "1")
     assert response.status_code == 201, response.text
-    took = seconds_until(lambda: release(nodes.b) == "1")
-    print(f"B served the version deployed through A {took:.2f} s after the deploy returned")
+    took = seconds_until(lambda: serves(nodes.b, "1"))
+    print(f"every worker of B served A's deploy {took:.2f} s after it returned")
     assert took < 2.0
-    # Every worker of B, each on a new connection, with the assets fetched too.
-    assert {release(nodes.b) for _ in range(10)} == {"1"}
+    # With the assets, which B fetched too.
     read = nodes.b.get("/shared/read", params={"path": "/assets/greeting.txt"}).json()
     assert "read" in read
     metrics = nodes.b.admin("GET", "/metrics").text
@@ -90,13 +96,12 @@ def test_a_deploy_through_a_is_served_by_b_within_2_seconds(nodes: Nodes) -> Non
 
 def test_a_rollback_through_b_is_seen_by_a(nodes: Nodes) -> None:
     assert nodes.deploy(nodes.a, "2").status_code == 201
-    seconds_until(lambda: release(nodes.b) == "2")
+    seconds_until(lambda: serves(nodes.b, "2"))
     rolled = nodes.b.admin("POST", "/v1/functions/shared/activate", json={"version": 1})
     assert rolled.status_code == 200 and rolled.json()["active"]["version"] == 1
-    took = seconds_until(lambda: release(nodes.a) == "1")
-    print(f"A served the rollback made through B after {took:.2f} s")
+    took = seconds_until(lambda: serves(nodes.a, "1"))
+    print(f"every worker of A served the rollback made through B after {took:.2f} s")
     assert took < 2.0
-    assert {release(nodes.a) for _ in range(10)} == {"1"}
 
 
 def test_limits_changed_through_a_apply_on_b(nodes: Nodes) -> None:
@@ -134,8 +139,8 @@ def test_both_keep_serving_while_the_database_is_down(nodes: Nodes, postgres: Cl
     for node in (nodes.a, nodes.b):
         seconds_until(lambda n=node: n.admin("GET", "/readyz").status_code == 200)
     assert nodes.deploy(nodes.a, "3").status_code == 201
-    assert seconds_until(lambda: release(nodes.b) == "3") < 2.0
-    assert release(nodes.a) == "3"
+    assert seconds_until(lambda: serves(nodes.b, "3")) < 2.0
+    assert serves(nodes.a, "3")
     # Every worker of both says so.
     for node in (nodes.a, nodes.b):
         metrics = node.admin("GET", "/metrics").text
@@ -147,6 +152,6 @@ def test_both_keep_serving_while_the_database_is_down(nodes: Nodes, postgres: Cl
 
 def test_killing_a_leaves_b_unaffected(nodes: Nodes) -> None:
     nodes.a.kill()
-    assert {release(nodes.b) for _ in range(10)} == {"3"}
+    assert serves(nodes.b, "3")
     assert nodes.deploy(nodes.b, "4").status_code == 201
-    assert seconds_until(lambda: release(nodes.b) == "4") < 2.0
+    assert seconds_until(lambda: serves(nodes.b, "4")) < 2.0

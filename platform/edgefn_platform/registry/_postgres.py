@@ -13,6 +13,7 @@ change but never lose it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import tempfile
 import time
@@ -153,6 +154,7 @@ class PostgresRegistry:
         self.data_dir = data_dir
         self.artifacts = data_dir / "artifacts"
         self.artifacts.mkdir(parents=True, exist_ok=True)
+        self._locks = data_dir / "locks"
         info = conninfo_to_dict(url)
         where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
         self.location = f"PostgreSQL at {where}"
@@ -324,15 +326,25 @@ class PostgresRegistry:
         return path
 
     def fetch(self, key: str, target: Path) -> bool:
-        with self._transaction() as db:
-            row = db.execute("SELECT sha256, data FROM blobs WHERE key = %s", (key,)).fetchone()
-        if row is None:
-            return False
-        data = row["data"]
-        if hashlib.sha256(data).hexdigest() != row["sha256"]:
-            raise RegistryError(f"the registry's copy of {key} is corrupt (sha256 mismatch)")
-        _write_atomically(target, data)
-        return True
+        # One download per gateway: its other workers wait, then find the file.
+        self._locks.mkdir(exist_ok=True)
+        lock_name = hashlib.sha256(str(target).encode()).hexdigest()[:32]
+        with open(self._locks / lock_name, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if target.exists():
+                return True
+            with self._transaction() as db:
+                # Binary results: bytea as text would be hex, twice the bytes to decode.
+                row = db.execute(
+                    "SELECT sha256, data FROM blobs WHERE key = %s", (key,), binary=True
+                ).fetchone()
+            if row is None:
+                return False
+            data = row["data"]
+            if hashlib.sha256(data).hexdigest() != row["sha256"]:
+                raise RegistryError(f"the registry's copy of {key} is corrupt (sha256 mismatch)")
+            _write_atomically(target, data)
+            return True
 
     def change_token(self) -> int:
         with self._transaction() as db:
