@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -146,6 +147,23 @@ def test_limit_overrides_are_replaced_and_reset(registry: Registry, tmp_path: Pa
     assert registry.set_overrides("a", {}).overrides == {}
     with pytest.raises(FunctionNotFound):
         registry.set_overrides("zz", {"timeout": 1.0})
+
+
+def test_concurrent_limit_changes_through_two_gateways_all_stick(
+    registry: Registry, opener: Opener, tmp_path: Path
+) -> None:
+    deploy(registry, tmp_path, "a", b"one")
+    gateways = [registry, opener("b")]
+
+    def change(i: int) -> None:
+        gateways[i % 2].set_overrides("a", {f"limit{i}": i}, merge=True)
+
+    threads = [threading.Thread(target=change, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert registry.function("a").overrides == {f"limit{i}": i for i in range(16)}
 
 
 def test_version_numbers_beyond_32_bits_are_just_missing(

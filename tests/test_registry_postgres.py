@@ -119,12 +119,18 @@ def test_open_registry_checks_the_url(tmp_path: Path) -> None:
         open_registry("mysql://db/edgefn", tmp_path)
 
 
-def test_an_unreachable_database_is_reported_as_such(postgres: Cluster, tmp_path: Path) -> None:
-    url = f"postgresql://edgefn@127.0.0.1:{postgres.port + 1}/nowhere"
-    with pytest.raises(
-        RegistryUnavailable, match="PostgreSQL at 127.0.0.1:.*/nowhere.*cannot be reached"
-    ):
-        PostgresRegistry(url, tmp_path)
+def test_an_unreachable_database_or_unknown_user_is_reported_as_such(
+    postgres: Cluster, tmp_path: Path
+) -> None:
+    closed = f"postgresql://edgefn@127.0.0.1:{postgres.port + 1}/nowhere"
+    with pytest.raises(RegistryUnavailable) as refused:
+        PostgresRegistry(closed, tmp_path)
+    message = str(refused.value)
+    assert "PostgreSQL at 127.0.0.1:" in message and "/nowhere" in message
+    assert "refused" in message
+    ghost = postgres.url().replace("edgefn@", "ghost@")
+    with pytest.raises(RegistryUnavailable, match='role "ghost" does not exist'):
+        PostgresRegistry(ghost, tmp_path)
 
 
 def test_losing_the_database_mid_run_is_unavailable_then_recovers(

@@ -258,8 +258,7 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
             changes = parse_limits(body, "limits")
         except ConfigError as exc:
             raise GatewayError(400, "invalid_limits", str(exc)) from None
-        current = registry.function(name).overrides
-        record = registry.set_overrides(name, {**current, **changes})
+        record = registry.set_overrides(name, changes, merge=True)
         table.refresh()
         return limits_out(record)
 

@@ -123,8 +123,12 @@ class Registry(Protocol):
         """Remove stored artifacts no version references (left by a crash), and
         half-written ones unless `partial` is false; the paths removed."""
 
-    def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:
-        """Replace the operator's live limit overrides of `name` ({} resets them)."""
+    def set_overrides(
+        self, name: str, limits: dict[str, Any], merge: bool = False
+    ) -> FunctionRecord:
+        """Replace the operator's live limit overrides of `name` ({} resets them), or
+        with `merge`, add `limits` to them in the same transaction (concurrent changes
+        of different limits, through different gateways, all stick)."""
 
     def functions(self) -> list[FunctionRecord]: ...
 

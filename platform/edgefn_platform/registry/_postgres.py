@@ -158,6 +158,16 @@ class PostgresRegistry:
         info = conninfo_to_dict(url)
         where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
         self.location = f"PostgreSQL at {where}"
+        # Connect once directly, so that a wrong URL, user or password is reported
+        # as such at start instead of as a pool timeout.
+        try:
+            with psycopg.connect(url, **_CONNECT) as conn:
+                migrate(conn)
+        except psycopg.OperationalError as exc:
+            reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise RegistryUnavailable(
+                f"cannot connect to the registry ({self.location}): {reason}"
+            ) from None
         self._pool: ConnectionPool[Connection] = ConnectionPool(
             url,
             connection_class=Connection,
@@ -173,20 +183,14 @@ class PostgresRegistry:
             open=False,
             name="edgefn-registry",
         )
-        try:
-            self._pool.open(wait=True, timeout=5.0)
-        except PoolTimeout:
-            self._pool.close()
-            raise RegistryUnavailable(self._unreachable()) from None
-        with self._pool.connection() as conn:
-            migrate(conn)
+        self._pool.open(wait=False)
         self._listener: Connection | None = None
         self._checked = 0.0
 
     def _unreachable(self) -> str:
         return (
-            f"the registry ({self.location}) cannot be reached; functions "
-            "already loaded keep serving; retry when it is back"
+            f"the registry ({self.location}) cannot be reached; functions already loaded "
+            "keep serving; retry when it is back"
         )
 
     @contextmanager
@@ -281,10 +285,14 @@ class PostgresRegistry:
                 crash_point("delete:unlinking")
         return keys, unused
 
-    def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:
+    def set_overrides(
+        self, name: str, limits: dict[str, Any], merge: bool = False
+    ) -> FunctionRecord:
         with self._transaction() as db:
             _lock_function(db, name)
             _function_row(db, name)
+            if merge:
+                limits = {**_overrides(db, name), **limits}
             db.execute("DELETE FROM overrides WHERE function = %s", (name,))
             if limits:
                 db.execute("INSERT INTO overrides VALUES (%s, %s)", (name, Jsonb(limits)))
@@ -446,16 +454,19 @@ def _set_active(db: Connection, name: str, route: str, version: int) -> None:
 def _function(db: Connection, name: str) -> FunctionRecord:
     row = _function_row(db, name)
     count = db.execute("SELECT COUNT(*) AS n FROM versions WHERE function = %s", (name,))
-    overrides = db.execute("SELECT limits FROM overrides WHERE function = %s", (name,))
-    found = overrides.fetchone()
     return FunctionRecord(
         name=name,
         route=row["route"],
         active=_version(db, name, row["active_version"]),
         versions=count.fetchone()["n"],  # type: ignore[index]
         updated_at=row["updated_at"],
-        overrides=found["limits"] if found else {},
+        overrides=_overrides(db, name),
     )
+
+
+def _overrides(db: Connection, name: str) -> dict[str, Any]:
+    found = db.execute("SELECT limits FROM overrides WHERE function = %s", (name,)).fetchone()
+    return found["limits"] if found else {}
 
 
 def _function_row(db: Connection, name: str) -> DictRow:

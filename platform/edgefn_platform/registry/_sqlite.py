@@ -200,10 +200,14 @@ class SQLiteRegistry:
                     crash_point("delete:unlinking")
         return unused
 
-    def set_overrides(self, name: str, limits: dict[str, Any]) -> FunctionRecord:
+    def set_overrides(
+        self, name: str, limits: dict[str, Any], merge: bool = False
+    ) -> FunctionRecord:
         with self._transaction() as db:
             self._function_row(db, name)
             _bump_generation(db)
+            if merge:
+                limits = {**self._overrides(db, name), **limits}
             if limits:
                 db.execute(
                     "INSERT INTO overrides VALUES (?, ?) ON CONFLICT (function) DO UPDATE SET "
@@ -280,16 +284,18 @@ class SQLiteRegistry:
     def _function(self, db: sqlite3.Connection, name: str) -> FunctionRecord:
         row = self._function_row(db, name)
         count = db.execute("SELECT COUNT(*) FROM versions WHERE function = ?", (name,))
-        overrides = db.execute("SELECT limits FROM overrides WHERE function = ?", (name,))
-        found = overrides.fetchone()
         return FunctionRecord(
             name=name,
             route=row["route"],
             active=self._version(db, name, row["active_version"]),
             versions=count.fetchone()[0],
             updated_at=row["updated_at"],
-            overrides=json.loads(found[0]) if found else {},
+            overrides=self._overrides(db, name),
         )
+
+    def _overrides(self, db: sqlite3.Connection, name: str) -> dict[str, Any]:
+        found = db.execute("SELECT limits FROM overrides WHERE function = ?", (name,)).fetchone()
+        return json.loads(found[0]) if found else {}
 
     def _function_row(self, db: sqlite3.Connection, name: str) -> sqlite3.Row:
         row = db.execute("SELECT * FROM functions WHERE name = ?", (name,)).fetchone()
