@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/inflight.py
+	$(BIN)/python bench/scaleout.py
 
 lint: install
 	$(BIN)/ruff check sdk runtime platform tests bench
