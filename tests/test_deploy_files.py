@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,20 @@ def test_the_hpa_and_pdb_target_the_deployment() -> None:
 
 
 # -- Dockerfile -----------------------------------------------------------------
+
+
+def test_every_package_is_in_the_non_editable_install() -> None:
+    """The image installs with `pip install .`, which (unlike the editable install
+    of `make install`) ships only the packages pyproject.toml lists."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, roots = set(setuptools["packages"]), setuptools["package-dir"]
+    found = set()
+    for name, root in roots.items():
+        for init in (ROOT / root).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / root).as_posix()
+            found.add(name if relative == "." else f"{name}.{relative.replace('/', '.')}")
+    found = {name for name in found if ".templates." not in name}
+    assert found and found <= listed, f"not in pyproject.toml: {sorted(found - listed)}"
 
 
 def test_the_dockerfile_is_multi_stage_slim_and_non_root() -> None:
