@@ -8,7 +8,6 @@ variable they set is one the gateway reads, with a value it accepts.
 from __future__ import annotations
 
 import re
-import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -53,8 +52,6 @@ def check_variable(name: str, value: str) -> None:
     options = serve_variables()
     if name in options:
         option = options[name]
-        if option.multiple:
-            value = shlex.split(value)  # type: ignore[assignment]
         if not isinstance(option.type, click.Path):  # paths exist only in the container
             option.type_cast_value(click.Context(main), value)
         return
@@ -259,7 +256,12 @@ def test_compose_sets_only_variables_the_gateway_reads() -> None:
             value = re.sub(r"\$\{\w+:\?[^}]*\}", "token", value)
             check_variable(name, value)
             if name == "EDGEFN_DEPLOY":
-                for directory in shlex.split(value):
+                # Split as click splits the variable of a repeatable path option.
+                option = serve_variables()[name]
+                assert option.multiple
+                directories = option.type.split_envvar_value(value)
+                assert len(directories) == 3
+                for directory in directories:
                     # /opt/edgefn-functions/<name> in the image is functions/<name> here.
                     assert (ROOT / "functions" / Path(directory).name / "edgefn.toml").is_file()
 

@@ -153,7 +153,7 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
     envvar="EDGEFN_DEPLOY",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Build and deploy this function folder at start; repeatable. "
-    "[env: EDGEFN_DEPLOY, space-separated]",
+    "[env: EDGEFN_DEPLOY, folders separated by ':']",
 )
 def serve(
     host: str,
