@@ -96,6 +96,9 @@ def test_the_deployment_is_what_the_issue_asks_for() -> None:
     security = gateway["securityContext"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    image_user = [i["value"] for i in DockerfileParser(str(DEPLOY / "Dockerfile")).structure
+                  if i["instruction"] == "USER"][-1]  # fmt: skip
+    assert image_user.split(":")[0] == str(pod["securityContext"]["runAsUser"])
     # Termination outlasts the drain: the shutdown delay plus the drain timeout.
     configmap = k8s("ConfigMap")["data"]
     assert pod["terminationGracePeriodSeconds"] > 1 + float(configmap["drain-timeout"])
