@@ -23,7 +23,7 @@ from edgefn_platform.registry import (
     VersionNotFound,
     open_registry,
 )
-from edgefn_platform.registry._sqlite import LOG_LINES_KEPT
+from edgefn_platform.registry._model import LOG_LINES_KEPT
 
 Opener = Callable[[str], Registry]
 

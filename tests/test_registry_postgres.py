@@ -18,7 +18,7 @@ from edgefn_platform.registry import (
     RegistryUnavailable,
     open_registry,
 )
-from edgefn_platform.registry._postgres import SCHEMA_VERSION, migrate
+from edgefn_platform.registry._postgres_schema import SCHEMA_VERSION, migrate
 from pg_cluster import Cluster
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "LOG_LINES_KEPT",
     "Blob",
     "FunctionNotFound",
     "FunctionRecord",
@@ -19,6 +20,10 @@ __all__ = [
     "VersionNotFound",
     "VersionRecord",
 ]
+
+
+# Lines kept per function for `edgefn logs`, by every backend.
+LOG_LINES_KEPT = 1000
 
 
 class RegistryError(Exception):

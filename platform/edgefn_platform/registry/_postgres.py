@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .._crash import crash_point
 from ._model import (
+    LOG_LINES_KEPT,
     Blob,
     FunctionNotFound,
     FunctionRecord,
@@ -40,59 +41,15 @@ from ._model import (
     VersionNotFound,
     VersionRecord,
 )
+from ._postgres_schema import Connection, migrate
 
-__all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresRegistry", "migrate"]
+__all__ = ["CHANNEL", "PostgresRegistry"]
 
 CHANNEL = "edgefn_changes"
-LOG_LINES_KEPT = 1000
 RECHECK_SECONDS = 10.0
 
-# Migrations, applied in order, each once; the schema's version is their count.
-_MIGRATIONS = [
-    """
-    CREATE TABLE functions (
-        name TEXT PRIMARY KEY,
-        route TEXT NOT NULL UNIQUE,
-        active_version BIGINT NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE versions (
-        function TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        route TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size BIGINT NOT NULL,
-        manifest JSONB NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (function, version)
-    );
-    CREATE TABLE overrides (function TEXT PRIMARY KEY, limits JSONB NOT NULL);
-    CREATE TABLE logs (
-        id BIGSERIAL PRIMARY KEY,
-        function TEXT NOT NULL,
-        time DOUBLE PRECISION NOT NULL,
-        request_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        line TEXT NOT NULL
-    );
-    CREATE INDEX logs_by_function ON logs (function, id);
-    CREATE TABLE blobs (
-        key TEXT PRIMARY KEY,
-        sha256 TEXT NOT NULL,
-        size BIGINT NOT NULL,
-        data BYTEA NOT NULL
-    );
-    CREATE TABLE generation (value BIGINT NOT NULL);
-    INSERT INTO generation VALUES (0);
-    """,
-    # Components are compressed already; pglz would cost seconds per deploy for nothing.
-    "ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL;",
-]
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-# Advisory lock keys: schema migration, and blob sweeps (exclusive) against
-# deploys (shared), so a sweep never removes a blob a deploy is about to use.
-_MIGRATE_LOCK = 0x6564_6766_6E01
+# Advisory lock key: blob sweeps (exclusive) against deploys (shared), so a sweep
+# never removes a blob a deploy is about to use.
 _SWEEP_LOCK = 0x6564_6766_6E02
 
 _CONNECT: dict[str, Any] = {
@@ -113,27 +70,6 @@ DELETE FROM blobs b WHERE NOT EXISTS (
        OR b.key LIKE 'compiled/' || v.sha256 || '-%'
 ) RETURNING key
 """
-
-Connection = psycopg.Connection[DictRow]
-
-
-def migrate(conn: Connection, upto: int = SCHEMA_VERSION) -> int:
-    """Bring the schema to version `upto`; idempotent, and safe for gateways
-    starting together (one migrates, the others wait and find nothing to do)."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS edgefn_schema (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT COALESCE(MAX(version), 0) AS v FROM edgefn_schema").fetchone()
-        current = int(row["v"]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise RegistryError(
-                f"the database's registry schema is version {current}, newer than this "
-                f"gateway knows ({SCHEMA_VERSION}): upgrade the gateway"
-            )
-        for number in range(current + 1, upto + 1):
-            conn.execute(_MIGRATIONS[number - 1].encode())
-            conn.execute("INSERT INTO edgefn_schema VALUES (%s)", (number,))
-        return max(current, upto)
 
 
 def _lost(exc: BaseException) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 from .._crash import crash_point
 from ._model import (
+    LOG_LINES_KEPT,
     Blob,
     FunctionNotFound,
     FunctionRecord,
@@ -32,9 +33,6 @@ from ._model import (
 )
 
 __all__ = ["SQLiteRegistry"]
-
-# Lines kept per function for `edgefn logs`.
-LOG_LINES_KEPT = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions (
