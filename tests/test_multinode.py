@@ -134,10 +134,19 @@ def test_both_keep_serving_while_the_database_is_down(nodes: Nodes, postgres: Cl
         while time.monotonic() < deadline:
             assert release(nodes.a) == "1" and release(nodes.b) == "1"
             assert nodes.b.get("/readyz").status_code == 200
+        marked = nodes.a.get("/shared/env", headers={"x-request-id": "during-the-outage"})
+        assert marked.status_code == 200
     finally:
         postgres.start()
     for node in (nodes.a, nodes.b):
         seconds_until(lambda n=node: n.admin("GET", "/readyz").status_code == 200)
+
+    # The access line of a request served during the outage was kept and written after it.
+    def logged() -> bool:
+        lines = nodes.b.admin("GET", "/v1/functions/shared/logs", params={"limit": 1000}).json()
+        return any(line["request_id"] == "during-the-outage" for line in lines)
+
+    seconds_until(logged, timeout=15)
     assert nodes.deploy(nodes.a, "3").status_code == 201
     assert seconds_until(lambda: serves(nodes.b, "3")) < 2.0
     assert serves(nodes.a, "3")

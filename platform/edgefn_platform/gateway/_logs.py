@@ -46,7 +46,14 @@ class LogSink:
         try:
             self.registry.append_logs(pending)
         except RegistryUnavailable:
-            log.warning("dropping %d log lines: the registry is unreachable", len(pending))
+            # Back in the queue for the next flush: a database outage loses no line
+            # unless it outlasts the buffer.
+            with self._lock:
+                self._pending[:0] = pending
+                dropped = max(0, len(self._pending) - _BUFFER_LIMIT)
+                del self._pending[:dropped]
+            if dropped:
+                log.warning("dropped the %d oldest log lines: the registry is unreachable", dropped)
         except Exception:
             log.exception("dropping %d log lines the registry did not take", len(pending))
 

@@ -1,0 +1,53 @@
+"""The log sink keeps lines through a registry outage, up to its buffer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edgefn_platform.gateway._logs import _BUFFER_LIMIT, LogSink
+from edgefn_platform.registry import RegistryUnavailable
+
+Line = tuple[str, float, str, str, str]
+
+
+class Flaky:
+    """A registry whose database is away while `down` is set."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.stored: list[Line] = []
+
+    def append_logs(self, records: Iterable[Line]) -> None:
+        if self.down:
+            raise RegistryUnavailable("the registry cannot be reached")
+        self.stored.extend(records)
+
+
+def test_lines_written_during_an_outage_arrive_after_it_in_order() -> None:
+    registry = Flaky()
+    sink = LogSink(registry)  # type: ignore[arg-type]
+    sink.add("f", "r1", "log", ["before"])
+    sink.flush()
+    registry.down = True
+    sink.add("f", "r2", "log", ["during 1"])
+    sink.flush()
+    sink.add("f", "r3", "log", ["during 2"])
+    sink.flush()
+    registry.down = False
+    sink.add("f", "r4", "log", ["after"])
+    sink.flush()
+    assert [r[4] for r in registry.stored] == ["before", "during 1", "during 2", "after"]
+
+
+def test_a_long_outage_keeps_the_newest_lines() -> None:
+    registry = Flaky()
+    registry.down = True
+    sink = LogSink(registry)  # type: ignore[arg-type]
+    for batch in range(3):
+        sink.add("f", f"r{batch}", "log", [f"{batch}-{i}" for i in range(_BUFFER_LIMIT // 2)])
+        sink.flush()
+    registry.down = False
+    sink.flush()
+    assert len(registry.stored) == _BUFFER_LIMIT
+    newest = f"2-{_BUFFER_LIMIT // 2 - 1}"
+    assert registry.stored[0][4] == "1-0" and registry.stored[-1][4] == newest
