@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -159,8 +160,25 @@ def test_both_keep_serving_while_the_database_is_down(nodes: Nodes, postgres: Cl
         assert serving == ["3.0", "3.0"], metrics
 
 
+def test_deploys_through_both_at_once_get_distinct_versions(nodes: Nodes) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(
+            pool.map(lambda i: nodes.deploy((nodes.a, nodes.b)[i % 2], f"c{i}"), range(4))
+        )
+    assert [r.status_code for r in responses] == [201] * 4
+    # Serialised across gateways: no number twice, no gap; the last one wins everywhere.
+    release_of = {r.json()["version"]: f"c{i}" for i, r in enumerate(responses)}
+    first = min(release_of)
+    assert sorted(release_of) == list(range(first, first + 4))
+    latest = nodes.b.admin("GET", "/v1/functions/shared").json()["active"]["version"]
+    assert latest == max(release_of)
+    winner = release_of[latest]
+    seconds_until(lambda: serves(nodes.a, winner) and serves(nodes.b, winner))
+
+
 def test_killing_a_leaves_b_unaffected(nodes: Nodes) -> None:
+    serving = release(nodes.b)
     nodes.a.kill()
-    assert serves(nodes.b, "3")
+    assert serving is not None and serves(nodes.b, serving)
     assert nodes.deploy(nodes.b, "4").status_code == 201
     assert seconds_until(lambda: serves(nodes.b, "4")) < 2.0

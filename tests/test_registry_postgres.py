@@ -9,8 +9,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg.rows import dict_row
 
+from edgefn_platform.cli import main
 from edgefn_platform.registry import (
     Blob,
     PostgresRegistry,
@@ -19,6 +21,7 @@ from edgefn_platform.registry import (
     open_registry,
 )
 from edgefn_platform.registry._postgres_schema import SCHEMA_VERSION, migrate
+from gateway_process import free_port
 from pg_cluster import Cluster
 
 
@@ -149,3 +152,22 @@ def test_losing_the_database_mid_run_is_unavailable_then_recovers(
     assert registry.functions() == []
     assert registry.wait_for_change(1.0)  # reconnected: re-read, announcements were missed
     registry.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://edgefn@127.0.0.1:{closed}/edgefn", "cannot connect to the registry"),
+        ("mysql://db/edgefn", "must start with postgresql://"),
+    ],
+)
+def test_serve_refuses_a_registry_it_cannot_use_in_one_line(
+    url: str, message: str, tmp_path: Path
+) -> None:
+    url = url.format(closed=free_port())
+    result = CliRunner().invoke(
+        main, ["serve", "--database-url", url, "--data-dir", str(tmp_path), "--port", "0"]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and message in result.output
+    assert len(result.output.strip().splitlines()) == 1

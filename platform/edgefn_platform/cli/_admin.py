@@ -92,7 +92,7 @@ def deploy(directory: Path, client: AdminClient) -> None:
     for warning in deployed.get("warnings", []):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     click.echo(
-        f"Deployed {deployed['name']} version {deployed['active']['version']} "
+        f"Deployed {deployed['name']} version {deployed['version']} "
         f"in {seconds:.1f} s: {deployed['url']}"
     )
 

@@ -91,6 +91,9 @@ class LimitsOut(BaseModel):
 
 
 class DeployOut(FunctionOut):
+    # The version this deploy created (or the active one it matched): with deploys
+    # through several gateways at once, `active` may already be a later one.
+    version: int
     warnings: list[str]
 
 
@@ -213,7 +216,7 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         await run_in_threadpool(table.refresh)
         record = registry.function(version.function)
         warnings = table.effective(record).warnings
-        return DeployOut(**out(record).model_dump(), warnings=warnings)
+        return DeployOut(**out(record).model_dump(), version=version.version, warnings=warnings)
 
     @app.get("/v1/functions", response_model=list[FunctionOut])
     def list_functions() -> list[FunctionOut]:
