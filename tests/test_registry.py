@@ -11,6 +11,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,19 @@ def test_concurrent_limit_changes_through_two_gateways_all_stick(
     for thread in threads:
         thread.join()
     assert registry.function("a").overrides == {f"limit{i}": i for i in range(16)}
+
+
+def test_redeploying_the_active_version_from_two_gateways_at_once_adds_one(
+    registry: Registry, opener: Opener, tmp_path: Path
+) -> None:
+    path, sha = component(tmp_path, b"same")
+    gateways = [registry, opener("b")]
+    with ThreadPoolExecutor(8) as pool:
+        records = list(
+            pool.map(lambda i: gateways[i % 2].deploy("a", "/a", {"n": 1}, path, sha), range(8))
+        )
+    assert {r.version for r in records} == {1}
+    assert registry.deploy("a", "/a", {"n": 2}, path, sha).version == 2  # a new manifest
 
 
 def test_version_numbers_beyond_32_bits_are_just_missing(

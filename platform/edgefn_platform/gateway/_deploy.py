@@ -10,7 +10,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from psycopg.errors import DiskFull
 
@@ -18,7 +18,7 @@ from edgefn_runtime import Engine
 
 from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, parse_manifest
-from ..registry import Blob, FunctionNotFound, Registry, RegistryError, VersionRecord
+from ..registry import Blob, Registry, RegistryError, VersionRecord
 
 __all__ = [
     "Deployer",
@@ -99,9 +99,6 @@ class Deployer:
             self.engine.load(wasm, env=manifest.env, assets=assets_path)
             crash_point("deploy:compiled")
             stored = manifest.to_dict() | {"assets_sha256": assets_sha}
-            unchanged = self._active_if_same(manifest.name, sha256, stored)
-            if unchanged is not None:
-                return unchanged
             # For gateways sharing the registry: they load this version without
             # compiling it again (seconds) or needing the upload.
             blobs = [Blob(self._compiled_key(sha256), self.engine.aot.path_for(sha256))]
@@ -135,16 +132,6 @@ class Deployer:
                     )
                 self._unpack(archive, Path(temp), assets_sha)
         return wasm, target
-
-    def _active_if_same(
-        self, name: str, sha256: str, manifest: dict[str, Any]
-    ) -> VersionRecord | None:
-        """Redeploying exactly what is active adds no version (e.g. every `make run`)."""
-        try:
-            active = self.registry.function(name).active
-        except FunctionNotFound:
-            return None
-        return active if (active.sha256, active.manifest) == (sha256, manifest) else None
 
     def _unpack_assets(self, archive: BinaryIO, temp: Path) -> str:
         data = temp / _ARCHIVE

@@ -115,7 +115,8 @@ class Registry(Protocol):
         blobs: Sequence[Blob] = (),
     ) -> VersionRecord:
         """Store `component` (and `blobs`, for backends that other gateways share) as
-        the next version of `name` and activate it, atomically."""
+        the next version of `name` and activate it, atomically. Redeploying exactly the
+        active version (same component and manifest) adds none and returns it."""
 
     def activate(self, name: str, version: int) -> FunctionRecord:
         """Make an existing version the active one."""

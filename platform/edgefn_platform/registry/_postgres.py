@@ -152,6 +152,9 @@ class PostgresRegistry:
     ) -> VersionRecord:
         with self._transaction() as db:
             _lock_function(db, name)
+            unchanged = _active_if_same(db, name, sha256, manifest)
+            if unchanged is not None:
+                return unchanged
             db.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_SWEEP_LOCK,))
             _check_route(db, name, route)
             self._put(db, Blob(f"component/{sha256}", component))
@@ -367,6 +370,18 @@ def _lock_function(db: Connection, name: str) -> None:
 def _announce(db: Connection) -> None:
     db.execute("UPDATE generation SET value = value + 1")
     db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+
+
+def _active_if_same(
+    db: Connection, name: str, sha256: str, manifest: dict[str, Any]
+) -> VersionRecord | None:
+    row = db.execute(
+        "SELECT v.* FROM functions f JOIN versions v "
+        "ON v.function = f.name AND v.version = f.active_version WHERE f.name = %s",
+        (name,),
+    ).fetchone()
+    active = _version_record(row) if row else None
+    return active if active and (active.sha256, active.manifest) == (sha256, manifest) else None
 
 
 def _check_route(db: Connection, name: str, route: str) -> None:

@@ -129,6 +129,9 @@ class SQLiteRegistry:
             # Stored while this transaction holds the write lock, so that a delete's
             # sweep (which takes the lock too) never sees it unreferenced.
             with self._transaction() as db:
+                unchanged = self._active_if_same(db, name, sha256, manifest)
+                if unchanged is not None:
+                    return unchanged
                 self._check_route(db, name, route)
                 self._store_artifact(component, sha256)
                 crash_point("deploy:stored")
@@ -230,6 +233,17 @@ class SQLiteRegistry:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+    def _active_if_same(
+        self, db: sqlite3.Connection, name: str, sha256: str, manifest: dict[str, Any]
+    ) -> VersionRecord | None:
+        row = db.execute(
+            "SELECT v.* FROM functions f JOIN versions v "
+            "ON v.function = f.name AND v.version = f.active_version WHERE f.name = ?",
+            (name,),
+        ).fetchone()
+        active = _version_record(row) if row else None
+        return active if active and (active.sha256, active.manifest) == (sha256, manifest) else None
 
     def _check_route(self, db: sqlite3.Connection, name: str, route: str) -> None:
         owner = db.execute(
