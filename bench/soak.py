@@ -7,7 +7,7 @@ see an unexpected status and that each worker's resident memory at the end is
 within 10 % of its value after warm-up (no leak). Prints requests, statuses by
 function and code, p50/p99 per function, and RSS over time; exits 1 on failure.
 
-    python bench/soak.py [--seconds 300] [--rate 40] [--warmup 30]
+    python bench/soak.py [--seconds 300] [--rate 40] [--warmup 30] [--postgres]
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -28,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from gateway_process import GatewayProcess, cli, worker_pids, worker_rss  # noqa: E402
+from pg_cluster import Cluster  # noqa: E402
 
 # (function, path, statuses that are expected). Round-robin, so each appears in
 # the same proportion; healthy functions must only ever answer 200.
@@ -56,9 +59,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--rate", type=float, default=40, help="requests per second")
     parser.add_argument("--warmup", type=float, default=30)
+    parser.add_argument(
+        "--postgres", action="store_true", help="registry in a throwaway PostgreSQL server"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as temp:
-        gateway = GatewayProcess(Path(temp) / "data", workers=2).start()
+    with tempfile.TemporaryDirectory() as temp, registry(args.postgres) as url:
+        gateway = GatewayProcess(Path(temp) / "data", workers=2, database_url=url).start()
         try:
             for directory in ("functions/hello", "functions/image_resize", "functions/watermark",
                               "tests/functions/hostile"):  # fmt: skip
@@ -69,6 +75,20 @@ def main() -> None:
         finally:
             gateway.stop()
     sys.exit(0 if ok else 1)
+
+
+@contextmanager
+def registry(postgres: bool) -> Iterator[str | None]:
+    """The database URL of a throwaway PostgreSQL server, or None: the embedded registry."""
+    if not postgres:
+        yield None
+        return
+    cluster = Cluster().init()
+    cluster.start()
+    try:
+        yield cluster.database()
+    finally:
+        cluster.remove()
 
 
 def soak(gateway: GatewayProcess, seconds: float, rate: float, warmup: float) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import struct
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,6 +52,11 @@ RECHECK_SECONDS = 10.0
 # Advisory lock key: blob sweeps (exclusive) against deploys (shared), so a sweep
 # never removes a blob a deploy is about to use.
 _SWEEP_LOCK = 0x6564_6766_6E02
+
+# Blobs are stored and fetched this many bytes at a time.
+_CHUNK = 4 << 20
+# PostgreSQL's binary COPY format: signature, flags, header extension length.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 
 _CONNECT: dict[str, Any] = {
     "autocommit": True,
@@ -239,13 +245,25 @@ class PostgresRegistry:
         return self.function(name)
 
     def _put(self, db: Connection, blob: Blob) -> None:
-        exists = db.execute("SELECT 1 FROM blobs WHERE key = %s", (blob.key,)).fetchone()
-        if exists is None:
-            data = blob.path.read_bytes()
-            db.execute(
-                "INSERT INTO blobs VALUES (%s, %s, %s, %s)",
-                (blob.key, hashlib.sha256(data).hexdigest(), len(data), data),
-            )
+        if db.execute("SELECT 1 FROM blobs WHERE key = %s", (blob.key,)).fetchone():
+            return
+        # COPY in binary format, streamed, so the worker never holds a whole artifact
+        # in memory: one row of (key, size, data, sha256), the digest computed on the way.
+        key, size = blob.key.encode(), blob.path.stat().st_size
+        digest = hashlib.sha256()
+        with (
+            db.cursor().copy(
+                "COPY blobs (key, size, data, sha256) FROM STDIN (FORMAT BINARY)"
+            ) as copy,
+            blob.path.open("rb") as file,
+        ):
+            copy.write(_COPY_HEADER + struct.pack("!hi", 4, len(key)) + key)
+            copy.write(struct.pack("!iqi", 8, size, size))
+            while chunk := file.read(_CHUNK):
+                digest.update(chunk)
+                copy.write(chunk)
+            sha256 = digest.hexdigest().encode()
+            copy.write(struct.pack("!i", len(sha256)) + sha256 + struct.pack("!h", -1))
 
     # -- reads -------------------------------------------------------------
 
@@ -281,16 +299,10 @@ class PostgresRegistry:
             if target.exists():
                 return True
             with self._transaction() as db:
-                # Binary results: bytea as text would be hex, twice the bytes to decode.
-                row = db.execute(
-                    "SELECT sha256, data FROM blobs WHERE key = %s", (key,), binary=True
-                ).fetchone()
-            if row is None:
-                return False
-            data = row["data"]
-            if hashlib.sha256(data).hexdigest() != row["sha256"]:
-                raise RegistryError(f"the registry's copy of {key} is corrupt (sha256 mismatch)")
-            _write_atomically(target, data)
+                row = db.execute("SELECT sha256, size FROM blobs WHERE key = %s", (key,)).fetchone()
+                if row is None:
+                    return False
+                _download(db, key, row["size"], row["sha256"], target)
             return True
 
     def change_token(self) -> int:
@@ -447,6 +459,35 @@ def _version_record(row: DictRow) -> VersionRecord:
         manifest=row["manifest"],
         created_at=row["created_at"],
     )
+
+
+def _download(db: Connection, key: str, size: int, sha256: str, target: Path) -> None:
+    """Write blob `key` to `target` in chunks, so a worker never holds a whole
+    artifact in memory (glibc keeps such a peak for the life of the process)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(
+        dir=target.parent, prefix=target.name + ".", suffix=".partial", delete=False
+    ) as file:
+        try:
+            for offset in range(0, size, _CHUNK):
+                # Binary results: bytea as text would be hex, twice the bytes to decode.
+                # Uncompressed (EXTERNAL) storage lets substring read just this chunk.
+                part = db.execute(
+                    "SELECT substring(data FROM %s FOR %s) AS part FROM blobs WHERE key = %s",
+                    (offset + 1, _CHUNK, key),
+                    binary=True,
+                ).fetchone()
+                if part is None:
+                    raise RegistryError(f"{key} was removed from the registry while fetched")
+                digest.update(part["part"])
+                file.write(part["part"])
+            if digest.hexdigest() != sha256:
+                raise RegistryError(f"the registry's copy of {key} is corrupt (sha256 mismatch)")
+        except BaseException:
+            Path(file.name).unlink(missing_ok=True)
+            raise
+    Path(file.name).replace(target)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
