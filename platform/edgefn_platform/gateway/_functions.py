@@ -165,6 +165,7 @@ class FunctionTable:
             except Exception:
                 log.exception("loading the registry failed; retrying")
                 self._stopped.wait(1.0)
+        self._set_available(True)
         while not self._stopped.is_set():
             try:
                 if self.registry.wait_for_change(self.refresh_seconds):
@@ -172,14 +173,14 @@ class FunctionTable:
             except RegistryUnavailable as exc:
                 if self.registry_available:
                     log.warning("%s", exc)
-                self._set_available(False)
+                    self._set_available(False)
                 self._stopped.wait(1.0)
                 continue
             except Exception:  # the next change retries; serving goes on meanwhile
                 log.exception("registry refresh failed")
             if not self.registry_available:
                 log.warning("the registry is reachable again; caught up with its changes")
-            self._set_available(True)
+                self._set_available(True)
 
     def _set_available(self, available: bool) -> None:
         from ._metrics import METRICS

@@ -30,6 +30,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .._crash import crash_point
+from ._artifacts import store, sweep_unused
 from ._model import (
     LOG_LINES_KEPT,
     Blob,
@@ -180,9 +181,8 @@ class PostgresRegistry:
             )
             _set_active(db, name, route, version.version)
         crash_point("deploy:committed")
-        local = self.artifacts / f"{sha256}.wasm"
-        if not local.exists():  # this gateway loads it next: spare it the download
-            _write_atomically(local, component.read_bytes())
+        # This gateway loads it next: spare it the download.
+        store(component, self.artifacts / f"{sha256}.wasm")
         return version
 
     def activate(self, name: str, version: int) -> FunctionRecord:
@@ -222,13 +222,7 @@ class PostgresRegistry:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_SWEEP_LOCK,))
             keys = [row["key"] for row in db.execute(_SWEEP)]
             used = {r["sha256"] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
-        unused = [a for a in self.artifacts.glob("*.wasm") if a.stem not in used]
-        unused += self.artifacts.glob("*.partial") if partial else []
-        for artifact in unused:
-            artifact.unlink(missing_ok=True)
-            if not partial:  # a delete's sweep, not the one at startup
-                crash_point("delete:unlinking")
-        return keys, unused
+        return keys, sweep_unused(self.artifacts, used, partial)
 
     def set_overrides(
         self, name: str, limits: dict[str, Any], merge: bool = False
@@ -364,10 +358,7 @@ class PostgresRegistry:
                 "ORDER BY id DESC LIMIT %s) newest ORDER BY id",
                 (name, after, limit),
             ).fetchall()
-        return [
-            LogRecord(r["id"], r["function"], r["time"], r["request_id"], r["kind"], r["line"])
-            for r in rows
-        ]
+        return [LogRecord(**r) for r in rows]
 
     def close(self) -> None:
         self._close_listener()
@@ -450,15 +441,7 @@ def _version(db: Connection, name: str, version: int) -> VersionRecord:
 
 
 def _version_record(row: DictRow) -> VersionRecord:
-    return VersionRecord(
-        function=row["function"],
-        version=row["version"],
-        route=row["route"],
-        sha256=row["sha256"],
-        size=row["size"],
-        manifest=row["manifest"],
-        created_at=row["created_at"],
-    )
+    return VersionRecord(**row)
 
 
 def _download(db: Connection, key: str, size: int, sha256: str, target: Path) -> None:
@@ -487,14 +470,4 @@ def _download(db: Connection, key: str, size: int, sha256: str, target: Path) ->
         except BaseException:
             Path(file.name).unlink(missing_ok=True)
             raise
-    Path(file.name).replace(target)
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    # Readers see the whole file or none; `.partial` leftovers are swept at startup.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=target.parent, prefix=target.name + ".", suffix=".partial", delete=False
-    ) as file:
-        file.write(data)
     Path(file.name).replace(target)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._crash import crash_point
+from ._artifacts import store, sweep_unused
 from ._model import (
     LOG_LINES_KEPT,
     Blob,
@@ -133,7 +132,7 @@ class SQLiteRegistry:
                 if unchanged is not None:
                     return unchanged
                 self._check_route(db, name, route)
-                self._store_artifact(component, sha256)
+                store(component, self.artifact_path(sha256))
                 crash_point("deploy:stored")
                 row = db.execute(
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE function = ?",
@@ -193,13 +192,7 @@ class SQLiteRegistry:
         # Under the write lock: a deploy stores its artifact and commits under it.
         with self._transaction() as db:
             used = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
-            unused = [a for a in self.artifacts.glob("*.wasm") if a.stem not in used]
-            unused += self.artifacts.glob("*.partial") if partial else []
-            for artifact in unused:
-                artifact.unlink(missing_ok=True)
-                if not partial:  # a delete's sweep, not the one at startup
-                    crash_point("delete:unlinking")
-        return unused
+            return sweep_unused(self.artifacts, used, partial)
 
     def set_overrides(
         self, name: str, limits: dict[str, Any], merge: bool = False
@@ -218,21 +211,6 @@ class SQLiteRegistry:
             else:
                 db.execute("DELETE FROM overrides WHERE function = ?", (name,))
         return self.function(name)
-
-    def _store_artifact(self, component: Path, sha256: str) -> None:
-        target = self.artifact_path(sha256)
-        if target.exists():
-            return
-        partial = target.with_suffix(f".{os.getpid()}.partial")
-        shutil.copyfile(component, partial)
-        with open(partial, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(partial, target)
-        directory = os.open(self.artifacts, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
     def _active_if_same(
         self, db: sqlite3.Connection, name: str, sha256: str, manifest: dict[str, Any]
@@ -352,10 +330,7 @@ class SQLiteRegistry:
             )
             .fetchall()
         )
-        return [
-            LogRecord(r["id"], r["function"], r["time"], r["request_id"], r["kind"], r["line"])
-            for r in rows
-        ]
+        return [LogRecord(**dict(r)) for r in rows]
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -369,12 +344,4 @@ def _bump_generation(db: sqlite3.Connection) -> None:
 
 
 def _version_record(row: sqlite3.Row) -> VersionRecord:
-    return VersionRecord(
-        function=row["function"],
-        version=row["version"],
-        route=row["route"],
-        sha256=row["sha256"],
-        size=row["size"],
-        manifest=json.loads(row["manifest"]),
-        created_at=row["created_at"],
-    )
+    return VersionRecord(**{**dict(row), "manifest": json.loads(row["manifest"])})
