@@ -150,12 +150,18 @@ def worker_rss(gateway: GatewayProcess) -> list[int]:
     return [rss(pid) for pid in worker_pids(gateway)]
 
 
-def rss(pid: int) -> int:
-    """Resident memory of process `pid`, in bytes."""
+def rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory of process `pid` in bytes; `VmHWM` for its peak."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise ValueError(f"process {pid} reports no VmRSS")
+    raise ValueError(f"process {pid} reports no {field}")
+
+
+def reset_peak_rss(pid: int) -> int:
+    """Start `pid`'s peak (VmHWM) afresh from its resident memory now, and return that."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return rss(pid)
 
 
 def _children(pid: int) -> list[int]:

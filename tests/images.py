@@ -7,6 +7,8 @@ import math
 import random
 import struct
 import zlib
+from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from PIL import Image, ImageChops, ImageStat, TiffImagePlugin
 
@@ -103,3 +105,51 @@ def jpeg_with_absurd_exif() -> bytes:
     exif[0x010F] = "x" * 10_000  # camera make
     exif[0x9286] = b"\xff" * 5000  # user comment
     return encode(photo(300, 200), "JPEG", quality=90, exif=exif.tobytes())
+
+
+@dataclass(frozen=True)
+class Bomb:
+    """A request that makes the host's image work expensive, and what it must get."""
+
+    name: str
+    path: str  # with its query, under the gateway's public URL
+    body: bytes
+    status: int
+    code: str
+
+
+def noise(width: int, height: int, seed: int = 1) -> Image.Image:
+    """RGB noise: what no codec compresses, the worst case for every encoder."""
+    rng = random.Random(seed)
+    return Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+
+
+def image_bombs() -> list[Bomb]:
+    """Small requests whose image work, uncharged, would cost the gateway GBs or
+    many seconds; each against the shipped examples (128 MiB, 5 s, 4e9 fuel)."""
+    wide = encode(Image.new("RGB", (16384, 1), (200, 30, 30)), "PNG")
+    wide_rgba = encode(Image.new("RGBA", (16384, 1), (200, 30, 30, 128)), "PNG")
+    resize = "/image_resize?w=8192&h=8192&dpr=2"
+    return [
+        Bomb("16384x1 PNG padded to 16384x16384 PNG", f"{resize}&format=png", wide, 413,
+             "image_too_large"),
+        Bomb("16384x1 RGBA PNG padded to 16384x16384 JPEG", f"{resize}&format=jpeg", wide_rgba,
+             413, "image_too_large"),
+        Bomb("6000x1 RGBA PNG padded to 6000x6000 (36 MP) JPEG",
+             "/image_resize?w=6000&h=6000&format=jpeg",
+             encode(Image.new("RGBA", (6000, 1), (200, 30, 30, 128)), "PNG"), 503,
+             "memory_limit"),
+        Bomb("200 x 'W' at size=0.5 on a 4000x1 PNG",
+             "/watermark?" + urlencode({"text": "W" * 200, "size": "0.5", "format": "png"}),
+             encode(Image.new("RGB", (4000, 1)), "PNG"), 503, "memory_limit"),
+        Bomb("16-bit greyscale PNG, 6000x6000, flat", "/image_resize?format=png",
+             encode(Image.new("I;16", (6000, 6000), 1000), "PNG"), 503, "memory_limit"),
+        Bomb("36 MP JPEG re-encoded at full size", "/image_resize?format=jpeg",
+             encode(Image.new("RGB", (6000, 6000), (90, 120, 150)), "JPEG"), 503,
+             "memory_limit"),
+        Bomb("1600x1600 noise encoded as AVIF (~6 s of encoder CPU)", "/image_resize?format=avif",
+             encode(noise(1600, 1600), "PNG", compress_level=1), 504, "timeout"),
+        Bomb("'.' tiled with no margin over 3000x3000",
+             "/watermark?text=.&size=0.01&margin=0&position=tile&format=jpeg",
+             encode(Image.new("RGB", (3000, 3000)), "PNG"), 500, "function_error"),
+    ]  # fmt: skip

@@ -8,7 +8,16 @@ import pytest
 from PIL import Image, ImageOps
 
 from edgefn_runtime.image import Budget, ImageFailure, probe, render
-from images import animated_gif, decode, encode, jpeg_with_orientation, photo, png_bomb, psnr
+from images import (
+    animated_gif,
+    decode,
+    encode,
+    jpeg_with_orientation,
+    noise,
+    photo,
+    png_bomb,
+    psnr,
+)
 
 SOURCE = encode(photo(600, 400), "PNG")
 
@@ -204,7 +213,7 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(ImageFailure) as caught:
         run([], png_bomb())
     assert caught.value.kind == "image_too_large"
-    assert "100000x100000" in caught.value.message
+    assert "10000000000 pixels" in caught.value.message
     assert time.perf_counter() - started < 0.5
 
 
@@ -213,14 +222,14 @@ def test_budgets_are_enforced() -> None:
         render(SOURCE, {"output": {}}, None, Budget(max_pixels=1000))
     assert caught.value.kind == "image_too_large"
     with pytest.raises(ImageFailure) as caught:
-        render(SOURCE, {"output": {}}, None, Budget(max_decoded_bytes=1000))
+        render(SOURCE, {"output": {}}, None, Budget(max_memory=1000))
     assert caught.value.kind == "memory_limit"
 
-    def broke(pixels: int) -> None:
+    def broke(fuel: int) -> None:
         raise ImageFailure("budget_exceeded", "out of fuel")
 
     with pytest.raises(ImageFailure, match="out of fuel"):
-        render(SOURCE, {"output": {}}, None, Budget(charge=broke))
+        render(SOURCE, {"output": {}}, None, Budget(spend=broke))
 
 
 @pytest.mark.parametrize(
@@ -243,3 +252,104 @@ def test_exif_transpose_reference() -> None:
     data = jpeg_with_orientation(6)
     expected = ImageOps.exif_transpose(decode(data))
     assert psnr(run([], data, "png"), expected) == float("inf")
+
+
+MiB = 2**20
+
+
+def _flat_png(width: int, height: int, mode: str = "RGB") -> bytes:
+    return encode(Image.new(mode, (width, height)), "PNG")
+
+
+def _refused(data: bytes, pipeline: dict, budget: Budget) -> ImageFailure:
+    with pytest.raises(ImageFailure) as caught:
+        render(data, pipeline, None, budget)
+    assert budget.peak <= budget.max_memory
+    return caught.value
+
+
+def test_pixels_are_counted_as_pillow_stores_them() -> None:
+    # 3000 x 3000 RGB is 36 MB in Pillow (4 bytes a pixel), not 27 MB.
+    budget = Budget(max_memory=30 * MiB)
+    failure = _refused(_flat_png(3000, 3000), {"output": {"format": "png"}}, budget)
+    assert failure.kind == "memory_limit"
+    assert "decoding the 3000x3000 image" in failure.message
+
+
+def test_the_letterbox_canvas_is_charged_before_it_is_made() -> None:
+    pipeline = {"ops": [{"op": "resize", "width": 6000, "height": 6000, "fit": "contain"}]}
+    failure = _refused(_flat_png(6000, 1, "RGBA"), pipeline, Budget(max_memory=128 * MiB))
+    assert failure.kind == "memory_limit"
+    assert "padding to 6000x6000" in failure.message
+
+
+def test_a_padded_result_over_the_pixel_limit_is_too_large() -> None:
+    pipeline = {"ops": [{"op": "resize", "width": 16384, "height": 16384}]}
+    failure = _refused(_flat_png(16384, 1), pipeline, Budget())
+    assert failure.kind == "image_too_large"
+    assert "the padded image would be 16384x16384" in failure.message
+
+
+def test_the_text_mask_is_charged_before_it_is_drawn() -> None:
+    pipeline = {"ops": [{"op": "text", "text": "W" * 200, "size": 0.5}], "output": {}}
+    failure = _refused(_flat_png(4000, 1), pipeline, Budget(max_memory=128 * MiB))
+    assert failure.kind == "memory_limit"
+    assert "drawing the text at 1000 px" in failure.message  # the font size is capped
+
+
+def test_sixteen_bit_images_are_narrowed_within_the_budget() -> None:
+    data = encode(Image.new("I;16", (4000, 4000), 1000), "PNG")  # 32 MB as stored
+    failure = _refused(data, {"output": {}}, Budget(max_memory=64 * MiB))
+    assert failure.kind == "memory_limit"
+    assert "converting to 8 bits" in failure.message
+    assert run([], data).mode == "L"  # and without a tight budget it works
+
+
+def test_transparency_flattening_is_charged() -> None:
+    data = _flat_png(2000, 2000, "RGBA")  # 16 MB decoded
+    failure = _refused(data, {"output": {"format": "jpeg"}}, Budget(max_memory=32 * MiB))
+    assert failure.kind == "memory_limit"
+    assert "flattening transparency" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        ({"op": "text", "text": ".", "size": 0.01, "margin": 0, "tile": True}, "at most 10,000"),
+        ({"op": "text", "text": "x", "margin": 0.9}, "margin must be"),
+        ({"op": "text", "text": "x", "size": 2}, "size must be"),
+    ],
+)
+def test_stamps_are_capped(op: dict, message: str) -> None:
+    failure = _refused(_flat_png(3000, 3000), {"ops": [op], "output": {}}, Budget())
+    assert failure.kind == "invalid_pipeline"
+    assert message in failure.message
+
+
+def test_encoders_are_priced_by_what_they_cost() -> None:
+    spent: dict[str, int] = {}
+    for fmt in ("jpeg", "avif"):
+        fuel: list[int] = []
+        render(SOURCE, {"output": {"format": fmt}}, None, Budget(spend=fuel.append))
+        spent[fmt] = fuel[-1]  # the encode is the last step
+    assert spent["avif"] > 50 * spent["jpeg"]
+
+
+def test_work_that_would_outlast_the_deadline_is_refused_before_it_starts() -> None:
+    data = encode(noise(1000, 1000), "PNG", compress_level=1)
+    budget = Budget(deadline=time.monotonic() + 0.5)
+    started = time.perf_counter()
+    failure = _refused(data, {"output": {"format": "avif"}}, budget)
+    assert failure.kind == "timeout"
+    assert "encoding 1000x1000 as avif would take about 2.3 s" in failure.message
+    assert time.perf_counter() - started < 0.5
+
+
+def test_the_encoder_stops_at_the_response_limit() -> None:
+    data = encode(noise(500, 500), "PNG", compress_level=1)
+    failure = _refused(data, {"output": {"format": "png"}}, Budget(max_output_bytes=10_000))
+    assert failure.kind == "response_too_large"
+
+
+def test_pillows_own_bomb_guard_is_on() -> None:
+    assert Image.MAX_IMAGE_PIXELS is not None

@@ -7,9 +7,20 @@ from pathlib import Path
 
 import pytest
 
+import attacks
+from edgefn.image import MAX_SOURCE_BYTES, Image
 from edgefn.testing import TestClient, load_app
 from edgefn_platform import build
-from edgefn_runtime import Engine, FuelExhausted, Limits, MemoryLimitExceeded, Request, Sandbox
+from edgefn_runtime import (
+    Engine,
+    FuelExhausted,
+    GuestError,
+    Limits,
+    MemoryLimitExceeded,
+    Outcome,
+    Request,
+    Sandbox,
+)
 from images import encode, photo, png_bomb
 
 RESIZE = Path(__file__).resolve().parent.parent / "functions" / "image_resize"
@@ -73,3 +84,47 @@ def test_max_image_pixels_is_tunable(resize: Sandbox) -> None:
         Request("GET", "/sample.jpg", "w=100"), Limits(max_image_pixels=500_000)
     )
     assert outcome.response.status == 413
+
+
+def _json(outcome: Outcome) -> dict:
+    return json.loads(outcome.response.body)
+
+
+@pytest.mark.parametrize("pad", [0, 60_000])
+def test_bytes_sources_cross_out_of_band(hostile: Sandbox, pad: int) -> None:
+    outcome = hostile.invoke(Request("GET", "/image-bytes", f"pad={pad}"))
+    # Exactly the JSON: the image bytes written to stdout are not part of the body.
+    assert (outcome.response.status, _json(outcome)) == (200, {"width": 3, "height": 2})
+
+
+def test_bytes_sources_work_on_a_reused_instance(reused: Sandbox) -> None:
+    for _ in range(3):
+        outcome = reused.invoke(Request("GET", "/image-bytes", "pad=1000"))
+        assert _json(outcome) == {"width": 3, "height": 2}
+        echoed = reused.invoke(Request("POST", "/echo", body=b"after"))
+        assert echoed.response.body == b"after"
+
+
+def test_the_sdk_refuses_bytes_sources_over_64_kib(hostile: Sandbox) -> None:
+    with pytest.raises(GuestError, match="at most 64 KiB"):
+        hostile.invoke(Request("GET", "/image-bytes", "pad=70000"))
+    with pytest.raises(ValueError, match="at most 64 KiB"):
+        Image.from_bytes(b"\0" * (MAX_SOURCE_BYTES + 1))
+
+
+def test_the_host_checks_a_claimed_length_before_reading(hostile: Sandbox) -> None:
+    # A guest past the SDK claims 50 MB. As list<u8>, wasmtime-py would have
+    # converted it byte by byte (about 70 s of host CPU) before any check ran.
+    outcome = hostile.invoke(Request("GET", "/image-bytes-claim", "n=50000000"))
+    assert _json(outcome)["kind"] == "invalid_pipeline"
+    assert "limited to 64 KiB" in _json(outcome)["message"]
+    assert outcome.usage.execute_seconds < 0.5
+    attacks.record(
+        "Image capability (tests/test_image_sandbox.py)",
+        "guest claims a 50 MB `bytes` image source past the SDK",
+        f"refused before a byte is read (invalid_pipeline) in "
+        f"{outcome.usage.execute_seconds * 1000:.0f} ms",
+    )
+    # Claimed but never written: the host reads only what is there (zeros).
+    unwritten = hostile.invoke(Request("GET", "/image-bytes-claim", "n=100")).response
+    assert dict(unwritten.headers)["x-kind"] == "unsupported_image"

@@ -21,7 +21,7 @@ from ._errors import (
 from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, Limits
 from ._messages import Outcome, Request, Response, Usage
 from ._stdio import BodyFile, GuestOutput, set_stdin_bytes
-from .image import ImageContext
+from .image import MAX_SOURCE_BYTES, ImageContext
 
 if TYPE_CHECKING:
     from ._sandbox import Sandbox
@@ -63,7 +63,10 @@ class Instance:
             set_stdin_bytes(config, body)
         opened: list[BodyFile | GuestOutput] = [self._body_file] if self._body_file else []
         try:
-            self._stdout = _output(config, "stdout", limits.max_response, stretches)
+            # Room for one `bytes` image source besides the response body.
+            self._stdout = _output(
+                config, "stdout", limits.max_response + MAX_SOURCE_BYTES, stretches
+            )
             opened.append(self._stdout)
             self._stderr = _output(config, "stderr", limits.max_log, stretches)
             opened.append(self._stderr)
@@ -73,13 +76,14 @@ class Instance:
         # Closes the files exactly once: from close(), or when an idle reusable
         # instance is dropped with its sandbox, or at exit.
         self._finalizer = weakref.finalize(self, _close_all, opened)
+        self.context.take_output = self._stdout.take
         self.store.set_wasi(config)
 
     def fits(self, limits: Limits) -> bool:
         """Whether this instance can take another request under `limits`."""
         return (
             not self.broken
-            and self._stdout.fits(limits.max_response)
+            and self._stdout.fits(limits.max_response + MAX_SOURCE_BYTES)
             and self._stderr.fits(limits.max_log)
         )
 

@@ -166,11 +166,21 @@ def _source(source: tuple[str, object]) -> host_image.Source:
     if kind == "asset":
         return host_image.Source_Asset(value)
     if kind == "bytes":
-        return host_image.Source_Bytes(value)
+        # Out of band, like a response body: the host reads the next len(data)
+        # bytes of stdout as the image (a list<u8> would cross byte by byte).
+        if _writing_body:
+            raise RuntimeError("Image.from_bytes cannot be used while a response body streams")
+        data = bytes(value)  # type: ignore[call-overload]
+        if _write_all(data) != len(data):
+            raise ValueError("no room left on stdout for the image bytes")
+        return host_image.Source_Bytes(len(data))
     return host_image.Source_Body()
 
 
 image.use_backend(_HostImages())
+
+
+_writing_body = False
 
 
 def _write_body(chunks: Iterable[bytes]) -> int:
@@ -180,17 +190,29 @@ def _write_body(chunks: Iterable[bytes]) -> int:
     length returned counts the chunk that did not fit, which tells the host the
     response was too large.
     """
+    global _writing_body
     total = 0
-    for chunk in chunks:
-        # sys.stdout.buffer drops data past its first buffer here; raw writes don't.
-        view, written = memoryview(chunk), 0
-        try:
-            while written < len(view):
-                written += os.write(1, view[written:])
-        except OSError:
-            return total + len(view)
-        total += len(view)
+    _writing_body = True
+    try:
+        for chunk in chunks:
+            if _write_all(chunk) != len(chunk):
+                return total + len(chunk)
+            total += len(chunk)
+    finally:
+        _writing_body = False
     return total
+
+
+def _write_all(data: bytes) -> int:
+    """Write `data` to fd 1; the bytes written before the file was full."""
+    # sys.stdout.buffer drops data past its first buffer here; raw writes don't.
+    view, written = memoryview(data), 0
+    try:
+        while written < len(view):
+            written += os.write(1, view[written:])
+    except OSError:
+        pass
+    return written
 
 
 def _kind(exc: BaseException) -> str:

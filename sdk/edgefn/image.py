@@ -28,6 +28,7 @@ __all__ = [
     "ImageInfo",
     "ImageTooLarge",
     "InvalidImage",
+    "MAX_SOURCE_BYTES",
     "RenderedResponse",
     "UnsupportedImage",
     "negotiate",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 FORMATS = ("jpeg", "png", "webp", "avif", "gif")
+# What `Image.from_bytes` may hold (the host refuses more, too).
+MAX_SOURCE_BYTES = 64 * 1024
 FITS = ("cover", "contain", "fill", "inside", "outside")
 GRAVITIES = (
     "north",
@@ -85,6 +88,8 @@ def raise_failure(kind: str, message: str) -> None:
         raise ImageError(502, message, code="response_too_large")
     if kind in ("budget_exceeded", "memory_limit"):
         raise ImageError(503, message, code=kind)
+    if kind == "timeout":
+        raise ImageError(504, message, code=kind)
     raise ValueError(f"image pipeline rejected: {message}")
 
 
@@ -153,8 +158,15 @@ class Image:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Image:
-        """Small bytes the function holds (at most 64 KiB)."""
-        return cls(("bytes", bytes(data)))
+        """Small bytes the function holds (at most 64 KiB): a logo it embeds, an
+        image it made. Larger images come as the request body or an asset."""
+        data = bytes(data)
+        if len(data) > MAX_SOURCE_BYTES:
+            raise ValueError(
+                f"Image.from_bytes takes at most 64 KiB, got {len(data):,} bytes; "
+                "send larger images as the request body or an asset"
+            )
+        return cls(("bytes", data))
 
     def _with(self, op: dict[str, Any]) -> Image:
         return Image(self.source, (*self.ops, op), self.auto_orient, self.settings)

@@ -1,8 +1,10 @@
 """The image capability as the guest sees it: `edgefn:http/image` in the linker.
 
 Host functions find their request through the store's data (an `ImageContext`),
-charge pixel work to the store's fuel, and keep the encoded result on the host
-as the response body, so pixels never cross the component boundary.
+charge their work to the request's memory limit, fuel and deadline before doing
+it (see `_budget.py`), and keep the encoded result on the host as the response
+body, so pixels never cross the component boundary, and neither do the guest's
+own image bytes: it writes them to its stdout, as it does a response body.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,20 +23,18 @@ from wasmtime import _ffi as ffi
 from wasmtime import _value
 from wasmtime import component as wc
 
-from edgefn.image import ImageInfo
+from edgefn.image import MAX_SOURCE_BYTES, ImageInfo
 
 from .._contract import CONTRACT_VERSION
-from .._errors import FuelExhausted, MemoryLimitExceeded, SandboxError
+from .._errors import FuelExhausted, MemoryLimitExceeded, SandboxError, Timeout
 from .._limits import Limits
-from ._pipeline import Budget, ImageFailure, Rendered, probe, render
+from ._budget import Budget, ImageFailure
+from ._codecs import Rendered, probe
+from ._pipeline import render
 
-__all__ = ["IMAGE_IMPORT", "ImageContext", "add_image_capability"]
+__all__ = ["IMAGE_IMPORT", "MAX_SOURCE_BYTES", "ImageContext", "add_image_capability"]
 
 IMAGE_IMPORT = f"edgefn:http/image@{CONTRACT_VERSION}"
-# Fuel charged per pixel decoded, produced or stamped: about the guest-Python
-# cost of touching that many values, so pixel work cannot escape the budget.
-FUEL_PER_PIXEL = 20
-MAX_GUEST_BYTES = 64 * 1024
 
 
 @dataclass
@@ -44,8 +45,11 @@ class ImageContext:
     """
 
     assets: Path | None
+    # Reads the next n bytes the guest wrote to its stdout (`bytes` sources).
+    take_output: Callable[[int], bytes] | None = None
     body: bytes = b""
     limits: Limits = field(default_factory=Limits)
+    deadline: float = 0.0  # on time.monotonic()'s clock
     # The last image rendered, which a `response-body.rendered` head sends.
     rendered: bytes | None = None
     # A budget the image work broke; the sandbox raises it whatever the guest does.
@@ -54,6 +58,7 @@ class ImageContext:
 
     def begin(self, body: bytes, limits: Limits) -> None:
         self.body, self.limits = body, limits
+        self.deadline = time.monotonic() + limits.timeout
         self.rendered, self.error, self.pixels = None, None, 0
 
 
@@ -80,14 +85,18 @@ def _source(context: ImageContext, source: Any) -> bytes:
         if context.assets.resolve() not in path.parents or not path.is_file():
             raise ImageFailure("invalid_pipeline", f"no asset named {source!r}")
         return path.read_bytes()
-    data = bytes(source)
-    if len(data) > MAX_GUEST_BYTES:
+    # `bytes(n)`: the guest just wrote n bytes to stdout. The length is checked
+    # before a byte is read: a list<u8> would have been converted element by
+    # element (1.4 us and ~40 bytes each) before any check could run.
+    if not isinstance(source, int) or context.take_output is None:
+        raise ImageFailure("invalid_pipeline", "unknown image source")
+    if source > MAX_SOURCE_BYTES:
         raise ImageFailure(
             "invalid_pipeline",
-            "bytes sources are limited to 64 KiB; "
+            f"bytes sources are limited to 64 KiB, got {source:,} bytes; "
             "send large images as the request body or an asset",
         )
-    return data
+    return context.take_output(source)
 
 
 def _guarded(function: Callable[..., wc.Variant]) -> Callable[..., wc.Variant]:
@@ -125,33 +134,47 @@ def _render(store: wasmtime.StoreContext, source: Any, pipeline: str) -> wc.Vari
         raise ImageFailure("invalid_pipeline", f"pipeline is not JSON: {exc}") from None
     budget = Budget(
         max_pixels=context.limits.max_image_pixels,
-        max_decoded_bytes=context.limits.memory,
+        max_memory=context.limits.memory,
         max_output_bytes=context.limits.max_response,
-        charge=lambda pixels: _charge(store, context, pixels),
+        deadline=context.deadline,
+        spend=lambda fuel: _spend(store, fuel),
     )
     try:
         rendered = render(_source(context, source), spec, context.assets, budget)
     except ImageFailure as failure:
-        if failure.kind == "memory_limit":
-            context.error = MemoryLimitExceeded(failure.message)
-            _set_fuel(store, 0)  # stop the guest: the sandbox reports the breach
+        breach = _BREACHES.get(failure.kind)
+        if breach is not None:
+            # The guest cannot catch this: out of fuel, it stops, and the sandbox
+            # reports the budget the image work broke.
+            context.error = breach(context.limits, failure.message)
+            _set_fuel(store, 0)
         raise
+    finally:
+        context.pixels += budget.pixels
     context.rendered = rendered.data
     return wc.Variant("ok", _record(rendered, exclude=("data",), length=len(rendered.data)))
 
 
-def _charge(store: wasmtime.StoreContext, context: ImageContext, pixels: int) -> None:
-    context.pixels += pixels
+_BREACHES: dict[str, Callable[[Limits, str], SandboxError]] = {
+    "memory_limit": lambda limits, message: MemoryLimitExceeded(
+        f"image work needed more than the function's memory limit: {message}"
+    ),
+    "budget_exceeded": lambda limits, message: FuelExhausted(
+        f"the function used all of its fuel ({limits.fuel:,} units) on image work"
+    ),
+    "timeout": lambda limits, message: Timeout(
+        f"image work would run past the function's wall-clock timeout of "
+        f"{limits.timeout:g} s: {message}"
+    ),
+}
+
+
+def _spend(store: wasmtime.StoreContext, cost: int) -> None:
     fuel = ctypes.c_uint64()
     error = ffi.wasmtime_context_get_fuel(store._context(), ctypes.byref(fuel))
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
-    cost = pixels * FUEL_PER_PIXEL
     if cost > fuel.value:
-        context.error = FuelExhausted(
-            f"the function used all of its fuel ({context.limits.fuel:,} units) on image work"
-        )
-        _set_fuel(store, 0)
         raise ImageFailure("budget_exceeded", "the image work needs more fuel than is left")
     _set_fuel(store, fuel.value - cost)
 

@@ -1,79 +1,53 @@
-"""Image pipelines with Pillow: probe, decode, operations, encode.
+"""Image pipelines with Pillow: decode, operations, encode.
 
 Pure host code with no wasmtime in it: the sandbox's image capability calls it
 for guests, and `edgefn.testing` calls it in-process, so both give the same
-bytes for the same pipeline.
+bytes for the same pipeline. Every step reserves its memory, fuel and time from
+the request's `Budget` before Pillow does the work (see `_budget.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageColor, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 # The SDK's vocabulary is the contract's: the host accepts exactly what it records.
-from edgefn.image import FITS, GRAVITIES, ImageInfo
+from edgefn.image import FITS, GRAVITIES
 
-__all__ = ["FORMATS", "Budget", "ImageFailure", "Rendered", "probe", "render"]
+from ._budget import (
+    DECODE_FUEL,
+    DECODE_MEMORY,
+    PASTE_FUEL,
+    RASTER_FUEL,
+    RESIZE_FUEL,
+    STAMP_FUEL,
+    Budget,
+    ImageFailure,
+    image_bytes,
+)
+from ._codecs import (
+    FORMATS,
+    Rendered,
+    check_pixels,
+    color,
+    encode,
+    open_image,
+    orientation,
+    reserve_copy,
+)
 
-# Decoders allowed: no EPS/PDF/PSD and friends, whose parsers are attack surface.
-_DECODERS = ["JPEG", "PNG", "WEBP", "GIF", "AVIF", "BMP", "TIFF"]
-FORMATS = {
-    "jpeg": ("JPEG", "image/jpeg"),
-    "png": ("PNG", "image/png"),
-    "webp": ("WEBP", "image/webp"),
-    "avif": ("AVIF", "image/avif"),
-    "gif": ("GIF", "image/gif"),
-}
-# Image.open refuses past twice this; our own check (Budget.max_pixels) comes first.
-Image.MAX_IMAGE_PIXELS = None
-
-
-class ImageFailure(Exception):
-    """The pipeline cannot run; `kind` is one of the WIT `failure` kinds."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What one pipeline may use. `charge(pixels)` raises when fuel runs out."""
-
-    max_pixels: int = 40_000_000
-    max_decoded_bytes: int = 1 << 30
-    max_output_bytes: int = 1 << 30
-    charge: Callable[[int], None] = lambda _pixels: None
+__all__ = ["render"]
 
 
-@dataclass(frozen=True)
-class Rendered:
-    data: bytes
-    width: int
-    height: int
-    format: str
-    content_type: str
-
-
-def probe(data: bytes) -> ImageInfo:
-    """Header facts and a sha256 of `data`; no pixels are decoded."""
-    with _open(data) as image:
-        return ImageInfo(
-            width=image.width,
-            height=image.height,
-            format=(image.format or "").lower(),
-            orientation=_orientation(image),
-            animated=bool(getattr(image, "is_animated", False)),
-            digest=hashlib.sha256(data).hexdigest(),
-        )
+# Caps on what a pipeline may ask for, whatever the budgets: a font this large
+# already fills a 4K frame, and each stamp of a tiling is a paste of its own.
+MAX_FONT_PX = 1000
+MAX_TILES = 10_000
+MAX_MARGIN = 0.5
 
 
 def render(data: bytes, pipeline: dict[str, Any], assets: Path | None, budget: Budget) -> Rendered:
@@ -83,24 +57,30 @@ def render(data: bytes, pipeline: dict[str, Any], assets: Path | None, budget: B
     if fmt not in FORMATS:
         raise ImageFailure("invalid_pipeline", f"format must be one of {', '.join(FORMATS)}")
     ops = pipeline.get("ops", [])
-    with _open(data) as source:
-        if source.width * source.height > budget.max_pixels:
-            raise ImageFailure(
-                "image_too_large",
-                f"the image is {source.width}x{source.height} "
-                f"({source.width * source.height / 1e6:.1f} MP); the limit is "
-                f"{budget.max_pixels / 1e6:.0f} MP",
-            )
-        orient = pipeline.get("auto_orient", True)
+    image = _decode(data, ops, bool(pipeline.get("auto_orient", True)), budget)
+    for op in ops:
+        image = _apply(image, op, assets, budget)
+        budget.hold(image)
+    return encode(image, fmt, output, budget)
+
+
+def _decode(data: bytes, ops: list[dict[str, Any]], orient: bool, budget: Budget) -> Image.Image:
+    with open_image(data) as source:
+        width, height = source.size
+        check_pixels(width, height, budget)
         _draft(source, ops, orient)
-        bands = len(source.getbands())
-        if source.width * source.height * bands > budget.max_decoded_bytes:
-            raise ImageFailure(
-                "memory_limit",
-                "decoding the image needs more memory than the "
-                f"limit of {budget.max_decoded_bytes // 2**20} MiB",
-            )
-        budget.charge(source.width * source.height)
+        decoder = source.format or ""
+        scratch = DECODE_MEMORY.get(decoder, 0.0) * image_bytes(*source.size, source.mode)
+        if decoder == "JPEG" and (source.info.get("progressive") or source.info.get("progression")):
+            # A progressive JPEG is decoded through full-size coefficient buffers
+            # (two bytes a sample), whatever scale draft() chose.
+            scratch += width * height * len(source.getbands()) * 2
+        budget.reserve(
+            f"decoding the {source.width}x{source.height} image",
+            image_bytes(*source.size, source.mode) + scratch,
+            source.width * source.height,
+            DECODE_FUEL.get(decoder, 40),
+        )
         try:
             source.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -108,42 +88,13 @@ def render(data: bytes, pipeline: dict[str, Any], assets: Path | None, budget: B
                 "invalid_image", f"the image is corrupt or truncated: {exc}"
             ) from None
         image: Image.Image = source
-        if orient and _orientation(source) != 1:
-            image = ImageOps.exif_transpose(image)
-        image = _normalise_mode(image)
-    for op in ops:
-        image = _apply(image, op, assets, budget)
-    return _encode(image, fmt, output, budget)
-
-
-def _open(data: bytes) -> Image.Image:
-    try:
-        return Image.open(io.BytesIO(data), formats=_DECODERS)
-    except UnidentifiedImageError:
-        raise ImageFailure(
-            "unsupported_image",
-            "the input is not an image in a supported format (JPEG, PNG, WebP, AVIF, GIF, "
-            "BMP, TIFF)",
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageFailure("image_too_large", str(exc)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageFailure("invalid_image", f"the image header is corrupt: {exc}") from None
-
-
-def _orientation(image: Image.Image) -> int:
-    # Image.getexif() decodes a whole PNG to look for EXIF after the pixels: a
-    # bomb's worth of work. Read only EXIF the header already carried.
-    raw = image.info.get("exif")
-    if not isinstance(raw, bytes):
-        return 1
-    exif = Image.Exif()
-    try:
-        exif.load(raw)
-        value = int(exif.get(0x0112, 1) or 1)
-    except Exception:  # malformed EXIF is ignored, as browsers do
-        return 1
-    return value if 1 <= value <= 8 else 1
+    del source  # from here on `image` is the only reference the budget accounts for
+    budget.hold(image)
+    if orient and orientation(image) != 1:
+        reserve_copy(budget, "applying the EXIF orientation", image.size, image.mode)
+        image = ImageOps.exif_transpose(image)
+        budget.hold(image)
+    return _normalise_mode(image, budget)
 
 
 def _draft(image: Image.Image, ops: list[dict[str, Any]], orient: bool) -> None:
@@ -152,7 +103,7 @@ def _draft(image: Image.Image, ops: list[dict[str, Any]], orient: bool) -> None:
     if image.format != "JPEG" or not ops or ops[0].get("op") != "resize":
         return
     width, height = ops[0].get("width"), ops[0].get("height")
-    swapped = orient and _orientation(image) in (5, 6, 7, 8)
+    swapped = orient and orientation(image) in (5, 6, 7, 8)
     if swapped:
         width, height = height, width
     target = _fit_size(
@@ -163,13 +114,18 @@ def _draft(image: Image.Image, ops: list[dict[str, Any]], orient: bool) -> None:
     image.draft("RGB" if image.mode != "L" else "L", target)
 
 
-def _normalise_mode(image: Image.Image) -> Image.Image:
+def _normalise_mode(image: Image.Image, budget: Budget) -> Image.Image:
     if image.mode in ("RGB", "RGBA", "L"):
         return image
     if image.mode.startswith("I;16") or image.mode == "I":
-        return image.convert("I").point(lambda value: value / 256).convert("L")
+        # Scaled in the image's own mode, then narrowed: no 32-bit copy of a 16-bit image.
+        extra = image_bytes(*image.size, "L")
+        reserve_copy(budget, "converting to 8 bits", image.size, image.mode, extra)
+        return image.point(lambda value: value / 256).convert("L")
     has_alpha = "A" in image.mode or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
+    target = "RGBA" if has_alpha else "RGB"
+    reserve_copy(budget, f"converting {image.mode} to {target}", image.size, target)
+    return image.convert(target)
 
 
 def _apply(
@@ -179,19 +135,23 @@ def _apply(
     if kind == "resize":
         return _resize(image, op, budget)
     if kind == "crop":
-        return _crop(image, op)
+        return _crop(image, op, budget)
     if kind == "rotate":
         degrees = op.get("degrees", 0) % 360
         if degrees not in (0, 90, 180, 270):
             raise ImageFailure("invalid_pipeline", "rotate takes 90, 180 or 270 degrees")
+        if not degrees:
+            return image
         steps = {
             90: Image.Transpose.ROTATE_270,
             180: Image.Transpose.ROTATE_180,
             270: Image.Transpose.ROTATE_90,
         }
-        return image.transpose(steps[degrees]) if degrees else image
+        reserve_copy(budget, "rotating", image.size, image.mode)
+        return image.transpose(steps[degrees])
     if kind == "flip":
         horizontal = op.get("direction", "horizontal") == "horizontal"
+        reserve_copy(budget, "flipping", image.size, image.mode)
         return image.transpose(
             Image.Transpose.FLIP_LEFT_RIGHT if horizontal else Image.Transpose.FLIP_TOP_BOTTOM
         )
@@ -223,6 +183,9 @@ def _fit_size(
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+_REDUCING_GAP = 3.0
+
+
 def _resize(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image:
     w, h = op.get("width"), op.get("height")
     fit = op.get("fit", "contain")
@@ -230,10 +193,17 @@ def _resize(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Ima
         raise ImageFailure("invalid_pipeline", f"fit must be one of {', '.join(FITS)}")
     upscale = bool(op.get("upscale", False))
     size = _fit_size(image.width, image.height, w, h, fit, upscale)
-    budget.charge(size[0] * size[1])
+    check_pixels(*size, budget, "the resized image would be")
     if size != image.size:
+        budget.reserve(
+            f"resizing to {size[0]}x{size[1]}",
+            _resize_bytes(image.mode, image.size, size),
+            max(image.width * image.height, size[0] * size[1]),
+            RESIZE_FUEL,
+        )
         # reducing_gap: integer box reduction first, Lanczos for the last step.
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
+        budget.hold(image)
     gravity = op.get("gravity", "center")
     if w is None or h is None:
         return image
@@ -241,22 +211,39 @@ def _resize(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Ima
         return _crop(
             image,
             {"width": min(w, image.width), "height": min(h, image.height), "gravity": gravity},
+            budget,
         )
     # Letterbox to exactly w x h, unless the image was too small to reach the box.
     if fit == "contain" and image.size != (w, h) and (size[0] == w or size[1] == h):
-        canvas_mode = "RGBA" if image.mode == "RGBA" else image.mode
+        check_pixels(w, h, budget, "the padded image would be")
         fill = (
             (0, 0, 0, 0)
-            if canvas_mode == "RGBA"
-            else _color(op.get("background", "#ffffff"), canvas_mode)
+            if image.mode == "RGBA"
+            else color(op.get("background", "#ffffff"), image.mode)
         )
-        canvas = Image.new(canvas_mode, (w, h), fill)
+        reserve_copy(budget, f"padding to {w}x{h}", (w, h), image.mode)
+        canvas = Image.new(image.mode, (w, h), fill)
         canvas.paste(image, _place(canvas.size, image.size, gravity, 0))
         return canvas
     return image
 
 
-def _crop(image: Image.Image, op: dict[str, Any]) -> Image.Image:
+def _resize_bytes(mode: str, source: tuple[int, int], size: tuple[int, int]) -> int:
+    """What Image.resize allocates from `source` to `size`, as Pillow 13 does it."""
+    in_w, in_h = source
+    total = image_bytes(*size, mode)
+    if mode in ("LA", "RGBA"):  # premultiplied copies of the input and the output
+        total += image_bytes(in_w, in_h, mode) + image_bytes(*size, mode)
+    factor_x = int(in_w / size[0] / _REDUCING_GAP) or 1
+    factor_y = int(in_h / size[1] / _REDUCING_GAP) or 1
+    if factor_x > 1 or factor_y > 1:
+        in_w, in_h = -(-in_w // factor_x), -(-in_h // factor_y)
+        total += image_bytes(in_w, in_h, mode)
+    # Lanczos resamples one axis into a temporary image, then the other.
+    return total + image_bytes(size[0], in_h, mode)
+
+
+def _crop(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image:
     if "left" in op:
         box = (op["left"], op["top"], op["left"] + op["width"], op["top"] + op["height"])
         if box[0] < 0 or box[1] < 0 or box[2] > image.width or box[3] > image.height:
@@ -264,10 +251,14 @@ def _crop(image: Image.Image, op: dict[str, Any]) -> Image.Image:
                 "invalid_pipeline",
                 f"crop box {box} is outside the {image.width}x{image.height} image",
             )
-        return image.crop(box)
-    width, height = min(op["width"], image.width), min(op["height"], image.height)
-    left, top = _place(image.size, (width, height), op.get("gravity", "center"), 0)
-    return image.crop((left, top, left + width, top + height))
+    else:
+        width, height = min(op["width"], image.width), min(op["height"], image.height)
+        left, top = _place(image.size, (width, height), op.get("gravity", "center"), 0)
+        box = (left, top, left + width, top + height)
+    if box == (0, 0, image.width, image.height):
+        return image
+    reserve_copy(budget, "cropping", (box[2] - box[0], box[3] - box[1]), image.mode)
+    return image.crop(box)
 
 
 def _place(
@@ -290,30 +281,45 @@ def _place(
     return x, y
 
 
-def _color(value: str, mode: str) -> Any:
-    try:
-        return ImageColor.getcolor(value, mode)
-    except ValueError:
-        raise ImageFailure("invalid_pipeline", f"not a colour: {value!r}") from None
+def _fraction(op: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    value = op.get(name, default)
+    if not isinstance(value, int | float) or not low <= value <= high:
+        raise ImageFailure("invalid_pipeline", f"{name} must be from {low} to {high}")
+    return float(value)
 
 
 def _stamp(
-    image: Image.Image, fill: Image.Image, mask: Image.Image, op: dict[str, Any], budget: Budget
+    image: Image.Image, fill: Any, mask: Image.Image, op: dict[str, Any], budget: Budget
 ) -> Image.Image:
-    """Paste `fill` through `mask` at the op's gravity and margin, or tiled."""
-    if image.mode == "L":
-        image = image.convert("RGB")
-    margin = round(op.get("margin", 0.02) * image.width)
+    """Paste `fill` (a colour or an image) through `mask` at the op's gravity and
+    margin, or tiled over the image."""
+    margin = round(_fraction(op, "margin", 0.02, 0, MAX_MARGIN) * image.width)
     if op.get("tile"):
         step_x, step_y = mask.width + 2 * margin + 1, mask.height + 2 * margin + 1
-        positions = [
+        columns = len(range(margin, image.width, step_x))
+        rows = len(range(margin, image.height, step_y))
+        if columns * rows > MAX_TILES:
+            raise ImageFailure(
+                "invalid_pipeline",
+                f"tiling would stamp {columns * rows:,} copies; at most {MAX_TILES:,}",
+            )
+        positions: Iterator[tuple[int, int]] = (
             (x, y)
             for y in range(margin, image.height, step_y)
             for x in range(margin, image.width, step_x)
-        ]
+        )
+        count = columns * rows
     else:
-        positions = [_place(image.size, mask.size, op.get("gravity", "southeast"), margin)]
-    budget.charge(mask.width * mask.height * len(positions))
+        positions = iter([_place(image.size, mask.size, op.get("gravity", "southeast"), margin)])
+        count = 1
+    if image.mode == "L":
+        reserve_copy(budget, "converting to RGB", image.size, "RGB")
+        image = image.convert("RGB")
+        budget.hold(image, mask, *([fill] if isinstance(fill, Image.Image) else []))
+    budget.reserve(
+        f"stamping {count:,} times", 0, mask.width * mask.height * count, STAMP_FUEL,
+        overhead=count * PASTE_FUEL,
+    )  # fmt: skip
     for position in positions:
         image.paste(fill, position, mask)
     return image
@@ -323,13 +329,23 @@ def _text(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image
     text = str(op.get("text", ""))
     if not text or len(text) > 200:
         raise ImageFailure("invalid_pipeline", "text must be 1 to 200 characters")
-    size = max(6, round(op.get("size", 0.05) * image.width))
+    size = round(_fraction(op, "size", 0.05, 0, 1) * image.width)
+    size = max(6, min(size, MAX_FONT_PX))
     font = ImageFont.load_default(size=size)
-    left, top, right, bottom = font.getbbox(text)
-    mask = Image.new("L", (max(1, int(right - left)), max(1, int(bottom - top))), 0)
+    left, top, right, bottom = font.getbbox(text)  # layout only, nothing drawn yet
+    mask_size = (max(1, int(right - left)), max(1, int(bottom - top)))
     opacity = min(1.0, max(0.0, float(op.get("opacity", 0.5))))
+    fill = color(op.get("color", "#ffffff"), "RGB")
+    # The mask, and the bitmap FreeType draws the text into before it is copied there.
+    budget.reserve(
+        f"drawing the text at {size} px",
+        2 * image_bytes(*mask_size, "L"),
+        mask_size[0] * mask_size[1],
+        RASTER_FUEL,
+    )
+    mask = Image.new("L", mask_size, 0)
     ImageDraw.Draw(mask).text((-left, -top), text, font=font, fill=round(255 * opacity))
-    fill = Image.new("RGB", mask.size, _color(op.get("color", "#ffffff"), "RGB"))
+    budget.hold(image, mask)
     return _stamp(image, fill, mask, op, budget)
 
 
@@ -341,41 +357,30 @@ def _overlay(
     path = (assets / str(op.get("asset", ""))).resolve()
     if assets.resolve() not in path.parents or not path.is_file():
         raise ImageFailure("invalid_pipeline", f"no asset named {op.get('asset')!r}")
-    with _open(path.read_bytes()) as logo:
-        logo = logo.convert("RGBA")
-    width = max(1, round(op.get("scale", 0.2) * image.width))
-    height = max(1, round(logo.height * width / logo.width))
-    budget.charge(width * height)
-    logo = logo.resize((width, height), Image.Resampling.LANCZOS)
+    width = max(1, round(_fraction(op, "scale", 0.2, 0, 1) * image.width))
+    with open_image(path.read_bytes()) as logo:
+        check_pixels(logo.width, logo.height, budget)
+        height = max(1, round(logo.height * width / logo.width))
+        # Decoded, as RGBA, resized (premultiplied copies), then its colour and mask.
+        decoded = 2 * image_bytes(*logo.size, "RGBA")  # as stored, then as RGBA
+        budget.reserve(
+            "decoding the overlay", decoded, logo.width * logo.height,
+            DECODE_FUEL.get(logo.format or "", 40),
+        )  # fmt: skip
+        budget.reserve(
+            f"scaling the overlay to {width}x{height}",
+            decoded
+            + _resize_bytes("RGBA", logo.size, (width, height))
+            + image_bytes(width, height, "RGB")
+            + image_bytes(width, height, "L"),
+            max(logo.width * logo.height, width * height),
+            RESIZE_FUEL,
+        )
+        rgba = logo.convert("RGBA")
+    rgba = rgba.resize((width, height), Image.Resampling.LANCZOS)
     opacity = min(1.0, max(0.0, float(op.get("opacity", 1.0))))
-    mask = logo.getchannel("A").point(lambda a: math.floor(a * opacity))
-    return _stamp(image, logo.convert("RGB"), mask, op, budget)
-
-
-def _encode(image: Image.Image, fmt: str, output: dict[str, Any], budget: Budget) -> Rendered:
-    pil_format, content_type = FORMATS[fmt]
-    quality = int(output.get("quality", 85))
-    if not 1 <= quality <= 100:
-        raise ImageFailure("invalid_pipeline", "quality must be 1 to 100")
-    if image.mode == "RGBA" and fmt == "jpeg":
-        background = Image.new(
-            "RGB", image.size, _color(output.get("background", "#ffffff"), "RGB")
-        )
-        background.paste(image, (0, 0), image.getchannel("A"))
-        image = background
-    options: dict[str, Any] = {}
-    if fmt in ("jpeg", "webp", "avif"):
-        options["quality"] = quality
-    if fmt == "jpeg":
-        options.update(optimize=False, progressive=False)
-    budget.charge(image.width * image.height)
-    buffer = io.BytesIO()
-    image.save(buffer, pil_format, **options)  # no exif= : metadata is stripped
-    data = buffer.getvalue()
-    if len(data) > budget.max_output_bytes:
-        raise ImageFailure(
-            "response_too_large",
-            f"the encoded image is {len(data)} bytes; "
-            f"the response limit is {budget.max_output_bytes}",
-        )
-    return Rendered(data, image.width, image.height, fmt, content_type)
+    mask = rgba.getchannel("A").point(lambda a: math.floor(a * opacity))
+    fill = rgba.convert("RGB")
+    del rgba
+    budget.hold(image, fill, mask)
+    return _stamp(image, fill, mask, op, budget)

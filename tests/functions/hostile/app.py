@@ -4,6 +4,7 @@ import socket
 import sys
 
 from edgefn import App, Request, Response, StreamingResponse
+from edgefn.image import Image
 
 app = App()
 counter = 0
@@ -196,3 +197,33 @@ def resolve(request: Request) -> dict[str, str]:
         return {"resolved": str(socket.getaddrinfo(request.query["host"], 80))}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# A 3x2 PNG; Pillow ignores what follows IEND, so padding makes it any size.
+TINY_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000030000000208020000001216f14d0000001049444154"
+    "789c63fccf00054c3006030013290103f0d807840000000049454e44ae426082"
+)
+
+
+@app.get("/image-bytes")
+def image_bytes(request: Request) -> dict[str, int]:
+    data = TINY_PNG + b"\0" * int(request.query.get("pad", "0"))
+    info = Image.from_bytes(data).probe()
+    again = Image.from_bytes(data).probe()  # each use sends the bytes anew
+    return {"width": info.width, "height": again.height}
+
+
+@app.get("/image-bytes-claim")
+def image_bytes_claim(request: Request) -> Response:
+    """Past the SDK: claims `n` bytes of stdout as an image it never wrote (the
+    host then reads that much of where its body goes: its own body suffers)."""
+    from componentize_py_types import Err
+    from wit_world.imports import image as host_image
+
+    answer = {"kind": "ok", "message": ""}
+    try:
+        host_image.probe(host_image.Source_Bytes(int(request.query["n"])))
+    except Err as failure:
+        answer = {"kind": failure.value.kind, "message": failure.value.message}
+    return Response(json.dumps(answer), headers={"x-kind": answer["kind"]})
