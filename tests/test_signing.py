@@ -1,11 +1,15 @@
-"""edgefn.signing: the documented recipe and its edges."""
+"""edgefn.signing: the documented recipe, its edges and `edgefn sign`."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from click.testing import CliRunner
 
 from edgefn import App, HTTPError, Request, signing
 from edgefn.signing import sign_url, signature, string_to_sign, verify
+from edgefn_platform.cli import main
 
 KEY = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 
@@ -155,3 +159,18 @@ def test_raw_bytes_keys() -> None:
     assert signing.parse_key(b"k" * 16) == b"k" * 16
     raw = sign_url(bytes.fromhex(KEY), "GET", "/fn/a")
     assert raw == sign_url(KEY, "GET", "/fn/a")
+
+
+def test_edgefn_sign() -> None:
+    runner = CliRunner()
+    env = {"EDGEFN_SIGNING_KEY": KEY}
+    result = runner.invoke(
+        main, ["sign", "/fn/a?w=1", "-X", "post", "--expires-in", "90m"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    url = result.output.strip()
+    expires = verify(request("POST", url), KEY)
+    assert expires is not None and abs(expires - (time.time() + 5400)) < 5
+    assert runner.invoke(main, ["sign", "/fn/a"], env={"EDGEFN_SIGNING_KEY": "k3y"}).exit_code == 2
+    no_key = runner.invoke(main, ["sign", "/fn/a"], env={"EDGEFN_SIGNING_KEY": ""})
+    assert no_key.exit_code == 2 and "--key" in no_key.output
