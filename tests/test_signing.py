@@ -1,7 +1,10 @@
-"""edgefn.signing: the documented recipe, its edges and `edgefn sign`."""
+"""edgefn.signing: the documented recipe, its edges, the README's example and `edgefn sign`."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -10,6 +13,7 @@ from click.testing import CliRunner
 from edgefn import App, HTTPError, Request, signing
 from edgefn.signing import sign_url, signature, string_to_sign, verify
 from edgefn_platform.cli import main
+from gateway_process import ROOT
 
 KEY = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 
@@ -159,6 +163,21 @@ def test_raw_bytes_keys() -> None:
     assert signing.parse_key(b"k" * 16) == b"k" * 16
     raw = sign_url(bytes.fromhex(KEY), "GET", "/fn/a")
     assert raw == sign_url(KEY, "GET", "/fn/a")
+
+
+def test_the_readme_example_is_what_the_code_and_openssl_compute() -> None:
+    readme = (ROOT / "README.md").read_text()
+    url = sign_url(KEY, "GET", "/image_resize/sample.jpg?w=120&format=png", expires=1893456000)
+    assert f"# '{url}'" in readme
+    assert f'KEY = "{KEY}"' in readme and f"KEY={KEY}\n" in readme
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to check the shell recipe with")
+    recipe = re.search(r"```sh\n(KEY=.*?openssl dgst.*?)\n```", readme, re.DOTALL)
+    assert recipe is not None
+    shell = subprocess.run(
+        ["sh", "-c", recipe.group(1)], capture_output=True, text=True, check=True
+    )
+    assert shell.stdout.strip() == url.rsplit("sig=", 1)[1]
 
 
 def test_edgefn_sign() -> None:
