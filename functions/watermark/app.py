@@ -6,9 +6,10 @@ GET  /watermark/sample.jpg?logo=1&position=southeast&scale=0.25
 
 from __future__ import annotations
 
+import os
 import re
 
-from edgefn import App, HTTPError, Request, Response
+from edgefn import App, HTTPError, Request, Response, signing
 from edgefn.image import FORMATS, GRAVITIES, Image
 
 app = App()
@@ -40,8 +41,11 @@ def watermark_sample(request: Request) -> Response:
 
 
 def watermark(request: Request, image: Image) -> Response:
+    key = os.environ.get("SIGNING_KEY", "")  # read per request: set at deploy, not build
+    if key:
+        signing.verify(request, key)  # 403 unless signed, as in image_resize
     query = request.query
-    unknown = sorted(set(query) - set(_PARAMS))
+    unknown = sorted(set(query) - set(_PARAMS) - set(signing.PARAMS))
     if unknown:
         raise HTTPError(400, f"unknown parameter {unknown[0]!r} (allowed: {', '.join(_PARAMS)})")
     text = query.get("text", "")

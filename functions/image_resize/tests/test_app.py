@@ -1,15 +1,14 @@
 """image_resize natively, through edgefn.testing (the same Pillow pipeline as the host)."""
 
-import hashlib
-import hmac
 import io
+import time
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 from PIL import Image
 
-from edgefn.testing import TestClient, load_app
+from edgefn.signing import sign_url
+from edgefn.testing import TestClient, TestResponse, load_app
 
 HERE = Path(__file__).resolve().parent.parent
 client = TestClient(load_app(HERE), assets=HERE / "assets")
@@ -81,13 +80,100 @@ def test_bad_images_have_their_statuses() -> None:
     assert client.post("/?w=10", body=truncated).status == 422
 
 
-def test_signed_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+KEY = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75e"
+ROUTE = {"x-edgefn-route": "/image_resize"}  # what the gateway sets
+
+
+@pytest.fixture
+def signed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGNING_KEY", KEY)
+
+
+def relative(url: str, route: str = "/image_resize") -> str:
+    """A signed public URL as the gateway hands it to the function: without its route."""
+    rest = url.removeprefix(route)
+    return rest if rest.startswith("/") else "/" + rest
+
+
+def error(response: TestResponse) -> tuple[int, str]:
+    return response.status, response.json()["error"]["code"]
+
+
+@pytest.mark.usefixtures("signed")
+def test_a_signed_url_is_served() -> None:
+    url = sign_url(KEY, "GET", "/image_resize/sample.jpg?w=64&format=png")
+    response = client.get(relative(url), headers=ROUTE)
+    assert response.status == 200
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+
+
+@pytest.mark.usefixtures("signed")
+def test_a_signed_body_post_to_the_bare_route() -> None:
+    body = (HERE / "assets" / "sample.jpg").read_bytes()
+    for public in ("/image_resize?w=10&format=png", "/image_resize/?w=10&format=png"):
+        url = sign_url(KEY, "POST", public)
+        assert client.post(relative(url), body=body, headers=ROUTE).status == 200
+
+
+@pytest.mark.usefixtures("signed")
+def test_an_expiring_url_is_served_until_exp_and_cached_no_longer() -> None:
+    expires = int(time.time()) + 600
+    url = sign_url(KEY, "GET", "/image_resize/sample.jpg?w=64&format=png", expires=expires)
+    response = client.get(relative(url), headers=ROUTE)
+    assert response.status == 200
+    max_age = int(response.headers["cache-control"].split("max-age=")[1].split(",")[0])
+    assert 590 <= max_age <= 600
+
+
+@pytest.mark.usefixtures("signed")
+def test_an_expired_url_is_refused() -> None:
+    url = sign_url(KEY, "GET", "/image_resize/sample.jpg?w=64", expires=int(time.time()) - 5)
+    response = client.get(relative(url), headers=ROUTE)
+    assert error(response) == (403, "signature_expired")
+    assert "expired" in response.json()["error"]["message"]
+
+
+@pytest.mark.usefixtures("signed")
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("/sample.jpg?w=64&format=png", "missing_signature"),
+        ("/sample.jpg?w=64&format=png&sig=" + "0" * 64, "invalid_signature"),
+        ("/sample.jpg?w=64&format=png&sig=%C3%A9", "invalid_signature"),  # not ASCII: no 500
+    ],
+)
+def test_missing_and_wrong_signatures_are_refused(url: str, code: str) -> None:
+    assert error(client.get(url, headers=ROUTE)) == (403, code)
+
+
+@pytest.mark.usefixtures("signed")
+def test_a_signature_covers_every_parameter_and_exp() -> None:
+    url = relative(sign_url(KEY, "GET", "/image_resize/sample.jpg?w=64", expires=2**31))
+    assert client.get(url, headers=ROUTE).status == 200
+    for forged in (url.replace("w=64", "w=65"), url.replace("exp=", "exp=9"), url + "&h=10"):
+        assert error(client.get(forged, headers=ROUTE)) == (403, "invalid_signature")
+
+
+@pytest.mark.usefixtures("signed")
+def test_a_signature_is_for_one_method() -> None:
+    posted = relative(sign_url(KEY, "POST", "/image_resize/sample.jpg?w=64"))
+    assert error(client.get(posted, headers=ROUTE)) == (403, "invalid_signature")
+    got = relative(sign_url(KEY, "GET", "/image_resize/?w=64"))
+    body = (HERE / "assets" / "sample.jpg").read_bytes()
+    assert error(client.post(got, body=body, headers=ROUTE)) == (403, "invalid_signature")
+
+
+@pytest.mark.usefixtures("signed")
+def test_a_signature_is_for_one_route() -> None:
+    url = sign_url(KEY, "GET", "/thumbs/sample.jpg?w=64")  # the same function at /thumbs
+    as_thumbs = client.get(relative(url, "/thumbs"), headers={"x-edgefn-route": "/thumbs"})
+    assert as_thumbs.status == 200
+    replayed = client.get(relative(url, "/thumbs"), headers=ROUTE)
+    assert error(replayed) == (403, "invalid_signature")
+
+
+def test_a_key_that_is_not_hex_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIGNING_KEY", "secret")
-    params = {"w": "64", "format": "png"}
-    signed = "/image_resize/sample.jpg?" + urlencode(sorted(params.items()))
-    sig = hmac.new(b"secret", signed.encode(), hashlib.sha256).hexdigest()
-    headers = {"x-edgefn-route": "/image_resize"}
-    good = client.get(f"/sample.jpg?w=64&format=png&sig={sig}", headers=headers)
-    assert good.status == 200
-    assert client.get("/sample.jpg?w=64&format=png&sig=00", headers=headers).status == 403
-    assert client.get("/sample.jpg?w=65&format=png", headers=headers).status == 403
+    response = client.get("/sample.jpg?w=64", headers=ROUTE)
+    assert error(response) == (500, "invalid_signing_key")
+    assert "secret" not in response.text

@@ -1,11 +1,13 @@
 """watermark natively, through edgefn.testing."""
 
 import io
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops
 
+from edgefn.signing import sign_url
 from edgefn.testing import TestClient, load_app
 
 HERE = Path(__file__).resolve().parent.parent
@@ -65,3 +67,33 @@ def test_invalid_parameters_are_400(query: str, name: str) -> None:
     response = client.get(f"/sample.jpg?{query}")
     assert response.status == 400
     assert name in response.json()["error"]["message"]
+
+
+KEY = "a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11ce0a11c"
+ROUTE = {"x-edgefn-route": "/watermark"}  # what the gateway sets
+
+
+def signed_get(public: str, route: str = "/watermark", **kwargs: int) -> tuple[int, str]:
+    """GET the function's part of `public`, signed; the status and error code if any."""
+    url = sign_url(KEY, "GET", public, **kwargs).removeprefix(route)
+    response = client.get(url, headers=ROUTE)
+    code = response.json()["error"]["code"] if response.status >= 400 else ""
+    return response.status, code
+
+
+def test_signed_urls_when_a_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGNING_KEY", KEY)
+    public = "/watermark/sample.jpg?text=hi&w=100&format=png"
+    assert signed_get(public) == (200, "")
+    assert signed_get(public, expires=int(time.time()) + 60) == (200, "")
+    assert signed_get(public, expires=int(time.time()) - 1) == (403, "signature_expired")
+    assert signed_get("/elsewhere/sample.jpg?text=hi", route="/elsewhere") == (
+        403,
+        "invalid_signature",
+    )
+    unsigned = client.get("/sample.jpg?text=hi", headers=ROUTE)
+    assert unsigned.status == 403 and unsigned.json()["error"]["code"] == "missing_signature"
+
+
+def test_unsigned_urls_when_no_key_is_set() -> None:
+    assert client.get("/sample.jpg?text=hi&w=100", headers=ROUTE).status == 200

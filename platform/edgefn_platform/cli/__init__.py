@@ -12,7 +12,7 @@ from ..builder import BuildError
 from ..client import AdminError
 from ..manifest import ManifestError
 from ..scaffold import ScaffoldError
-from . import _admin, _functions, _gateway
+from . import _admin, _functions, _gateway, _sign
 
 __all__ = ["main"]
 
@@ -34,6 +34,6 @@ def main() -> None:
     """Build, run and deploy Python edge functions as WebAssembly components."""
 
 
-for module in (_functions, _gateway, _admin):
+for module in (_functions, _gateway, _admin, _sign):
     for command in module.COMMANDS:
         main.add_command(command)

@@ -1,0 +1,47 @@
+"""`edgefn sign`: a signed URL for a function that checks signatures (edgefn.signing)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import click
+
+from edgefn.signing import sign_url
+
+from .._units import parse_duration
+
+__all__ = ["COMMANDS"]
+
+
+@click.command("sign")
+@click.argument("url")
+@click.option("-X", "--method", default="GET", help="The HTTP method the URL is for.")
+@click.option(
+    "--expires-in",
+    default=None,
+    show_default=False,
+    help='Lifetime, e.g. "600" or "90m", signed into the URL as exp=; default: none.',
+)
+@click.option(
+    "--key",
+    envvar="EDGEFN_SIGNING_KEY",
+    required=True,
+    help="The function's SIGNING_KEY (hex). Give it in the environment, so it stays "
+    "out of `ps` and shell history. [env: EDGEFN_SIGNING_KEY]",
+)
+def sign(url: str, method: str, expires_in: str | None, key: str) -> None:
+    """Print URL (a path or a full URL, route included) signed for METHOD."""
+    expires = None
+    if expires_in is not None:
+        try:
+            expires = math.ceil(time.time() + parse_duration(expires_in))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--expires-in") from None
+    try:
+        click.echo(sign_url(key, method, url, expires=expires))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key") from None
+
+
+COMMANDS = [sign]
