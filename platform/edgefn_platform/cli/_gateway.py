@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -281,8 +282,11 @@ def dev(directory: Path, port: int) -> None:
             )
 
         redeploy()
+        # The worker dies with this process however it ends (its lifeline); on
+        # SIGTERM, as on Ctrl-C, this process stops it and removes the data first.
+        signal.signal(signal.SIGTERM, _interrupt)
         worker = multiprocessing.get_context("spawn").Process(
-            target=run_worker, args=(config, "dev"), daemon=True
+            target=run_worker, args=(config, "dev"), kwargs={"supervisor": os.getpid()}
         )
         worker.start()
         click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")
@@ -298,8 +302,15 @@ def dev(directory: Path, port: int) -> None:
         finally:
             worker.terminate()
             worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
             engine.close()
             registry.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 COMMANDS = [serve, dev]
