@@ -284,12 +284,16 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         name: str,
         after: Annotated[int, Query(ge=0, le=_MAX_ID, description="Only lines after this id")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        request_id: Annotated[
+            str | None,
+            Query(min_length=1, max_length=1024, description="Only this request's lines"),
+        ] = None,
     ) -> list[LogOut]:
         """Recent log lines (the function's own and one access line per request)."""
         registry.function(name)
         return [
             LogOut(id=r.id, time=r.time, request_id=r.request_id, kind=r.kind, line=r.line)
-            for r in registry.logs(name, after, limit)
+            for r in registry.logs(name, after, limit, request_id)
         ]
 
     return app

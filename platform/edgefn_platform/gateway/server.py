@@ -28,6 +28,7 @@ import uvloop
 
 from edgefn_runtime import Engine
 
+from .._printable import PrintableFormatter
 from ..registry import Registry, open_registry
 from ._deploy import Deployer, recover
 from ._functions import FunctionTable
@@ -104,7 +105,9 @@ def run_worker(config: GatewayConfig, token: str, supervisor: int | None = None)
     worker dies with it (SIGKILL included), before it opens a port."""
     if supervisor is not None:
         die_with(supervisor)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     # The table logs the registry going and coming back once, not each pool retry.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _metrics_dir(config))
