@@ -13,7 +13,15 @@ import click
 from edgefn_runtime import Engine, default_cache_dir
 
 from .._units import parse_size
-from ..gateway import Deployer, GatewayConfig, deploy_directory, load_token, run, run_worker
+from ..gateway import (
+    Deployer,
+    GatewayConfig,
+    TokenError,
+    deploy_directory,
+    load_token,
+    run,
+    run_worker,
+)
 from ..gateway.policy import ConfigError, load_policy
 from ..manifest import load_manifest
 from ..registry import RegistryError, SQLiteRegistry, open_registry
@@ -201,6 +209,10 @@ def serve(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        admin_token = load_token(config)  # before any deploy: an unusable token stops here
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
     if config.admin_exposed_in_clear:
         click.echo(
             f"Warning: the admin API listens on {admin_host} without TLS: the token and "
@@ -225,7 +237,6 @@ def serve(
                 url = config.public_url() + version.route
                 click.echo(f"Deployed {version.function} version {version.version} at {url}")
     registry.close()
-    load_token(config)
     click.echo(
         f"Serving functions on {config.public_url()} with {workers} worker(s); admin API "
         f"on {'https' if admin_tls_cert else 'http'}://{admin_host}:{admin_port} "
@@ -238,7 +249,7 @@ def serve(
             click.echo(f"Try: curl -o out.jpg '{url}/sample.jpg?w=400'")
         else:
             click.echo(f"Try: curl {url}/")
-    run(config)
+    run(config, token=admin_token)
 
 
 def _token_source(config: GatewayConfig) -> str:

@@ -22,6 +22,7 @@ from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
 from ._admin_guards import LimitBody, RequireToken
 from ._errors import HANDLED, GatewayError, error_response, status_and_code
+from .config import check_token
 from .policy import ConfigError, parse_limits
 from .public import Lifecycle, health_routes
 
@@ -127,6 +128,7 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
     """The admin FastAPI app; the worker's table is refreshed at once after each change."""
     from ._metrics import METRICS, render
 
+    check_token(token)  # here, not only in the middleware, which Starlette builds lazily
     registry, deployer, table = worker.registry, worker.deployer, worker.table
     public_url, max_upload = worker.config.public_url(), worker.config.max_upload
 

@@ -35,7 +35,7 @@ from ._functions import FunctionTable
 from ._http import guarded_protocol
 from ._lifeline import die_with
 from ._logs import LogSink
-from .config import GatewayConfig, load_token
+from .config import GatewayConfig, check_token, load_token
 from .policy import Policy, load_policy
 
 __all__ = ["Worker", "bind", "run", "run_worker"]
@@ -165,9 +165,11 @@ def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
     )
 
 
-def run(config: GatewayConfig) -> None:
-    """Run the gateway: in this process for one worker, else supervise `workers`."""
-    token = load_token(config)
+def run(config: GatewayConfig, token: str | None = None) -> None:
+    """Run the gateway: in this process for one worker, else supervise `workers`.
+
+    `token`: the admin token, if the caller already loaded it (`load_token`)."""
+    token = load_token(config) if token is None else check_token(token)
     load_policy(config.config_file)  # fail fast, in the parent, on a bad config
     for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
         bind(host, port).close()  # fail fast when a port is taken
