@@ -310,6 +310,9 @@ def test_logs_print_whole_request_ids_filter_by_one_and_escape(gateway: GatewayP
     found = gateway.admin("GET", path).json()
     assert {r["request_id"] for r in found} == {ours}
     assert [r["kind"] for r in found] == ["log", "log", "access"]
+    for bad in ("", "a%00b", "x" * 1025):
+        refused = gateway.admin("GET", f"/v1/functions/hostile/logs?request_id={bad}")
+        assert refused.status_code == 400, bad
 
     shown = cli(gateway, "logs", "hostile", "--request-id", ours)
     assert shown.exit_code == 0, shown.output

@@ -288,7 +288,13 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
         request_id: Annotated[
             str | None,
-            Query(min_length=1, max_length=1024, description="Only this request's lines"),
+            # No control characters: PostgreSQL text cannot even hold a NUL.
+            Query(
+                min_length=1,
+                max_length=1024,
+                pattern=r"^[^\x00-\x1f\x7f]+$",
+                description="Only the lines of the request with this X-Request-Id",
+            ),
         ] = None,
     ) -> list[LogOut]:
         """Recent log lines (the function's own and one access line per request)."""
