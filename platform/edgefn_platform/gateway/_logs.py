@@ -26,12 +26,7 @@ _LINE_OVERHEAD = 384
 Line = tuple[str, float, str, str, str]  # function, time, request id, kind, line
 
 
-def _size(record: Line) -> int:
-    function, _, request_id, kind, line = record
-    return _LINE_OVERHEAD + len(function) + len(request_id) + len(kind) + _utf8_length(line)
-
-
-def _utf8_length(text: str) -> int:
+def _text_bytes(text: str) -> int:
     # len() unless the text has non-ASCII characters: a str stores those in up to 4 bytes.
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
@@ -56,11 +51,12 @@ class LogSink:
 
     def add(self, function: str, request_id: str, kind: str, lines: list[str]) -> None:
         now = time.time()
-        records = [(function, now, request_id, kind, line) for line in lines]
-        sized = [(record, _size(record)) for record in records]
+        base = _LINE_OVERHEAD + len(function) + len(request_id) + len(kind)
         with self._lock:
-            self._pending.extend(sized)
-            self._bytes += sum(size for _, size in sized)
+            for line in lines:
+                size = base + _text_bytes(line)
+                self._pending.append(((function, now, request_id, kind, line), size))
+                self._bytes += size
             self._trim()
 
     @property
@@ -100,7 +96,7 @@ class LogSink:
 
     def _trim(self) -> None:
         """Drop the oldest lines until the buffer is within both of its limits."""
-        while self._pending and (len(self._pending) > _BUFFER_LINES or self._bytes > _BUFFER_BYTES):
+        while len(self._pending) > _BUFFER_LINES or self._bytes > _BUFFER_BYTES:
             _, size = self._pending.popleft()
             self._bytes -= size
             self._dropped += 1
