@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+
+import pytest
 
 from edgefn_platform.gateway._logs import _BUFFER_BYTES, _BUFFER_LINES, LogSink
 from edgefn_platform.registry import RegistryUnavailable
@@ -67,3 +70,18 @@ def test_a_long_outage_keeps_the_newest_lines_within_the_byte_cap() -> None:
     assert 0 < sum(kept) <= _BUFFER_BYTES
     assert sum(kept) > _BUFFER_BYTES * 0.95  # not much less either
     assert [r[2] for r in registry.stored] == [f"r{i}" for i in range(400 - len(kept), 400)]
+
+
+def test_dropped_lines_are_warned_about_once_per_ten_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = Flaky()
+    registry.down = True
+    sink = LogSink(registry)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="edgefn.gateway"):
+        for _ in range(5):
+            sink.add("f", "r", "log", ["x"] * (_BUFFER_LINES + 1))
+            sink.flush()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "dropped the 1 oldest log lines"
+    ]

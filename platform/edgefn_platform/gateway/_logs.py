@@ -22,6 +22,7 @@ _BUFFER_BYTES = 8 * 1024 * 1024
 # What a buffered line costs beyond its text: its tuples, float, int and the
 # headers of its strings (sys.getsizeof adds up to about 380 bytes).
 _LINE_OVERHEAD = 384
+_WARN_EVERY = 10.0
 
 Line = tuple[str, float, str, str, str]  # function, time, request id, kind, line
 
@@ -44,7 +45,8 @@ class LogSink:
         # Oldest first, each with its size; all under the lock.
         self._pending: deque[tuple[Line, int]] = deque()
         self._bytes = 0
-        self._dropped = 0
+        self._dropped = 0  # since the last warning about it
+        self._warned_at = -_WARN_EVERY
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgefn-logs", daemon=True)
@@ -58,12 +60,6 @@ class LogSink:
                 self._pending.append(((function, now, request_id, kind, line), size))
                 self._bytes += size
             self._trim()
-
-    @property
-    def buffered(self) -> tuple[int, int]:
-        """Lines and bytes waiting to be written."""
-        with self._lock:
-            return len(self._pending), self._bytes
 
     def start(self) -> None:
         self._thread.start()
@@ -83,16 +79,23 @@ class LogSink:
                 self._trim()
         except Exception:
             log.exception("dropping %d log lines the registry did not take", len(pending))
+        self._report_drops()
+
+    def _report_drops(self) -> None:
+        # At most one warning per _WARN_EVERY seconds: an outage drops lines at
+        # every flush, four times a second.
+        now = time.monotonic()
         with self._lock:
-            dropped, self._dropped = self._dropped, 0
-        if dropped:
-            log.warning(
-                "dropped the %d oldest log lines: the registry is unreachable or the lines "
-                "came faster than it takes them (buffer: %d lines, %d MiB per worker)",
-                dropped,
-                _BUFFER_LINES,
-                _BUFFER_BYTES // (1024 * 1024),
-            )
+            if not self._dropped or now - self._warned_at < _WARN_EVERY:
+                return
+            dropped, self._dropped, self._warned_at = self._dropped, 0, now
+        log.warning(
+            "dropped the %d oldest log lines: the registry is unreachable or the lines "
+            "came faster than it takes them (buffer: %d lines, %d MiB per worker)",
+            dropped,
+            _BUFFER_LINES,
+            _BUFFER_BYTES // (1024 * 1024),
+        )
 
     def _trim(self) -> None:
         """Drop the oldest lines until the buffer is within both of its limits."""
