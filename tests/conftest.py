@@ -18,9 +18,28 @@ FUNCTIONS = Path(__file__).resolve().parent / "functions"
 os.environ.setdefault("EDGEFN_CACHE_DIR", str(ROOT / ".cache" / "edgefn"))
 
 import attacks  # noqa: E402
+import process_leaks  # noqa: E402
 from edgefn_platform import BuildResult, build  # noqa: E402
 from edgefn_runtime import Engine, Sandbox  # noqa: E402
 from pg_cluster import Cluster  # noqa: E402
+
+# Before any test starts a process: each inherits it (see process_leaks.py).
+SESSION = process_leaks.mark_session()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session() -> Iterator[None]:
+    """Fail the run when a process the tests started still runs at its end, after
+    killing it. Set up before any other session fixture, so torn down after them
+    all (the PostgreSQL server included)."""
+    yield
+    killed = process_leaks.reap(os.getpid(), SESSION)
+    if killed:
+        pytest.fail(
+            "processes the tests started were still running at the end of the session "
+            "(now killed):\n" + "\n".join(f"  {leftover}" for leftover in killed),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

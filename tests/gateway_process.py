@@ -75,7 +75,11 @@ class GatewayProcess:
         ]
         log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        self.wait_ready(wait_for)
+        try:
+            self.wait_ready(wait_for)
+        except BaseException:
+            self.kill()  # a gateway that never got ready must not outlive the test
+            raise
         return self
 
     def wait_ready(self, path: str = "/readyz", timeout: float = 60) -> None:
@@ -117,8 +121,11 @@ class GatewayProcess:
     def kill(self) -> None:
         """SIGKILL the gateway and its workers."""
         assert self.process is not None
-        for pid in _children(self.process.pid):
-            os.kill(pid, signal.SIGKILL)
+        for pid in children(self.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # exited meanwhile
         self.process.kill()
         self.process.wait()
 
@@ -134,7 +141,7 @@ def worker_pids(gateway: GatewayProcess) -> list[int]:
     """The worker processes of a multi-worker gateway (not multiprocessing's helper)."""
     assert gateway.process is not None
     return [
-        pid for pid in _children(gateway.process.pid) if b"resource_tracker" not in _cmdline(pid)
+        pid for pid in children(gateway.process.pid) if b"resource_tracker" not in _cmdline(pid)
     ]
 
 
@@ -164,13 +171,14 @@ def reset_peak_rss(pid: int) -> int:
     return rss(pid)
 
 
-def _children(pid: int) -> list[int]:
-    children = []
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
+            found.append(int(stat.parent.name))
+    return found

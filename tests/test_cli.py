@@ -151,3 +151,12 @@ def test_runtime_errors_exit_non_zero_with_the_code(created: Path) -> None:
     assert result.exit_code == 0 and "HTTP 405" in result.output
     bad_header = CliRunner().invoke(main, ["invoke", str(created), "/", "-H", "no-colon"])
     assert bad_header.exit_code == 2 and "NAME: VALUE" in bad_header.output
+
+
+def test_invoke_shows_function_log_lines_escaped() -> None:
+    hostile = Path(__file__).resolve().parent / "functions" / "hostile"
+    path = "/print?text=%1B%5B2J%1B%5D0%3Bowned%07%E2%80%AEx"  # ESC[2J, ESC]0;owned BEL, RLO
+    result = CliRunner().invoke(main, ["invoke", str(hostile), path])
+    assert result.exit_code == 0, result.output
+    assert "log | \\x1b[2J\\x1b]0;owned\\x07\\u202ex\n" in result.stderr
+    assert not set(result.stderr) & set("\x1b\x07\u202e")

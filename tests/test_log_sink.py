@@ -1,10 +1,13 @@
-"""The log sink keeps lines through a registry outage, up to its buffer."""
+"""The log sink keeps lines through a registry outage, up to its buffer (lines and bytes)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
-from edgefn_platform.gateway._logs import _BUFFER_LIMIT, LogSink
+import pytest
+
+from edgefn_platform.gateway._logs import _BUFFER_BYTES, _BUFFER_LINES, LogSink
 from edgefn_platform.registry import RegistryUnavailable
 
 Line = tuple[str, float, str, str, str]
@@ -44,10 +47,41 @@ def test_a_long_outage_keeps_the_newest_lines() -> None:
     registry.down = True
     sink = LogSink(registry)  # type: ignore[arg-type]
     for batch in range(3):
-        sink.add("f", f"r{batch}", "log", [f"{batch}-{i}" for i in range(_BUFFER_LIMIT // 2)])
+        sink.add("f", f"r{batch}", "log", [f"{batch}-{i}" for i in range(_BUFFER_LINES // 2)])
         sink.flush()
     registry.down = False
     sink.flush()
-    assert len(registry.stored) == _BUFFER_LIMIT
-    newest = f"2-{_BUFFER_LIMIT // 2 - 1}"
+    assert len(registry.stored) == _BUFFER_LINES
+    newest = f"2-{_BUFFER_LINES // 2 - 1}"
     assert registry.stored[0][4] == "1-0" and registry.stored[-1][4] == newest
+
+
+def test_a_long_outage_keeps_the_newest_lines_within_the_byte_cap() -> None:
+    registry = Flaky()
+    registry.down = True
+    sink = LogSink(registry)  # type: ignore[arg-type]
+    line = "é" * 32 * 1024  # 64 KiB in UTF-8: a function's whole default max_log
+    for i in range(400):  # 25 MiB in all, far fewer lines than the line cap
+        sink.add("f", f"r{i}", "log", [f"{i:03d}{line}"])
+        sink.flush()
+    registry.down = False
+    sink.flush()
+    kept = [len(record[4].encode()) for record in registry.stored]
+    assert 0 < sum(kept) <= _BUFFER_BYTES
+    assert sum(kept) > _BUFFER_BYTES * 0.95  # not much less either
+    assert [r[2] for r in registry.stored] == [f"r{i}" for i in range(400 - len(kept), 400)]
+
+
+def test_dropped_lines_are_warned_about_once_per_ten_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = Flaky()
+    registry.down = True
+    sink = LogSink(registry)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="edgefn.gateway"):
+        for _ in range(5):
+            sink.add("f", "r", "log", ["x"] * (_BUFFER_LINES + 1))
+            sink.flush()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "dropped the 1 oldest log lines"
+    ]

@@ -11,12 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+import attacks
 from gateway_process import ROOT, GatewayProcess, cli
 
 HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
@@ -283,3 +285,53 @@ def test_sigterm_lets_a_slow_request_finish(tmp_path: Path) -> None:
     slow.join()
     assert result[0].status_code == 200 and result[0].text == "woke up\n"
     assert gateway.process.wait(timeout=20) == 0
+
+
+# ESC [2J clears a terminal, ESC ] 0 ; ... BEL retitles its window, U+202E reverses
+# what follows. (A CR or LF cannot be in one guest line: the runtime splits lines there.)
+TERMINAL_TRICKS = "\x1b[2Jcleared \x1b]0;owned\x07 \u202eesrever"
+
+
+def test_logs_print_whole_request_ids_filter_by_one_and_escape(gateway: GatewayProcess) -> None:
+    ours, other = f"logs-{uuid.uuid4().hex}", f"logs-{uuid.uuid4().hex}"
+    for request_id in (ours, other):
+        response = fresh_get(
+            gateway,
+            "/hostile/print",
+            params={"text": TERMINAL_TRICKS},
+            headers={"x-request-id": request_id},
+        )
+        assert response.headers["x-request-id"] == request_id
+    path = f"/v1/functions/hostile/logs?request_id={ours}"
+    deadline = time.monotonic() + 10
+    while len(gateway.admin("GET", path).json()) < 3:  # print, logging, access
+        assert time.monotonic() < deadline, "the request's log lines never arrived"
+        time.sleep(0.1)
+    found = gateway.admin("GET", path).json()
+    assert {r["request_id"] for r in found} == {ours}
+    assert [r["kind"] for r in found] == ["log", "log", "access"]
+    for bad in ("", "a%00b", "x" * 1025):
+        refused = gateway.admin("GET", f"/v1/functions/hostile/logs?request_id={bad}")
+        assert refused.status_code == 400, bad
+
+    shown = cli(gateway, "logs", "hostile", "--request-id", ours)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert len(lines) == 3 and all(f" {ours} " in line for line in lines)
+    assert lines[0].endswith(" log    \\x1b[2Jcleared \\x1b]0;owned\\x07 \\u202eesrever")
+    assert not set(shown.output) & set("\x1b\x07\u202e")
+
+    raw = cli(gateway, "logs", "hostile", "--request-id", ours, "--json")
+    assert raw.exit_code == 0, raw.output
+    records = [json.loads(line) for line in raw.output.splitlines()]
+    assert records == found
+    assert records[0]["line"] == TERMINAL_TRICKS
+    assert not set(raw.output) & set("\x1b\x07\u202e")
+    attacks.record(
+        "Logs (tests/test_operations.py, tests/test_log_output.py)",
+        "a function prints, and a client sends in its path, ANSI escapes, CR, C1 controls "
+        "and bidi overrides, to forge or hide lines on the operator's terminal",
+        "escaped (`\\x1b`, `\\r`, `\\x85`, `\\u202e`) in `edgefn logs`, `edgefn invoke`, the "
+        "human access line and the gateway's own log; `edgefn logs --json` keeps the raw "
+        "values, JSON-escaped",
+    )

@@ -125,6 +125,21 @@ def test_logs_keep_the_newest_lines(registry: Registry, tmp_path: Path) -> None:
     assert [r.line for r in registry.logs("a", after=kept[-2].id)] == [kept[-1].line]
 
 
+def test_logs_of_one_request(registry: Registry, tmp_path: Path) -> None:
+    deploy(registry, tmp_path, "a", b"one")
+    deploy(registry, tmp_path, "b", b"two")
+    registry.append_logs(
+        [("a", 1.0, "r1", "log", "one"), ("a", 2.0, "r2", "log", "two")]
+        + [("b", 3.0, "r1", "log", "other function"), ("a", 4.0, "r1", "access", "{}")]
+    )
+    mine = registry.logs("a", request_id="r1")
+    assert [(r.kind, r.line) for r in mine] == [("log", "one"), ("access", "{}")]
+    assert [r.line for r in registry.logs("a", after=mine[0].id, request_id="r1")] == ["{}"]
+    assert [r.line for r in registry.logs("a", limit=1, request_id="r1")] == ["{}"]
+    assert registry.logs("a", request_id="r9") == []
+    assert len(registry.logs("a")) == 3
+
+
 def test_a_second_gateway_sees_the_same_registry(
     registry: Registry, opener: Opener, tmp_path: Path
 ) -> None:

@@ -4,7 +4,9 @@ public listener exposes nothing of the admin API or of the host."""
 from __future__ import annotations
 
 import hmac
+import logging
 import re
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -13,13 +15,18 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from click.testing import CliRunner, Result
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import attacks
+from edgefn_platform.cli import main
 from edgefn_platform.cli._gateway import serve
+from edgefn_platform.gateway._admin_guards import RequireToken
 from edgefn_platform.gateway.admin import create_admin_app
-from edgefn_platform.gateway.config import GatewayConfig
+from edgefn_platform.gateway.config import GatewayConfig, TokenError, load_token
 from edgefn_platform.gateway.public import Lifecycle
 from edgefn_platform.gateway.server import Worker
 from gateway_process import ROOT, GatewayProcess, cli
@@ -201,4 +208,102 @@ def test_the_public_listener_exposes_no_admin_route_docs_or_host_detail(
         AREA,
         f"admin routes, /docs, /openapi.json and /metrics on the public port ({len(paths)} paths)",
         "404 `no_route` for each, even with the token; no host path or traceback in any body",
+    )
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port something else listens on, so a `serve` that gets past its checks
+    fails to bind at once instead of serving (and blocking the test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def serve_once(data_dir: Path, port: int, *options: str) -> Result:
+    return CliRunner().invoke(
+        main,
+        ["serve", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port)]
+        + ["--workers", "1", *options],
+        env={"EDGEFN_TOKEN": None},
+    )
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \t \n"], ids=["empty", "newline", "blank"])
+def test_an_empty_admin_token_file_is_refused(
+    tmp_path: Path, taken_port: int, content: str
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "admin-token").write_text(content)
+    (data_dir / "admin-token").chmod(0o600)
+    result = serve_once(data_dir, taken_port)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: the admin token from {data_dir.resolve() / 'admin-token'} is empty or only "
+        "whitespace: set a long random one (openssl rand -hex 32), or remove the file to "
+        "have one generated\n"
+    )
+
+
+@pytest.mark.parametrize("token", ["", " ", "\t  "], ids=["empty", "space", "blank"])
+def test_an_empty_admin_token_option_is_refused(
+    tmp_path: Path, taken_port: int, token: str
+) -> None:
+    result = serve_once(tmp_path / "data", taken_port, "--token", token)
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: the admin token from --token/EDGEFN_TOKEN is empty or only whitespace"
+    )
+    assert result.output.count("\n") == 1
+
+
+def test_an_empty_bearer_never_authenticates() -> None:
+    for blank in ("", " ", "\t"):
+        with pytest.raises(TokenError):
+            RequireToken(Starlette(), blank)
+    with pytest.raises(TokenError):
+        create_admin_app(None, "", None)  # type: ignore[arg-type]
+    guarded = TestClient(RequireToken(Starlette(routes=[Route("/", _ok)]), TOKEN))
+    for value in ("Bearer ", "Bearer  ", "Bearer\t", "bearer", ""):
+        assert guarded.get("/", headers={"authorization": value}).status_code == 401
+    assert guarded.get("/", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+    attacks.record(
+        AREA,
+        "an empty or blank admin token (file, --token, EDGEFN_TOKEN), then `Authorization: "
+        "Bearer ` with nothing after it",
+        "`edgefn serve` refuses to start with one line naming where the token came from, "
+        "exit 1; the admin app cannot be built with such a token",
+    )
+
+
+async def _ok(request: object) -> PlainTextResponse:
+    return PlainTextResponse("in")
+
+
+def test_a_token_file_open_to_others_is_warned_about(
+    tmp_path: Path, taken_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    path = data_dir / "admin-token"
+    path.write_text("a-real-token\n")
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="edgefn.gateway"):
+        assert load_token(GatewayConfig(data_dir=data_dir)) == "a-real-token"
+    assert not caplog.records
+    for mode in (0o644, 0o620, 0o604):
+        path.chmod(mode)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgefn.gateway"):
+            assert load_token(GatewayConfig(data_dir=data_dir)) == "a-real-token"
+        assert [r.getMessage() for r in caplog.records] == [
+            f"the admin token file {path.resolve()} can be read or written by its group or "
+            f"others (mode {oct(mode)}): run chmod 600 {path.resolve()}"
+        ]
+    attacks.record(
+        AREA,
+        "an admin token file others can read or write (mode 0644)",
+        "warned about at start, naming the file, its mode and the chmod that fixes it",
     )

@@ -98,9 +98,14 @@ class AdminClient:
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/v1/functions/{name}")
 
-    def logs(self, name: str, after: int = 0) -> list[dict[str, Any]]:
+    def logs(
+        self, name: str, after: int = 0, request_id: str | None = None
+    ) -> list[dict[str, Any]]:
         path = f"/v1/functions/{name}/logs"
-        return self._call("GET", path, params={"after": after})  # type: ignore[no-any-return]
+        params: dict[str, str | int] = {"after": after}
+        if request_id is not None:
+            params["request_id"] = request_id
+        return self._call("GET", path, params=params)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._http.close()

@@ -8,6 +8,7 @@ import click
 
 from edgefn_runtime import InvalidComponent
 
+from .._printable import printable_lines
 from ..builder import BuildError
 from ..client import AdminError
 from ..manifest import ManifestError
@@ -25,7 +26,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except _USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from None
+            # Messages may quote a build tool, a manifest or a server: escaped,
+            # their line breaks kept.
+            raise click.ClickException(printable_lines(str(exc))) from None
 
 
 @click.group(cls=_Group, context_settings={"show_default": True})

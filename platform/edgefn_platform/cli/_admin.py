@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .._printable import printable
 from .._units import format_size
 from ..client import AdminClient
 from ..gateway import pack_assets
@@ -225,25 +226,50 @@ def remove(name: str, client: AdminClient) -> None:
 @click.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they arrive.")
+@click.option(
+    "--request-id",
+    default=None,
+    show_default=False,
+    help="Only the lines of this request (the X-Request-Id its client got).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per line (id, time, request_id, kind, line), values as stored.",
+)
 @_with_client
-def logs(name: str, follow: bool, client: AdminClient) -> None:
-    """Print NAME's recent log lines and access lines."""
+def logs(
+    name: str, follow: bool, request_id: str | None, as_json: bool, client: AdminClient
+) -> None:
+    """Print NAME's recent log lines and access lines.
+
+    Request ids are printed whole, so the X-Request-Id a client got can be
+    searched for. Control characters that guests or clients put in log lines,
+    paths or ids are shown escaped (\\x1b, \\r, \\n); --json gives the raw values.
+    """
     after = 0
     while True:
-        for record in client.logs(name, after):
+        for record in client.logs(name, after, request_id):
             after = record["id"]
-            stamp = datetime.fromtimestamp(record["time"]).strftime("%H:%M:%S.%f")[:-3]
-            line = record["line"]
-            if record["kind"] == "access":
-                entry = json.loads(line)
-                line = (
-                    f"{entry['method']} {entry['path']} -> {entry['status']} "
-                    f"{entry['outcome']} {entry['total_ms']} ms fuel {entry['fuel']:,}"
-                )
-            click.echo(f"{stamp} {record['request_id'][:12]} {record['kind']:6} {line}")
+            click.echo(json.dumps(record) if as_json else _log_line(record))
         if not follow:
             return
         time.sleep(0.5)
+
+
+def _log_line(record: dict[str, Any]) -> str:
+    """One record as a line for a terminal: every value from the guest or the client
+    escaped (`printable`), so none can move the cursor or forge a line."""
+    stamp = datetime.fromtimestamp(record["time"]).strftime("%H:%M:%S.%f")[:-3]
+    line = record["line"]
+    if record["kind"] == "access":
+        entry = json.loads(line)
+        line = (
+            f"{entry['method']} {entry['path']} -> {entry['status']} "
+            f"{entry['outcome']} {entry['total_ms']} ms fuel {entry['fuel']:,}"
+        )
+    return printable(f"{stamp} {record['request_id']} {record['kind']:6} {line}")
 
 
 def _when(timestamp: float) -> str:

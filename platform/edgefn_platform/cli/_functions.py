@@ -10,6 +10,7 @@ import click
 
 from edgefn_runtime import Engine, Request, SandboxError
 
+from .._printable import printable
 from .._units import format_size
 from ..builder import BuildResult, build
 from ..manifest import load_manifest
@@ -99,7 +100,7 @@ def invoke_command(
             outcome = sandbox.invoke(request, manifest.resolve_limits())
         except SandboxError as exc:
             _echo_logs(exc.logs)
-            raise click.ClickException(f"{exc.code}: {exc}") from None
+            raise click.ClickException(printable(f"{exc.code}: {exc}")) from None
     _echo_logs(outcome.logs)
     response = outcome.response
     click.echo(f"HTTP {response.status}")
@@ -168,8 +169,9 @@ def _read_data(data: str | None) -> bytes:
 
 
 def _echo_logs(lines: list[str]) -> None:
+    # The function's own text: escaped, so it cannot drive the terminal.
     for line in lines:
-        click.secho(f"log | {line}", err=True, dim=True)
+        click.secho(f"log | {printable(line)}", err=True, dim=True)
 
 
 COMMANDS = [new, build_command, invoke_command]

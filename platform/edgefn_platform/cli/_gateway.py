@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import click
 from edgefn_runtime import Engine, default_cache_dir
 
 from .._units import parse_size
-from ..gateway import Deployer, GatewayConfig, deploy_directory, load_token, run, run_worker
+from ..gateway import (
+    Deployer,
+    GatewayConfig,
+    TokenError,
+    deploy_directory,
+    load_token,
+    run,
+    run_worker,
+)
 from ..gateway.policy import ConfigError, load_policy
 from ..manifest import load_manifest
 from ..registry import RegistryError, SQLiteRegistry, open_registry
@@ -200,6 +209,10 @@ def serve(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        admin_token = load_token(config)  # before any deploy: an unusable token stops here
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
     if config.admin_exposed_in_clear:
         click.echo(
             f"Warning: the admin API listens on {admin_host} without TLS: the token and "
@@ -224,7 +237,6 @@ def serve(
                 url = config.public_url() + version.route
                 click.echo(f"Deployed {version.function} version {version.version} at {url}")
     registry.close()
-    load_token(config)
     click.echo(
         f"Serving functions on {config.public_url()} with {workers} worker(s); admin API "
         f"on {'https' if admin_tls_cert else 'http'}://{admin_host}:{admin_port} "
@@ -237,7 +249,7 @@ def serve(
             click.echo(f"Try: curl -o out.jpg '{url}/sample.jpg?w=400'")
         else:
             click.echo(f"Try: curl {url}/")
-    run(config)
+    run(config, token=admin_token)
 
 
 def _token_source(config: GatewayConfig) -> str:
@@ -281,8 +293,11 @@ def dev(directory: Path, port: int) -> None:
             )
 
         redeploy()
+        # The worker dies with this process however it ends (its lifeline); on
+        # SIGTERM, as on Ctrl-C, this process stops it and removes the data first.
+        signal.signal(signal.SIGTERM, _interrupt)
         worker = multiprocessing.get_context("spawn").Process(
-            target=run_worker, args=(config, "dev"), daemon=True
+            target=run_worker, args=(config, "dev"), kwargs={"supervisor": os.getpid()}
         )
         worker.start()
         click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")
@@ -298,8 +313,15 @@ def dev(directory: Path, port: int) -> None:
         finally:
             worker.terminate()
             worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
             engine.close()
             registry.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 COMMANDS = [serve, dev]

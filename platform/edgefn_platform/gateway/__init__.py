@@ -2,7 +2,7 @@
 
 from ._deploy import Deployer, InvalidAssets, deploy_directory, pack_assets
 from ._errors import GatewayError
-from .config import GatewayConfig, load_token
+from .config import GatewayConfig, TokenError, load_token
 from .server import run, run_worker
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "GatewayConfig",
     "GatewayError",
     "InvalidAssets",
+    "TokenError",
     "deploy_directory",
     "load_token",
     "pack_assets",

@@ -1,8 +1,9 @@
 """The access log: one line per function request on stdout.
 
-JSON by default (for log shippers); a short human-readable line when stdout is a
-terminal. Lines are written in batches every 0.1 s: a write per request cost
-the event loop a system call and a turn at the GIL each time.
+JSON by default (for log shippers); a short human-readable line, with control
+characters escaped, when stdout is a terminal. Lines are written in batches
+every 0.1 s: a write per request cost the event loop a system call and a turn
+at the GIL each time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TextIO
+
+from .._printable import printable
 
 __all__ = ["AccessEntry", "access_logger", "log_access"]
 
@@ -46,11 +49,13 @@ class AccessEntry:
         return _ENCODER.encode(vars(self))
 
     def human(self) -> str:
+        """A line for a terminal: the client's path and request id escaped, so they
+        can neither forge lines nor drive the terminal; the id whole, for grep."""
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
-        return (
+        return printable(
             f"{stamp} {self.status} {self.method} {self.path} -> "
             f"{self.function or '-'}@{self.version or '-'} {self.outcome} "
-            f"{self.total_ms:.1f} ms fuel {self.fuel:,} [{self.request_id[:8]}]"
+            f"{self.total_ms:.1f} ms fuel {self.fuel:,} [{self.request_id}]"
         )
 
 

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import GatewayError, error_response
+from .config import check_token
 
 __all__ = ["LimitBody", "RequireToken"]
 
@@ -20,14 +21,15 @@ class RequireToken:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"bearer {token}".encode()
+        # An empty token would let `Authorization: Bearer ` in: refused outright.
+        self.expected = f"bearer {check_token(token)}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in _PROBES:
             given = dict(scope["headers"]).get(b"authorization", b"")
             # Only the scheme is case-insensitive; the token is compared as sent.
             given = given[:7].lower() + given[7:]
-            if not hmac.compare_digest(given, self.expected):
+            if not given[7:].strip() or not hmac.compare_digest(given, self.expected):
                 error = GatewayError(
                     401,
                     "unauthorized",

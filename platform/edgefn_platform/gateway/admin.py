@@ -22,6 +22,7 @@ from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
 from ._admin_guards import LimitBody, RequireToken
 from ._errors import HANDLED, GatewayError, error_response, status_and_code
+from .config import check_token
 from .policy import ConfigError, parse_limits
 from .public import Lifecycle, health_routes
 
@@ -127,6 +128,7 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
     """The admin FastAPI app; the worker's table is refreshed at once after each change."""
     from ._metrics import METRICS, render
 
+    check_token(token)  # here, not only in the middleware, which Starlette builds lazily
     registry, deployer, table = worker.registry, worker.deployer, worker.table
     public_url, max_upload = worker.config.public_url(), worker.config.max_upload
 
@@ -284,12 +286,22 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         name: str,
         after: Annotated[int, Query(ge=0, le=_MAX_ID, description="Only lines after this id")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        request_id: Annotated[
+            str | None,
+            # No control characters: PostgreSQL text cannot even hold a NUL.
+            Query(
+                min_length=1,
+                max_length=1024,
+                pattern=r"^[^\x00-\x1f\x7f]+$",
+                description="Only the lines of the request with this X-Request-Id",
+            ),
+        ] = None,
     ) -> list[LogOut]:
         """Recent log lines (the function's own and one access line per request)."""
         registry.function(name)
         return [
             LogOut(id=r.id, time=r.time, request_id=r.request_id, kind=r.kind, line=r.line)
-            for r in registry.logs(name, after, limit)
+            for r in registry.logs(name, after, limit, request_id)
         ]
 
     return app

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["GatewayConfig", "load_token"]
+__all__ = ["GatewayConfig", "TokenError", "check_token", "load_token"]
 
 TOKEN_FILE = "admin-token"
+
+log = logging.getLogger("edgefn.gateway")
 
 
 @dataclass
@@ -68,17 +72,49 @@ class GatewayConfig:
         return f"http://{host}:{self.port}"
 
 
+class TokenError(ValueError):
+    """The admin token is unusable (empty, or only whitespace)."""
+
+
+def check_token(token: str, source: str = "--token/EDGEFN_TOKEN") -> str:
+    """`token`, or TokenError naming `source` when it is empty or only whitespace:
+    `Authorization: Bearer ` (with nothing after it) must never authenticate."""
+    if not token.strip():
+        hint = "remove the file" if source.endswith(TOKEN_FILE) else "leave it unset"
+        raise TokenError(
+            f"the admin token from {source} is empty or only whitespace: set a long "
+            f"random one (openssl rand -hex 32), or {hint} to have one generated"
+        )
+    return token
+
+
 def load_token(config: GatewayConfig) -> str:
     """The admin token: `config.token` (from `EDGEFN_TOKEN`), else the one stored in
-    the data directory, else a new one written there with mode 0600."""
-    if config.token:
-        return config.token
+    the data directory, else a new one written there with mode 0600.
+
+    Raises TokenError for an empty or whitespace-only token; warns (on the
+    `edgefn.gateway` logger) when an existing token file is open to group or others.
+    """
+    if config.token is not None:
+        return check_token(config.token)
     path = config.data_dir / TOKEN_FILE
     config.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return path.read_text().strip()
+        with path.open() as file:
+            mode = os.fstat(file.fileno()).st_mode
+            token = file.read().strip()
     except FileNotFoundError:
         pass
+    else:
+        if mode & 0o066:
+            log.warning(
+                "the admin token file %s can be read or written by its group or others "
+                "(mode %s): run chmod 600 %s",
+                path,
+                oct(stat.S_IMODE(mode)),
+                path,
+            )
+        return check_token(token, str(path))
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as file:

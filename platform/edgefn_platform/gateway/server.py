@@ -4,7 +4,8 @@ Each worker binds the public and admin ports with SO_REUSEPORT, so the kernel
 spreads connections across workers, and serves every function from the shared
 registry. The call path holds the GIL, so worker processes, not threads, are
 what use more than one core. The parent only supervises: it restarts a worker
-that dies and, on SIGINT/SIGTERM, lets every worker drain and exit.
+that dies and, on SIGINT/SIGTERM, lets every worker drain and exit. Workers die
+with it however it dies (see `_lifeline.py`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import uvloop
 
 from edgefn_runtime import Engine
 
+from .._printable import PrintableFormatter
 from ..registry import Registry, open_registry
 from ._deploy import Deployer, recover
 from ._functions import FunctionTable
 from ._http import guarded_protocol
+from ._lifeline import die_with
 from ._logs import LogSink
-from .config import GatewayConfig, load_token
+from .config import GatewayConfig, check_token, load_token
 from .policy import Policy, load_policy
 
 __all__ = ["Worker", "bind", "run", "run_worker"]
@@ -95,9 +98,16 @@ def _metrics_dir(config: GatewayConfig) -> str:
     return str(config.data_dir / "metrics")
 
 
-def run_worker(config: GatewayConfig, token: str) -> None:
-    """Serve both listeners in this process until SIGINT/SIGTERM, then drain."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def run_worker(config: GatewayConfig, token: str, supervisor: int | None = None) -> None:
+    """Serve both listeners in this process until SIGINT/SIGTERM, then drain.
+
+    `supervisor`: the pid of the parent process that started this worker; the
+    worker dies with it (SIGKILL included), before it opens a port."""
+    if supervisor is not None:
+        die_with(supervisor)
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     # The table logs the registry going and coming back once, not each pool retry.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _metrics_dir(config))
@@ -155,9 +165,11 @@ def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
     )
 
 
-def run(config: GatewayConfig) -> None:
-    """Run the gateway: in this process for one worker, else supervise `workers`."""
-    token = load_token(config)
+def run(config: GatewayConfig, token: str | None = None) -> None:
+    """Run the gateway: in this process for one worker, else supervise `workers`.
+
+    `token`: the admin token, if the caller already loaded it (`load_token`)."""
+    token = load_token(config) if token is None else check_token(token)
     load_policy(config.config_file)  # fail fast, in the parent, on a bad config
     for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
         bind(host, port).close()  # fail fast when a port is taken
@@ -180,24 +192,46 @@ def run(config: GatewayConfig) -> None:
     signal.signal(signal.SIGTERM, stop)
 
     def start() -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=run_worker, args=(config, token), daemon=False)
+        # From this (main) thread: a worker's lifeline is tied to the thread that
+        # forked it (see `_lifeline.py`).
+        process = context.Process(
+            target=run_worker, args=(config, token), kwargs={"supervisor": os.getpid()}
+        )
         process.start()
         return process
 
-    processes = [start() for _ in range(config.workers)]
-    while not stopping:
-        time.sleep(0.2)
-        for i, process in enumerate(processes):
-            if not process.is_alive() and not stopping:
-                log.warning(
-                    "worker %s exited with %s; starting a new one", process.pid, process.exitcode
-                )
-                _forget(process)
-                processes[i] = start()
+    processes: list[multiprocessing.process.BaseProcess] = []
+    try:
+        for _ in range(config.workers):
+            processes.append(start())
+        while not stopping:
+            time.sleep(0.2)
+            for i, process in enumerate(processes):
+                if not process.is_alive() and not stopping:
+                    log.warning(
+                        "worker %s exited with %s; starting a new one",
+                        process.pid,
+                        process.exitcode,
+                    )
+                    _forget(process)
+                    processes[i] = start()
+    finally:
+        # Also when the loop above fails: workers must not outlive it.
+        _stop(processes, config.shutdown_delay + config.drain_timeout + 5)
+
+
+def _stop(processes: list[multiprocessing.process.BaseProcess], timeout: float) -> None:
+    """SIGTERM every worker (each drains), then SIGKILL those still running after
+    `timeout` seconds."""
     for process in processes:
-        process.terminate()  # SIGTERM: each worker drains
+        process.terminate()
+    deadline = time.monotonic() + timeout
     for process in processes:
-        process.join(timeout=config.shutdown_delay + config.drain_timeout + 5)
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.warning("worker %s did not drain in %.0f s; killing it", process.pid, timeout)
+            process.kill()
+            process.join()
         _forget(process)
 
 

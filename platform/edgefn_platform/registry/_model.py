@@ -159,6 +159,10 @@ class Registry(Protocol):
     def append_logs(self, records: Iterable[tuple[str, float, str, str, str]]) -> None:
         """Add (function, time, request_id, kind, line) records, keeping the newest only."""
 
-    def logs(self, name: str, after: int = 0, limit: int = 200) -> list[LogRecord]: ...
+    def logs(
+        self, name: str, after: int = 0, limit: int = 200, request_id: str | None = None
+    ) -> list[LogRecord]:
+        """The newest `limit` lines of `name` after the line with id `after`, oldest
+        first; only those of `request_id` when given."""
 
     def close(self) -> None: ...

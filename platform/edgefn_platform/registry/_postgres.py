@@ -351,12 +351,17 @@ class PostgresRegistry:
                     (name, name, LOG_LINES_KEPT - 1),
                 )
 
-    def logs(self, name: str, after: int = 0, limit: int = 200) -> list[LogRecord]:
+    def logs(
+        self, name: str, after: int = 0, limit: int = 200, request_id: str | None = None
+    ) -> list[LogRecord]:
+        # No index on request_id: a function keeps LOG_LINES_KEPT lines, which the
+        # (function, id) index already narrows the scan to.
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT * FROM (SELECT * FROM logs WHERE function = %s AND id > %s "
-                "ORDER BY id DESC LIMIT %s) newest ORDER BY id",
-                (name, after, limit),
+                "AND (%s::text IS NULL OR request_id = %s) ORDER BY id DESC LIMIT %s) newest "
+                "ORDER BY id",
+                (name, after, request_id, request_id, limit),
             ).fetchall()
         return [LogRecord(**r) for r in rows]
 

@@ -320,13 +320,17 @@ class SQLiteRegistry:
                     (name, name, LOG_LINES_KEPT - 1),
                 )
 
-    def logs(self, name: str, after: int = 0, limit: int = 200) -> list[LogRecord]:
+    def logs(
+        self, name: str, after: int = 0, limit: int = 200, request_id: str | None = None
+    ) -> list[LogRecord]:
+        # No index on request_id: a function keeps LOG_LINES_KEPT lines, which the
+        # (function, id) index already narrows the scan to.
         rows = (
             self._db()
             .execute(
                 "SELECT * FROM (SELECT * FROM logs WHERE function = ? AND id > ? "
-                "ORDER BY id DESC LIMIT ?) ORDER BY id",
-                (name, after, limit),
+                "AND (? IS NULL OR request_id = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
+                (name, after, request_id, request_id, limit),
             )
             .fetchall()
         )

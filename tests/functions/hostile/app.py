@@ -78,7 +78,7 @@ def connect(request: Request) -> dict[str, str]:
 
 @app.get("/print")
 def printing(request: Request) -> str:
-    print("printed line")
+    print(request.query.get("text", "printed line"))
     import logging
 
     logging.getLogger("hostile").warning("logged line")

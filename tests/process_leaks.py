@@ -1,0 +1,94 @@
+"""Processes a test session started and left running.
+
+Every process the session starts inherits `EDGEFN_TEST_SESSION=<id>` from its
+environment, so one whose parent died (a worker orphaned when its gateway was
+killed, reparented to init) is still known as ours; processes of other
+sessions, other checkouts or the developer's own gateways are not touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Leftover", "leftovers", "mark_session", "reap"]
+
+SESSION_VARIABLE = "EDGEFN_TEST_SESSION"
+
+
+def mark_session() -> str:
+    """Give this process (and so everything it starts) a session id; return it."""
+    marker = uuid.uuid4().hex
+    os.environ[SESSION_VARIABLE] = marker
+    return marker
+
+
+@dataclass(frozen=True)
+class Leftover:
+    pid: int
+    command: str
+
+    def __str__(self) -> str:
+        return f"pid {self.pid}: {self.command}"
+
+
+def leftovers(root: int, marker: str) -> list[Leftover]:
+    """Running processes below `root`, and those carrying `marker` (but not `root`)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue  # gone meanwhile
+        if state not in ("Z", "X"):  # a zombie only waits to be reaped
+            parents[int(stat.parent.name)] = int(parent)
+    tag = f"{SESSION_VARIABLE}={marker}".encode()
+    found = [
+        pid
+        for pid in parents
+        if pid != root and (_descends(pid, root, parents) or tag in _environ(pid))
+    ]
+    return [Leftover(pid, _command(pid)) for pid in sorted(found)]
+
+
+def reap(root: int, marker: str, grace: float = 5.0) -> list[Leftover]:
+    """Wait up to `grace` seconds for this session's leftovers to exit (some are on
+    their way out), then SIGKILL the rest; return those that had to be killed."""
+    deadline = time.monotonic() + grace
+    while (found := leftovers(root, marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for leftover in found:
+        try:
+            os.kill(leftover.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return found
+
+
+def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
+    seen = set()
+    while pid in parents and pid not in seen:
+        seen.add(pid)
+        pid = parents[pid]
+        if pid == root:
+            return True
+    return False
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def _command(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(w.decode(errors="replace") for w in words if w)[:300]
