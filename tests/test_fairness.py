@@ -5,14 +5,24 @@ function's latency next to hostile ones."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
+import statistics
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
+import attacks
 from edgefn_platform.gateway._fairness import FairThreadPool
+from gateway_process import ROOT, GatewayProcess, cli, worker_pids
 
 BASE = os.getpriority(os.PRIO_PROCESS, 0)  # this process's nice value, 0 unless started niced
 
@@ -109,3 +119,123 @@ def test_the_pool_behaves_as_an_executor(pool: FairThreadPool) -> None:
     assert not any(alive(thread) for thread in threads)
     with pytest.raises(RuntimeError, match="shutdown"):
         pool.submit(pow, 2, 10)
+
+
+# --- A noisy neighbour against a gateway as shipped -------------------------------
+
+AREA = "Noisy neighbours (tests/test_fairness.py)"
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
+CAP_SYS_NICE = 23  # linux/capability.h
+
+# What the noisy neighbours send: every kind of abuse, round-robin.
+HAMMER = [
+    "/hostile/loop",
+    "/hostile/alloc",
+    "/hostile/crash",
+    "/hostile/sleep?seconds=30",
+    "/hostile/big?size=100000000",
+    "/hostile/log-flood?lines=50000",
+    "/hostile/headers?count=500",
+    "/hostile/exit-hard",
+]
+
+
+def has_sys_nice(pid: int | str = "self") -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_NICE & 1)
+    raise ValueError(f"process {pid} reports no CapEff")
+
+
+def without_sys_nice() -> list[str]:
+    """A command prefix that runs a program without CAP_SYS_NICE, as in a non-root
+    container or a Kubernetes pod that drops all capabilities. For root, the
+    capability must leave the bounding and inheritable sets: execve gives root
+    every capability in either."""
+    if not has_sys_nice():
+        return []
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop CAP_SYS_NICE"
+    return [setpriv, "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "--"]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """`edgefn serve --workers 2` with no config file, no `EDGEFN_*` limits and no
+    CAP_SYS_NICE, serving a healthy function beside a hostile one."""
+    data_dir = tmp_path_factory.mktemp("fairness") / "data"
+    process = GatewayProcess(data_dir, workers=2, wrapper=without_sys_nice()).start()
+    try:
+        for directory in (ROOT / "functions" / "hello", FUNCTIONS / "hostile"):
+            result = cli(process, "deploy", str(directory))
+            assert result.exit_code == 0, result.output
+        wait_served(process, ["/hello/", "/hostile/counter"])
+        yield process
+    finally:
+        process.stop()
+
+
+def wait_served(gateway: GatewayProcess, paths: list[str], timeout: float = 30) -> None:
+    """Until each path answers 200 twenty times in a row on new connections, so that
+    both workers (SO_REUSEPORT) have very likely loaded the functions."""
+    deadline, streak = time.monotonic() + timeout, 0
+    while streak < 20:
+        assert time.monotonic() < deadline, f"{paths} not served"
+        ok = all(gateway.get(path).status_code == 200 for path in paths)
+        streak = streak + 1 if ok else 0
+
+
+def latencies(gateway: GatewayProcess, seconds: float) -> tuple[list[float], Counter[int]]:
+    """Sequential requests to the healthy function on a kept-alive connection."""
+    times: list[float] = []
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=gateway.public_url, timeout=30) as client:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            statuses[client.get("/hello/").status_code] += 1
+            times.append(time.perf_counter() - started)
+            time.sleep(0.01)  # a steady client's pace, not a wait for state
+    return times, statuses
+
+
+def p99(times: list[float]) -> float:
+    return statistics.quantiles(times, n=100)[98]
+
+
+def test_noisy_neighbours_at_default_settings_without_cap_sys_nice(
+    shipped: GatewayProcess,
+) -> None:
+    assert shipped.process is not None
+    workers = worker_pids(shipped)
+    assert len(workers) == 2 and not any(has_sys_nice(pid) for pid in workers)
+    # 10 s (~800 samples): the p99 of fewer swung enough to move the ratio by 0.5x.
+    solo, _ = latencies(shipped, 10)
+    seconds = 30
+    hammer = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "hammer.py"), shipped.public_url,
+         str(seconds + 2), "20", *HAMMER],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        time.sleep(1)  # let the abuse reach full swing
+        loaded, statuses = latencies(shipped, seconds)
+    finally:
+        out, _ = hammer.communicate(timeout=seconds + 60)
+    hostile = {int(k): v for k, v in json.loads(out).items()}
+    ratio = p99(loaded) / p99(solo)
+    summary = (
+        f"healthy p99 {p99(solo) * 1000:.1f} ms solo, {p99(loaded) * 1000:.1f} ms under abuse "
+        f"({ratio:.1f}x), {sum(statuses.values())} requests, statuses {dict(statuses)}; "
+        f"hostile statuses {hostile}"
+    )
+    print(summary)
+    assert statuses.keys() == {200}, summary
+    assert 0 not in hostile and sum(hostile.values()) > 100, summary
+    assert ratio <= 3, summary
+    attacks.record(
+        AREA,
+        "20 clients hammer every hostile route for 30 s; default settings "
+        "(`--workers 2`, no `concurrency` set), no CAP_SYS_NICE",
+        summary,
+    )
