@@ -58,7 +58,7 @@ def default_limits() -> dict[str, Any]:
     tests/test_fairness.py on the 2-core reference machine (`--workers 2`, no
     CAP_SYS_NICE, 20 clients hammering every hostile route; a healthy
     function's p99 under that against its solo p99): concurrency 16, the old
-    default, 7.4x; 2, the cores, 2.1-2.9x over 7 runs (median 2.4x); 1,
+    default, 7.4x; 2, the cores, 2.1-2.9x over 9 runs (median 2.4x); 1,
     1.7-2.1x over 3 runs, but it queues a function's second request in a
     worker behind its first, and already 2 instead of 16 lowered
     bench/gateway.py's `reuse` throughput under 50 connections (0.20-0.29x
