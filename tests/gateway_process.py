@@ -34,6 +34,8 @@ class GatewayProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     # A PostgreSQL URL: the registry this gateway shares with others.
     database_url: str | None = None
+    # A command the gateway runs under, e.g. setpriv dropping a capability.
+    wrapper: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     # For an admin listener with TLS: "https" and an SSL context that trusts its CA.
@@ -57,6 +59,7 @@ class GatewayProcess:
             **self.extra_env,
         }
         command = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "edgefn_platform",

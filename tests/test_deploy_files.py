@@ -148,7 +148,7 @@ def test_the_configmap_policy_is_one_the_gateway_accepts(tmp_path: Path) -> None
         path = tmp_path / f"{name}.toml"
         path.write_text(text)
         policy = load_policy(path, {})
-        assert policy.defaults["concurrency"] == 8, name
+        assert policy.defaults["memory"] == 128 * 2**20, name
 
 
 def test_the_hpa_and_pdb_target_the_deployment() -> None:

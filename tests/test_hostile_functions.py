@@ -1,19 +1,13 @@
 """Hostile functions behind a real gateway: each misbehaviour gets its documented
-status and code, the gateway stays up, and a healthy neighbour keeps answering,
-even while the hostile routes are hammered."""
+status and code, the gateway stays up, and a healthy neighbour keeps answering
+(and keeps its latency while the hostile routes are hammered: test_fairness.py)."""
 
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 import attacks
@@ -26,10 +20,7 @@ AREA = "Hostile functions (tests/test_hostile_functions.py)"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     data_dir = tmp_path_factory.mktemp("hostile") / "data"
-    # Each function may run 2 requests at a time per worker: on this 2-core
-    # machine, the operator's way to keep one function from taking every core.
-    env = {"EDGEFN_DEFAULTS_CONCURRENCY": "2"}
-    process = GatewayProcess(data_dir, workers=2, extra_env=env).start()
+    process = GatewayProcess(data_dir, workers=2).start()
     for directory in (ROOT / "functions" / "hello", FUNCTIONS / "hostile"):
         result = cli(process, "deploy", str(directory))
         assert result.exit_code == 0, result.output
@@ -146,62 +137,3 @@ def test_a_mutated_global_is_not_seen_by_the_next_request(gateway: GatewayProces
     counts = {gateway.get("/hostile/counter").json()["counter"] for _ in range(5)}
     assert counts == {1}
     attacks.record(AREA, "mutate a global, read it next request", "counter is 1 every time")
-
-
-# What the noisy neighbours send: every kind of abuse, round-robin.
-_HAMMER = [
-    "/hostile/loop",
-    "/hostile/alloc",
-    "/hostile/crash",
-    "/hostile/sleep?seconds=30",
-    "/hostile/big?size=100000000",
-    "/hostile/log-flood?lines=50000",
-    "/hostile/headers?count=500",
-    "/hostile/exit-hard",
-]
-
-
-def latencies(gateway: GatewayProcess, seconds: float) -> tuple[list[float], Counter[int]]:
-    """Sequential requests to the healthy function on a kept-alive connection."""
-    times: list[float] = []
-    statuses: Counter[int] = Counter()
-    deadline = time.monotonic() + seconds
-    with httpx.Client(base_url=gateway.public_url, timeout=30) as client:
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            statuses[client.get("/hello/").status_code] += 1
-            times.append(time.perf_counter() - started)
-            time.sleep(0.01)
-    return times, statuses
-
-
-def p99(times: list[float]) -> float:
-    return statistics.quantiles(times, n=100)[98]
-
-
-def test_noisy_neighbours_do_not_hurt_a_healthy_function(gateway: GatewayProcess) -> None:
-    # 10 s (~800 samples): the p99 of fewer swung enough to move the ratio by 0.5x.
-    solo, _ = latencies(gateway, 10)
-    seconds = 30
-    hammer = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "hammer.py"), gateway.public_url,
-         str(seconds + 2), "20", *_HAMMER],
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        time.sleep(1)  # let the abuse reach full swing
-        loaded, statuses = latencies(gateway, seconds)
-    finally:
-        out, _ = hammer.communicate(timeout=seconds + 60)
-    hostile = {int(k): v for k, v in json.loads(out).items()}
-    ratio = p99(loaded) / p99(solo)
-    summary = (
-        f"healthy p99 {p99(solo) * 1000:.1f} ms solo, {p99(loaded) * 1000:.1f} ms under abuse "
-        f"({ratio:.1f}x), {sum(statuses.values())} requests, statuses {dict(statuses)}; "
-        f"hostile statuses {hostile}"
-    )
-    print(summary)
-    assert statuses.keys() == {200}, summary
-    assert 0 not in hostile and sum(hostile.values()) > 100, summary
-    assert ratio <= 3, summary
-    attacks.record(AREA, "20 clients hammer every hostile route for 30 s", summary)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from edgefn_platform.gateway._access import AccessEntry
+from edgefn_platform.gateway._cores import available_cores
 from edgefn_platform.gateway.policy import ConfigError, Policy, load_policy
 
 
@@ -23,7 +25,42 @@ def test_override_beats_manifest_beats_default_and_maximums_clamp() -> None:
         "fuel: 1,000,000,000,000 asked for (manifest), above the maximum of "
         "50,000,000,000, which applies"
     ]
-    assert effective.concurrency == 16
+    assert effective.concurrency == available_cores()  # the default: one per core
+
+
+def cgroup(root: Path, proc: str, files: dict[str, str]) -> Path:
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(proc)
+    for name, text in files.items():
+        (root / "sys/fs/cgroup" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "sys/fs/cgroup" / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("proc", "files", "cores"),
+    [
+        # cgroup v2, a container's own namespace: `docker run --cpus 1.5`
+        ("0::/\n", {"cpu.max": "150000 100000\n"}, 2),
+        ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+        # cgroup v2 seen from the host: the process's own directory
+        ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/c1/cpu.max": "100000 100000"}, 1),
+        # cgroup v1, Kubernetes' `limits.cpu: 1` (cpu and cpuacct mounted together)
+        (
+            "4:cpu,cpuacct:/kubepods/pod1\n1:memory:/x\n",
+            {"cpu,cpuacct/cpu.cfs_quota_us": "100000", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
+            1,
+        ),
+        ("4:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ("", {}, None),  # no cgroup information at all
+    ],
+)
+def test_default_concurrency_follows_the_cores_and_a_containers_cpu_limit(
+    tmp_path: Path, proc: str, files: dict[str, str], cores: int | None
+) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    root = cgroup(tmp_path, proc, files)
+    assert available_cores(root) == min(affinity, cores or affinity)
 
 
 def test_config_file_and_environment(tmp_path: Path) -> None:

@@ -27,15 +27,14 @@ from edgefn_runtime import Limits
 from .._units import format_size, parse_count, parse_duration
 from ..manifest import LIMIT_PARSERS
 from ..manifest import parse_limits as manifest_limits
+from ._cores import available_cores
 
 __all__ = ["LIMIT_KEYS", "ConfigError", "EffectiveLimits", "Policy", "load_policy"]
 
 LIMIT_KEYS = tuple(LIMIT_PARSERS)
 _SIZES = {"memory", "max_body", "max_response", "max_log"}
 
-DEFAULTS: dict[str, Any] = {f.name: getattr(Limits(), f.name) for f in fields(Limits)} | {
-    "concurrency": 16
-}
+DEFAULTS: dict[str, Any] = {f.name: getattr(Limits(), f.name) for f in fields(Limits)}
 MAXIMUMS: dict[str, Any] = {
     "memory": 1024 * 2**20,
     "fuel": 50_000_000_000,
@@ -46,6 +45,27 @@ MAXIMUMS: dict[str, Any] = {
     "max_image_pixels": 100_000_000,
     "concurrency": 256,
 }
+
+
+def default_limits() -> dict[str, Any]:
+    """What a function gets when neither its manifest nor the operator says.
+
+    `concurrency` (per function, per worker) is the cores this process may use.
+    Fairness demotes a long request's thread to nice 19 (see `_fairness.py`),
+    but a demoted thread still gets a share of a core, its first 20 ms run at
+    the normal priority and its host work holds the worker's GIL, so every
+    hostile request in flight costs its neighbours a little. Measured with
+    tests/test_fairness.py on the 2-core reference machine (`--workers 2`, no
+    CAP_SYS_NICE, 20 clients hammering every hostile route; a healthy
+    function's p99 under that against its solo p99): concurrency 16, the old
+    default, 7.4x; 2, the cores, 2.1-2.9x over 9 runs (median 2.4x); 1,
+    1.7-2.1x over 3 runs, but it queues a function's second request in a
+    worker behind its first, and already 2 instead of 16 lowered
+    bench/gateway.py's `reuse` throughput under 50 connections (0.20-0.29x
+    FastAPI's against 0.29-0.36x, 3 runs each). A function whose requests
+    mostly wait is given more through its manifest or `edgefn limits`.
+    """
+    return DEFAULTS | {"concurrency": available_cores()}
 
 
 class ConfigError(ValueError):
@@ -74,7 +94,7 @@ class EffectiveLimits:
 
 @dataclass
 class Policy:
-    defaults: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    defaults: dict[str, Any] = field(default_factory=default_limits)
     maximums: dict[str, Any] = field(default_factory=lambda: dict(MAXIMUMS))
     global_concurrency: int = 64
     queue_length: int = 128

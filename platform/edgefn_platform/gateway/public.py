@@ -11,7 +11,6 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ from edgefn_runtime import Request as SandboxRequest
 from ._access import AccessEntry, access_logger, log_access
 from ._admission import Admission
 from ._errors import GatewayError, error_response, status_and_code
-from ._fairness import Fairness
+from ._fairness import FairThreadPool
 from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
 from .policy import Policy
@@ -115,10 +114,9 @@ def create_public_app(
 
     policy = policy or Policy()
     admission = Admission(policy.global_concurrency, policy.queue_length, policy.queue_wait)
-    # concurrent.futures' pool hands work over through a C-level queue; anyio's
+    # A C-level queue hands work to the threads, as in concurrent.futures; anyio's
     # Condition-based one cost a thread wake-up in Python on every request.
-    threads = ThreadPoolExecutor(policy.global_concurrency, thread_name_prefix="edgefn-sandbox")
-    fairness = Fairness()
+    threads = FairThreadPool(policy.global_concurrency)
 
     async def handle(request: Request) -> Response:
         exchange = _Exchange(request.headers.get("x-request-id") or _request_id())
@@ -169,7 +167,7 @@ def create_public_app(
                 exchange.queued = queued
                 with METRICS.in_flight.labels(function.name).track_inprogress():
                     outcome = await asyncio.get_running_loop().run_in_executor(
-                        threads, fairness.call, function.sandbox.invoke, call, function.limits
+                        threads, function.sandbox.invoke, call, function.limits
                     )
         except GatewayError:
             METRICS.queued.dec()
@@ -245,7 +243,7 @@ def create_public_app(
     return app
 
 
-async def _warm_up(lifecycle: Lifecycle, threads: ThreadPoolExecutor, metrics: Metrics) -> None:
+async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metrics) -> None:
     """Once every function is loaded, run one more throwaway request through each,
     this time on a request thread, and create every metric file, so the first real
     request finds them ready: as fast as the tenth. The public listener opens
