@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edgefn_runtime import BodyTooLarge, GuestCrashed, Outcome, SandboxError, Usage
+from edgefn_runtime import BodyTooLarge, InvalidResponse, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
 
 from ._access import AccessEntry, access_logger, log_access
@@ -319,7 +319,7 @@ def _to_http(outcome: Outcome, request_id: str) -> Response:
     headers = []
     for name, value in outcome.response.headers:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-            error = GuestCrashed(f"the function answered with an invalid header {name!r}")
+            error = InvalidResponse(f"the function answered with an invalid header {name!r}")
             error.logs, error.usage = outcome.logs, outcome.usage
             raise error
         if name.lower() not in _HOP_BY_HOP:

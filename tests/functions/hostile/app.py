@@ -196,3 +196,15 @@ def resolve(request: Request) -> dict[str, str]:
         return {"resolved": str(socket.getaddrinfo(request.query["host"], 80))}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+@app.get("/status")
+def status(request: Request) -> Response:
+    """Any status at all, past the SDK's own check; `upgrade=1` adds a WebSocket upgrade."""
+    response = Response("status\n")
+    response.status = int(request.query["code"])
+    if "upgrade" in request.query:
+        response.headers["upgrade"] = "websocket"
+        response.headers["connection"] = "upgrade"
+    return response
+
