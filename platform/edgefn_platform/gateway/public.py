@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import os
-import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +29,8 @@ from ._errors import GatewayError, error_response, status_and_code
 from ._fairness import Fairness
 from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
+from ._request_ids import request_id
+from ._target import route
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ log = logging.getLogger("edgefn.gateway")
 
 # Tells the function which route prefix it was reached under.
 ROUTE_HEADER = "x-edgefn-route"
+# Request headers only the gateway sets: a client's are dropped, so a function
+# can trust what it reads under this prefix.
+PLATFORM_HEADERS = b"x-edgefn-"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _HOP_BY_HOP = {
     "connection",
@@ -76,6 +80,7 @@ class _Exchange:
 
     request_id: str
     started: float = field(default_factory=time.perf_counter)
+    path: str = ""
     function: LiveFunction | None = None
     usage: Usage = field(default_factory=Usage)
     logs: list[str] = field(default_factory=list)
@@ -121,7 +126,8 @@ def create_public_app(
     fairness = Fairness()
 
     async def handle(request: Request) -> Response:
-        exchange = _Exchange(request.headers.get("x-request-id") or _request_id())
+        exchange = _Exchange(request_id(request.headers.get("x-request-id")))
+        exchange.path = request.scope["path"]
         try:
             if request.method not in _METHODS:
                 allowed = ", ".join(_METHODS)
@@ -152,16 +158,20 @@ def create_public_app(
                 "the gateway is still loading functions; retry shortly",
                 {"retry-after": "1"},
             )
-        match = table.match(request.url.path)
-        if match is None:
-            raise GatewayError(404, "no_route", f"no function is deployed at {request.url.path}")
-        function, path = match
+        found = route(request.scope, table.match, _route_of)
+        if found is None:
+            raise GatewayError(404, "no_route", f"no function is deployed at {exchange.path}")
+        function, path, query = found
         exchange.function = function
         body = await _read_body(request, function.limits.max_body)
         exchange.bytes_in = len(body)
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in request.headers.raw
+            if not k.lower().startswith(PLATFORM_HEADERS)
+        ]
         headers.append((ROUTE_HEADER, function.route))
-        call = SandboxRequest(request.method, path, request.url.query, headers, body)
+        call = SandboxRequest(request.method, path, query, headers, body)
         METRICS.queued.inc()
         try:
             async with admission.slot(function.name, function.concurrency) as queued:
@@ -196,7 +206,7 @@ def create_public_app(
             function=function.name if function else None,
             version=function.version if function else None,
             method=request.method,
-            path=request.url.path,
+            path=exchange.path,
             status=response.status_code,
             outcome=exchange.outcome,
             queue_ms=round(exchange.queued * 1000, 3),
@@ -239,7 +249,7 @@ def create_public_app(
         except Exception:
             log.exception("request %s failed in the gateway", scope["path"])
             failure = GatewayError(500, "internal_error", "the gateway failed on this request")
-            response = error_response(failure, request.headers.get("x-request-id", "-"))
+            response = error_response(failure, request_id(request.headers.get("x-request-id")))
         await response(scope, receive, send)
 
     return app
@@ -291,9 +301,8 @@ def _observe(
     metrics.pixels.labels(function).inc(usage.image_pixels)
 
 
-def _request_id() -> str:
-    # Unique, not secret: uuid4() reads the OS's random source on every call.
-    return f"{random.getrandbits(128):032x}"
+def _route_of(function: LiveFunction) -> str:
+    return function.route
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

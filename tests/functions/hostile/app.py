@@ -10,6 +10,7 @@ counter = 0
 
 
 @app.route("/inspect", methods=["GET", "POST", "PUT", "DELETE"])
+@app.route("/inspect/{rest:path}", methods=["GET", "POST"])
 def inspect(request: Request) -> dict[str, object]:
     return {
         "method": request.method,
@@ -207,4 +208,3 @@ def status(request: Request) -> Response:
         response.headers["upgrade"] = "websocket"
         response.headers["connection"] = "upgrade"
     return response
-
