@@ -1,11 +1,13 @@
 """The public request path through a real gateway: what a client controls (the
-request target, the Host header, platform headers, the request id) cannot reach
-past the gateway's rules."""
+request target, the Host header, platform headers, the request id, body sizes)
+cannot reach past the gateway's rules."""
 
 from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +15,11 @@ import pytest
 
 import attacks
 from gateway_process import ROOT, GatewayProcess, cli
+from uploads import storm, upload
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 AREA = "The public request path (tests/test_public_gateway.py)"
+MIB = 2**20
 
 
 @pytest.fixture(scope="module")
@@ -176,4 +180,109 @@ def test_an_unfit_request_id_is_replaced(gateway: GatewayProcess, attack: str, g
     assert json.loads(body)["error"]["request_id"] == replaced
     attacks.record(
         AREA, attack, "replaced by a generated id (32 hex digits) in the response, logs and errors"
+    )
+
+
+# Request bodies
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway with its default body budget, `hostile` taking 25 MiB bodies."""
+    process = GatewayProcess(tmp_path_factory.mktemp("uploads") / "data").start()
+    try:
+        for directory in (ROOT / "functions" / "hello", FUNCTIONS / "hostile"):
+            result = cli(process, "deploy", str(directory))
+            assert result.exit_code == 0, result.output
+        limits = ("--max-body", "25MiB", "--memory", "128MiB", "--concurrency", "2")
+        result = cli(process, "limits", "hostile", *limits)
+        assert result.exit_code == 0, result.output
+        yield process
+    finally:
+        process.stop()
+
+
+def test_100_concurrent_25_mib_uploads_stay_within_the_body_budget(
+    uploads: GatewayProcess,
+) -> None:
+    assert uploads.process is not None
+    # Warm the worker's allocator with one upload, so the figure is the storm's.
+    assert upload(uploads.port, "/hostile/length", memoryview(b"x" * 25 * MIB)) == "200"
+    result = storm(
+        uploads.port, uploads.process.pid, "/hostile/length", uploads.public_url + "/hello/"
+    )
+    assert set(result.outcomes) <= {"200", "503 overloaded"}, result.summary()
+    assert result.outcomes["200"] >= 2, result.summary()
+    # The default budget (256 MiB of bodies) plus the two requests in their sandboxes
+    # (each its body as stdin and in linear memory); without the budget: +2.5 GB and more.
+    assert result.growth < 768 * MIB, result.summary()
+    assert set(result.probe_statuses) == {200} and len(result.probe_seconds) >= 5
+    assert max(result.probe_seconds) < 2, result.summary()
+    attacks.record(
+        AREA,
+        "100 concurrent uploads of 25 MiB to one worker (function max_body 25 MiB, concurrency 2)",
+        f"{result.outcomes['200']} × 200, {result.outcomes['503 overloaded']} × 503 `overloaded` "
+        f"(+ Retry-After, connection closed before reading); worker RSS "
+        f"+{result.growth / MIB:.0f} MiB at peak (body budget 256 MiB); `hello` answered "
+        f"{len(result.probe_seconds)} probes, all 200, slowest "
+        f"{max(result.probe_seconds) * 1000:.0f} ms",
+    )
+
+
+@pytest.fixture(scope="module")
+def small_budget(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """Room for one 1 MiB body; a 2 s body timeout; requests may wait 5 s for room;
+    `hostile` may run for 3 s."""
+    env = {
+        "EDGEFN_BACKPRESSURE_BODY_BUDGET": "1MiB",
+        "EDGEFN_BACKPRESSURE_QUEUE_WAIT": "5s",
+        "EDGEFN_BODY_TIMEOUT": "2",
+    }
+    process = GatewayProcess(tmp_path_factory.mktemp("budget") / "data", extra_env=env).start()
+    try:
+        result = cli(process, "deploy", str(FUNCTIONS / "hostile"))
+        assert result.exit_code == 0, result.output
+        result = cli(process, "limits", "hostile", "--timeout", "3s")
+        assert result.exit_code == 0, result.output
+        yield process
+    finally:
+        process.stop()
+
+
+def test_waiting_for_the_body_budget_does_not_count_against_the_body_timeout(
+    small_budget: GatewayProcess,
+) -> None:
+    """A slow upload holds the whole budget for about 3 s (1 s to send, 2 s in
+    the function); a second request sends its body at once and waits for room
+    longer than the 2 s body timeout."""
+    size = MIB
+    first: list[str] = []
+
+    def slow() -> None:
+        with socket.create_connection(("127.0.0.1", small_budget.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /hostile/sleep?seconds=2 HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % size
+            )
+            for part in range(5):
+                sock.sendall(b"x" * ((part + 1) * size // 5 - part * size // 5))
+                time.sleep(0.2)
+            first.append(sock.recv(65536).split(b" ", 2)[1].decode())
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    try:
+        time.sleep(0.2)  # the slow one holds the budget by now
+        started = time.perf_counter()
+        second = upload(small_budget.port, "/hostile/length", memoryview(b"x" * size))
+        waited = time.perf_counter() - started
+    finally:
+        thread.join()
+    assert first == ["200"]
+    assert second == "200" and waited > 2, (second, waited)
+    attacks.record(
+        AREA,
+        "a body sent at once while a slow upload holds the body budget (2 s body timeout)",
+        f"200 after waiting {waited:.1f} s for room: the body clock starts when the gateway "
+        "reads, so the gateway's own wait never turns into a 408",
     )

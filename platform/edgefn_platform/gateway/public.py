@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edgefn_runtime import BodyTooLarge, InvalidResponse, Outcome, SandboxError, Usage
+from edgefn_runtime import InvalidResponse, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
 
 from ._access import AccessEntry, access_logger, log_access
 from ._admission import Admission
+from ._bodies import BodyBudget, read_body
 from ._errors import GatewayError, error_response, status_and_code
 from ._fairness import Fairness
 from ._functions import FunctionTable, LiveFunction, warm_up
@@ -86,6 +87,7 @@ class _Exchange:
     logs: list[str] = field(default_factory=list)
     queued: float = 0.0
     bytes_in: int = 0
+    body_read: bool = False
     outcome: str = "ok"
 
 
@@ -124,6 +126,7 @@ def create_public_app(
     # Condition-based one cost a thread wake-up in Python on every request.
     threads = ThreadPoolExecutor(policy.global_concurrency, thread_name_prefix="edgefn-sandbox")
     fairness = Fairness()
+    bodies = BodyBudget(policy.body_budget, policy.queue_wait)
 
     async def handle(request: Request) -> Response:
         exchange = _Exchange(request_id(request.headers.get("x-request-id")))
@@ -141,8 +144,9 @@ def create_public_app(
         except (GatewayError, SandboxError) as exc:
             response = error_response(exc, exchange.request_id)
             exchange.outcome = status_and_code(exc)[1]
-            if isinstance(exc, BodyTooLarge):
-                # The rest of the body is unread: close rather than read it to its end.
+            if not exchange.body_read and _has_body(request):
+                # Refused before its body was read (too large, no route, no room):
+                # close rather than read the upload to its end.
                 response.headers["connection"] = "close"
             if isinstance(exc, SandboxError):
                 exchange.usage, exchange.logs = exc.usage, exc.logs
@@ -163,15 +167,20 @@ def create_public_app(
             raise GatewayError(404, "no_route", f"no function is deployed at {exchange.path}")
         function, path, query = found
         exchange.function = function
-        body = await _read_body(request, function.limits.max_body)
-        exchange.bytes_in = len(body)
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in request.headers.raw
-            if not k.lower().startswith(PLATFORM_HEADERS)
-        ]
-        headers.append((ROUTE_HEADER, function.route))
-        call = SandboxRequest(request.method, path, query, headers, body)
+        async with read_body(request, function.limits.max_body, bodies) as body:
+            exchange.bytes_in, exchange.body_read = len(body), True
+            headers = [
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in request.headers.raw
+                if not k.lower().startswith(PLATFORM_HEADERS)
+            ]
+            headers.append((ROUTE_HEADER, function.route))
+            call = SandboxRequest(request.method, path, query, headers, body)
+            return await execute(function, call, exchange)
+
+    async def execute(
+        function: LiveFunction, call: SandboxRequest, exchange: _Exchange
+    ) -> Response:
         METRICS.queued.inc()
         try:
             async with admission.slot(function.name, function.concurrency) as queued:
@@ -305,23 +314,9 @@ def _route_of(function: LiveFunction) -> str:
     return function.route
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # Gone, or cut off by the body timeout: nobody reads the answer; 499 as nginx logs it.
-        raise GatewayError(
-            499, "client_closed_request", "the client closed the connection mid-body"
-        ) from None
-    return b"".join(chunks)
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return length not in (None, "0") or "transfer-encoding" in request.headers
 
 
 def _to_http(outcome: Outcome, request_id: str) -> Response:

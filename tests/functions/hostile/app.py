@@ -98,7 +98,7 @@ def loop(request: Request) -> None:
         pass
 
 
-@app.get("/sleep")
+@app.route("/sleep", methods=["GET", "POST"])
 def sleep(request: Request) -> str:
     import time
 
@@ -208,3 +208,8 @@ def status(request: Request) -> Response:
         response.headers["upgrade"] = "websocket"
         response.headers["connection"] = "upgrade"
     return response
+
+
+@app.post("/length")
+def length(request: Request) -> dict[str, int]:
+    return {"length": len(request.body)}
