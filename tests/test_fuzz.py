@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -15,7 +17,9 @@ from hypothesis import strategies as st
 import attacks
 from edgefn import App, Request
 from edgefn.testing import TestClient
+from edgefn_platform.gateway._errors import GatewayError
 from edgefn_platform.gateway._functions import FunctionTable
+from edgefn_platform.gateway._target import route
 from edgefn_platform.manifest import ManifestError, parse_manifest
 
 AREA = "Fuzzing (tests/test_fuzz.py)"
@@ -128,6 +132,53 @@ def test_the_route_table_only_matches_whole_segments(path: str) -> None:
     )
 
 
+# Raw request targets built from the pieces that make paths ambiguous.
+raw_paths = st.lists(
+    st.lists(
+        st.sampled_from(
+            ["a", "b", "c", "hello", "img", "hell%6F", ".", "..", "%2e", "%2E", "%2f", "%2F"]
+            + ["%5C", "\\", "%3F", "", "x"]
+        ),
+        max_size=3,
+    ).map("".join),
+    max_size=6,
+).map(lambda parts: "/" + "/".join(parts))
+
+
+def proxy_routes(path: str) -> str | None:
+    """The route a proxy picks that decodes, reads backslashes as slashes, merges
+    slashes and removes dot segments (the most normalising reading)."""
+    decoded = re.sub(r"[/\\]+", "/", unquote(path))
+    normal = posixpath.normpath(decoded).replace("//", "/")
+    return next((r for r in sorted(ROUTES, key=len, reverse=True) if _under(normal, r)), None)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+@fuzz
+@given(raw_paths)
+@example("/hello/%2e%2e/img")
+@example("/a/b//c")
+@example("/a%2Fb/c")
+def test_a_served_path_selects_the_same_function_for_every_proxy_reading(raw: str) -> None:
+    table = FunctionTable.__new__(FunctionTable)
+    table._routes = {r: r for r in ROUTES}  # type: ignore[misc]
+    scope = {"type": "http", "path": unquote(raw), "raw_path": raw.encode(), "query_string": b""}
+    try:
+        found = route(scope, table.match, str)
+    except GatewayError as refused:
+        assert (refused.status, refused.code) == (400, "bad_path")
+        return
+    if found is None:
+        return
+    served = found[0]
+    # A proxy matching raw bytes, and one normalising everything, pick the same route.
+    assert _under(raw, served), (raw, served)
+    assert proxy_routes(raw) == served, (raw, served)
+
+
 app = App()
 
 
@@ -160,7 +211,8 @@ def test_the_sdk_router_answers_every_path_with_200_404_or_405(path: str, method
 def test_fuzzing_the_routers_is_recorded() -> None:
     attacks.record(
         AREA,
-        f"gateway route table and SDK router: {EXAMPLES} random paths each",
-        "routes match whole segments only (no `..` escape to another function); "
+        f"gateway route table, raw-path routing and SDK router: {EXAMPLES} random paths each",
+        "routes match whole segments only; a path served is routed to the same function "
+        "by a raw-matching and by a fully normalising proxy, or refused with 400 `bad_path`; "
         "the SDK answers 200, 404 or 405, never an exception",
     )

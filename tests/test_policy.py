@@ -67,7 +67,8 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text(
         '[defaults]\nmemory = "32MiB"\n[maximums]\ntimeout = "5s"\n'
-        '[backpressure]\nqueue_wait = "250ms"\n[observability]\nusage_header = true\n'
+        '[backpressure]\nqueue_wait = "250ms"\nbody_budget = "64MiB"\n'
+        "[observability]\nusage_header = true\n"
     )
     policy = load_policy(
         config, {"EDGEFN_DEFAULTS_MEMORY": "48MiB", "EDGEFN_BACKPRESSURE_QUEUE_LENGTH": "3"}
@@ -75,6 +76,8 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     assert policy.defaults["memory"] == 48 * 2**20  # the variable wins
     assert policy.maximums["timeout"] == 5.0
     assert (policy.queue_wait, policy.queue_length, policy.usage_header) == (0.25, 3, True)
+    assert policy.body_budget == 64 * 2**20
+    assert load_policy(None, {}).body_budget == 256 * 2**20
 
 
 def test_a_lowered_maximum_lowers_the_default() -> None:

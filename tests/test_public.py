@@ -83,7 +83,7 @@ async def test_header_injection_from_the_function_is_refused(hostile: Sandbox) -
     async with client(hostile) as http:
         response = await http.get("/f/bad-header")
     assert response.status_code == 502
-    assert response.json()["error"]["code"] == "function_crashed"
+    assert response.json()["error"]["code"] == "invalid_response"
     assert "injected" not in response.headers
 
 

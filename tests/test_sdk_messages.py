@@ -79,8 +79,9 @@ def test_response_encodes_str_and_sets_media_type() -> None:
 
 
 def test_response_rejects_bad_status_and_body() -> None:
-    with pytest.raises(ValueError, match="100 to 599"):
-        Response(status=99)
+    for status in (99, 101, 600):
+        with pytest.raises(ValueError, match="200 to 599"):
+            Response(status=status)
     with pytest.raises(TypeError, match="must be bytes or str"):
         Response(123)  # type: ignore[arg-type]
 

@@ -13,6 +13,7 @@ __all__ = [
     "GuestCrashed",
     "GuestError",
     "InvalidComponent",
+    "InvalidResponse",
     "MemoryLimitExceeded",
     "ResponseTooLarge",
     "SandboxError",
@@ -74,6 +75,15 @@ class GuestCrashed(SandboxError):
     """The guest trapped for a reason other than a limit."""
 
     code = "function_crashed"
+
+
+class InvalidResponse(SandboxError):
+    """The guest answered, but not with something the gateway may pass on: a
+    status outside 200-599 (a 1xx such as `101 Switching Protocols` would turn a
+    proxy's upstream connection into a raw tunnel) or a header that is not valid
+    HTTP."""
+
+    code = "invalid_response"
 
 
 def from_trap(error: Exception, limits: Limits, *, fuel_left: int, logs: list[str]) -> SandboxError:

@@ -13,6 +13,7 @@ from . import _nogil
 from ._codec import GuestFailure, call_handle
 from ._errors import (
     GuestCrashed,
+    InvalidResponse,
     ResponseTooLarge,
     SandboxError,
     from_guest_error,
@@ -136,8 +137,12 @@ class Instance:
             raise fail(from_trap(trap, limits, fuel_left=fuel_left, logs=logs)) from None
         if isinstance(head, GuestFailure):
             raise fail(from_guest_error(head.kind, head.message, limits))
-        if not 100 <= head.status <= 599:
-            raise fail(GuestCrashed(f"the function answered with invalid status {head.status}"))
+        if not 200 <= head.status <= 599:  # no 1xx: 101 would make a proxy open a tunnel
+            raise fail(
+                InvalidResponse(
+                    f"the function answered with status {head.status}; only 200-599 may be sent"
+                )
+            )
         header_bytes = sum(len(name) + len(value) + 4 for name, value in head.headers)
         if len(head.headers) > MAX_RESPONSE_HEADERS or header_bytes > MAX_RESPONSE_HEADER_BYTES:
             raise fail(

@@ -23,8 +23,9 @@ class Response:
         headers: Mapping[str, str] | None = None,
         media_type: str | None = None,
     ) -> None:
-        if not isinstance(status, int) or not 100 <= status <= 599:
-            raise ValueError(f"response status must be an int from 100 to 599, got {status!r}")
+        # 1xx are the server's to send: the gateway answers 502 for them.
+        if not isinstance(status, int) or not 200 <= status <= 599:
+            raise ValueError(f"response status must be an int from 200 to 599, got {status!r}")
         self.status = status
         self.body = self._render(body)
         self.headers = MutableHeaders(headers.items() if headers else ())

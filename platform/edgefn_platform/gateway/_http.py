@@ -6,16 +6,26 @@ header byte a second (slowloris), a body that never ends, or a connection that
 never sends anything holds a socket and its memory for ever, and header bytes
 are not bounded at all. Here a request's head must arrive within
 `header_timeout` of the connection (or of the request's first byte), its body
-within `body_timeout` of the head, and the head may be `max_head` bytes.
-Protocol errors are answered in the gateway's JSON error shape.
+within `body_timeout` of the moment the app first asks for it (or of the
+response, if the app answers without reading it), and the head may be
+`max_head` bytes. Protocol errors are answered in the gateway's JSON error shape.
+
+The body clock starts when the app reads, not with the head, because the public
+app may make a request wait for room in its body budget first (`_bodies.py`):
+until the app asks, uvicorn stops reading after 64 KiB, so that wait is the
+gateway's, not the client's, and bounded by the app's own `queue_wait`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from typing import TYPE_CHECKING
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGIReceiveEvent
 
 __all__ = ["guarded_protocol"]
 
@@ -59,8 +69,32 @@ class _Guarded(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._arm(self.body_timeout, "the request body did not arrive in time")
+        self._disarm()
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not previous:
+            self._start_body_clock_on_read(self.cycle)
+
+    def _start_body_clock_on_read(self, cycle: RequestResponseCycle) -> None:
+        receive = cycle.receive
+
+        async def receive_and_time() -> ASGIReceiveEvent:
+            if cycle.more_body and self._timer is None and self.cycle is cycle:
+                self._arm_body_timer()
+            return await receive()
+
+        # The cycle's own attribute: uvicorn passes `self.receive` to the app.
+        cycle.receive = receive_and_time  # type: ignore[method-assign]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and self._timer is None:
+            # Answered without reading the whole body: its rest must still arrive in time.
+            self._arm_body_timer()
+
+    def _arm_body_timer(self) -> None:
+        self._arm(self.body_timeout, "the request body did not arrive in time")
 
     def on_message_complete(self) -> None:
         self._disarm()

@@ -24,7 +24,7 @@ from typing import Any
 
 from edgefn_runtime import Limits
 
-from .._units import format_size, parse_count, parse_duration
+from .._units import format_size, parse_count, parse_duration, parse_size
 from ..manifest import LIMIT_PARSERS
 from ..manifest import parse_limits as manifest_limits
 from ._cores import available_cores
@@ -99,6 +99,8 @@ class Policy:
     global_concurrency: int = 64
     queue_length: int = 128
     queue_wait: float = 1.0
+    # Request body bytes a worker buffers at once, all requests together.
+    body_budget: int = 256 * 2**20
     usage_header: bool = False
 
     def resolve(
@@ -160,15 +162,21 @@ def load_policy(path: Path | None, environ: Mapping[str, str] = os.environ) -> P
     policy.defaults.update(parse_limits(sections["defaults"], "defaults"))
     policy.maximums.update(parse_limits(sections["maximums"], "maximums"))
     backpressure = sections["backpressure"]
-    for key in set(backpressure) - {"global_concurrency", "queue_length", "queue_wait"}:
+    for key in set(backpressure) - {
+        "global_concurrency",
+        "queue_length",
+        "queue_wait",
+        "body_budget",
+    }:
         raise ConfigError(
             f"backpressure.{key}: unknown key (allowed: global_concurrency, "
-            "queue_length, queue_wait)"
+            "queue_length, queue_wait, body_budget)"
         )
     try:
         policy.global_concurrency = parse_count(backpressure.get("global_concurrency", 64))
         policy.queue_length = parse_count(backpressure.get("queue_length", 128))
         policy.queue_wait = parse_duration(backpressure.get("queue_wait", "1s"))
+        policy.body_budget = parse_size(backpressure.get("body_budget", "256MiB"))
     except ValueError as exc:
         raise ConfigError(f"backpressure: {exc}") from None
     usage = sections["observability"].get("usage_header", False)

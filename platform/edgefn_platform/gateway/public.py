@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import os
-import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -15,20 +14,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edgefn_runtime import BodyTooLarge, GuestCrashed, Outcome, SandboxError, Usage
+from edgefn_runtime import InvalidResponse, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
 
 from ._access import AccessEntry, access_logger, log_access
 from ._admission import Admission
+from ._bodies import BodyBudget, read_body
 from ._errors import GatewayError, error_response, status_and_code
 from ._fairness import FairThreadPool
 from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
+from ._request_ids import request_id
+from ._target import route
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -40,6 +42,9 @@ log = logging.getLogger("edgefn.gateway")
 
 # Tells the function which route prefix it was reached under.
 ROUTE_HEADER = "x-edgefn-route"
+# Request headers only the gateway sets: a client's are dropped, so a function
+# can trust what it reads under this prefix.
+PLATFORM_HEADERS = b"x-edgefn-"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _HOP_BY_HOP = {
     "connection",
@@ -75,11 +80,13 @@ class _Exchange:
 
     request_id: str
     started: float = field(default_factory=time.perf_counter)
+    path: str = ""
     function: LiveFunction | None = None
     usage: Usage = field(default_factory=Usage)
     logs: list[str] = field(default_factory=list)
     queued: float = 0.0
     bytes_in: int = 0
+    body_read: bool = False
     outcome: str = "ok"
 
 
@@ -117,9 +124,11 @@ def create_public_app(
     # A C-level queue hands work to the threads, as in concurrent.futures; anyio's
     # Condition-based one cost a thread wake-up in Python on every request.
     threads = FairThreadPool(policy.global_concurrency)
+    bodies = BodyBudget(policy.body_budget, policy.queue_wait)
 
     async def handle(request: Request) -> Response:
-        exchange = _Exchange(request.headers.get("x-request-id") or _request_id())
+        exchange = _Exchange(request_id(request.headers.get("x-request-id")))
+        exchange.path = request.scope["path"]
         try:
             if request.method not in _METHODS:
                 allowed = ", ".join(_METHODS)
@@ -133,8 +142,9 @@ def create_public_app(
         except (GatewayError, SandboxError) as exc:
             response = error_response(exc, exchange.request_id)
             exchange.outcome = status_and_code(exc)[1]
-            if isinstance(exc, BodyTooLarge):
-                # The rest of the body is unread: close rather than read it to its end.
+            if not exchange.body_read and _has_body(request):
+                # Refused before its body was read (too large, no route, no room):
+                # close rather than read the upload to its end.
                 response.headers["connection"] = "close"
             if isinstance(exc, SandboxError):
                 exchange.usage, exchange.logs = exc.usage, exc.logs
@@ -150,16 +160,25 @@ def create_public_app(
                 "the gateway is still loading functions; retry shortly",
                 {"retry-after": "1"},
             )
-        match = table.match(request.url.path)
-        if match is None:
-            raise GatewayError(404, "no_route", f"no function is deployed at {request.url.path}")
-        function, path = match
+        found = route(request.scope, table.match, _route_of)
+        if found is None:
+            raise GatewayError(404, "no_route", f"no function is deployed at {exchange.path}")
+        function, path, query = found
         exchange.function = function
-        body = await _read_body(request, function.limits.max_body)
-        exchange.bytes_in = len(body)
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-        headers.append((ROUTE_HEADER, function.route))
-        call = SandboxRequest(request.method, path, request.url.query, headers, body)
+        async with read_body(request, function.limits.max_body, bodies) as body:
+            exchange.bytes_in, exchange.body_read = len(body), True
+            headers = [
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in request.headers.raw
+                if not k.lower().startswith(PLATFORM_HEADERS)
+            ]
+            headers.append((ROUTE_HEADER, function.route))
+            call = SandboxRequest(request.method, path, query, headers, body)
+            return await execute(function, call, exchange)
+
+    async def execute(
+        function: LiveFunction, call: SandboxRequest, exchange: _Exchange
+    ) -> Response:
         METRICS.queued.inc()
         try:
             async with admission.slot(function.name, function.concurrency) as queued:
@@ -194,7 +213,7 @@ def create_public_app(
             function=function.name if function else None,
             version=function.version if function else None,
             method=request.method,
-            path=request.url.path,
+            path=exchange.path,
             status=response.status_code,
             outcome=exchange.outcome,
             queue_ms=round(exchange.queued * 1000, 3),
@@ -237,7 +256,7 @@ def create_public_app(
         except Exception:
             log.exception("request %s failed in the gateway", scope["path"])
             failure = GatewayError(500, "internal_error", "the gateway failed on this request")
-            response = error_response(failure, request.headers.get("x-request-id", "-"))
+            response = error_response(failure, request_id(request.headers.get("x-request-id")))
         await response(scope, receive, send)
 
     return app
@@ -289,35 +308,20 @@ def _observe(
     metrics.pixels.labels(function).inc(usage.image_pixels)
 
 
-def _request_id() -> str:
-    # Unique, not secret: uuid4() reads the OS's random source on every call.
-    return f"{random.getrandbits(128):032x}"
+def _route_of(function: LiveFunction) -> str:
+    return function.route
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # Gone, or cut off by the body timeout: nobody reads the answer; 499 as nginx logs it.
-        raise GatewayError(
-            499, "client_closed_request", "the client closed the connection mid-body"
-        ) from None
-    return b"".join(chunks)
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return length not in (None, "0") or "transfer-encoding" in request.headers
 
 
 def _to_http(outcome: Outcome, request_id: str) -> Response:
     headers = []
     for name, value in outcome.response.headers:
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-            error = GuestCrashed(f"the function answered with an invalid header {name!r}")
+            error = InvalidResponse(f"the function answered with an invalid header {name!r}")
             error.logs, error.usage = outcome.logs, outcome.usage
             raise error
         if name.lower() not in _HOP_BY_HOP:

@@ -11,6 +11,7 @@ counter = 0
 
 
 @app.route("/inspect", methods=["GET", "POST", "PUT", "DELETE"])
+@app.route("/inspect/{rest:path}", methods=["GET", "POST"])
 def inspect(request: Request) -> dict[str, object]:
     return {
         "method": request.method,
@@ -98,7 +99,7 @@ def loop(request: Request) -> None:
         pass
 
 
-@app.get("/sleep")
+@app.route("/sleep", methods=["GET", "POST"])
 def sleep(request: Request) -> str:
     import time
 
@@ -227,3 +228,19 @@ def image_bytes_claim(request: Request) -> Response:
     except Err as failure:
         answer = {"kind": failure.value.kind, "message": failure.value.message}
     return Response(json.dumps(answer), headers={"x-kind": answer["kind"]})
+
+
+@app.get("/status")
+def status(request: Request) -> Response:
+    """Any status at all, past the SDK's own check; `upgrade=1` adds a WebSocket upgrade."""
+    response = Response("status\n")
+    response.status = int(request.query["code"])
+    if "upgrade" in request.query:
+        response.headers["upgrade"] = "websocket"
+        response.headers["connection"] = "upgrade"
+    return response
+
+
+@app.post("/length")
+def length(request: Request) -> dict[str, int]:
+    return {"length": len(request.body)}
