@@ -123,4 +123,4 @@ def test_access_entry_formats() -> None:
         worker=7,
     )
     assert json.loads(entry.json())["fuel"] == 123456
-    assert entry.human().endswith("200 GET /hello/ -> hello@2 ok 1.5 ms fuel 123,456 [abcdef01]")
+    assert entry.human().endswith("200 GET /hello/ -> hello@2 ok 1.5 ms fuel 123,456 [abcdef0123]")

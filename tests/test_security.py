@@ -307,3 +307,14 @@ def test_a_token_file_open_to_others_is_warned_about(
         "an admin token file others can read or write (mode 0644)",
         "warned about at start, naming the file, its mode and the chmod that fixes it",
     )
+
+
+@pytest.mark.parametrize("authorized", [False, True])
+def test_admin_request_ids_are_checked(admin: TestClient, authorized: bool) -> None:
+    headers = {"x-request-id": "\x1b[2J" + "x" * 10_000}
+    if authorized:
+        headers["authorization"] = f"Bearer {TOKEN}"
+    response = admin.get("/functions/nope", headers=headers)
+    assert response.status_code == (404 if authorized else 401)
+    assert re.fullmatch("[0-9a-f]{32}", response.headers["x-request-id"])
+    assert response.json()["error"]["request_id"] == response.headers["x-request-id"]

@@ -4,12 +4,12 @@ as ASGI middleware so both act before routing and before any body is read."""
 from __future__ import annotations
 
 import hmac
-import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import GatewayError, error_response
+from ._request_ids import request_id as checked_request_id
 from .config import check_token
 
 __all__ = ["LimitBody", "RequireToken"]
@@ -36,8 +36,8 @@ class RequireToken:
                     "missing or wrong admin token (send Authorization: Bearer <token>)",
                     {"www-authenticate": "Bearer"},
                 )
-                request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-                await error_response(error, request_id or uuid.uuid4().hex)(scope, receive, send)
+                given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+                await error_response(error, checked_request_id(given))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -64,7 +64,7 @@ class LimitBody:
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.limit:
             error = GatewayError(413, "upload_too_large", message, headers)
-            await error_response(error, uuid.uuid4().hex)(scope, receive, send)
+            await error_response(error, checked_request_id(None))(scope, receive, send)
             return
         received = 0
 

@@ -6,7 +6,6 @@ the OpenAPI document at `/openapi.json` included.
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -22,6 +21,7 @@ from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
 from ._admin_guards import LimitBody, RequireToken
 from ._errors import HANDLED, GatewayError, error_response, status_and_code
+from ._request_ids import request_id as checked_request_id
 from .config import check_token
 from .policy import ConfigError, parse_limits
 from .public import Lifecycle, health_routes
@@ -143,7 +143,7 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
     )
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = checked_request_id(request.headers.get("x-request-id"))
         try:
             status_and_code(exc)
         except TypeError:  # a bug: answer in the same shape; Starlette logs the traceback
@@ -168,14 +168,16 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         error = GatewayError(exc.status_code, code, str(exc.detail), headers)
-        return error_response(error, uuid.uuid4().hex)
+        return error_response(error, checked_request_id(None))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return error_response(GatewayError(400, "invalid_request", problems), uuid.uuid4().hex)
+        return error_response(
+            GatewayError(400, "invalid_request", problems), checked_request_id(None)
+        )
 
     def out(record: FunctionRecord) -> FunctionOut:
         return FunctionOut(
