@@ -133,6 +133,16 @@ class GatewayProcess:
         self.process.wait()
 
 
+def start_dev(directory: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`edgefn dev directory` on `port`, its output appended to `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgefn_platform", "dev", str(directory), "--port", str(port)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn")},
+    )
+
+
 def cli(gateway: GatewayProcess, *args: str) -> Result:
     """`edgefn <args>` against `gateway`'s admin API, in this process."""
     return CliRunner().invoke(

@@ -7,8 +7,6 @@ import json
 import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ from click.testing import CliRunner
 
 import attacks
 from edgefn_platform.cli import main
-from gateway_process import ROOT, GatewayProcess, cli, free_port
+from gateway_process import ROOT, GatewayProcess, cli, free_port, start_dev
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 HELLO = ROOT / "functions" / "hello"
@@ -368,13 +366,7 @@ def _ignore_errors(call: object) -> None:
 def test_dev_serves_and_redeploys_on_change(tmp_path: Path) -> None:
     directory = write_function(tmp_path / "devfn", "devfn", "before")
     port = free_port()
-    log = (tmp_path / "dev.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgefn_platform", "dev", str(directory), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn")},
-    )
+    process = start_dev(directory, port, tmp_path / "dev.log")
     try:
         assert _wait_for(f"http://127.0.0.1:{port}/devfn/", "before")
         write_function(directory, "devfn", "after")

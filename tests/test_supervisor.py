@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import httpx
 import pytest
 
 import attacks
-from gateway_process import ROOT, GatewayProcess, children, free_port
+from gateway_process import GatewayProcess, children, free_port, start_dev
 
 AREA = "Process supervision (tests/test_supervisor.py)"
 
@@ -100,13 +98,7 @@ def test_sigkill_of_the_supervisor_takes_its_workers_down(gateway: GatewayProces
 def test_edgefn_dev_takes_its_worker_down(tmp_path: Path, signum: int) -> None:
     directory = write_function(tmp_path / "devfn", "up")
     port = free_port()
-    log = (tmp_path / "dev.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgefn_platform", "dev", str(directory), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn")},
-    )
+    process = start_dev(directory, port, tmp_path / "dev.log")
     started: list[int] = []
     try:
         deadline = time.monotonic() + 60
