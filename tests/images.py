@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from PIL import Image, ImageChops, ImageStat, TiffImagePlugin
+from PIL import Image, ImageChops, ImageStat, PngImagePlugin, TiffImagePlugin
 
 
 def photo(width: int = 600, height: int = 400, mode: str = "RGB", seed: int = 1) -> Image.Image:
@@ -153,3 +153,35 @@ def image_bombs() -> list[Bomb]:
              "/watermark?text=.&size=0.01&margin=0&position=tile&format=jpeg",
              encode(Image.new("RGB", (3000, 3000)), "PNG"), 500, "function_error"),
     ]  # fmt: skip
+
+
+def tiled_tiff(width: int, height: int, tile: int) -> bytes:
+    """An RGB TIFF of `width` x `height` stored as one deflated `tile` x `tile` tile."""
+    data = zlib.compress(bytes(tile * tile * 3), 9)
+    bits_at = 8 + len(data)
+    entries = [
+        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, bits_at), (259, 3, 1, 8),
+        (262, 3, 1, 2), (277, 3, 1, 3), (284, 3, 1, 1), (322, 4, 1, tile), (323, 4, 1, tile),
+        (324, 4, 1, 8), (325, 4, 1, len(data)),
+    ]  # fmt: skip
+    ifd = struct.pack("<H", len(entries))
+    ifd += b"".join(struct.pack("<HHII", *entry) for entry in entries) + struct.pack("<I", 0)
+    header = b"II*\0" + struct.pack("<I", bits_at + 8)
+    return header + data + struct.pack("<HHHH", 8, 8, 8, 0) + ifd
+
+
+def jpeg_with_repeated_scans(copies: int, size: int = 600) -> bytes:
+    """A progressive JPEG whose second scan is repeated `copies` times."""
+    data = encode(Image.new("L", (size, size), 128), "JPEG", progressive=True, quality=90)
+    first = data.index(b"\xff\xda")
+    second = data.index(b"\xff\xda", first + 2)
+    third = data.index(b"\xff\xda", second + 2)
+    return data[:second] + data[second:third] * copies + data[third:]
+
+
+def png_with_text(chunks: int, size: int = 1 << 20) -> bytes:
+    """A 1x1 PNG carrying `chunks` zTXt chunks that each inflate to `size` bytes."""
+    info = PngImagePlugin.PngInfo()
+    for i in range(chunks):
+        info.add_text(f"k{i}", "a" * size, zip=True)
+    return encode(Image.new("RGB", (1, 1)), "PNG", pnginfo=info)

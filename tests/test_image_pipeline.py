@@ -13,10 +13,13 @@ from images import (
     decode,
     encode,
     jpeg_with_orientation,
+    jpeg_with_repeated_scans,
     noise,
     photo,
     png_bomb,
+    png_with_text,
     psnr,
+    tiled_tiff,
 )
 
 SOURCE = encode(photo(600, 400), "PNG")
@@ -353,3 +356,33 @@ def test_the_encoder_stops_at_the_response_limit() -> None:
 
 def test_pillows_own_bomb_guard_is_on() -> None:
     assert Image.MAX_IMAGE_PIXELS is not None
+
+
+def test_repeated_jpeg_scans_are_refused_and_scans_are_charged() -> None:
+    # 5,000 repeats of one scan in 436 KB took 18 s of host CPU, charged 0.01 s.
+    failure = _refused(jpeg_with_repeated_scans(200), {"output": {}}, Budget())
+    assert failure.kind == "invalid_image" and "scans" in failure.message
+    fuel: list[int] = []
+    data = jpeg_with_repeated_scans(1, 1000)
+    render(data, {"ops": [{"op": "resize", "width": 100}]}, None, Budget(spend=fuel.append))
+    assert fuel[0] >= 1000 * 1000 * data.count(b"\xff\xda") * 2  # full size, every scan
+
+
+def test_a_tiff_tile_larger_than_its_image_is_charged() -> None:
+    # A 16x16 image in one 8192x8192 tile: libtiff inflated 196 MiB for it.
+    failure = _refused(tiled_tiff(16, 16, 8192), {"output": {}}, Budget(max_memory=128 * MiB))
+    assert failure.kind == "memory_limit"
+
+
+def test_png_text_is_bounded_when_the_header_is_read() -> None:
+    with pytest.raises(ImageFailure) as caught:
+        probe(png_with_text(8))  # 8 MiB of text in a few KB; Pillow allowed 64 MiB
+    assert caught.value.kind == "invalid_image"
+
+
+def test_a_converted_palette_image_is_held_at_its_new_size() -> None:
+    data = encode(Image.new("P", (5000, 5000)), "PNG", transparency=0)  # 25 MB as P
+    budget = Budget(max_memory=128 * MiB)
+    failure = _refused(data, {"ops": [{"op": "resize", "width": 100}]}, budget)
+    # Held as RGBA (100 MB), the resize's copies cannot fit; counted as P they did.
+    assert failure.kind == "memory_limit" and "resizing" in failure.message

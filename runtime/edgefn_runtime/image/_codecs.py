@@ -8,7 +8,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, ImageColor, UnidentifiedImageError
+from PIL import Image, ImageColor, PngImagePlugin, UnidentifiedImageError
 
 from edgefn.image import ImageInfo
 
@@ -28,6 +28,11 @@ __all__ = [
 
 # Pillow's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS, 89 MP; refused
 # past twice that) stays on as a second fence behind `Budget.max_pixels`.
+
+# PNG text chunks are inflated into `info` when the header is read, before any
+# budget can see them: Pillow allows 64 MiB (63 zTXt chunks of 1 MiB each made a
+# 74 KB file cost 65 MiB and 0.2 s per probe). Images need none of it.
+PngImagePlugin.MAX_TEXT_MEMORY = 1 << 20
 
 # Decoders allowed: no EPS/PDF/PSD and friends, whose parsers are attack surface.
 _DECODERS = ["JPEG", "PNG", "WEBP", "GIF", "AVIF", "BMP", "TIFF"]

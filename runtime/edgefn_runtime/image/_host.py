@@ -9,11 +9,12 @@ own image bytes: it writes them to its stdout, as it does a response body.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,17 @@ def _guarded(function: Callable[..., wc.Variant]) -> Callable[..., wc.Variant]:
 
 @_guarded
 def _probe(store: wasmtime.StoreContext, source: Any) -> wc.Variant:
-    probed = probe(_source(_context(store), source))
+    context = _context(store)
+    with _charged(store, context) as budget:
+        data = _source(context, source)
+        # Hashing and parsing the header: about a nanosecond a byte, and a floor,
+        # so that a guest probing in a loop pays fuel for the host's work.
+        budget.reserve("probing the image", 0, 0, 0, len(data) + _PROBE_FUEL)
+        probed = probe(data)
     return wc.Variant("ok", _record(probed, exclude=()))
+
+
+_PROBE_FUEL = 100_000
 
 
 @_guarded
@@ -132,6 +142,16 @@ def _render(store: wasmtime.StoreContext, source: Any, pipeline: str) -> wc.Vari
         spec = json.loads(pipeline)
     except ValueError as exc:
         raise ImageFailure("invalid_pipeline", f"pipeline is not JSON: {exc}") from None
+    with _charged(store, context) as budget:
+        rendered = render(_source(context, source), spec, context.assets, budget)
+    context.rendered = rendered.data
+    return wc.Variant("ok", _record(rendered, exclude=("data",), length=len(rendered.data)))
+
+
+@contextlib.contextmanager
+def _charged(store: wasmtime.StoreContext, context: ImageContext) -> Iterator[Budget]:
+    """A budget drawing on the request's fuel, memory limit and deadline; a breach
+    is recorded for the sandbox to raise, and the guest stopped."""
     budget = Budget(
         max_pixels=context.limits.max_image_pixels,
         max_memory=context.limits.memory,
@@ -140,7 +160,7 @@ def _render(store: wasmtime.StoreContext, source: Any, pipeline: str) -> wc.Vari
         spend=lambda fuel: _spend(store, fuel),
     )
     try:
-        rendered = render(_source(context, source), spec, context.assets, budget)
+        yield budget
     except ImageFailure as failure:
         breach = _BREACHES.get(failure.kind)
         if breach is not None:
@@ -151,8 +171,6 @@ def _render(store: wasmtime.StoreContext, source: Any, pipeline: str) -> wc.Vari
         raise
     finally:
         context.pixels += budget.pixels
-    context.rendered = rendered.data
-    return wc.Variant("ok", _record(rendered, exclude=("data",), length=len(rendered.data)))
 
 
 _BREACHES: dict[str, Callable[[Limits, str], SandboxError]] = {
