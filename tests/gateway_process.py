@@ -9,6 +9,8 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +133,25 @@ class GatewayProcess:
                 pass  # exited meanwhile
         self.process.kill()
         self.process.wait()
+
+
+@contextmanager
+def serving(
+    gateway: GatewayProcess, *functions: Path, limits: dict[str, tuple[str, ...]] | None = None
+) -> Iterator[GatewayProcess]:
+    """`gateway` started with `functions` deployed and `limits` (CLI options per
+    function) set; stopped on the way out, whatever happens inside."""
+    gateway.start()
+    try:
+        for directory in functions:
+            result = cli(gateway, "deploy", str(directory))
+            assert result.exit_code == 0, result.output
+        for name, options in (limits or {}).items():
+            result = cli(gateway, "limits", name, *options)
+            assert result.exit_code == 0, result.output
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 def start_dev(directory: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

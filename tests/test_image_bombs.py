@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import attacks
-from gateway_process import ROOT, GatewayProcess, cli, reset_peak_rss, rss
+from gateway_process import ROOT, GatewayProcess, reset_peak_rss, rss, serving
 from images import Bomb, image_bombs
 
 AREA = "Image bombs against the shipped examples (tests/test_image_bombs.py)"
@@ -25,14 +25,12 @@ OVERHEAD = 64 * MiB
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(tmp_path_factory.mktemp("bombs") / "data", workers=1).start()
-    try:
-        for name in ("image_resize", "watermark"):
-            result = cli(process, "deploy", str(ROOT / "functions" / name))
-            assert result.exit_code == 0, result.output
+    with serving(
+        GatewayProcess(tmp_path_factory.mktemp("bombs") / "data", workers=1),
+        ROOT / "functions" / "image_resize",
+        ROOT / "functions" / "watermark",
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.mark.parametrize("bomb", image_bombs(), ids=lambda bomb: bomb.name)

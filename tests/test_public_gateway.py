@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import attacks
-from gateway_process import ROOT, GatewayProcess, cli
+from gateway_process import ROOT, GatewayProcess, cli, serving
 from uploads import storm, upload
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
@@ -189,17 +189,14 @@ def test_an_unfit_request_id_is_replaced(gateway: GatewayProcess, attack: str, g
 @pytest.fixture(scope="module")
 def uploads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """A gateway with its default body budget, `hostile` taking 25 MiB bodies."""
-    process = GatewayProcess(tmp_path_factory.mktemp("uploads") / "data").start()
-    try:
-        for directory in (ROOT / "functions" / "hello", FUNCTIONS / "hostile"):
-            result = cli(process, "deploy", str(directory))
-            assert result.exit_code == 0, result.output
-        limits = ("--max-body", "25MiB", "--memory", "128MiB", "--concurrency", "2")
-        result = cli(process, "limits", "hostile", *limits)
-        assert result.exit_code == 0, result.output
+    limits = ("--max-body", "25MiB", "--memory", "128MiB", "--concurrency", "2")
+    with serving(
+        GatewayProcess(tmp_path_factory.mktemp("uploads") / "data"),
+        ROOT / "functions" / "hello",
+        FUNCTIONS / "hostile",
+        limits={"hostile": limits},
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_100_concurrent_25_mib_uploads_stay_within_the_body_budget(
@@ -238,15 +235,12 @@ def small_budget(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayPr
         "EDGEFN_BACKPRESSURE_QUEUE_WAIT": "5s",
         "EDGEFN_BODY_TIMEOUT": "2",
     }
-    process = GatewayProcess(tmp_path_factory.mktemp("budget") / "data", extra_env=env).start()
-    try:
-        result = cli(process, "deploy", str(FUNCTIONS / "hostile"))
-        assert result.exit_code == 0, result.output
-        result = cli(process, "limits", "hostile", "--timeout", "3s")
-        assert result.exit_code == 0, result.output
+    with serving(
+        GatewayProcess(tmp_path_factory.mktemp("budget") / "data", extra_env=env),
+        FUNCTIONS / "hostile",
+        limits={"hostile": ("--timeout", "3s")},
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_waiting_for_the_body_budget_does_not_count_against_the_body_timeout(
