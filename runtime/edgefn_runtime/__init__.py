@@ -12,6 +12,7 @@ from ._contract import CONTRACT_VERSION
 from ._engine import Engine, default_cache_dir
 from ._errors import (
     BodyTooLarge,
+    EdgefnError,
     FuelExhausted,
     GuestCrashed,
     GuestError,
@@ -30,6 +31,7 @@ __all__ = [
     "CONTRACT_VERSION",
     "MIN_MEMORY",
     "BodyTooLarge",
+    "EdgefnError",
     "Engine",
     "FuelExhausted",
     "GuestCrashed",

@@ -9,6 +9,7 @@ from ._messages import Usage
 
 __all__ = [
     "BodyTooLarge",
+    "EdgefnError",
     "FuelExhausted",
     "GuestCrashed",
     "GuestError",
@@ -21,40 +22,64 @@ __all__ = [
 ]
 
 
-class InvalidComponent(Exception):
-    """The file is not a component implementing edgefn's handler world."""
+class EdgefnError(Exception):
+    """The root of every error edgefn raises on the host, as click's exceptions are.
 
-
-class SandboxError(Exception):
-    """A request failed inside the sandbox. The process stays healthy.
-
-    `code` is stable and used in HTTP error bodies; `logs` and `usage` are what
-    the request produced before it failed.
+    Each class carries what its callers need to answer it without a table of
+    their own: `code` is stable (HTTP error bodies, logs, metrics), `status` is
+    the HTTP status the gateway answers with, `exit_code` what the CLI exits with.
+    Every package's errors (runtime, registry, gateway, CLI) derive from it.
     """
 
-    code = "sandbox_error"
+    code = "edgefn_error"
+    status = 500
+    exit_code = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class InvalidComponent(EdgefnError):
+    """The file is not a component implementing edgefn's handler world."""
+
+    code = "invalid_component"
+    status = 400
+
+
+class SandboxError(EdgefnError):
+    """A request failed inside the sandbox. The process stays healthy.
+
+    `logs` and `usage` are what the request produced before it failed.
+    """
+
+    code = "sandbox_error"
+    status = 502
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
         self.logs: list[str] = []
         self.usage = Usage()
 
 
 class Timeout(SandboxError):
     code = "timeout"
+    status = 504
 
 
 class FuelExhausted(SandboxError):
     code = "fuel_exhausted"
+    status = 503
 
 
 class MemoryLimitExceeded(SandboxError):
     code = "memory_limit"
+    status = 503
 
 
 class BodyTooLarge(SandboxError):
     code = "body_too_large"
+    status = 413
 
 
 class ResponseTooLarge(SandboxError):
@@ -65,6 +90,7 @@ class GuestError(SandboxError):
     """The function raised an exception it did not handle."""
 
     code = "function_error"
+    status = 500
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}" if message else kind)
