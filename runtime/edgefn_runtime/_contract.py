@@ -5,12 +5,13 @@ from __future__ import annotations
 import wasmtime
 from wasmtime import component as wc
 
+from edgefn_contract import CONTRACT_VERSION
+
 from ._codec import check_handle_type
 from ._errors import InvalidComponent
 
 __all__ = ["CONTRACT_VERSION", "HANDLER_EXPORT", "check_component"]
 
-CONTRACT_VERSION = "0.3.0"
 HANDLER_EXPORT = f"edgefn:http/incoming-handler@{CONTRACT_VERSION}"
 _IMPORTS = {f"edgefn:http/{name}@{CONTRACT_VERSION}" for name in ("types", "image")}
 _HANDLER_PREFIX = "edgefn:http/incoming-handler@"

@@ -16,6 +16,23 @@ import json as _json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# The vocabulary is the contract's, shared with the host (edgefn_contract is
+# compiled into every component beside this SDK).
+from edgefn_contract.image import (
+    DEFAULT_BACKGROUND,
+    DEFAULT_FIT,
+    DEFAULT_FORMAT,
+    DEFAULT_GRAVITY,
+    DEFAULT_QUALITY,
+    DEFAULT_STAMP_GRAVITY,
+    DIRECTIONS,
+    FITS,
+    FORMATS,
+    GRAVITIES,
+    MAX_SOURCE_BYTES,
+    ImageInfo,
+)
+
 from ._exceptions import HTTPError
 from ._responses import Response
 
@@ -35,23 +52,6 @@ __all__ = [
     "raise_failure",
     "use_backend",
 ]
-
-FORMATS = ("jpeg", "png", "webp", "avif", "gif")
-# What `Image.from_bytes` may hold (the host refuses more, too).
-MAX_SOURCE_BYTES = 64 * 1024
-FITS = ("cover", "contain", "fill", "inside", "outside")
-GRAVITIES = (
-    "north",
-    "northeast",
-    "east",
-    "southeast",
-    "south",
-    "southwest",
-    "west",
-    "northwest",
-    "center",
-)
-
 
 class ImageError(HTTPError):
     """The image service refused the input or the pipeline; answers with its status."""
@@ -91,18 +91,6 @@ def raise_failure(kind: str, message: str) -> None:
     if kind == "timeout":
         raise ImageError(504, message, code=kind)
     raise ValueError(f"image pipeline rejected: {message}")
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What `probe()` reads from the image header."""
-
-    width: int
-    height: int
-    format: str
-    orientation: int
-    animated: bool
-    digest: str
 
 
 class Backend(Protocol):
@@ -176,10 +164,10 @@ class Image:
         width: int | None = None,
         height: int | None = None,
         *,
-        fit: str = "contain",
-        gravity: str = "center",
+        fit: str = DEFAULT_FIT,
+        gravity: str = DEFAULT_GRAVITY,
         upscale: bool = False,
-        background: str = "#ffffff",
+        background: str = DEFAULT_BACKGROUND,
     ) -> Image:
         """Scale to `width` and/or `height`. Fits: cover (fill the box, crop the rest),
         contain (fit inside, pad to the box), fill (stretch), inside (fit inside, no
@@ -208,7 +196,7 @@ class Image:
         width: int,
         height: int,
         *,
-        gravity: str = "center",
+        gravity: str = DEFAULT_GRAVITY,
         left: int | None = None,
         top: int | None = None,
     ) -> Image:
@@ -228,7 +216,7 @@ class Image:
 
     def flip(self, direction: str = "horizontal") -> Image:
         """Mirror left-right (`horizontal`) or top-bottom (`vertical`)."""
-        _check(direction, ("horizontal", "vertical"), "direction")
+        _check(direction, DIRECTIONS, "direction")
         return self._with({"op": "flip", "direction": direction})
 
     def orient(self, auto: bool = True) -> Image:
@@ -242,7 +230,7 @@ class Image:
         size: float = 0.05,
         color: str = "#ffffff",
         opacity: float = 0.5,
-        gravity: str = "southeast",
+        gravity: str = DEFAULT_STAMP_GRAVITY,
         margin: float = 0.02,
         tile: bool = False,
     ) -> Image:
@@ -256,7 +244,7 @@ class Image:
         *,
         scale: float = 0.2,
         opacity: float = 1.0,
-        gravity: str = "southeast",
+        gravity: str = DEFAULT_STAMP_GRAVITY,
         margin: float = 0.02,
         tile: bool = False,
     ) -> Image:
@@ -271,7 +259,12 @@ class Image:
         placement = {"opacity": opacity, "gravity": gravity, "margin": margin, "tile": tile}
         return self._with({**op, **placement})
 
-    def pipeline(self, format: str = "jpeg", quality: int = 85, background: str = "#ffffff") -> str:
+    def pipeline(
+        self,
+        format: str = DEFAULT_FORMAT,
+        quality: int = DEFAULT_QUALITY,
+        background: str = DEFAULT_BACKGROUND,
+    ) -> str:
         """The JSON the host runs (what `send` sends)."""
         _check(format, FORMATS, "format")
         if not isinstance(quality, int) or not 1 <= quality <= 100:
@@ -283,10 +276,10 @@ class Image:
 
     def send(
         self,
-        format: str = "jpeg",
-        quality: int = 85,
+        format: str = DEFAULT_FORMAT,
+        quality: int = DEFAULT_QUALITY,
         *,
-        background: str = "#ffffff",
+        background: str = DEFAULT_BACKGROUND,
         status: int = 200,
         headers: dict[str, str] | None = None,
     ) -> Response:

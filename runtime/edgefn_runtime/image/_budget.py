@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from PIL import Image
 
+from edgefn_contract.image import ImageFailure  # shared with edgefn.testing's native runs
+
 __all__ = [
     "COPY_FUEL",
     "DECODE_FUEL",
@@ -31,15 +33,6 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
-
-
-class ImageFailure(Exception):
-    """The pipeline cannot run; `kind` is one of the WIT `failure` kinds."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 # Pillow stores 1-byte modes in one byte a pixel, 16-bit ones in two, and every

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, ImageColor, PngImagePlugin, UnidentifiedImageError
 
-from edgefn.image import ImageInfo
+from edgefn_contract.image import ImageInfo
 
 from ._budget import COPY_FUEL, ENCODE_FUEL, ENCODE_MEMORY, Budget, ImageFailure, image_bytes
 

@@ -24,7 +24,7 @@ from wasmtime import _ffi as ffi
 from wasmtime import _value
 from wasmtime import component as wc
 
-from edgefn.image import MAX_SOURCE_BYTES, ImageInfo
+from edgefn_contract.image import MAX_SOURCE_BYTES, ImageInfo
 
 from .._contract import CONTRACT_VERSION
 from .._errors import FuelExhausted, MemoryLimitExceeded, SandboxError, Timeout

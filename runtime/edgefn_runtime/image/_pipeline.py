@@ -15,8 +15,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-# The SDK's vocabulary is the contract's: the host accepts exactly what it records.
-from edgefn.image import FITS, GRAVITIES
+# The contract's vocabulary, which the SDK records: the host accepts exactly it.
+from edgefn_contract.image import DEFAULT_FIT, FITS, GRAVITIES
 
 from ._budget import (
     DECODE_FUEL,
@@ -145,7 +145,7 @@ def _draft(image: Image.Image, ops: list[dict[str, Any]], orient: bool) -> None:
     if swapped:
         width, height = height, width
     target = _fit_size(
-        image.width, image.height, width, height, ops[0].get("fit", "inside"), upscale=False
+        image.width, image.height, width, height, ops[0].get("fit", DEFAULT_FIT), upscale=False
     )
     # The largest reduction that still leaves at least the target size, as
     # imgproxy's shrink-on-load does; Lanczos does the rest.
@@ -226,7 +226,7 @@ _REDUCING_GAP = 3.0
 
 def _resize(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image:
     w, h = op.get("width"), op.get("height")
-    fit = op.get("fit", "contain")
+    fit = op.get("fit", DEFAULT_FIT)
     if fit not in FITS:
         raise ImageFailure("invalid_pipeline", f"fit must be one of {', '.join(FITS)}")
     upscale = bool(op.get("upscale", False))
