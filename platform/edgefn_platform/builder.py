@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from importlib import resources
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 
 import edgefn
+import edgefn_contract
 
 from .manifest import Manifest, load_manifest
 
@@ -33,6 +35,12 @@ _ENTRY_MODULE = "_edgefn_entry"
 _GUEST_PYTHON = "python3.14"  # the CPython componentize-py 0.25 embeds
 _SKIP = {BUILD_DIR, "__pycache__", ".git", ".pytest_cache", "tests"}
 _CHECK_SCRIPT = Path(__file__).with_name("_entry_check.py")
+
+# What every component holds beside the function: the SDK and the contract it
+# shares with the host. Both import only the standard library at import time
+# (edgefn.testing included: it finds the runtime through an entry point, when a
+# native test calls it), so they are copied whole.
+_GUEST_PACKAGES = (edgefn, edgefn_contract)
 
 Progress = Callable[[str], None]
 
@@ -100,17 +108,22 @@ def _stage(staging: Path, manifest: Manifest) -> Path:
     installed beside it (wasmtime, click, ...) can be imported into a function.
     """
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(
-        Path(edgefn.__file__).resolve().parent,
-        staging / "edgefn",
-        ignore=shutil.ignore_patterns("__pycache__", "testing.py"),
-    )
+    for package in _GUEST_PACKAGES:
+        shutil.copytree(
+            _package_dir(package),
+            staging / package.__name__,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     (staging / f"{_ENTRY_MODULE}.py").write_text(
         f"from edgefn._guest import export\n"
         f"from {manifest.entry_module} import {manifest.entry_attribute} as _app\n"
         f"IncomingHandler = export(_app)\n"
     )
     return staging
+
+
+def _package_dir(package: ModuleType) -> Path:
+    return Path(package.__file__ or "").resolve().parent
 
 
 def _componentize(directory: Path, staging: Path, deps: Path, output: Path) -> None:
@@ -205,10 +218,12 @@ def _native_distributions(site: Path) -> list[str]:
 def _source_hash(directory: Path, manifest: Manifest) -> str:
     digest = hashlib.sha256()
     digest.update(f"componentize-py={version('componentize-py')}\n".encode())
-    sdk = Path(edgefn.__file__).resolve().parent
     wit = resources.files("edgefn.wit")
     inputs = [(f"fn/{p.relative_to(directory)}", p) for p in _source_files(directory)]
-    inputs += [(f"sdk/{p.relative_to(sdk)}", p) for p in sorted(sdk.rglob("*.py"))]
+    for package in _GUEST_PACKAGES:
+        root = _package_dir(package)
+        files = sorted(root.rglob("*.py"))
+        inputs += [(f"{package.__name__}/{p.relative_to(root)}", p) for p in files]
     for name, path in inputs:
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     for entry in sorted(wit.iterdir(), key=lambda e: e.name):
