@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json as _json
@@ -15,8 +16,11 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+
+import edgefn_contract.image as contract
 
 from . import image
 from ._datastructures import Headers
@@ -138,36 +142,50 @@ def load_app(directory: str | Path) -> App:
 
 
 class _NativeImages:
-    """edgefn.image's backend natively: the host's Pillow pipeline, in-process, so
-    outputs are the same bytes the sandbox would send."""
+    """edgefn.image's backend natively: the host's image service, in-process.
+
+    The runtime registers it under the `edgefn.testing` entry point group, so this
+    SDK never imports the runtime, and a test runs the same host code, with the
+    same checks and the same output bytes, as the sandbox would.
+    """
 
     def __init__(self, body: bytes, assets: Path | None) -> None:
         self.body = body
         self.assets = assets
+        self._service: contract.ImageService | None = None
 
-    def _data(self, source: tuple[str, Any]) -> bytes:
-        kind, value = source
-        if kind == "asset":
-            if self.assets is None:
-                raise ValueError("pass TestClient(..., assets=folder) to read assets")
-            return (self.assets / str(value)).read_bytes()
-        return bytes(value) if kind == "bytes" else bytes(self.body)
+    def _host(self) -> contract.ImageService:
+        if self._service is None:
+            self._service = _image_service_factory()(body=self.body, assets=self.assets)
+        return self._service
 
     def probe(self, source: tuple[str, Any]) -> image.ImageInfo:
-        from edgefn_runtime.image import ImageFailure, probe
-
+        service = self._host()
         try:
-            return probe(self._data(source))
-        except ImageFailure as failure:
+            return service.probe(source)
+        except contract.ImageFailure as failure:
             image.raise_failure(failure.kind, failure.message)
             raise
 
     def render(self, source: tuple[str, Any], pipeline: str) -> Response:
-        from edgefn_runtime.image import Budget, ImageFailure, render
-
+        service = self._host()
         try:
-            rendered = render(self._data(source), _json.loads(pipeline), self.assets, Budget())
-        except ImageFailure as failure:
+            rendered = service.render(source, pipeline)
+        except contract.ImageFailure as failure:
             image.raise_failure(failure.kind, failure.message)
             raise
         return Response(rendered.data, headers={"content-type": rendered.content_type})
+
+
+@functools.cache
+def _image_service_factory() -> contract.ImageServiceFactory:
+    found = entry_points(group=contract.ENTRY_POINT_GROUP, name=contract.ENTRY_POINT_NAME)
+    if not found:
+        raise RuntimeError(
+            "edgefn.image runs natively through edgefn's runtime, which is not installed "
+            f"(no {contract.ENTRY_POINT_NAME!r} entry point in the "
+            f"{contract.ENTRY_POINT_GROUP!r} group); install edgefn with its runtime "
+            "(`pip install edgefn`) to test image functions"
+        )
+    factory: contract.ImageServiceFactory = next(iter(found)).load()
+    return factory
