@@ -154,7 +154,7 @@ class _NativeImages:
         return bytes(value) if kind == "bytes" else bytes(self.body)
 
     def probe(self, source: tuple[str, Any]) -> image.ImageInfo:
-        from edgefn_runtime.image import ImageFailure, probe
+        from edgefn_runtime.capabilities.image import ImageFailure, probe
 
         try:
             return probe(self._data(source))
@@ -163,7 +163,7 @@ class _NativeImages:
             raise
 
     def render(self, source: tuple[str, Any], pipeline: str) -> Response:
-        from edgefn_runtime.image import Budget, ImageFailure, render
+        from edgefn_runtime.capabilities.image import Budget, ImageFailure, render
 
         try:
             rendered = render(self._data(source), _json.loads(pipeline), self.assets, Budget())

@@ -1,82 +1,113 @@
-"""The image capability as the guest sees it: `edgefn:http/image` in the linker.
+"""The image capability: `edgefn:http/image` for guests, and the same host code natively.
 
-Host functions find their request through the store's data (an `ImageContext`),
-charge their work to the request's memory limit, fuel and deadline before doing
-it (see `_budget.py`), and keep the encoded result on the host as the response
+Host functions find their request through the shared `RequestContext`, charge
+their work to the request's memory limit, fuel and deadline before doing it
+(see `_budget.py`), and keep the encoded result on the host as the response
 body, so pixels never cross the component boundary, and neither do the guest's
 own image bytes: it writes them to its stdout, as it does a response body.
+
+`probe_source` and `render_source` take no store: the sandbox's linker
+binding and `native_backend` (what `edgefn.testing` runs) call the same code,
+with the same checks and budgets.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import wasmtime
-from wasmtime import _ffi as ffi
-from wasmtime import _value
 from wasmtime import component as wc
 
 from edgefn.image import MAX_SOURCE_BYTES, ImageInfo
 
-from .._contract import CONTRACT_VERSION
-from .._errors import FuelExhausted, MemoryLimitExceeded, SandboxError, Timeout
-from .._limits import Limits
+from ..._contract import CONTRACT_VERSION
+from ..._errors import FuelExhausted, MemoryLimitExceeded, SandboxError, Timeout
+from ..._limits import Limits
+from ..._messages import Usage
+from .._base import Capability, CountedFuel, Fuel, RequestContext, host_call
 from ._budget import Budget, ImageFailure
 from ._codecs import Rendered, probe
 from ._pipeline import render
 
-__all__ = ["IMAGE_IMPORT", "MAX_SOURCE_BYTES", "ImageContext", "add_image_capability"]
+__all__ = [
+    "IMAGE_IMPORT",
+    "MAX_SOURCE_BYTES",
+    "ImageCapability",
+    "NativeImages",
+    "native_backend",
+    "probe_source",
+    "render_source",
+]
 
 IMAGE_IMPORT = f"edgefn:http/image@{CONTRACT_VERSION}"
+_T = TypeVar("_T")
+
+# A source as the WIT `image-source` carries it: None for the request body, an
+# asset's name, or how many bytes the guest just wrote to its stdout.
+Source = None | str | int
 
 
 @dataclass
-class ImageContext:
-    """What the image capability needs from the request it serves.
+class ImageState:
+    """One request's image work so far."""
 
-    A store keeps one context for its life; `begin` readies it for each request.
-    """
-
-    assets: Path | None
-    # Reads the next n bytes the guest wrote to its stdout (`bytes` sources).
-    take_output: Callable[[int], bytes] | None = None
-    body: bytes = b""
-    limits: Limits = field(default_factory=Limits)
-    deadline: float = 0.0  # on time.monotonic()'s clock
-    # The last image rendered, which a `response-body.rendered` head sends.
-    rendered: bytes | None = None
-    # A budget the image work broke; the sandbox raises it whatever the guest does.
-    error: SandboxError | None = None
     pixels: int = 0
 
-    def begin(self, body: bytes, limits: Limits) -> None:
-        self.body, self.limits = body, limits
-        self.deadline = time.monotonic() + limits.timeout
-        self.rendered, self.error, self.pixels = None, None, 0
+
+class ImageCapability(Capability):
+    name = "image"
+    imports = frozenset({IMAGE_IMPORT})
+    # Room in stdout for one `bytes` source besides the response body.
+    stdout_reserve = MAX_SOURCE_BYTES
+
+    def link(self, linker: wc.Linker) -> None:
+        with linker.root() as root, root.add_instance(IMAGE_IMPORT) as instance:
+            instance.add_func("probe", _probe)
+            instance.add_func("render", _render)
+
+    def begin(self, context: RequestContext) -> ImageState:
+        return ImageState()
+
+    def finish(self, state: ImageState, usage: Usage) -> None:
+        usage.image_pixels = state.pixels
 
 
-def add_image_capability(linker: wc.Linker) -> None:
-    with linker.root() as root, root.add_instance(IMAGE_IMPORT) as instance:
-        instance.add_func("probe", _probe)
-        instance.add_func("render", _render)
+# The host code, with no store ------------------------------------------------
 
 
-def _context(store: wasmtime.StoreContext) -> ImageContext:
-    # wasmtime-py's StoreContext has no data(); this is what Store.data() does.
-    context = _value._unintern(ffi.wasmtime_context_get_data(store._context()))  # type: ignore[arg-type]
-    assert isinstance(context, ImageContext)
-    return context
+def probe_source(context: RequestContext, fuel: Fuel, source: Source) -> ImageInfo:
+    """Probe `source` for the request `context`; raises `ImageFailure`."""
+    with _charged(context, fuel) as budget:
+        data = _source(context, source)
+        # Hashing and parsing the header: about a nanosecond a byte, and a floor,
+        # so that a guest probing in a loop pays fuel for the host's work.
+        budget.reserve("probing the image", 0, 0, 0, len(data) + _PROBE_FUEL)
+        return probe(data)
 
 
-def _source(context: ImageContext, source: Any) -> bytes:
+_PROBE_FUEL = 100_000
+
+
+def render_source(context: RequestContext, fuel: Fuel, source: Source, pipeline: str) -> Rendered:
+    """Run the JSON `pipeline` on `source`; the result becomes the request's
+    host-rendered response body. Raises `ImageFailure`."""
+    try:
+        spec = json.loads(pipeline)
+    except ValueError as exc:
+        raise ImageFailure("invalid_pipeline", f"pipeline is not JSON: {exc}") from None
+    with _charged(context, fuel) as budget:
+        rendered = render(_source(context, source), spec, context.assets, budget)
+    context.response_body = rendered.data
+    return rendered
+
+
+def _source(context: RequestContext, source: Source) -> bytes:
     if source is None:
         return context.body
     if isinstance(source, str):
@@ -100,77 +131,33 @@ def _source(context: ImageContext, source: Any) -> bytes:
     return context.take_output(source)
 
 
-def _guarded(function: Callable[..., wc.Variant]) -> Callable[..., wc.Variant]:
-    # An exception escaping a host function would trap the guest and resurface
-    # through a process-wide slot in wasmtime-py; decoders of hostile input
-    # raise all sorts, so every one becomes a failure the guest can handle.
-    @functools.wraps(function)
-    def guarded(*args: Any) -> wc.Variant:
-        try:
-            return function(*args)
-        except ImageFailure as failure:
-            return _failure(failure)
-        except Exception as exc:
-            return _failure(
-                ImageFailure(
-                    "invalid_image", f"the image cannot be processed: {type(exc).__name__}: {exc}"
-                )
-            )
-
-    return guarded
-
-
-@_guarded
-def _probe(store: wasmtime.StoreContext, source: Any) -> wc.Variant:
-    context = _context(store)
-    with _charged(store, context) as budget:
-        data = _source(context, source)
-        # Hashing and parsing the header: about a nanosecond a byte, and a floor,
-        # so that a guest probing in a loop pays fuel for the host's work.
-        budget.reserve("probing the image", 0, 0, 0, len(data) + _PROBE_FUEL)
-        probed = probe(data)
-    return wc.Variant("ok", _record(probed, exclude=()))
-
-
-_PROBE_FUEL = 100_000
-
-
-@_guarded
-def _render(store: wasmtime.StoreContext, source: Any, pipeline: str) -> wc.Variant:
-    context = _context(store)
-    try:
-        spec = json.loads(pipeline)
-    except ValueError as exc:
-        raise ImageFailure("invalid_pipeline", f"pipeline is not JSON: {exc}") from None
-    with _charged(store, context) as budget:
-        rendered = render(_source(context, source), spec, context.assets, budget)
-    context.rendered = rendered.data
-    return wc.Variant("ok", _record(rendered, exclude=("data",), length=len(rendered.data)))
-
-
 @contextlib.contextmanager
-def _charged(store: wasmtime.StoreContext, context: ImageContext) -> Iterator[Budget]:
+def _charged(context: RequestContext, fuel: Fuel) -> Iterator[Budget]:
     """A budget drawing on the request's fuel, memory limit and deadline; a breach
     is recorded for the sandbox to raise, and the guest stopped."""
+    limits = context.limits
+
+    def spend(cost: int) -> None:
+        if not fuel.spend(cost):
+            raise ImageFailure("budget_exceeded", "the image work needs more fuel than is left")
+
     budget = Budget(
-        max_pixels=context.limits.max_image_pixels,
-        max_memory=context.limits.memory,
-        max_output_bytes=context.limits.max_response,
+        max_pixels=limits.max_image_pixels,
+        max_memory=limits.memory,
+        max_output_bytes=limits.max_response,
         deadline=context.deadline,
-        spend=lambda fuel: _spend(store, fuel),
+        spend=spend,
     )
     try:
         yield budget
     except ImageFailure as failure:
         breach = _BREACHES.get(failure.kind)
         if breach is not None:
-            # The guest cannot catch this: out of fuel, it stops, and the sandbox
-            # reports the budget the image work broke.
-            context.error = breach(context.limits, failure.message)
-            _set_fuel(store, 0)
+            context.stop(fuel, breach(limits, failure.message))
         raise
     finally:
-        context.pixels += budget.pixels
+        state = context.states[ImageCapability.name]
+        state.pixels += budget.pixels
 
 
 _BREACHES: dict[str, Callable[[Limits, str], SandboxError]] = {
@@ -187,26 +174,46 @@ _BREACHES: dict[str, Callable[[Limits, str], SandboxError]] = {
 }
 
 
-def _spend(store: wasmtime.StoreContext, cost: int) -> None:
-    fuel = ctypes.c_uint64()
-    error = ffi.wasmtime_context_get_fuel(store._context(), ctypes.byref(fuel))
-    if error:
-        raise wasmtime.WasmtimeError._from_ptr(error)
-    if cost > fuel.value:
-        raise ImageFailure("budget_exceeded", "the image work needs more fuel than is left")
-    _set_fuel(store, fuel.value - cost)
+def _as_failure(exc: Exception) -> ImageFailure:
+    # Decoders of hostile input raise all sorts: each becomes a failure the guest
+    # can handle, the same in the sandbox and natively.
+    if isinstance(exc, ImageFailure):
+        return exc
+    return ImageFailure(
+        "invalid_image", f"the image cannot be processed: {type(exc).__name__}: {exc}"
+    )
 
 
-def _set_fuel(store: wasmtime.StoreContext, fuel: int) -> None:
-    error = ffi.wasmtime_context_set_fuel(store._context(), fuel)
-    if error:
-        raise wasmtime.WasmtimeError._from_ptr(error)
+# The sandbox's linker binding ------------------------------------------------
 
 
-def _failure(failure: ImageFailure) -> wc.Variant:
-    record = wc.Record()
-    record.__dict__.update(kind=failure.kind, message=failure.message)
-    return wc.Variant("err", record)
+def _guarded(function: Callable[..., wc.Variant]) -> Callable[..., wc.Variant]:
+    # An exception escaping a host function would trap the guest and resurface
+    # through a process-wide slot in wasmtime-py: every one becomes an `err`.
+    @functools.wraps(function)
+    def guarded(*args: Any) -> wc.Variant:
+        try:
+            return function(*args)
+        except Exception as exc:
+            failure = _as_failure(exc)
+            record = wc.Record()
+            record.__dict__.update(kind=failure.kind, message=failure.message)
+            return wc.Variant("err", record)
+
+    return guarded
+
+
+@_guarded
+def _probe(store: wasmtime.StoreContext, source: Source) -> wc.Variant:
+    context, fuel = host_call(store)
+    return wc.Variant("ok", _record(probe_source(context, fuel, source), exclude=()))
+
+
+@_guarded
+def _render(store: wasmtime.StoreContext, source: Source, pipeline: str) -> wc.Variant:
+    context, fuel = host_call(store)
+    rendered = render_source(context, fuel, source, pipeline)
+    return wc.Variant("ok", _record(rendered, exclude=("data",), length=len(rendered.data)))
 
 
 def _record(value: ImageInfo | Rendered, exclude: tuple[str, ...], **extra: Any) -> wc.Record:
@@ -214,3 +221,68 @@ def _record(value: ImageInfo | Rendered, exclude: tuple[str, ...], **extra: Any)
     fields = {k.replace("_", "-"): v for k, v in value.__dict__.items() if k not in exclude}
     record.__dict__.update(fields, **extra)
     return record
+
+
+# Natively, for edgefn.testing ------------------------------------------------
+
+
+def native_backend(*, body: bytes, assets: Path | None) -> NativeImages:
+    """The image capability for one request run natively (`edgefn.testing`'s
+    entry point `edgefn.testing:image`), under the default `Limits()`."""
+    return NativeImages(body, assets)
+
+
+class NativeImages:
+    """`edgefn.image`'s backend without a sandbox: the host code the sandbox runs,
+    with the same checks (asset paths, the 64 KiB `bytes` source, pixel, memory,
+    fuel and deadline budgets), so outputs and failures are the sandbox's.
+
+    `source` is the SDK's `(kind, value)`: `("body", None)`, `("asset", name)` or
+    `("bytes", data)`. Each method raises the `ImageFailure` (`kind`, `message`)
+    the host function would have answered the guest with. For a broken budget
+    (`memory_limit`, `timeout`, `budget_exceeded`) the sandbox then ends the
+    request with the `SandboxError` in `breach`; natively the failure is raised,
+    and the request's fuel, now zero, refuses any further image work.
+    """
+
+    def __init__(self, body: bytes, assets: Path | None, limits: Limits | None = None) -> None:
+        limits = limits or Limits()
+        self.context = RequestContext(Path(assets) if assets is not None else None)
+        self.context.begin(body, limits, [ImageCapability()])
+        self.fuel = CountedFuel(limits.fuel)
+
+    @property
+    def breach(self) -> SandboxError | None:
+        """The limit the image work broke, which the sandbox would answer with."""
+        return self.context.breach
+
+    @property
+    def pixels(self) -> int:
+        """Pixels the image work decoded, produced, stamped or encoded so far."""
+        state: ImageState = self.context.states[ImageCapability.name]
+        return state.pixels
+
+    def probe(self, source: tuple[str, Any]) -> ImageInfo:
+        return self._run(lambda: probe_source(self.context, self.fuel, self._source(source)))
+
+    def render(self, source: tuple[str, Any], pipeline: str) -> Rendered:
+        """The rendered image: `data`, `content_type`, `width`, `height`, `format`."""
+        return self._run(
+            lambda: render_source(self.context, self.fuel, self._source(source), pipeline)
+        )
+
+    def _source(self, source: tuple[str, Any]) -> Source:
+        kind, value = source
+        if kind == "asset":
+            return str(value)
+        if kind == "bytes":
+            data = bytes(value)
+            self.context.take_output = lambda length: data[:length]
+            return len(data)
+        return None
+
+    def _run(self, work: Callable[[], _T]) -> _T:
+        try:
+            return work()
+        except Exception as exc:
+            raise _as_failure(exc) from None
