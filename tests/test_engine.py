@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import wasmtime
 
+import edgefn_runtime
 from edgefn_platform import BuildResult
 from edgefn_runtime import CONTRACT_VERSION, Engine, InvalidComponent, Limits, Request
 
@@ -120,3 +124,31 @@ def test_back_to_back_fresh_requests_never_run_out_of_pool_slots(
         sandbox = small.load(hostile_build.path)
         statuses = {sandbox.invoke(Request("GET", "/counter")).response.status for _ in range(300)}
     assert statuses == {200}
+
+
+def test_a_wasmtime_other_than_the_pinned_one_is_refused_on_import() -> None:
+    # The adapter (`_wasmtime.py`) uses wasmtime-py internals that change between
+    # releases: another version must fail at import, saying which and what to do.
+    script = (
+        "import importlib.metadata as m\n"
+        "real = m.version\n"
+        "m.version = lambda name: '49.0.0' if name == 'wasmtime' else real(name)\n"
+        "import edgefn_runtime\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: edgefn_runtime needs wasmtime 50.0.1")
+    assert "wasmtime 49.0.0 is installed" in last
+    assert "pip install wasmtime==50.0.1" in last
+
+
+def test_only_the_adapter_touches_wasmtime_internals() -> None:
+    runtime = Path(edgefn_runtime.__file__).parent
+    private = re.compile(r"wasmtime\._|from wasmtime(\.\w+)* import _|\._func\b|\._context\(\)")
+    touching = sorted(
+        str(path.relative_to(runtime))
+        for path in runtime.rglob("*.py")
+        if private.search(path.read_text(encoding="utf-8"))
+    )
+    assert touching == ["_wasmtime.py"]

@@ -7,7 +7,7 @@ import time
 import pytest
 from PIL import Image, ImageOps
 
-from edgefn_runtime.image import Budget, ImageFailure, probe, render
+from edgefn_runtime.capabilities.image import Budget, ImageFailure, probe, render
 from images import (
     animated_gif,
     decode,

@@ -229,4 +229,4 @@ def test_usage_reports_fuel_and_timings(hostile: Sandbox) -> None:
     assert 0 < usage.fuel < LIMITS.fuel
     assert 0 < usage.instantiate_seconds < 1
     assert 0 < usage.execute_seconds < 1
-    assert usage.peak_memory is None
+    assert not hasattr(usage, "peak_memory")  # never measured, so not reported

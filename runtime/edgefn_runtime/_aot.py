@@ -16,7 +16,7 @@ from pathlib import Path
 import wasmtime
 from wasmtime import component as wc
 
-from ._errors import InvalidComponent
+from ._errors import from_load_failure
 
 __all__ = ["AotCache", "sha256_file"]
 
@@ -60,10 +60,7 @@ class AotCache:
         try:
             component = wc.Component.from_file(engine, wasm)
         except wasmtime.WasmtimeError as exc:
-            first_line = str(exc).splitlines()[0]
-            raise InvalidComponent(
-                f"{wasm} is not a valid WebAssembly component: {first_line}"
-            ) from None
+            raise from_load_failure(exc, f"{wasm} is not a valid WebAssembly component") from None
         self._store(artifact, component.serialize())
         return component
 

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import wasmtime
 from wasmtime import component as wc
 
 from edgefn_contract import CONTRACT_VERSION
 
-from ._codec import check_handle_type
 from ._errors import InvalidComponent
+from ._handle_call import check_handle_type
 
 __all__ = ["CONTRACT_VERSION", "HANDLER_EXPORT", "check_component"]
 
 HANDLER_EXPORT = f"edgefn:http/incoming-handler@{CONTRACT_VERSION}"
-_IMPORTS = {f"edgefn:http/{name}@{CONTRACT_VERSION}" for name in ("types", "image")}
+# The contract's own shared types; every other non-WASI import is a capability's.
+_CONTRACT_IMPORTS = frozenset({f"edgefn:http/types@{CONTRACT_VERSION}"})
 _HANDLER_PREFIX = "edgefn:http/incoming-handler@"
 
 
-def check_component(engine: wasmtime.Engine, component: wc.Component) -> None:
-    """Raise `InvalidComponent` unless `component` implements the handler world."""
+def check_component(
+    engine: wasmtime.Engine, component: wc.Component, capabilities: Collection[str]
+) -> None:
+    """Raise `InvalidComponent` unless `component` implements the handler world
+    and imports nothing but WASI and the interfaces in `capabilities`."""
     component_type = component.type
     exports = component_type.exports(engine)
     if HANDLER_EXPORT not in exports:
@@ -38,5 +44,5 @@ def check_component(engine: wasmtime.Engine, component: wc.Component) -> None:
         raise InvalidComponent(f"{HANDLER_EXPORT} does not export a `handle` function")
     check_handle_type(handler.exports(engine)["handle"].ty)
     for name in component_type.imports(engine):
-        if not (name.startswith("wasi:") or name in _IMPORTS):
+        if not (name.startswith("wasi:") or name in _CONTRACT_IMPORTS or name in capabilities):
             raise InvalidComponent(f"the component imports {name}, which edgefn does not provide")

@@ -7,19 +7,19 @@ import os
 import platform
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 
 import wasmtime
-from wasmtime import _ffi as ffi
 from wasmtime import component as wc
 
+from . import _wasmtime
 from ._aot import AotCache, sha256_file
 from ._contract import check_component
-from ._errors import InvalidComponent
+from ._errors import from_load_failure
 from ._sandbox import Sandbox
-from .image import ImageContext, add_image_capability
+from .capabilities import Capability, RequestContext, installed
 
 __all__ = ["Engine", "default_cache_dir"]
 
@@ -60,10 +60,18 @@ class Engine:
     """One wasmtime engine per process, configured for fuel and epoch deadlines.
 
     `load()` turns a component file into a `Sandbox`, compiling it ahead of
-    time once and caching the result under `cache_dir/aot`.
+    time once and caching the result under `cache_dir/aot`. `capabilities` are
+    the host capabilities linked for guests (`capabilities.installed()` unless
+    given); a component may import those and WASI, nothing else.
     """
 
-    def __init__(self, cache_dir: Path | None = None, *, max_instances: int = 256) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        *,
+        max_instances: int = 256,
+        capabilities: Iterable[Capability] | None = None,
+    ) -> None:
         config = wasmtime.Config()
         config.consume_fuel = True
         config.epoch_interruption = True
@@ -73,7 +81,15 @@ class Engine:
         self.wasmtime = wasmtime.Engine(config)
         self.linker = wc.Linker(self.wasmtime)
         self.linker.add_wasip2()
-        add_image_capability(self.linker)
+        self.capabilities = tuple(installed() if capabilities is None else capabilities)
+        names = [capability.name for capability in self.capabilities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"capability names must be unique, got {names}")
+        for capability in self.capabilities:
+            capability.link(self.linker)
+        self.imports = frozenset().union(*(c.imports for c in self.capabilities))
+        # Bytes of stdout a guest may use to hand data to capabilities.
+        self.stdout_reserve = sum(c.stdout_reserve for c in self.capabilities)
         self.aot = AotCache((cache_dir or default_cache_dir()) / "aot", self._engine_key())
         # Idle reusable instances hold pool slots: keep three quarters of the
         # pool for requests in flight, whatever number of functions reuse.
@@ -105,7 +121,7 @@ class Engine:
         wasm = Path(wasm)
         sha256 = sha256_file(wasm)
         component = self.aot.load(self.wasmtime, wasm, sha256)
-        check_component(self.wasmtime, component)
+        check_component(self.wasmtime, component, self.imports)
         self._check_instantiates(component)
         if assets is not None and not Path(assets).is_dir():
             raise FileNotFoundError(f"assets directory {assets} does not exist")
@@ -123,15 +139,14 @@ class Engine:
         # Link and instantiate once, without calling the guest: a component
         # that does not fit the pool or links to something missing fails here,
         # at load, instead of on its first request.
-        store = wasmtime.Store(self.wasmtime, data=ImageContext(None))
-        store.set_fuel(10**9)
+        store = wasmtime.Store(self.wasmtime, data=RequestContext(None))
+        _wasmtime.set_fuel(store, 10**9)
         store.set_epoch_deadline(2**32)
         store.set_wasi(wasmtime.WasiConfig())
         try:
             self.linker.instantiate(store, component)
         except wasmtime.WasmtimeError as exc:
-            reason = str(exc).splitlines()[0]
-            raise InvalidComponent(f"the component cannot be instantiated: {reason}") from None
+            raise from_load_failure(exc, "the component cannot be instantiated") from None
 
     def epoch_deadline(self, timeout: float) -> int:
         """Epoch ticks for `timeout` seconds, starting the ticker if needed."""
@@ -165,18 +180,14 @@ class Engine:
 
 def _use_pooling_allocator(config: wasmtime.Config, max_instances: int) -> None:
     # wasmtime-py's Config does not expose the pooling allocator; the C API does.
-    pool = ffi.wasmtime_pooling_allocation_config_new()
-    try:
-        settings = {
+    _wasmtime.use_pooling_allocator(
+        config,
+        {
             **_POOL,
             "total_component_instances": max_instances,
             "total_core_instances": max_instances * 16,
             "total_memories": max_instances * 2,
             "total_tables": max_instances * 4,
             "total_stacks": max_instances,
-        }
-        for name, value in settings.items():
-            getattr(ffi, f"wasmtime_pooling_allocation_config_{name}_set")(pool, value)
-        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
-    finally:
-        ffi.wasmtime_pooling_allocation_config_delete(pool)
+        },
+    )

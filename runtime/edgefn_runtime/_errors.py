@@ -112,6 +112,13 @@ class InvalidResponse(SandboxError):
     code = "invalid_response"
 
 
+def from_load_failure(error: wasmtime.WasmtimeError, problem: str) -> InvalidComponent:
+    """Classify a wasmtime failure while compiling, checking or linking a component:
+    `problem` says what could not be done, wasmtime's first line says why."""
+    reason = str(error).splitlines()[0] if str(error) else "unknown reason"
+    return InvalidComponent(f"{problem}: {reason}")
+
+
 def from_trap(error: Exception, limits: Limits, *, fuel_left: int, logs: list[str]) -> SandboxError:
     """Classify a wasmtime failure during instantiate or call."""
     if isinstance(error, wasmtime.ExitTrap):

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 import wasmtime
 from wasmtime import component as wc
 
-from . import _nogil
-from ._codec import GuestFailure, call_handle
+from . import _wasmtime
 from ._errors import (
     GuestCrashed,
     InvalidResponse,
@@ -19,10 +18,11 @@ from ._errors import (
     from_guest_error,
     from_trap,
 )
+from ._handle_call import GuestFailure, call_handle
 from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, Limits
 from ._messages import Outcome, Request, Response, Usage
-from ._stdio import BodyFile, GuestOutput, set_stdin_bytes
-from .image import MAX_SOURCE_BYTES, ImageContext
+from ._stdio import BodyFile, GuestOutput
+from .capabilities import RequestContext
 
 if TYPE_CHECKING:
     from ._sandbox import Sandbox
@@ -49,7 +49,10 @@ class Instance:
         # the garbage collector, at some later point, could free.
         self._engine, self._component = sandbox.engine, sandbox.component
         self._handle_index = sandbox.handle_index
-        self.context = ImageContext(sandbox.assets)
+        self._capabilities = sandbox.engine.capabilities
+        # Room in stdout for what the guest hands capabilities, besides the body.
+        self._stdout_reserve = sandbox.engine.stdout_reserve
+        self.context = RequestContext(sandbox.assets)
         self.store = wasmtime.Store(sandbox.engine.wasmtime, data=self.context)
         self.requests = 0
         self.broken = False
@@ -61,12 +64,11 @@ class Instance:
         stretches = 1 if body is not None else _REUSE_STRETCHES
         self._body_file = BodyFile(config) if body is None else None
         if body is not None:
-            set_stdin_bytes(config, body)
+            _wasmtime.set_stdin_bytes(config, body)
         opened: list[BodyFile | GuestOutput] = [self._body_file] if self._body_file else []
         try:
-            # Room for one `bytes` image source besides the response body.
             self._stdout = _output(
-                config, "stdout", limits.max_response + MAX_SOURCE_BYTES, stretches
+                config, "stdout", limits.max_response + self._stdout_reserve, stretches
             )
             opened.append(self._stdout)
             self._stderr = _output(config, "stderr", limits.max_log, stretches)
@@ -84,7 +86,7 @@ class Instance:
         """Whether this instance can take another request under `limits`."""
         return (
             not self.broken
-            and self._stdout.fits(limits.max_response + MAX_SOURCE_BYTES)
+            and self._stdout.fits(limits.max_response + self._stdout_reserve)
             and self._stderr.fits(limits.max_log)
         )
 
@@ -98,10 +100,10 @@ class Instance:
 
     def _serve(self, request: Request, limits: Limits) -> Outcome:
         store, context, engine = self.store, self.context, self._engine
-        context.begin(request.body, limits)
+        context.begin(request.body, limits, self._capabilities)
         if self._body_file is not None:
             self._body_file.put(request.body)
-        _nogil.prepare(store, limits.memory, limits.fuel, engine.epoch_deadline(limits.timeout))
+        _wasmtime.prepare(store, limits.memory, limits.fuel, engine.epoch_deadline(limits.timeout))
         self.requests += 1
         usage = Usage()
         trap: wasmtime.WasmtimeError | None = None
@@ -118,9 +120,10 @@ class Instance:
             # a worker's RSS grew by hundreds of MB.
             trap = exc.with_traceback(None)
         usage.execute_seconds = time.perf_counter() - started - usage.instantiate_seconds
-        fuel_left = _nogil.fuel(store)
+        fuel_left = _wasmtime.get_fuel(store)
         usage.fuel = limits.fuel - fuel_left
-        usage.image_pixels = context.pixels
+        for capability in self._capabilities:
+            capability.finish(context.states[capability.name], usage)
         logs, truncated = self._stderr.take_text_lines(limits.max_log)
         if truncated:
             logs.append(
@@ -131,8 +134,8 @@ class Instance:
             error.usage, error.logs = usage, logs
             return error
 
-        if context.error is not None:  # image work broke a budget; the guest can't hide it
-            raise fail(context.error) from None
+        if context.breach is not None:  # host work broke a limit; the guest can't hide it
+            raise fail(context.breach) from None
         if trap is not None:
             raise fail(from_trap(trap, limits, fuel_left=fuel_left, logs=logs)) from None
         if isinstance(head, GuestFailure):
@@ -154,9 +157,11 @@ class Instance:
             )
         written = head.written
         if written is None:
-            if context.rendered is None:
-                raise fail(GuestCrashed("the function sent a rendered image but rendered none"))
-            body = context.rendered
+            if context.response_body is None:
+                raise fail(
+                    GuestCrashed("the function sent a host-rendered body but none was rendered")
+                )
+            body = context.response_body
         elif written > limits.max_response:
             raise fail(
                 ResponseTooLarge(

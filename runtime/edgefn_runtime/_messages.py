@@ -31,15 +31,15 @@ class Response:
 class Usage:
     """What one request consumed.
 
-    `peak_memory` is None: wasmtime-py 50's component API gives the host no
-    handle on a component's linear memory, so it cannot be read back.
+    No peak memory: wasmtime's C API gives the host no handle on a component's
+    linear memory and no way to read a store's high-water mark; the memory
+    limit is enforced all the same (`Limits.memory`).
     """
 
     fuel: int = 0
     image_pixels: int = 0
     instantiate_seconds: float = 0.0
     execute_seconds: float = 0.0
-    peak_memory: int | None = None
 
 
 @dataclass

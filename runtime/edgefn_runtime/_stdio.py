@@ -24,22 +24,12 @@ import shutil
 import tempfile
 
 import wasmtime
-from wasmtime import _ffi as ffi
 
-__all__ = ["BodyFile", "GuestOutput", "set_stdin_bytes"]
+__all__ = ["BodyFile", "GuestOutput"]
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _RELEASE_CHUNK = 1 << 20
-
-
-def set_stdin_bytes(config: wasmtime.WasiConfig, data: bytes) -> None:
-    """Make `data` the guest's whole stdin (wasmtime copies it into its own buffer)."""
-    vec = ffi.wasm_byte_vec_t()
-    # c_char_p points at the bytes object's own buffer: no copy on our side.
-    buffer = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
-    ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buffer)
-    ffi.wasi_config_set_stdin_bytes(config.ptr(), ctypes.byref(vec))
 
 
 class BodyFile:

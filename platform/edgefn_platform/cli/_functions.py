@@ -115,8 +115,7 @@ def invoke_command(
         usage = outcome.usage
         click.echo(
             f"usage: fuel {usage.fuel:,}, instantiate {usage.instantiate_seconds * 1000:.2f} ms, "
-            f"execute {usage.execute_seconds * 1000:.2f} ms, load {loaded * 1000:.0f} ms, "
-            f"peak memory {'n/a' if usage.peak_memory is None else format_size(usage.peak_memory)}",
+            f"execute {usage.execute_seconds * 1000:.2f} ms, load {loaded * 1000:.0f} ms",
             err=True,
         )
 

@@ -9,16 +9,13 @@ directly; headers cross as one string for the same reason (see the WIT file).
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
-from wasmtime import _ffi as ffi
 from wasmtime import component as wc
-from wasmtime.component._enter import maybe_raise_last_exn
 
-from . import _nogil
+from . import _wasmtime
 from ._errors import InvalidComponent
 from ._messages import HeaderList, Request
 
@@ -63,24 +60,17 @@ def call_handle(
     store: wasmtime.Store, func: wc.Func, request: Request, body_in_file: bool
 ) -> ResponseHead | GuestFailure:
     """Call the guest's `handle`; a trap raises `wasmtime.WasmtimeError`."""
-    param = ffi.wasmtime_component_val_t()
+    param = _wasmtime.Val()
     _request_head(param, request, body_in_file)
-    result = ffi.wasmtime_component_val_t()
+    result = _wasmtime.Val()
     try:
-        error = ffi.wasmtime_component_func_call(
-            ctypes.byref(func._func), store._context(), ctypes.byref(param), 1,
-            ctypes.byref(result), 1,
-        )  # fmt: skip
-        if error:
-            trap = wasmtime.WasmtimeError._from_ptr(error)
-            maybe_raise_last_exn()
-            raise trap
+        _wasmtime.call_func(store, func, param, result)
     finally:
-        _nogil.val_delete(ctypes.byref(param))
+        _wasmtime.delete_val(param)
     try:
         return _lift_result(result)
     finally:
-        _nogil.val_delete(ctypes.byref(result))
+        _wasmtime.delete_val(result)
 
 
 def encode_headers(headers: HeaderList) -> str:
@@ -95,33 +85,18 @@ def decode_headers(block: str) -> HeaderList:
     return headers
 
 
-def _string(val: Any, text: str) -> None:
-    val.kind = ffi.WASMTIME_COMPONENT_STRING
-    val.of.string = _nogil.name(text)
-
-
 _REQUEST_FIELDS = ("method", "path", "query", "headers", "body")
 
 
 def _request_head(val: Any, request: Request, body_in_file: bool) -> None:
-    record = ffi.wasmtime_component_valrecord_t()
-    _nogil.valrecord_new_uninit(record, len(_REQUEST_FIELDS))
-    entries = record.data
-    for i, name in enumerate(_REQUEST_FIELDS):
-        entries[i].name = _nogil.name(name)
-    _string(entries[0].val, request.method)
-    _string(entries[1].val, request.path)
-    _string(entries[2].val, request.query)
-    _string(entries[3].val, encode_headers(request.headers))
-    length = ffi.wasmtime_component_val_t()
-    length.kind = ffi.WASMTIME_COMPONENT_U64
-    length.of.u64 = len(request.body)
-    body = entries[4].val
-    body.kind = ffi.WASMTIME_COMPONENT_VARIANT
-    body.of.variant.discriminant = _nogil.name("file" if body_in_file else "stdin")
-    body.of.variant.val = _nogil.val_new(ctypes.byref(length))
-    val.kind = ffi.WASMTIME_COMPONENT_RECORD
-    val.of.record = record
+    entries = _wasmtime.lower_record(val, _REQUEST_FIELDS)
+    _wasmtime.lower_string(entries[0].val, request.method)
+    _wasmtime.lower_string(entries[1].val, request.path)
+    _wasmtime.lower_string(entries[2].val, request.query)
+    _wasmtime.lower_string(entries[3].val, encode_headers(request.headers))
+    length = _wasmtime.Val()
+    _wasmtime.lower_u64(length, len(request.body))
+    _wasmtime.lower_variant(entries[4].val, "file" if body_in_file else "stdin", length)
 
 
 def _lift_result(result: Any) -> ResponseHead | GuestFailure:
@@ -135,7 +110,7 @@ def _lift_result(result: Any) -> ResponseHead | GuestFailure:
 
 
 def _text(val: Any) -> str:
-    return ffi.to_str(val.of.string)
+    return _wasmtime.lift_string(val)
 
 
 def _describe(ty: Any) -> str:

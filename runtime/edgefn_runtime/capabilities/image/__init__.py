@@ -2,7 +2,15 @@
 
 from ._budget import Budget, ImageFailure
 from ._codecs import FORMATS, Rendered, probe
-from ._host import IMAGE_IMPORT, MAX_SOURCE_BYTES, ImageContext, add_image_capability
+from ._host import (
+    IMAGE_IMPORT,
+    MAX_SOURCE_BYTES,
+    ImageCapability,
+    NativeImages,
+    native_backend,
+    probe_source,
+    render_source,
+)
 from ._pipeline import render
 
 __all__ = [
@@ -10,10 +18,13 @@ __all__ = [
     "IMAGE_IMPORT",
     "MAX_SOURCE_BYTES",
     "Budget",
-    "ImageContext",
+    "ImageCapability",
     "ImageFailure",
+    "NativeImages",
     "Rendered",
-    "add_image_capability",
+    "native_backend",
     "probe",
+    "probe_source",
     "render",
+    "render_source",
 ]

@@ -1,0 +1,28 @@
+"""Host capabilities: what a sandboxed function may ask of the host beyond WASI.
+
+Each capability is one module or package here with the same shape (see
+`Capability`): its WIT interface name, its host functions linked once per
+engine, its per-request state in the shared `RequestContext`, and what it adds
+to a request's `Usage`. `Engine(capabilities=...)` links the ones given,
+`installed()` by default; the engine, sandbox and instance name none of them.
+"""
+
+from __future__ import annotations
+
+from ._base import Capability, CountedFuel, Fuel, RequestContext, StoreFuel, host_call
+from .image import ImageCapability
+
+__all__ = [
+    "Capability",
+    "CountedFuel",
+    "Fuel",
+    "RequestContext",
+    "StoreFuel",
+    "host_call",
+    "installed",
+]
+
+
+def installed() -> list[Capability]:
+    """The capabilities an engine links unless told otherwise."""
+    return [ImageCapability()]

@@ -1,0 +1,143 @@
+"""The one shape every host capability has, and the request context they share.
+
+A capability is what a sandboxed function may ask of the host beyond WASI:
+today images; next outbound HTTP, a response cache, a key-value store,
+secrets. Each is a `Capability` linked into the engine's linker once; for
+every request the sandbox calls `begin` on each (its per-request state goes
+into the shared `RequestContext`, which is the store's data) and `finish`
+once the guest has answered. The core (engine, sandbox, instance) knows
+capabilities only through this module: adding one is adding a module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import component as wc
+
+from .. import _wasmtime
+from .._errors import SandboxError
+from .._limits import Limits
+from .._messages import Usage
+
+__all__ = ["Capability", "CountedFuel", "Fuel", "RequestContext", "StoreFuel", "host_call"]
+
+
+class Capability:
+    """One host capability. Subclass it and override what the capability needs.
+
+    `name` keys its per-request state in `RequestContext.states`; `imports` are
+    the WIT interfaces (`package/interface@version`) it provides, and the only
+    non-WASI imports a component may have are those of the engine's capabilities;
+    `stdout_reserve` is how many bytes of its stdout the guest may use to pass
+    data to the capability, beyond the response body (see `RequestContext.take_output`).
+    """
+
+    name: str = ""
+    imports: frozenset[str] = frozenset()
+    stdout_reserve: int = 0
+
+    def link(self, linker: wc.Linker) -> None:
+        """Add the capability's host functions to `linker` (once, per engine)."""
+
+    def begin(self, context: RequestContext) -> Any:
+        """The capability's state for the request `context` is about to serve.
+
+        Host functions find it as `context.states[self.name]`."""
+        return None
+
+    def finish(self, state: Any, usage: Usage) -> None:
+        """The guest is done (answered, failed or trapped): add what the
+        capability's work cost to `usage`, release what `state` holds."""
+
+
+class RequestContext:
+    """What one request's host calls share: the store's data.
+
+    A store keeps one context for its life; `begin` readies it for each request.
+    """
+
+    def __init__(
+        self, assets: Path | None, take_output: Callable[[int], bytes] | None = None
+    ) -> None:
+        self.assets = assets
+        # Reads the next n bytes the guest wrote to its stdout: how a guest hands
+        # a capability data without a `list<u8>` crossing the boundary.
+        self.take_output = take_output
+        self.limits = Limits()
+        self.body = b""
+        self.deadline = 0.0  # on time.monotonic()'s clock
+        # A limit host work broke: the sandbox raises it whatever the guest does.
+        self.breach: SandboxError | None = None
+        # A response body a capability produced on the host, which the guest's
+        # `response-body.rendered` head sends.
+        self.response_body: bytes | None = None
+        self.states: dict[str, Any] = {}
+
+    def begin(self, body: bytes, limits: Limits, capabilities: Iterable[Capability]) -> None:
+        self.body, self.limits = body, limits
+        self.deadline = time.monotonic() + limits.timeout
+        self.breach = None
+        self.response_body = None
+        self.states = {capability.name: capability.begin(self) for capability in capabilities}
+
+    def stop(self, fuel: Fuel, breach: SandboxError) -> None:
+        """Record `breach` and stop the guest: out of fuel, it cannot catch it, and
+        the sandbox reports the limit the host work broke."""
+        self.breach = breach
+        fuel.set(0)
+
+
+class Fuel:
+    """The request's fuel, which host work is charged to before it is done."""
+
+    def left(self) -> int:
+        raise NotImplementedError
+
+    def set(self, fuel: int) -> None:
+        raise NotImplementedError
+
+    def spend(self, cost: int) -> bool:
+        """Take `cost` units; False, taking nothing, when fewer are left."""
+        left = self.left()
+        if cost > left:
+            return False
+        self.set(left - cost)
+        return True
+
+
+class StoreFuel(Fuel):
+    """The fuel of the store a host function was called from."""
+
+    def __init__(self, store: wasmtime.StoreContext) -> None:
+        self._store = store
+
+    def left(self) -> int:
+        return _wasmtime.get_fuel(self._store)
+
+    def set(self, fuel: int) -> None:
+        _wasmtime.set_fuel(self._store, fuel)
+
+
+class CountedFuel(Fuel):
+    """Fuel without a store, for running a capability's host code natively."""
+
+    def __init__(self, fuel: int) -> None:
+        self.fuel = fuel
+
+    def left(self) -> int:
+        return self.fuel
+
+    def set(self, fuel: int) -> None:
+        self.fuel = fuel
+
+
+def host_call(store: wasmtime.StoreContext) -> tuple[RequestContext, Fuel]:
+    """The request a host function was called for, and its fuel."""
+    context = _wasmtime.store_data(store)
+    assert isinstance(context, RequestContext), "every store's data is its RequestContext"
+    return context, StoreFuel(store)
