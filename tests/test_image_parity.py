@@ -85,8 +85,8 @@ CASES: dict[str, tuple[dict[str, Any], bytes]] = {
     "asset-escape": _case({"source": ["asset", "../edgefn.toml"], "probe": True}),
     "asset-escape-absolute": _case({"source": ["asset", str(PARITY / "app.py")]}),
     "asset-a-folder": _case({"source": ["asset", "."]}),
-    "overlay-missing": _case({"calls": [["overlay", ["nope.png"], {}]]}),
-    "overlay-escape": _case({"calls": [["overlay", ["../edgefn.toml"], {}]]}),
+    "asset-missing-overlay": _case({"calls": [["overlay", ["nope.png"], {}]]}),
+    "asset-escape-overlay": _case({"calls": [["overlay", ["../edgefn.toml"], {}]]}),
     # Refusals: bytes sources over 64 KiB, in the SDK and (past it) on the host.
     "bytes-over-64k": _case({"source": ["bytes", None]}, b"\0" * (MAX_SOURCE_BYTES + 1)),
     "bytes-over-64k-past-the-sdk": _case(
@@ -168,7 +168,7 @@ def test_the_cases_cover_successes_and_refusals(client: TestClient) -> None:
     expected = {
         name
         for name in CASES
-        if name.startswith(("asset-", "overlay-", "bytes-over", "format-unknown", "input-"))
+        if name.startswith(("asset-", "bytes-over", "format-unknown", "input-"))
         or name.startswith(("too-many", "pipeline-", "sdk-"))
     }
     assert refusals == expected

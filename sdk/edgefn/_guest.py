@@ -171,7 +171,10 @@ def _source(source: tuple[str, object]) -> host_image.Source:
         if _writing_body:
             raise RuntimeError("Image.from_bytes cannot be used while a response body streams")
         data = bytes(value)  # type: ignore[call-overload]
-        if _write_all(data) != len(data):
+        # Past the limit the host refuses on the length alone, before reading a
+        # byte, so the bytes are not written: unread, they would stay on stdout
+        # ahead of the response body and be sent as its first bytes.
+        if len(data) <= image.MAX_SOURCE_BYTES and _write_all(data) != len(data):
             raise ValueError("no room left on stdout for the image bytes")
         return host_image.Source_Bytes(len(data))
     return host_image.Source_Body()
