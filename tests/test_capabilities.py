@@ -31,7 +31,7 @@ CACHE = Path(os.environ["EDGEFN_CACHE_DIR"]) / "test-capabilities"
 
 def _contract_wit() -> Path:
     # Where `edgefn build` reads the contract from (platform/edgefn_platform/builder.py).
-    return Path(str(resources.files("edgefn.wit")))
+    return Path(str(resources.files("edgefn_contract.wit")))
 
 
 def _build_echo_guest(tmp: Path) -> Path:

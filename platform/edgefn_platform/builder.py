@@ -127,7 +127,7 @@ def _package_dir(package: ModuleType) -> Path:
 
 
 def _componentize(directory: Path, staging: Path, deps: Path, output: Path) -> None:
-    with resources.as_file(resources.files("edgefn.wit")) as wit:
+    with resources.as_file(resources.files("edgefn_contract.wit")) as wit:
         command = [
             _componentize_py(),
             "-d",
@@ -218,7 +218,7 @@ def _native_distributions(site: Path) -> list[str]:
 def _source_hash(directory: Path, manifest: Manifest) -> str:
     digest = hashlib.sha256()
     digest.update(f"componentize-py={version('componentize-py')}\n".encode())
-    wit = resources.files("edgefn.wit")
+    wit = resources.files("edgefn_contract.wit")
     inputs = [(f"fn/{p.relative_to(directory)}", p) for p in _source_files(directory)]
     for package in _GUEST_PACKAGES:
         root = _package_dir(package)

@@ -1,1 +1,0 @@
-"""edgefn's WIT contract (*.wit files), shipped with the SDK as package data."""
