@@ -14,13 +14,14 @@ from typing import BinaryIO
 
 from psycopg.errors import DiskFull
 
-from edgefn_runtime import Engine
+from edgefn_runtime import Engine, Sandbox
 
 from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, parse_manifest
 from ..registry import Blob, Registry, RegistryError, VersionRecord
 
 __all__ = [
+    "Deployed",
     "Deployer",
     "InvalidAssets",
     "StorageFull",
@@ -47,6 +48,24 @@ MAX_ASSETS_BYTES = 256 * 1024 * 1024
 MAX_ASSETS_FILES = 10_000
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """A version just deployed, and the sandbox the deploy loaded it into: the
+    worker that took the deploy serves from it instead of loading it again."""
+
+    version: VersionRecord
+    sandbox: Sandbox
+
+    def serves(self, version: VersionRecord) -> bool:
+        """Whether `version` is the one deployed here."""
+        mine = self.version
+        return (mine.function, mine.version, mine.sha256) == (
+            version.function,
+            version.version,
+            version.sha256,
+        )
+
+
 @dataclass
 class Deployer:
     registry: Registry
@@ -63,7 +82,7 @@ class Deployer:
 
     def deploy(
         self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None = None
-    ) -> VersionRecord:
+    ) -> Deployed:
         """Validate and compile before anything is stored; the registry then stores
         the artifact and activates the version in one transaction. A failure or a
         crash at any step leaves the previous version serving."""
@@ -79,9 +98,7 @@ class Deployer:
                 ) from None
             raise
 
-    def _deploy(
-        self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None
-    ) -> VersionRecord:
+    def _deploy(self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None) -> Deployed:
         manifest = parse_manifest(manifest_text, source="edgefn.toml")
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as temp:
@@ -95,8 +112,12 @@ class Deployer:
                     "but no assets archive was uploaded"
                 )
             assets_path = self.assets_dir / assets_sha if assets_sha else None
-            # Loading validates the contract and compiles into the shared AOT cache.
-            self.engine.load(wasm, env=manifest.env, assets=assets_path)
+            # Loading validates the contract and compiles into the shared AOT cache;
+            # the sandbox then serves on this worker (no second load). The bytes were
+            # hashed on their way to disk, once.
+            sandbox = self.engine.load(
+                wasm, env=manifest.env, assets=assets_path, reuse=manifest.reuse, sha256=sha256
+            )
             crash_point("deploy:compiled")
             stored = manifest.to_dict() | {"assets_sha256": assets_sha}
             # For gateways sharing the registry: they load this version without
@@ -104,7 +125,10 @@ class Deployer:
             blobs = [Blob(self._compiled_key(sha256), self.engine.aot.path_for(sha256))]
             if assets_sha:
                 blobs.append(Blob(f"assets/{assets_sha}", Path(temp) / _ARCHIVE))
-            return self.registry.deploy(manifest.name, manifest.route, stored, wasm, sha256, blobs)
+            version = self.registry.deploy(
+                manifest.name, manifest.route, stored, wasm, sha256, blobs
+            )
+            return Deployed(version, sandbox)
 
     def _compiled_key(self, sha256: str) -> str:
         return f"compiled/{sha256}-{self.engine.aot.engine_key}"
@@ -212,8 +236,8 @@ def deploy_directory(deployer: Deployer, directory: Path, wasm: Path) -> Version
     manifest = parse_manifest(manifest_text)
     with tempfile.TemporaryDirectory() as temp, wasm.open("rb") as component:
         if manifest.assets is None:
-            return deployer.deploy(manifest_text, component)
+            return deployer.deploy(manifest_text, component).version
         archive = Path(temp) / "assets.tar.gz"
         pack_assets(directory / manifest.assets, archive)
         with archive.open("rb") as assets:
-            return deployer.deploy(manifest_text, component, assets)
+            return deployer.deploy(manifest_text, component, assets).version
