@@ -17,11 +17,10 @@ from psycopg.errors import DiskFull
 from edgefn_runtime import Engine, Sandbox
 
 from .._crash import crash_point
-from ..manifest import MANIFEST_FILE, parse_manifest
+from ..manifest import MANIFEST_FILE, Manifest, parse_manifest
 from ..registry import Blob, Registry, RegistryError, VersionRecord
 
 __all__ = [
-    "Deployed",
     "Deployer",
     "InvalidAssets",
     "StorageFull",
@@ -48,22 +47,13 @@ MAX_ASSETS_BYTES = 256 * 1024 * 1024
 MAX_ASSETS_FILES = 10_000
 
 
-@dataclass(frozen=True)
-class Deployed:
-    """A version just deployed, and the sandbox the deploy loaded it into: the
-    worker that took the deploy serves from it instead of loading it again."""
+# What makes two loads of a component the same sandbox: its bytes, its assets, the
+# environment it sees and how often an instance is reused.
+_SandboxKey = tuple[str, str | None, tuple[tuple[str, str], ...], int]
 
-    version: VersionRecord
-    sandbox: Sandbox
 
-    def serves(self, version: VersionRecord) -> bool:
-        """Whether `version` is the one deployed here."""
-        mine = self.version
-        return (mine.function, mine.version, mine.sha256) == (
-            version.function,
-            version.version,
-            version.sha256,
-        )
+def _sandbox_key(sha256: str, manifest: Manifest, assets_sha: str | None) -> _SandboxKey:
+    return (sha256, assets_sha, tuple(sorted(manifest.env.items())), manifest.reuse)
 
 
 @dataclass
@@ -71,6 +61,11 @@ class Deployer:
     registry: Registry
     engine: Engine
     data_dir: Path
+    # Set in a worker: the sandbox each deploy loaded waits here, from before its
+    # version is committed, for the worker's table to take (`take_loaded`), so the
+    # version is not loaded twice, whichever thread (the handler's refresh, or the
+    # one a PostgreSQL notification wakes) gets to it first.
+    handoff: dict[_SandboxKey, Sandbox] | None = None
 
     @property
     def assets_dir(self) -> Path:
@@ -82,7 +77,7 @@ class Deployer:
 
     def deploy(
         self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None = None
-    ) -> Deployed:
+    ) -> VersionRecord:
         """Validate and compile before anything is stored; the registry then stores
         the artifact and activates the version in one transaction. A failure or a
         crash at any step leaves the previous version serving."""
@@ -98,7 +93,9 @@ class Deployer:
                 ) from None
             raise
 
-    def _deploy(self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None) -> Deployed:
+    def _deploy(
+        self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None
+    ) -> VersionRecord:
         manifest = parse_manifest(manifest_text, source="edgefn.toml")
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as temp:
@@ -118,6 +115,7 @@ class Deployer:
             sandbox = self.engine.load(
                 wasm, env=manifest.env, assets=assets_path, reuse=manifest.reuse, sha256=sha256
             )
+            key = _sandbox_key(sha256, manifest, assets_sha)
             crash_point("deploy:compiled")
             stored = manifest.to_dict() | {"assets_sha256": assets_sha}
             # For gateways sharing the registry: they load this version without
@@ -125,10 +123,27 @@ class Deployer:
             blobs = [Blob(self._compiled_key(sha256), self.engine.aot.path_for(sha256))]
             if assets_sha:
                 blobs.append(Blob(f"assets/{assets_sha}", Path(temp) / _ARCHIVE))
-            version = self.registry.deploy(
-                manifest.name, manifest.route, stored, wasm, sha256, blobs
-            )
-            return Deployed(version, sandbox)
+            if self.handoff is not None:
+                self.handoff[key] = sandbox
+            try:
+                return self.registry.deploy(
+                    manifest.name, manifest.route, stored, wasm, sha256, blobs
+                )
+            except BaseException:
+                self.take_loaded(key)
+                raise
+
+    def take_loaded(self, version: VersionRecord | _SandboxKey) -> Sandbox | None:
+        """The sandbox a deploy in this process loaded for `version` (or its key), if
+        it is still waiting: each is taken once. The deploy's caller takes what the
+        table did not (a redeploy of the active version) so none is kept."""
+        if self.handoff is None:
+            return None
+        if isinstance(version, VersionRecord):
+            manifest = Manifest.from_dict(version.manifest)
+            assets_sha = version.manifest.get("assets_sha256")
+            version = _sandbox_key(version.sha256, manifest, assets_sha)
+        return self.handoff.pop(version, None)
 
     def _compiled_key(self, sha256: str) -> str:
         return f"compiled/{sha256}-{self.engine.aot.engine_key}"
@@ -236,8 +251,8 @@ def deploy_directory(deployer: Deployer, directory: Path, wasm: Path) -> Version
     manifest = parse_manifest(manifest_text)
     with tempfile.TemporaryDirectory() as temp, wasm.open("rb") as component:
         if manifest.assets is None:
-            return deployer.deploy(manifest_text, component).version
+            return deployer.deploy(manifest_text, component)
         archive = Path(temp) / "assets.tar.gz"
         pack_assets(directory / manifest.assets, archive)
         with archive.open("rb") as assets:
-            return deployer.deploy(manifest_text, component, assets).version
+            return deployer.deploy(manifest_text, component, assets)

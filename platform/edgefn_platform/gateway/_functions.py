@@ -10,7 +10,7 @@ from edgefn_runtime import Limits, Request, Sandbox, SandboxError
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, RegistryUnavailable
-from ._deploy import Deployed, Deployer
+from ._deploy import Deployer
 from ._metrics import Metrics
 from ._rollout import ServingBoard
 from .policy import EffectiveLimits, Policy
@@ -97,10 +97,10 @@ class FunctionTable:
     def functions(self) -> list[LiveFunction]:
         return list(self._routes.values())
 
-    def refresh(self, force: bool = False, deployed: Deployed | None = None) -> int:
+    def refresh(self, force: bool = False) -> int:
         """Load what changed in the registry since the last call; the registry
-        generation the table now serves. `deployed`: a version this process has
-        just deployed, already loaded, so it is not loaded a second time."""
+        generation the table now serves. A version this process has just deployed
+        comes loaded from the deployer (`take_loaded`), not loaded a second time."""
         with self._lock:
             token = self.registry.change_token()
             if token == self._token and not force:
@@ -118,7 +118,7 @@ class FunctionTable:
                     )
                 else:
                     try:
-                        function = self._load(record, deployed)
+                        function = self._load(record)
                     except Exception:
                         # Keep serving what this worker has; the next change retries.
                         log.exception(
@@ -144,11 +144,10 @@ class FunctionTable:
         manifest = Manifest.from_dict(record.active.manifest)
         return self.policy.resolve(manifest.limits, record.overrides)
 
-    def _load(self, record: FunctionRecord, deployed: Deployed | None = None) -> LiveFunction:
+    def _load(self, record: FunctionRecord) -> LiveFunction:
         version = record.active
-        if deployed is not None and deployed.serves(version):
-            sandbox = deployed.sandbox  # loaded (and compiled) by the deploy itself
-        else:
+        sandbox = self.deployer.take_loaded(version)  # loaded by a deploy, here
+        if sandbox is None:
             manifest = Manifest.from_dict(version.manifest)
             wasm, assets = self.deployer.local_files(version)
             hits = self.engine.aot.hits

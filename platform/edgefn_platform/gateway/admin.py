@@ -21,7 +21,6 @@ from starlette.types import Receive, Scope, Send
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
 from ._admin_guards import LimitBody, RequireToken
-from ._deploy import Deployed
 from ._errors import HANDLED, GatewayError, error_response, status_and_code
 from ._request_ids import request_id as checked_request_id
 from ._rollout import Rollout
@@ -234,9 +233,9 @@ class AdminApp:
             workers=[WorkerOut(pid=p, version=v) for p, v in rollout.versions(record.name)],
         )
 
-    def _go_live(self, name: str, change: str, deployed: Deployed | None = None) -> Rollout:
+    def _go_live(self, name: str, change: str) -> Rollout:
         """Load the change on this worker now, then wait for every other one."""
-        generation = self.table.refresh(deployed=deployed)
+        generation = self.table.refresh()
         return self.board.wait_until_live(
             generation, self.workers, name, change, self.rollout_timeout
         )
@@ -267,11 +266,13 @@ class AdminApp:
         )
 
     def _deploy(self, manifest: str, component: BinaryIO, assets: BinaryIO | None) -> DeployOut:
-        deployed = self.deployer.deploy(manifest, component, assets)
-        version = deployed.version
+        version = self.deployer.deploy(manifest, component, assets)
         self.metrics.deploys.labels(version.function).inc()
         change = f"{version.function} version {version.version}"
-        rollout = self._go_live(version.function, change, deployed)
+        try:
+            rollout = self._go_live(version.function, change)
+        finally:
+            self.deployer.take_loaded(version)  # unless the table took it
         record = self.registry.function(version.function)
         warnings = self.table.effective(record).warnings
         out = self._out(record, rollout)

@@ -68,7 +68,7 @@ class Worker:
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
         engine = Engine(cache_dir=config.aot_cache_dir)
-        deployer = Deployer(registry, engine, config.data_dir)
+        deployer = Deployer(registry, engine, config.data_dir, handoff={})
         table = FunctionTable(deployer, metrics, board, config.refresh_seconds, policy)
         logs = LogSink(registry)
         return cls(config, policy, registry, engine, table, logs, deployer, metrics, board)
