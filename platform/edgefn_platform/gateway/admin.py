@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from ..manifest import Manifest
@@ -193,6 +193,11 @@ class AdminApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.api(scope, receive, send)
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """Every route, as Starlette's `app.routes`."""
+        return self.api.routes
 
     async def _on_error(self, request: Request, exc: Exception) -> JSONResponse:
         request_id = checked_request_id(request.headers.get("x-request-id"))
