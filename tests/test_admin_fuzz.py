@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance, unsuppor
 from starlette.applications import Starlette
 
 import attacks
-from edgefn_platform.gateway.admin import create_admin_app
+from edgefn_platform.gateway.admin import AdminApp
 from edgefn_platform.gateway.config import GatewayConfig
 from edgefn_platform.gateway.public import Lifecycle
 from edgefn_platform.gateway.server import Worker
@@ -31,12 +31,12 @@ EXAMPLES = int(os.environ.get("EDGEFN_FUZZ_EXAMPLES", "25"))
 
 def _admin_app() -> tuple[Worker, Starlette]:
     data_dir = Path(tempfile.mkdtemp(prefix="edgefn-fuzz-")) / "data"
-    # As `edgefn serve` sets it: /metrics merges every worker's files from there.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(data_dir.parent / "metrics"))
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-    config = GatewayConfig(data_dir=data_dir, token=TOKEN, cache_dir=ROOT / ".cache" / "edgefn")
+    # One worker, in this process: a change is live once its own table has it.
+    config = GatewayConfig(
+        data_dir=data_dir, workers=1, token=TOKEN, cache_dir=ROOT / ".cache" / "edgefn"
+    )
     worker = Worker.open(config)
-    return worker, create_admin_app(worker, TOKEN, Lifecycle(worker.table))
+    return worker, AdminApp(worker, TOKEN, Lifecycle(worker.table))
 
 
 # schemathesis reads the schema when pytest collects this module (its fixture-based

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
+from pathlib import Path
 
 import anyio
 import httpx
@@ -10,8 +12,9 @@ import pytest
 
 from edgefn_platform.gateway._functions import LiveFunction
 from edgefn_platform.gateway._logs import LogSink
+from edgefn_platform.gateway._metrics import Metrics
 from edgefn_platform.gateway.policy import Policy
-from edgefn_platform.gateway.public import create_public_app
+from edgefn_platform.gateway.public import PublicApp
 from edgefn_runtime import Limits, Sandbox
 
 
@@ -29,6 +32,10 @@ class OneFunction:
         return None
 
 
+_METRICS_DIR = tempfile.TemporaryDirectory(prefix="edgefn-metrics-")
+METRICS = Metrics(Path(_METRICS_DIR.name))
+
+
 class NoLogs(LogSink):
     def __init__(self) -> None:
         self.lines: list[tuple[str, str, list[str]]] = []
@@ -39,7 +46,7 @@ class NoLogs(LogSink):
 
 def client(hostile: Sandbox, **backpressure: float) -> httpx.AsyncClient:
     policy = Policy(**backpressure)  # type: ignore[arg-type]
-    app = create_public_app(OneFunction(hostile), NoLogs(), policy)  # type: ignore[arg-type]
+    app = PublicApp(OneFunction(hostile), NoLogs(), policy, None, METRICS)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
@@ -122,7 +129,7 @@ async def test_a_gateway_bug_is_a_json_500_and_the_app_keeps_serving(
     hostile: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     table = OneFunction(hostile)
-    app = create_public_app(table, NoLogs(), Policy())  # type: ignore[arg-type]
+    app = PublicApp(table, NoLogs(), Policy(), None, METRICS)  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         with monkeypatch.context() as patch:

@@ -25,7 +25,7 @@ import attacks
 from edgefn_platform.cli import main
 from edgefn_platform.cli._gateway import serve
 from edgefn_platform.gateway._admin_guards import RequireToken
-from edgefn_platform.gateway.admin import create_admin_app
+from edgefn_platform.gateway.admin import AdminApp
 from edgefn_platform.gateway.config import GatewayConfig, TokenError, load_token
 from edgefn_platform.gateway.public import Lifecycle
 from edgefn_platform.gateway.server import Worker
@@ -39,9 +39,11 @@ PROBES = {"/healthz", "/readyz"}
 @pytest.fixture(scope="module")
 def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     data_dir = tmp_path_factory.mktemp("security") / "data"
-    config = GatewayConfig(data_dir=data_dir, token=TOKEN, cache_dir=ROOT / ".cache" / "edgefn")
+    config = GatewayConfig(
+        data_dir=data_dir, workers=1, token=TOKEN, cache_dir=ROOT / ".cache" / "edgefn"
+    )
     worker = Worker.open(config)
-    with TestClient(create_admin_app(worker, TOKEN, Lifecycle(worker.table))) as client:
+    with TestClient(AdminApp(worker, TOKEN, Lifecycle(worker.table))) as client:
         yield client
     worker.close()
 
@@ -264,7 +266,7 @@ def test_an_empty_bearer_never_authenticates() -> None:
         with pytest.raises(TokenError):
             RequireToken(Starlette(), blank)
     with pytest.raises(TokenError):
-        create_admin_app(None, "", None)  # type: ignore[arg-type]
+        AdminApp(None, "", None)  # type: ignore[arg-type]
     guarded = TestClient(RequireToken(Starlette(routes=[Route("/", _ok)]), TOKEN))
     for value in ("Bearer ", "Bearer  ", "Bearer\t", "bearer", ""):
         assert guarded.get("/", headers={"authorization": value}).status_code == 401

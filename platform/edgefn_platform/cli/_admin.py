@@ -68,7 +68,9 @@ def _local_token() -> str | None:
 )
 @_with_client
 def deploy(directory: Path, client: AdminClient) -> None:
-    """Build the function in DIRECTORY if it changed, upload it and make it active."""
+    """Build the function in DIRECTORY if it changed, upload it and make it active.
+
+    Returns once every worker of the gateway serves it: the URL answers at once."""
     started = time.perf_counter()
     result = build_function(directory)
     manifest = load_manifest(directory.resolve())
@@ -93,8 +95,8 @@ def deploy(directory: Path, client: AdminClient) -> None:
     for warning in deployed.get("warnings", []):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     click.echo(
-        f"Deployed {deployed['name']} version {deployed['version']} "
-        f"in {seconds:.1f} s: {deployed['url']}"
+        f"Deployed {deployed['name']} version {deployed['version']} in {seconds:.1f} s, "
+        f"{_live(deployed)}: {deployed['url']}"
     )
 
 
@@ -166,7 +168,10 @@ def rollback(name: str, version: int | None, client: AdminClient) -> None:
             raise click.ClickException(f"{name} has no version before {active}")
         version = max(earlier)
     function = client.activate(name, version)
-    click.echo(f"{name} now serves version {function['active']['version']} at {function['url']}")
+    click.echo(
+        f"{name} now serves version {function['active']['version']}, {_live(function)}: "
+        f"{function['url']}"
+    )
 
 
 _LIMIT_OPTIONS = [
@@ -212,6 +217,8 @@ def limits(name: str, reset: bool, client: AdminClient, **values: str | None) ->
     _table(["LIMIT", "VALUE", "FROM"], rows)
     for warning in result["warnings"]:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+    if reset or changes:
+        click.echo(f"Applied, {_live(result)}.")
 
 
 @click.command("rm")
@@ -220,7 +227,7 @@ def limits(name: str, reset: bool, client: AdminClient, **values: str | None) ->
 def remove(name: str, client: AdminClient) -> None:
     """Delete a function: its route stops answering at once."""
     client.delete(name)
-    click.echo(f"Deleted {name}")
+    click.echo(f"Deleted {name}; no worker of the gateway serves it any more")
 
 
 @click.command()
@@ -270,6 +277,13 @@ def _log_line(record: dict[str, Any]) -> str:
             f"{entry['outcome']} {entry['total_ms']} ms fuel {entry['fuel']:,}"
         )
     return printable(f"{stamp} {record['request_id']} {record['kind']:6} {line}")
+
+
+def _live(answer: dict[str, Any]) -> str:
+    """ "live on N worker(s)": the admin API answers a change once every worker of
+    the gateway that took it serves it."""
+    count = len(answer.get("workers", []))
+    return f"live on {count} worker{'s' if count != 1 else ''}"
 
 
 def _when(timestamp: float) -> str:

@@ -6,155 +6,109 @@ import multiprocessing
 import os
 import signal
 import tempfile
+from collections.abc import Callable
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
 import click
+from click.decorators import FC
 
 from edgefn_runtime import Engine, default_cache_dir
 
-from .._units import parse_size
-from ..gateway import (
-    Deployer,
-    GatewayConfig,
-    TokenError,
-    deploy_directory,
-    load_token,
-    run,
-    run_worker,
-)
-from ..gateway.policy import ConfigError, load_policy
+from .._units import format_size, parse_size
+from ..gateway import Deployer, GatewayConfig, TokenError, deploy_directory, run, run_worker
+from ..gateway.policy import ConfigError
 from ..manifest import load_manifest
-from ..registry import RegistryError, SQLiteRegistry, open_registry
+from ..registry import Registry, RegistryError, SQLiteRegistry
 from ._functions import build_function
 
 __all__ = ["COMMANDS"]
 
 
-def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
-    options = [
-        click.option(
-            "--host",
-            default="0.0.0.0",
-            envvar="EDGEFN_HOST",
-            help="Public listener address (function traffic). [env: EDGEFN_HOST]",
-        ),
-        click.option(
-            "--port",
-            default=8080,
-            envvar="EDGEFN_PORT",
-            help="Public listener port. [env: EDGEFN_PORT]",
-        ),
-        click.option(
-            "--admin-host",
-            default="127.0.0.1",
-            envvar="EDGEFN_ADMIN_HOST",
-            help="Admin API address. [env: EDGEFN_ADMIN_HOST]",
-        ),
-        click.option(
-            "--admin-port",
-            default=8081,
-            envvar="EDGEFN_ADMIN_PORT",
-            help="Admin API port. [env: EDGEFN_ADMIN_PORT]",
-        ),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+_FIELDS = {f.name: f for f in fields(GatewayConfig)}
+
+
+def _default(name: str) -> Any:
+    """The config's default for the field `name`, as the option takes it."""
+    field = _FIELDS[name]
+    if name == "workers":
+        return field.default_factory  # per machine: called by click when it is unset
+    if field.default_factory is not MISSING:
+        return field.default_factory()
+    if name == "max_upload":
+        return format_size(int(field.default))  # type: ignore[arg-type]
+    return field.default
+
+
+def _option(flag: str, text: str, name: str | None = None, **kwargs: Any) -> Callable[[FC], FC]:
+    """A `serve` option for the config field `name` (from `flag` by default), whose
+    default is the config's (written there only) and with an `EDGEFN_` variable."""
+    name = name or flag.removeprefix("--").replace("-", "_")
+    envvar = "EDGEFN_" + flag.removeprefix("--").replace("-", "_").upper()
+    default = _default(name)
+    kwargs.setdefault("show_default", default is not None)
+    return click.option(
+        flag, name, default=default, envvar=envvar, help=f"{text} [env: {envvar}]", **kwargs
+    )
+
+
+_PATH = click.Path(file_okay=False, path_type=Path)
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command()
-@_listener_options
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".edgefn-data",
-    envvar="EDGEFN_DATA_DIR",
-    help="Registry and artifacts; with --database-url, this gateway's caches only. "
-    "[env: EDGEFN_DATA_DIR]",
-)
-@click.option(
+@_option("--host", "Public listener address (function traffic).")
+@_option("--port", "Public listener port.", type=int)
+@_option("--admin-host", "Admin API address.")
+@_option("--admin-port", "Admin API port.", type=int)
+@_option(
+    "--data-dir", "Registry and artifacts; with --database-url, this gateway's caches only.",
+    type=_PATH,
+)  # fmt: skip
+@_option(
     "--database-url",
-    default=None,
-    envvar="EDGEFN_DATABASE_URL",
-    show_default=False,
-    help="postgresql://user:password@host:5432/db: a registry several gateways share; "
-    "default: the embedded SQLite registry in the data directory. [env: EDGEFN_DATABASE_URL]",
+    "postgresql://user:password@host:5432/db: a registry several gateways share; "
+    "default: the embedded SQLite registry in the data directory.",
 )
-@click.option(
+@_option(
     "--workers",
-    default=lambda: len(os.sched_getaffinity(0)),
-    show_default="one per CPU",
+    "Worker processes; each serves every function.",
     type=click.IntRange(1, 64),
-    envvar="EDGEFN_WORKERS",
-    help="Worker processes; each serves every function. [env: EDGEFN_WORKERS]",
+    show_default="one per CPU",
 )
-@click.option(
-    "--token",
-    envvar="EDGEFN_TOKEN",
-    default=None,
-    show_default=False,
-    help="Admin API token; generated and stored in the data directory if unset. "
-    "[env: EDGEFN_TOKEN]",
-)
-@click.option(
+@_option("--token", "Admin API token; generated and stored in the data directory if unset.")
+@_option(
     "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    envvar="EDGEFN_CACHE_DIR",
-    show_default=False,
-    help="Where compiled (AOT) artifacts are cached; default: the data directory. "
-    "[env: EDGEFN_CACHE_DIR]",
+    "Where compiled (AOT) artifacts are cached; default: the data directory.",
+    type=_PATH,
 )
-@click.option(
-    "--max-upload",
-    default="100MiB",
-    envvar="EDGEFN_MAX_UPLOAD",
-    help="Largest deploy upload accepted. [env: EDGEFN_MAX_UPLOAD]",
-)
-@click.option(
+@_option("--max-upload", "Largest deploy upload accepted.")
+@_option(
     "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    envvar="EDGEFN_CONFIG",
-    show_default=False,
-    help="Gateway config (TOML): [defaults], [maximums], [backpressure], [observability]. "
-    "[env: EDGEFN_CONFIG]",
+    "Gateway config (TOML): [defaults], [maximums], [backpressure], [observability].",
+    name="config_file",
+    type=_FILE,
 )
-@click.option(
-    "--drain-timeout",
-    default=30.0,
-    envvar="EDGEFN_DRAIN_TIMEOUT",
-    help="On SIGTERM, seconds requests in flight get to finish. [env: EDGEFN_DRAIN_TIMEOUT]",
-)
-@click.option(
+@_option("--drain-timeout", "On SIGTERM, seconds requests in flight get to finish.", type=float)
+@_option(
     "--header-timeout",
-    default=10.0,
-    envvar="EDGEFN_HEADER_TIMEOUT",
-    help="Seconds a client has to send a request's line and headers; then 408. "
-    "[env: EDGEFN_HEADER_TIMEOUT]",
+    "Seconds a client has to send a request's line and headers; then 408.",
+    type=float,
 )
-@click.option(
+@_option(
     "--body-timeout",
-    default=30.0,
-    envvar="EDGEFN_BODY_TIMEOUT",
-    help="Seconds a client has to send a request's body after its headers; then 408. "
-    "[env: EDGEFN_BODY_TIMEOUT]",
+    "Seconds a client has to send a request's body after its headers; then 408.",
+    type=float,
 )
-@click.option(
-    "--admin-tls-cert",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    envvar="EDGEFN_ADMIN_TLS_CERT",
-    help="PEM certificate: serve the admin API over HTTPS. [env: EDGEFN_ADMIN_TLS_CERT]",
+@_option(
+    "--rollout-timeout",
+    "Seconds a deploy, rollback, rm or limit change waits for every worker to serve it; "
+    "then it answers 504 not_live (the change stays stored).",
+    type=float,
 )
-@click.option(
-    "--admin-tls-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    envvar="EDGEFN_ADMIN_TLS_KEY",
-    help="PEM private key for --admin-tls-cert. [env: EDGEFN_ADMIN_TLS_KEY]",
-)
+@_option("--admin-tls-cert", "PEM certificate: serve the admin API over HTTPS.", type=_FILE)
+@_option("--admin-tls-key", "PEM private key for --admin-tls-cert.", type=_FILE)
 @click.option(
     "--deploy",
     "deploy_dirs",
@@ -164,92 +118,55 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
     help="Build and deploy this function folder at start; repeatable. "
     "[env: EDGEFN_DEPLOY, folders separated by ':']",
 )
-def serve(
-    host: str,
-    port: int,
-    admin_host: str,
-    admin_port: int,
-    data_dir: Path,
-    database_url: str | None,
-    workers: int,
-    token: str | None,
-    cache_dir: Path | None,
-    max_upload: str,
-    config_file: Path | None,
-    drain_timeout: float,
-    header_timeout: float,
-    body_timeout: float,
-    admin_tls_cert: Path | None,
-    admin_tls_key: Path | None,
-    deploy_dirs: tuple[Path, ...],
-) -> None:
+def serve(deploy_dirs: tuple[Path, ...], **options: Any) -> None:
     """Run the gateway: public function traffic and the admin API."""
     try:
-        upload_limit = parse_size(max_upload)
+        options["max_upload"] = parse_size(options["max_upload"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-upload") from None
     try:
-        config = GatewayConfig(
-            host=host,
-            port=port,
-            admin_host=admin_host,
-            admin_port=admin_port,
-            data_dir=data_dir,
-            database_url=database_url,
-            workers=workers,
-            token=token,
-            cache_dir=cache_dir,
-            max_upload=upload_limit,
-            config_file=config_file,
-            drain_timeout=drain_timeout,
-            header_timeout=header_timeout,
-            body_timeout=body_timeout,
-            admin_tls_cert=admin_tls_cert,
-            admin_tls_key=admin_tls_key,
-        )
+        config = GatewayConfig(**options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        admin_token = load_token(config)  # before any deploy: an unusable token stops here
-    except TokenError as exc:
+        config.load()  # before any deploy: an unusable token or policy stops here
+    except (TokenError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     if config.admin_exposed_in_clear:
         click.echo(
-            f"Warning: the admin API listens on {admin_host} without TLS: the token and "
-            "deploys cross the network in clear text. Keep --admin-host on 127.0.0.1, or "
-            "set --admin-tls-cert and --admin-tls-key.",
+            f"Warning: the admin API listens on {config.admin_host} without TLS: the token "
+            "and deploys cross the network in clear text. Keep --admin-host on 127.0.0.1, "
+            "or set --admin-tls-cert and --admin-tls-key.",
             err=True,
         )
+
+    def before_serving(registry: Registry) -> None:
+        if deploy_dirs:
+            with Engine(cache_dir=config.aot_cache_dir) as engine:
+                deployer = Deployer(registry, engine, config.data_dir)
+                for directory in deploy_dirs:
+                    result = build_function(directory, quiet_if_cached=True)
+                    version = deploy_directory(deployer, directory, result.path)
+                    url = config.public_url() + version.route
+                    click.echo(f"Deployed {version.function} version {version.version} at {url}")
+        scheme = "https" if config.admin_tls_cert else "http"
+        click.echo(
+            f"Serving functions on {config.public_url()} with {config.workers} worker(s); "
+            f"admin API on {scheme}://{config.admin_host}:{config.admin_port} "
+            f"(token in {_token_source(config)}); registry: {registry.location}"
+        )
+        for directory in deploy_dirs:
+            manifest = load_manifest(directory.resolve())
+            url = config.public_url() + manifest.route
+            if manifest.assets and (directory / manifest.assets / "sample.jpg").is_file():
+                click.echo(f"Try: curl -o out.jpg '{url}/sample.jpg?w=400'")
+            else:
+                click.echo(f"Try: curl {url}/")
+
     try:
-        load_policy(config_file)
-    except ConfigError as exc:
+        run(config, before_serving=before_serving)
+    except RegistryError as exc:  # the registry cannot be opened: nothing started
         raise click.ClickException(str(exc)) from None
-    try:
-        registry = open_registry(config.database_url, config.data_dir)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from None
-    if deploy_dirs:
-        with Engine(cache_dir=config.aot_cache_dir) as engine:
-            deployer = Deployer(registry, engine, config.data_dir)
-            for directory in deploy_dirs:
-                result = build_function(directory, quiet_if_cached=True)
-                version = deploy_directory(deployer, directory, result.path)
-                url = config.public_url() + version.route
-                click.echo(f"Deployed {version.function} version {version.version} at {url}")
-    registry.close()
-    click.echo(
-        f"Serving functions on {config.public_url()} with {workers} worker(s); admin API "
-        f"on {'https' if admin_tls_cert else 'http'}://{admin_host}:{admin_port} "
-        f"(token in {_token_source(config)}); registry: {registry.location}"
-    )
-    for directory in deploy_dirs:
-        manifest = load_manifest(directory.resolve())
-        url = config.public_url() + manifest.route
-        if manifest.assets and (directory / manifest.assets / "sample.jpg").is_file():
-            click.echo(f"Try: curl -o out.jpg '{url}/sample.jpg?w=400'")
-        else:
-            click.echo(f"Try: curl {url}/")
-    run(config, token=admin_token)
 
 
 def _token_source(config: GatewayConfig) -> str:
@@ -272,6 +189,7 @@ def dev(directory: Path, port: int) -> None:
             port=port,
             admin_port=0,
             data_dir=Path(data_dir),
+            workers=1,
             token="dev",
             cache_dir=default_cache_dir(),
         )
@@ -297,7 +215,7 @@ def dev(directory: Path, port: int) -> None:
         # SIGTERM, as on Ctrl-C, this process stops it and removes the data first.
         signal.signal(signal.SIGTERM, _interrupt)
         worker = multiprocessing.get_context("spawn").Process(
-            target=run_worker, args=(config, "dev"), kwargs={"supervisor": os.getpid()}
+            target=run_worker, args=(config,), kwargs={"supervisor": os.getpid()}
         )
         worker.start()
         click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")

@@ -14,10 +14,10 @@ from typing import BinaryIO
 
 from psycopg.errors import DiskFull
 
-from edgefn_runtime import Engine
+from edgefn_runtime import Engine, Sandbox
 
 from .._crash import crash_point
-from ..manifest import MANIFEST_FILE, parse_manifest
+from ..manifest import MANIFEST_FILE, Manifest, parse_manifest
 from ..registry import Blob, Registry, RegistryError, VersionRecord
 
 __all__ = [
@@ -47,11 +47,25 @@ MAX_ASSETS_BYTES = 256 * 1024 * 1024
 MAX_ASSETS_FILES = 10_000
 
 
+# What makes two loads of a component the same sandbox: its bytes, its assets, the
+# environment it sees and how often an instance is reused.
+_SandboxKey = tuple[str, str | None, tuple[tuple[str, str], ...], int]
+
+
+def _sandbox_key(sha256: str, manifest: Manifest, assets_sha: str | None) -> _SandboxKey:
+    return (sha256, assets_sha, tuple(sorted(manifest.env.items())), manifest.reuse)
+
+
 @dataclass
 class Deployer:
     registry: Registry
     engine: Engine
     data_dir: Path
+    # Set in a worker: the sandbox each deploy loaded waits here, from before its
+    # version is committed, for the worker's table to take (`take_loaded`), so the
+    # version is not loaded twice, whichever thread (the handler's refresh, or the
+    # one a PostgreSQL notification wakes) gets to it first.
+    handoff: dict[_SandboxKey, Sandbox] | None = None
 
     @property
     def assets_dir(self) -> Path:
@@ -95,8 +109,13 @@ class Deployer:
                     "but no assets archive was uploaded"
                 )
             assets_path = self.assets_dir / assets_sha if assets_sha else None
-            # Loading validates the contract and compiles into the shared AOT cache.
-            self.engine.load(wasm, env=manifest.env, assets=assets_path)
+            # Loading validates the contract and compiles into the shared AOT cache;
+            # the sandbox then serves on this worker (no second load). The bytes were
+            # hashed on their way to disk, once.
+            sandbox = self.engine.load(
+                wasm, env=manifest.env, assets=assets_path, reuse=manifest.reuse, sha256=sha256
+            )
+            key = _sandbox_key(sha256, manifest, assets_sha)
             crash_point("deploy:compiled")
             stored = manifest.to_dict() | {"assets_sha256": assets_sha}
             # For gateways sharing the registry: they load this version without
@@ -104,7 +123,27 @@ class Deployer:
             blobs = [Blob(self._compiled_key(sha256), self.engine.aot.path_for(sha256))]
             if assets_sha:
                 blobs.append(Blob(f"assets/{assets_sha}", Path(temp) / _ARCHIVE))
-            return self.registry.deploy(manifest.name, manifest.route, stored, wasm, sha256, blobs)
+            if self.handoff is not None:
+                self.handoff[key] = sandbox
+            try:
+                return self.registry.deploy(
+                    manifest.name, manifest.route, stored, wasm, sha256, blobs
+                )
+            except BaseException:
+                self.take_loaded(key)
+                raise
+
+    def take_loaded(self, version: VersionRecord | _SandboxKey) -> Sandbox | None:
+        """The sandbox a deploy in this process loaded for `version` (or its key), if
+        it is still waiting: each is taken once. The deploy's caller takes what the
+        table did not (a redeploy of the active version) so none is kept."""
+        if self.handoff is None:
+            return None
+        if isinstance(version, VersionRecord):
+            manifest = Manifest.from_dict(version.manifest)
+            assets_sha = version.manifest.get("assets_sha256")
+            version = _sandbox_key(version.sha256, manifest, assets_sha)
+        return self.handoff.pop(version, None)
 
     def _compiled_key(self, sha256: str) -> str:
         return f"compiled/{sha256}-{self.engine.aot.engine_key}"

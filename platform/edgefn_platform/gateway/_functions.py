@@ -11,6 +11,8 @@ from edgefn_runtime import Limits, Request, Sandbox, SandboxError
 from ..manifest import Manifest
 from ..registry import FunctionRecord, RegistryUnavailable
 from ._deploy import Deployer
+from ._metrics import Metrics
+from ._rollout import ServingBoard
 from .policy import EffectiveLimits, Policy
 
 __all__ = ["FunctionTable", "LiveFunction", "warm_up"]
@@ -52,16 +54,21 @@ class FunctionTable:
     before the table is swapped, so requests never wait for a load and
     in-flight requests finish on the version they started with. While the
     registry is unreachable, the table keeps what it has and
-    `registry_available` is false.
+    `registry_available` is false. After each change it reports what it serves
+    on the `board`, which the admin API reads to answer once a change is live.
     """
 
     def __init__(
         self,
         deployer: Deployer,
+        metrics: Metrics,
+        board: ServingBoard,
         refresh_seconds: float = 0.25,
         policy: Policy | None = None,
     ) -> None:
         self.policy = policy or Policy()
+        self.metrics = metrics
+        self.board = board
         self.ready = threading.Event()
         self.registry_available = True
         self.deployer = deployer
@@ -90,14 +97,17 @@ class FunctionTable:
     def functions(self) -> list[LiveFunction]:
         return list(self._routes.values())
 
-    def refresh(self, force: bool = False) -> None:
-        """Load what changed in the registry since the last call."""
+    def refresh(self, force: bool = False) -> int:
+        """Load what changed in the registry since the last call; the registry
+        generation the table now serves. A version this process has just deployed
+        comes loaded from the deployer (`take_loaded`), not loaded a second time."""
         with self._lock:
             token = self.registry.change_token()
             if token == self._token and not force:
-                return
+                return int(token)
             current = {f.name: f for f in self._routes.values()}
             routes = {}
+            failed = {}
             for record in self.registry.functions():
                 function = current.get(record.name)
                 if function is not None and function.version == record.active.version:
@@ -114,17 +124,20 @@ class FunctionTable:
                         log.exception(
                             "cannot load %s version %s", record.name, record.active.version
                         )
+                        failed[record.name] = record.active.version
                         if function is None:
                             continue
                 routes[function.route] = function
             self._routes = routes
             self._token = token
-        from ._metrics import METRICS
-
-        for name in current.keys() - {f.name for f in routes.values()}:
-            METRICS.serving.labels(name).set(0)  # multiprocess series outlive .remove()
-        for function in routes.values():
-            METRICS.serving.labels(function.name).set(function.version)
+            # Under the lock: reports go out in the order of their generations.
+            serving = {f.name: f.version for f in routes.values()}
+            self.board.publish(int(token), serving, failed)
+        for name in current.keys() - serving.keys():
+            self.metrics.serving.labels(name).set(0)  # multiprocess series outlive .remove()
+        for name, version in serving.items():
+            self.metrics.serving.labels(name).set(version)
+        return int(token)
 
     def effective(self, record: FunctionRecord) -> EffectiveLimits:
         """The limits `record`'s active version runs with under the operator's policy."""
@@ -133,13 +146,19 @@ class FunctionTable:
 
     def _load(self, record: FunctionRecord) -> LiveFunction:
         version = record.active
-        manifest = Manifest.from_dict(version.manifest)
-        wasm, assets = self.deployer.local_files(version)
-        from ._metrics import METRICS  # after PROMETHEUS_MULTIPROC_DIR is set
-
-        hits = self.engine.aot.hits
-        sandbox = self.engine.load(wasm, env=manifest.env, assets=assets, reuse=manifest.reuse)
-        METRICS.aot.labels("hit" if self.engine.aot.hits > hits else "miss").inc()
+        sandbox = self.deployer.take_loaded(version)  # loaded by a deploy, here
+        if sandbox is None:
+            manifest = Manifest.from_dict(version.manifest)
+            wasm, assets = self.deployer.local_files(version)
+            hits = self.engine.aot.hits
+            sandbox = self.engine.load(
+                wasm,
+                env=manifest.env,
+                assets=assets,
+                reuse=manifest.reuse,
+                sha256=version.sha256,  # verified when it was stored or fetched
+            )
+            self.metrics.aot.labels("hit" if self.engine.aot.hits > hits else "miss").inc()
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)
         effective = self.effective(record)
         warm_up(sandbox, effective.limits)
@@ -183,10 +202,8 @@ class FunctionTable:
                 self._set_available(True)
 
     def _set_available(self, available: bool) -> None:
-        from ._metrics import METRICS
-
         self.registry_available = available
-        METRICS.registry_up.set(1 if available else 0)
+        self.metrics.registry_up.set(1 if available else 0)
 
     def stop(self) -> None:
         self._stopped.set()

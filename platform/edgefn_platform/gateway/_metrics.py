@@ -1,53 +1,107 @@
 """Prometheus metrics, in multiprocess mode so every worker is counted.
 
-Import only after `PROMETHEUS_MULTIPROC_DIR` is set (`server.run` does it):
-prometheus_client picks its value store at import time.
+`Metrics(directory)` is one worker's set of families, passed to the apps and the
+function table that update it. prometheus_client chooses where values live from
+a module global it sets at import from `PROMETHEUS_MULTIPROC_DIR`; this module
+is the one place that sets both, so nothing depends on import order.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+import os
+import shutil
+from pathlib import Path
 
-__all__ = ["METRICS", "Metrics", "render"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as _values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+__all__ = ["Metrics", "forget_worker", "reset_metrics"]
 
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+def reset_metrics(directory: Path) -> None:
+    """An empty metrics directory: counters start from zero each run (the parent
+    calls it before any worker starts)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+
+
+def forget_worker(directory: Path, pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters keep counting in the totals)."""
+    mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
 class Metrics:
-    def __init__(self) -> None:
+    """The gateway's metric families, their values kept in `directory` (one file
+    per worker and type), which `render()` reads for every worker at once."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        # Read by each value when it is created: one store per process.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        _values.ValueClass = _values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        # registry=None: in multiprocess mode the collector reads the files, and a
+        # second Metrics in one process (tests) must not clash in the default one.
         self.requests = Counter(
             "edgefn_requests",
             "Function requests by status and outcome.",
             ["function", "status", "outcome"],
+            registry=None,
         )
         self.queue = Histogram(
-            "edgefn_queue_seconds", "Time waiting for a slot.", ["function"], buckets=_SECONDS
+            "edgefn_queue_seconds",
+            "Time waiting for a slot.",
+            ["function"],
+            buckets=_SECONDS,
+            registry=None,
         )
         self.instantiate = Histogram(
             "edgefn_instantiate_seconds",
             "Time creating the sandbox instance.",
             ["function"],
             buckets=_SECONDS,
+            registry=None,
         )
         self.execute = Histogram(
-            "edgefn_execute_seconds", "Time running the function.", ["function"], buckets=_SECONDS
+            "edgefn_execute_seconds",
+            "Time running the function.",
+            ["function"],
+            buckets=_SECONDS,
+            registry=None,
         )
-        self.fuel = Counter("edgefn_fuel_consumed", "Fuel units used.", ["function"])
+        self.fuel = Counter("edgefn_fuel_consumed", "Fuel units used.", ["function"], registry=None)
         self.pixels = Counter(
-            "edgefn_image_pixels", "Pixels decoded, produced or stamped.", ["function"]
+            "edgefn_image_pixels",
+            "Pixels decoded, produced or stamped.",
+            ["function"],
+            registry=None,
         )
         self.in_flight = Gauge(
-            "edgefn_in_flight", "Requests running.", ["function"], multiprocess_mode="livesum"
+            "edgefn_in_flight",
+            "Requests running.",
+            ["function"],
+            multiprocess_mode="livesum",
+            registry=None,
         )
         self.queued = Gauge(
-            "edgefn_queued", "Requests waiting for a slot.", multiprocess_mode="livesum"
+            "edgefn_queued",
+            "Requests waiting for a slot.",
+            multiprocess_mode="livesum",
+            registry=None,
         )
-        self.deploys = Counter("edgefn_deploys", "Versions deployed.", ["function"])
+        self.deploys = Counter("edgefn_deploys", "Versions deployed.", ["function"], registry=None)
         self.activations = Counter(
-            "edgefn_activations", "Versions activated by rollback or roll-forward.", ["function"]
+            "edgefn_activations",
+            "Versions activated by rollback or roll-forward.",
+            ["function"],
+            registry=None,
         )
-        self.aot = Counter("edgefn_aot_cache", "AOT artifact loads by result.", ["result"])
+        self.aot = Counter(
+            "edgefn_aot_cache", "AOT artifact loads by result.", ["result"], registry=None
+        )
         # Per worker (a `pid` label each): after a change, every worker of every
         # gateway should show the same versions within a second.
         self.serving = Gauge(
@@ -55,19 +109,17 @@ class Metrics:
             "The version of each function a worker serves (0: deleted).",
             ["function"],
             multiprocess_mode="liveall",
+            registry=None,
         )
         self.registry_up = Gauge(
             "edgefn_registry_available",
             "1 while every worker reaches the registry; 0 while one does not (deploys fail).",
             multiprocess_mode="livemin",
+            registry=None,
         )
 
-
-METRICS = Metrics()
-
-
-def render() -> bytes:
-    """The exposition text for every live and past worker of this gateway."""
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return bytes(generate_latest(registry))
+    def render(self) -> bytes:
+        """The exposition text for every live and past worker of this gateway."""
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+        return bytes(generate_latest(registry))

@@ -6,7 +6,7 @@ the OpenAPI document at `/openapi.json` included.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -15,13 +15,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
 from ._admin_guards import LimitBody, RequireToken
 from ._errors import HANDLED, GatewayError, error_response, status_and_code
 from ._request_ids import request_id as checked_request_id
+from ._rollout import Rollout
 from .config import check_token
 from .policy import ConfigError, parse_limits
 from .public import Lifecycle, health_routes
@@ -29,7 +31,7 @@ from .public import Lifecycle, health_routes
 if TYPE_CHECKING:
     from .server import Worker
 
-__all__ = ["create_admin_app"]
+__all__ = ["AdminApp"]
 
 
 class VersionOut(BaseModel):
@@ -56,6 +58,14 @@ class VersionOut(BaseModel):
         )
 
 
+class WorkerOut(BaseModel):
+    """A worker of the gateway that answered, and the function's version it serves
+    (None: it serves none)."""
+
+    pid: int
+    version: int | None
+
+
 class FunctionOut(BaseModel):
     name: str
     route: str
@@ -63,6 +73,7 @@ class FunctionOut(BaseModel):
     active: VersionOut
     versions: int
     updated_at: float
+    workers: list[WorkerOut]
 
 
 class LogOut(BaseModel):
@@ -89,6 +100,7 @@ class LimitOut(BaseModel):
 class LimitsOut(BaseModel):
     limits: dict[str, LimitOut]
     warnings: list[str]
+    workers: list[WorkerOut]
 
 
 class DeployOut(FunctionOut):
@@ -119,30 +131,75 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (409, "The route is taken by another function"),
         (413, "Upload too large"),
         (503, "The registry database cannot be reached"),
+        (504, "Stored, but not every worker of this gateway serves it in time (not_live)"),
         (507, "The data directory or database is full"),
     ]
 }
 
 
-def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAPI:
-    """The admin FastAPI app; the worker's table is refreshed at once after each change."""
-    from ._metrics import METRICS, render
+class AdminApp:
+    """The admin ASGI app (FastAPI). A change (deploy, rollback, limits, delete)
+    refreshes this worker's table at once, then answers only when every worker
+    of this gateway serves it (see `_rollout.py`)."""
 
-    check_token(token)  # here, not only in the middleware, which Starlette builds lazily
-    registry, deployer, table = worker.registry, worker.deployer, worker.table
-    public_url, max_upload = worker.config.public_url(), worker.config.max_upload
+    def __init__(self, worker: Worker, token: str, lifecycle: Lifecycle) -> None:
+        check_token(token)  # here, not only in the middleware, which Starlette builds lazily
+        self.registry, self.deployer = worker.registry, worker.deployer
+        self.table, self.metrics, self.board = worker.table, worker.metrics, worker.board
+        config = worker.config
+        self.public_url = config.public_url()
+        self.workers, self.rollout_timeout = config.workers, config.rollout_timeout
+        # No /docs page: its browser fetch of the document could not carry the token.
+        self.api = app = FastAPI(
+            title="edgefn admin API",
+            version="0.1.0",
+            responses=_ERRORS,
+            docs_url=None,
+            redoc_url=None,
+            openapi_url=None,
+        )
+        # Checked before routing and before any body is read, so an upload without
+        # the token costs the server nothing, and unknown paths reveal nothing.
+        app.add_middleware(LimitBody, limit=config.max_upload)
+        app.add_middleware(RequireToken, token=token)  # added last: runs first
+        for handled in (*HANDLED, Exception):
+            app.add_exception_handler(handled, self._on_error)
+        app.add_exception_handler(HTTPException, self._on_http_error)  # type: ignore[arg-type]
+        app.add_exception_handler(RequestValidationError, self._on_invalid)  # type: ignore[arg-type]
+        for health in health_routes(lifecycle, for_deploys=True):
+            app.router.routes.append(health)
+        app.add_api_route("/openapi.json", self.openapi, include_in_schema=False)
+        app.add_api_route(
+            "/metrics", self.render_metrics, response_class=PlainTextResponse,
+            include_in_schema=False,
+        )  # fmt: skip
+        functions, one = "/v1/functions", "/v1/functions/{name}"
+        routes: list[tuple[str, str, Any, Any, int]] = [
+            ("POST", functions, self.deploy, DeployOut, 201),
+            ("GET", functions, self.list_functions, list[FunctionOut], 200),
+            ("GET", one, self.show, FunctionOut, 200),
+            ("GET", one + "/versions", self.versions, list[VersionOut], 200),
+            ("POST", one + "/activate", self.activate, FunctionOut, 200),
+            ("GET", one + "/limits", self.limits, LimitsOut, 200),
+            ("PATCH", one + "/limits", self.set_limits, LimitsOut, 200),
+            ("DELETE", one + "/limits", self.reset_limits, LimitsOut, 200),
+            ("DELETE", one, self.delete, None, 204),
+            ("GET", one + "/logs", self.logs, list[LogOut], 200),
+        ]
+        for method, path, endpoint, model, status in routes:
+            app.add_api_route(
+                path, endpoint, methods=[method], response_model=model, status_code=status
+            )
 
-    # No /docs page: its browser fetch of the document could not carry the token.
-    app = FastAPI(
-        title="edgefn admin API",
-        version="0.1.0",
-        responses=_ERRORS,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.api(scope, receive, send)
 
-    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """Every route, as Starlette's `app.routes`."""
+        return self.api.routes
+
+    async def _on_error(self, request: Request, exc: Exception) -> JSONResponse:
         request_id = checked_request_id(request.headers.get("x-request-id"))
         try:
             status_and_code(exc)
@@ -150,28 +207,18 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
             exc = GatewayError(500, "internal_error", f"{type(exc).__name__}: {exc}")
         return error_response(exc, request_id)
 
-    # Checked before routing and before any body is read, so an upload without
-    # the token costs the server nothing, and unknown paths reveal nothing.
-    app.add_middleware(LimitBody, limit=max_upload)
-    app.add_middleware(RequireToken, token=token)  # added last: runs first
-
-    for handled in (*HANDLED, Exception):
-        app.add_exception_handler(handled, on_error)
-
-    @app.exception_handler(HTTPException)
-    async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    async def _on_http_error(self, request: Request, exc: HTTPException) -> JSONResponse:
         # Starlette's own 404 and 405, in the gateway's error shape. Its 405 lists only
         # the first route whose path matched; Allow must list every method of the path.
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["allow"] = ", ".join(_methods_of(app, request.url.path))
+            headers["allow"] = ", ".join(_methods_of(self.api, request.url.path))
         codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         error = GatewayError(exc.status_code, code, str(exc.detail), headers)
         return error_response(error, checked_request_id(None))
 
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _on_invalid(self, request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
@@ -179,112 +226,121 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
             GatewayError(400, "invalid_request", problems), checked_request_id(None)
         )
 
-    def out(record: FunctionRecord) -> FunctionOut:
+    def _out(self, record: FunctionRecord, rollout: Rollout | None = None) -> FunctionOut:
+        rollout = rollout or Rollout(self.board.workers())
         return FunctionOut(
             name=record.name,
             route=record.route,
-            url=public_url + record.route,
+            url=self.public_url + record.route,
             active=VersionOut.of(record.active),
             versions=record.versions,
             updated_at=record.updated_at,
+            workers=[WorkerOut(pid=p, version=v) for p, v in rollout.versions(record.name)],
         )
 
-    for route in health_routes(lifecycle, for_deploys=True):
-        app.router.routes.append(route)
+    def _go_live(self, name: str, change: str) -> Rollout:
+        """Load the change on this worker now, then wait for every other one."""
+        generation = self.table.refresh()
+        return self.board.wait_until_live(
+            generation, self.workers, name, change, self.rollout_timeout
+        )
 
-    @app.get("/openapi.json", include_in_schema=False)
-    def openapi() -> JSONResponse:
+    def openapi(self) -> JSONResponse:
         """This API's OpenAPI document."""
-        return JSONResponse(app.openapi())
+        return JSONResponse(self.api.openapi())
 
-    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
-    def metrics() -> PlainTextResponse:
+    def render_metrics(self) -> PlainTextResponse:
         """Prometheus metrics of every worker."""
-        return PlainTextResponse(render(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/functions", status_code=201, response_model=DeployOut)
     async def deploy(
-        request: Request,
+        self,
         manifest: Annotated[str, Form(description="The function's edgefn.toml")],
         component: Annotated[UploadFile, File(description="The .wasm built by edgefn build")],
         assets: Annotated[UploadFile | None, File(description="tar.gz of the assets")] = None,
     ) -> DeployOut:
         """Deploy a new version and make it active. Limits above the operator's
-        maximums are clamped, with a warning in `warnings`."""
+        maximums are clamped, with a warning in `warnings`. Answers once every
+        worker of this gateway serves it (`workers`)."""
         if (component.size or 0) == 0:
             raise GatewayError(400, "invalid_component", "the component file is empty")
-        version = await run_in_threadpool(
-            deployer.deploy, manifest, component.file, assets.file if assets else None
+        # Async only to read the upload; the work (and every registry call) runs
+        # on a thread, never on the event loop.
+        return await run_in_threadpool(
+            self._deploy, manifest, component.file, assets.file if assets else None
         )
-        METRICS.deploys.labels(version.function).inc()
-        await run_in_threadpool(table.refresh)
-        record = registry.function(version.function)
-        warnings = table.effective(record).warnings
-        return DeployOut(**out(record).model_dump(), version=version.version, warnings=warnings)
 
-    @app.get("/v1/functions", response_model=list[FunctionOut])
-    def list_functions() -> list[FunctionOut]:
-        return [out(record) for record in registry.functions()]
+    def _deploy(self, manifest: str, component: BinaryIO, assets: BinaryIO | None) -> DeployOut:
+        version = self.deployer.deploy(manifest, component, assets)
+        self.metrics.deploys.labels(version.function).inc()
+        change = f"{version.function} version {version.version}"
+        try:
+            rollout = self._go_live(version.function, change)
+        finally:
+            self.deployer.take_loaded(version)  # unless the table took it
+        record = self.registry.function(version.function)
+        warnings = self.table.effective(record).warnings
+        out = self._out(record, rollout)
+        return DeployOut(**out.model_dump(), version=version.version, warnings=warnings)
 
-    @app.get("/v1/functions/{name}", response_model=FunctionOut)
-    def show(name: str) -> FunctionOut:
-        return out(registry.function(name))
+    def list_functions(self) -> list[FunctionOut]:
+        rollout = Rollout(self.board.workers())
+        return [self._out(record, rollout) for record in self.registry.functions()]
 
-    @app.get("/v1/functions/{name}/versions", response_model=list[VersionOut])
-    def versions(name: str) -> list[VersionOut]:
-        return [VersionOut.of(v) for v in registry.versions(name)]
+    def show(self, name: str) -> FunctionOut:
+        """The function, its active version, and the version each worker serves."""
+        return self._out(self.registry.function(name))
 
-    @app.post("/v1/functions/{name}/activate", response_model=FunctionOut)
-    def activate(name: str, body: ActivateIn) -> FunctionOut:
-        """Make an earlier (or later) version active: a rollback, with no recompile."""
-        record = registry.activate(name, body.version)
-        METRICS.activations.labels(name).inc()
-        table.refresh()
-        return out(record)
+    def versions(self, name: str) -> list[VersionOut]:
+        return [VersionOut.of(v) for v in self.registry.versions(name)]
 
-    def limits_out(record: FunctionRecord) -> LimitsOut:
-        effective = table.effective(record)
+    def activate(self, name: str, body: ActivateIn) -> FunctionOut:
+        """Make an earlier (or later) version active: a rollback, with no recompile.
+        Answers once every worker of this gateway serves it."""
+        record = self.registry.activate(name, body.version)
+        self.metrics.activations.labels(name).inc()
+        rollout = self._go_live(name, f"{name} version {body.version}")
+        return self._out(record, rollout)
+
+    def _limits_out(self, record: FunctionRecord, rollout: Rollout | None = None) -> LimitsOut:
+        effective = self.table.effective(record)
+        rollout = rollout or Rollout(self.board.workers())
         return LimitsOut(
             limits={
                 k: LimitOut(value=v, source=effective.sources[k])
                 for k, v in effective.values.items()
             },
             warnings=effective.warnings,
+            workers=[WorkerOut(pid=p, version=v) for p, v in rollout.versions(record.name)],
         )
 
-    @app.get("/v1/functions/{name}/limits", response_model=LimitsOut)
-    def limits(name: str) -> LimitsOut:
+    def limits(self, name: str) -> LimitsOut:
         """Each effective limit and where it came from."""
-        return limits_out(registry.function(name))
+        return self._limits_out(self.registry.function(name))
 
-    @app.patch("/v1/functions/{name}/limits", response_model=LimitsOut)
-    def set_limits(name: str, body: dict[str, str | int | float]) -> LimitsOut:
-        """Override limits live, e.g. `{"memory": "128MiB", "timeout": "3s"}`; every
-        worker applies them to its next request."""
+    def set_limits(self, name: str, body: dict[str, str | int | float]) -> LimitsOut:
+        """Override limits live, e.g. `{"memory": "128MiB", "timeout": "3s"}`; answers
+        once every worker of this gateway applies them to its next request."""
         try:
             changes = parse_limits(body, "limits")
         except ConfigError as exc:
             raise GatewayError(400, "invalid_limits", str(exc)) from None
-        record = registry.set_overrides(name, changes, merge=True)
-        table.refresh()
-        return limits_out(record)
+        record = self.registry.set_overrides(name, changes, merge=True)
+        return self._limits_out(record, self._go_live(name, f"the new limits of {name}"))
 
-    @app.delete("/v1/functions/{name}/limits", response_model=LimitsOut)
-    def reset_limits(name: str) -> LimitsOut:
+    def reset_limits(self, name: str) -> LimitsOut:
         """Drop every live override: back to the manifest and the defaults."""
-        record = registry.set_overrides(name, {})
-        table.refresh()
-        return limits_out(record)
+        record = self.registry.set_overrides(name, {})
+        return self._limits_out(record, self._go_live(name, f"the reset limits of {name}"))
 
-    @app.delete("/v1/functions/{name}", status_code=204)
-    def delete(name: str) -> None:
-        """Remove the function; its route stops answering at once."""
-        for sha256 in registry.delete(name):
-            deployer.engine.aot.remove(sha256)
-        table.refresh()
+    def delete(self, name: str) -> None:
+        """Remove the function; answers once no worker of this gateway serves it."""
+        for sha256 in self.registry.delete(name):
+            self.deployer.engine.aot.remove(sha256)
+        self._go_live(name, f"the removal of {name}")
 
-    @app.get("/v1/functions/{name}/logs", response_model=list[LogOut])
     def logs(
+        self,
         name: str,
         after: Annotated[int, Query(ge=0, le=_MAX_ID, description="Only lines after this id")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
@@ -300,13 +356,11 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
         ] = None,
     ) -> list[LogOut]:
         """Recent log lines (the function's own and one access line per request)."""
-        registry.function(name)
+        self.registry.function(name)
         return [
             LogOut(id=r.id, time=r.time, request_id=r.request_id, kind=r.kind, line=r.line)
-            for r in registry.logs(name, after, limit, request_id)
+            for r in self.registry.logs(name, after, limit, request_id)
         ]
-
-    return app
 
 
 def _methods_of(app: FastAPI, path: str) -> list[str]:

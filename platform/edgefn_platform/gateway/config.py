@@ -1,4 +1,9 @@
-"""Gateway settings: one dataclass, filled from CLI options or `EDGEFN_*` variables."""
+"""Gateway settings: one dataclass, filled from CLI options or `EDGEFN_*` variables.
+
+Every default is written here, once: `edgefn serve` passes only the options the
+operator gave. `load()` then reads what the settings point at (the admin token,
+the policy file), once per gateway, in the process that starts it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .policy import Policy, load_policy
 
 __all__ = ["GatewayConfig", "TokenError", "check_token", "load_token"]
 
@@ -28,7 +35,7 @@ class GatewayConfig:
     # A PostgreSQL URL: the registry gateways share; None: the embedded SQLite one
     # in `data_dir`, which then holds only this gateway's caches.
     database_url: str | None = None
-    workers: int = 1
+    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     token: str | None = None
     # AOT artifacts; defaults to `<data_dir>/aot`.
     cache_dir: Path | None = None
@@ -48,6 +55,13 @@ class GatewayConfig:
     admin_tls_key: Path | None = None
     # How often each worker looks for a new active version.
     refresh_seconds: float = 0.25
+    # How long a deploy, rollback, delete or limit change waits for every worker
+    # of this gateway to serve it before it answers 504 `not_live`.
+    rollout_timeout: float = 30.0
+    # Set by `load()`: the admin token in use and the operator's policy. Worker
+    # processes get them with the config instead of reading them again.
+    admin_token: str | None = field(default=None, init=False, repr=False)
+    policy: Policy | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -55,6 +69,38 @@ class GatewayConfig:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
             raise ValueError("admin TLS needs both a certificate and a key")
+        if self.rollout_timeout <= 0:
+            raise ValueError(f"rollout timeout must be positive, got {self.rollout_timeout}")
+
+    def load(self) -> GatewayConfig:
+        """Read the admin token (`load_token`) and the policy (`load_policy`) once.
+
+        Raises TokenError or ConfigError; returns the config, loaded."""
+        if self.admin_token is None:
+            self.admin_token = load_token(self)
+        if self.policy is None:
+            self.policy = load_policy(self.config_file)
+        return self
+
+    @property
+    def loaded_token(self) -> str:
+        """The admin token, loaded first if need be."""
+        return self.load().admin_token or ""
+
+    @property
+    def loaded_policy(self) -> Policy:
+        """The operator's policy, loaded first if need be."""
+        return self.load().policy or Policy()
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where every worker keeps its Prometheus values."""
+        return self.data_dir / "metrics"
+
+    @property
+    def workers_dir(self) -> Path:
+        """Where every worker reports what it serves (see `_rollout.py`)."""
+        return self.data_dir / "workers"
 
     @property
     def aot_cache_dir(self) -> Path:

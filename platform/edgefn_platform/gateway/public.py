@@ -11,13 +11,12 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from edgefn_runtime import InvalidResponse, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
@@ -29,14 +28,12 @@ from ._errors import GatewayError, error_response, status_and_code
 from ._fairness import FairThreadPool
 from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
+from ._metrics import Metrics
 from ._request_ids import request_id
 from ._target import route
 from .policy import Policy
 
-if TYPE_CHECKING:
-    from ._metrics import Metrics
-
-__all__ = ["ROUTE_HEADER", "Lifecycle", "create_public_app", "health_routes"]
+__all__ = ["ROUTE_HEADER", "Lifecycle", "PublicApp", "health_routes"]
 
 log = logging.getLogger("edgefn.gateway")
 
@@ -109,24 +106,54 @@ def health_routes(lifecycle: Lifecycle, for_deploys: bool = False) -> list[Route
     return [Route("/healthz", healthz), Route("/readyz", readyz)]
 
 
-def create_public_app(
-    table: FunctionTable,
-    logs: LogSink,
-    policy: Policy | None = None,
-    lifecycle: Lifecycle | None = None,
-) -> ASGIApp:
-    """An ASGI app that runs each request in its function's sandbox, off the
-    event loop, behind the policy's backpressure."""
-    from ._metrics import METRICS  # after PROMETHEUS_MULTIPROC_DIR is set
+class PublicApp:
+    """The public ASGI app: runs each request in its function's sandbox, off the
+    event loop, behind the policy's backpressure. Its dependencies are passed in:
+    the function table, the log sink, the operator's policy, the worker's
+    lifecycle (None: no health routes, no warm-up) and the metrics to update."""
 
-    policy = policy or Policy()
-    admission = Admission(policy.global_concurrency, policy.queue_length, policy.queue_wait)
-    # A C-level queue hands work to the threads, as in concurrent.futures; anyio's
-    # Condition-based one cost a thread wake-up in Python on every request.
-    threads = FairThreadPool(policy.global_concurrency)
-    bodies = BodyBudget(policy.body_budget, policy.queue_wait)
+    def __init__(
+        self,
+        table: FunctionTable,
+        logs: LogSink,
+        policy: Policy,
+        lifecycle: Lifecycle | None,
+        metrics: Metrics,
+    ) -> None:
+        self.table = table
+        self.logs = logs
+        self.policy = policy
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.admission = Admission(
+            policy.global_concurrency, policy.queue_length, policy.queue_wait
+        )
+        # A C-level queue hands work to the threads, as in concurrent.futures; anyio's
+        # Condition-based one cost a thread wake-up in Python on every request.
+        self.threads = FairThreadPool(policy.global_concurrency)
+        self.bodies = BodyBudget(policy.body_budget, policy.queue_wait)
+        routes = health_routes(lifecycle) if lifecycle is not None else []
+        self.health = Starlette(routes=routes, lifespan=self._lifespan)
+        self.reserved = {route.path for route in routes}
 
-    async def handle(request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Function traffic skips Starlette's router and middleware stack, which
+        # were 15 % of a worker's time for a trivial function; health checks
+        # and the lifespan still go through it.
+        if scope["type"] != "http" or scope["path"] in self.reserved:
+            await self.health(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await self.handle(request)
+        except Exception:
+            log.exception("request %s failed in the gateway", scope["path"])
+            failure = GatewayError(500, "internal_error", "the gateway failed on this request")
+            response = error_response(failure, request_id(request.headers.get("x-request-id")))
+        await response(scope, receive, send)
+
+    async def handle(self, request: Request) -> Response:
+        """The response to one function request, recorded (access line, logs, metrics)."""
         exchange = _Exchange(request_id(request.headers.get("x-request-id")))
         exchange.path = request.scope["path"]
         try:
@@ -138,7 +165,7 @@ def create_public_app(
                     f"method {request.method} is not served (allowed: {allowed})",
                     {"allow": allowed},
                 )
-            response = await run(request, exchange)
+            response = await self._run(request, exchange)
         except (GatewayError, SandboxError) as exc:
             response = error_response(exc, exchange.request_id)
             exchange.outcome = status_and_code(exc)[1]
@@ -148,11 +175,11 @@ def create_public_app(
                 response.headers["connection"] = "close"
             if isinstance(exc, SandboxError):
                 exchange.usage, exchange.logs = exc.usage, exc.logs
-        record(request, response, exchange)
+        self._record(request, response, exchange)
         return response
 
-    async def run(request: Request, exchange: _Exchange) -> Response:
-        if not table.ready.is_set():
+    async def _run(self, request: Request, exchange: _Exchange) -> Response:
+        if not self.table.ready.is_set():
             # Not a 404: this worker has not loaded the registry yet.
             raise GatewayError(
                 503,
@@ -160,12 +187,12 @@ def create_public_app(
                 "the gateway is still loading functions; retry shortly",
                 {"retry-after": "1"},
             )
-        found = route(request.scope, table.match, _route_of)
+        found = route(request.scope, self.table.match, _route_of)
         if found is None:
             raise GatewayError(404, "no_route", f"no function is deployed at {exchange.path}")
         function, path, query = found
         exchange.function = function
-        async with read_body(request, function.limits.max_body, bodies) as body:
+        async with read_body(request, function.limits.max_body, self.bodies) as body:
             exchange.bytes_in, exchange.body_read = len(body), True
             headers = [
                 (k.decode("latin-1"), v.decode("latin-1"))
@@ -174,27 +201,28 @@ def create_public_app(
             ]
             headers.append((ROUTE_HEADER, function.route))
             call = SandboxRequest(request.method, path, query, headers, body)
-            return await execute(function, call, exchange)
+            return await self._execute(function, call, exchange)
 
-    async def execute(
-        function: LiveFunction, call: SandboxRequest, exchange: _Exchange
+    async def _execute(
+        self, function: LiveFunction, call: SandboxRequest, exchange: _Exchange
     ) -> Response:
-        METRICS.queued.inc()
+        metrics = self.metrics
+        metrics.queued.inc()
         try:
-            async with admission.slot(function.name, function.concurrency) as queued:
-                METRICS.queued.dec()
+            async with self.admission.slot(function.name, function.concurrency) as queued:
+                metrics.queued.dec()
                 exchange.queued = queued
-                with METRICS.in_flight.labels(function.name).track_inprogress():
+                with metrics.in_flight.labels(function.name).track_inprogress():
                     outcome = await asyncio.get_running_loop().run_in_executor(
-                        threads, function.sandbox.invoke, call, function.limits
+                        self.threads, function.sandbox.invoke, call, function.limits
                     )
         except GatewayError:
-            METRICS.queued.dec()
+            metrics.queued.dec()
             raise
         exchange.usage, exchange.logs = outcome.usage, outcome.logs
         return _to_http(outcome, exchange.request_id)
 
-    def record(request: Request, response: Response, exchange: _Exchange) -> None:
+    def _record(self, request: Request, response: Response, exchange: _Exchange) -> None:
         """Timings and usage headers, the access line, function logs, metrics."""
         usage, function = exchange.usage, exchange.function
         timing = (
@@ -205,7 +233,7 @@ def create_public_app(
         response.headers["server-timing"] = ", ".join(
             f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing
         )
-        if policy.usage_header and function is not None:
+        if self.policy.usage_header and function is not None:
             response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}"
         entry = AccessEntry(
             time=time.time(),
@@ -228,38 +256,16 @@ def create_public_app(
         line = entry.json()
         log_access(entry, line)
         if function is not None:
-            logs.add(function.name, exchange.request_id, "log", exchange.logs)
-            logs.add(function.name, exchange.request_id, "access", [line])
-            _observe(METRICS, function.name, entry, usage, exchange.queued)
+            self.logs.add(function.name, exchange.request_id, "log", exchange.logs)
+            self.logs.add(function.name, exchange.request_id, "access", [line])
+            _observe(self.metrics, function.name, entry, usage, exchange.queued)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         # The server starts accepting connections only after this.
-        if lifecycle is not None:
-            await _warm_up(lifecycle, threads, METRICS)
+        if self.lifecycle is not None:
+            await _warm_up(self.lifecycle, self.threads, self.metrics)
         yield
-
-    routes = health_routes(lifecycle) if lifecycle is not None else []
-    health = Starlette(routes=routes, lifespan=lifespan)
-    reserved = {route.path for route in routes}
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        # Function traffic skips Starlette's router and middleware stack, which
-        # were 15 % of a worker's time for a trivial function; health checks
-        # and the lifespan still go through it.
-        if scope["type"] != "http" or scope["path"] in reserved:
-            await health(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        try:
-            response = await handle(request)
-        except Exception:
-            log.exception("request %s failed in the gateway", scope["path"])
-            failure = GatewayError(500, "internal_error", "the gateway failed on this request")
-            response = error_response(failure, request_id(request.headers.get("x-request-id")))
-        await response(scope, receive, send)
-
-    return app
 
 
 async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metrics) -> None:

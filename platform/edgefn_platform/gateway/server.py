@@ -15,11 +15,10 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +34,12 @@ from ._functions import FunctionTable
 from ._http import guarded_protocol
 from ._lifeline import die_with
 from ._logs import LogSink
-from .config import GatewayConfig, check_token, load_token
-from .policy import Policy, load_policy
+from ._metrics import Metrics, forget_worker, reset_metrics
+from ._rollout import ServingBoard
+from .admin import AdminApp
+from .config import GatewayConfig
+from .policy import Policy
+from .public import Lifecycle, PublicApp
 
 __all__ = ["Worker", "bind", "run", "run_worker"]
 
@@ -45,7 +48,8 @@ log = logging.getLogger("edgefn.gateway")
 
 @dataclass
 class Worker:
-    """Everything one worker process serves from."""
+    """Everything one worker process serves from, each opened once per process:
+    the policy and token come loaded with the config (`GatewayConfig.load`)."""
 
     config: GatewayConfig
     policy: Policy
@@ -54,21 +58,27 @@ class Worker:
     table: FunctionTable
     logs: LogSink
     deployer: Deployer
+    metrics: Metrics
+    board: ServingBoard
 
     @classmethod
     def open(cls, config: GatewayConfig) -> Worker:
-        policy = load_policy(config.config_file)
+        policy = config.loaded_policy
+        metrics = Metrics(config.metrics_dir)
+        board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
         engine = Engine(cache_dir=config.aot_cache_dir)
-        deployer = Deployer(registry, engine, config.data_dir)
-        table = FunctionTable(deployer, config.refresh_seconds, policy)
-        return cls(config, policy, registry, engine, table, LogSink(registry), deployer)
+        deployer = Deployer(registry, engine, config.data_dir, handoff={})
+        table = FunctionTable(deployer, metrics, board, config.refresh_seconds, policy)
+        logs = LogSink(registry)
+        return cls(config, policy, registry, engine, table, logs, deployer, metrics, board)
 
     def close(self) -> None:
         self.table.stop()
         self.logs.stop()
         self.engine.close()
         self.registry.close()
+        self.board.forget(os.getpid())
 
 
 class _Server(uvicorn.Server):
@@ -94,11 +104,7 @@ def bind(host: str, port: int, listen: bool = True) -> socket.socket:
     return sock
 
 
-def _metrics_dir(config: GatewayConfig) -> str:
-    return str(config.data_dir / "metrics")
-
-
-def run_worker(config: GatewayConfig, token: str, supervisor: int | None = None) -> None:
+def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
     """Serve both listeners in this process until SIGINT/SIGTERM, then drain.
 
     `supervisor`: the pid of the parent process that started this worker; the
@@ -110,17 +116,12 @@ def run_worker(config: GatewayConfig, token: str, supervisor: int | None = None)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     # The table logs the registry going and coming back once, not each pool retry.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _metrics_dir(config))
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-    from .admin import create_admin_app  # import prometheus_client only now
-    from .public import Lifecycle, create_public_app
-
     worker = Worker.open(config)
     worker.table.start()
     worker.logs.start()
     lifecycle = Lifecycle(worker.table)
-    public = create_public_app(worker.table, worker.logs, worker.policy, lifecycle)
-    admin = create_admin_app(worker, token, lifecycle)
+    public = PublicApp(worker.table, worker.logs, worker.policy, lifecycle, worker.metrics)
+    admin = AdminApp(worker, config.loaded_token, lifecycle)
     servers = [
         # Not listening yet: the kernel hands a port's connections to every
         # listening worker, so a worker joins only when uvicorn starts serving,
@@ -165,21 +166,29 @@ def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
     )
 
 
-def run(config: GatewayConfig, token: str | None = None) -> None:
+def run(config: GatewayConfig, *, before_serving: Callable[[Registry], None] | None = None) -> None:
     """Run the gateway: in this process for one worker, else supervise `workers`.
 
-    `token`: the admin token, if the caller already loaded it (`load_token`)."""
-    token = load_token(config) if token is None else check_token(token)
-    load_policy(config.config_file)  # fail fast, in the parent, on a bad config
+    Loads the config (token, policy) if the caller has not, fails fast on a taken
+    port, opens the registry once to clear what a crash of the last run left, and
+    hands it to `before_serving` (the CLI deploys `--deploy` folders with it)
+    before any worker starts."""
+    config.load()  # once, here: workers get the token and policy with the config
     for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
         bind(host, port).close()  # fail fast when a port is taken
-    _recover(config)
-    metrics = _metrics_dir(config)
-    shutil.rmtree(metrics, ignore_errors=True)  # counters start from zero each run
-    os.makedirs(metrics)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics
+    registry = open_registry(config.database_url, config.data_dir)
+    try:
+        for path in recover(registry, config.data_dir):
+            log.warning("removed %s, left behind by an interrupted deploy or delete", path)
+        if before_serving is not None:
+            before_serving(registry)
+    finally:
+        registry.close()
+    reset_metrics(config.metrics_dir)
+    board = ServingBoard(config.workers_dir)
+    board.reset()
     if config.workers == 1:
-        run_worker(config, token)
+        run_worker(config)
         return
     context = multiprocessing.get_context("spawn")
     stopping = False
@@ -195,10 +204,15 @@ def run(config: GatewayConfig, token: str | None = None) -> None:
         # From this (main) thread: a worker's lifeline is tied to the thread that
         # forked it (see `_lifeline.py`).
         process = context.Process(
-            target=run_worker, args=(config, token), kwargs={"supervisor": os.getpid()}
+            target=run_worker, args=(config,), kwargs={"supervisor": os.getpid()}
         )
         process.start()
         return process
+
+    def forget(process: multiprocessing.process.BaseProcess) -> None:
+        if process.pid is not None:
+            forget_worker(config.metrics_dir, process.pid)
+            board.forget(process.pid)
 
     processes: list[multiprocessing.process.BaseProcess] = []
     try:
@@ -213,14 +227,18 @@ def run(config: GatewayConfig, token: str | None = None) -> None:
                         process.pid,
                         process.exitcode,
                     )
-                    _forget(process)
+                    forget(process)
                     processes[i] = start()
     finally:
         # Also when the loop above fails: workers must not outlive it.
-        _stop(processes, config.shutdown_delay + config.drain_timeout + 5)
+        _stop(processes, config.shutdown_delay + config.drain_timeout + 5, forget)
 
 
-def _stop(processes: list[multiprocessing.process.BaseProcess], timeout: float) -> None:
+def _stop(
+    processes: list[multiprocessing.process.BaseProcess],
+    timeout: float,
+    forget: Callable[[multiprocessing.process.BaseProcess], None],
+) -> None:
     """SIGTERM every worker (each drains), then SIGKILL those still running after
     `timeout` seconds."""
     for process in processes:
@@ -232,22 +250,4 @@ def _stop(processes: list[multiprocessing.process.BaseProcess], timeout: float) 
             log.warning("worker %s did not drain in %.0f s; killing it", process.pid, timeout)
             process.kill()
             process.join()
-        _forget(process)
-
-
-def _recover(config: GatewayConfig) -> None:
-    """Before any worker starts, clear what a crash of the last run left behind."""
-    registry = open_registry(config.database_url, config.data_dir)
-    try:
-        removed = recover(registry, config.data_dir)
-    finally:
-        registry.close()
-    for path in removed:
-        log.warning("removed %s, left behind by an interrupted deploy or delete", path)
-
-
-def _forget(process: multiprocessing.process.BaseProcess) -> None:
-    from prometheus_client import multiprocess
-
-    if process.pid is not None:
-        multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+        forget(process)
