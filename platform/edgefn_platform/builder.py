@@ -22,6 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import edgefn
+from edgefn_runtime import EdgefnError
 
 from .manifest import Manifest, load_manifest
 
@@ -37,8 +38,11 @@ _CHECK_SCRIPT = Path(__file__).with_name("_entry_check.py")
 Progress = Callable[[str], None]
 
 
-class BuildError(Exception):
+class BuildError(EdgefnError):
     """The function cannot be built; the message says where and why."""
+
+    code = "build_failed"
+    status = 400
 
 
 @dataclass(frozen=True)

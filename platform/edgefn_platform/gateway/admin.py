@@ -17,10 +17,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from edgefn_runtime import EdgefnError
+
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
 from ._admin_guards import LimitBody, RequireToken
-from ._errors import HANDLED, GatewayError, error_response, status_and_code
+from ._errors import GatewayError, error_response
 from ._request_ids import request_id as checked_request_id
 from .config import check_token
 from .policy import ConfigError, parse_limits
@@ -143,19 +145,15 @@ def create_admin_app(worker: Worker, token: str, lifecycle: Lifecycle) -> FastAP
     )
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        request_id = checked_request_id(request.headers.get("x-request-id"))
-        try:
-            status_and_code(exc)
-        except TypeError:  # a bug: answer in the same shape; Starlette logs the traceback
-            exc = GatewayError(500, "internal_error", f"{type(exc).__name__}: {exc}")
-        return error_response(exc, request_id)
+        return error_response(exc, checked_request_id(request.headers.get("x-request-id")))
 
     # Checked before routing and before any body is read, so an upload without
     # the token costs the server nothing, and unknown paths reveal nothing.
     app.add_middleware(LimitBody, limit=max_upload)
     app.add_middleware(RequireToken, token=token)  # added last: runs first
 
-    for handled in (*HANDLED, Exception):
+    # Exception (a bug) goes to Starlette's outermost middleware, which re-raises it.
+    for handled in (EdgefnError, Exception):
         app.add_exception_handler(handled, on_error)
 
     @app.exception_handler(HTTPException)

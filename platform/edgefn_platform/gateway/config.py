@@ -9,6 +9,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefn_runtime import EdgefnError
+
 __all__ = ["GatewayConfig", "TokenError", "check_token", "load_token"]
 
 TOKEN_FILE = "admin-token"
@@ -72,8 +74,10 @@ class GatewayConfig:
         return f"http://{host}:{self.port}"
 
 
-class TokenError(ValueError):
+class TokenError(EdgefnError, ValueError):
     """The admin token is unusable (empty, or only whitespace)."""
+
+    code = "unusable_admin_token"
 
 
 def check_token(token: str, source: str = "--token/EDGEFN_TOKEN") -> str:
