@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
+from edgefn_platform._printable import printable_lines
+from edgefn_platform.builder import BuildError
 from edgefn_platform.cli import main
+from edgefn_platform.client import AdminError, GatewayUnreachable
+from edgefn_platform.gateway._deploy import InvalidAssets, StorageFull
+from edgefn_platform.gateway._errors import GatewayError
+from edgefn_platform.gateway.config import TokenError
+from edgefn_platform.gateway.policy import ConfigError
+from edgefn_platform.manifest import ManifestError
+from edgefn_platform.registry import FunctionNotFound, RegistryUnavailable
+from edgefn_platform.scaffold import ScaffoldError
+from edgefn_runtime import EdgefnError, InvalidComponent
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +176,172 @@ def test_invoke_shows_function_log_lines_escaped() -> None:
     assert result.exit_code == 0, result.output
     assert "log | \\x1b[2J\\x1b]0;owned\\x07\\u202ex\n" in result.stderr
     assert not set(result.stderr) & set("\x1b\x07\u202e")
+
+
+def test_a_function_failure_exits_1_with_its_code_after_its_logs() -> None:
+    hostile = Path(__file__).resolve().parent / "functions" / "hostile"
+    result = CliRunner().invoke(main, ["invoke", str(hostile), "/raise"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.endswith("Error: function_error: KeyError: 'no such thing'\n")
+    assert "Traceback" not in result.output.splitlines()[-1]
+
+
+# Every kind of edgefn error, as the CLI shows it: one escaped line, its exit code.
+ERRORS = [
+    (ManifestError("edgefn.toml", ["name: must be lowercase"]), 1),
+    (BuildError("componentize-py failed:\n  app.py:3: SyntaxError"), 1),
+    (ScaffoldError("demo already exists; choose another name or remove it"), 1),
+    (ConfigError("backpressure.queue_wait: expected a duration"), 1),
+    (TokenError("the admin token from --token/EDGEFN_TOKEN is empty"), 1),
+    (InvalidComponent("not a component: \x1b[2Jcleared"), 1),
+    (FunctionNotFound("ghost"), 1),
+    (RegistryUnavailable("cannot connect to the registry"), 1),
+    (InvalidAssets("the assets archive cannot be unpacked"), 1),
+    (StorageFull("the data directory is full"), 1),
+    (GatewayError(503, "overloaded", "too many requests"), 1),
+    (AdminError(404, "function_not_found", "no function named 'ghost' is deployed"), 1),
+    (GatewayUnreachable("cannot reach the gateway admin API at http://127.0.0.1:1"), 3),
+]
+
+
+@pytest.mark.parametrize(("error", "exit_code"), ERRORS, ids=lambda e: type(e).__name__)
+def test_every_edgefn_error_is_one_escaped_line_and_its_exit_code(
+    error: EdgefnError, exit_code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object) -> None:
+        raise error
+
+    monkeypatch.setattr("edgefn_platform.cli._functions.create_function", fail)
+    result = CliRunner().invoke(main, ["new", "demo", "--dir", str(tmp_path)])
+    assert result.exit_code == exit_code == error.exit_code
+    assert result.stdout == ""
+    assert result.stderr == f"Error: {printable_lines(str(error))}\n"
+    assert "\x1b" not in result.stderr
+
+
+def test_an_unexpected_error_is_one_line_naming_it_and_where_to_report_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object) -> None:
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr("edgefn_platform.cli._functions.create_function", fail)
+    result = CliRunner().invoke(main, ["new", "demo", "--dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: unexpected ZeroDivisionError: division by zero\\n")
+    assert "bug in edgefn" in result.stderr and "EDGEFN_DEBUG=1" in result.stderr
+
+    debug = CliRunner().invoke(
+        main, ["new", "demo", "--dir", str(tmp_path)], env={"EDGEFN_DEBUG": "1"}
+    )
+    assert isinstance(debug.exception, ZeroDivisionError)  # raised, with its traceback
+
+
+def test_bad_option_values_are_usage_errors(created: Path, tmp_path: Path) -> None:
+    missing = CliRunner().invoke(main, ["invoke", str(created), "/", "-d", f"@{tmp_path}/nope"])
+    assert missing.exit_code == 2 and "cannot read" in missing.output and "--data" in missing.output
+    env = {"EDGEFN_SIGNING_KEY": "00" * 32}
+    expiry = CliRunner().invoke(main, ["sign", "/fn/a", "--expires-in", "soon"], env=env)
+    assert expiry.exit_code == 2 and "--expires-in" in expiry.output
+
+
+class FakeAdminAPI(BaseHTTPRequestHandler):
+    """Answers as the admin API would, or as a proxy in front of it."""
+
+    ANSWERS: dict[str, tuple[int, str, object]] = {
+        "/v1/functions/ghost": (
+            404,
+            "application/json",
+            {"error": {"code": "function_not_found", "message": "no function named 'ghost'"}},
+        ),
+        "/v1/functions/proxied": (502, "text/html", "<html>502 Bad Gateway</html>"),
+        "/v1/functions/demo": (
+            200,
+            "application/json",
+            {
+                "name": "demo",
+                "url": "http://127.0.0.1:8080/demo",
+                "versions": 2,
+                "active": {
+                    "version": 2,
+                    "created_at": 1_700_000_000.0,
+                    "size": 4_000_000,
+                    "sha256": "ab" * 32,
+                    "env": ["GREETING"],
+                    "limits": {"memory": 64 * 2**20},  # the manifest's: not what runs
+                },
+            },
+        ),
+        "/v1/functions/demo/limits": (
+            200,
+            "application/json",
+            {
+                "limits": {
+                    "memory": {"value": 128 * 2**20, "source": "override"},
+                    "timeout": {"value": 2.0, "source": "default"},
+                    "fuel": {"value": 5e9, "source": "maximum"},
+                },
+                "warnings": ["fuel: the manifest's 9e9 is above the gateway's maximum"],
+            },
+        ),
+    }
+
+    def do_GET(self) -> None:
+        status, kind, body = self.ANSWERS.get(self.path, (404, "text/plain", "not found"))
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def admin_api() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeAdminAPI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def admin(url: str, *args: str) -> Result:
+    return CliRunner().invoke(main, [*args, "--gateway", url, "--token", "t"])
+
+
+def test_the_gateway_answering_an_error_exits_1_with_its_code_and_status(admin_api: str) -> None:
+    result = admin(admin_api, "info", "ghost")
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: no function named 'ghost' (function_not_found, HTTP 404)\n")
+    proxied = admin(admin_api, "info", "proxied")
+    assert proxied.exit_code == 1
+    assert proxied.stderr == "Error: <html>502 Bad Gateway</html> (http_error, HTTP 502)\n"
+
+
+def test_an_unreachable_gateway_exits_3() -> None:
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{bound.getsockname()[1]}"
+        result = admin(url, "ls")
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"Error: cannot reach the gateway admin API at {url}: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_info_shows_the_effective_limits_and_where_each_comes_from(admin_api: str) -> None:
+    result = admin(admin_api, "info", "demo")
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "limit memory: 128.0 MiB (override)" in lines
+    assert "limit timeout: 2 s (default)" in lines
+    assert "limit fuel: 5,000,000,000 (maximum)" in lines
+    assert "64 MiB" not in result.stdout
+    assert "warning: fuel: the manifest's 9e9" in result.stderr

@@ -24,6 +24,7 @@ from types import ModuleType
 
 import edgefn
 import edgefn_contract
+from edgefn_runtime import EdgefnError
 
 from .manifest import Manifest, load_manifest
 
@@ -45,8 +46,11 @@ _GUEST_PACKAGES = (edgefn, edgefn_contract)
 Progress = Callable[[str], None]
 
 
-class BuildError(Exception):
+class BuildError(EdgefnError):
     """The function cannot be built; the message says where and why."""
+
+    code = "build_failed"
+    status = 400
 
 
 @dataclass(frozen=True)

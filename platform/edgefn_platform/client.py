@@ -8,16 +8,30 @@ from typing import Any, BinaryIO
 
 import httpx
 
-__all__ = ["AdminClient", "AdminError"]
+from edgefn_runtime import EdgefnError
+
+__all__ = ["AdminClient", "AdminError", "GatewayUnreachable"]
 
 
-class AdminError(Exception):
-    """The admin API refused a request, or could not be reached."""
+class AdminError(EdgefnError):
+    """The admin API answered with an error: its `status` and `code` are the server's."""
+
+    code = "admin_error"
+    status = 502
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{message} ({code}, HTTP {status})" if status else message)
+        super().__init__(f"{message} ({code}, HTTP {status})")
         self.status = status
         self.code = code
+
+
+class GatewayUnreachable(EdgefnError):
+    """The admin API could not be reached (refused, timed out, TLS failed): a script
+    may retry, which it should not after an `AdminError`."""
+
+    code = "unreachable"
+    status = 503
+    exit_code = 3
 
 
 class _Progress:
@@ -43,15 +57,16 @@ class AdminClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise AdminError(
-                0, "unreachable", f"cannot reach the gateway admin API at {self.gateway}: {exc}"
+            raise GatewayUnreachable(
+                f"cannot reach the gateway admin API at {self.gateway}: {exc}"
             ) from None
         if response.status_code >= 400:
-            try:
+            try:  # the gateway's error shape; a proxy in front may answer in its own
                 error = response.json()["error"]
-                raise AdminError(response.status_code, error["code"], error["message"])
+                code, message = str(error["code"]), str(error["message"])
             except (ValueError, KeyError, TypeError):
                 raise AdminError(response.status_code, "http_error", response.text[:200]) from None
+            raise AdminError(response.status_code, code, message)
         return response.json() if response.content else None
 
     def deploy(

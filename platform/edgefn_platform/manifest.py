@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgefn_runtime import MIN_MEMORY, Limits
+from edgefn_runtime import MIN_MEMORY, EdgefnError, Limits
 
 from ._units import parse_count, parse_duration, parse_size
 
@@ -53,11 +53,15 @@ _KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets", "r
 DEFAULT_REUSE = 1000
 
 
-class ManifestError(ValueError):
+class ManifestError(EdgefnError, ValueError):
     """`edgefn.toml` is missing, does not parse, or has fields out of range.
 
     `problems` lists each one as "field: what is wrong and what is allowed".
+    Still a ValueError, as it was before edgefn had one error tree.
     """
+
+    code = "invalid_manifest"
+    status = 400
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source

@@ -6,6 +6,8 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from edgefn_runtime import EdgefnError
+
 from .manifest import parse_manifest
 
 __all__ = ["TEMPLATES", "ScaffoldError", "create_function"]
@@ -15,8 +17,11 @@ TEMPLATES = ("hello",)
 _RENAMES = {"gitignore": ".gitignore"}
 
 
-class ScaffoldError(Exception):
+class ScaffoldError(EdgefnError):
     """The function folder cannot be created."""
+
+    code = "scaffold_failed"
+    status = 400
 
 
 def create_function(name: str, parent: Path, template: str = "hello") -> Path:

@@ -1,34 +1,53 @@
-"""The `edgefn` command line: a thin click layer over the builder, runtime and admin API."""
+"""The `edgefn` command line: a thin click layer over the builder, runtime and admin API.
+
+Errors are shown here and nowhere else, as click shows its own: an `EdgefnError`
+as one `Error: ...` line on stderr, exiting with the error's `exit_code`
+(README, "CLI exit codes"); anything else is a bug in edgefn, shown as one line
+naming it, its traceback only with `EDGEFN_DEBUG=1`.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 import click
 
-from edgefn_runtime import InvalidComponent
+from edgefn_runtime import EdgefnError, SandboxError
 
-from .._printable import printable_lines
-from ..builder import BuildError
-from ..client import AdminError
-from ..manifest import ManifestError
-from ..scaffold import ScaffoldError
+from .._printable import printable, printable_lines
 from . import _admin, _functions, _gateway, _sign
 
 __all__ = ["main"]
 
-# Errors a user can act on: shown as one line, exit code 1, never a traceback.
-_USER_ERRORS = (AdminError, BuildError, ManifestError, ScaffoldError, InvalidComponent)
+_REPORT = "a bug in edgefn: please report it, with the traceback EDGEFN_DEBUG=1 prints"
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except _USER_ERRORS as exc:
-            # Messages may quote a build tool, a manifest or a server: escaped,
-            # their line breaks kept.
-            raise click.ClickException(printable_lines(str(exc))) from None
+        except EdgefnError as exc:
+            # Shown as click shows a ClickException, with the error's own exit code.
+            click.echo(f"Error: {_message(exc)}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: it shows them and picks their exit codes
+        except Exception as exc:
+            broken_pipe = isinstance(exc, OSError) and exc.errno == errno.EPIPE
+            if broken_pipe or os.environ.get("EDGEFN_DEBUG") == "1":
+                raise  # `edgefn ls | head`: click exits quietly; or a traceback asked for
+            raise click.ClickException(
+                printable(f"unexpected {type(exc).__name__}: {exc}; {_REPORT}")
+            ) from None
+
+
+def _message(exc: EdgefnError) -> str:
+    # Messages may quote a build tool, a manifest or a server: escaped, their
+    # line breaks kept. A function's failure also names the code the gateway
+    # would answer with (`timeout`, `function_error`, ...).
+    return printable_lines(f"{exc.code}: {exc}" if isinstance(exc, SandboxError) else str(exc))
 
 
 @click.group(cls=_Group, context_settings={"show_default": True})

@@ -115,8 +115,10 @@ def list_functions(client: AdminClient) -> None:
 @click.argument("name")
 @_with_client
 def info(name: str, client: AdminClient) -> None:
-    """Show a function: route, active version, limits, size, when it was deployed."""
+    """Show a function: route, active version, size, when it was deployed, and the
+    limits it runs with (as `edgefn limits` shows them) and where each comes from."""
     function = client.function(name)
+    effective = client.limits(name)
     active = function["active"]
     click.echo(f"name:        {function['name']}")
     click.echo(f"url:         {function['url']}")
@@ -124,8 +126,11 @@ def info(name: str, client: AdminClient) -> None:
     click.echo(f"deployed:    {_when(active['created_at'])}")
     click.echo(f"size:        {format_size(active['size'])}  sha256 {active['sha256'][:16]}")
     click.echo(f"env:         {', '.join(active['env']) or '-'}")
-    for key, value in active["limits"].items():
-        click.echo(f"limit {key + ':':13} {describe(key, value)}")
+    for key, entry in effective["limits"].items():
+        source = f"  ({entry['source']})" if entry.get("source") else ""
+        click.echo(f"limit {key + ':':17} {describe(key, entry['value'])}{source}")
+    for warning in effective.get("warnings", []):
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
 @click.command()

@@ -15,6 +15,7 @@ from .._units import format_size
 from ..builder import BuildResult, build
 from ..manifest import load_manifest
 from ..scaffold import TEMPLATES, create_function
+from ._params import body
 
 __all__ = ["COMMANDS", "build_function"]
 
@@ -68,6 +69,7 @@ def build_command(directory: Path, force: bool) -> None:
 @click.option(
     "-d",
     "--data",
+    callback=body,
     default=None,
     metavar="DATA|@FILE",
     help="Request body; @FILE reads it from a file.",
@@ -78,7 +80,7 @@ def invoke_command(
     path: str,
     method: str,
     headers: tuple[str, ...],
-    data: str | None,
+    data: bytes,
     include_usage: bool,
 ) -> None:
     """Run one request through the function in DIRECTORY, in the real sandbox.
@@ -89,7 +91,7 @@ def invoke_command(
     result = build_function(directory, quiet_if_cached=True)
     manifest = result.manifest
     request = Request(
-        method.upper(), *_split_query(path), headers=_parse_headers(headers), body=_read_data(data)
+        method.upper(), *_split_query(path), headers=_parse_headers(headers), body=data
     )
     assets = directory / manifest.assets if manifest.assets else None
     with Engine() as engine:
@@ -99,8 +101,8 @@ def invoke_command(
         try:
             outcome = sandbox.invoke(request, manifest.resolve_limits())
         except SandboxError as exc:
-            _echo_logs(exc.logs)
-            raise click.ClickException(printable(f"{exc.code}: {exc}")) from None
+            _echo_logs(exc.logs)  # what it printed before it failed; the error is shown by main
+            raise
     _echo_logs(outcome.logs)
     response = outcome.response
     click.echo(f"HTTP {response.status}")
@@ -152,19 +154,6 @@ def _parse_headers(headers: tuple[str, ...]) -> list[tuple[str, str]]:
             raise click.BadParameter(f"expected 'NAME: VALUE', got {header!r}", param_hint="-H")
         parsed.append((name.strip(), value.strip()))
     return parsed
-
-
-def _read_data(data: str | None) -> bytes:
-    if data is None:
-        return b""
-    if data.startswith("@"):
-        try:
-            return Path(data[1:]).read_bytes()
-        except OSError as exc:
-            raise click.BadParameter(
-                f"cannot read {data[1:]}: {exc.strerror}", param_hint="-d"
-            ) from None
-    return data.encode()
 
 
 def _echo_logs(lines: list[str]) -> None:

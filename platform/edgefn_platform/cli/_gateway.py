@@ -17,10 +17,9 @@ from click.decorators import FC
 from edgefn_runtime import Engine, default_cache_dir
 
 from .._units import format_size, parse_size
-from ..gateway import Deployer, GatewayConfig, TokenError, deploy_directory, run, run_worker
-from ..gateway.policy import ConfigError
+from ..gateway import Deployer, GatewayConfig, deploy_directory, run, run_worker
 from ..manifest import load_manifest
-from ..registry import Registry, RegistryError, SQLiteRegistry
+from ..registry import Registry, SQLiteRegistry
 from ._functions import build_function
 
 __all__ = ["COMMANDS"]
@@ -128,10 +127,7 @@ def serve(deploy_dirs: tuple[Path, ...], **options: Any) -> None:
         config = GatewayConfig(**options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        config.load()  # before any deploy: an unusable token or policy stops here
-    except (TokenError, ConfigError) as exc:
-        raise click.ClickException(str(exc)) from None
+    config.load()  # before any deploy: an unusable token or policy stops here
     if config.admin_exposed_in_clear:
         click.echo(
             f"Warning: the admin API listens on {config.admin_host} without TLS: the token "
@@ -163,10 +159,7 @@ def serve(deploy_dirs: tuple[Path, ...], **options: Any) -> None:
             else:
                 click.echo(f"Try: curl {url}/")
 
-    try:
-        run(config, before_serving=before_serving)
-    except RegistryError as exc:  # the registry cannot be opened: nothing started
-        raise click.ClickException(str(exc)) from None
+    run(config, before_serving=before_serving)
 
 
 def _token_source(config: GatewayConfig) -> str:

@@ -9,7 +9,7 @@ import click
 
 from edgefn.signing import sign_url
 
-from .._units import parse_duration
+from ._params import duration, signing_key
 
 __all__ = ["COMMANDS"]
 
@@ -19,6 +19,7 @@ __all__ = ["COMMANDS"]
 @click.option("-X", "--method", default="GET", help="The HTTP method the URL is for.")
 @click.option(
     "--expires-in",
+    callback=duration,
     default=None,
     show_default=False,
     help='Lifetime, e.g. "600" or "90m", signed into the URL as exp=; default: none.',
@@ -26,22 +27,15 @@ __all__ = ["COMMANDS"]
 @click.option(
     "--key",
     envvar="EDGEFN_SIGNING_KEY",
+    callback=signing_key,
     required=True,
     help="The function's SIGNING_KEY (hex). Give it in the environment, so it stays "
     "out of `ps` and shell history. [env: EDGEFN_SIGNING_KEY]",
 )
-def sign(url: str, method: str, expires_in: str | None, key: str) -> None:
+def sign(url: str, method: str, expires_in: float | None, key: bytes) -> None:
     """Print URL (a path or a full URL, route included) signed for METHOD."""
-    expires = None
-    if expires_in is not None:
-        try:
-            expires = math.ceil(time.time() + parse_duration(expires_in))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--expires-in") from None
-    try:
-        click.echo(sign_url(key, method, url, expires=expires))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--key") from None
+    expires = None if expires_in is None else math.ceil(time.time() + expires_in)
+    click.echo(sign_url(key, method, url, expires=expires))
 
 
 COMMANDS = [sign]

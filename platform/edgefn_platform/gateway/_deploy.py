@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from psycopg.errors import DiskFull
 
-from edgefn_runtime import Engine, Sandbox
+from edgefn_runtime import EdgefnError, Engine, Sandbox
 
 from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, Manifest, parse_manifest
@@ -30,12 +30,18 @@ __all__ = [
 ]
 
 
-class InvalidAssets(ValueError):
+class InvalidAssets(EdgefnError, ValueError):
     """The assets archive is not a gzip'd tar of regular files and folders."""
 
+    code = "invalid_assets"
+    status = 400
 
-class StorageFull(Exception):
+
+class StorageFull(EdgefnError):
     """The data directory ran out of space mid-deploy; nothing was stored."""
+
+    code = "insufficient_storage"
+    status = 507
 
 
 # Below the data directory: unpacked assets by sha256, and each deploy's scratch folder.

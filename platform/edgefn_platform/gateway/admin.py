@@ -18,10 +18,12 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from edgefn_runtime import EdgefnError
+
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
 from ._admin_guards import LimitBody, RequireToken
-from ._errors import HANDLED, GatewayError, error_response, status_and_code
+from ._errors import GatewayError, error_response
 from ._request_ids import request_id as checked_request_id
 from ._rollout import Rollout
 from .config import check_token
@@ -162,7 +164,8 @@ class AdminApp:
         # the token costs the server nothing, and unknown paths reveal nothing.
         app.add_middleware(LimitBody, limit=config.max_upload)
         app.add_middleware(RequireToken, token=token)  # added last: runs first
-        for handled in (*HANDLED, Exception):
+        # Exception (a bug) goes to Starlette's outermost middleware, which re-raises it.
+        for handled in (EdgefnError, Exception):
             app.add_exception_handler(handled, self._on_error)
         app.add_exception_handler(HTTPException, self._on_http_error)  # type: ignore[arg-type]
         app.add_exception_handler(RequestValidationError, self._on_invalid)  # type: ignore[arg-type]
@@ -200,12 +203,7 @@ class AdminApp:
         return self.api.routes
 
     async def _on_error(self, request: Request, exc: Exception) -> JSONResponse:
-        request_id = checked_request_id(request.headers.get("x-request-id"))
-        try:
-            status_and_code(exc)
-        except TypeError:  # a bug: answer in the same shape; Starlette logs the traceback
-            exc = GatewayError(500, "internal_error", f"{type(exc).__name__}: {exc}")
-        return error_response(exc, request_id)
+        return error_response(exc, checked_request_id(request.headers.get("x-request-id")))
 
     async def _on_http_error(self, request: Request, exc: HTTPException) -> JSONResponse:
         # Starlette's own 404 and 405, in the gateway's error shape. Its 405 lists only

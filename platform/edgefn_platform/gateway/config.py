@@ -14,6 +14,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefn_runtime import EdgefnError
+
 from .policy import Policy, load_policy
 
 __all__ = ["GatewayConfig", "TokenError", "check_token", "load_token"]
@@ -118,8 +120,10 @@ class GatewayConfig:
         return f"http://{host}:{self.port}"
 
 
-class TokenError(ValueError):
+class TokenError(EdgefnError, ValueError):
     """The admin token is unusable (empty, or only whitespace)."""
+
+    code = "unusable_admin_token"
 
 
 def check_token(token: str, source: str = "--token/EDGEFN_TOKEN") -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgefn_runtime import Limits
+from edgefn_runtime import EdgefnError, Limits
 
 from .._units import format_size, parse_count, parse_duration, parse_size
 from ..manifest import LIMIT_PARSERS
@@ -68,8 +68,11 @@ def default_limits() -> dict[str, Any]:
     return DEFAULTS | {"concurrency": available_cores()}
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgefnError, ValueError):
     """The gateway config file or an `EDGEFN_*` variable is wrong; says which key."""
+
+    code = "invalid_config"
+    status = 400
 
 
 def describe(key: str, value: Any) -> str:

@@ -24,7 +24,7 @@ from edgefn_runtime import Request as SandboxRequest
 from ._access import AccessEntry, access_logger, log_access
 from ._admission import Admission
 from ._bodies import BodyBudget, read_body
-from ._errors import GatewayError, error_response, status_and_code
+from ._errors import GatewayError, error_response
 from ._fairness import FairThreadPool
 from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
@@ -168,7 +168,7 @@ class PublicApp:
             response = await self._run(request, exchange)
         except (GatewayError, SandboxError) as exc:
             response = error_response(exc, exchange.request_id)
-            exchange.outcome = status_and_code(exc)[1]
+            exchange.outcome = exc.code
             if not exchange.body_read and _has_body(request):
                 # Refused before its body was read (too large, no route, no room):
                 # close rather than read the upload to its end.

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgefn_runtime import EdgefnError
+
 __all__ = [
     "LOG_LINES_KEPT",
     "Blob",
@@ -26,26 +28,41 @@ __all__ = [
 LOG_LINES_KEPT = 1000
 
 
-class RegistryError(Exception):
+class RegistryError(EdgefnError):
     """A registry operation was refused; the message says why."""
+
+    code = "registry_error"
+    status = 400
 
 
 class RegistryUnavailable(RegistryError):
     """The registry's database cannot be reached; what is loaded keeps serving."""
 
+    code = "registry_unavailable"
+    status = 503
+
 
 class FunctionNotFound(RegistryError):
+    code = "function_not_found"
+    status = 404
+
     def __init__(self, name: str) -> None:
         super().__init__(f"no function named {name!r} is deployed")
         self.name = name
 
 
 class VersionNotFound(RegistryError):
+    code = "version_not_found"
+    status = 404
+
     def __init__(self, name: str, version: int) -> None:
         super().__init__(f"function {name!r} has no version {version}")
 
 
 class RouteConflict(RegistryError):
+    code = "route_conflict"
+    status = 409
+
     def __init__(self, route: str, owner: str) -> None:
         super().__init__(f"route {route} is already served by function {owner!r}")
         self.route = route
