@@ -23,6 +23,7 @@ from ..gateway import (
     run_worker,
 )
 from ..gateway.policy import ConfigError, load_policy
+from ..gateway.server import reserve_ports
 from ..manifest import load_manifest
 from ..registry import RegistryError, SQLiteRegistry, open_registry
 from ._functions import build_function
@@ -42,7 +43,7 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
             "--port",
             default=8080,
             envvar="EDGEFN_PORT",
-            help="Public listener port. [env: EDGEFN_PORT]",
+            help="Public listener port; 0: any free port. [env: EDGEFN_PORT]",
         ),
         click.option(
             "--admin-host",
@@ -54,7 +55,7 @@ def _listener_options(function: click.decorators.FC) -> click.decorators.FC:
             "--admin-port",
             default=8081,
             envvar="EDGEFN_ADMIN_PORT",
-            help="Admin API port. [env: EDGEFN_ADMIN_PORT]",
+            help="Admin API port; 0: any free port. [env: EDGEFN_ADMIN_PORT]",
         ),
     ]
     for option in reversed(options):
@@ -260,7 +261,9 @@ def _token_source(config: GatewayConfig) -> str:
 @click.argument(
     "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
 )
-@click.option("--port", default=8080, envvar="EDGEFN_PORT", help="Port to serve on.")
+@click.option(
+    "--port", default=8080, envvar="EDGEFN_PORT", help="Port to serve on; 0: any free port."
+)
 def dev(directory: Path, port: int) -> None:
     """Serve the function in DIRECTORY locally; rebuild and redeploy on every change."""
     from watchfiles import watch  # imported here: only `dev` needs it
@@ -275,6 +278,8 @@ def dev(directory: Path, port: int) -> None:
             token="dev",
             cache_dir=default_cache_dir(),
         )
+        # Held until dev ends; a --port 0 becomes the port the kernel picked.
+        config, _held = reserve_ports(config)
         registry = SQLiteRegistry(config.data_dir)
         engine = Engine(cache_dir=config.aot_cache_dir)
         deployer = Deployer(registry, engine, config.data_dir)

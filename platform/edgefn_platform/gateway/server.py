@@ -18,9 +18,10 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import uvicorn
@@ -38,7 +39,7 @@ from ._logs import LogSink
 from .config import GatewayConfig, check_token, load_token
 from .policy import Policy, load_policy
 
-__all__ = ["Worker", "bind", "run", "run_worker"]
+__all__ = ["Worker", "bind", "reserve_ports", "run", "run_worker"]
 
 log = logging.getLogger("edgefn.gateway")
 
@@ -92,6 +93,38 @@ def bind(host: str, port: int, listen: bool = True) -> socket.socket:
     if listen:
         sock.listen(2048)
     return sock
+
+
+def reserve_ports(config: GatewayConfig) -> tuple[GatewayConfig, list[socket.socket]]:
+    """Bind both listeners' ports in this process, before any worker starts, and
+    print where each listens on stderr (`edgefn: public http://127.0.0.1:8080`).
+
+    Fails fast when a port is taken. A port 0 becomes the one the kernel picked,
+    in the config returned, so every worker binds that same port (SO_REUSEPORT).
+    The sockets returned are bound, never listening: while the caller keeps them
+    open they hold the ports (a restarted worker finds its port still there) and
+    the kernel hands them no connection."""
+    held: list[socket.socket] = []
+    try:
+        for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
+            held.append(bind(host, port, listen=False))
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    public, admin = (int(sock.getsockname()[1]) for sock in held)
+    config = replace(config, port=public, admin_port=admin)
+    scheme = "https" if config.admin_tls_cert else "http"
+    for name, url in (
+        ("public", f"http://{_url_host(config.host)}:{public}"),
+        ("admin", f"{scheme}://{_url_host(config.admin_host)}:{admin}"),
+    ):
+        print(f"edgefn: {name} {url}", file=sys.stderr, flush=True)
+    return config, held
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _metrics_dir(config: GatewayConfig) -> str:
@@ -171,8 +204,7 @@ def run(config: GatewayConfig, token: str | None = None) -> None:
     `token`: the admin token, if the caller already loaded it (`load_token`)."""
     token = load_token(config) if token is None else check_token(token)
     load_policy(config.config_file)  # fail fast, in the parent, on a bad config
-    for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
-        bind(host, port).close()  # fail fast when a port is taken
+    config, _held = reserve_ports(config)  # held, so reserved, until run() returns
     _recover(config)
     metrics = _metrics_dir(config)
     shutil.rmtree(metrics, ignore_errors=True)  # counters start from zero each run
