@@ -23,6 +23,7 @@ import httpx
 from click.testing import CliRunner, Result
 
 from edgefn_platform.cli import main
+from edgefn_platform.manifest import load_manifest
 from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +158,18 @@ class GatewayProcess:
                 f"the gateway exited with {self.process.returncode}:\n{tail(self.log)}"
             )
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of metric `name` on /metrics whose labels include
+        `labels` (0 when there is none)."""
+        total = 0.0
+        for match in re.finditer(
+            rf"^{name}(?:\{{(.*)\}})? (\S+)$", self.admin("GET", "/metrics").text, re.MULTILINE
+        ):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
+            if labels.items() <= found.items():
+                total += float(match[2])
+        return total
+
     def serving_versions(self, function: str) -> dict[str, int]:
         """The version of `function` each live worker serves, by pid (0: deleted),
         from the `edgefn_serving_version` gauge on /metrics."""
@@ -270,6 +283,10 @@ def serving(
         for name, options in (limits or {}).items():
             result = cli(gateway, "limits", name, *options)
             assert result.exit_code == 0, result.output
+        for directory in functions:
+            gateway.wait_serving(load_manifest(directory).name)
+        if limits and gateway.workers > 1:
+            gateway.settle()  # the worker that took the call applied them; the others too
         yield gateway
     finally:
         gateway.stop()

@@ -1,6 +1,6 @@
 """Waiting on state, not on time: the one polling helper of the tests.
 
-A fixed `time.sleep` is either too short on a loaded machine (a flaky test) or
+A fixed pause is either too short on a loaded machine (a flaky test) or
 too long everywhere else (a slow suite); `wait_until` polls what the test can
 observe (a metric, a log line, a file, a process) and returns as soon as it holds.
 """
@@ -22,7 +22,7 @@ class WaitTimeout(AssertionError):
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     *,
     timeout: float = 30.0,
     interval: float = 0.02,
@@ -44,7 +44,7 @@ def wait_until(
         time.sleep(interval)
 
 
-async def until(predicate: Callable[[], T], *, timeout: float = 5.0, message: str) -> T:
+async def until(predicate: Callable[[], T | None], *, timeout: float = 5.0, message: str) -> T:
     """`wait_until` for a coroutine: yields to the event loop between checks, so
     the tasks that make `predicate` true get to run."""
     deadline = time.monotonic() + timeout
