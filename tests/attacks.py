@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,10 +32,12 @@ def record(area: str, attack: str, observed: str) -> None:
     RECORDED[area, attack] = Attack(area, attack, observed)
 
 
-def save(path: Path = RESULTS) -> None:
-    """What this run recorded, in the order the tests ran, for `write_table`."""
+def save(path: Path = RESULTS, recorded: Iterable[Attack] | None = None) -> None:
+    """What this run recorded (`recorded`, by default), in the order the tests
+    ran, for `write_table`."""
+    attacks = RECORDED.values() if recorded is None else recorded
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(a) for a in RECORDED.values()], indent=1) + "\n")
+    path.write_text(json.dumps([asdict(a) for a in attacks], indent=1) + "\n")
 
 
 def load(path: Path = RESULTS) -> list[Attack]:

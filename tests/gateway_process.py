@@ -163,7 +163,9 @@ class GatewayProcess:
         `labels` (0 when there is none)."""
         total = 0.0
         for match in re.finditer(
-            rf"^{name}(?:\{{(.*)\}})? (\S+)$", self.admin("GET", "/metrics").text, re.MULTILINE
+            rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$",
+            self.admin("GET", "/metrics").text,
+            re.MULTILINE,
         ):
             found = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
             if labels.items() <= found.items():
@@ -197,8 +199,10 @@ class GatewayProcess:
         wait_until(
             everywhere,
             timeout=timeout,
-            message=f"every worker to serve {function} version {version} "
-            f"(serving: {self.serving_versions(function)})",
+            message=lambda: (
+                f"every worker to serve {function} version {version} "
+                f"(serving, by pid: {self.serving_versions(function)})"
+            ),
         )
         return version
 
@@ -230,13 +234,17 @@ class GatewayProcess:
         (workers write their lines in batches; a request's own log lines come first)."""
         wanted = set(request_ids)
 
-        def logged() -> set[str]:
+        missing = set(wanted)
+
+        def logged() -> bool:
             lines = self.admin("GET", f"/v1/functions/{function}/logs?limit=1000").json()
-            missing = wanted - {r["request_id"] for r in lines if r["kind"] == "access"}
-            return missing
+            missing.intersection_update(
+                wanted - {r["request_id"] for r in lines if r["kind"] == "access"}
+            )
+            return not missing
 
         wait_until(
-            lambda: not logged(), timeout=timeout, message=f"the access lines of {sorted(wanted)}"
+            logged, timeout=timeout, message=lambda: f"the access lines of {sorted(missing)}"
         )
 
     def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import attacks
-from gateway_process import GatewayProcess, children, start_dev
+from gateway_process import GatewayProcess, children, start_dev, worker_pids
 from waiting import wait_until
 
 AREA = "Process supervision (tests/test_supervisor.py)"
@@ -100,6 +100,41 @@ def test_sigkill_of_the_supervisor_takes_its_workers_down(gateway: GatewayProces
         "every worker exits at once (PR_SET_PDEATHSIG); within 2 s no process it started "
         "runs and both ports take a new listener without SO_REUSEPORT",
     )
+
+
+def listeners(port: int) -> list[int]:
+    """The processes with a socket listening on loopback `port` (TCP, IPv4)."""
+    inodes = {
+        fields[9]
+        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A"  # 0A: LISTEN
+    }
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            found.append(int(fd.parent.parent.name))
+    return sorted(found)
+
+
+def test_port_0_is_picked_once_printed_and_served_by_every_worker(
+    gateway: GatewayProcess,
+) -> None:
+    assert gateway.process is not None
+    printed = gateway.log.read_text().splitlines()
+    assert printed.count(f"edgefn: public http://127.0.0.1:{gateway.port}") == 1
+    assert printed.count(f"edgefn: admin http://127.0.0.1:{gateway.admin_port}") == 1
+    workers = sorted(worker_pids(gateway))
+    assert len(workers) == 2
+    # Both workers listen on the one port the supervisor picked; the supervisor
+    # holds it bound, not listening, so no connection waits in its queue ...
+    for port in (gateway.port, gateway.admin_port):
+        assert listeners(port) == workers, port
+        # ... and nothing else can take it while the gateway runs.
+        assert not port_free(port)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -26,11 +26,12 @@ def wait_until(
     *,
     timeout: float = 30.0,
     interval: float = 0.02,
-    message: str,
+    message: str | Callable[[], str],
 ) -> T:
     """Call `predicate` every `interval` seconds until it returns a truthy value,
     and return that value. After `timeout` seconds, raise WaitTimeout naming
-    `message` (what was awaited) and the last value seen.
+    `message` (what was awaited; a callable is asked only then, so it may describe
+    the state at that moment) and the last value seen.
 
     An exception from `predicate` propagates: wrap the call in the predicate when
     an error only means "not yet" (a connection refused while a server starts)."""
@@ -40,11 +41,13 @@ def wait_until(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"waited {timeout:g} s for {message}; last seen: {value!r}")
+            raise _timeout(timeout, message, value)
         time.sleep(interval)
 
 
-async def until(predicate: Callable[[], T | None], *, timeout: float = 5.0, message: str) -> T:
+async def until(
+    predicate: Callable[[], T | None], *, timeout: float = 5.0, message: str | Callable[[], str]
+) -> T:
     """`wait_until` for a coroutine: yields to the event loop between checks, so
     the tasks that make `predicate` true get to run."""
     deadline = time.monotonic() + timeout
@@ -53,5 +56,10 @@ async def until(predicate: Callable[[], T | None], *, timeout: float = 5.0, mess
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"waited {timeout:g} s for {message}; last seen: {value!r}")
+            raise _timeout(timeout, message, value)
         await asyncio.sleep(0)
+
+
+def _timeout(timeout: float, message: str | Callable[[], str], value: object) -> WaitTimeout:
+    awaited = message if isinstance(message, str) else message()
+    return WaitTimeout(f"waited {timeout:g} s for {awaited}; last seen: {value!r}")
