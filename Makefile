@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install postgres run test bench fuzz soak lint clean
+.PHONY: install postgres run test attacks bench fuzz soak lint clean
 
 install: $(INSTALLED)
 
@@ -24,8 +24,19 @@ postgres:
 	  echo "Installing PostgreSQL (apt-get install postgresql) for the multi-gateway tests ..."; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
+# Leaves the checkout as it found it: what a run writes goes to git-ignored places
+# (.cache/, .venv/, .edgefn/), the attacks it saw included (.cache/attacks.json).
 test: install postgres
 	$(BIN)/python -m pytest
+
+# docs/ATTACKS.md, the attack table, from a green run of the tests that record
+# attacks (tests/attacks.py); `make test` never writes it.
+ATTACK_TESTS = $(shell grep -l 'attacks\.record' tests/test_*.py)
+
+attacks: install postgres
+	rm -f .cache/attacks.json
+	$(BIN)/python -m pytest $(ATTACK_TESTS)
+	$(BIN)/python tests/attacks.py
 
 # Benchmarks print edgefn beside a native baseline measured in the same run.
 bench: install

@@ -2,38 +2,47 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from waiting import wait_until  # noqa: E402
 
 
-def start_baseline(app: str, port: int, ready_path: str) -> subprocess.Popen[bytes]:
-    """`app` as "module:attribute"; returns once `ready_path` answers."""
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    process = subprocess.Popen(command, cwd=HERE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+def start_baseline(app: str, ready_path: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`app` as "module:attribute", on a loopback port this process binds and hands
+    to uvicorn (`--fd`), so no other process can take it meanwhile; returns the
+    process and its port once `ready_path` answers."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(2048)
+        port = int(sock.getsockname()[1])
+        command = [
+            sys.executable, "-m", "uvicorn", app, "--fd", str(sock.fileno()),
+            "--workers", "2", "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, cwd=HERE, pass_fds=[sock.fileno()])
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{app} exited with {process.returncode}")
         try:
             httpx.get(f"http://127.0.0.1:{port}{ready_path}")
-            return process
+            return True
         except httpx.HTTPError:
-            time.sleep(0.1)
-    process.terminate()
-    raise TimeoutError(f"{app} did not start")
+            return False
+
+    try:
+        wait_until(answers, timeout=30, interval=0.1, message=f"{app} to start")
+    except BaseException:
+        process.terminate()
+        process.wait()
+        raise
+    return process, port

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from baseline import start_baseline  # noqa: E402
 
 from edgefn_platform import build  # noqa: E402
-from gateway_process import GatewayProcess, free_port  # noqa: E402
+from gateway_process import GatewayProcess  # noqa: E402
 
 
 def load_wrk(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
@@ -106,13 +106,12 @@ def main() -> None:
     rows: dict[str, tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory() as temp:
         gateway = GatewayProcess(Path(temp) / "data", workers=2).start()
-        port = free_port()
-        baseline = start_baseline("baseline_app:app", port, "/bench/")
+        baseline, port = start_baseline("baseline_app:app", "/bench/")
         try:
             for label, reuse in (("edgefn", "false"), ("edgefn reuse", "true")):
                 # Top-level keys go before the manifest's [limits] table.
                 deploy(gateway, f"reuse = {reuse}\n{manifest}", result.path.read_bytes())
-                time.sleep(1.5)
+                gateway.wait_serving("bench")
                 rows[label] = load(f"{gateway.public_url}/bench/", args.seconds, args.connections)
             rows["fastapi"] = load(
                 f"http://127.0.0.1:{port}/bench/", args.seconds, args.connections
@@ -120,7 +119,7 @@ def main() -> None:
             # A new version (fresh instances again): each worker loads and warms it
             # before switching, within a second.
             deploy(gateway, manifest, result.path.read_bytes())
-            time.sleep(1.5)
+            gateway.wait_serving("bench")
             after_deploy = first_and_warm(gateway.public_url, "/bench/")
             gateway.stop()
             gateway.start()

@@ -31,7 +31,7 @@ from baseline import start_baseline  # noqa: E402
 from edgefn_platform import build  # noqa: E402
 from edgefn_platform.client import AdminClient  # noqa: E402
 from edgefn_platform.gateway import pack_assets  # noqa: E402
-from gateway_process import GatewayProcess, free_port  # noqa: E402
+from gateway_process import GatewayProcess  # noqa: E402
 from images import encode, photo  # noqa: E402
 
 QUERY = "w=800&text=edgefn&size=0.05&opacity=0.5&format=jpeg&q=85"
@@ -94,13 +94,12 @@ def main() -> None:
         gateway = GatewayProcess(Path(temp) / "data", workers=2)
         manifest = (function / "edgefn.toml").read_text()
         gateway.start()
-        port = free_port()
-        baseline = start_baseline("baseline_images:app", port, "/watermark/")
+        baseline, port = start_baseline("baseline_images:app", "/watermark/")
         try:
             archive = Path(temp) / "assets.tar.gz"
             pack_assets(function / "assets", archive)
             AdminClient(gateway.admin_url, gateway.token).deploy(manifest, result.path, archive)
-            time.sleep(1.5)
+            gateway.wait_serving("watermark")
             edgefn = measure(
                 f"{gateway.public_url}/watermark/?{QUERY}", body, args.requests, args.concurrency
             )

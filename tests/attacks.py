@@ -1,13 +1,20 @@
-"""The attack table: tests record each attack and what they observed, and a full,
-green run of the suite writes them to docs/ATTACKS.md (see conftest.py), so the
-table in the docs is always what the tests last saw."""
+"""The attack table: tests record each attack and what they observed; a green run
+saves them to .cache/attacks.json (git-ignored, see conftest.py), and
+`make attacks` runs the tests that record attacks and renders what they saw into
+docs/ATTACKS.md (`python tests/attacks.py`). A test run never edits a tracked file.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-TABLE = Path(__file__).resolve().parent.parent / "docs" / "ATTACKS.md"
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = ROOT / "docs" / "ATTACKS.md"
+RESULTS = ROOT / ".cache" / "attacks.json"
 
 
 @dataclass(frozen=True)
@@ -25,17 +32,29 @@ def record(area: str, attack: str, observed: str) -> None:
     RECORDED[area, attack] = Attack(area, attack, observed)
 
 
-def write_table(path: Path = TABLE) -> None:
+def save(path: Path = RESULTS, recorded: Iterable[Attack] | None = None) -> None:
+    """What this run recorded (`recorded`, by default), in the order the tests
+    ran, for `write_table`."""
+    attacks = RECORDED.values() if recorded is None else recorded
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(a) for a in attacks], indent=1) + "\n")
+
+
+def load(path: Path = RESULTS) -> list[Attack]:
+    return [Attack(**entry) for entry in json.loads(path.read_text())]
+
+
+def write_table(recorded: list[Attack], path: Path = TABLE) -> None:
     lines = [
         "# Attacks tried and what happened",
         "",
-        "Written by `make test` (tests/attacks.py) from what the tests observed in their "
-        "last full, green run; each row is asserted by the test named in its area.",
+        "Written by `make attacks` (tests/attacks.py) from what the tests observed in their "
+        "last green run; each row is asserted by the test named in its area.",
         "",
     ]
-    for area in dict.fromkeys(a.area for a in RECORDED.values()):
+    for area in dict.fromkeys(a.area for a in recorded):
         lines += [f"## {area}", "", "| attack | observed |", "|---|---|"]
-        for attack in (a for a in RECORDED.values() if a.area == area):
+        for attack in (a for a in recorded if a.area == area):
             lines.append(f"| {_cell(attack.attack)} | {_cell(attack.observed)} |")
         lines.append("")
     path.write_text("\n".join(lines))
@@ -43,3 +62,10 @@ def write_table(path: Path = TABLE) -> None:
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+if __name__ == "__main__":
+    if not RESULTS.is_file():
+        sys.exit(f"{RESULTS} is missing: run the tests first (`make attacks` does)")
+    write_table(load())
+    print(f"wrote {TABLE.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}")

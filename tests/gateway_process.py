@@ -1,15 +1,20 @@
-"""A real `edgefn serve` in a subprocess on loopback ports, for end-to-end tests."""
+"""A real `edgefn serve` in a subprocess on loopback ports, for end-to-end tests.
+
+The gateway binds ports the kernel picks (`--port 0 --admin-port 0`) and prints
+them; `start()` reads them back, so no port is probed, released and raced for.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +23,49 @@ import httpx
 from click.testing import CliRunner, Result
 
 from edgefn_platform.cli import main
+from edgefn_platform.manifest import load_manifest
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+# What `edgefn serve` and `edgefn dev` print on stderr for each listener.
+_LISTENING = re.compile(rb"^edgefn: (public|admin) https?://\S+:(\d+)$", re.MULTILINE)
 
 
-def free_port() -> int:
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on, for as long as the block runs: bound
+    by this process and never listening, so a connection to it is refused and no
+    other process can take it meanwhile."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
+
+
+def listening_ports(log: Path, offset: int, process: subprocess.Popen[bytes]) -> dict[str, int]:
+    """The ports `process` printed it listens on ({"public": ..., "admin": ...}),
+    read from its output `log` past `offset`; waits for both lines."""
+
+    def printed() -> dict[str, int] | None:
+        with log.open("rb") as file:
+            file.seek(offset)
+            found = {m[1].decode(): int(m[2]) for m in _LISTENING.finditer(file.read())}
+        if len(found) == 2:
+            return found
+        if process.poll() is not None:
+            raise AssertionError(
+                f"exited with {process.returncode} before listening:\n{tail(log, offset)}"
+            )
+        return None
+
+    return wait_until(printed, timeout=60, message=f"the listening ports in {log}")
+
+
+def tail(log: Path, offset: int = 0, lines: int = 30) -> str:
+    """The last `lines` lines of `log` past `offset`, for a failure message."""
+    with log.open("rb") as file:
+        file.seek(offset)
+        text = file.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -38,8 +78,9 @@ class GatewayProcess:
     database_url: str | None = None
     # A command the gateway runs under, e.g. setpriv dropping a capability.
     wrapper: list[str] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
-    admin_port: int = field(default_factory=free_port)
+    # The ports it listens on, as it printed them: set by start(), new at each start.
+    port: int = field(default=0, init=False)
+    admin_port: int = field(default=0, init=False)
     # For an admin listener with TLS: "https" and an SSL context that trusts its CA.
     admin_scheme: str = "http"
     verify: ssl.SSLContext | bool = True
@@ -52,6 +93,11 @@ class GatewayProcess:
     @property
     def admin_url(self) -> str:
         return f"{self.admin_scheme}://127.0.0.1:{self.admin_port}"
+
+    @property
+    def log(self) -> Path:
+        """Where the gateway's stdout and stderr go (appended, across restarts)."""
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
 
     def start(self, wait_for: str = "/readyz") -> GatewayProcess:
         env = {
@@ -69,18 +115,22 @@ class GatewayProcess:
             "--host",
             "127.0.0.1",
             "--port",
-            str(self.port),
+            "0",
             "--admin-port",
-            str(self.admin_port),
+            "0",
             "--data-dir",
             str(self.data_dir),
             "--workers",
             str(self.workers),
             *(["--database-url", self.database_url] if self.database_url else []),
         ]
-        log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
-        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            offset = log.tell()
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
         try:
+            ports = listening_ports(self.log, offset, self.process)
+            self.port, self.admin_port = ports["public"], ports["admin"]
             self.wait_ready(wait_for)
         except BaseException:
             self.kill()  # a gateway that never got ready must not outlive the test
@@ -90,20 +140,112 @@ class GatewayProcess:
     def wait_ready(self, path: str = "/readyz", timeout: float = 60) -> None:
         """Until the admin listener answers 200 on `path` ten times in a row, on new
         connections, so that every worker (SO_REUSEPORT) is likely to have answered."""
-        deadline, streak = time.monotonic() + timeout, 0
-        while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, "gateway exited"
+
+        def answers() -> bool:
+            self._check_running()
             try:
-                ok = httpx.get(self.admin_url + path, verify=self.verify).status_code == 200
-                streak = streak + 1 if ok else 0
-                if streak >= 10:
-                    return
-                if ok:
-                    continue
+                url = self.admin_url + path
+                return all(httpx.get(url, verify=self.verify).status_code == 200 for _ in range(10))
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("the gateway did not start")
+                return False
+
+        wait_until(answers, timeout=timeout, interval=0.1, message=f"{path} on {self.admin_url}")
+
+    def _check_running(self) -> None:
+        assert self.process is not None, "the gateway was never started"
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"the gateway exited with {self.process.returncode}:\n{tail(self.log)}"
+            )
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of metric `name` on /metrics whose labels include
+        `labels` (0 when there is none)."""
+        total = 0.0
+        for match in re.finditer(
+            rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$",
+            self.admin("GET", "/metrics").text,
+            re.MULTILINE,
+        ):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
+            if labels.items() <= found.items():
+                total += float(match[2])
+        return total
+
+    def serving_versions(self, function: str) -> dict[str, int]:
+        """The version of `function` each live worker serves, by pid (0: deleted),
+        from the `edgefn_serving_version` gauge on /metrics."""
+        text = self.admin("GET", "/metrics").text
+        found = {}
+        for match in re.finditer(r"^edgefn_serving_version\{(.*)\} (\S+)$", text, re.MULTILINE):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match[1]))
+            if labels.get("function") == function:
+                found[labels["pid"]] = int(float(match[2]))
+        return found
+
+    def wait_serving(self, function: str, version: int | None = None, timeout: float = 30) -> int:
+        """Until every worker serves `version` of `function` (default: its active
+        version; 0: deleted); that version."""
+        if version is None:
+            version = int(
+                self.admin("GET", f"/v1/functions/{function}").json()["active"]["version"]
+            )
+
+        def everywhere() -> bool:
+            self._check_running()
+            versions = self.serving_versions(function)
+            return len(versions) >= self.workers and set(versions.values()) == {version}
+
+        wait_until(
+            everywhere,
+            timeout=timeout,
+            message=lambda: (
+                f"every worker to serve {function} version {version} "
+                f"(serving, by pid: {self.serving_versions(function)})"
+            ),
+        )
+        return version
+
+    def settle(self) -> None:
+        """Until every worker has applied every registry change made before the call,
+        limits included (which no metric shows): a worker reads the registry whole,
+        so once it serves a change made after them, it has them too. The change is
+        the function `settle` (the hello example) deployed or flipped between two
+        versions."""
+        record = self.admin("GET", "/v1/functions/settle")
+        if record.status_code == 404 or record.json()["versions"] < 2:
+            nonce = time.monotonic_ns()
+            response = self.admin(
+                "POST",
+                "/v1/functions",
+                data={"manifest": f'name = "settle"\n[env]\nNONCE = "{nonce}"\n'},
+                files={"component": ("c.wasm", _hello_component())},
+            )
+            assert response.status_code == 201, response.text
+            version = int(response.json()["version"])
+        else:
+            version = 1 if record.json()["active"]["version"] == 2 else 2
+            flipped = self.admin("POST", "/v1/functions/settle/activate", json={"version": version})
+            assert flipped.status_code == 200, flipped.text
+        self.wait_serving("settle", version)
+
+    def wait_logged(self, function: str, request_ids: Iterable[str], timeout: float = 30) -> None:
+        """Until the access line of each of `request_ids` is in `function`'s logs
+        (workers write their lines in batches; a request's own log lines come first)."""
+        wanted = set(request_ids)
+
+        missing = set(wanted)
+
+        def logged() -> bool:
+            lines = self.admin("GET", f"/v1/functions/{function}/logs?limit=1000").json()
+            missing.intersection_update(
+                wanted - {r["request_id"] for r in lines if r["kind"] == "access"}
+            )
+            return not missing
+
+        wait_until(
+            logged, timeout=timeout, message=lambda: f"the access lines of {sorted(missing)}"
+        )
 
     def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         headers = {"authorization": f"Bearer {self.token}"}
@@ -149,19 +291,38 @@ def serving(
         for name, options in (limits or {}).items():
             result = cli(gateway, "limits", name, *options)
             assert result.exit_code == 0, result.output
+        for directory in functions:
+            gateway.wait_serving(load_manifest(directory).name)
+        if limits and gateway.workers > 1:
+            gateway.settle()  # the worker that took the call applied them; the others too
         yield gateway
     finally:
         gateway.stop()
 
 
-def start_dev(directory: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """`edgefn dev directory` on `port`, its output appended to `log`."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "edgefn_platform", "dev", str(directory), "--port", str(port)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn")},
-    )
+def start_dev(directory: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`edgefn dev directory` on a port it picks, its output appended to `log`;
+    the process and that port."""
+    with log.open("ab") as output:
+        offset = output.tell()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgefn_platform", "dev", str(directory), "--port", "0"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn")},
+        )
+    try:
+        return process, listening_ports(log, offset, process)["public"]
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+
+
+def _hello_component() -> bytes:
+    from edgefn_platform import build  # builds only when the source changed
+
+    return build(ROOT / "functions" / "hello").path.read_bytes()
 
 
 def cli(gateway: GatewayProcess, *args: str) -> Result:

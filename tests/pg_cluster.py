@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -18,9 +19,17 @@ from pathlib import Path
 
 import psycopg
 
-from gateway_process import free_port
-
 _UNPRIVILEGED = "nobody"
+_ATTEMPTS = 5
+
+
+def _unused_port() -> int:
+    """A loopback port nothing listens on right now. PostgreSQL cannot be told to
+    take any free port and say which, so another process may take this one before
+    it binds: the first `Cluster.start()` then retries on another."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _binary(name: str) -> str:
@@ -40,7 +49,8 @@ class Cluster:
     """One PostgreSQL server: `start()`, `stop()` (and start again), `database()`."""
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="edgefn-pg-")))
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=_unused_port)
+    _started: bool = field(default=False, init=False)
 
     @property
     def data(self) -> Path:
@@ -64,6 +74,23 @@ class Cluster:
         return self
 
     def start(self) -> None:
+        """Start the server; the first time, on another port if its port was taken
+        (a restart keeps the port: URLs handed out must stay valid)."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            log = self.root / "log"
+            logged = log.stat().st_size if log.exists() else 0
+            try:
+                self._start()
+            except subprocess.CalledProcessError:
+                text = log.read_bytes()[logged:] if log.exists() else b""
+                if self._started or attempt == _ATTEMPTS or b"could not bind" not in text:
+                    raise
+                self.port = _unused_port()
+            else:
+                self._started = True
+                return
+
+    def _start(self) -> None:
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
             "-c fsync=off -c full_page_writes=off -c max_connections=200"

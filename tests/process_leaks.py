@@ -8,12 +8,14 @@ sessions, other checkouts or the developer's own gateways are not touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from waiting import WaitTimeout, wait_until
 
 __all__ = ["Leftover", "leftovers", "mark_session", "reap"]
 
@@ -58,9 +60,14 @@ def leftovers(root: int, marker: str) -> list[Leftover]:
 def reap(root: int, marker: str, grace: float = 5.0) -> list[Leftover]:
     """Wait up to `grace` seconds for this session's leftovers to exit (some are on
     their way out), then SIGKILL the rest; return those that had to be killed."""
-    deadline = time.monotonic() + grace
-    while (found := leftovers(root, marker)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    found: list[Leftover] = []
+
+    def gone() -> bool:
+        found[:] = leftovers(root, marker)
+        return not found
+
+    with contextlib.suppress(WaitTimeout):  # the ones still running are killed below
+        wait_until(gone, timeout=grace, interval=0.1, message="the session's processes to exit")
     for leftover in found:
         try:
             os.kill(leftover.pid, signal.SIGKILL)

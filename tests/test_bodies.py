@@ -8,6 +8,7 @@ import pytest
 
 from edgefn_platform.gateway._bodies import BodyBudget
 from edgefn_platform.gateway._errors import GatewayError
+from waiting import until
 
 
 def run(coroutine: object) -> None:
@@ -51,11 +52,11 @@ def test_waiting_bodies_get_in_first_come_first_served() -> None:
             order.append(size)
 
         big = asyncio.create_task(wait_for(90))
-        await asyncio.sleep(0)
+        await until(lambda: len(budget._waiting) == 1, message="the big one in line")
         small = asyncio.create_task(wait_for(10))  # would fit after the first release
-        await asyncio.sleep(0)
+        await until(lambda: len(budget._waiting) == 2, message="the small one in line")
         budget.release(50)  # room for the small one, but the big one is first in line
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # time for a waiter let in wrongly to run: none should
         assert order == []
         budget.release(50)
         await asyncio.gather(big, small)
@@ -82,7 +83,7 @@ def test_a_chunked_body_does_not_wait_while_holding_bytes() -> None:
         budget = BodyBudget(100, wait=5)
         budget.grow(70)
         waiting = asyncio.create_task(budget.reserve(50))
-        await asyncio.sleep(0)
+        await until(lambda: budget._waiting, message="the reservation in line")
         with pytest.raises(GatewayError):
             budget.grow(10)  # fits, but someone is in line: no overtaking
         budget.release(70)
@@ -97,7 +98,7 @@ def test_a_cancelled_wait_leaves_nothing_held() -> None:
         budget = BodyBudget(100, wait=5)
         await budget.reserve(100)
         waiting = asyncio.create_task(budget.reserve(50))
-        await asyncio.sleep(0)
+        await until(lambda: budget._waiting, message="the reservation in line")
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting

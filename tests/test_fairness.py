@@ -23,6 +23,7 @@ import pytest
 import attacks
 from edgefn_platform.gateway._fairness import FairThreadPool
 from gateway_process import ROOT, GatewayProcess, cli, worker_pids
+from waiting import wait_until
 
 BASE = os.getpriority(os.PRIO_PROCESS, 0)  # this process's nice value, 0 unless started niced
 
@@ -41,10 +42,7 @@ def spin(seconds: float) -> tuple[int, int, int]:
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    wait_until(condition, timeout=timeout, interval=0.01, message="the condition")
 
 
 def alive(native_id: int) -> bool:
@@ -212,13 +210,17 @@ def test_noisy_neighbours_at_default_settings_without_cap_sys_nice(
     # 10 s (~800 samples): the p99 of fewer swung enough to move the ratio by 0.5x.
     solo, _ = latencies(shipped, 10)
     seconds = 30
+    answered = shipped.metric("edgefn_requests_total", function="hostile")
     hammer = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "hammer.py"), shipped.public_url,
          str(seconds + 2), "20", *HAMMER],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
-        time.sleep(1)  # let the abuse reach full swing
+        wait_until(  # the abuse in full swing: as many answered as it has clients
+            lambda: shipped.metric("edgefn_requests_total", function="hostile") >= answered + 20,
+            message="the hammer's first 20 hostile requests",
+        )
         loaded, statuses = latencies(shipped, seconds)
     finally:
         out, _ = hammer.communicate(timeout=seconds + 60)

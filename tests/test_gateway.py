@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 import attacks
 from edgefn_platform.cli import main
-from gateway_process import ROOT, GatewayProcess, cli, free_port, start_dev
+from gateway_process import ROOT, GatewayProcess, cli, start_dev
+from waiting import wait_until
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 HELLO = ROOT / "functions" / "hello"
@@ -39,7 +40,8 @@ def deployed(gateway: GatewayProcess) -> GatewayProcess:
         result = cli(gateway, "deploy", str(directory))
         assert result.exit_code == 0, result.output
         assert f"{gateway.public_url}/" in result.output and "version" in result.output
-    time.sleep(1)  # the other worker notices within a second
+    for name in ("hello", "hostile"):
+        gateway.wait_serving(name)  # the other worker notices within a second
     return gateway
 
 
@@ -102,9 +104,12 @@ def test_body_over_the_limit_is_413(deployed: GatewayProcess) -> None:
 def test_function_deployed_after_start_is_served_by_both_workers(
     deployed: GatewayProcess,
 ) -> None:
+    sent = []
     for _ in range(60):  # a new connection each time, so the kernel spreads them
-        assert deployed.get("/hello/", headers={"connection": "close"}).status_code == 200
-    time.sleep(1)  # access lines are flushed in batches
+        response = deployed.get("/hello/", headers={"connection": "close"})
+        assert response.status_code == 200
+        sent.append(response.headers["x-request-id"])
+    deployed.wait_logged("hello", sent)  # access lines are flushed in batches
     lines = deployed.admin("GET", "/v1/functions/hello/logs?limit=1000").json()
     workers = {json.loads(r["line"])["worker"] for r in lines if r["kind"] == "access"}
     assert len(workers) == 2
@@ -254,7 +259,7 @@ def test_a_function_may_opt_in_to_reused_instances(deployed: GatewayProcess) -> 
     component = (FUNCTIONS / "hostile" / ".edgefn" / "hostile.wasm").read_bytes()
     response = upload(deployed, 'name = "reused"\nreuse = 3', component)
     assert response.status_code == 201, response.text
-    time.sleep(1)
+    deployed.wait_serving("reused")
     counts = [deployed.get("/reused/counter").json()["counter"] for _ in range(12)]
     # Each worker's instance serves three requests, then a fresh one takes over.
     assert max(counts) == 3 and min(counts) == 1, counts
@@ -274,7 +279,7 @@ def write_function(directory: Path, name: str, answer: str) -> Path:
 def test_redeploy_under_load_rollback_and_delete(deployed: GatewayProcess, tmp_path: Path) -> None:
     directory = write_function(tmp_path / "flip", "flip", "v1")
     assert cli(deployed, "deploy", str(directory)).exit_code == 0
-    time.sleep(1)
+    deployed.wait_serving("flip", 1)
     assert deployed.get("/flip/").text == "v1"
 
     answers: list[str] = []
@@ -293,7 +298,14 @@ def test_redeploy_under_load_rollback_and_delete(deployed: GatewayProcess, tmp_p
         write_function(directory, "flip", "v2")
         result = cli(deployed, "deploy", str(directory))
         assert result.exit_code == 0, result.output
-        time.sleep(1.5)  # every worker notices within a second
+        deployed.wait_serving("flip", 2)  # every worker notices within a second
+        # The hammer's connection answered v2 once a request that started after the
+        # switch (the second from now: the first may have been in flight) returns.
+        switched = len(answers) + len(failures)
+        wait_until(
+            lambda: len(answers) + len(failures) >= switched + 2,
+            message="the hammer to send two requests after the switch",
+        )
     finally:
         stop.set()
         thread.join()
@@ -303,13 +315,13 @@ def test_redeploy_under_load_rollback_and_delete(deployed: GatewayProcess, tmp_p
 
     rolled = cli(deployed, "rollback", "flip")
     assert rolled.exit_code == 0 and "version 1" in rolled.output
-    time.sleep(1)
+    deployed.wait_serving("flip", 1)
     assert deployed.get("/flip/").text == "v1"
     versions = cli(deployed, "versions", "flip")
     assert "* " in versions.output.splitlines()[1]
 
     assert cli(deployed, "rm", "flip").exit_code == 0
-    time.sleep(1)
+    deployed.wait_serving("flip", 0)
     assert deployed.get("/flip/").json()["error"]["code"] == "no_route"
 
 
@@ -337,11 +349,17 @@ def test_sigkill_during_deploy_leaves_the_previous_version(tmp_path: Path) -> No
         )
         thread.start()
         scratch = tmp_path / "data" / "tmp"
-        deadline = time.monotonic() + 30
-        while not (scratch.is_dir() and any(scratch.iterdir())):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(0.5)
+        size = wasm.stat().st_size
+
+        def compiling() -> bool:
+            # Uploaded whole into the deploy's scratch folder: compiling it now.
+            for upload in scratch.glob("*/component.wasm") if scratch.is_dir() else []:
+                with contextlib.suppress(FileNotFoundError):  # a deploy just ended
+                    if upload.stat().st_size == size:
+                        return True
+            return False
+
+        wait_until(compiling, timeout=30, interval=0.01, message="the upload to be compiling")
         gateway.kill()
         thread.join()
     finally:
@@ -365,8 +383,7 @@ def _ignore_errors(call: object) -> None:
 
 def test_dev_serves_and_redeploys_on_change(tmp_path: Path) -> None:
     directory = write_function(tmp_path / "devfn", "devfn", "before")
-    port = free_port()
-    process = start_dev(directory, port, tmp_path / "dev.log")
+    process, port = start_dev(directory, tmp_path / "dev.log")
     try:
         assert _wait_for(f"http://127.0.0.1:{port}/devfn/", "before")
         write_function(directory, "devfn", "after")
@@ -378,15 +395,13 @@ def test_dev_serves_and_redeploys_on_change(tmp_path: Path) -> None:
 
 
 def _wait_for(url: str, text: str, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         try:
-            if httpx.get(url).text == text:
-                return True
+            return httpx.get(url).text == text
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+            return False
+
+    return wait_until(answers, timeout=timeout, interval=0.1, message=f"{url} to answer {text!r}")
 
 
 def test_redeploying_the_active_version_adds_no_version(deployed: GatewayProcess) -> None:

@@ -26,7 +26,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         assert result.exit_code == 0, result.output
     result = cli(process, "deploy", str(ROOT / "functions" / "watermark"))
     assert result.exit_code == 0, result.output
-    time.sleep(1)  # both workers pick the functions up
+    for name in ("hello", "hostile", "watermark"):
+        process.wait_serving(name)  # both workers pick the functions up
     yield process
     process.stop()
 
@@ -83,9 +84,9 @@ def test_each_misbehaviour_has_its_status_and_the_neighbour_answers(
 def test_a_log_flood_is_capped_and_the_response_still_arrives(gateway: GatewayProcess) -> None:
     response = gateway.get("/hostile/log-flood?lines=50000")
     assert response.status_code == 200 and response.text == "still alive\n"
-    time.sleep(1)  # logs are written in batches
-    lines = gateway.admin("GET", "/v1/functions/hostile/logs?limit=1000").json()
     request_id = response.headers["x-request-id"]
+    gateway.wait_logged("hostile", [request_id])  # logs are written in batches
+    lines = gateway.admin("GET", "/v1/functions/hostile/logs?limit=1000").json()
     kept = [r["line"] for r in lines if r["request_id"] == request_id and r["kind"] == "log"]
     assert any("log limit" in line for line in kept)
     assert sum(len(line) for line in kept) < 80 * 1024

@@ -161,7 +161,7 @@ def test_slowloris_headers_are_cut_off_at_the_header_timeout(gateway: GatewayPro
         try:
             for i in range(100):  # one header every half second, for ever
                 sock.sendall(b"X-%d: 1\r\n" % i)
-                time.sleep(0.5)
+                time.sleep(0.5)  # the attack's pace, not a wait for state
         except (BrokenPipeError, ConnectionResetError):
             pass
         sock.settimeout(1)

@@ -44,7 +44,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
             ["deploy", str(directory), "--gateway", process.admin_url, "--token", process.token],
         )
         assert result.exit_code == 0, result.output
-    time.sleep(1)
+    for name in ("image-resize", "watermark", "hello"):
+        process.wait_serving(name)
     yield process
     process.stop()
 

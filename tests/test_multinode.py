@@ -20,6 +20,7 @@ from edgefn_platform import BuildResult
 from edgefn_platform.gateway import pack_assets
 from gateway_process import GatewayProcess
 from pg_cluster import Cluster
+from waiting import wait_until
 
 HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
 pytestmark = pytest.mark.wasm
@@ -59,9 +60,7 @@ def serves(gateway: GatewayProcess, expected: str) -> bool:
 
 def seconds_until(check: Callable[[], bool], timeout: float = 10.0) -> float:
     started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, "not within the timeout"
-        time.sleep(0.02)
+    wait_until(check, timeout=timeout, message=getattr(check, "__name__", "the check"))
     return time.monotonic() - started
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import pytest
 
 import attacks
 from gateway_process import ROOT, GatewayProcess, cli
+from waiting import wait_until
 
 HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
 CONFIG = """
@@ -44,7 +46,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     ).start()
     for directory in (ROOT / "functions" / "hello", HOSTILE):
         assert cli(process, "deploy", str(directory)).exit_code == 0
-    time.sleep(1)
+    for name in ("hello", "hostile"):
+        process.wait_serving(name)
     yield process
     process.stop()
 
@@ -76,27 +79,27 @@ def test_a_limit_above_the_maximum_is_clamped_with_a_warning(
 def test_live_limits_apply_on_every_worker_and_reset(gateway: GatewayProcess) -> None:
     changed = cli(gateway, "limits", "hostile", "--fuel", "100000")
     assert changed.exit_code == 0 and re.search(r"fuel\s+100,000\s+override", changed.output)
-    time.sleep(1)
+    gateway.settle()
     codes = {fresh_get(gateway, "/hostile/counter").json()["error"]["code"] for _ in range(16)}
     assert codes == {"fuel_exhausted"}
 
     cli(gateway, "limits", "hostile", "--reset")
     cli(gateway, "limits", "hostile", "--memory", "16MiB")
-    time.sleep(1)
+    gateway.settle()
     body = b"x" * (8 * 2**20)
     response = httpx.post(gateway.public_url + "/hostile/echo", content=body)
     assert response.status_code == 503 and response.json()["error"]["code"] == "memory_limit"
 
     reset = cli(gateway, "limits", "hostile", "--reset")
     assert re.search(r"memory\s+64.0 MiB\s+manifest", reset.output)
-    time.sleep(1)
+    gateway.settle()
     assert {fresh_get(gateway, "/hostile/counter").status_code for _ in range(8)} == {200}
     assert httpx.post(gateway.public_url + "/hostile/echo", content=body).status_code == 200
 
 
 def test_a_busy_function_is_overloaded_while_others_answer(gateway: GatewayProcess) -> None:
     cli(gateway, "limits", "hostile", "--concurrency", "1", "--timeout", "5s")
-    time.sleep(1)
+    gateway.settle()
     results: list[httpx.Response] = []
 
     def slow() -> None:
@@ -106,7 +109,10 @@ def test_a_busy_function_is_overloaded_while_others_answer(gateway: GatewayProce
     try:
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        wait_until(
+            lambda: gateway.metric("edgefn_in_flight", function="hostile") >= 1,
+            message="a slow request to be running",
+        )
         assert fresh_get(gateway, "/hello/").status_code == 200  # another function is fine
         for thread in threads:
             thread.join()
@@ -117,7 +123,7 @@ def test_a_busy_function_is_overloaded_while_others_answer(gateway: GatewayProce
     assert all(r.headers["retry-after"] == "1" for r in overloaded)
     # Two workers, each running one and queueing at most one.
     assert 1 <= sum(r.status_code == 200 for r in results) <= 4
-    time.sleep(1)
+    gateway.settle()  # the reset, for the tests after this one
 
 
 def test_metrics_count_a_known_mix_across_workers(gateway: GatewayProcess) -> None:
@@ -129,7 +135,7 @@ def test_metrics_count_a_known_mix_across_workers(gateway: GatewayProcess) -> No
         files={"component": ("c.wasm", component)},
     )
     assert deployed.status_code == 201, deployed.text
-    time.sleep(1)
+    gateway.wait_serving("metered")
     for path, times in (("/metered/counter", 5), ("/metered/raise", 2), ("/metered/loop", 1)):
         for _ in range(times):
             fresh_get(gateway, path)
@@ -156,13 +162,15 @@ def test_metrics_count_a_known_mix_across_workers(gateway: GatewayProcess) -> No
 
 def test_access_log_is_json_with_the_documented_fields(gateway: GatewayProcess) -> None:
     fresh_get(gateway, "/hello/", headers={"x-request-id": "access-check-1"})
-    time.sleep(0.5)
-    log = gateway.data_dir.parent / f"{gateway.data_dir.name}.log"
-    entries = [
-        json.loads(line)
-        for line in log.read_text().splitlines()
-        if line.startswith("{") and "access-check-1" in line
-    ]
+
+    def logged() -> list[dict[str, object]]:
+        return [
+            json.loads(line)
+            for line in gateway.log.read_text().splitlines()
+            if line.startswith("{") and "access-check-1" in line
+        ]
+
+    entries = wait_until(logged, message="the access line in the gateway's log")
     assert len(entries) == 1
     entry = entries[0]
     assert set(entry) >= {
@@ -187,7 +195,7 @@ def test_access_log_is_json_with_the_documented_fields(gateway: GatewayProcess) 
 
 def test_guest_log_lines_carry_the_request_id(gateway: GatewayProcess) -> None:
     fresh_get(gateway, "/hostile/print", headers={"x-request-id": "print-check-1"})
-    time.sleep(1)
+    gateway.wait_logged("hostile", ["print-check-1"])
     lines = gateway.admin("GET", "/v1/functions/hostile/logs?limit=1000").json()
     mine = [r["line"] for r in lines if r["request_id"] == "print-check-1" and r["kind"] == "log"]
     assert mine == ["printed line", "WARNING hostile: logged line"]
@@ -210,21 +218,41 @@ def test_logs_follow_sees_a_new_line(gateway: GatewayProcess) -> None:
         stdout=subprocess.PIPE,
     )
     try:
-        time.sleep(1.5)
+        wait_until(
+            lambda: connected(follower.pid, gateway.admin_port),
+            message="edgefn logs --follow to reach the admin API",
+        )
         fresh_get(gateway, "/hello/", headers={"x-request-id": "follow-check-1"})
-        deadline, seen = time.monotonic() + 10, b""
+        seen = b""
         assert follower.stdout is not None
         fd = follower.stdout.fileno()
         os.set_blocking(fd, False)
-        while b"follow-chec" not in seen and time.monotonic() < deadline:
-            try:
+
+        def read() -> bool:
+            nonlocal seen
+            with contextlib.suppress(BlockingIOError):
                 seen += os.read(fd, 65536)
-            except BlockingIOError:
-                time.sleep(0.2)
+            return b"follow-chec" in seen
+
+        wait_until(read, timeout=10, message="the new line")
         assert b"follow-chec" in seen
     finally:
         follower.terminate()
         follower.wait()
+
+
+def connected(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP connection established to loopback `port`."""
+    sockets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            sockets.add(os.readlink(fd))
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # remote address, state (01: established), inode
+        if int(fields[2].split(":")[1], 16) == port and fields[3] == "01":
+            if f"socket:[{fields[9]}]" in sockets:
+                return True
+    return False
 
 
 def test_server_timing_and_usage_headers(gateway: GatewayProcess) -> None:
@@ -277,10 +305,20 @@ def test_sigterm_lets_a_slow_request_finish(tmp_path: Path) -> None:
     result: list[httpx.Response] = []
     slow = threading.Thread(target=lambda: result.append(gateway.get("/hostile/sleep?seconds=2")))
     slow.start()
-    time.sleep(0.3)
+    wait_until(
+        lambda: gateway.metric("edgefn_in_flight", function="hostile") >= 1,
+        message="the slow request to be running",
+    )
     assert gateway.process is not None
     gateway.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+
+    def readyz() -> int:
+        try:
+            return httpx.get(gateway.public_url + "/readyz").status_code
+        except httpx.HTTPError:
+            return 0
+
+    wait_until(lambda: readyz() != 200, message="/readyz to report the drain")
     assert httpx.get(gateway.public_url + "/readyz").status_code == 503
     slow.join()
     assert result[0].status_code == 200 and result[0].text == "woke up\n"
@@ -303,10 +341,11 @@ def test_logs_print_whole_request_ids_filter_by_one_and_escape(gateway: GatewayP
         )
         assert response.headers["x-request-id"] == request_id
     path = f"/v1/functions/hostile/logs?request_id={ours}"
-    deadline = time.monotonic() + 10
-    while len(gateway.admin("GET", path).json()) < 3:  # print, logging, access
-        assert time.monotonic() < deadline, "the request's log lines never arrived"
-        time.sleep(0.1)
+    wait_until(
+        lambda: len(gateway.admin("GET", path).json()) >= 3,  # print, logging, access
+        timeout=10,
+        message="the request's log lines",
+    )
     found = gateway.admin("GET", path).json()
     assert {r["request_id"] for r in found} == {ours}
     assert [r["kind"] for r in found] == ["log", "log", "access"]

@@ -16,6 +16,7 @@ from edgefn_platform.gateway._metrics import Metrics
 from edgefn_platform.gateway.policy import Policy
 from edgefn_platform.gateway.public import PublicApp
 from edgefn_runtime import Limits, Sandbox
+from waiting import until
 
 
 class OneFunction:
@@ -50,17 +51,32 @@ def client(hostile: Sandbox, **backpressure: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
+class Counted:
+    """`sandbox`, counting the calls that reached it."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox, self.calls = sandbox, 0
+
+    def invoke(self, request: object, limits: Limits | None = None) -> object:
+        self.calls += 1
+        return self.sandbox.invoke(request, limits)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sandbox, name)
+
+
 async def slow_then_fast(hostile: Sandbox, **backpressure: float) -> list[httpx.Response]:
     """A 1 s request, then a quick one while it runs; responses in arrival order."""
     responses: list[httpx.Response] = []
-    async with client(hostile, **backpressure) as http:
+    counted = Counted(hostile)
+    async with client(counted, **backpressure) as http:  # type: ignore[arg-type]
 
         async def call(path: str) -> None:
             responses.append(await http.get(path))
 
         async with anyio.create_task_group() as group:
             group.start_soon(call, "/f/sleep?seconds=1")
-            await anyio.sleep(0.3)
+            await until(lambda: counted.calls, message="the slow request in its sandbox")
             group.start_soon(call, "/f/counter")
     return responses
 

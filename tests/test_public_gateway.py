@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 import attacks
 from gateway_process import ROOT, GatewayProcess, cli, serving
 from uploads import storm, upload
+from waiting import wait_until
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 AREA = "The public request path (tests/test_public_gateway.py)"
@@ -260,13 +262,20 @@ def test_waiting_for_the_body_budget_does_not_count_against_the_body_timeout(
             )
             for part in range(5):
                 sock.sendall(b"x" * ((part + 1) * size // 5 - part * size // 5))
-                time.sleep(0.2)
+                time.sleep(0.2)  # a slow client's pace, not a wait for state
             first.append(sock.recv(65536).split(b" ", 2)[1].decode())
 
     thread = threading.Thread(target=slow)
     thread.start()
     try:
-        time.sleep(0.2)  # the slow one holds the budget by now
+
+        def budget_held() -> bool:
+            # A chunked body may not wait for room: refused at once while the
+            # slow upload holds the budget, let in (and answered 200) otherwise.
+            probe = httpx.post(small_budget.public_url + "/hostile/length", content=iter([b"x"]))
+            return probe.status_code == 503
+
+        wait_until(budget_held, timeout=5, message="the slow upload to hold the body budget")
         started = time.perf_counter()
         second = upload(small_budget.port, "/hostile/length", memoryview(b"x" * size))
         waited = time.perf_counter() - started

@@ -21,7 +21,7 @@ from edgefn_platform.registry import (
     open_registry,
 )
 from edgefn_platform.registry._postgres_schema import SCHEMA_VERSION, migrate
-from gateway_process import free_port
+from gateway_process import closed_port
 from pg_cluster import Cluster
 
 
@@ -164,10 +164,12 @@ def test_losing_the_database_mid_run_is_unavailable_then_recovers(
 def test_serve_refuses_a_registry_it_cannot_use_in_one_line(
     url: str, message: str, tmp_path: Path
 ) -> None:
-    url = url.format(closed=free_port())
-    result = CliRunner().invoke(
-        main, ["serve", "--database-url", url, "--data-dir", str(tmp_path), "--port", "0"]
-    )
+    with closed_port() as port:
+        result = CliRunner().invoke(
+            main,
+            ["serve", "--database-url", url.format(closed=port), "--data-dir", str(tmp_path),
+             "--port", "0"],
+        )  # fmt: skip
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1

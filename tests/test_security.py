@@ -8,7 +8,6 @@ import logging
 import re
 import socket
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,8 +176,8 @@ def test_the_token_never_reaches_the_logs(tmp_path: Path) -> None:
         assert cli(gateway, "deploy", str(ROOT / "functions" / "hello")).exit_code == 0
         for headers in ({"authorization": f"Bearer {TOKEN}"}, {"authorization": "Bearer x"}):
             httpx.get(gateway.admin_url + "/v1/functions", headers=headers)
-        gateway.get("/hello/", headers={"authorization": f"Bearer {TOKEN}"})
-        time.sleep(1)  # access lines are written in batches
+        response = gateway.get("/hello/", headers={"authorization": f"Bearer {TOKEN}"})
+        gateway.wait_logged("hello", [response.headers["x-request-id"]])
         logs = gateway.admin("GET", "/v1/functions/hello/logs").json()
         assert logs, "no log lines to search"
     finally:

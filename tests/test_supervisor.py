@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 import attacks
-from gateway_process import GatewayProcess, children, free_port, start_dev
+from gateway_process import GatewayProcess, children, start_dev, worker_pids
+from waiting import wait_until
 
 AREA = "Process supervision (tests/test_supervisor.py)"
 
@@ -38,9 +39,16 @@ def alive(pid: int) -> bool:
 
 def wait_gone(pids: list[int], seconds: float) -> list[int]:
     """Poll until none of `pids` runs or `seconds` pass; the ones still running."""
-    deadline = time.monotonic() + seconds
-    while (running := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    running: list[int] = []
+
+    def gone() -> bool:
+        running[:] = [pid for pid in pids if alive(pid)]
+        return not running
+
+    try:
+        wait_until(gone, timeout=seconds, message=f"processes {pids} to exit")
+    except AssertionError:
+        pass  # the caller asserts on what still runs
     return running
 
 
@@ -94,18 +102,53 @@ def test_sigkill_of_the_supervisor_takes_its_workers_down(gateway: GatewayProces
     )
 
 
+def listeners(port: int) -> list[int]:
+    """The processes with a socket listening on loopback `port` (TCP, IPv4)."""
+    inodes = {
+        fields[9]
+        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A"  # 0A: LISTEN
+    }
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            found.append(int(fd.parent.parent.name))
+    return sorted(found)
+
+
+def test_port_0_is_picked_once_printed_and_served_by_every_worker(
+    gateway: GatewayProcess,
+) -> None:
+    assert gateway.process is not None
+    printed = gateway.log.read_text().splitlines()
+    assert printed.count(f"edgefn: public http://127.0.0.1:{gateway.port}") == 1
+    assert printed.count(f"edgefn: admin http://127.0.0.1:{gateway.admin_port}") == 1
+    workers = sorted(worker_pids(gateway))
+    assert len(workers) == 2
+    # Both workers listen on the one port the supervisor picked; the supervisor
+    # holds it bound, not listening, so no connection waits in its queue ...
+    for port in (gateway.port, gateway.admin_port):
+        assert listeners(port) == workers, port
+        # ... and nothing else can take it while the gateway runs.
+        assert not port_free(port)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_edgefn_dev_takes_its_worker_down(tmp_path: Path, signum: int) -> None:
     directory = write_function(tmp_path / "devfn", "up")
-    port = free_port()
-    process = start_dev(directory, port, tmp_path / "dev.log")
+    process, port = start_dev(directory, tmp_path / "dev.log")
     started: list[int] = []
     try:
-        deadline = time.monotonic() + 60
-        while not _answers(f"http://127.0.0.1:{port}/devfn/", "up"):
+
+        def serves() -> bool:
             assert process.poll() is None, (tmp_path / "dev.log").read_text()
-            assert time.monotonic() < deadline, "edgefn dev did not serve"
-            time.sleep(0.1)
+            return _answers(f"http://127.0.0.1:{port}/devfn/", "up")
+
+        wait_until(serves, timeout=60, interval=0.1, message="edgefn dev to serve")
         started = children(process.pid)
         process.send_signal(signum)
         process.wait(timeout=15)

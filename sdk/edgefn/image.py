@@ -55,6 +55,7 @@ __all__ = [
     "use_backend",
 ]
 
+
 class ImageError(HTTPError):
     """The image service refused the input or the pipeline; answers with its status."""
 

@@ -18,6 +18,7 @@ from edgefn_runtime import Engine, default_cache_dir
 
 from .._units import format_size, parse_size
 from ..gateway import Deployer, GatewayConfig, deploy_directory, run, run_worker
+from ..gateway.server import reserve_ports
 from ..manifest import load_manifest
 from ..registry import Registry, SQLiteRegistry
 from ._functions import build_function
@@ -58,9 +59,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @click.command()
 @_option("--host", "Public listener address (function traffic).")
-@_option("--port", "Public listener port.", type=int)
+@_option("--port", "Public listener port; 0: any free port.", type=int)
 @_option("--admin-host", "Admin API address.")
-@_option("--admin-port", "Admin API port.", type=int)
+@_option("--admin-port", "Admin API port; 0: any free port.", type=int)
 @_option(
     "--data-dir", "Registry and artifacts; with --database-url, this gateway's caches only.",
     type=_PATH,
@@ -136,7 +137,7 @@ def serve(deploy_dirs: tuple[Path, ...], **options: Any) -> None:
             err=True,
         )
 
-    def before_serving(registry: Registry) -> None:
+    def before_serving(registry: Registry, config: GatewayConfig) -> None:
         if deploy_dirs:
             with Engine(cache_dir=config.aot_cache_dir) as engine:
                 deployer = Deployer(registry, engine, config.data_dir)
@@ -170,7 +171,9 @@ def _token_source(config: GatewayConfig) -> str:
 @click.argument(
     "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
 )
-@click.option("--port", default=8080, envvar="EDGEFN_PORT", help="Port to serve on.")
+@click.option(
+    "--port", default=8080, envvar="EDGEFN_PORT", help="Port to serve on; 0: any free port."
+)
 def dev(directory: Path, port: int) -> None:
     """Serve the function in DIRECTORY locally; rebuild and redeploy on every change."""
     from watchfiles import watch  # imported here: only `dev` needs it
@@ -186,6 +189,8 @@ def dev(directory: Path, port: int) -> None:
             token="dev",
             cache_dir=default_cache_dir(),
         )
+        # Held until dev ends; a --port 0 becomes the port the kernel picked.
+        _held = reserve_ports(config)
         registry = SQLiteRegistry(config.data_dir)
         engine = Engine(cache_dir=config.aot_cache_dir)
         deployer = Deployer(registry, engine, config.data_dir)

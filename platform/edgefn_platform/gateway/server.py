@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from .config import GatewayConfig
 from .policy import Policy
 from .public import Lifecycle, PublicApp
 
-__all__ = ["Worker", "bind", "run", "run_worker"]
+__all__ = ["Worker", "bind", "reserve_ports", "run", "run_worker"]
 
 log = logging.getLogger("edgefn.gateway")
 
@@ -102,6 +103,39 @@ def bind(host: str, port: int, listen: bool = True) -> socket.socket:
     if listen:
         sock.listen(2048)
     return sock
+
+
+def reserve_ports(config: GatewayConfig) -> list[socket.socket]:
+    """Bind both listeners' ports in this process, before any worker starts, and
+    print where each listens on stderr (`edgefn: public http://127.0.0.1:8080`).
+
+    Fails fast when a port is taken. A port 0 becomes the one the kernel picked,
+    set in `config` (loaded token and policy kept), so every worker binds that
+    same port (SO_REUSEPORT).
+    The sockets returned are bound, never listening: while the caller keeps them
+    open they hold the ports (a restarted worker finds its port still there) and
+    the kernel hands them no connection."""
+    held: list[socket.socket] = []
+    try:
+        for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
+            held.append(bind(host, port, listen=False))
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    public, admin = (int(sock.getsockname()[1]) for sock in held)
+    config.port, config.admin_port = public, admin
+    scheme = "https" if config.admin_tls_cert else "http"
+    for name, url in (
+        ("public", f"http://{_url_host(config.host)}:{public}"),
+        ("admin", f"{scheme}://{_url_host(config.admin_host)}:{admin}"),
+    ):
+        print(f"edgefn: {name} {url}", file=sys.stderr, flush=True)
+    return held
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
@@ -166,7 +200,11 @@ def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
     )
 
 
-def run(config: GatewayConfig, *, before_serving: Callable[[Registry], None] | None = None) -> None:
+def run(
+    config: GatewayConfig,
+    *,
+    before_serving: Callable[[Registry, GatewayConfig], None] | None = None,
+) -> None:
     """Run the gateway: in this process for one worker, else supervise `workers`.
 
     Loads the config (token, policy) if the caller has not, fails fast on a taken
@@ -174,14 +212,13 @@ def run(config: GatewayConfig, *, before_serving: Callable[[Registry], None] | N
     hands it to `before_serving` (the CLI deploys `--deploy` folders with it)
     before any worker starts."""
     config.load()  # once, here: workers get the token and policy with the config
-    for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
-        bind(host, port).close()  # fail fast when a port is taken
+    _held = reserve_ports(config)  # held, so reserved, until run() returns
     registry = open_registry(config.database_url, config.data_dir)
     try:
         for path in recover(registry, config.data_dir):
             log.warning("removed %s, left behind by an interrupted deploy or delete", path)
         if before_serving is not None:
-            before_serving(registry)
+            before_serving(registry, config)
     finally:
         registry.close()
     reset_metrics(config.metrics_dir)
