@@ -5,20 +5,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import shutil
-import sqlite3
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from psycopg.errors import DiskFull
-
 from edgefn_runtime import Engine
 
 from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, parse_manifest
-from ..registry import Blob, Registry, RegistryError, VersionRecord
+from ..registry import Blob, Registry, RegistryError, StorageFull, VersionRecord
 
 __all__ = [
     "Deployer",
@@ -32,10 +29,6 @@ __all__ = [
 
 class InvalidAssets(ValueError):
     """The assets archive is not a gzip'd tar of regular files and folders."""
-
-
-class StorageFull(Exception):
-    """The data directory ran out of space mid-deploy; nothing was stored."""
 
 
 # Below the data directory: unpacked assets by sha256, and each deploy's scratch folder.
@@ -69,14 +62,11 @@ class Deployer:
         crash at any step leaves the previous version serving."""
         try:
             return self._deploy(manifest_text, component, assets)
-        except (OSError, sqlite3.OperationalError, DiskFull) as exc:
-            full = isinstance(exc, DiskFull) or "disk is full" in str(exc)
-            if full or getattr(exc, "errno", None) == errno.ENOSPC:
-                raise StorageFull(
-                    "the gateway's data directory or database is full; nothing was stored and the "
-                    "active version is unchanged. Free space (or delete unused functions) "
-                    "and deploy again"
-                ) from None
+        except OSError as exc:
+            # The registry raises StorageFull itself; this is for the upload, the
+            # assets and the AOT cache this module writes in the data directory.
+            if exc.errno == errno.ENOSPC:
+                raise StorageFull() from None
             raise
 
     def _deploy(

@@ -23,9 +23,10 @@ from ..registry import (
     RegistryError,
     RegistryUnavailable,
     RouteConflict,
+    StorageFull,
     VersionNotFound,
 )
-from ._deploy import InvalidAssets, StorageFull
+from ._deploy import InvalidAssets
 
 __all__ = ["HANDLED", "GatewayError", "error_response", "status_and_code"]
 
@@ -83,7 +84,7 @@ def status_and_code(exc: Exception) -> tuple[int, str]:
         if isinstance(exc, kind):
             return status_code
     if isinstance(exc, RegistryError):
-        return 400, "registry_error"
+        return exc.status, exc.code  # 400 `registry_error` but where a subclass says
     raise TypeError(f"no HTTP mapping for {type(exc).__name__}")
 
 

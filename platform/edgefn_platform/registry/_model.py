@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgefn_runtime import EdgefnError
+
 __all__ = [
     "LOG_LINES_KEPT",
     "Blob",
+    "CorruptArtifact",
     "FunctionNotFound",
     "FunctionRecord",
     "LogRecord",
@@ -17,6 +20,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailable",
     "RouteConflict",
+    "StorageFull",
     "VersionNotFound",
     "VersionRecord",
 ]
@@ -26,30 +30,71 @@ __all__ = [
 LOG_LINES_KEPT = 1000
 
 
-class RegistryError(Exception):
+class RegistryError(EdgefnError):
     """A registry operation was refused; the message says why."""
+
+    code = "registry_error"
+    status = 400
 
 
 class RegistryUnavailable(RegistryError):
     """The registry's database cannot be reached; what is loaded keeps serving."""
 
+    code = "registry_unavailable"
+    status = 503
+
 
 class FunctionNotFound(RegistryError):
+    code = "function_not_found"
+    status = 404
+
     def __init__(self, name: str) -> None:
         super().__init__(f"no function named {name!r} is deployed")
         self.name = name
 
 
 class VersionNotFound(RegistryError):
+    code = "version_not_found"
+    status = 404
+
     def __init__(self, name: str, version: int) -> None:
         super().__init__(f"function {name!r} has no version {version}")
 
 
 class RouteConflict(RegistryError):
+    code = "route_conflict"
+    status = 409
+
     def __init__(self, route: str, owner: str) -> None:
         super().__init__(f"route {route} is already served by function {owner!r}")
         self.route = route
         self.owner = owner
+
+
+class StorageFull(RegistryError):
+    """The data directory or the database ran out of space; nothing was stored.
+
+    Each backend raises it for its own ways of running out (ENOSPC, SQLITE_FULL,
+    PostgreSQL's disk_full), so no caller needs to know the database driver."""
+
+    code = "insufficient_storage"
+    status = 507
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "the gateway's data directory or database is full; nothing was stored and the "
+            "active version is unchanged. Free space (or delete unused functions) "
+            "and deploy again"
+        )
+
+
+class CorruptArtifact(RegistryError):
+    """A stored artifact is missing or does not match its sha256. The registry's
+    fault, not the caller's: a 500, where a bad upload is a 400."""
+
+    code = "corrupt_artifact"
+    status = 500
 
 
 @dataclass(frozen=True)
