@@ -159,23 +159,23 @@ POSTGRES = Dialect(
 
 @dataclass(frozen=True)
 class Migration:
-    """One step of the schema. `only` names the one backend it concerns; the other
-    records the version and runs nothing, so both count versions alike."""
+    """One step of the schema, one version number on both backends: `sql` for
+    both, or what each runs where they differ (`""`: nothing)."""
 
-    sql: str
-    only: Literal["sqlite", "postgres"] | None = None
+    sql: str = ""
+    sqlite: str | None = None
+    postgres: str | None = None
 
     def statements(self, dialect: Dialect) -> list[str]:
-        if self.only not in (None, dialect.name):
-            return []
-        text = self.sql.format(**dialect.types)
+        own = self.sqlite if dialect.name == "sqlite" else self.postgres
+        text = (self.sql if own is None else own).format(**dialect.types)
         return [s.strip() for s in text.split(";") if s.strip()]
 
 
 # Applied in order, each once; the schema's version is their count. Never edit one
 # that has shipped: add the next. `IF NOT EXISTS` in the first lets it adopt the
 # SQLite registries made before versioning (they had these tables but no
-# `edgefn_schema`); PostgreSQL's had version 2 already.
+# `edgefn_schema`); PostgreSQL's were at version 2 already.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         """
@@ -215,18 +215,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO generation SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM generation)
         """
     ),
-    # Components are compressed already; pglz would cost seconds per deploy for nothing.
-    Migration("ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL", only="postgres"),
-    # SQLite registries made before versioning counted changes in `meta`: carry the
-    # count over (a reader may hold a token from before), then drop it.
     Migration(
-        """
+        # Components are compressed already; pglz would cost seconds per deploy for nothing.
+        postgres="ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL",
+        # SQLite registries made before versioning counted changes in `meta`: carry
+        # the count over (a reader may hold a token from before), then drop it.
+        sqlite="""
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         UPDATE generation SET value = value
             + COALESCE((SELECT value FROM meta WHERE key = 'generation'), 0);
         DROP TABLE meta
         """,
-        only="sqlite",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
