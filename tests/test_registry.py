@@ -233,6 +233,14 @@ def test_sweep_removes_only_unreferenced_local_artifacts(
     assert kept.read_bytes() == b"one"
 
 
+def test_a_component_the_registry_lacks_is_its_fault_not_the_callers(
+    registry: Registry,
+) -> None:
+    with pytest.raises(CorruptArtifact, match="no component with sha256") as missing:
+        registry.artifact_path("0" * 64)
+    assert status_and_code(missing.value) == (500, "corrupt_artifact")
+
+
 def test_admin_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     config = GatewayConfig(data_dir=tmp_path / "data")
     token = load_token(config)

@@ -15,7 +15,7 @@ from edgefn_runtime import Engine
 
 from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, parse_manifest
-from ..registry import Blob, Registry, RegistryError, StorageFull, VersionRecord
+from ..registry import Blob, CorruptArtifact, Registry, StorageFull, VersionRecord
 
 __all__ = [
     "Deployer",
@@ -116,7 +116,7 @@ class Deployer:
             with tempfile.TemporaryDirectory(dir=self.scratch_dir) as temp:
                 archive = Path(temp) / _ARCHIVE
                 if not self.registry.fetch(f"assets/{assets_sha}", archive):
-                    raise RegistryError(
+                    raise CorruptArtifact(
                         f"the assets of {version.function} version {version.version} "
                         "are missing from the registry; deploy the function again"
                     )

@@ -188,7 +188,8 @@ class Registry(Protocol):
     def versions(self, name: str) -> list[VersionRecord]: ...
 
     def artifact_path(self, sha256: str) -> Path:
-        """A local file holding the component with this sha256 (fetched if need be)."""
+        """A local file holding the component with this sha256 (fetched if need be);
+        `CorruptArtifact` if the registry has none, or only a corrupt one."""
 
     def fetch(self, key: str, target: Path) -> bool:
         """Write the blob `key` to `target`, verified by its sha256; False if the
