@@ -5,20 +5,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import shutil
-import sqlite3
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from psycopg.errors import DiskFull
-
 from edgefn_runtime import EdgefnError, Engine, Sandbox
 
 from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, Manifest, parse_manifest
-from ..registry import Blob, Registry, RegistryError, VersionRecord
+from ..registry import Blob, CorruptArtifact, Registry, StorageFull, VersionRecord
 
 __all__ = [
     "Deployer",
@@ -35,13 +32,6 @@ class InvalidAssets(EdgefnError, ValueError):
 
     code = "invalid_assets"
     status = 400
-
-
-class StorageFull(EdgefnError):
-    """The data directory ran out of space mid-deploy; nothing was stored."""
-
-    code = "insufficient_storage"
-    status = 507
 
 
 # Below the data directory: unpacked assets by sha256, and each deploy's scratch folder.
@@ -89,14 +79,11 @@ class Deployer:
         crash at any step leaves the previous version serving."""
         try:
             return self._deploy(manifest_text, component, assets)
-        except (OSError, sqlite3.OperationalError, DiskFull) as exc:
-            full = isinstance(exc, DiskFull) or "disk is full" in str(exc)
-            if full or getattr(exc, "errno", None) == errno.ENOSPC:
-                raise StorageFull(
-                    "the gateway's data directory or database is full; nothing was stored and the "
-                    "active version is unchanged. Free space (or delete unused functions) "
-                    "and deploy again"
-                ) from None
+        except OSError as exc:
+            # The registry raises StorageFull itself; this is for the upload, the
+            # assets and the AOT cache this module writes in the data directory.
+            if exc.errno == errno.ENOSPC:
+                raise StorageFull() from None
             raise
 
     def _deploy(
@@ -171,7 +158,7 @@ class Deployer:
             with tempfile.TemporaryDirectory(dir=self.scratch_dir) as temp:
                 archive = Path(temp) / _ARCHIVE
                 if not self.registry.fetch(f"assets/{assets_sha}", archive):
-                    raise RegistryError(
+                    raise CorruptArtifact(
                         f"the assets of {version.function} version {version.version} "
                         "are missing from the registry; deploy the function again"
                     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ._model import (
     Blob,
+    CorruptArtifact,
     FunctionNotFound,
     FunctionRecord,
     LogRecord,
@@ -19,6 +20,7 @@ from ._model import (
     RegistryError,
     RegistryUnavailable,
     RouteConflict,
+    StorageFull,
     VersionNotFound,
     VersionRecord,
 )
@@ -27,6 +29,7 @@ from ._sqlite import SQLiteRegistry
 
 __all__ = [
     "Blob",
+    "CorruptArtifact",
     "FunctionNotFound",
     "FunctionRecord",
     "LogRecord",
@@ -36,6 +39,7 @@ __all__ = [
     "RegistryUnavailable",
     "RouteConflict",
     "SQLiteRegistry",
+    "StorageFull",
     "VersionNotFound",
     "VersionRecord",
     "open_registry",

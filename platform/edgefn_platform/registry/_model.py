@@ -12,6 +12,7 @@ from edgefn_runtime import EdgefnError
 __all__ = [
     "LOG_LINES_KEPT",
     "Blob",
+    "CorruptArtifact",
     "FunctionNotFound",
     "FunctionRecord",
     "LogRecord",
@@ -19,6 +20,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailable",
     "RouteConflict",
+    "StorageFull",
     "VersionNotFound",
     "VersionRecord",
 ]
@@ -67,6 +69,32 @@ class RouteConflict(RegistryError):
         super().__init__(f"route {route} is already served by function {owner!r}")
         self.route = route
         self.owner = owner
+
+
+class StorageFull(RegistryError):
+    """The data directory or the database ran out of space; nothing was stored.
+
+    Each backend raises it for its own ways of running out (ENOSPC, SQLITE_FULL,
+    PostgreSQL's disk_full), so no caller needs to know the database driver."""
+
+    code = "insufficient_storage"
+    status = 507
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "the gateway's data directory or database is full; nothing was stored and the "
+            "active version is unchanged. Free space (or delete unused functions) "
+            "and deploy again"
+        )
+
+
+class CorruptArtifact(RegistryError):
+    """A stored artifact is missing or does not match its sha256. The registry's
+    fault, not the caller's: a 500, where a bad upload is a 400."""
+
+    code = "corrupt_artifact"
+    status = 500
 
 
 @dataclass(frozen=True)
@@ -160,7 +188,8 @@ class Registry(Protocol):
     def versions(self, name: str) -> list[VersionRecord]: ...
 
     def artifact_path(self, sha256: str) -> Path:
-        """A local file holding the component with this sha256 (fetched if need be)."""
+        """A local file holding the component with this sha256 (fetched if need be);
+        `CorruptArtifact` if the registry has none, or only a corrupt one."""
 
     def fetch(self, key: str, target: Path) -> bool:
         """Write the blob `key` to `target`, verified by its sha256; False if the

@@ -18,38 +18,38 @@ import hashlib
 import struct
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.errors import DiskFull
 from psycopg.rows import DictRow, dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .._crash import crash_point
 from ._artifacts import store, sweep_unused
 from ._model import (
-    LOG_LINES_KEPT,
     Blob,
-    FunctionNotFound,
-    FunctionRecord,
-    LogRecord,
+    CorruptArtifact,
     RegistryError,
     RegistryUnavailable,
-    RouteConflict,
-    VersionNotFound,
-    VersionRecord,
+    StorageFull,
 )
-from ._postgres_schema import Connection, migrate
+from ._sql import POSTGRES, migrate
+from ._sql import Connection as AnyConnection
+from ._store import SQLStore
 
 __all__ = ["CHANNEL", "PostgresRegistry"]
 
 CHANNEL = "edgefn_changes"
 RECHECK_SECONDS = 10.0
 
+Connection = psycopg.Connection[DictRow]
+
+# Advisory lock key: one gateway migrates at a time.
+_MIGRATE_LOCK = 0x6564_6766_6E01
 # Advisory lock key: blob sweeps (exclusive) against deploys (shared), so a sweep
 # never removes a blob a deploy is about to use.
 _SWEEP_LOCK = 0x6564_6766_6E02
@@ -89,8 +89,10 @@ def _lost(exc: BaseException) -> bool:
     )
 
 
-class PostgresRegistry:
+class PostgresRegistry(SQLStore):
     """A `Registry` in PostgreSQL, shared by every gateway that points at it."""
+
+    dialect = POSTGRES
 
     def __init__(self, url: str, data_dir: Path, pool_size: int = 8) -> None:
         self.url = url
@@ -104,8 +106,9 @@ class PostgresRegistry:
         # Connect once directly, so that a wrong URL, user or password is reported
         # as such at start instead of as a pool timeout.
         try:
-            with psycopg.connect(url, **_CONNECT) as conn:
-                migrate(conn)
+            with psycopg.connect(url, **_CONNECT) as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+                migrate(conn, POSTGRES)
         except psycopg.OperationalError as exc:
             reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             raise RegistryUnavailable(
@@ -136,153 +139,55 @@ class PostgresRegistry:
             "keep serving; retry when it is back"
         )
 
+    # -- connections -------------------------------------------------------
+
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                yield conn
-        except Exception as exc:
-            if _lost(exc):
-                raise RegistryUnavailable(self._unreachable()) from exc
-            raise
+    def _begin(self) -> Iterator[AnyConnection]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield conn
 
-    # -- writes ------------------------------------------------------------
+    def _reading(self) -> AbstractContextManager[AnyConnection]:
+        return self._transaction()  # for RegistryUnavailable
 
-    def deploy(
-        self,
-        name: str,
-        route: str,
-        manifest: dict[str, Any],
-        component: Path,
-        sha256: str,
-        blobs: Sequence[Blob] = (),
-    ) -> VersionRecord:
+    @contextmanager
+    def _changing(self, name: str) -> Iterator[AnyConnection]:
         with self._transaction() as db:
-            _lock_function(db, name)
-            unchanged = _active_if_same(db, name, sha256, manifest)
-            if unchanged is not None:
-                return unchanged
-            db.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_SWEEP_LOCK,))
-            _check_route(db, name, route)
-            self._put(db, Blob(f"component/{sha256}", component))
-            for blob in blobs:
-                self._put(db, blob)
-            crash_point("deploy:stored")
-            row = db.execute(
-                "SELECT COALESCE(MAX(version), 0) + 1 AS v FROM versions WHERE function = %s",
-                (name,),
-            ).fetchone()
-            assert row is not None
-            size = component.stat().st_size
-            version = VersionRecord(name, row["v"], route, sha256, size, manifest, time.time())
-            db.execute(
-                "INSERT INTO versions VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (name, version.version, route, sha256, size, Jsonb(manifest), version.created_at),
-            )
-            _set_active(db, name, route, version.version)
-        crash_point("deploy:committed")
+            # Serialises changes to one function across every gateway, until commit.
+            db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("edgefn:" + name,))
+            yield db
+
+    def _translate(self, exc: Exception) -> Exception | None:
+        if _lost(exc):
+            return RegistryUnavailable(self._unreachable())
+        if isinstance(exc, DiskFull):
+            return StorageFull()
+        return super()._translate(exc)
+
+    def _announce(self, db: AnyConnection) -> None:
+        db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+
+    # -- blobs: in the database, with local copies of components ---------------
+
+    def _store(
+        self, db: AnyConnection, component: Path, sha256: str, blobs: Sequence[Blob]
+    ) -> None:
+        db.execute("SELECT pg_advisory_xact_lock_shared(%s)", (_SWEEP_LOCK,))
+        for blob in (Blob(f"component/{sha256}", component), *blobs):
+            _put(db, blob)
+
+    def _cache(self, component: Path, sha256: str) -> None:
         # This gateway loads it next: spare it the download.
         store(component, self.artifacts / f"{sha256}.wasm")
-        return version
-
-    def activate(self, name: str, version: int) -> FunctionRecord:
-        with self._transaction() as db:
-            _lock_function(db, name)
-            record = _version(db, name, version)
-            _check_route(db, name, record.route)
-            _set_active(db, name, record.route, version)
-            crash_point("activate:uncommitted")
-        crash_point("activate:committed")
-        return self.function(name)
-
-    def delete(self, name: str) -> list[str]:
-        with self._transaction() as db:
-            _lock_function(db, name)
-            _function_row(db, name)
-            for table, column in [
-                ("functions", "name"),
-                ("versions", "function"),
-                ("logs", "function"),
-                ("overrides", "function"),
-            ]:
-                db.execute(f"DELETE FROM {table} WHERE {column} = %s", (name,))
-            _announce(db)
-            crash_point("delete:uncommitted")
-        crash_point("delete:committed")
-        keys, _ = self._sweep(partial=False)
-        return [key.split("/", 1)[1] for key in keys if key.startswith("component/")]
-
-    def sweep(self, partial: bool = True) -> list[Path]:
-        """Remove blobs no version uses, and this gateway's local copies of
-        components no version uses (and half-written ones unless `partial` is false)."""
-        return self._sweep(partial)[1]
 
     def _sweep(self, partial: bool) -> tuple[list[str], list[Path]]:
+        """Remove blobs no version uses, and this gateway's local copies of
+        components no version uses (and half-written ones unless `partial` is false)."""
         with self._transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (_SWEEP_LOCK,))
             keys = [row["key"] for row in db.execute(_SWEEP)]
-            used = {r["sha256"] for r in db.execute("SELECT DISTINCT sha256 FROM versions")}
-        return keys, sweep_unused(self.artifacts, used, partial)
-
-    def set_overrides(
-        self, name: str, limits: dict[str, Any], merge: bool = False
-    ) -> FunctionRecord:
-        with self._transaction() as db:
-            _lock_function(db, name)
-            _function_row(db, name)
-            if merge:
-                limits = {**_overrides(db, name), **limits}
-            db.execute("DELETE FROM overrides WHERE function = %s", (name,))
-            if limits:
-                db.execute("INSERT INTO overrides VALUES (%s, %s)", (name, Jsonb(limits)))
-            _announce(db)
-        return self.function(name)
-
-    def _put(self, db: Connection, blob: Blob) -> None:
-        if db.execute("SELECT 1 FROM blobs WHERE key = %s", (blob.key,)).fetchone():
-            return
-        # COPY in binary format, streamed, so the worker never holds a whole artifact
-        # in memory: one row of (key, size, data, sha256), the digest computed on the way.
-        key, size = blob.key.encode(), blob.path.stat().st_size
-        digest = hashlib.sha256()
-        with (
-            db.cursor().copy(
-                "COPY blobs (key, size, data, sha256) FROM STDIN (FORMAT BINARY)"
-            ) as copy,
-            blob.path.open("rb") as file,
-        ):
-            copy.write(_COPY_HEADER + struct.pack("!hi", 4, len(key)) + key)
-            copy.write(struct.pack("!iqi", 8, size, size))
-            while chunk := file.read(_CHUNK):
-                digest.update(chunk)
-                copy.write(chunk)
-            sha256 = digest.hexdigest().encode()
-            copy.write(struct.pack("!i", len(sha256)) + sha256 + struct.pack("!h", -1))
-
-    # -- reads -------------------------------------------------------------
-
-    def functions(self) -> list[FunctionRecord]:
-        with self._transaction() as db:
-            names = [r["name"] for r in db.execute("SELECT name FROM functions ORDER BY name")]
-            return [_function(db, name) for name in names]
-
-    def function(self, name: str) -> FunctionRecord:
-        with self._transaction() as db:
-            return _function(db, name)
-
-    def versions(self, name: str) -> list[VersionRecord]:
-        with self._transaction() as db:
-            _function_row(db, name)
-            rows = db.execute(
-                "SELECT * FROM versions WHERE function = %s ORDER BY version", (name,)
-            ).fetchall()
-        return [_version_record(row) for row in rows]
-
-    def artifact_path(self, sha256: str) -> Path:
-        path = self.artifacts / f"{sha256}.wasm"
-        if not path.exists() and not self.fetch(f"component/{sha256}", path):
-            raise RegistryError(f"the registry has no component with sha256 {sha256}")
-        return path
+            used = {r["sha256"] for r in db.execute(POSTGRES.sql.used_components)}
+        components = [key.split("/", 1)[1] for key in keys if key.startswith("component/")]
+        return components, sweep_unused(self.artifacts, used, partial)
 
     def fetch(self, key: str, target: Path) -> bool:
         # One download per gateway: its other workers wait, then find the file.
@@ -299,11 +204,7 @@ class PostgresRegistry:
                 _download(db, key, row["size"], row["sha256"], target)
             return True
 
-    def change_token(self) -> int:
-        with self._transaction() as db:
-            row = db.execute("SELECT value FROM generation").fetchone()
-        assert row is not None
-        return int(row["value"])
+    # -- announcements -------------------------------------------------------
 
     def wait_for_change(self, timeout: float) -> bool:
         if self._listener is None:
@@ -331,127 +232,36 @@ class PostgresRegistry:
             self._listener.close()
             self._listener = None
 
-    # -- logs --------------------------------------------------------------
-
-    def append_logs(self, records: Iterable[tuple[str, float, str, str, str]]) -> None:
-        records = list(records)
-        if not records:
-            return
-        with self._transaction() as db:
-            with db.cursor() as cursor:
-                cursor.executemany(
-                    "INSERT INTO logs (function, time, request_id, kind, line) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    records,
-                )
-            for name in {r[0] for r in records}:
-                db.execute(
-                    "DELETE FROM logs WHERE function = %s AND id < (SELECT id FROM logs "
-                    "WHERE function = %s ORDER BY id DESC LIMIT 1 OFFSET %s)",
-                    (name, name, LOG_LINES_KEPT - 1),
-                )
-
-    def logs(
-        self, name: str, after: int = 0, limit: int = 200, request_id: str | None = None
-    ) -> list[LogRecord]:
-        # No index on request_id: a function keeps LOG_LINES_KEPT lines, which the
-        # (function, id) index already narrows the scan to.
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT * FROM (SELECT * FROM logs WHERE function = %s AND id > %s "
-                "AND (%s::text IS NULL OR request_id = %s) ORDER BY id DESC LIMIT %s) newest "
-                "ORDER BY id",
-                (name, after, request_id, request_id, limit),
-            ).fetchall()
-        return [LogRecord(**r) for r in rows]
-
     def close(self) -> None:
         self._close_listener()
         self._pool.close()
 
 
-def _lock_function(db: Connection, name: str) -> None:
-    # Serialises changes to one function across every gateway, until commit.
-    db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("edgefn:" + name,))
+def _put(db: AnyConnection, blob: Blob) -> None:
+    if db.execute("SELECT 1 FROM blobs WHERE key = %s", (blob.key,)).fetchone():
+        return
+    # COPY in binary format, streamed, so the worker never holds a whole artifact
+    # in memory: one row of (key, size, data, sha256), the digest computed on the way.
+    key, size = blob.key.encode(), blob.path.stat().st_size
+    digest = hashlib.sha256()
+    cursor = _psycopg(db).cursor()
+    with (
+        cursor.copy("COPY blobs (key, size, data, sha256) FROM STDIN (FORMAT BINARY)") as copy,
+        blob.path.open("rb") as file,
+    ):
+        copy.write(_COPY_HEADER + struct.pack("!hi", 4, len(key)) + key)
+        copy.write(struct.pack("!iqi", 8, size, size))
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+            copy.write(chunk)
+        sha256 = digest.hexdigest().encode()
+        copy.write(struct.pack("!i", len(sha256)) + sha256 + struct.pack("!h", -1))
 
 
-def _announce(db: Connection) -> None:
-    db.execute("UPDATE generation SET value = value + 1")
-    db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-
-
-def _active_if_same(
-    db: Connection, name: str, sha256: str, manifest: dict[str, Any]
-) -> VersionRecord | None:
-    row = db.execute(
-        "SELECT v.* FROM functions f JOIN versions v "
-        "ON v.function = f.name AND v.version = f.active_version WHERE f.name = %s",
-        (name,),
-    ).fetchone()
-    active = _version_record(row) if row else None
-    return active if active and (active.sha256, active.manifest) == (sha256, manifest) else None
-
-
-def _check_route(db: Connection, name: str, route: str) -> None:
-    owner = db.execute(
-        "SELECT name FROM functions WHERE route = %s AND name != %s", (route, name)
-    ).fetchone()
-    if owner is not None:
-        raise RouteConflict(route, owner["name"])
-
-
-def _set_active(db: Connection, name: str, route: str, version: int) -> None:
-    _announce(db)
-    db.execute(
-        "INSERT INTO functions VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-        "route = excluded.route, active_version = excluded.active_version, "
-        "updated_at = excluded.updated_at",
-        (name, route, version, time.time()),
-    )
-
-
-def _function(db: Connection, name: str) -> FunctionRecord:
-    row = _function_row(db, name)
-    count = db.execute("SELECT COUNT(*) AS n FROM versions WHERE function = %s", (name,))
-    return FunctionRecord(
-        name=name,
-        route=row["route"],
-        active=_version(db, name, row["active_version"]),
-        versions=count.fetchone()["n"],  # type: ignore[index]
-        updated_at=row["updated_at"],
-        overrides=_overrides(db, name),
-    )
-
-
-def _overrides(db: Connection, name: str) -> dict[str, Any]:
-    found = db.execute("SELECT limits FROM overrides WHERE function = %s", (name,)).fetchone()
-    return found["limits"] if found else {}
-
-
-def _function_row(db: Connection, name: str) -> DictRow:
-    row = db.execute("SELECT * FROM functions WHERE name = %s", (name,)).fetchone()
-    if row is None:
-        raise FunctionNotFound(name)
-    return row
-
-
-def _version(db: Connection, name: str, version: int) -> VersionRecord:
-    row = db.execute(
-        "SELECT * FROM versions WHERE function = %s AND version = %s", (name, version)
-    ).fetchone()
-    if row is None:
-        _function_row(db, name)
-        raise VersionNotFound(name, version)
-    return _version_record(row)
-
-
-def _version_record(row: DictRow) -> VersionRecord:
-    return VersionRecord(**row)
-
-
-def _download(db: Connection, key: str, size: int, sha256: str, target: Path) -> None:
+def _download(db: AnyConnection, key: str, size: int, sha256: str, target: Path) -> None:
     """Write blob `key` to `target` in chunks, so a worker never holds a whole
     artifact in memory (glibc keeps such a peak for the life of the process)."""
+    conn = _psycopg(db)
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with tempfile.NamedTemporaryFile(
@@ -461,7 +271,7 @@ def _download(db: Connection, key: str, size: int, sha256: str, target: Path) ->
             for offset in range(0, size, _CHUNK):
                 # Binary results: bytea as text would be hex, twice the bytes to decode.
                 # Uncompressed (EXTERNAL) storage lets substring read just this chunk.
-                part = db.execute(
+                part = conn.execute(
                     "SELECT substring(data FROM %s FOR %s) AS part FROM blobs WHERE key = %s",
                     (offset + 1, _CHUNK, key),
                     binary=True,
@@ -471,8 +281,18 @@ def _download(db: Connection, key: str, size: int, sha256: str, target: Path) ->
                 digest.update(part["part"])
                 file.write(part["part"])
             if digest.hexdigest() != sha256:
-                raise RegistryError(f"the registry's copy of {key} is corrupt (sha256 mismatch)")
+                raise CorruptArtifact(
+                    f"the registry's copy of {key} is corrupt (sha256 mismatch); "
+                    "deploy the function again"
+                )
         except BaseException:
             Path(file.name).unlink(missing_ok=True)
             raise
     Path(file.name).replace(target)
+
+
+def _psycopg(db: AnyConnection) -> Connection:
+    # The shared code sees the neutral `Connection`; COPY and binary results are
+    # psycopg's own.
+    assert isinstance(db, psycopg.Connection)
+    return db
