@@ -13,7 +13,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ import httpx
 from click.testing import CliRunner, Result
 
 from edgefn_platform.cli import main
-from edgefn_platform.manifest import load_manifest
 from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,29 +204,6 @@ class GatewayProcess:
         )
         return version
 
-    def settle(self) -> None:
-        """Until every worker has applied every registry change made before the call,
-        limits included (which no metric shows): a worker reads the registry whole,
-        so once it serves a change made after them, it has them too. The change is
-        the function `settle` (the hello example) deployed or flipped between two
-        versions."""
-        record = self.admin("GET", "/v1/functions/settle")
-        if record.status_code == 404 or record.json()["versions"] < 2:
-            nonce = time.monotonic_ns()
-            response = self.admin(
-                "POST",
-                "/v1/functions",
-                data={"manifest": f'name = "settle"\n[env]\nNONCE = "{nonce}"\n'},
-                files={"component": ("c.wasm", _hello_component())},
-            )
-            assert response.status_code == 201, response.text
-            version = int(response.json()["version"])
-        else:
-            version = 1 if record.json()["active"]["version"] == 2 else 2
-            flipped = self.admin("POST", "/v1/functions/settle/activate", json={"version": version})
-            assert flipped.status_code == 200, flipped.text
-        self.wait_serving("settle", version)
-
     def wait_logged(self, function: str, request_ids: Iterable[str], timeout: float = 30) -> None:
         """Until the access line of each of `request_ids` is in `function`'s logs
         (workers write their lines in batches; a request's own log lines come first)."""
@@ -291,10 +266,6 @@ def serving(
         for name, options in (limits or {}).items():
             result = cli(gateway, "limits", name, *options)
             assert result.exit_code == 0, result.output
-        for directory in functions:
-            gateway.wait_serving(load_manifest(directory).name)
-        if limits and gateway.workers > 1:
-            gateway.settle()  # the worker that took the call applied them; the others too
         yield gateway
     finally:
         gateway.stop()
@@ -317,12 +288,6 @@ def start_dev(directory: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]
         process.kill()
         process.wait()
         raise
-
-
-def _hello_component() -> bytes:
-    from edgefn_platform import build  # builds only when the source changed
-
-    return build(ROOT / "functions" / "hello").path.read_bytes()
 
 
 def cli(gateway: GatewayProcess, *args: str) -> Result:

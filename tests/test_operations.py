@@ -79,27 +79,23 @@ def test_a_limit_above_the_maximum_is_clamped_with_a_warning(
 def test_live_limits_apply_on_every_worker_and_reset(gateway: GatewayProcess) -> None:
     changed = cli(gateway, "limits", "hostile", "--fuel", "100000")
     assert changed.exit_code == 0 and re.search(r"fuel\s+100,000\s+override", changed.output)
-    gateway.settle()
     codes = {fresh_get(gateway, "/hostile/counter").json()["error"]["code"] for _ in range(16)}
     assert codes == {"fuel_exhausted"}
 
     cli(gateway, "limits", "hostile", "--reset")
     cli(gateway, "limits", "hostile", "--memory", "16MiB")
-    gateway.settle()
     body = b"x" * (8 * 2**20)
     response = httpx.post(gateway.public_url + "/hostile/echo", content=body)
     assert response.status_code == 503 and response.json()["error"]["code"] == "memory_limit"
 
     reset = cli(gateway, "limits", "hostile", "--reset")
     assert re.search(r"memory\s+64.0 MiB\s+manifest", reset.output)
-    gateway.settle()
     assert {fresh_get(gateway, "/hostile/counter").status_code for _ in range(8)} == {200}
     assert httpx.post(gateway.public_url + "/hostile/echo", content=body).status_code == 200
 
 
 def test_a_busy_function_is_overloaded_while_others_answer(gateway: GatewayProcess) -> None:
     cli(gateway, "limits", "hostile", "--concurrency", "1", "--timeout", "5s")
-    gateway.settle()
     results: list[httpx.Response] = []
 
     def slow() -> None:
@@ -123,7 +119,6 @@ def test_a_busy_function_is_overloaded_while_others_answer(gateway: GatewayProce
     assert all(r.headers["retry-after"] == "1" for r in overloaded)
     # Two workers, each running one and queueing at most one.
     assert 1 <= sum(r.status_code == 200 for r in results) <= 4
-    gateway.settle()  # the reset, for the tests after this one
 
 
 def test_metrics_count_a_known_mix_across_workers(gateway: GatewayProcess) -> None:
