@@ -47,7 +47,7 @@ bench: install
 	$(BIN)/python bench/scaleout.py
 
 lint: install
-	$(BIN)/ruff check sdk runtime platform tests bench
+	$(BIN)/ruff check contract sdk runtime platform tests bench
 	$(BIN)/mypy
 
 clean:
