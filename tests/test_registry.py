@@ -25,7 +25,6 @@ import psycopg
 import pytest
 
 from edgefn_platform.gateway import GatewayConfig, load_token
-from edgefn_platform.gateway._errors import status_and_code
 from edgefn_platform.registry import (
     CorruptArtifact,
     FunctionNotFound,
@@ -238,7 +237,7 @@ def test_a_component_the_registry_lacks_is_its_fault_not_the_callers(
 ) -> None:
     with pytest.raises(CorruptArtifact, match="no component with sha256") as missing:
         registry.artifact_path("0" * 64)
-    assert status_and_code(missing.value) == (500, "corrupt_artifact")
+    assert (missing.value.status, missing.value.code) == (500, "corrupt_artifact")
 
 
 def test_admin_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
@@ -506,4 +505,3 @@ def test_registry_errors_are_edgefn_errors_with_their_status_and_code(
 ) -> None:
     assert isinstance(error, EdgefnError)
     assert (error.status, error.code) == (status, code)
-    assert status_and_code(error) == (status, code)

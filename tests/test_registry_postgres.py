@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from psycopg.rows import dict_row
 
 from edgefn_platform.cli import main
-from edgefn_platform.gateway._errors import status_and_code
 from edgefn_platform.registry import (
     Blob,
     CorruptArtifact,
@@ -100,7 +99,7 @@ def test_blobs_reach_other_gateways_verified(database_url: str, tmp_path: Path) 
         b.artifact_path(sha)
     # The registry's fault, not the caller's: a server error, never a 400.
     assert isinstance(corrupt.value, CorruptArtifact)
-    assert status_and_code(corrupt.value) == (500, "corrupt_artifact")
+    assert (corrupt.value.status, corrupt.value.code) == (500, "corrupt_artifact")
     assert not (tmp_path / "b" / "artifacts" / f"{sha}.wasm").exists()
     a.close()
     b.close()

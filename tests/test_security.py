@@ -260,6 +260,14 @@ def test_an_empty_admin_token_option_is_refused(
     assert result.output.count("\n") == 1
 
 
+def test_a_taken_port_stops_serve_with_one_line(tmp_path: Path, taken_port: int) -> None:
+    result = serve_once(tmp_path / "data", taken_port, "--token", "a-real-token")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: cannot listen on 127.0.0.1:{taken_port} (")
+    assert "choose another --port" in result.output and "unexpected" not in result.output
+    assert result.output.count("\n") == 1
+
+
 def test_an_empty_bearer_never_authenticates() -> None:
     for blank in ("", " ", "\t"):
         with pytest.raises(TokenError):

@@ -119,11 +119,13 @@ class Instance:
             # (tens of MB) alive until the cyclic GC ran; under a stream of traps
             # a worker's RSS grew by hundreds of MB.
             trap = exc.with_traceback(None)
+        except BaseException:
+            self._finish_capabilities(usage)  # they may hold connections, files, ...
+            raise
         usage.execute_seconds = time.perf_counter() - started - usage.instantiate_seconds
         fuel_left = _wasmtime.get_fuel(store)
         usage.fuel = limits.fuel - fuel_left
-        for capability in self._capabilities:
-            capability.finish(context.states[capability.name], usage)
+        self._finish_capabilities(usage)
         logs, truncated = self._stderr.take_text_lines(limits.max_log)
         if truncated:
             logs.append(
@@ -172,6 +174,10 @@ class Instance:
         else:
             body = self._stdout.take(written)
         return Outcome(Response(head.status, head.headers, body), usage, logs)
+
+    def _finish_capabilities(self, usage: Usage) -> None:
+        for capability in self._capabilities:
+            capability.finish(self.context.states[capability.name], usage)
 
     def _instantiate(self) -> wc.Func:
         instance = self._engine.linker.instantiate(self.store, self._component)

@@ -3,7 +3,8 @@
 Errors are shown here and nowhere else, as click shows its own: an `EdgefnError`
 as one `Error: ...` line on stderr, exiting with the error's `exit_code`
 (README, "CLI exit codes"); anything else is a bug in edgefn, shown as one line
-naming it, its traceback only with `EDGEFN_DEBUG=1`.
+naming it, its traceback only with `EDGEFN_DEBUG=1`. (`edgefn dev` alone prints a
+failed rebuild itself, escaped the same way, and keeps watching.)
 """
 
 from __future__ import annotations

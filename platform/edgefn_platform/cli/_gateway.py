@@ -16,9 +16,10 @@ from click.decorators import FC
 
 from edgefn_runtime import Engine, default_cache_dir
 
+from .._printable import printable_lines
 from .._units import format_size, parse_size
 from ..gateway import Deployer, GatewayConfig, deploy_directory, run, run_worker
-from ..gateway.server import reserve_ports
+from ..gateway.server import announce, reserved_ports
 from ..manifest import load_manifest
 from ..registry import Registry, SQLiteRegistry
 from ._functions import build_function
@@ -190,50 +191,51 @@ def dev(directory: Path, port: int) -> None:
             cache_dir=default_cache_dir(),
         )
         # Held until dev ends; a --port 0 becomes the port the kernel picked.
-        _held = reserve_ports(config)
-        registry = SQLiteRegistry(config.data_dir)
-        engine = Engine(cache_dir=config.aot_cache_dir)
-        deployer = Deployer(registry, engine, config.data_dir)
+        with reserved_ports(config):
+            announce(config)
+            registry = SQLiteRegistry(config.data_dir)
+            engine = Engine(cache_dir=config.aot_cache_dir)
+            deployer = Deployer(registry, engine, config.data_dir)
 
-        def redeploy() -> None:
-            try:
-                result = build_function(directory, quiet_if_cached=True)
-                version = deploy_directory(deployer, directory, result.path)
-            except Exception as exc:  # keep watching: the next save may fix it
-                click.secho(f"error: {exc}", fg="red", err=True)
-                return
-            click.secho(
-                f"Serving {version.function} version {version.version} at "
-                f"{config.public_url()}{version.route}",
-                fg="green",
+            def redeploy() -> None:
+                try:
+                    result = build_function(directory, quiet_if_cached=True)
+                    version = deploy_directory(deployer, directory, result.path)
+                except Exception as exc:  # keep watching: the next save may fix it
+                    click.secho(f"error: {printable_lines(str(exc))}", fg="red", err=True)
+                    return
+                click.secho(
+                    f"Serving {version.function} version {version.version} at "
+                    f"{config.public_url()}{version.route}",
+                    fg="green",
+                )
+
+            redeploy()
+            # The worker dies with this process however it ends (its lifeline); on
+            # SIGTERM, as on Ctrl-C, this process stops it and removes the data first.
+            signal.signal(signal.SIGTERM, _interrupt)
+            worker = multiprocessing.get_context("spawn").Process(
+                target=run_worker, args=(config,), kwargs={"supervisor": os.getpid()}
             )
-
-        redeploy()
-        # The worker dies with this process however it ends (its lifeline); on
-        # SIGTERM, as on Ctrl-C, this process stops it and removes the data first.
-        signal.signal(signal.SIGTERM, _interrupt)
-        worker = multiprocessing.get_context("spawn").Process(
-            target=run_worker, args=(config,), kwargs={"supervisor": os.getpid()}
-        )
-        worker.start()
-        click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")
-        try:
-            for _changes in watch(
-                directory,
-                watch_filter=lambda _c, p: "/.edgefn/" not in p and "__pycache__" not in p,
-            ):
-                click.echo("Change detected; rebuilding ...")
-                redeploy()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            worker.terminate()
-            worker.join(timeout=10)
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
-            engine.close()
-            registry.close()
+            worker.start()
+            click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")
+            try:
+                for _changes in watch(
+                    directory,
+                    watch_filter=lambda _c, p: "/.edgefn/" not in p and "__pycache__" not in p,
+                ):
+                    click.echo("Change detected; rebuilding ...")
+                    redeploy()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                worker.terminate()
+                worker.join(timeout=10)
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
+                engine.close()
+                registry.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -4,6 +4,7 @@ error (exit 2) naming its option, as for the values click parses."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -11,7 +12,7 @@ from edgefn.signing import parse_key
 
 from .._units import parse_duration
 
-__all__ = ["body", "duration", "signing_key"]
+__all__ = ["body", "duration", "signing_key", "url"]
 
 
 def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -42,3 +43,12 @@ def body(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes
         return Path(value[1:]).read_bytes()
     except OSError as exc:
         raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}", ctx, param) from None
+
+
+def url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A URL or a path that `urllib` can split (an unclosed `[` is not one)."""
+    try:
+        urlsplit(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value

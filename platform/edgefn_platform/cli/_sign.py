@@ -10,12 +10,13 @@ import click
 from edgefn.signing import sign_url
 
 from ._params import duration, signing_key
+from ._params import url as url_param
 
 __all__ = ["COMMANDS"]
 
 
 @click.command("sign")
-@click.argument("url")
+@click.argument("url", callback=url_param)
 @click.option("-X", "--method", default="GET", help="The HTTP method the URL is for.")
 @click.option(
     "--expires-in",

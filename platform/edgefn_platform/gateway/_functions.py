@@ -132,7 +132,12 @@ class FunctionTable:
             self._token = token
             # Under the lock: reports go out in the order of their generations.
             serving = {f.name: f.version for f in routes.values()}
-            self.board.publish(int(token), serving, failed)
+            try:
+                self.board.publish(int(token), serving, failed)
+            except OSError:
+                # Served all the same; an admin call waiting on this report times
+                # out as 504 `not_live`, which names this worker.
+                log.exception("cannot report what this worker serves")
         for name in current.keys() - serving.keys():
             self.metrics.serving.labels(name).set(0)  # multiprocess series outlive .remove()
         for name, version in serving.items():

@@ -26,7 +26,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from edgefn_runtime import Engine
+from edgefn_runtime import EdgefnError, Engine
 
 from .._printable import PrintableFormatter
 from ..registry import Registry, open_registry
@@ -42,7 +42,7 @@ from .config import GatewayConfig
 from .policy import Policy
 from .public import Lifecycle, PublicApp
 
-__all__ = ["Worker", "bind", "reserve_ports", "run", "run_worker"]
+__all__ = ["PortInUse", "Worker", "announce", "bind", "reserved_ports", "run", "run_worker"]
 
 log = logging.getLogger("edgefn.gateway")
 
@@ -105,33 +105,51 @@ def bind(host: str, port: int, listen: bool = True) -> socket.socket:
     return sock
 
 
-def reserve_ports(config: GatewayConfig) -> list[socket.socket]:
-    """Bind both listeners' ports in this process, before any worker starts, and
-    print where each listens on stderr (`edgefn: public http://127.0.0.1:8080`).
+class PortInUse(EdgefnError):
+    """A listener's address cannot be bound: another process has the port, or
+    the address is not this machine's."""
+
+    code = "port_in_use"
+
+
+@contextlib.contextmanager
+def reserved_ports(config: GatewayConfig) -> Iterator[None]:
+    """Both listeners' ports, bound in this process before any worker starts and
+    held until the block ends.
 
     Fails fast when a port is taken. A port 0 becomes the one the kernel picked,
     set in `config` (loaded token and policy kept), so every worker binds that
-    same port (SO_REUSEPORT).
-    The sockets returned are bound, never listening: while the caller keeps them
-    open they hold the ports (a restarted worker finds its port still there) and
-    the kernel hands them no connection."""
-    held: list[socket.socket] = []
-    try:
-        for host, port in ((config.host, config.port), (config.admin_host, config.admin_port)):
-            held.append(bind(host, port, listen=False))
-    except BaseException:
-        for sock in held:
-            sock.close()
-        raise
-    public, admin = (int(sock.getsockname()[1]) for sock in held)
-    config.port, config.admin_port = public, admin
+    same port (SO_REUSEPORT). The sockets are bound, never listening: they hold
+    the ports (a restarted worker finds its port still there) and the kernel
+    hands them no connection."""
+    with contextlib.ExitStack() as held:
+        for host, port, option in (
+            (config.host, config.port, "--port"),
+            (config.admin_host, config.admin_port, "--admin-port"),
+        ):
+            try:
+                sock = held.enter_context(bind(host, port, listen=False))
+            except OSError as exc:
+                raise PortInUse(
+                    f"cannot listen on {_url_host(host)}:{port} ({exc.strerror}); "
+                    f"choose another {option} (0: any free port) or stop what uses it"
+                ) from None
+            if option == "--port":
+                config.port = int(sock.getsockname()[1])
+            else:
+                config.admin_port = int(sock.getsockname()[1])
+        yield
+
+
+def announce(config: GatewayConfig) -> None:
+    """Where the gateway listens, on stderr, one line each
+    (`edgefn: public http://127.0.0.1:8080`): how scripts read back a port 0."""
     scheme = "https" if config.admin_tls_cert else "http"
     for name, url in (
-        ("public", f"http://{_url_host(config.host)}:{public}"),
-        ("admin", f"{scheme}://{_url_host(config.admin_host)}:{admin}"),
+        ("public", f"http://{_url_host(config.host)}:{config.port}"),
+        ("admin", f"{scheme}://{_url_host(config.admin_host)}:{config.admin_port}"),
     ):
         print(f"edgefn: {name} {url}", file=sys.stderr, flush=True)
-    return held
 
 
 def _url_host(host: str) -> str:
@@ -212,21 +230,28 @@ def run(
     hands it to `before_serving` (the CLI deploys `--deploy` folders with it)
     before any worker starts."""
     config.load()  # once, here: workers get the token and policy with the config
-    _held = reserve_ports(config)  # held, so reserved, until run() returns
-    registry = open_registry(config.database_url, config.data_dir)
-    try:
-        for path in recover(registry, config.data_dir):
-            log.warning("removed %s, left behind by an interrupted deploy or delete", path)
-        if before_serving is not None:
-            before_serving(registry, config)
-    finally:
-        registry.close()
-    reset_metrics(config.metrics_dir)
+    with reserved_ports(config):
+        registry = open_registry(config.database_url, config.data_dir)
+        try:
+            for path in recover(registry, config.data_dir):
+                log.warning("removed %s, left behind by an interrupted deploy or delete", path)
+            if before_serving is not None:
+                before_serving(registry, config)
+        finally:
+            registry.close()
+        reset_metrics(config.metrics_dir)
+        ServingBoard(config.workers_dir).reset()
+        announce(config)
+        if config.workers == 1:
+            run_worker(config)
+        else:
+            _supervise(config)
+
+
+def _supervise(config: GatewayConfig) -> None:
+    """Start `config.workers` workers, restart any that dies, stop them all on
+    SIGINT/SIGTERM."""
     board = ServingBoard(config.workers_dir)
-    board.reset()
-    if config.workers == 1:
-        run_worker(config)
-        return
     context = multiprocessing.get_context("spawn")
     stopping = False
 

@@ -33,7 +33,6 @@ from ._artifacts import store, sweep_unused
 from ._model import (
     Blob,
     CorruptArtifact,
-    RegistryError,
     RegistryUnavailable,
     StorageFull,
 )
@@ -277,7 +276,7 @@ def _download(db: AnyConnection, key: str, size: int, sha256: str, target: Path)
                     binary=True,
                 ).fetchone()
                 if part is None:
-                    raise RegistryError(f"{key} was removed from the registry while fetched")
+                    raise CorruptArtifact(f"{key} was removed from the registry while fetched")
                 digest.update(part["part"])
                 file.write(part["part"])
             if digest.hexdigest() != sha256:
