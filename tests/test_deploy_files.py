@@ -207,6 +207,17 @@ def test_the_dockerfile_copies_files_that_exist_and_sets_known_variables() -> No
         check_variable(name, value)
 
 
+def test_the_dockerfile_copies_every_package_folder() -> None:
+    """`pip install .` in the image needs each top-level folder a package lives in."""
+    roots = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {Path(root).parts[0] for root in roots["package-dir"].values()}
+    copied = set()
+    for instruction in DockerfileParser(str(DEPLOY / "Dockerfile")).structure:
+        if instruction["instruction"] == "COPY" and "--from" not in instruction["value"]:
+            copied.update(instruction["value"].split()[:-1])
+    assert folders and folders <= copied, f"not copied: {sorted(folders - copied)}"
+
+
 # -- compose --------------------------------------------------------------------
 
 
