@@ -27,7 +27,6 @@ __all__ = [
     "GRAVITIES",
     "MAX_SOURCE_BYTES",
     "MEDIA_TYPES",
-    "SOURCE_KINDS",
     "STOPPING_KINDS",
     "Encoded",
     "ImageFailure",
@@ -71,10 +70,8 @@ DEFAULT_FORMAT = "jpeg"
 DEFAULT_QUALITY = 85
 DEFAULT_BACKGROUND = "#ffffff"
 
-# Where the encoded input comes from: the request body, a file in the function's
-# assets, or small bytes the function holds (`bytes`, at most MAX_SOURCE_BYTES:
-# the host refuses more, whatever the guest claims).
-SOURCE_KINDS = ("body", "asset", "bytes")
+# Small bytes a function holds may be an image source up to this size: the host
+# refuses more, whatever the guest claims (larger ones: the body or an asset).
 MAX_SOURCE_BYTES = 64 * 1024
 
 Source = tuple[str, Any]

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from ._errors import GatewayError
+from ._errors import overloaded
 
 __all__ = ["Admission"]
 
@@ -43,7 +43,7 @@ class Admission:
         started = time.perf_counter()
         if not self._has_room(function, limit):
             if self.queued >= self.queue_length:
-                raise _overloaded(
+                raise overloaded(
                     f"{function} has {self.in_flight[function]} requests in "
                     "flight and the queue is full"
                 )
@@ -55,7 +55,7 @@ class Admission:
                         self.queue_wait,
                     )
             except TimeoutError:
-                raise _overloaded(f"{function} stayed busy for {self.queue_wait:g} s") from None
+                raise overloaded(f"{function} stayed busy for {self.queue_wait:g} s") from None
             finally:
                 self.queued -= 1
         self.in_flight[function] += 1
@@ -65,9 +65,3 @@ class Admission:
             self.in_flight[function] -= 1
             async with self._changed:
                 self._changed.notify_all()
-
-
-def _overloaded(reason: str) -> GatewayError:
-    return GatewayError(
-        503, "overloaded", f"overloaded: {reason}; retry shortly", {"retry-after": "1"}
-    )

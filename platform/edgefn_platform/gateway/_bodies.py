@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from edgefn_runtime import BodyTooLarge
 
-from ._errors import GatewayError
+from ._errors import GatewayError, overloaded
 
 __all__ = ["BodyBudget", "read_body"]
 
@@ -71,7 +71,7 @@ class BodyBudget:
                 granted.cancel()
                 self._admit()  # the head of the line may have been holding others back
         if granted.cancelled():
-            raise _overloaded(
+            raise overloaded(
                 f"request bodies already hold {self.held:,} of this worker's "
                 f"{self.limit:,} bytes and {size:,} more did not fit within {self.wait:g} s"
             )
@@ -80,7 +80,7 @@ class BodyBudget:
         """Hold `size` more bytes now or refuse: a chunked body cannot wait in line
         while holding what it already has."""
         if self._waiting or not self._fits(size):
-            raise _overloaded(
+            raise overloaded(
                 f"request bodies already hold {self.held:,} of this worker's {self.limit:,} bytes"
             )
         self.held += size
@@ -131,9 +131,3 @@ async def read_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIt
         yield body
     finally:
         budget.release(held)
-
-
-def _overloaded(reason: str) -> GatewayError:
-    return GatewayError(
-        503, "overloaded", f"overloaded: {reason}; retry shortly", {"retry-after": "1"}
-    )

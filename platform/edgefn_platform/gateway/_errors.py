@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 
 from edgefn_runtime import EdgefnError
 
-__all__ = ["GatewayError", "error_response"]
+__all__ = ["GatewayError", "error_response", "overloaded"]
 
 log = logging.getLogger("edgefn.gateway")
 
@@ -30,6 +30,13 @@ class GatewayError(EdgefnError):
         self.status = status
         self.code = code
         self.headers = headers or {}
+
+
+def overloaded(reason: str) -> GatewayError:
+    """503 `overloaded`: the client may retry in a second (backpressure)."""
+    return GatewayError(
+        503, "overloaded", f"overloaded: {reason}; retry shortly", {"retry-after": "1"}
+    )
 
 
 def error_response(exc: Exception, request_id: str) -> JSONResponse:

@@ -224,8 +224,12 @@ class AdminApp:
             GatewayError(400, "invalid_request", problems), checked_request_id(None)
         )
 
-    def _out(self, record: FunctionRecord, rollout: Rollout | None = None) -> FunctionOut:
+    def _workers(self, name: str, rollout: Rollout | None) -> list[WorkerOut]:
+        """Each worker of this gateway and the version of `name` it serves."""
         rollout = rollout or Rollout(self.board.workers())
+        return [WorkerOut(pid=pid, version=version) for pid, version in rollout.versions(name)]
+
+    def _out(self, record: FunctionRecord, rollout: Rollout | None = None) -> FunctionOut:
         return FunctionOut(
             name=record.name,
             route=record.route,
@@ -233,7 +237,7 @@ class AdminApp:
             active=VersionOut.of(record.active),
             versions=record.versions,
             updated_at=record.updated_at,
-            workers=[WorkerOut(pid=p, version=v) for p, v in rollout.versions(record.name)],
+            workers=self._workers(record.name, rollout),
         )
 
     def _go_live(self, name: str, change: str) -> Rollout:
@@ -302,14 +306,13 @@ class AdminApp:
 
     def _limits_out(self, record: FunctionRecord, rollout: Rollout | None = None) -> LimitsOut:
         effective = self.table.effective(record)
-        rollout = rollout or Rollout(self.board.workers())
         return LimitsOut(
             limits={
                 k: LimitOut(value=v, source=effective.sources[k])
                 for k, v in effective.values.items()
             },
             warnings=effective.warnings,
-            workers=[WorkerOut(pid=p, version=v) for p, v in rollout.versions(record.name)],
+            workers=self._workers(record.name, rollout),
         )
 
     def limits(self, name: str) -> LimitsOut:

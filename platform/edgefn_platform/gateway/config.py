@@ -87,12 +87,16 @@ class GatewayConfig:
     @property
     def loaded_token(self) -> str:
         """The admin token, loaded first if need be."""
-        return self.load().admin_token or ""
+        token = self.load().admin_token
+        assert token is not None, "load() sets it"
+        return token
 
     @property
     def loaded_policy(self) -> Policy:
         """The operator's policy, loaded first if need be."""
-        return self.load().policy or Policy()
+        policy = self.load().policy
+        assert policy is not None, "load() sets it"
+        return policy
 
     @property
     def metrics_dir(self) -> Path:

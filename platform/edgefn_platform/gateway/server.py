@@ -123,10 +123,11 @@ def reserved_ports(config: GatewayConfig) -> Iterator[None]:
     the ports (a restarted worker finds its port still there) and the kernel
     hands them no connection."""
     with contextlib.ExitStack() as held:
-        for host, port, option in (
-            (config.host, config.port, "--port"),
-            (config.admin_host, config.admin_port, "--admin-port"),
+        for field, host, option in (
+            ("port", config.host, "--port"),
+            ("admin_port", config.admin_host, "--admin-port"),
         ):
+            port = getattr(config, field)
             try:
                 sock = held.enter_context(bind(host, port, listen=False))
             except OSError as exc:
@@ -134,10 +135,7 @@ def reserved_ports(config: GatewayConfig) -> Iterator[None]:
                     f"cannot listen on {_url_host(host)}:{port} ({exc.strerror}); "
                     f"choose another {option} (0: any free port) or stop what uses it"
                 ) from None
-            if option == "--port":
-                config.port = int(sock.getsockname()[1])
-            else:
-                config.admin_port = int(sock.getsockname()[1])
+            setattr(config, field, int(sock.getsockname()[1]))
         yield
 
 

@@ -9,15 +9,13 @@ to a request's `Usage`. `Engine(capabilities=...)` links the ones given,
 
 from __future__ import annotations
 
-from ._base import Capability, CountedFuel, Fuel, RequestContext, StoreFuel, host_call
+from ._base import Capability, Fuel, RequestContext, host_call
 from .image import ImageCapability
 
 __all__ = [
     "Capability",
-    "CountedFuel",
     "Fuel",
     "RequestContext",
-    "StoreFuel",
     "host_call",
     "installed",
 ]

@@ -61,13 +61,11 @@ class RequestContext:
     A store keeps one context for its life; `begin` readies it for each request.
     """
 
-    def __init__(
-        self, assets: Path | None, take_output: Callable[[int], bytes] | None = None
-    ) -> None:
+    def __init__(self, assets: Path | None) -> None:
         self.assets = assets
         # Reads the next n bytes the guest wrote to its stdout: how a guest hands
         # a capability data without a `list<u8>` crossing the boundary.
-        self.take_output = take_output
+        self.take_output: Callable[[int], bytes] | None = None
         self.limits = Limits()
         self.body = b""
         self.deadline = 0.0  # on time.monotonic()'s clock

@@ -2,21 +2,11 @@
 
 from ._budget import Budget, ImageFailure
 from ._codecs import FORMATS, Rendered, probe
-from ._host import (
-    IMAGE_IMPORT,
-    MAX_SOURCE_BYTES,
-    ImageCapability,
-    NativeImages,
-    native_backend,
-    probe_source,
-    render_source,
-)
+from ._host import ImageCapability, NativeImages, native_backend
 from ._pipeline import render
 
 __all__ = [
     "FORMATS",
-    "IMAGE_IMPORT",
-    "MAX_SOURCE_BYTES",
     "Budget",
     "ImageCapability",
     "ImageFailure",
@@ -24,7 +14,5 @@ __all__ = [
     "Rendered",
     "native_backend",
     "probe",
-    "probe_source",
     "render",
-    "render_source",
 ]

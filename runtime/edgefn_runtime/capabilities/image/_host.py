@@ -32,7 +32,7 @@ from ..._limits import Limits
 from ..._messages import Usage
 from .._base import Capability, CountedFuel, Fuel, RequestContext, host_call
 from ._budget import Budget, ImageFailure
-from ._codecs import Rendered, probe
+from ._codecs import Rendered, probe, read_asset
 from ._pipeline import render
 
 __all__ = [
@@ -111,12 +111,7 @@ def _source(context: RequestContext, source: Source) -> bytes:
     if source is None:
         return context.body
     if isinstance(source, str):
-        if context.assets is None:
-            raise ImageFailure("invalid_pipeline", "the function has no assets")
-        path = (context.assets / source).resolve()
-        if context.assets.resolve() not in path.parents or not path.is_file():
-            raise ImageFailure("invalid_pipeline", f"no asset named {source!r}")
-        return path.read_bytes()
+        return read_asset(context.assets, source, "the function has no assets")
     # `bytes(n)`: the guest just wrote n bytes to stdout. The length is checked
     # before a byte is read: a list<u8> would have been converted element by
     # element (1.4 us and ~40 bytes each) before any check could run.

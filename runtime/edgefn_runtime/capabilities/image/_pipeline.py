@@ -16,7 +16,15 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 # The contract's vocabulary, which the SDK records: the host accepts exactly it.
-from edgefn_contract.image import DEFAULT_FIT, FITS, GRAVITIES
+from edgefn_contract.image import (
+    DEFAULT_BACKGROUND,
+    DEFAULT_FIT,
+    DEFAULT_FORMAT,
+    DEFAULT_GRAVITY,
+    DEFAULT_STAMP_GRAVITY,
+    FITS,
+    GRAVITIES,
+)
 
 from ._budget import (
     DECODE_FUEL,
@@ -37,6 +45,7 @@ from ._codecs import (
     encode,
     open_image,
     orientation,
+    read_asset,
     reserve_copy,
 )
 
@@ -53,7 +62,7 @@ MAX_MARGIN = 0.5
 def render(data: bytes, pipeline: dict[str, Any], assets: Path | None, budget: Budget) -> Rendered:
     """Run `pipeline` on the encoded image `data`."""
     output = pipeline.get("output", {})
-    fmt = output.get("format", "jpeg")
+    fmt = output.get("format", DEFAULT_FORMAT)
     if fmt not in FORMATS:
         raise ImageFailure("invalid_pipeline", f"format must be one of {', '.join(FORMATS)}")
     ops = pipeline.get("ops", [])
@@ -242,7 +251,7 @@ def _resize(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Ima
         # reducing_gap: integer box reduction first, Lanczos for the last step.
         image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
         budget.hold(image)
-    gravity = op.get("gravity", "center")
+    gravity = op.get("gravity", DEFAULT_GRAVITY)
     if w is None or h is None:
         return image
     if fit == "cover":
@@ -257,7 +266,7 @@ def _resize(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Ima
         fill = (
             (0, 0, 0, 0)
             if image.mode == "RGBA"
-            else color(op.get("background", "#ffffff"), image.mode)
+            else color(op.get("background", DEFAULT_BACKGROUND), image.mode)
         )
         reserve_copy(budget, f"padding to {w}x{h}", (w, h), image.mode)
         canvas = Image.new(image.mode, (w, h), fill)
@@ -291,7 +300,7 @@ def _crop(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image
             )
     else:
         width, height = min(op["width"], image.width), min(op["height"], image.height)
-        left, top = _place(image.size, (width, height), op.get("gravity", "center"), 0)
+        left, top = _place(image.size, (width, height), op.get("gravity", DEFAULT_GRAVITY), 0)
         box = (left, top, left + width, top + height)
     if box == (0, 0, image.width, image.height):
         return image
@@ -348,7 +357,9 @@ def _stamp(
         )
         count = columns * rows
     else:
-        positions = iter([_place(image.size, mask.size, op.get("gravity", "southeast"), margin)])
+        positions = iter(
+            [_place(image.size, mask.size, op.get("gravity", DEFAULT_STAMP_GRAVITY), margin)]
+        )
         count = 1
     if image.mode == "L":
         reserve_copy(budget, "converting to RGB", image.size, "RGB")
@@ -392,13 +403,9 @@ def _text(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image
 def _overlay(
     image: Image.Image, op: dict[str, Any], assets: Path | None, budget: Budget
 ) -> Image.Image:
-    if assets is None:
-        raise ImageFailure("invalid_pipeline", "overlay needs the function's assets")
-    path = (assets / str(op.get("asset", ""))).resolve()
-    if assets.resolve() not in path.parents or not path.is_file():
-        raise ImageFailure("invalid_pipeline", f"no asset named {op.get('asset')!r}")
+    data = read_asset(assets, str(op.get("asset", "")), "overlay needs the function's assets")
     width = max(1, round(_fraction(op, "scale", 0.2, 0, 1) * image.width))
-    with open_image(path.read_bytes()) as logo:
+    with open_image(data) as logo:
         check_pixels(logo.width, logo.height, budget)
         height = max(1, round(logo.height * width / logo.width))
         # Decoded, as RGBA, resized (premultiplied copies), then its colour and mask.
