@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -120,6 +121,10 @@ def listeners(port: int) -> list[int]:
     return sorted(found)
 
 
+def _listened_by(port: int, pids: list[int]) -> bool:
+    return listeners(port) == pids
+
+
 def test_port_0_is_picked_once_printed_and_served_by_every_worker(
     gateway: GatewayProcess,
 ) -> None:
@@ -129,10 +134,14 @@ def test_port_0_is_picked_once_printed_and_served_by_every_worker(
     assert printed.count(f"edgefn: admin http://127.0.0.1:{gateway.admin_port}") == 1
     workers = sorted(worker_pids(gateway))
     assert len(workers) == 2
-    # Both workers listen on the one port the supervisor picked; the supervisor
-    # holds it bound, not listening, so no connection waits in its queue ...
+    # Both workers listen on the one port the supervisor picked (a worker joins
+    # the public port once it has warmed its functions, so wait for it); the
+    # supervisor holds it bound, not listening, so no connection waits in its queue ...
     for port in (gateway.port, gateway.admin_port):
-        assert listeners(port) == workers, port
+        wait_until(
+            functools.partial(_listened_by, port, workers),
+            message=f"both workers {workers} to listen on {port}",
+        )
         # ... and nothing else can take it while the gateway runs.
         assert not port_free(port)
 
