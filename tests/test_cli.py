@@ -178,6 +178,17 @@ def test_invoke_shows_function_log_lines_escaped() -> None:
     assert not set(result.stderr) & set("\x1b\x07\u202e")
 
 
+@pytest.mark.parametrize("path", ["/bad-header", "/control-header"])
+def test_invoke_refuses_a_header_the_gateway_would_refuse(path: str) -> None:
+    hostile = Path(__file__).resolve().parent / "functions" / "hostile"
+    result = CliRunner().invoke(main, ["invoke", str(hostile), path])
+    assert result.exit_code == 1, result.output
+    assert "invalid_response: the function answered with an invalid header 'x-evil'" in (
+        result.stderr
+    )
+    assert not set(result.output) & set("\x1b\x07")
+
+
 def test_a_function_failure_exits_1_with_its_code_after_its_logs() -> None:
     hostile = Path(__file__).resolve().parent / "functions" / "hostile"
     result = CliRunner().invoke(main, ["invoke", str(hostile), "/raise"])
@@ -287,7 +298,10 @@ class FakeAdminAPI(BaseHTTPRequestHandler):
         ),
     }
 
+    tokens: list[str | None] = []  # the Authorization header of each request
+
     def do_GET(self) -> None:
+        self.tokens.append(self.headers.get("authorization"))
         status, kind, body = self.ANSWERS.get(self.path, (404, "text/plain", "not found"))
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
@@ -324,6 +338,18 @@ def test_the_gateway_answering_an_error_exits_1_with_its_code_and_status(admin_a
     proxied = admin(admin_api, "info", "proxied")
     assert proxied.exit_code == 1
     assert proxied.stderr == "Error: <html>502 Bad Gateway</html> (http_error, HTTP 502)\n"
+
+
+def test_the_token_is_read_from_the_data_directory_serve_would_use(
+    admin_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "admin-token").write_text("from-the-data-dir\n")
+    monkeypatch.chdir(tmp_path)  # no ./.edgefn-data here
+    FakeAdminAPI.tokens.clear()
+    env = {"EDGEFN_DATA_DIR": str(tmp_path), "EDGEFN_TOKEN": None}
+    result = CliRunner().invoke(main, ["info", "demo", "--gateway", admin_api], env=env)
+    assert result.exit_code == 0, result.output
+    assert FakeAdminAPI.tokens[0] == "Bearer from-the-data-dir"
 
 
 def test_an_unreachable_gateway_exits_3() -> None:

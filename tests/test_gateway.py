@@ -264,6 +264,10 @@ def test_a_function_may_opt_in_to_reused_instances(deployed: GatewayProcess) -> 
     # Each worker's instance serves three requests, then a fresh one takes over.
     assert max(counts) == 3 and min(counts) == 1, counts
     assert deployed.get("/hostile/counter").json()["counter"] == 1
+    # Every request executes; only a request that met a fresh instance instantiated
+    # (at most 4 of the 12; fewer where an instance was instantiated ahead of it).
+    assert deployed.metric("edgefn_execute_seconds_count", function="reused") == 12
+    assert 1 <= deployed.metric("edgefn_instantiate_seconds_count", function="reused") <= 4
 
 
 def write_function(directory: Path, name: str, answer: str) -> Path:

@@ -48,6 +48,7 @@ def neighbour_answers(gateway: GatewayProcess) -> None:
         ("200 response headers", "/hostile/headers?count=200", 502, "response_too_large"),
         ("a 1 MB response header", "/hostile/headers?size=1000000", 502, "response_too_large"),
         ("header with CR LF injection", "/hostile/bad-header", 502, "invalid_response"),
+        ("header with terminal escapes", "/hostile/control-header", 502, "invalid_response"),
         (
             "status 101 with `Upgrade: websocket` (a raw tunnel behind a proxy)",
             "/hostile/status?code=101&upgrade=1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import weakref
 from typing import TYPE_CHECKING
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 __all__ = ["Instance"]
 
 ASSETS_GUEST_PATH = "/assets"
+# RFC 9110 field names are tokens and field values hold no controls but HTAB:
+# a CR or LF would forge a header or split the response, other controls reach
+# terminals (`edgefn invoke`) and log readers.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # A reusable instance's stdout and stderr hold this many requests at their
 # limits before the instance is retired; punched holes keep host memory low.
 _REUSE_STRETCHES = 4
@@ -148,6 +154,11 @@ class Instance:
                     f"the function answered with status {head.status}; only 200-599 may be sent"
                 )
             )
+        for name, value in head.headers:
+            if not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_CONTROL.search(value):
+                raise fail(
+                    InvalidResponse(f"the function answered with an invalid header {name!r}")
+                )
         header_bytes = sum(len(name) + len(value) + 4 for name, value in head.headers)
         if len(head.headers) > MAX_RESPONSE_HEADERS or header_bytes > MAX_RESPONSE_HEADER_BYTES:
             raise fail(

@@ -89,7 +89,10 @@ def raise_failure(kind: str, message: str) -> None:
         raise error(message)
     if kind == "response_too_large":
         raise ImageError(502, message, code="response_too_large")
-    if kind in ("budget_exceeded", "memory_limit"):
+    if kind == "budget_exceeded":
+        # The sandbox answers this as the fuel it is (503 fuel_exhausted); natively too.
+        raise ImageError(503, message, code="fuel_exhausted")
+    if kind == "memory_limit":
         raise ImageError(503, message, code=kind)
     if kind == "timeout":
         raise ImageError(504, message, code=kind)

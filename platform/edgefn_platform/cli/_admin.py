@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -41,7 +42,8 @@ def _with_client(command: F) -> F:
         envvar="EDGEFN_TOKEN",
         default=None,
         show_default=False,
-        help="Admin token; else read from ./.edgefn-data/admin-token. [env: EDGEFN_TOKEN]",
+        help="Admin token; else read from $EDGEFN_DATA_DIR/admin-token or "
+        "./.edgefn-data/admin-token. [env: EDGEFN_TOKEN]",
     )
     @functools.wraps(command)
     def wrapper(*args: Any, gateway: str, token: str | None, **kwargs: Any) -> Any:
@@ -55,9 +57,11 @@ def _with_client(command: F) -> F:
 
 
 def _local_token() -> str | None:
-    # A gateway started here with the default data directory keeps its token there.
+    # A gateway started here keeps its token in its data directory: the one
+    # `edgefn serve` would use in this shell (EDGEFN_DATA_DIR, else ./.edgefn-data).
+    data_dir = Path(os.environ.get("EDGEFN_DATA_DIR") or ".edgefn-data")
     try:
-        return Path(".edgefn-data/admin-token").read_text().strip()
+        return (data_dir / "admin-token").read_text().strip()
     except OSError:
         return None
 

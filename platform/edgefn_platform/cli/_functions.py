@@ -74,7 +74,7 @@ def build_command(directory: Path, force: bool) -> None:
     metavar="DATA|@FILE",
     help="Request body; @FILE reads it from a file.",
 )
-@click.option("-i", "--include-usage", is_flag=True, help="Also print fuel, memory and time used.")
+@click.option("-i", "--include-usage", is_flag=True, help="Also print fuel and time used.")
 def invoke_command(
     directory: Path,
     path: str,
@@ -107,7 +107,7 @@ def invoke_command(
     response = outcome.response
     click.echo(f"HTTP {response.status}")
     for name, value in response.headers:
-        click.echo(f"{name}: {value}")
+        click.echo(f"{printable(name)}: {printable(value)}")
     click.echo()
     sys.stdout.flush()
     sys.stdout.buffer.write(response.body)

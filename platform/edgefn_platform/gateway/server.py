@@ -211,7 +211,7 @@ def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
             log_level="warning",
             access_log=False,
             http=guarded_protocol(config.header_timeout, config.body_timeout),
-            timeout_graceful_shutdown=int(config.drain_timeout),
+            timeout_graceful_shutdown=config.drain_timeout,  # type: ignore[arg-type]
         )
     )
 

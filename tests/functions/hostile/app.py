@@ -156,6 +156,11 @@ def bad_header(request: Request) -> Response:
     return Response("x", headers={"x-evil": "a\r\nInjected: 1"})
 
 
+@app.get("/control-header")
+def control_header(request: Request) -> Response:
+    return Response("x", headers={"x-evil": "\x1b]0;owned\x07"})
+
+
 @app.get("/json")
 def as_json(request: Request) -> Response:
     return Response(json.dumps({"ok": True}), headers={"content-type": "application/json"})
