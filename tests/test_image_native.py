@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edgefn import HTTPError
+from edgefn.image import raise_failure
 from edgefn_runtime import FuelExhausted, Limits
 from edgefn_runtime.capabilities.image import ImageFailure, NativeImages, native_backend
 from images import encode, photo, png_bomb
@@ -71,3 +73,15 @@ def test_a_fuel_breach_is_recorded_and_stops_later_work() -> None:
     assert isinstance(backend.breach, FuelExhausted)
     with pytest.raises(ImageFailure, match="needs more fuel than is left"):
         backend.render(("body", None), RESIZE)
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [("budget_exceeded", 503, "fuel_exhausted"), ("memory_limit", 503, "memory_limit")],
+)
+def test_a_stopping_failure_reaches_a_native_test_as_the_sandbox_answers_it(
+    kind: str, status: int, code: str
+) -> None:
+    with pytest.raises(HTTPError) as caught:
+        raise_failure(kind, "out of it")
+    assert (caught.value.status, caught.value.code) == (status, code)
