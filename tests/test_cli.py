@@ -352,6 +352,21 @@ def test_the_token_is_read_from_the_data_directory_serve_would_use(
     assert FakeAdminAPI.tokens[0] == "Bearer from-the-data-dir"
 
 
+def test_serve_refuses_a_bad_port_or_data_directory_in_one_line(tmp_path: Path) -> None:
+    port = CliRunner().invoke(main, ["serve", "--port", "99999"])
+    assert port.exit_code == 2 and "99999 is not in the range 0<=x<=65535" in port.output
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    ports = ["--port", "0", "--admin-port", "0", "--data-dir"]
+    for option in ("--data-dir", "--cache-dir"):
+        args = ["serve", *ports, str(tmp_path / "data"), option, str(a_file / "sub")]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == (
+            f"Error: cannot use {a_file / 'sub'} as a directory: Not a directory\n"
+        )
+
+
 def test_an_unreachable_gateway_exits_3() -> None:
     with socket.socket() as bound:  # bound, never listening: connections are refused
         bound.bind(("127.0.0.1", 0))

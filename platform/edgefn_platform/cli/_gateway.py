@@ -60,9 +60,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @click.command()
 @_option("--host", "Public listener address (function traffic).")
-@_option("--port", "Public listener port; 0: any free port.", type=int)
+@_option("--port", "Public listener port; 0: any free port.", type=click.IntRange(0, 65535))
 @_option("--admin-host", "Admin API address.")
-@_option("--admin-port", "Admin API port; 0: any free port.", type=int)
+@_option("--admin-port", "Admin API port; 0: any free port.", type=click.IntRange(0, 65535))
 @_option(
     "--data-dir", "Registry and artifacts; with --database-url, this gateway's caches only.",
     type=_PATH,
@@ -173,7 +173,11 @@ def _token_source(config: GatewayConfig) -> str:
     "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
 )
 @click.option(
-    "--port", default=8080, envvar="EDGEFN_PORT", help="Port to serve on; 0: any free port."
+    "--port",
+    default=8080,
+    envvar="EDGEFN_PORT",
+    type=click.IntRange(0, 65535),
+    help="Port to serve on; 0: any free port. [env: EDGEFN_PORT]",
 )
 def dev(directory: Path, port: int) -> None:
     """Serve the function in DIRECTORY locally; rebuild and redeploy on every change."""

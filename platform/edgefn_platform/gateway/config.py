@@ -18,7 +18,7 @@ from edgefn_runtime import EdgefnError
 
 from .policy import Policy, load_policy
 
-__all__ = ["GatewayConfig", "TokenError", "check_token", "load_token"]
+__all__ = ["DataDirError", "GatewayConfig", "TokenError", "check_token", "load_token"]
 
 TOKEN_FILE = "admin-token"
 
@@ -77,7 +77,13 @@ class GatewayConfig:
     def load(self) -> GatewayConfig:
         """Read the admin token (`load_token`) and the policy (`load_policy`) once.
 
-        Raises TokenError or ConfigError; returns the config, loaded."""
+        Raises DataDirError, TokenError or ConfigError; returns the config, loaded."""
+        for directory in (self.data_dir, self.aot_cache_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                message = f"cannot use {directory} as a directory: {exc.strerror}"
+                raise DataDirError(message) from None
         if self.admin_token is None:
             self.admin_token = load_token(self)
         if self.policy is None:
@@ -122,6 +128,12 @@ class GatewayConfig:
     def public_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+
+class DataDirError(EdgefnError):
+    """The data or cache directory cannot be created."""
+
+    code = "unusable_data_dir"
 
 
 class TokenError(EdgefnError, ValueError):
