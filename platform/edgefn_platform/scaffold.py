@@ -32,7 +32,10 @@ def create_function(name: str, parent: Path, template: str = "hello") -> Path:
     target = parent / name
     if target.exists():
         raise ScaffoldError(f"{target} already exists; choose another name or remove it")
-    _copy(resources.files("edgefn_platform.templates") / template, target, name)
+    try:
+        _copy(resources.files("edgefn_platform.templates") / template, target, name)
+    except OSError as exc:
+        raise ScaffoldError(f"cannot create {target}: {exc.strerror}") from None
     return target
 
 
