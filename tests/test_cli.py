@@ -79,9 +79,9 @@ def test_generated_tests_pass_natively(created: Path) -> None:
 def test_new_in_a_folder_it_cannot_write_is_one_line(tmp_path: Path) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("")
-    result = CliRunner().invoke(main, ["new", "demo", "--dir", str(a_file)])
-    assert result.exit_code == 1
-    assert result.stderr == f"Error: cannot create {a_file / 'demo'}: Not a directory\n"
+    result = CliRunner().invoke(main, ["new", "demo", "--dir", str(a_file / "sub")])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"Error: cannot create {a_file / 'sub' / 'demo'}: Not a directory\n"
 
 
 def test_new_refuses_bad_names_and_existing_folders(created: Path) -> None:
