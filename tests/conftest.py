@@ -20,6 +20,7 @@ os.environ.setdefault("EDGEFN_CACHE_DIR", str(ROOT / ".cache" / "edgefn"))
 import attacks  # noqa: E402
 import process_leaks  # noqa: E402
 from edgefn_platform import BuildResult, build  # noqa: E402
+from edgefn_platform.gateway._metrics import Metrics  # noqa: E402
 from edgefn_runtime import Engine, Sandbox  # noqa: E402
 from pg_cluster import Cluster  # noqa: E402
 
@@ -91,6 +92,20 @@ def hello(engine: Engine) -> Sandbox:
     """The shipped example (functions/hello)."""
     result = build(ROOT / "functions" / "hello")
     return engine.load(result.path, env=result.manifest.env)
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metrics]:
+    """A gateway's metrics in this process, for one module's in-process apps.
+    `Metrics` points PROMETHEUS_MULTIPROC_DIR (and prometheus_client's value class)
+    at its directory: set for the module's tests only, so that no later test, and
+    no gateway a later test starts, inherits it."""
+    from prometheus_client import values
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        patch.setattr(values, "ValueClass", values.ValueClass)
+        yield Metrics(tmp_path_factory.mktemp("metrics"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
