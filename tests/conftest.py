@@ -8,6 +8,7 @@ second `make test` reuses both.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 os.environ.setdefault("EDGEFN_CACHE_DIR", str(ROOT / ".cache" / "edgefn"))
+# Nothing a run writes lands in the checkout outside .cache/: bytecode of the
+# modules imported from here on, in this process and in every one it starts
+# (the builder and the gateways import the functions' and tests' sources) ...
+sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = str(ROOT / ".cache" / "pycache")
+# ... and what hypothesis keeps (its example database, by default in ./.hypothesis;
+# read when it first needs it, after this).
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(ROOT / ".cache" / "hypothesis"))
 
 import attacks  # noqa: E402
 import process_leaks  # noqa: E402
