@@ -37,12 +37,15 @@ SESSION = process_leaks.mark_session()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_process_outlives_the_session() -> Iterator[None]:
+def no_process_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail the run when a process the tests started still runs at its end, after
-    killing it. Set up before any other session fixture, so torn down after them
-    all (the PostgreSQL server included)."""
+    killing it: a child of this process, one carrying this session's marker, or
+    one whose command line names the session's temporary directory. Set up before
+    any other session fixture, so torn down after them all (the PostgreSQL server
+    included)."""
+    folders = [tmp_path_factory.getbasetemp()]
     yield
-    killed = process_leaks.reap(os.getpid(), SESSION)
+    killed = process_leaks.reap(os.getpid(), SESSION, folders=folders)
     if killed:
         pytest.fail(
             "processes the tests started were still running at the end of the session "
@@ -54,9 +57,9 @@ def no_process_outlives_the_session() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Cluster]:
     """A PostgreSQL server of this session's own, on a loopback port."""
-    cluster = Cluster().init()
-    cluster.start()
-    try:
+    cluster = Cluster()
+    try:  # its folder and server removed even when it fails to start
+        cluster.init().start()
         yield cluster
     finally:
         cluster.remove()
