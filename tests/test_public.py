@@ -123,6 +123,8 @@ async def test_a_short_queue_wait_turns_into_overloaded(hostile: Sandbox, metric
     )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 503]
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.json()["error"]["code"] == "overloaded"
 
 
 @pytest.mark.anyio
