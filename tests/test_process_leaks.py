@@ -55,7 +55,9 @@ def test_an_orphan_without_the_marker_is_found_by_the_folder_its_command_names(
     sleep = f"{sys.executable} -c 'import time; time.sleep(63)'"
     started = [
         subprocess.Popen(
-            ["sh", "-c", f"{sleep} {directory}/x & echo $!"], env=env, stdout=subprocess.PIPE
+            ["sh", "-c", f"{sleep} {directory}/x >/dev/null & echo $!"],
+            env=env,
+            stdout=subprocess.PIPE,
         )
         for directory in (folder, neighbour)
     ]
