@@ -36,6 +36,13 @@ from pg_cluster import Cluster  # noqa: E402
 SESSION = process_leaks.mark_session()
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    # Without the cache provider (`make fuzz`: -p no:cacheprovider), pyproject's
+    # cache_dir is an option nothing declares: declared here, so it is not warned about.
+    if pluginmanager.is_blocked("cacheprovider"):
+        parser.addini("cache_dir", "where the cache provider would keep its cache")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail the run when a process the tests started still runs at its end, after
