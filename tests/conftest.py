@@ -8,6 +8,7 @@ second `make test` reuses both.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +17,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 os.environ.setdefault("EDGEFN_CACHE_DIR", str(ROOT / ".cache" / "edgefn"))
+# Nothing a run writes lands in the checkout outside .cache/: bytecode of the
+# modules imported from here on, in this process and in every one it starts
+# (the builder and the gateways import the functions' and tests' sources) ...
+sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = str(ROOT / ".cache" / "pycache")
+# ... and what hypothesis keeps (its example database, by default in ./.hypothesis;
+# read when it first needs it, after this).
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(ROOT / ".cache" / "hypothesis"))
 
 import attacks  # noqa: E402
 import process_leaks  # noqa: E402
 from edgefn_platform import BuildResult, build  # noqa: E402
+from edgefn_platform.gateway._metrics import Metrics  # noqa: E402
 from edgefn_runtime import Engine, Sandbox  # noqa: E402
 from pg_cluster import Cluster  # noqa: E402
 
@@ -27,13 +36,23 @@ from pg_cluster import Cluster  # noqa: E402
 SESSION = process_leaks.mark_session()
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    # Without the cache provider (`make fuzz`: -p no:cacheprovider), pyproject's
+    # cache_dir is an option nothing declares: declared here, so it is not warned about.
+    if pluginmanager.is_blocked("cacheprovider"):
+        parser.addini("cache_dir", "where the cache provider would keep its cache")
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_process_outlives_the_session() -> Iterator[None]:
+def no_process_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail the run when a process the tests started still runs at its end, after
-    killing it. Set up before any other session fixture, so torn down after them
-    all (the PostgreSQL server included)."""
+    killing it: a child of this process, one carrying this session's marker, or
+    one whose command line names the session's temporary directory. Set up before
+    any other session fixture, so torn down after them all (the PostgreSQL server
+    included)."""
+    folders = [tmp_path_factory.getbasetemp()]
     yield
-    killed = process_leaks.reap(os.getpid(), SESSION)
+    killed = process_leaks.reap(os.getpid(), SESSION, folders=folders)
     if killed:
         pytest.fail(
             "processes the tests started were still running at the end of the session "
@@ -45,9 +64,9 @@ def no_process_outlives_the_session() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Cluster]:
     """A PostgreSQL server of this session's own, on a loopback port."""
-    cluster = Cluster().init()
-    cluster.start()
-    try:
+    cluster = Cluster()
+    try:  # its folder and server removed even when it fails to start
+        cluster.init().start()
         yield cluster
     finally:
         cluster.remove()
@@ -91,6 +110,20 @@ def hello(engine: Engine) -> Sandbox:
     """The shipped example (functions/hello)."""
     result = build(ROOT / "functions" / "hello")
     return engine.load(result.path, env=result.manifest.env)
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metrics]:
+    """A gateway's metrics in this process, for one module's in-process apps.
+    `Metrics` points PROMETHEUS_MULTIPROC_DIR (and prometheus_client's value class)
+    at its directory: set for the module's tests only, so that no later test, and
+    no gateway a later test starts, inherits it."""
+    from prometheus_client import values
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        patch.setattr(values, "ValueClass", values.ValueClass)
+        yield Metrics(tmp_path_factory.mktemp("metrics"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -6,6 +6,7 @@ them; `start()` reads them back, so no port is probed, released and raced for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ import httpx
 from click.testing import CliRunner, Result
 
 from edgefn_platform.cli import main
-from waiting import wait_until
+from waiting import WaitTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # What `edgefn serve` and `edgefn dev` print on stderr for each listener.
@@ -96,6 +97,16 @@ class GatewayProcess:
     def log(self) -> Path:
         """Where the gateway's stdout and stderr go (appended, across restarts)."""
         return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def __enter__(self) -> GatewayProcess:
+        """`with GatewayProcess(...) as gateway:` starts it (unless it runs already)
+        and stops it however the block ends."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def start(self, wait_for: str = "/readyz") -> GatewayProcess:
         env = {
@@ -233,12 +244,16 @@ class GatewayProcess:
         return httpx.get(self.public_url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
 
     def stop(self) -> None:
+        """SIGTERM the gateway (it drains and stops its workers); SIGKILL it and its
+        workers when that takes more than 15 s, and any worker it left behind."""
         if self.process is not None and self.process.poll() is None:
+            workers = children(self.process.pid)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+            _kill_survivors(workers)
 
     def kill(self) -> None:
         """SIGKILL the gateway and its workers."""
@@ -271,16 +286,63 @@ def serving(
         gateway.stop()
 
 
-def start_dev(directory: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """`edgefn dev directory` on a port it picks, its output appended to `log`;
-    the process and that port."""
+def _kill_survivors(pids: list[int], grace: float = 5.0) -> None:
+    """SIGKILL those of `pids` still running after `grace` seconds."""
+    with contextlib.suppress(WaitTimeout):
+        wait_until(
+            lambda: not any(_running(pid) for pid in pids),
+            timeout=grace,
+            message=f"processes {pids} to exit",
+        )
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not: it only waits to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@contextmanager
+def ended(process: subprocess.Popen[bytes], grace: float = 15) -> Iterator[subprocess.Popen[bytes]]:
+    """`process` (a load generator, `edgefn dev`, ...), ended on the way out however
+    the block ends: SIGTERM, then SIGKILL for it and its children after `grace`
+    seconds; its children left behind are killed too."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            started = children(process.pid)
+            process.terminate()
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                for pid in children(process.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                process.kill()
+                process.wait()
+            _kill_survivors(started)
+
+
+def start_dev(
+    directory: Path, log: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """`edgefn dev directory` on a port it picks, its output appended to `log`, with
+    `env` added to its environment; the process and that port. End it with `ended`."""
     with log.open("ab") as output:
         offset = output.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "edgefn_platform", "dev", str(directory), "--port", "0"],
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn")},
+            env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn"), **(env or {})},
         )
     try:
         return process, listening_ports(log, offset, process)["public"]

@@ -2,8 +2,10 @@
 
 Every process the session starts inherits `EDGEFN_TEST_SESSION=<id>` from its
 environment, so one whose parent died (a worker orphaned when its gateway was
-killed, reparented to init) is still known as ours; processes of other
-sessions, other checkouts or the developer's own gateways are not touched.
+killed, reparented to init) is still known as ours, and so is one whose
+command line names a folder of the session's own (its pytest temporary
+directory: a process started with an environment of its own); processes of
+other sessions, other checkouts or the developer's own gateways are not touched.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import os
 import signal
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +41,9 @@ class Leftover:
         return f"pid {self.pid}: {self.command}"
 
 
-def leftovers(root: int, marker: str) -> list[Leftover]:
-    """Running processes below `root`, and those carrying `marker` (but not `root`)."""
+def leftovers(root: int, marker: str, folders: Sequence[Path] = ()) -> list[Leftover]:
+    """Running processes below `root`, those carrying `marker` and those whose
+    command line names a path in one of `folders` (but not `root`)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -49,21 +53,29 @@ def leftovers(root: int, marker: str) -> list[Leftover]:
         if state not in ("Z", "X"):  # a zombie only waits to be reaped
             parents[int(stat.parent.name)] = int(parent)
     tag = f"{SESSION_VARIABLE}={marker}".encode()
+    names = [os.path.join(folder, "").encode() for folder in folders]  # pytest-1/ not pytest-12
     found = [
         pid
         for pid in parents
-        if pid != root and (_descends(pid, root, parents) or tag in _environ(pid))
+        if pid != root
+        and (
+            _descends(pid, root, parents)
+            or tag in _environ(pid)
+            or any(name in _cmdline(pid) for name in names)
+        )
     ]
     return [Leftover(pid, _command(pid)) for pid in sorted(found)]
 
 
-def reap(root: int, marker: str, grace: float = 5.0) -> list[Leftover]:
+def reap(
+    root: int, marker: str, grace: float = 5.0, folders: Sequence[Path] = ()
+) -> list[Leftover]:
     """Wait up to `grace` seconds for this session's leftovers to exit (some are on
     their way out), then SIGKILL the rest; return those that had to be killed."""
     found: list[Leftover] = []
 
     def gone() -> bool:
-        found[:] = leftovers(root, marker)
+        found[:] = leftovers(root, marker, folders)
         return not found
 
     with contextlib.suppress(WaitTimeout):  # the ones still running are killed below
@@ -93,9 +105,15 @@ def _environ(pid: int) -> list[bytes]:
         return []
 
 
-def _command(pid: int) -> str:
+def _cmdline(pid: int) -> bytes:
     try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
+        return b""
+
+
+def _command(pid: int) -> str:
+    words = _cmdline(pid).split(b"\0")
+    if words == [b""]:
         return "?"
     return " ".join(w.decode(errors="replace") for w in words if w)[:300]

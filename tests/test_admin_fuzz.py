@@ -5,14 +5,13 @@ schema. Bounded here; `make fuzz` runs many more examples."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from prometheus_client import values as prometheus_values
 from schemathesis import Case
 from schemathesis.specs.openapi.checks import positive_data_acceptance, unsupported_method
 from starlette.applications import Starlette
@@ -29,37 +28,68 @@ TOKEN = "fuzz-token"
 EXAMPLES = int(os.environ.get("EDGEFN_FUZZ_EXAMPLES", "25"))
 
 
-def _admin_app() -> tuple[Worker, Starlette]:
-    data_dir = Path(tempfile.mkdtemp(prefix="edgefn-fuzz-")) / "data"
-    # One worker, in this process: a change is live once its own table has it.
-    config = GatewayConfig(
-        data_dir=data_dir, workers=1, token=TOKEN, cache_dir=ROOT / ".cache" / "edgefn"
-    )
-    worker = Worker.open(config)
-    return worker, AdminApp(worker, TOKEN, Lifecycle(worker.table))
+class _DocumentOnly:
+    """A stand-in worker with only what `AdminApp` reads when it is built: enough for
+    the app to serve its OpenAPI document (generated from its routes alone)."""
+
+    registry = deployer = table = metrics = board = None
+    config = GatewayConfig(data_dir=Path("/nonexistent"), workers=1, token=TOKEN)
 
 
 # schemathesis reads the schema when pytest collects this module (its fixture-based
-# loader does not work with pytest 9), so the app is made here and closed below.
-_worker, _app = _admin_app()
+# loader does not work with pytest 9): from an app on a stand-in worker, so that
+# collecting opens nothing; the requests go to `admin_app`, a real one.
 schema = schemathesis.openapi.from_asgi(
-    "/openapi.json", _app, headers={"authorization": f"Bearer {TOKEN}"}
+    "/openapi.json",
+    AdminApp(_DocumentOnly(), TOKEN, Lifecycle(None)),  # type: ignore[arg-type]
+    headers={"authorization": f"Bearer {TOKEN}"},
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _close_worker() -> Iterator[None]:
-    yield
-    _worker.close()
-    shutil.rmtree(_worker.config.data_dir.parent, ignore_errors=True)
+@pytest.fixture(scope="module")
+def admin_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Starlette]:
+    """The admin API, served by one worker in this process (a change is live once
+    its own table has it)."""
+    config = GatewayConfig(
+        data_dir=tmp_path_factory.mktemp("fuzz") / "data",
+        workers=1,
+        token=TOKEN,
+        cache_dir=ROOT / ".cache" / "edgefn",
+    )
+    # The worker's metrics set PROMETHEUS_MULTIPROC_DIR (and prometheus_client's
+    # value class) for this process: undone afterwards, so no later test or the
+    # gateways it starts inherit this module's metrics directory.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        patch.setattr(prometheus_values, "ValueClass", prometheus_values.ValueClass)
+        worker = Worker.open(config)
+        try:
+            yield AdminApp(worker, TOKEN, Lifecycle(worker.table))
+        finally:
+            worker.close()
 
 
-calls: dict[str, int] = {}
+@pytest.fixture(scope="module")
+def calls(request: pytest.FixtureRequest) -> Iterator[dict[str, int]]:
+    """Requests sent, by operation; recorded in the attack table once the module's
+    fuzzing is done, when none of it failed."""
+    counted: dict[str, int] = {}
+    failed_before = request.session.testsfailed
+    yield counted
+    if counted and request.session.testsfailed == failed_before:
+        attacks.record(
+            AREA,
+            f"schemathesis: {sum(counted.values())} generated requests over "
+            f"{len(counted)} operations",
+            "no 5xx; every response matched the OpenAPI schema; without the token, 401",
+        )
 
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_operation_fails_or_breaks_its_schema(case: Case) -> None:
+def test_no_operation_fails_or_breaks_its_schema(
+    case: Case, admin_app: Starlette, calls: dict[str, int]
+) -> None:
     # Half the cases carry the token, so the fuzzer reaches past authentication.
     authorized = hash(repr(case.path_parameters) + repr(case.query)) % 2 == 0
     headers = {"authorization": f"Bearer {TOKEN}"} if authorized else {}
@@ -67,18 +97,9 @@ def test_no_operation_fails_or_breaks_its_schema(case: Case) -> None:
     # so schema-valid data may rightly get a 400. Without the token, 401 comes
     # before the 405 for a method the path lacks.
     excluded = [positive_data_acceptance] + ([] if authorized else [unsupported_method])
-    response = case.call_and_validate(headers=headers, excluded_checks=excluded)
+    response = case.call_and_validate(app=admin_app, headers=headers, excluded_checks=excluded)
     assert response.status_code < 500, response.text
     if not authorized and case.path not in ("/healthz", "/readyz"):
         assert response.status_code == 401
     key = f"{case.method} {case.path}"
     calls[key] = calls.get(key, 0) + 1
-
-
-def test_the_fuzzing_is_recorded() -> None:
-    assert calls, "the schemathesis test did not run"
-    attacks.record(
-        AREA,
-        f"schemathesis: {sum(calls.values())} generated requests over {len(calls)} operations",
-        "no 5xx; every response matched the OpenAPI schema; without the token, 401",
-    )

@@ -170,7 +170,11 @@ def test_pure_requirement_is_bundled(tmp_path: Path) -> None:
     assert '{"six":"six"}' in result.output
 
 
-def test_runtime_errors_exit_non_zero_with_the_code(created: Path) -> None:
+def test_an_error_status_is_an_answer_exiting_0_and_a_malformed_header_exits_2(
+    created: Path,
+) -> None:
+    # The function answered (405): that is its response, shown, not a CLI failure;
+    # a function that fails is (test_a_function_failure_exits_1_with_its_code_after_its_logs).
     result = CliRunner().invoke(main, ["invoke", str(created), "/echo", "-X", "GET"])
     assert result.exit_code == 0 and "HTTP 405" in result.output
     bad_header = CliRunner().invoke(main, ["invoke", str(created), "/", "-H", "no-colon"])

@@ -64,8 +64,7 @@ def server_side_owner(gateway: GatewayProcess, client: socket.socket) -> int:
 
 
 def test_a_worker_killed_mid_request_is_replaced(tmp_path: Path) -> None:
-    gateway = GatewayProcess(tmp_path / "data", workers=2).start()
-    try:
+    with GatewayProcess(tmp_path / "data", workers=2) as gateway:
         assert cli(gateway, "deploy", str(FUNCTIONS / "hostile")).exit_code == 0
         gateway.wait_serving("hostile")
         with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
@@ -93,8 +92,6 @@ def test_a_worker_killed_mid_request_is_replaced(tmp_path: Path) -> None:
         for _ in range(10):  # new connections reach both workers
             response = gateway.get("/hostile/json", headers={"connection": "close"})
             assert response.status_code == 200
-    finally:
-        gateway.stop()
     attacks.record(
         AREA,
         "SIGKILL a worker mid-request",
@@ -161,9 +158,8 @@ def test_a_crash_at_any_step_of_deploy_rollback_or_delete_leaves_it_consistent(
     resize = built(ROOT / "functions" / "image_resize")
     data_dir = tmp_path / "data"
     url = request.getfixturevalue("database_url") if backend == "postgres" else None
-    gateway = GatewayProcess(data_dir, database_url=url).start()
-    assert upload(gateway, "flip", hello).status_code == 201
-    gateway.stop()
+    with GatewayProcess(data_dir, database_url=url) as gateway:
+        assert upload(gateway, "flip", hello).status_code == 201
     expected = Expected({"flip": ([1], sha(hello))})
 
     def deploy() -> None:
@@ -193,10 +189,8 @@ def test_a_crash_at_any_step_of_deploy_rollback_or_delete_leaves_it_consistent(
     }
     assert set(steps) == set(CRASH_POINTS)
     for point, (operation, after, outcome) in steps.items():
-        gateway = GatewayProcess(
-            data_dir, database_url=url, extra_env={"EDGEFN_CRASH_AT": point}
-        ).start()
-        try:
+        crashing = {"EDGEFN_CRASH_AT": point}
+        with GatewayProcess(data_dir, database_url=url, extra_env=crashing) as gateway:
             check_consistent(gateway, expected)  # what the previous crash left
             if point == "delete:unlinking":
                 gateway.admin("DELETE", "/v1/functions/gone")  # left by delete:uncommitted
@@ -207,19 +201,14 @@ def test_a_crash_at_any_step_of_deploy_rollback_or_delete_leaves_it_consistent(
                 pass  # the gateway died under the request, as it should
             assert gateway.process is not None
             assert gateway.process.wait(timeout=60) == -signal.SIGKILL, point
-        finally:
-            gateway.stop()
         expected = after
         attacks.record(
             AREA,
             f"SIGKILL the gateway at {point} ({backend} registry)",
             f"after restart: {outcome}; registry consistent; no artifact orphaned or missing",
         )
-    gateway = GatewayProcess(data_dir, database_url=url).start()
-    try:
+    with GatewayProcess(data_dir, database_url=url) as gateway:
         check_consistent(gateway, expected)
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 
 import attacks
 from edgefn_platform.gateway._fairness import FairThreadPool
-from gateway_process import ROOT, GatewayProcess, cli, worker_pids
+from gateway_process import ROOT, GatewayProcess, cli, ended, worker_pids
 from waiting import wait_until
 
 BASE = os.getpriority(os.PRIO_PROCESS, 0)  # this process's nice value, 0 unless started niced
@@ -162,15 +162,12 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     """`edgefn serve --workers 2` with no config file, no `EDGEFN_*` limits and no
     CAP_SYS_NICE, serving a healthy function beside a hostile one."""
     data_dir = tmp_path_factory.mktemp("fairness") / "data"
-    process = GatewayProcess(data_dir, workers=2, wrapper=without_sys_nice()).start()
-    try:
+    with GatewayProcess(data_dir, workers=2, wrapper=without_sys_nice()) as process:
         for directory in (ROOT / "functions" / "hello", FUNCTIONS / "hostile"):
             result = cli(process, "deploy", str(directory))
             assert result.exit_code == 0, result.output
         wait_served(process, ["/hello/", "/hostile/counter"])
         yield process
-    finally:
-        process.stop()
 
 
 def wait_served(gateway: GatewayProcess, paths: list[str], timeout: float = 30) -> None:
@@ -216,14 +213,13 @@ def test_noisy_neighbours_at_default_settings_without_cap_sys_nice(
          str(seconds + 2), "20", *HAMMER],
         stdout=subprocess.PIPE,
     )  # fmt: skip
-    try:
+    with ended(hammer):  # killed, should the test fail before it is done
         wait_until(  # the abuse in full swing: as many answered as it has clients
             lambda: shipped.metric("edgefn_requests_total", function="hostile") >= answered + 20,
             message="the hammer's first 20 hostile requests",
         )
         loaded, statuses = latencies(shipped, seconds)
-    finally:
-        out, _ = hammer.communicate(timeout=seconds + 60)
+        out, _ = hammer.communicate(timeout=60)
     hostile = {int(k): v for k, v in json.loads(out).items()}
     ratio = p99(loaded) / p99(solo)
     summary = (

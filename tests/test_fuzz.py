@@ -8,6 +8,7 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -25,6 +26,21 @@ from edgefn_platform.manifest import ManifestError, parse_manifest
 AREA = "Fuzzing (tests/test_fuzz.py)"
 EXAMPLES = int(os.environ.get("EDGEFN_FUZZ_EXAMPLES", "300"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def recorded(attack: str, observed: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """A hypothesis test that records its row in the attack table once every
+    example it generated held (and only then)."""
+
+    def wrap(fuzzed: Callable[[], None]) -> Callable[[], None]:
+        def test() -> None:
+            fuzzed()
+            attacks.record(AREA, attack, observed)
+
+        return test
+
+    return wrap
+
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _KEYS = ["name", "entry", "route", "limits", "env", "assets", "reuse", "requirements", "x"]
@@ -66,6 +82,11 @@ def _value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+@recorded(
+    f"manifest parser: {EXAMPLES} random manifests",
+    "every one either parsed into a safe name, route and limits, or was refused "
+    "with a ManifestError naming edgefn.toml",
+)
 @fuzz
 @given(documents)
 @example({"name": "x", "route": "/x", "limits": {"memory": "64MiB"}})
@@ -82,6 +103,10 @@ def test_the_manifest_parser_accepts_only_safe_manifests(document: dict[str, Any
     manifest.resolve_limits()  # valid limits, or parsing would have refused them
 
 
+@recorded(
+    f"manifest parser: {EXAMPLES} random texts",
+    "every one parsed or was refused with a ManifestError, never another exception",
+)
 @fuzz
 @given(st.text(max_size=200))
 def test_the_manifest_parser_never_fails_on_arbitrary_text(text: str) -> None:
@@ -89,16 +114,6 @@ def test_the_manifest_parser_never_fails_on_arbitrary_text(text: str) -> None:
         parse_manifest(text)
     except ManifestError:
         pass
-
-
-def test_fuzzing_the_manifest_is_recorded() -> None:
-    # Recorded once the two properties above held (pytest runs this after them).
-    attacks.record(
-        AREA,
-        f"manifest parser: {EXAMPLES} random manifests and {EXAMPLES} random texts",
-        "every one either parsed into a safe name, route and limits, or was refused "
-        "with a ManifestError naming the field",
-    )
 
 
 ROUTES = ["/hello", "/hostile", "/a/b", "/a/b/c", "/img"]
@@ -110,6 +125,10 @@ paths = st.one_of(
 )
 
 
+@recorded(
+    f"gateway route table: {EXAMPLES} random paths",
+    "routes match whole segments only; the longest owning route wins",
+)
 @fuzz
 @given(paths)
 def test_the_route_table_only_matches_whole_segments(path: str) -> None:
@@ -157,6 +176,11 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
+@recorded(
+    f"raw-path routing: {EXAMPLES} random request targets",
+    "a path served is routed to the same function by a raw-matching and by a fully "
+    "normalising proxy, or refused with 400 `bad_path`",
+)
 @fuzz
 @given(raw_paths)
 @example("/hello/%2e%2e/img")
@@ -197,6 +221,10 @@ def things(request: Request) -> str:
     return str(request.path_params["name"])
 
 
+@recorded(
+    f"SDK router: {EXAMPLES} random paths and methods",
+    "answers 200, 404 or 405 with Allow, never an exception",
+)
 @fuzz
 @given(paths, st.sampled_from(["GET", "POST", "DELETE", "HEAD", "BREW"]))
 @example("/things/x", "DELETE")
@@ -206,13 +234,3 @@ def test_the_sdk_router_answers_every_path_with_200_404_or_405(path: str, method
     assert response.status in (200, 404, 405), (path, response.status, response.body)
     if response.status == 405:
         assert response.headers.get("allow")
-
-
-def test_fuzzing_the_routers_is_recorded() -> None:
-    attacks.record(
-        AREA,
-        f"gateway route table, raw-path routing and SDK router: {EXAMPLES} random paths each",
-        "routes match whole segments only; a path served is routed to the same function "
-        "by a raw-matching and by a fully normalising proxy, or refused with 400 `bad_path`; "
-        "the SDK answers 200, 404 or 405, never an exception",
-    )

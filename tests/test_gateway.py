@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import attacks
 from edgefn_platform.cli import main
-from gateway_process import ROOT, GatewayProcess, cli, start_dev
+from gateway_process import ROOT, GatewayProcess, cli, ended, start_dev
 from waiting import wait_until
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
@@ -29,9 +29,8 @@ HELLO = ROOT / "functions" / "hello"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     data_dir = tmp_path_factory.mktemp("gateway") / "data"
-    process = GatewayProcess(data_dir, workers=2, extra_env={"EDGEFN_MAX_UPLOAD": "25MiB"})
-    yield process.start()
-    process.stop()
+    with GatewayProcess(data_dir, workers=2, extra_env={"EDGEFN_MAX_UPLOAD": "25MiB"}) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,8 @@ def test_function_deployed_after_start_is_served_by_both_workers(
 
 
 def test_admin_api_requires_the_token(deployed: GatewayProcess) -> None:
-    assert httpx.get(deployed.admin_url + "/v1/functions").status_code == 401
+    missing = httpx.get(deployed.admin_url + "/v1/functions")
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
     wrong = httpx.get(
         deployed.admin_url + "/v1/functions", headers={"authorization": "Bearer nope"}
     )
@@ -252,7 +252,8 @@ def test_route_conflict_is_409_naming_the_owner(deployed: GatewayProcess) -> Non
     component = (HELLO / ".edgefn" / "hello.wasm").read_bytes()
     response = upload(deployed, 'name = "squatter"\nroute = "/hello"', component)
     assert response.status_code == 409
-    assert "'hello'" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["code"] == "route_conflict" and "'hello'" in error["message"]
 
 
 def test_a_function_may_opt_in_to_reused_instances(deployed: GatewayProcess) -> None:
@@ -338,8 +339,7 @@ def test_cli_errors_are_one_line(deployed: GatewayProcess) -> None:
 
 
 def test_sigkill_during_deploy_leaves_the_previous_version(tmp_path: Path) -> None:
-    gateway = GatewayProcess(tmp_path / "data").start()
-    try:
+    with GatewayProcess(tmp_path / "data") as gateway:
         directory = write_function(tmp_path / "crashy", "crashy", "first")
         assert cli(gateway, "deploy", str(directory)).exit_code == 0
         # New source, new component: the deploy spends seconds compiling it.
@@ -363,19 +363,16 @@ def test_sigkill_during_deploy_leaves_the_previous_version(tmp_path: Path) -> No
                         return True
             return False
 
-        wait_until(compiling, timeout=30, interval=0.01, message="the upload to be compiling")
-        gateway.kill()
-        thread.join()
-    finally:
-        gateway.stop()
+        try:
+            wait_until(compiling, timeout=30, interval=0.01, message="the upload to be compiling")
+            gateway.kill()
+        finally:
+            thread.join()
 
-    restarted = GatewayProcess(tmp_path / "data").start()
-    try:
+    with GatewayProcess(tmp_path / "data") as restarted:
         versions = restarted.admin("GET", "/v1/functions/crashy/versions").json()
         assert [v["version"] for v in versions] == [1]
         assert restarted.get("/crashy/").text == "first"
-    finally:
-        restarted.stop()
 
 
 def _ignore_errors(call: object) -> None:
@@ -388,13 +385,10 @@ def _ignore_errors(call: object) -> None:
 def test_dev_serves_and_redeploys_on_change(tmp_path: Path) -> None:
     directory = write_function(tmp_path / "devfn", "devfn", "before")
     process, port = start_dev(directory, tmp_path / "dev.log")
-    try:
+    with ended(process):
         assert _wait_for(f"http://127.0.0.1:{port}/devfn/", "before")
         write_function(directory, "devfn", "after")
         assert _wait_for(f"http://127.0.0.1:{port}/devfn/", "after")
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
     assert f"http://127.0.0.1:{port}/devfn" in (tmp_path / "dev.log").read_text()
 
 

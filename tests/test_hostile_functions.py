@@ -20,16 +20,15 @@ AREA = "Hostile functions (tests/test_hostile_functions.py)"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     data_dir = tmp_path_factory.mktemp("hostile") / "data"
-    process = GatewayProcess(data_dir, workers=2).start()
-    for directory in (ROOT / "functions" / "hello", FUNCTIONS / "hostile"):
-        result = cli(process, "deploy", str(directory))
+    with GatewayProcess(data_dir, workers=2) as process:
+        for directory in (ROOT / "functions" / "hello", FUNCTIONS / "hostile"):
+            result = cli(process, "deploy", str(directory))
+            assert result.exit_code == 0, result.output
+        result = cli(process, "deploy", str(ROOT / "functions" / "watermark"))
         assert result.exit_code == 0, result.output
-    result = cli(process, "deploy", str(ROOT / "functions" / "watermark"))
-    assert result.exit_code == 0, result.output
-    for name in ("hello", "hostile", "watermark"):
-        process.wait_serving(name)  # both workers pick the functions up
-    yield process
-    process.stop()
+        for name in ("hello", "hostile", "watermark"):
+            process.wait_serving(name)  # both workers pick the functions up
+        yield process
 
 
 def neighbour_answers(gateway: GatewayProcess) -> None:

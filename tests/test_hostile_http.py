@@ -23,10 +23,9 @@ HEADER_TIMEOUT, BODY_TIMEOUT = 2.0, 3.0
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     data_dir = tmp_path_factory.mktemp("http") / "data"
     env = {"EDGEFN_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "EDGEFN_BODY_TIMEOUT": str(BODY_TIMEOUT)}
-    process = GatewayProcess(data_dir, extra_env=env).start()
-    assert cli(process, "deploy", str(FUNCTIONS / "hostile")).exit_code == 0
-    yield process
-    process.stop()
+    with GatewayProcess(data_dir, extra_env=env) as process:
+        assert cli(process, "deploy", str(FUNCTIONS / "hostile")).exit_code == 0
+        yield process
 
 
 def exchange(gateway: GatewayProcess, data: bytes, wait: float = 10) -> tuple[bytes, float]:

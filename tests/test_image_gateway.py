@@ -37,17 +37,23 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     data_dir = tmp_path_factory.mktemp("images") / "data"
     # The operator caps decoded images at 5 MP for every function.
     limit = {"EDGEFN_MAXIMUMS_MAX_IMAGE_PIXELS": "5000000"}
-    process = GatewayProcess(data_dir, workers=2, extra_env=limit).start()
-    for directory in (RESIZE, WATERMARK, ROOT / "functions" / "hello"):
-        result = CliRunner().invoke(
-            main,
-            ["deploy", str(directory), "--gateway", process.admin_url, "--token", process.token],
-        )
-        assert result.exit_code == 0, result.output
-    for name in ("image-resize", "watermark", "hello"):
-        process.wait_serving(name)
-    yield process
-    process.stop()
+    with GatewayProcess(data_dir, workers=2, extra_env=limit) as process:
+        for directory in (RESIZE, WATERMARK, ROOT / "functions" / "hello"):
+            result = CliRunner().invoke(
+                main,
+                [
+                    "deploy",
+                    str(directory),
+                    "--gateway",
+                    process.admin_url,
+                    "--token",
+                    process.token,
+                ],
+            )
+            assert result.exit_code == 0, result.output
+        for name in ("image-resize", "watermark", "hello"):
+            process.wait_serving(name)
+        yield process
 
 
 def decode(body: bytes) -> Image.Image:
@@ -123,6 +129,7 @@ def test_a_100_megapixel_bomb_is_refused_fast_without_memory_growth(
     for _ in range(10):
         response = httpx.post(gateway.public_url + "/image_resize?w=100", content=bomb)
         assert response.status_code == 413
+        assert response.json()["error"]["code"] == "image_too_large"
     assert (time.perf_counter() - started) / 10 < 0.25
     assert sum(worker_rss(gateway)) - before < 100 * 2**20
 
@@ -173,7 +180,8 @@ def test_the_operator_pixel_limit_applies(gateway: GatewayProcess) -> None:
     body = encode(photo(3000, 2000), "JPEG", quality=80)  # 6 MP
     response = httpx.post(gateway.public_url + "/image_resize?w=100", content=body)
     assert response.status_code == 413
-    assert "the limit is 5 MP" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert error["code"] == "image_too_large" and "the limit is 5 MP" in error["message"]
 
 
 KEY = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"

@@ -84,6 +84,8 @@ def test_max_image_pixels_is_tunable(resize: Sandbox) -> None:
         Request("GET", "/sample.jpg", "w=100"), Limits(max_image_pixels=500_000)
     )
     assert outcome.response.status == 413
+    error = json.loads(outcome.response.body)["error"]
+    assert error["code"] == "image_too_large" and "the limit is" in error["message"], error
 
 
 def _json(outcome: Outcome) -> dict:

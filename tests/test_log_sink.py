@@ -73,15 +73,28 @@ def test_a_long_outage_keeps_the_newest_lines_within_the_byte_cap() -> None:
 
 
 def test_dropped_lines_are_warned_about_once_per_ten_seconds(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("edgefn_platform.gateway._logs.time.monotonic", lambda: now[0])
     registry = Flaky()
     registry.down = True
     sink = LogSink(registry)  # type: ignore[arg-type]
+
+    def drop_lines() -> None:
+        sink.add("f", "r", "log", ["x"] * (_BUFFER_LINES + 1))
+        sink.flush()
+
     with caplog.at_level(logging.WARNING, logger="edgefn.gateway"):
         for _ in range(5):
-            sink.add("f", "r", "log", ["x"] * (_BUFFER_LINES + 1))
-            sink.flush()
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
-        "dropped the 1 oldest log lines"
-    ]
+            drop_lines()
+        now[0] += 9.9
+        drop_lines()  # within ten seconds of the warning: counted, not warned about
+        warned = [r.getMessage().split(":")[0] for r in caplog.records]
+        assert warned == ["dropped the 1 oldest log lines"]
+        now[0] += 0.2
+        drop_lines()
+    warned = [r.getMessage().split(":")[0] for r in caplog.records]
+    assert len(warned) == 2 and warned[1] != warned[0], warned
+    # The second counts every line dropped since the first.
+    assert warned[1] == f"dropped the {6 * (_BUFFER_LINES + 1)} oldest log lines", warned

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 import attacks
-from gateway_process import ROOT, GatewayProcess, cli
+from gateway_process import ROOT, GatewayProcess, cli, ended
 from waiting import wait_until
 
 HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
@@ -41,15 +41,34 @@ usage_header = true
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("ops")
     (root / "gateway.toml").write_text(CONFIG)
-    process = GatewayProcess(
-        root / "data", workers=2, extra_env={"EDGEFN_CONFIG": str(root / "gateway.toml")}
-    ).start()
-    for directory in (ROOT / "functions" / "hello", HOSTILE):
-        assert cli(process, "deploy", str(directory)).exit_code == 0
-    for name in ("hello", "hostile"):
-        process.wait_serving(name)
-    yield process
-    process.stop()
+    env = {"EDGEFN_CONFIG": str(root / "gateway.toml")}
+    with GatewayProcess(root / "data", workers=2, extra_env=env) as process:
+        for directory in (ROOT / "functions" / "hello", HOSTILE):
+            assert cli(process, "deploy", str(directory)).exit_code == 0
+        for name in ("hello", "hostile"):
+            process.wait_serving(name)
+        yield process
+
+
+@pytest.fixture
+def own_hostile(gateway: GatewayProcess) -> Iterator[str]:
+    """The hostile fixture deployed under a name of this test's own (and deleted
+    after it), so that the limits the test sets reach no other test."""
+    name = f"hostile-{uuid.uuid4().hex[:8]}"
+    component = (HOSTILE / ".edgefn" / "hostile.wasm").read_bytes()
+    deployed = gateway.admin(
+        "POST",
+        "/v1/functions",
+        # The hostile manifest's limits (its assets are not needed here).
+        data={"manifest": f'name = "{name}"\n[limits]\nmemory = "64MiB"\ntimeout = "1s"\n'},
+        files={"component": ("c.wasm", component)},
+    )
+    assert deployed.status_code == 201, deployed.text
+    try:
+        gateway.wait_serving(name)
+        yield name
+    finally:
+        gateway.admin("DELETE", f"/v1/functions/{name}")
 
 
 def fresh_get(gateway: GatewayProcess, path: str, **kwargs: object) -> httpx.Response:
@@ -76,44 +95,50 @@ def test_a_limit_above_the_maximum_is_clamped_with_a_warning(
     assert re.search(r"fuel\s+2,000,000,000\s+default", shown)
 
 
-def test_live_limits_apply_on_every_worker_and_reset(gateway: GatewayProcess) -> None:
-    changed = cli(gateway, "limits", "hostile", "--fuel", "100000")
+def test_live_limits_apply_on_every_worker_and_reset(
+    gateway: GatewayProcess, own_hostile: str
+) -> None:
+    name = own_hostile
+    changed = cli(gateway, "limits", name, "--fuel", "100000")
     assert changed.exit_code == 0 and re.search(r"fuel\s+100,000\s+override", changed.output)
-    codes = {fresh_get(gateway, "/hostile/counter").json()["error"]["code"] for _ in range(16)}
+    codes = {fresh_get(gateway, f"/{name}/counter").json()["error"]["code"] for _ in range(16)}
     assert codes == {"fuel_exhausted"}
 
-    cli(gateway, "limits", "hostile", "--reset")
-    cli(gateway, "limits", "hostile", "--memory", "16MiB")
+    assert cli(gateway, "limits", name, "--reset").exit_code == 0
+    assert cli(gateway, "limits", name, "--memory", "16MiB").exit_code == 0
     body = b"x" * (8 * 2**20)
-    response = httpx.post(gateway.public_url + "/hostile/echo", content=body)
+    response = httpx.post(f"{gateway.public_url}/{name}/echo", content=body)
     assert response.status_code == 503 and response.json()["error"]["code"] == "memory_limit"
 
-    reset = cli(gateway, "limits", "hostile", "--reset")
+    reset = cli(gateway, "limits", name, "--reset")
     assert re.search(r"memory\s+64.0 MiB\s+manifest", reset.output)
-    assert {fresh_get(gateway, "/hostile/counter").status_code for _ in range(8)} == {200}
-    assert httpx.post(gateway.public_url + "/hostile/echo", content=body).status_code == 200
+    assert {fresh_get(gateway, f"/{name}/counter").status_code for _ in range(8)} == {200}
+    assert httpx.post(f"{gateway.public_url}/{name}/echo", content=body).status_code == 200
 
 
-def test_a_busy_function_is_overloaded_while_others_answer(gateway: GatewayProcess) -> None:
-    cli(gateway, "limits", "hostile", "--concurrency", "1", "--timeout", "5s")
+def test_a_busy_function_is_overloaded_while_others_answer(
+    gateway: GatewayProcess, own_hostile: str
+) -> None:
+    name = own_hostile
+    limited = cli(gateway, "limits", name, "--concurrency", "1", "--timeout", "5s")
+    assert limited.exit_code == 0, limited.output
     results: list[httpx.Response] = []
 
     def slow() -> None:
-        results.append(fresh_get(gateway, "/hostile/sleep?seconds=1.5"))
+        results.append(fresh_get(gateway, f"/{name}/sleep?seconds=1.5"))
 
     threads = [threading.Thread(target=slow) for _ in range(10)]
     try:
         for thread in threads:
             thread.start()
         wait_until(
-            lambda: gateway.metric("edgefn_in_flight", function="hostile") >= 1,
+            lambda: gateway.metric("edgefn_in_flight", function=name) >= 1,
             message="a slow request to be running",
         )
         assert fresh_get(gateway, "/hello/").status_code == 200  # another function is fine
+    finally:
         for thread in threads:
             thread.join()
-    finally:
-        cli(gateway, "limits", "hostile", "--reset")
     overloaded = [r for r in results if r.status_code == 503]
     assert overloaded and all(r.json()["error"]["code"] == "overloaded" for r in overloaded)
     assert all(r.headers["retry-after"] == "1" for r in overloaded)
@@ -197,22 +222,23 @@ def test_guest_log_lines_carry_the_request_id(gateway: GatewayProcess) -> None:
 
 
 def test_logs_follow_sees_a_new_line(gateway: GatewayProcess) -> None:
-    follower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgefn_platform",
-            "logs",
-            "hello",
-            "--follow",
-            "--gateway",
-            gateway.admin_url,
-            "--token",
-            gateway.token,
-        ],
-        stdout=subprocess.PIPE,
-    )
-    try:
+    with ended(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgefn_platform",
+                "logs",
+                "hello",
+                "--follow",
+                "--gateway",
+                gateway.admin_url,
+                "--token",
+                gateway.token,
+            ],
+            stdout=subprocess.PIPE,
+        )
+    ) as follower:
         wait_until(
             lambda: connected(follower.pid, gateway.admin_port),
             message="edgefn logs --follow to reach the admin API",
@@ -231,9 +257,6 @@ def test_logs_follow_sees_a_new_line(gateway: GatewayProcess) -> None:
 
         wait_until(read, timeout=10, message="the new line")
         assert b"follow-chec" in seen
-    finally:
-        follower.terminate()
-        follower.wait()
 
 
 def connected(pid: int, port: int) -> bool:
@@ -266,15 +289,13 @@ def test_health_on_both_listeners(gateway: GatewayProcess) -> None:
 
 
 def test_restart_is_ready_only_once_compiled_and_warm(tmp_path: Path) -> None:
-    first = GatewayProcess(tmp_path / "data").start()
-    assert cli(first, "deploy", str(ROOT / "functions" / "hello")).exit_code == 0
-    first.stop()
+    with GatewayProcess(tmp_path / "data") as first:
+        assert cli(first, "deploy", str(ROOT / "functions" / "hello")).exit_code == 0
     # A new AOT cache: the restart must compile before it reports ready.
     gateway = GatewayProcess(
         tmp_path / "data", extra_env={"EDGEFN_CACHE_DIR": str(tmp_path / "cold")}
     )
-    gateway.start(wait_for="/healthz")
-    try:
+    with gateway.start(wait_for="/healthz"):
         # Not ready: the admin listener says so, and the public one is not open yet.
         assert httpx.get(gateway.admin_url + "/readyz").status_code == 503
         with pytest.raises(httpx.ConnectError):
@@ -289,35 +310,37 @@ def test_restart_is_ready_only_once_compiled_and_warm(tmp_path: Path) -> None:
             gateway.get("/hello/")
             warm.append(time.perf_counter() - started)
         assert first_request <= max(3 * statistics.median(warm), 0.05)
-    finally:
-        gateway.stop()
 
 
 def test_sigterm_lets_a_slow_request_finish(tmp_path: Path) -> None:
-    gateway = GatewayProcess(tmp_path / "data").start()
-    assert cli(gateway, "deploy", str(HOSTILE)).exit_code == 0
-    cli(gateway, "limits", "hostile", "--timeout", "5s")
-    result: list[httpx.Response] = []
-    slow = threading.Thread(target=lambda: result.append(gateway.get("/hostile/sleep?seconds=2")))
-    slow.start()
-    wait_until(
-        lambda: gateway.metric("edgefn_in_flight", function="hostile") >= 1,
-        message="the slow request to be running",
-    )
-    assert gateway.process is not None
-    gateway.process.send_signal(signal.SIGTERM)
-
-    def readyz() -> int:
+    with GatewayProcess(tmp_path / "data") as gateway:
+        assert cli(gateway, "deploy", str(HOSTILE)).exit_code == 0
+        assert cli(gateway, "limits", "hostile", "--timeout", "5s").exit_code == 0
+        result: list[httpx.Response] = []
+        slow = threading.Thread(
+            target=lambda: result.append(gateway.get("/hostile/sleep?seconds=2"))
+        )
+        slow.start()
         try:
-            return httpx.get(gateway.public_url + "/readyz").status_code
-        except httpx.HTTPError:
-            return 0
+            wait_until(
+                lambda: gateway.metric("edgefn_in_flight", function="hostile") >= 1,
+                message="the slow request to be running",
+            )
+            assert gateway.process is not None
+            gateway.process.send_signal(signal.SIGTERM)
 
-    wait_until(lambda: readyz() != 200, message="/readyz to report the drain")
-    assert httpx.get(gateway.public_url + "/readyz").status_code == 503
-    slow.join()
-    assert result[0].status_code == 200 and result[0].text == "woke up\n"
-    assert gateway.process.wait(timeout=20) == 0
+            def readyz() -> int:
+                try:
+                    return httpx.get(gateway.public_url + "/readyz").status_code
+                except httpx.HTTPError:
+                    return 0
+
+            wait_until(lambda: readyz() != 200, message="/readyz to report the drain")
+            assert httpx.get(gateway.public_url + "/readyz").status_code == 503
+        finally:
+            slow.join()
+        assert result[0].status_code == 200 and result[0].text == "woke up\n"
+        assert gateway.process.wait(timeout=20) == 0
 
 
 # ESC [2J clears a terminal, ESC ] 0 ; ... BEL retitles its window, U+202E reverses

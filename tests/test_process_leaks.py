@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 from process_leaks import SESSION_VARIABLE, leftovers, reap
 
@@ -41,3 +43,36 @@ def test_leftovers_are_children_and_marked_orphans_of_this_session_only() -> Non
             except ProcessLookupError:
                 pass
         root.wait()
+
+
+def test_an_orphan_without_the_marker_is_found_by_the_folder_its_command_names(
+    tmp_path: Path,
+) -> None:
+    ours, folder = uuid.uuid4().hex, tmp_path / "session"
+    folder.mkdir()
+    neighbour = tmp_path / "session2"  # another session's folder, a longer name
+    env = {"PATH": os.environ["PATH"]}  # an environment of its own: no marker
+    sleep = f"{sys.executable} -c 'import time; time.sleep(63)'"
+    started = [
+        subprocess.Popen(
+            ["sh", "-c", f"{sleep} {directory}/x >/dev/null & echo $!"],
+            env=env,
+            stdout=subprocess.PIPE,
+        )
+        for directory in (folder, neighbour)
+    ]
+    orphan, stranger = (int(p.communicate()[0]) for p in started)
+    try:
+        # Rooted at the exited shell: this process's own children are not looked at.
+        root = started[0].pid
+        found = {leftover.pid for leftover in leftovers(root, ours, [folder])}
+        assert found == {orphan}
+        killed = reap(root, ours, grace=0.2, folders=[folder])
+        assert {leftover.pid for leftover in killed} == {orphan}
+        os.kill(stranger, 0)  # still running
+    finally:
+        for pid in (orphan, stranger):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import weakref
 
 import pytest
 
@@ -104,8 +106,18 @@ def test_fuel_is_reset_for_every_request(reused: Sandbox) -> None:
 
 def test_idle_instances_are_freed_on_close(reused: Sandbox) -> None:
     counter(reused)
-    reused.close()
-    assert counter(reused) == 1
+    assert reused.idle == 1
+    instance = weakref.ref(reused._idle[0])
+    fds = len(os.listdir("/proc/self/fd"))
+    gc.disable()  # freed by reference counting alone: no cycle keeps it alive
+    try:
+        reused.close()
+        assert reused.idle == 0
+        assert instance() is None  # the instance, and its store with it, are gone
+    finally:
+        gc.enable()
+    assert len(os.listdir("/proc/self/fd")) < fds  # its stdio memfds closed
+    assert counter(reused) == 1  # the next request gets a fresh instance
 
 
 def test_idle_instances_are_capped_across_functions_and_freed_with_them(

@@ -100,7 +100,7 @@ def test_limits_apply_on_every_worker_when_the_change_returns(
     assert result.exit_code == 0, result.output
     assert "live on 2 workers" in result.output
     answers = fresh_requests(gateway, "POST", "/rollout/length", content=body)
-    assert all(status == 413 for status, _ in answers), answers
+    assert all(status == 413 and "body_too_large" in body for status, body in answers), answers
     result = cli(gateway, "limits", "rollout", "--reset")
     assert result.exit_code == 0, result.output
     answers = fresh_requests(gateway, "POST", "/rollout/length", content=body)

@@ -65,12 +65,15 @@ def test_int_path_parameter_is_converted() -> None:
 
 
 def test_int_converter_rejects_non_digits_with_404() -> None:
-    assert client.get("/items/abc").status == 404
+    response = client.get("/items/abc")
+    assert response.status == 404
+    assert response.json()["error"]["code"] == "not_found"
 
 
 def test_str_parameter_matches_one_segment() -> None:
     assert client.get("/users/ada").text == "user ada"
-    assert client.get("/users/ada/extra").status == 404
+    response = client.get("/users/ada/extra")
+    assert response.status == 404 and response.json()["error"]["code"] == "not_found"
 
 
 def test_path_parameter_matches_the_rest() -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 import attacks
-from gateway_process import GatewayProcess, children, start_dev, worker_pids
+from gateway_process import GatewayProcess, children, ended, start_dev, worker_pids
 from waiting import wait_until
 
 AREA = "Process supervision (tests/test_supervisor.py)"
@@ -173,6 +174,40 @@ def test_edgefn_dev_takes_its_worker_down(tmp_path: Path, signum: int) -> None:
             "`kill -9` an `edgefn dev` session",
             "its worker exits at once; the port is free within 2 s",
         )
+
+
+@pytest.mark.parametrize("when", ["building", "serving"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_edgefn_dev_stops_cleanly_on_sigterm_as_on_ctrl_c(
+    tmp_path: Path, signum: int, when: str
+) -> None:
+    """Exit 0, the worker gone, the port free and the data directory removed, whether
+    the signal comes during the first build or while serving."""
+    scratch = tmp_path / "tmp"  # where dev's data directory goes (TMPDIR)
+    scratch.mkdir()
+    # New source each time: the first build takes seconds, long enough to interrupt.
+    answer = f"up {uuid.uuid4().hex}"
+    directory = write_function(tmp_path / "devfn", answer)
+    log = tmp_path / "dev.log"
+    process, port = start_dev(directory, log, env={"TMPDIR": str(scratch)})
+    with ended(process):
+        assert len(list(scratch.glob("edgefn-dev-*"))) == 1  # its data directory is here
+        if when == "serving":
+            wait_until(
+                lambda: _answers(f"http://127.0.0.1:{port}/devfn/", answer),
+                timeout=60,
+                interval=0.1,
+                message="edgefn dev to serve",
+            )
+        else:
+            assert "Serving devfn" not in log.read_text()
+        started = children(process.pid)
+        process.send_signal(signum)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    assert wait_gone(started, 2.0) == []
+    assert port_free(port)
+    assert list(scratch.glob("edgefn-dev-*")) == []
+    assert "Traceback" not in log.read_text()
 
 
 def _answers(url: str, text: str) -> bool:

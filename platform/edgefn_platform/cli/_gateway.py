@@ -181,9 +181,21 @@ def _token_source(config: GatewayConfig) -> str:
 )
 def dev(directory: Path, port: int) -> None:
     """Serve the function in DIRECTORY locally; rebuild and redeploy on every change."""
+    # SIGTERM (a process manager, `kill`) stops dev as Ctrl-C does, from the first
+    # instruction on: its worker stopped, its ports closed and its data removed,
+    # exiting 0, whether it was building, serving or starting.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _dev(directory.resolve(), port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dev(directory: Path, port: int) -> None:
     from watchfiles import watch  # imported here: only `dev` needs it
 
-    directory = directory.resolve()
     with tempfile.TemporaryDirectory(prefix="edgefn-dev-") as data_dir:
         config = GatewayConfig(
             host="127.0.0.1",
@@ -214,30 +226,28 @@ def dev(directory: Path, port: int) -> None:
                     fg="green",
                 )
 
-            redeploy()
             # The worker dies with this process however it ends (its lifeline); on
             # SIGTERM, as on Ctrl-C, this process stops it and removes the data first.
-            signal.signal(signal.SIGTERM, _interrupt)
             worker = multiprocessing.get_context("spawn").Process(
                 target=run_worker, args=(config,), kwargs={"supervisor": os.getpid()}
             )
-            worker.start()
-            click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")
             try:
+                redeploy()
+                worker.start()
+                click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")
                 for _changes in watch(
                     directory,
                     watch_filter=lambda _c, p: "/.edgefn/" not in p and "__pycache__" not in p,
                 ):
                     click.echo("Change detected; rebuilding ...")
                     redeploy()
-            except KeyboardInterrupt:
-                pass
             finally:
-                worker.terminate()
-                worker.join(timeout=10)
-                if worker.is_alive():
-                    worker.kill()
-                    worker.join()
+                if worker.pid is not None:  # started
+                    worker.terminate()
+                    worker.join(timeout=10)
+                    if worker.is_alive():
+                        worker.kill()
+                        worker.join()
                 engine.close()
                 registry.close()
 

@@ -197,6 +197,19 @@ def many_headers(request: Request) -> Response:
     return response
 
 
+@app.get("/hop-by-hop")
+def hop_by_hop(request: Request) -> Response:
+    """Two Set-Cookie headers, beside every hop-by-hop header a proxy must not forward."""
+    response = Response("hops\n")
+    response.headers.append("set-cookie", "a=1")
+    response.headers.append("set-cookie", "b=2")
+    for name in ("connection", "keep-alive", "proxy-authenticate", "te", "trailer", "upgrade"):
+        response.headers[name] = "x"
+    response.headers["transfer-encoding"] = "chunked"
+    response.headers["content-length"] = "999"
+    return response
+
+
 @app.get("/resolve")
 def resolve(request: Request) -> dict[str, str]:
     try:
