@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install postgres run test attacks bench fuzz soak lint clean
+.PHONY: install postgres run test coverage attacks bench fuzz soak lint clean
 
 install: $(INSTALLED)
 
@@ -28,6 +28,33 @@ postgres:
 # (.cache/, .venv/, .edgefn/), the attacks it saw included (.cache/attacks.json).
 test: install postgres
 	$(BIN)/python -m pytest
+
+# `make test` measured: line coverage per package, the code that runs in the gateways,
+# workers and CLIs the tests start included (pyproject's [tool.coverage]: each Python
+# process writes its own data file, combined here). Data, the per-file report
+# (report.txt, fewest lines covered first) and an HTML one (html/) go to .cache/coverage/.
+# The whole suite measured took 13 min 22 s here, about as long as `make test`.
+# Uncovered on purpose: sdk/edgefn/_guest.py runs only inside WebAssembly and
+# _entry_check.py under `python -I -S` (no site, so no coverage). PYTEST_ARGS picks tests, e.g.
+# `make coverage PYTEST_ARGS=tests/test_cli.py`.
+COVERAGE_DIR = $(CURDIR)/.cache/coverage
+COVERAGE_PACKAGES = sdk/edgefn contract/edgefn_contract runtime/edgefn_runtime platform/edgefn_platform
+
+coverage: install postgres
+	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)
+	status=0; COVERAGE_FILE=$(COVERAGE_DIR)/data $(BIN)/python -m pytest --cov --cov-report= \
+	  $(PYTEST_ARGS) || status=$$?; \
+	export COVERAGE_FILE=$(COVERAGE_DIR)/data; \
+	$(BIN)/coverage combine -q >/dev/null 2>&1; \
+	$(BIN)/coverage report --show-missing --sort=cover > $(COVERAGE_DIR)/report.txt; \
+	$(BIN)/coverage html -q -d $(COVERAGE_DIR)/html; \
+	echo "line coverage (per file: .cache/coverage/report.txt, html/index.html):"; \
+	for package in $(COVERAGE_PACKAGES); do \
+	  printf '  %-28s %6s%%\n' "$$package" \
+	    "$$($(BIN)/coverage report --include='$(CURDIR)/'$$package'/*' --format=total)"; \
+	done; \
+	printf '  %-28s %6s%%\n' "all" "$$($(BIN)/coverage report --format=total)"; \
+	exit $$status
 
 # docs/ATTACKS.md, the attack table, from a green run of the tests that record
 # attacks (tests/attacks.py); `make test` never writes it.

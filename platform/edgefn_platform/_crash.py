@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["CRASH_POINTS", "crash_point"]
+__all__ = ["CRASH_POINTS", "WORKER_START", "crash_point"]
 
 CRASH_POINTS = (
     "deploy:uploaded",  # the component is in the scratch directory
@@ -23,6 +23,9 @@ CRASH_POINTS = (
     "delete:committed",  # committed; no artifact removed yet
     "delete:unlinking",  # one artifact removed, maybe more to go
 )
+# Not a step of an operation: a worker process of `edgefn serve --workers N` dying
+# as it starts, every time (a crash loop for the supervisor to back off from).
+WORKER_START = "worker:start"
 
 _AT = os.environ.get("EDGEFN_CRASH_AT")
 

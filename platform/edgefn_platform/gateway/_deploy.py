@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
+import io
 import shutil
+import stat
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from edgefn_runtime import EdgefnError, Engine, Sandbox
@@ -41,6 +45,14 @@ _ARCHIVE = "assets.tar.gz"
 # What an assets archive may unpack to: checked from its headers before extracting.
 MAX_ASSETS_BYTES = 256 * 1024 * 1024
 MAX_ASSETS_FILES = 10_000
+# What its gzip stream may inflate to: the files, and each one's header and padding
+# (about 2 KiB with a long name). Past it the stream is a bomb, refused after that
+# much inflating (a fraction of a second) rather than after all of it.
+_MAX_INFLATED = MAX_ASSETS_BYTES + MAX_ASSETS_FILES * 4096
+# tarfile reads a header's own data (a long name, pax records) into memory whole,
+# in one read; real ones are a few hundred bytes, and file data is read 16 KiB at
+# a time. A header claiming gigabytes is refused before it is read.
+_MAX_READ = 1024 * 1024
 
 
 # What makes two loads of a component the same sandbox: its bytes, its assets, the
@@ -177,17 +189,15 @@ class Deployer:
         it to `assets/<sha256>` (atomically: another worker may do the same)."""
         target = self.assets_dir / sha256
         unpacked = temp / "assets"
+        unpacked.mkdir()  # also for an empty archive: an empty assets folder
         try:
-            with tarfile.open(data, "r:gz") as tar:
-                members = tar.getmembers()
-                total = sum(m.size for m in members)
-                if len(members) > MAX_ASSETS_FILES or total > MAX_ASSETS_BYTES:
-                    raise InvalidAssets(
-                        f"the assets unpack to {len(members)} files and {total} bytes; the "
-                        f"limits are {MAX_ASSETS_FILES} files and {MAX_ASSETS_BYTES} bytes"
-                    )
-                tar.extractall(unpacked, filter="data")
-        except (tarfile.TarError, OSError) as exc:
+            with gzip.open(data, "rb") as stream:
+                inflated = _Inflated(stream)
+                with tarfile.open(fileobj=inflated, mode="r:") as tar:  # type: ignore[call-overload]
+                    members = _checked_members(tar)
+                    tar.extractall(unpacked, members=members, filter="data")
+                inflated.verify_trailer()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             if getattr(exc, "errno", None) == errno.ENOSPC:
                 raise
             raise InvalidAssets(f"the assets archive cannot be unpacked: {exc}") from None
@@ -223,10 +233,118 @@ def recover(registry: Registry, data_dir: Path) -> list[Path]:
 
 
 def pack_assets(directory: Path, archive: Path) -> None:
-    """The archive `Deployer` expects: a gzip'd tar of `directory`'s contents."""
-    with tarfile.open(archive, "w:gz") as tar:
+    """The archive `Deployer` expects: a gzip'd tar of `directory`'s regular files and
+    folders (a file hard-linked to another is stored as a copy of it). A symlink or
+    special file in it raises InvalidAssets, as the gateway would refuse it."""
+    # The same folder packs to the same bytes (no time in the gzip header), so
+    # deploying it again (every `serve --deploy`) adds no version. dereference: no
+    # hard-link members (symlinks are refused below, not followed).
+    with (
+        archive.open("wb") as file,
+        gzip.GzipFile(filename="", mode="wb", fileobj=file, mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", dereference=True) as tar,
+    ):
         for path in sorted(directory.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+            name = str(path.relative_to(directory))
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise InvalidAssets(_not_plain(name, _kind_of_mode(mode)))
+            tar.add(path, arcname=name, recursive=False)
+
+
+def _checked_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The archive's members, read header by header and each checked before the
+    next is read: regular files and folders only, inside the assets folder, within
+    the limits. Nothing is unpacked before they all pass."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in tar:
+        name = PurePosixPath(member.name)
+        if not (member.isreg() or member.isdir()):
+            raise InvalidAssets(_not_plain(member.name, _kind_of_member(member)))
+        if name.is_absolute():
+            raise InvalidAssets(f"assets archive member {member.name!r} is an absolute path")
+        if ".." in name.parts:
+            raise InvalidAssets(
+                f"assets archive member {member.name!r} climbs out of the assets folder with '..'"
+            )
+        members.append(member)
+        total += member.size
+        if len(members) > MAX_ASSETS_FILES:
+            raise InvalidAssets(f"the assets archive holds more than {MAX_ASSETS_FILES} files")
+        if total > MAX_ASSETS_BYTES:
+            raise InvalidAssets(
+                f"the assets unpack to more than {MAX_ASSETS_BYTES} bytes (256 MiB)"
+            )
+    return members
+
+
+def _not_plain(name: str, kind: str) -> str:
+    return (
+        f"assets archive member {name!r} is a {kind}: an assets archive holds regular "
+        "files and folders only"
+    )
+
+
+def _kind_of_member(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symlink"
+    if member.islnk():
+        return "hard link"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "FIFO"
+    return f"member of tar type {member.type!r}"
+
+
+def _kind_of_mode(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    return "socket" if stat.S_ISSOCK(mode) else "special file"
+
+
+class _Inflated:
+    """An assets archive's gzip stream, inflated as tarfile reads it, within bounds:
+    InvalidAssets past `_MAX_INFLATED` bytes or for a read over `_MAX_READ`."""
+
+    def __init__(self, stream: gzip.GzipFile) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not 0 <= size <= _MAX_READ:
+            raise InvalidAssets(
+                f"the assets archive has a header of {size} bytes (a name or pax "
+                f"records; at most {_MAX_READ})"
+            )
+        self._within(self._stream.tell() + size)
+        return self._stream.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._stream.tell()
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("seek from the end of a gzip stream")
+        self._within(offset)
+        return self._stream.seek(offset)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def verify_trailer(self) -> None:
+        """Inflate what follows the tar's end, to the gzip trailer, whose checksum
+        gzip then checks: tarfile stops at the end marker, and a damaged stored
+        block is caught by the checksum alone."""
+        while self.read(_MAX_READ):
+            pass
+
+    def _within(self, position: int) -> None:
+        if position > _MAX_INFLATED:
+            raise InvalidAssets(f"the assets archive inflates to more than {_MAX_INFLATED} bytes")
 
 
 def _copy_hashing(source: BinaryIO, target: Path) -> str:

@@ -11,6 +11,7 @@ with it however it dies (see `_lifeline.py`).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -28,6 +29,7 @@ import uvloop
 
 from edgefn_runtime import EdgefnError, Engine
 
+from .._crash import WORKER_START, crash_point
 from .._printable import PrintableFormatter
 from ..registry import Registry, open_registry
 from ._deploy import Deployer, recover
@@ -161,6 +163,7 @@ def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
     worker dies with it (SIGKILL included), before it opens a port."""
     if supervisor is not None:
         die_with(supervisor)
+        crash_point(WORKER_START)
     handler = logging.StreamHandler()
     handler.setFormatter(PrintableFormatter("%(asctime)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
@@ -200,6 +203,11 @@ def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
         uvloop.run(main())
     finally:
         worker.close()
+        # Requests still in flight now were cancelled when the drain timeout
+        # expired; a guest still running in a pool thread (asleep in the host, say)
+        # must not hold the process past it, as the pool's exit hook would.
+        atexit.unregister(public.threads.shutdown)
+        public.threads.shutdown(wait=False, cancel_futures=True)
 
 
 def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
@@ -246,6 +254,11 @@ def run(
             _supervise(config)
 
 
+# A worker's restart backoff: the first restart after a young death waits 0.5 s,
+# each next one twice as long up to 30 s; a worker that lived a minute resets it.
+_BACKOFF_FIRST, _BACKOFF_MAX, _BACKOFF_RESET = 0.5, 30.0, 60.0
+
+
 def _supervise(config: GatewayConfig) -> None:
     """Start `config.workers` workers, restart any that dies, stop them all on
     SIGINT/SIGTERM."""
@@ -274,24 +287,44 @@ def _supervise(config: GatewayConfig) -> None:
             forget_worker(config.metrics_dir, process.pid)
             board.forget(process.pid)
 
-    processes: list[multiprocessing.process.BaseProcess] = []
+    processes: list[multiprocessing.process.BaseProcess | None] = []
+    started: list[float] = []  # when each slot's worker started
+    failures = [0] * config.workers  # each slot's workers in a row that died young
+    restart_at = [0.0] * config.workers  # when a slot waiting out its backoff restarts
     try:
         for _ in range(config.workers):
             processes.append(start())
+            started.append(time.monotonic())
         while not stopping:
             time.sleep(0.2)
             for i, process in enumerate(processes):
-                if not process.is_alive() and not stopping:
-                    log.warning(
-                        "worker %s exited with %s; starting a new one",
-                        process.pid,
-                        process.exitcode,
-                    )
-                    forget(process)
-                    processes[i] = start()
+                now = time.monotonic()
+                if stopping or (process is not None and process.is_alive()):
+                    continue
+                if process is None:
+                    if now >= restart_at[i]:
+                        processes[i], started[i] = start(), now
+                    continue
+                # One that dies young (a broken registry or config, a crash as it
+                # starts) would die again: each restart in a row waits twice as
+                # long, so a crash loop costs a spawn now and then, not a core.
+                lived = now - started[i]
+                failures[i] = failures[i] + 1 if lived < _BACKOFF_RESET else 0
+                doubled = _BACKOFF_FIRST * 2 ** min(failures[i] - 1, 16)
+                delay = min(doubled, _BACKOFF_MAX) if failures[i] else 0.0
+                log.warning(
+                    "worker %s exited with %s after %.1f s; starting a new one in %.1f s",
+                    process.pid,
+                    process.exitcode,
+                    lived,
+                    delay,
+                )
+                forget(process)
+                processes[i], restart_at[i] = None, now + delay
     finally:
         # Also when the loop above fails: workers must not outlive it.
-        _stop(processes, config.shutdown_delay + config.drain_timeout + 5, forget)
+        running = [p for p in processes if p is not None]
+        _stop(running, config.shutdown_delay + config.drain_timeout + 5, forget)
 
 
 def _stop(
