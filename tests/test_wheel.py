@@ -76,6 +76,13 @@ def test_the_wheel_holds_every_file_of_every_package_and_the_entry_points(wheel:
     assert groups["edgefn.testing"]["image"] == "edgefn_runtime.capabilities.image:native_backend"
 
 
+def test_the_readme_names_the_wheel_make_wheel_builds(wheel: Path) -> None:
+    """The install and upgrade commands the README gives name the file by its name."""
+    readme = (ROOT / "README.md").read_text()
+    assert f"dist/{wheel.name}" in readme
+    assert "\nwheel: install\n" in (ROOT / "Makefile").read_text()
+
+
 @pytest.mark.wasm
 def test_a_fresh_venv_with_the_wheel_scaffolds_builds_serves_and_deploys(
     wheel: Path, tmp_path: Path
