@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install postgres run test coverage attacks bench fuzz soak lint clean
+.PHONY: install postgres run test coverage attacks bench fuzz soak lint wheel clean
 
 install: $(INSTALLED)
 
@@ -65,7 +65,9 @@ attacks: install postgres
 	$(BIN)/python -m pytest $(ATTACK_TESTS)
 	$(BIN)/python tests/attacks.py
 
-# Benchmarks print edgefn beside a native baseline measured in the same run.
+# Benchmarks print edgefn beside a native baseline measured in the same run; their
+# compiled components are cached in the checkout (as the tests' are), not ~/.cache.
+bench: export EDGEFN_CACHE_DIR = $(CURDIR)/.cache/edgefn
 bench: install
 	$(BIN)/python bench/runtime.py
 	$(BIN)/python bench/gateway.py
@@ -77,8 +79,20 @@ lint: install
 	$(BIN)/ruff check contract sdk runtime platform tests bench
 	$(BIN)/mypy
 
+# dist/edgefn-<version>-py3-none-any.whl: the CLI, gateway and SDK for any virtualenv
+# (see "Installing outside the repository" in the README).
+wheel: install
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+
+# Everything the make targets and the tests write into the checkout: the venv, the
+# caches, `make run`'s data directory (its deployed functions and admin token),
+# every function's build folder, the wheel and its build files. Not ~/.cache/edgefn,
+# which `edgefn invoke` and `edgefn dev` share with every checkout and install.
 clean:
-	rm -rf $(VENV) .cache functions/*/.edgefn tests/functions/*/.edgefn
+	rm -rf $(VENV) .cache .edgefn-data .hypothesis .pytest_cache .mypy_cache .ruff_cache \
+	  build dist *.egg-info
+	find . -path ./.git -prune -o -type d \( -name .edgefn -o -name __pycache__ \) -prune \
+	  -exec rm -rf {} +
 
 # The fuzz tests of `make test` with many more examples (not part of `make test`).
 fuzz: install
