@@ -25,6 +25,7 @@ __all__ = [
     "FITS",
     "FORMATS",
     "GRAVITIES",
+    "INPUT_FORMATS",
     "MAX_SOURCE_BYTES",
     "MEDIA_TYPES",
     "STOPPING_KINDS",
@@ -45,6 +46,10 @@ MEDIA_TYPES = {
     "gif": "image/gif",
 }
 FORMATS = tuple(MEDIA_TYPES)
+
+# The formats the host decodes, and no other: each parser is attack surface, so
+# EPS, PDF, PSD and Pillow's other readers stay off. As the README names them.
+INPUT_FORMATS = ("JPEG", "PNG", "WebP", "AVIF", "GIF", "BMP", "TIFF")
 
 FITS = ("cover", "contain", "fill", "inside", "outside")
 GRAVITIES = (
