@@ -63,6 +63,8 @@ def test_etag_and_304_without_pixel_work() -> None:
         ("format=bmp", "format"),
         ("q=101", "q"),
         ("dpr=4", "dpr"),
+        ("w=8000&dpr=3", "w"),  # each in range, their product past the SDK's 16384
+        ("h=6000&dpr=2.75", "h"),
         ("gravity=up", "gravity"),
         ("bg=red", "bg"),
         ("width=10", "width"),
