@@ -288,8 +288,9 @@ class Image:
         status: int = 200,
         headers: dict[str, str] | None = None,
     ) -> Response:
-        """Run the pipeline and answer with the encoded image (metadata stripped;
-        transparency flattened onto `background` for JPEG)."""
+        """Run the pipeline and answer with the encoded image (metadata stripped but
+        for the source's colour profile; transparency flattened onto `background`
+        for JPEG)."""
         response = _current().render(self.source, self.pipeline(format, quality, background))
         response.status = status
         for key, value in (headers or {}).items():
