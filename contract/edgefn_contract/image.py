@@ -25,6 +25,8 @@ __all__ = [
     "FITS",
     "FORMATS",
     "GRAVITIES",
+    "INPUT_FORMATS",
+    "MAX_SIDE",
     "MAX_SOURCE_BYTES",
     "MEDIA_TYPES",
     "STOPPING_KINDS",
@@ -45,6 +47,10 @@ MEDIA_TYPES = {
     "gif": "image/gif",
 }
 FORMATS = tuple(MEDIA_TYPES)
+
+# The formats the host decodes, and no other: each parser is attack surface, so
+# EPS, PDF, PSD and Pillow's other readers stay off. As the README names them.
+INPUT_FORMATS = ("JPEG", "PNG", "WebP", "AVIF", "GIF", "BMP", "TIFF")
 
 FITS = ("cover", "contain", "fill", "inside", "outside")
 GRAVITIES = (
@@ -69,6 +75,10 @@ DEFAULT_STAMP_GRAVITY = "southeast"  # of a text or an overlay
 DEFAULT_FORMAT = "jpeg"
 DEFAULT_QUALITY = 85
 DEFAULT_BACKGROUND = "#ffffff"
+
+# The largest width or height a resize may ask for (the pixel limit still applies
+# to what it produces: a 16384-pixel side fits it only when the other is short).
+MAX_SIDE = 16384
 
 # Small bytes a function holds may be an image source up to this size: the host
 # refuses more, whatever the guest claims (larger ones: the body or an asset).

@@ -13,7 +13,7 @@ import time
 from urllib.parse import urlencode
 
 from edgefn import App, HTTPError, Request, Response, signing
-from edgefn.image import FITS, FORMATS, GRAVITIES, Image, negotiate
+from edgefn.image import FITS, FORMATS, GRAVITIES, MAX_SIDE, Image, negotiate
 
 app = App()
 
@@ -66,7 +66,7 @@ def parse(request: Request) -> dict:
     unknown = sorted(set(query) - set(_PARAMS) - set(signing.PARAMS))
     if unknown:
         raise HTTPError(400, f"unknown parameter {unknown[0]!r} (allowed: {', '.join(_PARAMS)})")
-    return {
+    params = {
         "w": _int(query, "w", 1, 8192, None),
         "h": _int(query, "h", 1, 8192, None),
         "fit": _choice(query, "fit", FITS, "contain"),
@@ -76,6 +76,16 @@ def parse(request: Request) -> dict:
         "gravity": _choice(query, "gravity", GRAVITIES, "center"),
         "bg": _color(query),
     }
+    for name in ("w", "h"):
+        # Each is in range alone, but dpr multiplies it: past the SDK's cap, resize()
+        # would raise a ValueError, a 500 for what is the client's mistake.
+        if params[name] and round(params[name] * params["dpr"]) > MAX_SIDE:
+            raise HTTPError(
+                400,
+                f"{name} times dpr must be at most {MAX_SIDE} pixels, got "
+                f"{name}={params[name]} and dpr={query.get('dpr')}",
+            )
+    return params
 
 
 def verify_signature(request: Request) -> int | None:

@@ -30,6 +30,7 @@ from edgefn_contract.image import (
     FITS,
     FORMATS,
     GRAVITIES,
+    MAX_SIDE,
     MAX_SOURCE_BYTES,
     MEDIA_TYPES,
     ImageInfo,
@@ -47,6 +48,7 @@ __all__ = [
     "ImageInfo",
     "ImageTooLarge",
     "InvalidImage",
+    "MAX_SIDE",
     "MAX_SOURCE_BYTES",
     "RenderedResponse",
     "UnsupportedImage",
@@ -181,8 +183,8 @@ class Image:
         _check(fit, FITS, "fit")
         _check(gravity, GRAVITIES, "gravity")
         for name, value in (("width", width), ("height", height)):
-            if value is not None and (not isinstance(value, int) or not 1 <= value <= 16384):
-                raise ValueError(f"{name} must be an int from 1 to 16384, got {value!r}")
+            if value is not None and (not isinstance(value, int) or not 1 <= value <= MAX_SIDE):
+                raise ValueError(f"{name} must be an int from 1 to {MAX_SIDE}, got {value!r}")
         if width is None and height is None:
             raise ValueError("resize needs a width, a height or both")
         return self._with(
@@ -289,8 +291,9 @@ class Image:
         status: int = 200,
         headers: dict[str, str] | None = None,
     ) -> Response:
-        """Run the pipeline and answer with the encoded image (metadata stripped;
-        transparency flattened onto `background` for JPEG)."""
+        """Run the pipeline and answer with the encoded image (metadata stripped but
+        for the source's colour profile; transparency flattened onto `background`
+        for JPEG)."""
         response = _current().render(self.source, self.pipeline(format, quality, background))
         response.status = status
         for key, value in (headers or {}).items():

@@ -14,6 +14,7 @@ import importlib.util
 import json as _json
 import sys
 import tomllib
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -53,8 +54,14 @@ class TestClient:
     """Calls an `App`'s handlers directly, the way the sandbox would.
 
     With `raise_exceptions=True` (the default) an unhandled exception in a
-    handler propagates into the test; with `False` it becomes a 500, as it
-    does behind the gateway.
+    handler propagates into the test; with `False` it becomes a 500
+    `function_error`, as it does behind the gateway, `SystemExit` included
+    (only `KeyboardInterrupt` still stops the tests).
+
+    `assets` is the folder `Image.from_asset()` reads; a relative path is read
+    from the function's folder (the one `load_app` loaded, or else the folder
+    of the module that defines the app's first route), never from the working
+    directory, so tests pass wherever pytest runs.
     """
 
     __test__ = False
@@ -64,7 +71,7 @@ class TestClient:
     ) -> None:
         self.app = app
         self.raise_exceptions = raise_exceptions
-        self.assets = Path(assets) if assets is not None else None
+        self.assets = _assets_folder(app, Path(assets)) if assets is not None else None
 
     def request(
         self,
@@ -86,10 +93,14 @@ class TestClient:
         image.use_backend(_NativeImages(body, self.assets))
         try:
             response = self.app.handle(request)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the sandbox catches them all too
             if self.raise_exceptions:
                 raise
-            message = f"{type(exc).__name__}: {exc}"
+            # As the sandbox words a GuestError: "SystemExit: 3", or "SystemExit" alone.
+            kind = type(exc).__name__
+            message = f"{kind}: {exc}" if str(exc) else kind
             error = {"error": {"code": "function_error", "message": message}}
             return TestResponse(
                 500, Headers([("content-type", "application/json")]), _json.dumps(error).encode()
@@ -138,7 +149,35 @@ def load_app(directory: str | Path) -> App:
     app = getattr(module, attribute, None)
     if not isinstance(app, App):
         raise TypeError(f"entry {entry!r} in {directory} does not name an edgefn.App")
+    _FOLDERS[app] = directory
     return app
+
+
+# The function folder of each App `load_app` returned: where relative assets are.
+_FOLDERS: weakref.WeakKeyDictionary[App, Path] = weakref.WeakKeyDictionary()
+
+
+def _function_folder(app: App) -> Path:
+    """The folder of the function `app` belongs to; the working directory only
+    for an app that has no route to tell."""
+    if app in _FOLDERS:
+        return _FOLDERS[app]
+    for route in app.routes:
+        module = sys.modules.get(getattr(route.handler, "__module__", ""))
+        file = getattr(module, "__file__", None)
+        if file:
+            return Path(file).resolve().parent
+    return Path.cwd()
+
+
+def _assets_folder(app: App, assets: Path) -> Path:
+    folder = assets if assets.is_absolute() else _function_folder(app) / assets
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no assets folder {str(folder)!r} (a relative `assets` is read from the "
+            f"function's folder, {str(_function_folder(app))!r})"
+        )
+    return folder
 
 
 class _NativeImages:

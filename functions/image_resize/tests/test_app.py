@@ -11,7 +11,7 @@ from edgefn.signing import sign_url
 from edgefn.testing import TestClient, TestResponse, load_app
 
 HERE = Path(__file__).resolve().parent.parent
-client = TestClient(load_app(HERE), assets=HERE / "assets")
+client = TestClient(load_app(HERE), assets="assets")  # read from HERE, whatever the cwd
 
 
 def decode(body: bytes) -> Image.Image:
@@ -63,6 +63,8 @@ def test_etag_and_304_without_pixel_work() -> None:
         ("format=bmp", "format"),
         ("q=101", "q"),
         ("dpr=4", "dpr"),
+        ("w=8000&dpr=3", "w"),  # each in range, their product past the SDK's 16384
+        ("h=6000&dpr=2.75", "h"),
         ("gravity=up", "gravity"),
         ("bg=red", "bg"),
         ("width=10", "width"),

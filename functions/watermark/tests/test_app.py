@@ -11,7 +11,7 @@ from edgefn.signing import sign_url
 from edgefn.testing import TestClient, load_app
 
 HERE = Path(__file__).resolve().parent.parent
-client = TestClient(load_app(HERE), assets=HERE / "assets")
+client = TestClient(load_app(HERE), assets="assets")  # read from HERE, whatever the cwd
 
 
 def decode(body: bytes) -> Image.Image:

@@ -14,6 +14,7 @@ from PIL import Image, ImageColor, PngImagePlugin, UnidentifiedImageError
 from edgefn_contract.image import (
     DEFAULT_BACKGROUND,
     DEFAULT_QUALITY,
+    INPUT_FORMATS,
     MEDIA_TYPES,
     ImageInfo,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "Rendered",
     "check_pixels",
     "color",
+    "color_profile",
     "encode",
     "open_image",
     "orientation",
@@ -40,8 +42,8 @@ __all__ = [
 # 74 KB file cost 65 MiB and 0.2 s per probe). Images need none of it.
 PngImagePlugin.MAX_TEXT_MEMORY = 1 << 20
 
-# Decoders allowed: no EPS/PDF/PSD and friends, whose parsers are attack surface.
-_DECODERS = ["JPEG", "PNG", "WEBP", "GIF", "AVIF", "BMP", "TIFF"]
+# Decoders allowed (Pillow's names for the contract's INPUT_FORMATS), no others.
+_DECODERS = [name.upper() for name in INPUT_FORMATS]
 
 
 def read_asset(assets: Path | None, name: str, no_assets: str) -> bytes:
@@ -109,8 +111,7 @@ def open_image(data: bytes) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageFailure(
             "unsupported_image",
-            "the input is not an image in a supported format (JPEG, PNG, WebP, AVIF, GIF, "
-            "BMP, TIFF)",
+            f"the input is not an image in a supported format ({', '.join(INPUT_FORMATS)})",
         ) from None
     except Image.DecompressionBombError as exc:  # Pillow's own fence, past 179 MP
         raise ImageFailure("image_too_large", f"the image is too large: {exc}") from None
@@ -156,7 +157,31 @@ class _BoundedBuffer(io.BytesIO):
         return super().write(data)
 
 
-def encode(image: Image.Image, fmt: str, output: dict[str, Any], budget: Budget) -> Rendered:
+# An ICC profile starts with a 128-byte header.
+_ICC_HEADER = 128
+# The profile's colour space, for each mode an encoder is given.
+_PROFILE_SPACES = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY"}
+
+
+def color_profile(image: Image.Image) -> bytes | None:
+    """The ICC profile `image` came with, when it describes colours of its mode
+    (RGB or grey): a CMYK profile would be wrong for the RGB pixels we make."""
+    profile = image.info.get("icc_profile")
+    if not isinstance(profile, bytes) or len(profile) < _ICC_HEADER:
+        return None
+    space = profile[16:20]  # the header's data colour space (ICC.1, 7.2.6)
+    return profile if space in _PROFILE_SPACES.values() else None
+
+
+def encode(
+    image: Image.Image,
+    fmt: str,
+    output: dict[str, Any],
+    budget: Budget,
+    profile: bytes | None = None,
+) -> Rendered:
+    """`image` encoded as `fmt`, with no metadata but `profile` (the source's
+    ICC profile, kept where the format carries one and it fits the mode)."""
     pil_format, content_type = FORMATS[fmt]
     quality = int(output.get("quality", DEFAULT_QUALITY))
     if not 1 <= quality <= 100:
@@ -187,8 +212,15 @@ def encode(image: Image.Image, fmt: str, output: dict[str, Any], budget: Budget)
         # Pillow's default median cut took 4.8 s for 1 MP of noise here; the fast
         # octree takes 0.1 s, and GIF is a format of last resort anyway.
         image = image.quantize(method=Image.Quantize.FASTOCTREE)
+    # Metadata is stripped: Pillow's PNG and AVIF writers copy what `info` holds
+    # (the source's ICC profile, EXIF and XMP, when the image is the source).
+    image.info.clear()
+    if profile is not None and fmt != "gif" and _PROFILE_SPACES.get(image.mode) == profile[16:20]:
+        # The colour profile is not metadata: without it, the pixels of a Display P3
+        # or Adobe RGB photo are read as sRGB and look washed out.
+        options["icc_profile"] = profile
     buffer = _BoundedBuffer(budget.max_output_bytes)
-    image.save(buffer, pil_format, **options)  # no exif= : metadata is stripped
+    image.save(buffer, pil_format, **options)
     data = buffer.getvalue()
     if len(data) > budget.max_output_bytes:
         raise ImageFailure(

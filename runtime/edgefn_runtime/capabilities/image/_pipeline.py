@@ -42,6 +42,7 @@ from ._codecs import (
     Rendered,
     check_pixels,
     color,
+    color_profile,
     encode,
     open_image,
     orientation,
@@ -66,15 +67,18 @@ def render(data: bytes, pipeline: dict[str, Any], assets: Path | None, budget: B
     if fmt not in FORMATS:
         raise ImageFailure("invalid_pipeline", f"format must be one of {', '.join(FORMATS)}")
     ops = pipeline.get("ops", [])
-    image = _decode(data, ops, bool(pipeline.get("auto_orient", True)), budget)
+    image, profile = _decode(data, ops, bool(pipeline.get("auto_orient", True)), budget)
     budget.hold(image)  # the decoded source is gone if its mode was converted
     for op in ops:
         image = _apply(image, op, assets, budget)
         budget.hold(image)
-    return encode(image, fmt, output, budget)
+    return encode(image, fmt, output, budget, profile)
 
 
-def _decode(data: bytes, ops: list[dict[str, Any]], orient: bool, budget: Budget) -> Image.Image:
+def _decode(
+    data: bytes, ops: list[dict[str, Any]], orient: bool, budget: Budget
+) -> tuple[Image.Image, bytes | None]:
+    """The decoded image, oriented and in RGB, RGBA or L, and its colour profile."""
     with open_image(data) as source:
         width, height = source.size
         check_pixels(width, height, budget)
@@ -107,13 +111,14 @@ def _decode(data: bytes, ops: list[dict[str, Any]], orient: bool, budget: Budget
                 "invalid_image", f"the image is corrupt or truncated: {exc}"
             ) from None
         image: Image.Image = source
+        profile = color_profile(source)
     del source  # from here on `image` is the only reference the budget accounts for
     budget.hold(image)
     if orient and orientation(image) != 1:
         reserve_copy(budget, "applying the EXIF orientation", image.size, image.mode)
         image = ImageOps.exif_transpose(image)
         budget.hold(image)
-    return _normalise_mode(image, budget)
+    return _normalise_mode(image, budget), profile
 
 
 # Fuel per full-size pixel and scan of a multi-scan JPEG: measured 3.6 ms a scan
