@@ -85,7 +85,7 @@ def test_max_image_pixels_is_tunable(resize: Sandbox) -> None:
     )
     assert outcome.response.status == 413
     error = json.loads(outcome.response.body)["error"]
-    assert error["code"] == "image_too_large" and "the limit is" in error["message"], error
+    assert error["code"] == "image_too_large" and "the limit is 0.5 MP" in error["message"], error
 
 
 def _json(outcome: Outcome) -> dict:

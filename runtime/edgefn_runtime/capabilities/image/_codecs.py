@@ -93,7 +93,7 @@ def check_pixels(width: int, height: int, budget: Budget, what: str = "the image
         raise ImageFailure(
             "image_too_large",
             f"{what} {width}x{height} ({width * height / 1e6:.1f} MP); the limit is "
-            f"{budget.max_pixels / 1e6:.0f} MP",
+            f"{budget.max_pixels / 1e6:g} MP",
         )
 
 
