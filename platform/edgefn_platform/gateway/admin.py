@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from edgefn_runtime import EdgefnError
 
@@ -195,7 +195,23 @@ class AdminApp:
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.api(scope, receive, send)
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        # Every answer carries an X-Request-Id, successes included: the errors
+        # already have one (the client's when acceptable, see `_request_ids.py`).
+        given = dict(scope["headers"]).get(b"x-request-id")
+        rid = checked_request_id(given.decode("latin-1") if given is not None else None)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", rid.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.api(scope, receive, send_with_id)
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -214,14 +230,15 @@ class AdminApp:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         error = GatewayError(exc.status_code, code, str(exc.detail), headers)
-        return error_response(error, checked_request_id(None))
+        return error_response(error, checked_request_id(request.headers.get("x-request-id")))
 
     async def _on_invalid(self, request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         return error_response(
-            GatewayError(400, "invalid_request", problems), checked_request_id(None)
+            GatewayError(400, "invalid_request", problems),
+            checked_request_id(request.headers.get("x-request-id")),
         )
 
     def _workers(self, name: str, rollout: Rollout | None) -> list[WorkerOut]:
