@@ -89,13 +89,15 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int, listen: bool = True) -> socket.socket:
+def bind(host: str, port: int, listen: bool = True, shared: bool = True) -> socket.socket:
     """A socket that other workers may bind too (SO_REUSEPORT); listening unless
-    `listen` is false, in which case the server listens when it starts serving."""
+    `listen` is false, in which case the server listens when it starts serving.
+    `shared=False`: one no other socket may share, whatever its owner set."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # Inherited by accepted connections: without it, small responses on kept-alive
     # connections wait out the peer's delayed ACK (about 40 ms each).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -121,7 +123,13 @@ def reserved_ports(config: GatewayConfig) -> Iterator[None]:
     set in `config` (loaded token and policy kept), so every worker binds that
     same port (SO_REUSEPORT). The sockets are bound, never listening: they hold
     the ports (a restarted worker finds its port still there) and the kernel
-    hands them no connection."""
+    hands them no connection.
+
+    Each port is first bound without SO_REUSEPORT and released: Linux lets a
+    process share a port with any socket of the same user that set SO_REUSEPORT,
+    so the shared bind alone would succeed beside a worker of an earlier gateway
+    still listening there (one whose supervisor could not end it), and the two
+    gateways would split the port's connections without a word."""
     with contextlib.ExitStack() as held:
         for field, host, option in (
             ("port", config.host, "--port"),
@@ -129,6 +137,8 @@ def reserved_ports(config: GatewayConfig) -> Iterator[None]:
         ):
             port = getattr(config, field)
             try:
+                with bind(host, port, listen=False, shared=False) as probe:
+                    port = int(probe.getsockname()[1])
                 sock = held.enter_context(bind(host, port, listen=False))
             except OSError as exc:
                 raise PortInUse(
