@@ -5,7 +5,10 @@ spreads connections across workers, and serves every function from the shared
 registry. The call path holds the GIL, so worker processes, not threads, are
 what use more than one core. The parent only supervises: it restarts a worker
 that dies and, on SIGINT/SIGTERM, lets every worker drain and exit. Workers die
-with it however it dies (see `_lifeline.py`).
+with it however it dies (see `_lifeline.py`). With one worker there is no parent:
+the gateway process serves, saving the supervisor's memory (about 75 MB resident
+on an idle gateway), and its death ends the gateway, for a service manager to
+restart (README, "Workers").
 """
 
 from __future__ import annotations
