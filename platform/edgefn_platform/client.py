@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -10,7 +11,7 @@ import httpx
 
 from edgefn_runtime import EdgefnError
 
-__all__ = ["AdminClient", "AdminError", "GatewayUnreachable"]
+__all__ = ["AdminClient", "AdminError", "GatewayUnreachable", "LogPage"]
 
 
 class AdminError(EdgefnError):
@@ -34,6 +35,17 @@ class GatewayUnreachable(EdgefnError):
     exit_code = 3
 
 
+@dataclass
+class LogPage:
+    """Log lines from the admin API, oldest first; `more`: lines were left out (with
+    `oldest`, after the last of these); `skipped`: lines after the cursor may have
+    been dropped by retention before they were read."""
+
+    lines: list[dict[str, Any]]
+    more: bool
+    skipped: bool
+
+
 class _Progress:
     """A file wrapper that reports how many bytes were read from it."""
 
@@ -54,6 +66,10 @@ class AdminClient:
         self._http = httpx.Client(base_url=self.gateway, headers=headers, timeout=timeout)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -67,7 +83,7 @@ class AdminClient:
             except (ValueError, KeyError, TypeError):
                 raise AdminError(response.status_code, "http_error", response.text[:200]) from None
             raise AdminError(response.status_code, code, message)
-        return response.json() if response.content else None
+        return response
 
     def deploy(
         self,
@@ -116,11 +132,31 @@ class AdminClient:
     def logs(
         self, name: str, after: int = 0, request_id: str | None = None
     ) -> list[dict[str, Any]]:
+        """The newest lines (up to 200) after line `after`, oldest first."""
+        return self.log_page(name, after, request_id, oldest=False).lines
+
+    def log_page(
+        self,
+        name: str,
+        after: int = 0,
+        request_id: str | None = None,
+        oldest: bool = True,
+        limit: int = 200,
+    ) -> LogPage:
+        """Lines after line `after`, oldest first: with `oldest`, the first `limit`
+        of them (read on from a cursor), else the newest `limit`."""
         path = f"/v1/functions/{name}/logs"
-        params: dict[str, str | int] = {"after": after}
+        params: dict[str, str | int] = {"after": after, "limit": limit}
+        if oldest:
+            params["oldest"] = "true"
         if request_id is not None:
             params["request_id"] = request_id
-        return self._call("GET", path, params=params)  # type: ignore[no-any-return]
+        response = self._send("GET", path, params=params)
+        return LogPage(
+            lines=response.json(),
+            more=response.headers.get("x-edgefn-more") == "1",
+            skipped=response.headers.get("x-edgefn-skipped") == "1",
+        )
 
     def close(self) -> None:
         self._http.close()

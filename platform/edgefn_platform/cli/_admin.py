@@ -21,6 +21,7 @@ from ..client import AdminClient
 from ..gateway import pack_assets
 from ..gateway.policy import describe
 from ..manifest import MANIFEST_FILE, load_manifest
+from ..registry._model import LOG_LINES_KEPT
 from ._functions import build_function
 
 __all__ = ["COMMANDS"]
@@ -264,14 +265,34 @@ def logs(
     searched for. Control characters that guests or clients put in log lines,
     paths or ids are shown escaped (\\x1b, \\r, \\n); --json gives the raw values.
     """
-    after = 0
-    while True:
-        for record in client.logs(name, after, request_id):
-            after = record["id"]
+
+    def show(records: list[dict[str, Any]], cursor: int) -> int:
+        """Print `records`; the id of the last line shown (`cursor` if none)."""
+        for record in records:
             click.echo(json.dumps(record) if as_json else _log_line(record))
-        if not follow:
-            return
-        time.sleep(0.5)
+        return int(records[-1]["id"]) if records else cursor
+
+    after = show(client.log_page(name, 0, request_id, oldest=False).lines, 0)
+    while follow:
+        # From the last line shown on, oldest first: every line still kept is
+        # printed, however many arrived since; at once again while more wait.
+        page = client.log_page(name, after, request_id, oldest=True, limit=_FOLLOW_PAGE)
+        if page.skipped:
+            click.secho(
+                f"edgefn: lines were dropped before they could be shown (the gateway keeps "
+                f"the newest {LOG_LINES_KEPT:,} per function)",
+                fg="yellow",
+                err=True,
+            )
+        after = show(page.lines, after)
+        if not page.more:
+            time.sleep(_FOLLOW_INTERVAL)
+
+
+# How often `logs --follow` asks for new lines while it has shown all of them, and
+# how many it asks for at once (the gateway keeps LOG_LINES_KEPT per function).
+_FOLLOW_INTERVAL = 0.5
+_FOLLOW_PAGE = 500
 
 
 def _log_line(record: dict[str, Any]) -> str:

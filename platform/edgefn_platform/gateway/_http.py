@@ -8,7 +8,8 @@ are not bounded at all. Here a request's head must arrive within
 `header_timeout` of the connection (or of the request's first byte), its body
 within `body_timeout` of the moment the app first asks for it (or of the
 response, if the app answers without reading it), and the head may be
-`max_head` bytes. Protocol errors are answered in the gateway's JSON error shape.
+`max_head` bytes. Protocol errors are answered in the gateway's JSON error shape,
+with an `X-Request-Id` like every other response.
 
 The body clock starts when the app reads, not with the head, because the public
 app may make a request wait for room in its body budget first (`_bodies.py`):
@@ -23,6 +24,8 @@ import json
 from typing import TYPE_CHECKING
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from ._request_ids import request_id
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent
@@ -133,10 +136,15 @@ class _Guarded(HttpToolsProtocol):
     def _refuse(self, status: int, code: str, message: str) -> None:
         if self.transport.is_closing():
             return
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        # Always a new id: the client's X-Request-Id may not have been parsed yet,
+        # or be part of what is refused.
+        rid = request_id(None)
+        error = {"code": code, "message": message, "request_id": rid}
+        body = json.dumps({"error": error}).encode()
         head = (
             f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            f"content-length: {len(body)}\r\nx-request-id: {rid}\r\n"
+            "connection: close\r\n\r\n"
         )
         self.transport.write(head.encode() + body)
         self.transport.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -16,12 +16,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from edgefn_runtime import EdgefnError
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
+from ..registry._model import LOG_LINES_KEPT
 from ._admin_guards import LimitBody, RequireToken
 from ._errors import GatewayError, error_response
 from ._request_ids import request_id as checked_request_id
@@ -195,7 +196,23 @@ class AdminApp:
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.api(scope, receive, send)
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        # Every answer carries an X-Request-Id, successes included: the errors
+        # already have one (the client's when acceptable, see `_request_ids.py`).
+        given = dict(scope["headers"]).get(b"x-request-id")
+        rid = checked_request_id(given.decode("latin-1") if given is not None else None)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", rid.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.api(scope, receive, send_with_id)
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -214,14 +231,15 @@ class AdminApp:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
         code = codes.get(exc.status_code, "http_error")
         error = GatewayError(exc.status_code, code, str(exc.detail), headers)
-        return error_response(error, checked_request_id(None))
+        return error_response(error, checked_request_id(request.headers.get("x-request-id")))
 
     async def _on_invalid(self, request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         return error_response(
-            GatewayError(400, "invalid_request", problems), checked_request_id(None)
+            GatewayError(400, "invalid_request", problems),
+            checked_request_id(request.headers.get("x-request-id")),
         )
 
     def _workers(self, name: str, rollout: Rollout | None) -> list[WorkerOut]:
@@ -343,8 +361,11 @@ class AdminApp:
     def logs(
         self,
         name: str,
+        response: Response,
         after: Annotated[int, Query(ge=0, le=_MAX_ID, description="Only lines after this id")] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        limit: Annotated[
+            int, Query(ge=1, le=LOG_LINES_KEPT, description="At most this many lines")
+        ] = 200,
         request_id: Annotated[
             str | None,
             # No control characters: PostgreSQL text cannot even hold a NUL.
@@ -355,12 +376,37 @@ class AdminApp:
                 description="Only the lines of the request with this X-Request-Id",
             ),
         ] = None,
+        oldest: Annotated[
+            bool,
+            Query(
+                description="The oldest `limit` lines after `after` rather than the newest: "
+                "to read on from the last line seen without a gap (`edgefn logs --follow`)"
+            ),
+        ] = False,
     ) -> list[LogOut]:
-        """Recent log lines (the function's own and one access line per request)."""
+        """Recent log lines (the function's own and one access line per request),
+        oldest first. `X-Edgefn-More: 1`: lines were left out (with `oldest`, lines
+        after the last one returned: ask again from there). `X-Edgefn-Skipped: 1`
+        (with `oldest`): the line `after` is no longer kept, so lines after it may
+        have been dropped before they were read (LOG_LINES_KEPT per function)."""
         self.registry.function(name)
+        more = skipped = False
+        if oldest:
+            # Every line still kept from the cursor on (the cursor's own included,
+            # to tell whether retention passed it): at most LOG_LINES_KEPT rows.
+            rows = self.registry.logs(name, max(after - 1, 0), LOG_LINES_KEPT, request_id)
+            if after > 0:
+                skipped = bool(rows) and rows[0].id != after
+                rows = [r for r in rows if r.id > after]
+            more, rows = len(rows) > limit, rows[:limit]
+        else:
+            rows = self.registry.logs(name, after, limit + 1, request_id)
+            more, rows = len(rows) > limit, rows[-limit:]
+        response.headers["x-edgefn-more"] = "1" if more else "0"
+        response.headers["x-edgefn-skipped"] = "1" if skipped else "0"
         return [
             LogOut(id=r.id, time=r.time, request_id=r.request_id, kind=r.kind, line=r.line)
-            for r in self.registry.logs(name, after, limit, request_id)
+            for r in rows
         ]
 
 

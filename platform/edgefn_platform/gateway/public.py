@@ -88,17 +88,22 @@ def health_routes(lifecycle: Lifecycle, for_deploys: bool = False) -> list[Route
     """`/healthz` and `/readyz`. The admin listener's `/readyz` (`for_deploys`) is
     also red while the registry is unreachable: serving goes on, deploys cannot."""
 
+    def answer(request: Request, status: str, code: int = 200) -> Response:
+        # Like every response, with the request's id (a prober may send its own).
+        rid = request_id(request.headers.get("x-request-id"))
+        return JSONResponse({"status": status}, status_code=code, headers={"x-request-id": rid})
+
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "alive"})
+        return answer(request, "alive")
 
     async def readyz(request: Request) -> Response:
         registry_down = for_deploys and not lifecycle.table.registry_available
         if lifecycle.ready and not registry_down:
-            return JSONResponse({"status": "ready"})
+            return answer(request, "ready")
         reason = "draining" if lifecycle.draining else "loading functions"
         if registry_down:
             reason = "registry unavailable"
-        return JSONResponse({"status": reason}, status_code=503)
+        return answer(request, reason, 503)
 
     return [Route("/healthz", healthz), Route("/readyz", readyz)]
 
@@ -146,6 +151,7 @@ class PublicApp:
             response = await self.handle(request)
         except Exception as exc:  # a bug: logged, answered as a bare 500
             response = error_response(exc, request_id(request.headers.get("x-request-id")))
+            self.metrics.requests.labels("", "500", "internal_error").inc()
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
@@ -251,10 +257,14 @@ class PublicApp:
         )
         line = entry.json()
         log_access(entry, line)
+        # Every request is counted, also those refused before a function was found
+        # (`no_route`, `bad_path`, 405, `starting`): under `function=""`, never the
+        # path, which would give each client-chosen path its own series.
+        self.metrics.requests.labels(entry.function or "", str(entry.status), entry.outcome).inc()
         if function is not None:
             self.logs.add(function.name, exchange.request_id, "log", exchange.logs)
             self.logs.add(function.name, exchange.request_id, "access", [line])
-            _observe(self.metrics, function.name, entry, usage, exchange.queued)
+            _observe(self.metrics, function.name, usage, exchange.queued)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -298,10 +308,7 @@ async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metri
     lifecycle.warm = True
 
 
-def _observe(
-    metrics: Metrics, function: str, entry: AccessEntry, usage: Usage, queued: float
-) -> None:
-    metrics.requests.labels(function, str(entry.status), entry.outcome).inc()
+def _observe(metrics: Metrics, function: str, usage: Usage, queued: float) -> None:
     metrics.queue.labels(function).observe(queued)
     # A reused instance is instantiated once, then only executes: every request
     # has an execute time, only fresh instances an instantiate time.

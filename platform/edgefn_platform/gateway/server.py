@@ -5,7 +5,10 @@ spreads connections across workers, and serves every function from the shared
 registry. The call path holds the GIL, so worker processes, not threads, are
 what use more than one core. The parent only supervises: it restarts a worker
 that dies and, on SIGINT/SIGTERM, lets every worker drain and exit. Workers die
-with it however it dies (see `_lifeline.py`).
+with it however it dies (see `_lifeline.py`). With one worker there is no parent:
+the gateway process serves, saving the supervisor's memory (about 75 MB resident
+on an idle gateway), and its death ends the gateway, for a service manager to
+restart (README, "Workers").
 """
 
 from __future__ import annotations
@@ -91,13 +94,15 @@ class _Server(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int, listen: bool = True) -> socket.socket:
+def bind(host: str, port: int, listen: bool = True, shared: bool = True) -> socket.socket:
     """A socket that other workers may bind too (SO_REUSEPORT); listening unless
-    `listen` is false, in which case the server listens when it starts serving."""
+    `listen` is false, in which case the server listens when it starts serving.
+    `shared=False`: one no other socket may share, whatever its owner set."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # Inherited by accepted connections: without it, small responses on kept-alive
     # connections wait out the peer's delayed ACK (about 40 ms each).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -123,7 +128,13 @@ def reserved_ports(config: GatewayConfig) -> Iterator[None]:
     set in `config` (loaded token and policy kept), so every worker binds that
     same port (SO_REUSEPORT). The sockets are bound, never listening: they hold
     the ports (a restarted worker finds its port still there) and the kernel
-    hands them no connection."""
+    hands them no connection.
+
+    Each port is first bound without SO_REUSEPORT and released: Linux lets a
+    process share a port with any socket of the same user that set SO_REUSEPORT,
+    so the shared bind alone would succeed beside a worker of an earlier gateway
+    still listening there (one whose supervisor could not end it), and the two
+    gateways would split the port's connections without a word."""
     with contextlib.ExitStack() as held:
         for field, host, option in (
             ("port", config.host, "--port"),
@@ -131,6 +142,8 @@ def reserved_ports(config: GatewayConfig) -> Iterator[None]:
         ):
             port = getattr(config, field)
             try:
+                with bind(host, port, listen=False, shared=False) as probe:
+                    port = int(probe.getsockname()[1])
                 sock = held.enter_context(bind(host, port, listen=False))
             except OSError as exc:
                 raise PortInUse(
