@@ -290,17 +290,17 @@ def _kill_survivors(pids: list[int], grace: float = 5.0) -> None:
     """SIGKILL those of `pids` still running after `grace` seconds."""
     with contextlib.suppress(WaitTimeout):
         wait_until(
-            lambda: not any(_running(pid) for pid in pids),
+            lambda: not any(running(pid) for pid in pids),
             timeout=grace,
             message=f"processes {pids} to exit",
         )
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            if _running(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Whether `pid` runs (a zombie does not: it only waits to be reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

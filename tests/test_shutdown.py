@@ -19,20 +19,19 @@ import pytest
 
 import attacks
 from edgefn_platform._crash import WORKER_START
-from gateway_process import ROOT, GatewayProcess, children, cli, listening_ports, tail
+from gateway_process import (
+    ROOT,
+    GatewayProcess,
+    children,
+    cli,
+    listening_ports,
+    running,
+    tail,
+)
 from waiting import wait_until
 
 HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
 AREA = "Process supervision (tests/test_shutdown.py)"
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not: it waits only to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -60,9 +59,9 @@ def test_sigterm_with_two_workers_exits_0_and_takes_every_worker_down(
     gateway.process.send_signal(signal.SIGTERM)
     assert gateway.process.wait(timeout=30) == 0, tail(gateway.log)
     wait_until(
-        lambda: not any(alive(pid) for pid in workers),
+        lambda: not any(running(pid) for pid in workers),
         timeout=5,
-        message=lambda: f"workers {[p for p in workers if alive(p)]} to exit",
+        message=lambda: f"workers {[p for p in workers if running(p)]} to exit",
     )
     assert "Traceback" not in gateway.log.read_text()
 
@@ -114,9 +113,9 @@ def test_an_expired_drain_timeout_cuts_a_slow_request_off_and_says_so(
         (answer,) = answers
         assert isinstance(answer, Exception) or answer.status_code >= 500
         wait_until(
-            lambda: not any(alive(pid) for pid in workers_before),
+            lambda: not any(running(pid) for pid in workers_before),
             timeout=5,
-            message=lambda: f"workers {[p for p in workers_before if alive(p)]} to exit",
+            message=lambda: f"workers {[p for p in workers_before if running(p)]} to exit",
         )
     finally:
         gateway.stop()

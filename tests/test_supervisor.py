@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import attacks
-from gateway_process import GatewayProcess, children, ended, start_dev, worker_pids
+from gateway_process import GatewayProcess, children, ended, running, start_dev, worker_pids
 from waiting import wait_until
 
 AREA = "Process supervision (tests/test_supervisor.py)"
@@ -30,28 +30,19 @@ def write_function(directory: Path, answer: str) -> Path:
     return directory
 
 
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not: it waits only to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def wait_gone(pids: list[int], seconds: float) -> list[int]:
     """Poll until none of `pids` runs or `seconds` pass; the ones still running."""
-    running: list[int] = []
+    left: list[int] = []
 
     def gone() -> bool:
-        running[:] = [pid for pid in pids if alive(pid)]
-        return not running
+        left[:] = [pid for pid in pids if running(pid)]
+        return not left
 
     try:
         wait_until(gone, timeout=seconds, message=f"processes {pids} to exit")
     except AssertionError:
         pass  # the caller asserts on what still runs
-    return running
+    return left
 
 
 def port_free(port: int) -> bool:
