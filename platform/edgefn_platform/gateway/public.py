@@ -149,6 +149,15 @@ class PublicApp:
         request = Request(scope, receive)
         try:
             response = await self.handle(request)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when the drain timeout expires: the
+            # client gets the gateway's own answer, not a bare 500 and a traceback.
+            if self.lifecycle is None or not self.lifecycle.draining:
+                raise
+            error = GatewayError(
+                503, "shutting_down", "the gateway stopped before the function finished"
+            )
+            response = error_response(error, request_id(request.headers.get("x-request-id")))
         except Exception as exc:  # a bug: logged, answered as a bare 500
             response = error_response(exc, request_id(request.headers.get("x-request-id")))
             self.metrics.requests.labels("", "500", "internal_error").inc()
