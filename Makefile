@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Bytecode of everything the targets run (pytest's own rewrite of conftest.py
+# included, which happens before conftest can say where) goes to .cache/.
+export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 
 .PHONY: install postgres run test coverage attacks bench fuzz soak lint wheel clean
 

@@ -56,11 +56,13 @@ def own_hostile(gateway: GatewayProcess) -> Iterator[str]:
     after it), so that the limits the test sets reach no other test."""
     name = f"hostile-{uuid.uuid4().hex[:8]}"
     component = (HOSTILE / ".edgefn" / "hostile.wasm").read_bytes()
+    # The hostile manifest under that name (its assets are not needed here).
+    manifest = (HOSTILE / "edgefn.toml").read_text()
+    manifest = manifest.replace('"hostile"', f'"{name}"').replace('assets = "assets"\n', "")
     deployed = gateway.admin(
         "POST",
         "/v1/functions",
-        # The hostile manifest's limits (its assets are not needed here).
-        data={"manifest": f'name = "{name}"\n[limits]\nmemory = "64MiB"\ntimeout = "1s"\n'},
+        data={"manifest": manifest},
         files={"component": ("c.wasm", component)},
     )
     assert deployed.status_code == 201, deployed.text

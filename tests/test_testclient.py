@@ -6,6 +6,7 @@ the sandbox answers."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_relative_assets_of_an_app_imported_otherwise(function: Path) -> None:
 
 
 def test_a_missing_assets_folder_is_named(function: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=str(function / "static")):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(function / "static"))):
         TestClient(load_app(function), assets="static")
 
 

@@ -323,11 +323,15 @@ def _supervise(config: GatewayConfig) -> None:
                 # long, so a crash loop costs a spawn now and then, not a core.
                 lived = now - started[i]
                 failures[i] = failures[i] + 1 if lived < _BACKOFF_RESET else 0
-                doubled = _BACKOFF_FIRST * 2 ** min(failures[i] - 1, 16)
-                delay = min(doubled, _BACKOFF_MAX) if failures[i] else 0.0
+                delay = (
+                    min(_BACKOFF_FIRST * 2 ** min(failures[i] - 1, 16), _BACKOFF_MAX)
+                    if failures[i]
+                    else 0.0
+                )
                 log.warning(
-                    "worker %s exited with %s after %.1f s; starting a new one in %.1f s",
+                    "worker %s (slot %d) exited with %s after %.1f s; starting a new one in %.1f s",
                     process.pid,
+                    i,
                     process.exitcode,
                     lived,
                     delay,
