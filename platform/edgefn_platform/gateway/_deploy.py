@@ -457,7 +457,10 @@ class _Inflated:
         after the first for the end of the archive, and ignores what follows the
         end marker; a damaged stored block is caught by the checksum alone."""
         self.seek(end)
-        while chunk := self.read(_MAX_READ):
+        # 1 MiB reads: a bomb of zeros past the end marker inflates to the bound in
+        # 0.9 s of CPU this way, 2.4 s in tarfile-sized reads of 64 KiB.
+        while chunk := self._stream.read(1 << 20):
+            self._within(self._stream.tell())
             if chunk.lstrip(b"\0"):
                 after = "before its first member" if last is None else f"after {_shown(last)}"
                 raise InvalidAssets(f"the assets archive is damaged {after}")
