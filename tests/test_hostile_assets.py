@@ -378,13 +378,26 @@ def test_a_global_pax_header_costs_no_memory_per_member(
     )
 
 
-def test_a_long_gnu_name_is_refused(gateway: GatewayProcess, hello_wasm: bytes) -> None:
+@pytest.mark.parametrize("kind", ["GNU long-name", "pax path"])
+def test_a_name_over_4096_bytes_is_refused(
+    gateway: GatewayProcess, hello_wasm: bytes, kind: str
+) -> None:
     # 10,000 members of 60 KiB names would keep 600 MiB of names in memory.
-    status, error = deploy(gateway, hello_wasm, tar_gz(regular("n" * 5000)))
+    info, data = regular("n" * 5000)
+    buffer = io.BytesIO()
+    layout = tarfile.GNU_FORMAT if kind == "GNU long-name" else tarfile.PAX_FORMAT
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=layout) as tar:
+        tar.addfile(info, io.BytesIO(data))
+    status, error = deploy(gateway, hello_wasm, buffer.getvalue())
     assert (status, error.get("code")) == (400, "invalid_assets"), error
-    assert "names are at most 4096 bytes" in error["message"], error
+    assert "4096 bytes" in error["message"], error
+    assert len(error["message"]) < 400, error
     assert unpacked_anywhere(gateway) == []
-    attacks.record(AREA, "a member name of 5000 bytes", "400 `invalid_assets` (at most 4096)")
+    attacks.record(
+        AREA,
+        f"a member name of 5000 bytes in a {kind} header",
+        "400 `invalid_assets` (at most 4096)",
+    )
 
 
 def plain_tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
