@@ -387,6 +387,12 @@ def rss(pid: int, field: str = "VmRSS") -> int:
     raise ValueError(f"process {pid} reports no {field}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process `pid` has used so far, user and system, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak_rss(pid: int) -> int:
     """Start `pid`'s peak (VmHWM) afresh from its resident memory now, and return that."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")

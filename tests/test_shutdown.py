@@ -25,6 +25,7 @@ from gateway_process import (
     GatewayProcess,
     children,
     cli,
+    cpu_seconds,
     listening_ports,
     running,
     tail,
@@ -33,11 +34,6 @@ from waiting import wait_until
 
 HOSTILE = Path(__file__).resolve().parent / "functions" / "hostile"
 AREA = "Process supervision (tests/test_shutdown.py)"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture
