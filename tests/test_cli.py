@@ -18,7 +18,8 @@ from edgefn_platform._printable import printable_lines
 from edgefn_platform.builder import BuildError
 from edgefn_platform.cli import main
 from edgefn_platform.client import AdminError, GatewayUnreachable
-from edgefn_platform.gateway._deploy import InvalidAssets, StorageFull
+from edgefn_platform.gateway import InvalidAssets
+from edgefn_platform.gateway._deploy import StorageFull
 from edgefn_platform.gateway._errors import GatewayError
 from edgefn_platform.gateway.config import TokenError
 from edgefn_platform.gateway.policy import ConfigError

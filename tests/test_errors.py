@@ -14,7 +14,8 @@ import pytest
 import edgefn_platform
 from edgefn_platform.builder import BuildError
 from edgefn_platform.client import AdminError, GatewayUnreachable
-from edgefn_platform.gateway._deploy import InvalidAssets, StorageFull
+from edgefn_platform.gateway import InvalidAssets
+from edgefn_platform.gateway._deploy import StorageFull
 from edgefn_platform.gateway._errors import GatewayError, error_response
 from edgefn_platform.gateway.config import TokenError
 from edgefn_platform.gateway.policy import ConfigError

@@ -23,7 +23,8 @@ import pytest
 import attacks
 from edgefn_platform import build
 from edgefn_platform.gateway import InvalidAssets, pack_assets
-from edgefn_platform.gateway._deploy import MAX_ASSETS_BYTES, MAX_ASSETS_FILES, Deployer
+from edgefn_platform.gateway._assets import MAX_ASSETS_BYTES, MAX_ASSETS_FILES
+from edgefn_platform.gateway._deploy import Deployer
 from edgefn_platform.registry import Registry
 from edgefn_runtime import Engine
 from gateway_process import ROOT, GatewayProcess, cpu_seconds, reset_peak_rss, rss

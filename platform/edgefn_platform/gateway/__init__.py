@@ -1,6 +1,7 @@
 """The gateway: public function traffic, the admin API, and the worker processes."""
 
-from ._deploy import Deployer, InvalidAssets, deploy_directory, pack_assets
+from ._assets import InvalidAssets, pack_assets
+from ._deploy import Deployer, deploy_directory
 from ._errors import GatewayError
 from .config import GatewayConfig, TokenError, load_token
 from .server import run, run_worker
