@@ -60,6 +60,17 @@ def deploy(gateway: GatewayProcess, component: bytes, archive: bytes) -> tuple[i
     return response.status_code, response.json().get("error", {})
 
 
+def deploy_measuring_memory(
+    gateway: GatewayProcess, component: bytes, archive: bytes
+) -> tuple[int, dict[str, str], int]:
+    """`deploy`, and how much the worker's peak memory (VmHWM) grew meanwhile."""
+    assert gateway.process is not None
+    pid = gateway.process.pid
+    before = reset_peak_rss(pid)
+    status, error = deploy(gateway, component, archive)
+    return status, error, rss(pid, "VmHWM") - before
+
+
 def tar_gz(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -231,11 +242,7 @@ def test_a_header_claiming_a_huge_name_is_not_read_into_memory(
     # header's data whole into memory.
     size = 512 * MiB
     archive = zeros_gz((header("././@LongLink", size, tarfile.GNUTYPE_LONGNAME), size // MiB))
-    assert gateway.process is not None
-    pid = gateway.process.pid
-    before = reset_peak_rss(pid)
-    status, error = deploy(gateway, hello_wasm, archive)
-    grew = rss(pid, "VmHWM") - before
+    status, error, grew = deploy_measuring_memory(gateway, hello_wasm, archive)
     assert (status, error.get("code")) == (400, "invalid_assets"), error
     assert "header" in error["message"], error
     assert grew < 100 * MiB, f"the worker's peak memory grew by {grew // MiB} MiB"
@@ -361,11 +368,7 @@ def test_a_global_pax_header_costs_no_memory_per_member(
     keys = 80_000 if size == "large" else 40
     records = {f"k{i:05}": "" for i in range(keys)}
     archive = pax_tar_gz(*(regular(f"f{i}", b"") for i in range(200)), globals_=records)
-    assert gateway.process is not None
-    pid = gateway.process.pid
-    before = reset_peak_rss(pid)
-    status, error = deploy(gateway, hello_wasm, archive)
-    grew = rss(pid, "VmHWM") - before
+    status, error, grew = deploy_measuring_memory(gateway, hello_wasm, archive)
     assert (status, error.get("code")) == (400, "invalid_assets"), error
     assert "pax" in error["message"], error
     assert grew < 100 * MiB, f"the worker's peak memory grew by {grew // MiB} MiB"
