@@ -85,10 +85,13 @@ MAX_SIDE = 16384
 MAX_SOURCE_BYTES = 64 * 1024
 
 Source = tuple[str, Any]
-"""("body", None), ("asset", name) or ("bytes", data): an image's input as the SDK holds it."""
+"""("body", None), ("asset", name), ("bytes", data) or ("url", url): an image's input
+as the SDK holds it."""
 
-# The WIT `failure.kind` values. The last three are budget breaches: the host
-# also stops the guest and the sandbox reports the limit, whatever the guest does.
+# The WIT `failure.kind` values (besides a `url` source's outbound failures,
+# `outbound.IMAGE_FAILURE_PREFIX` + an `outbound.FAILURE_KINDS` kind). The
+# stopping kinds are budget breaches: the host also stops the guest and the
+# sandbox reports the limit, whatever the guest does.
 STOPPING_KINDS = ("budget_exceeded", "memory_limit", "timeout")
 FAILURE_KINDS = (
     "unsupported_image",
