@@ -330,6 +330,14 @@ def test_a_fetch_without_fuel_stops_the_request(
     assert isinstance(run.context.breach, FuelExhausted) and origin.hits("/echo") == 0
 
 
+def test_the_gateways_warm_up_request_reaches_no_origin(
+    origin: OriginServer, connections: list[tuple[str, int]]
+) -> None:
+    run = Run([origin.base], headers=[("X-Edgefn-Warmup", "1")])
+    assert "warm-up" in run.refused(origin.url("/echo"), "not_allowed").message
+    assert connections == [] and origin.hits("/echo") == 0
+
+
 def test_invalid_methods_and_headers_are_refused(
     origin: OriginServer, connections: list[tuple[str, int]]
 ) -> None:

@@ -109,6 +109,11 @@ class Manifest:
         """`allowed_outbound_hosts` with each `{{ NAME }}` replaced by `env[NAME]`."""
         return tuple(substitute(entry, self.env) for entry in self.allowed_outbound_hosts)
 
+    def grants(self) -> dict[str, Any]:
+        """What the function may use of each host capability (`Engine.load(grants=)`)."""
+        hosts = self.outbound_hosts()
+        return {"outbound": AllowedHosts.parse(hosts)} if hosts else {}
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, as the registry stores it."""
         data = dataclasses.asdict(self)

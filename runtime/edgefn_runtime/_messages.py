@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Outcome", "Request", "Response", "Usage"]
+__all__ = ["WARM_UP_HEADER", "Outcome", "Request", "Response", "Usage"]
 
 HeaderList = list[tuple[str, str]]
+
+# Marks the throwaway request a gateway runs before a version takes traffic:
+# capabilities with effects outside the sandbox (outbound HTTP) refuse it.
+WARM_UP_HEADER = "x-edgefn-warmup"
 
 
 @dataclass

@@ -29,7 +29,7 @@ from edgefn_contract.outbound import METHODS
 
 from ..._contract import CONTRACT_VERSION
 from ..._errors import FuelExhausted, Timeout
-from ..._messages import Usage
+from ..._messages import WARM_UP_HEADER, Usage
 from .._base import Capability, Fuel, RequestContext, host_call
 from ._client import Budget, Client, Fetched
 from ._policy import AllowedHosts, OutboundFailure, OutboundPolicy
@@ -75,6 +75,8 @@ class OutboundState:
     sent: collections.Counter[str] = field(default_factory=collections.Counter)
     # (trace id, flags, tracestate) of the incoming request's W3C trace context.
     trace: tuple[str, str, str | None] | None = None
+    # The gateway's warm-up request: loading a version must not reach an origin.
+    warm_up: bool = False
 
     def count(self, outcome: str) -> None:
         self.sent[outcome] += 1
@@ -98,7 +100,8 @@ class OutboundCapability(Capability):
             instance.add_func("fetch", functools.partial(_fetch, self))
 
     def begin(self, context: RequestContext) -> OutboundState:
-        return OutboundState(self, trace=_trace_context(context.headers))
+        warm_up = any(name.lower() == WARM_UP_HEADER for name, _ in context.headers)
+        return OutboundState(self, trace=_trace_context(context.headers), warm_up=warm_up)
 
     def finish(self, state: OutboundState, usage: Usage) -> None:
         usage.fetches = sum(state.sent.values())
@@ -139,6 +142,8 @@ class OutboundCapability(Capability):
         policy = self.policy
         allowed: AllowedHosts = context.grants.get(self.name) or AllowedHosts(())
         target = allowed.check(url)
+        if state.warm_up:
+            raise OutboundFailure("not_allowed", "no outbound HTTP in the warm-up request")
         if method not in METHODS:
             raise OutboundFailure(
                 "not_allowed",
