@@ -1,6 +1,8 @@
 """edgefn.fetch and Image.from_url in the SDK: the API, its checks, its errors and
 their uncaught statuses, and `TestClient(fetch=...)`, natively; then one function
-built with the guest glue, served by a gateway against a loopback origin."""
+built with the guest glue: under a fake outbound capability (what the glue sends
+and how it reads answers and failures), and end to end through a gateway against
+a loopback origin once the host side is there."""
 
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import wasmtime
+from wasmtime import component as wc
 
 import edgefn_runtime.capabilities
 from edgefn import (
@@ -32,6 +37,10 @@ from edgefn.outbound import FetchRequest, timeout_ms
 from edgefn.testing import TestClient
 from edgefn_contract.outbound import IMAGE_FAILURE_PREFIX, STATUSES
 from edgefn_platform import BuildResult, build
+from edgefn_runtime import CONTRACT_VERSION, Engine, GuestError, Sandbox
+from edgefn_runtime import Request as SandboxRequest
+from edgefn_runtime.capabilities import Capability, host_call
+from edgefn_runtime.capabilities.image import ImageCapability
 from gateway_process import GatewayProcess, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,7 +307,7 @@ def test_image_from_url_failures_are_the_outbound_errors() -> None:
 # In the sandbox -------------------------------------------------------------------
 
 APP = """
-from edgefn import App, OutboundError, fetch
+from edgefn import App, OutboundError, StreamingResponse, fetch
 from edgefn.image import Image
 
 app = App()
@@ -316,7 +325,8 @@ def proxy(request):
     return {
         "status": answer.status,
         "type": answer.headers.get("CONTENT-TYPE"),
-        "json": answer.json(),
+        "x-a": answer.headers.getlist("x-a"),
+        "json": answer.json() if answer.body else None,
         "url": answer.url,
     }
 
@@ -327,6 +337,20 @@ def caught(request):
         fetch(request.query["url"])
     except OutboundError as exc:
         return {"kind": exc.kind, "code": exc.code}
+
+
+@app.get("/uncaught")
+def uncaught(request):
+    fetch(request.query["url"])
+
+
+@app.get("/streaming")
+def streaming(request):
+    def chunks():
+        yield b"first"
+        fetch(request.query["url"], method="POST", body=b"would land in the response")
+
+    return StreamingResponse(chunks())
 
 
 @app.get("/thumb")
@@ -401,12 +425,109 @@ def fetching_build(fetching: Path) -> BuildResult:
     return build(fetching)
 
 
-def test_the_guest_glue_compiles_into_a_function(fetching_build: BuildResult) -> None:
-    # componentize-py imports the app, the SDK and its guest glue at build time:
-    # a binding name the glue gets wrong fails here.
-    assert fetching_build.path.stat().st_size > 0
+OUTBOUND_IMPORT = f"edgefn:http/outbound@{CONTRACT_VERSION}"
 
 
+@dataclass
+class FakeOutbound(Capability):
+    """A stand-in for the host's outbound capability: records what the guest glue
+    sent and answers with `answer` (an `incoming-response` without a body, or a
+    failure kind). Bodies it answers are the real host's business."""
+
+    name = "fake-outbound"
+    imports = frozenset({OUTBOUND_IMPORT})
+    stdout_reserve = 64 * 1024
+    answer: tuple[int, str, str] | str = (200, "", "")
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def link(self, linker: wc.Linker) -> None:
+        with linker.root() as root, root.add_instance(OUTBOUND_IMPORT) as instance:
+            instance.add_func("fetch", self._fetch)
+
+    def _fetch(self, store: wasmtime.StoreContext, request: Any) -> wc.Variant:
+        context, _ = host_call(store)
+        fields = dict(request.__dict__)
+        assert context.take_output is not None
+        fields["body-bytes"] = context.take_output(fields["body"])
+        self.seen.append(fields)
+        record = wc.Record()
+        if isinstance(self.answer, str):
+            record.__dict__.update(kind=self.answer, message=f"the fake says {self.answer}")
+            return wc.Variant("err", record)
+        status, headers, url = self.answer
+        record.__dict__.update(status=status, headers=headers, body=0, url=url)
+        return wc.Variant("ok", record)
+
+
+@pytest.fixture(scope="module")
+def fake_outbound() -> FakeOutbound:
+    return FakeOutbound()
+
+
+@pytest.fixture(scope="module")
+def faked(fetching_build: BuildResult, fake_outbound: FakeOutbound) -> Iterator[Sandbox]:
+    """The function under a host whose outbound capability is the fake."""
+    with Engine(capabilities=[ImageCapability(), fake_outbound]) as engine:
+        yield engine.load(fetching_build.path)
+
+
+@pytest.mark.wasm
+def test_the_guest_glue_sends_what_fetch_was_given(
+    faked: Sandbox, fake_outbound: FakeOutbound
+) -> None:
+    fake_outbound.answer = (201, "Content-Type: application/json\nx-a: 1\nX-A: 2\n", "http://o/b")
+    fake_outbound.seen.clear()
+    outcome = faked.invoke(SandboxRequest("POST", "/", "url=http://o/a", body=b"payload"))
+    assert json.loads(outcome.response.body) == {
+        "status": 201,
+        "type": "application/json",
+        "x-a": ["1", "2"],
+        "json": None,
+        "url": "http://o/b",
+    }
+    assert fake_outbound.seen == [
+        {
+            "method": "POST",
+            "url": "http://o/a",
+            "headers": "x-test: 1\n",
+            "body": 7,
+            "timeout-ms": 5000,
+            "body-bytes": b"payload",
+        }
+    ]
+
+
+@pytest.mark.wasm
+def test_the_guest_glue_raises_the_failures_kind(
+    faked: Sandbox, fake_outbound: FakeOutbound
+) -> None:
+    for kind, (status, code) in STATUSES.items():
+        fake_outbound.answer = kind
+        caught = faked.invoke(SandboxRequest("GET", "/caught", "url=http://o/a"))
+        assert json.loads(caught.response.body) == {"kind": kind, "code": code}
+        uncaught = faked.invoke(SandboxRequest("GET", "/uncaught", "url=http://o/a"))
+        assert uncaught.response.status == status
+        assert json.loads(uncaught.response.body)["error"] == {
+            "code": code,
+            "message": f"the fake says {kind}",
+        }
+
+
+@pytest.mark.wasm
+def test_a_fetch_body_never_lands_in_the_response(
+    faked: Sandbox, fake_outbound: FakeOutbound
+) -> None:
+    fake_outbound.answer = "failed"
+    fake_outbound.seen.clear()
+    outcome = faked.invoke(SandboxRequest("POST", "/", "url=http://o/a", body=b"payload"))
+    assert fake_outbound.seen[0]["body-bytes"] == b"payload"
+    assert json.loads(outcome.response.body)["error"]["code"] == "outbound_failed"
+    # While a response body streams, a body would be written into it: refused.
+    with pytest.raises(GuestError, match="while a response body streams"):
+        faked.invoke(SandboxRequest("GET", "/streaming", "url=http://o/a"))
+
+
+@pytest.mark.wasm
 @pytest.mark.skipif(
     not hasattr(edgefn_runtime.capabilities, "OutboundCapability"),
     reason="the host side of outbound HTTP is not merged yet",
@@ -429,6 +550,7 @@ def test_fetch_and_image_from_url_work_through_a_gateway(
         assert answer.json() == {
             "status": 200,
             "type": "application/json",
+            "x-a": [],
             "json": {"method": "POST", "path": "/echo", "x-test": "1", "body": "payload"},
             "url": f"{origin}/echo",
         }
