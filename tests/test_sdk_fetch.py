@@ -23,6 +23,7 @@ import edgefn_runtime.capabilities
 from edgefn import (
     App,
     FetchResponse,
+    Headers,
     HTTPError,
     OutboundError,
     OutboundFailed,
@@ -33,8 +34,8 @@ from edgefn import (
     fetch,
 )
 from edgefn.image import Image, raise_failure
-from edgefn.outbound import FetchRequest, timeout_ms
-from edgefn.testing import TestClient
+from edgefn.outbound import timeout_ms
+from edgefn.testing import FetchRequest, TestClient
 from edgefn_contract.outbound import IMAGE_FAILURE_PREFIX, STATUSES
 from edgefn_platform import BuildResult, build
 from edgefn_runtime import CONTRACT_VERSION, Engine, GuestError, Sandbox
@@ -97,6 +98,8 @@ def test_a_fetch_response_reads_like_a_request() -> None:
     # JSON is UTF-8 (RFC 8259), whatever the charset says; json.loads detects UTF-16/32.
     assert FetchResponse(body='{"a": "é"}'.encode("utf-16")).json() == {"a": "é"}
     assert not FetchResponse(404).ok and not FetchResponse(199).ok and FetchResponse(299).ok
+    repeated = FetchResponse(headers=Headers([("x-a", "1"), ("X-A", "2")]))
+    assert repeated.headers.getlist("x-a") == ["1", "2"]
 
 
 def test_fetched_text_defaults_to_utf8_and_survives_bad_bytes() -> None:

@@ -19,13 +19,13 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 # The vocabulary is the contract's, shared with the host.
 from edgefn_contract.outbound import METHODS, STATUSES
 
-from ._datastructures import Headers
+from ._datastructures import Headers, _MultiDict
 from ._exceptions import HTTPError
 from ._requests import _charset
 
@@ -93,7 +93,7 @@ _ERRORS: dict[str, type[OutboundError]] = {
 }
 
 
-def raise_failure(kind: str, message: str) -> None:
+def raise_failure(kind: str, message: str) -> NoReturn:
     """Raise the SDK exception for a failure `kind` reported by the host."""
     # A kind this SDK does not know yet (a newer host) is still a failed fetch.
     raise _ERRORS.get(kind, OutboundFailed)(message)
@@ -251,6 +251,8 @@ def _items(
 ) -> list[tuple[str, str]]:
     if headers is None:
         return []
+    if isinstance(headers, _MultiDict):  # every value of a repeated name, not the first
+        return headers.multi_items()
     if isinstance(headers, Mapping):
         return list(headers.items())
     items = []

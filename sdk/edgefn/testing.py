@@ -30,7 +30,14 @@ from ._responses import Response
 from ._routing import App
 from .outbound import FetchRequest, FetchResponse, OutboundFailed, OutboundNotAllowed
 
-__all__ = ["FetchAnswers", "TestClient", "TestResponse", "load_app"]
+__all__ = [
+    "FetchAnswers",
+    "FetchRequest",
+    "FetchResponse",
+    "TestClient",
+    "TestResponse",
+    "load_app",
+]
 
 FetchAnswer = FetchResponse | bytes | str
 FetchAnswers = Mapping[str, FetchAnswer] | Callable[[FetchRequest], FetchAnswer]
