@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edgefn import HTTPError
+from edgefn import HTTPError, fetch
 from edgefn.image import Image, negotiate
 from gateway_process import ROOT
 
@@ -45,7 +45,12 @@ def spelled(name: str, function: Callable[..., Any]) -> str:
 
 @pytest.mark.parametrize(
     ("name", "function"),
-    [("HTTPError", HTTPError.__init__), ("negotiate", negotiate), (".send", Image.send)],
+    [
+        ("HTTPError", HTTPError.__init__),
+        ("negotiate", negotiate),
+        (".send", Image.send),
+        ("fetch", fetch),
+    ],
 )
 def test_the_documented_signature_is_the_code_s(name: str, function: Callable[..., Any]) -> None:
     assert documented(name) == spelled(name, function)
