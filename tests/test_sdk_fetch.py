@@ -539,7 +539,8 @@ def test_fetch_and_image_from_url_work_through_a_gateway(
     fetching: Path, fetching_build: BuildResult, origin: str, tmp_path: Path
 ) -> None:
     manifest = fetching / "edgefn.toml"
-    manifest.write_text(manifest.read_text() + f'allowed_outbound_hosts = ["{origin}"]\n')
+    # Before the manifest's tables: a key after `[env]` would be one of its variables.
+    manifest.write_text(f'allowed_outbound_hosts = ["{origin}"]\n' + manifest.read_text())
     config = tmp_path / "gateway.toml"
     config.write_text('[outbound]\nallowed_networks = ["127.0.0.1/32"]\n')
     with GatewayProcess(tmp_path / "data", extra_env={"EDGEFN_CONFIG": str(config)}) as gateway:

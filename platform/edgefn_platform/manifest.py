@@ -221,8 +221,8 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
             f'["https://images.example.com"], got {outbound!r}'
         )
         outbound = []
-    for index, entry in enumerate(outbound):
-        problem = check_outbound_entry(entry, env if isinstance(env, dict) else {})
+    for index, host in enumerate(outbound):
+        problem = check_outbound_entry(host, env if isinstance(env, dict) else {})
         if problem:
             problems.append(f"allowed_outbound_hosts[{index}]: {problem}")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import re
 import secrets
 import time
@@ -37,6 +38,7 @@ from ._policy import AllowedHosts, OutboundFailure, OutboundPolicy
 __all__ = ["OUTBOUND_IMPORT", "OutboundCapability", "fetch_for"]
 
 OUTBOUND_IMPORT = f"edgefn:http/outbound@{CONTRACT_VERSION}"
+log = logging.getLogger("edgefn.outbound")
 
 # Fuel a fetch costs before any byte, so a guest fetching in a loop pays for the
 # host's work (about what the image capability's probe costs), then a unit a byte.
@@ -294,7 +296,8 @@ def _fetch(
             request.url,
             _parse_headers(request.headers),
             body,
-            request.timeout_ms / 1000 if request.timeout_ms else None,
+            # WIT field names keep their dashes in wasmtime-py's records.
+            timeout_ms / 1000 if (timeout_ms := getattr(request, "timeout-ms")) else None,
         )
         if context.put_file is None:
             raise OutboundFailure("failed", "the function's sandbox has no /.edgefn directory")
@@ -311,6 +314,7 @@ def _fetch(
     except OutboundFailure as failure:
         return wc.Variant("err", _record(kind=failure.kind, message=failure.message))
     except Exception as exc:  # noqa: BLE001 - see above; the host's own bug, said plainly
+        log.exception("outbound fetch failed in the host")
         return wc.Variant(
             "err", _record(kind="failed", message=f"the host failed: {type(exc).__name__}")
         )
