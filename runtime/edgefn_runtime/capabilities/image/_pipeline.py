@@ -357,15 +357,16 @@ class _Layout:
         self, outer: tuple[int, int], inner: tuple[int, int], gravity: str, margin: int
     ) -> tuple[int, int]:
         x, y = _place(outer, inner, gravity, margin)
-        band = self._bands.get(gravity)
-        if band is not None:
-            if gravity.startswith("south"):
-                y = min(y, band[0] - margin - inner[1])
-            else:
-                y = max(y, band[1] + margin)
-            band = (min(band[0], y), max(band[1], y + inner[1]))
-        self._bands[gravity] = band or (y, y + inner[1])
-        return x, y
+        if gravity not in self._bands:
+            self._bands[gravity] = (y, y + inner[1])
+            return x, y
+        top, bottom = self._bands[gravity]
+        if gravity.startswith("south"):
+            y = min(y, top - margin - inner[1])
+        else:
+            y = max(y, bottom + margin)
+        self._bands[gravity] = (min(top, y), max(bottom, y + inner[1]))
+        return x, y  # past the image's edge when the stack is taller: Pillow clips
 
 
 def _stamp(
@@ -416,6 +417,7 @@ def _stamp(
 def _text(
     image: Image.Image, op: dict[str, Any], assets: Path | None, budget: Budget, layout: _Layout
 ) -> Image.Image:
+    # `assets` unused: every stamp takes the same arguments (see _STAMPS).
     text = str(op.get("text", ""))
     if not text or len(text) > 200:
         raise ImageFailure("invalid_pipeline", "text must be 1 to 200 characters")
@@ -472,4 +474,5 @@ def _overlay(
     return _stamp(image, fill, mask, op, budget, layout)
 
 
+# The operations that stamp at a gravity, which `render` lays out together.
 _STAMPS = {"text": _text, "overlay": _overlay}
