@@ -29,19 +29,35 @@ _PARAMS = (
     "q",
     *_CROP,
 )
-_SOURCE_PARAMS: tuple[str, ...] = ()  # query parameters that name the source, not the pipeline
+_SOURCE_PARAMS = ("src",)  # query parameters that name the source, not the pipeline
 
 
 @app.post("/")
+@app.get("/")
 @app.get("/sample.jpg")
 def watermark_request(request: Request) -> Response:
     return watermark(request, source(request))
 
 
 def source(request: Request) -> Image:
-    """The image to work on: the one place that knows where images come from."""
+    """The image to work on: the one place that knows where images come from.
+
+    `src=<absolute URL>`: the original on an origin the manifest allows (its
+    `ORIGIN` in [env]), fetched by the host; else the body of a POST; else the
+    bundled sample."""
+    src = request.query.get("src")
+    if src is not None:
+        if request.method == "POST" or request.path == "/sample.jpg":
+            raise HTTPError(400, "give the image as src=... or as the body, not both")
+        if not src.startswith(("http://", "https://")):
+            raise HTTPError(
+                400, f"src must be an absolute http:// or https:// URL, got {src[:200]!r}"
+            )
+        return Image.from_url(src)
     if request.method == "POST":
         return Image.from_body()
+    if request.path == "/":
+        raise HTTPError(400, "give src=<absolute URL> of the original, or POST the image")
     return Image.from_asset("sample.jpg")
 
 

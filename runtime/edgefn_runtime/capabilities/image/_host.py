@@ -17,7 +17,7 @@ import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +61,9 @@ class ImageState:
     """One request's image work so far."""
 
     pixels: int = 0
+    # Originals fetched for `url` sources, by URL: a function that probes an
+    # image (for an ETag) and then renders it fetches it once.
+    fetched: dict[str, bytes] = field(default_factory=dict)
 
 
 class ImageCapability(Capability):
@@ -119,10 +122,13 @@ def _source(context: RequestContext, fuel: Fuel, source: Source) -> bytes:
     if kind == "url" and isinstance(value, str):
         # Fetched by the host under the function's grant and the operator's
         # policy, its bytes counted with the request's other fetches.
-        try:
-            return fetch_for(context, fuel, value)
-        except OutboundFailure as failure:
-            raise ImageFailure(IMAGE_FAILURE_PREFIX + failure.kind, failure.message) from None
+        fetched: dict[str, bytes] = context.states[ImageCapability.name].fetched
+        if value not in fetched:
+            try:
+                fetched[value] = fetch_for(context, fuel, value)
+            except OutboundFailure as failure:
+                raise ImageFailure(IMAGE_FAILURE_PREFIX + failure.kind, failure.message) from None
+        return fetched[value]
     # `bytes(n)`: the guest just wrote n bytes to stdout. The length is checked
     # before a byte is read: a list<u8> would have been converted element by
     # element (1.4 us and ~40 bytes each) before any check could run.
