@@ -244,6 +244,23 @@ def test_a_url_missing_from_the_mapping_is_not_allowed() -> None:
     assert len(client.fetched) == 1
 
 
+def test_the_missing_url_message_names_what_the_mapping_has() -> None:
+    answers = {f"{ORIGIN}/{n}": b"" for n in range(7)}
+    client = TestClient(proxy_app(), fetch=answers)
+    message = client.get(f"/?url={ORIGIN}/x").json()["error"]["message"]
+    assert message.endswith(
+        f"(it has {ORIGIN}/0, {ORIGIN}/1, {ORIGIN}/2, {ORIGIN}/3, {ORIGIN}/4 and 2 more)"
+    )
+    message = TestClient(proxy_app(), fetch={}).get(f"/?url={ORIGIN}/x").json()["error"]["message"]
+    assert message.endswith("(it has nothing)")
+
+
+def test_a_head_is_answered_without_a_body_as_the_host_would() -> None:
+    client = TestClient(proxy_app(), fetch={f"{ORIGIN}/a": FetchResponse(200, body=b"body")})
+    assert client.get(f"/?url={ORIGIN}/a&method=HEAD").json()["text"] == ""
+    assert client.get(f"/?url={ORIGIN}/a").json()["text"] == "body"
+
+
 def test_without_fetch_the_error_says_how_to_answer() -> None:
     response = TestClient(proxy_app()).get(f"/?url={ORIGIN}/a")
     assert response.status == 500
