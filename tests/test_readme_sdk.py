@@ -70,3 +70,14 @@ def test_the_fresh_instance_cost_is_one_figure_from_the_benchmarks() -> None:
     measured = 1000 / int(per_core.group(1).replace(",", ""))  # ms of CPU per request
     stated = re.findall(r"fresh instance costs about \**([\d.]+) ms of CPU", README)
     assert stated and {float(figure) for figure in stated} == {round(measured, 1)}
+
+
+def test_the_outbound_examples_run_as_written() -> None:
+    # The handler of "Outbound HTTP" and the tests of "Testing a function natively".
+    handler = re.search(r"```python\n(from edgefn import App, OutboundError.*?)```", README, re.S)
+    tests = re.search(r"```python\n(from edgefn import FetchResponse.*?)```", README, re.S)
+    assert handler and tests, "the README lost its outbound examples"
+    namespace: dict[str, Any] = {}
+    exec(handler[1] + tests[1], namespace)
+    namespace["test_price"]()
+    namespace["test_price_when_the_api_is_slow"]()

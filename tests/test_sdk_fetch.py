@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESIZE = ROOT / "functions" / "image_resize"
 SAMPLE = (RESIZE / "assets" / "sample.jpg").read_bytes()
 ORIGIN = "https://origin.example.com"
+FETCHING = Path(__file__).resolve().parent / "functions" / "fetching"
 
 
 def proxy_app() -> App:
@@ -244,6 +246,23 @@ def test_a_url_missing_from_the_mapping_is_not_allowed() -> None:
     assert len(client.fetched) == 1
 
 
+def test_the_missing_url_message_names_what_the_mapping_has() -> None:
+    answers = {f"{ORIGIN}/{n}": b"" for n in range(7)}
+    client = TestClient(proxy_app(), fetch=answers)
+    message = client.get(f"/?url={ORIGIN}/x").json()["error"]["message"]
+    assert message.endswith(
+        f"(it has {ORIGIN}/0, {ORIGIN}/1, {ORIGIN}/2, {ORIGIN}/3, {ORIGIN}/4 and 2 more)"
+    )
+    message = TestClient(proxy_app(), fetch={}).get(f"/?url={ORIGIN}/x").json()["error"]["message"]
+    assert message.endswith("(it has nothing)")
+
+
+def test_a_head_is_answered_without_a_body_as_the_host_would() -> None:
+    client = TestClient(proxy_app(), fetch={f"{ORIGIN}/a": FetchResponse(200, body=b"body")})
+    assert client.get(f"/?url={ORIGIN}/a&method=HEAD").json()["text"] == ""
+    assert client.get(f"/?url={ORIGIN}/a").json()["text"] == "body"
+
+
 def test_without_fetch_the_error_says_how_to_answer() -> None:
     response = TestClient(proxy_app()).get(f"/?url={ORIGIN}/a")
     assert response.status == 500
@@ -309,63 +328,6 @@ def test_image_from_url_failures_are_the_outbound_errors() -> None:
 
 # In the sandbox -------------------------------------------------------------------
 
-APP = """
-from edgefn import App, OutboundError, StreamingResponse, fetch
-from edgefn.image import Image
-
-app = App()
-
-
-@app.route("/", methods=["GET", "POST"])
-def proxy(request):
-    answer = fetch(
-        request.query["url"],
-        method=request.method,
-        headers={"x-test": "1"},
-        body=request.body or None,
-        timeout=5,
-    )
-    return {
-        "status": answer.status,
-        "type": answer.headers.get("CONTENT-TYPE"),
-        "x-a": answer.headers.getlist("x-a"),
-        "json": answer.json() if answer.body else None,
-        "url": answer.url,
-    }
-
-
-@app.get("/caught")
-def caught(request):
-    try:
-        fetch(request.query["url"])
-    except OutboundError as exc:
-        return {"kind": exc.kind, "code": exc.code}
-
-
-@app.get("/uncaught")
-def uncaught(request):
-    fetch(request.query["url"])
-
-
-@app.get("/streaming")
-def streaming(request):
-    def chunks():
-        yield b"first"
-        fetch(request.query["url"], method="POST", body=b"would land in the response")
-
-    return StreamingResponse(chunks())
-
-
-@app.get("/thumb")
-def thumb(request):
-    return Image.from_url(request.query["url"]).resize(40).send("png")
-
-
-@app.post("/body")
-def body(request):
-    return Image.from_body().resize(40).send("png")
-"""
-
 
 class _Origin(http.server.BaseHTTPRequestHandler):
     """Echoes each request as JSON; /sample.jpg is image_resize's sample."""
@@ -415,17 +377,8 @@ def origin() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def fetching(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("fetching") / "fetching"
-    folder.mkdir()
-    (folder / "app.py").write_text(APP)
-    (folder / "edgefn.toml").write_text('name = "fetching"\nroute = "/fetching"\n')
-    return folder
-
-
-@pytest.fixture(scope="module")
-def fetching_build(fetching: Path) -> BuildResult:
-    return build(fetching)
+def fetching_build() -> BuildResult:
+    return build(FETCHING)
 
 
 OUTBOUND_IMPORT = f"edgefn:http/outbound@{CONTRACT_VERSION}"
@@ -535,12 +488,13 @@ def test_a_fetch_body_never_lands_in_the_response(
     not hasattr(edgefn_runtime.capabilities, "OutboundCapability"),
     reason="the host side of outbound HTTP is not merged yet",
 )
-def test_fetch_and_image_from_url_work_through_a_gateway(
-    fetching: Path, fetching_build: BuildResult, origin: str, tmp_path: Path
-) -> None:
-    manifest = fetching / "edgefn.toml"
+def test_fetch_and_image_from_url_work_through_a_gateway(origin: str, tmp_path: Path) -> None:
+    fetching = tmp_path / "fetching"
+    fetching.mkdir()
+    shutil.copy(FETCHING / "app.py", fetching)
+    manifest = (FETCHING / "edgefn.toml").read_text()
     # Before the manifest's tables: a key after `[env]` would be one of its variables.
-    manifest.write_text(f'allowed_outbound_hosts = ["{origin}"]\n' + manifest.read_text())
+    (fetching / "edgefn.toml").write_text(f'allowed_outbound_hosts = ["{origin}"]\n{manifest}')
     config = tmp_path / "gateway.toml"
     config.write_text('[outbound]\nallowed_networks = ["127.0.0.1/32"]\n')
     with GatewayProcess(tmp_path / "data", extra_env={"EDGEFN_CONFIG": str(config)}) as gateway:

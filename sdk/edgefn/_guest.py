@@ -199,8 +199,7 @@ class _HostOutbound:
                 raise RuntimeError("fetch cannot send a body while a response body streams")
             if _write_all(request.body) != len(request.body):
                 raise ValueError(
-                    f"no room left on stdout for the fetch body of {len(request.body):,} bytes "
-                    "(the function's response limit bounds it too)"
+                    f"no room left on stdout for the fetch body of {len(request.body):,} bytes"
                 )
         headers = "".join(f"{name}: {value}\n" for name, value in request.headers)
         outgoing = host_outbound.OutgoingRequest(

@@ -276,7 +276,10 @@ class _NativeFetch:
             )
         if isinstance(self.answers, Mapping):
             if request.url not in self.answers:
-                known = ", ".join(sorted(self.answers)) or "nothing"
+                urls = sorted(self.answers)
+                known = ", ".join(urls[:5]) or "nothing"
+                if len(urls) > 5:
+                    known += f" and {len(urls) - 5} more"
                 raise OutboundNotAllowed(
                     f"{request.url} is not in TestClient's `fetch` mapping (it has {known})"
                 )
@@ -284,16 +287,16 @@ class _NativeFetch:
         else:
             answer = self.answers(request)
         if isinstance(answer, (bytes, str)):
-            return FetchResponse(200, body=answer, url=request.url)
+            answer = FetchResponse(200, body=answer)
         if not isinstance(answer, FetchResponse):
             raise TypeError(
                 f"TestClient's fetch answered {request.url} with {type(answer).__name__}; "
                 "answer with a FetchResponse, bytes or str"
             )
-        if not answer.url:  # as the host reports it: the URL that answered
-            answer = FetchResponse(
-                answer.status, answer.headers.multi_items(), answer.body, request.url
-            )
+        # As the host answers: the URL that answered, and no body to a HEAD.
+        if not answer.url or (request.method == "HEAD" and answer.body):
+            body = b"" if request.method == "HEAD" else answer.body
+            answer = FetchResponse(answer.status, answer.headers, body, answer.url or request.url)
         return answer
 
 
