@@ -166,3 +166,16 @@ def test_signed_urls_when_a_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unsigned_urls_when_no_key_is_set() -> None:
     assert client.get("/sample.jpg?text=hi&w=100", headers=ROUTE).status == 200
+
+
+ORIGIN = "http://127.0.0.1:9000"  # the manifest's [env] ORIGIN; TestClient answers for it
+
+
+def test_src_crops_stamps_and_converts_the_fetched_original() -> None:
+    sample = (HERE / "assets" / "sample.jpg").read_bytes()
+    fetching = TestClient(load_app(HERE), assets="assets", fetch={f"{ORIGIN}/sample.jpg": sample})
+    query = "w=200&h=200&fit=cover&text=edgefn&logo=1&format=webp"
+    fetched = fetching.get(f"/?src={ORIGIN}/sample.jpg&{query}")
+    assert fetched.status == 200 and fetched.headers["content-type"] == "image/webp"
+    assert fetched.body == fetching.post(f"/?{query}", body=sample).body
+    assert fetching.get("/?text=a").status == 400  # GET / names its source
