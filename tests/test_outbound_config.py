@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgefn_platform import Manifest, ManifestError, parse_manifest
-from edgefn_platform.gateway.policy import ConfigError, Policy, load_policy
+from edgefn_platform.gateway.policy import OUTBOUND_KEYS, ConfigError, Policy, load_policy
 from edgefn_runtime.capabilities.outbound import DEFAULT_BLOCKED, AllowedHosts, OutboundPolicy
 
 
@@ -233,3 +233,28 @@ def test_the_policy_pickles_for_the_workers() -> None:
     copy = pickle.loads(pickle.dumps(policy))
     assert copy.outbound == policy.outbound
     assert copy.outbound.allowed_networks == (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+# -- the README says what the code does -----------------------------------------------------
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_the_readmes_manifest_example_parses_and_allows_its_origin() -> None:
+    section = README.split("### The manifest (`edgefn.toml`)")[1]
+    example = section.split("```toml\n")[1].split("```")[0]
+    manifest = parse_manifest(example)
+    assert manifest.outbound_hosts()[-1] == "http://127.0.0.1:9000"
+    AllowedHosts.parse(manifest.outbound_hosts()).check("https://bucket.s3.amazonaws.com/a.jpg")
+
+
+def test_the_readmes_outbound_table_lists_every_key_and_blocked_network() -> None:
+    section = README.split("### Outbound HTTP (`[outbound]`)")[1].split("\n### ")[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    assert sorted(key.strip(" `") for key, _ in rows) == sorted(OUTBOUND_KEYS)
+    assert all(
+        variable.strip(" `") == f"EDGEFN_OUTBOUND_{key.strip(' `').upper()}"
+        for key, variable in rows
+    )
+    listed = section.split("**Blocked networks.**")[1]
+    assert all(f"`{network}`" in listed for network in DEFAULT_BLOCKED)

@@ -564,6 +564,22 @@ def test_a_hanging_lookup_times_out_at_the_deadline(hanging_dns: threading.Event
     assert caught.value.kind == "timeout"
 
 
+def test_hanging_lookups_hold_at_most_eight_threads(hanging_dns: threading.Event) -> None:
+    for index in range(12):
+        with pytest.raises(OutboundFailure, match="took longer"):
+            DEFAULT.resolve(f"slow{index}.example", 80, timeout=0.01)
+    resolvers = [t for t in threading.enumerate() if t.name == "edgefn-resolve"]
+    assert 1 <= len(resolvers) <= 8
+    assert all(t.daemon for t in resolvers)  # never holding up a worker's exit
+
+
+def test_lookups_reuse_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_getaddrinfo(monkeypatch, "93.184.216.34")
+    for _ in range(50):
+        DEFAULT.resolve("origin.example", 443, timeout=5)
+    assert 1 <= sum(t.name == "edgefn-resolve" for t in threading.enumerate()) <= 8
+
+
 def test_failures_pickle_and_use_the_contracts_kinds() -> None:
     failure = pickle.loads(pickle.dumps(OutboundFailure("timeout", "slow")))
     assert (failure.kind, failure.message, str(failure)) == ("timeout", "slow", "slow")
@@ -584,3 +600,75 @@ def test_policy_defaults_and_validation() -> None:
         OutboundPolicy(max_fetches=-1)
     with pytest.raises(ValueError, match="read_timeout"):
         OutboundPolicy(read_timeout=0)
+
+
+# -- fuzzing: only the errors promised, and a normalised URL is a fixed point ---------------
+
+URL_PARTS = st.sampled_from(
+    [
+        "http",
+        "https",
+        "HTTP",
+        "ftp",
+        "*",
+        "",
+        "://",
+        ":",
+        "/",
+        "//",
+        "@",
+        "[",
+        "]",
+        "?",
+        "#",
+        "%",
+        "\\",
+        " ",
+        "\t",
+        "\n",
+        ".",
+        "*.",
+        "::1",
+        "127.0.0.1",
+        "0x7f",
+        "ü",
+        "xn--",
+        "example.com",
+        "443",
+        "0",
+        "65536",
+        "user:pw",
+        "a" * 64,
+        "\x00",
+        "\u200b",
+        "\uff0e",
+    ]
+)
+URLISH = st.one_of(st.text(max_size=60), st.lists(URL_PARTS, max_size=12).map("".join))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(URLISH)
+def test_any_text_is_a_target_or_refused_as_not_allowed(url: str) -> None:
+    try:
+        target = AllowedHosts.parse(["*://*:*"]).check(url)
+    except OutboundFailure as exc:
+        assert exc.kind == "not_allowed"
+        return
+    assert target.url == f"{target.scheme}://{target.host_header}{target.target}"
+    assert target.target.startswith("/") and target.target.isascii() and target.host.isascii()
+    assert not any(c.isspace() or ord(c) < 0x20 or c in "#\x7f" for c in target.url)
+    assert 0 < target.port < 65536
+    assert AllowedHosts.parse(["*://*:*"]).check(target.url) == target  # a fixed point
+
+
+@settings(max_examples=1500, deadline=None)
+@given(URLISH)
+def test_any_text_is_an_entry_or_a_value_error(entry: str) -> None:
+    try:
+        hosts = AllowedHosts.parse([entry])
+    except ValueError as exc:
+        assert str(exc).startswith(repr(entry))
+        return
+    (pattern,) = hosts.patterns
+    assert pattern.host.isascii() and pattern.scheme in ("http", "https", "*")

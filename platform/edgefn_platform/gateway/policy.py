@@ -33,7 +33,7 @@ from ..manifest import LIMIT_PARSERS
 from ..manifest import parse_limits as manifest_limits
 from ._cores import available_cores
 
-__all__ = ["LIMIT_KEYS", "ConfigError", "EffectiveLimits", "Policy", "load_policy"]
+__all__ = ["LIMIT_KEYS", "OUTBOUND_KEYS", "ConfigError", "EffectiveLimits", "Policy", "load_policy"]
 
 LIMIT_KEYS = tuple(LIMIT_PARSERS)
 _SIZES = {"memory", "max_body", "max_response", "max_log"}
@@ -199,9 +199,9 @@ def parse_outbound(table: Mapping[str, Any]) -> OutboundPolicy:
     """
     values: dict[str, Any] = {}
     for key, value in table.items():
-        if key not in _OUTBOUND_KEYS:
-            raise ConfigError(f"outbound.{key}: unknown key (allowed: {', '.join(_OUTBOUND_KEYS)})")
-        parse, accepts = _OUTBOUND_KEYS[key]
+        if key not in OUTBOUND_KEYS:
+            raise ConfigError(f"outbound.{key}: unknown key (allowed: {', '.join(OUTBOUND_KEYS)})")
+        parse, accepts = OUTBOUND_KEYS[key]
         try:
             values[key] = parse(value)
         except (TypeError, ValueError) as exc:
@@ -239,7 +239,7 @@ def _ca_bundle(value: Any) -> str:
 
 _SECTIONS = ("defaults", "maximums", "backpressure", "observability", "outbound")
 # `[outbound]` key -> (parser, what it accepts).
-_OUTBOUND_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
+OUTBOUND_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "allowed_networks": (_networks, 'a list of networks such as ["127.0.0.1/32", "::1/128"]'),
     "blocked_networks": (_networks, 'a list of networks such as ["203.0.113.0/24"]'),
     "max_fetches": (parse_count, "a number of fetches such as 16"),
