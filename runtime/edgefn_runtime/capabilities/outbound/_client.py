@@ -82,7 +82,8 @@ class Client:
         via = ""  # "<url> redirected to ": how the fetch got to `target`
         for hop in range(policy.max_redirects + 1):
             try:
-                addresses = policy.resolve(target.host, target.port, _left(budget))
+                wait = min(policy.connect_timeout, _left(budget))
+                addresses = policy.resolve(target.host, target.port, wait)
             except OutboundFailure as failure:
                 raise OutboundFailure(failure.kind, via + failure.message) from None
             response = self._open(method, target, headers, body, addresses, budget)
