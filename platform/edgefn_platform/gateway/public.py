@@ -313,9 +313,12 @@ async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metri
             metrics.execute,
             metrics.fuel,
             metrics.pixels,
+            metrics.outbound_seconds,
+            metrics.outbound_bytes,
         ):
             family.labels(function.name)
         metrics.requests.labels(function.name, "200", "ok")
+        metrics.outbound.labels(function.name, "2xx")
     access_logger()
     # Startup leaves many objects behind; collect once now and exempt the survivors
     # from later collections, so no early request pays for a full pass (seen as
