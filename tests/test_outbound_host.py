@@ -26,6 +26,7 @@ from edgefn_runtime.capabilities.outbound import (
     OutboundCapability,
     OutboundFailure,
     OutboundPolicy,
+    Outgoing,
 )
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -77,15 +78,8 @@ class Run:
         self.fuel = CountedFuel(fuel)
 
     def fetch(self, url: str, **kwargs: Any) -> Any:
-        return self.capability.fetch(
-            self.context,
-            self.fuel,
-            kwargs.pop("method", "GET"),
-            url,
-            kwargs.pop("headers", []),
-            kwargs.pop("body", b""),
-            kwargs.pop("timeout", None),
-        )
+        outgoing = Outgoing(kwargs.pop("method", "GET"), url, **kwargs)
+        return self.capability.fetch(self.context, self.fuel, outgoing)
 
     def refused(self, url: str, kind: str, **kwargs: Any) -> OutboundFailure:
         with pytest.raises(OutboundFailure) as caught:

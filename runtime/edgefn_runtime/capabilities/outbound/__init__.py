@@ -1,7 +1,7 @@
 """Outbound HTTP: functions fetch from what their manifest allows (`AllowedHosts`)
 within what the operator allows any function (`OutboundPolicy`)."""
 
-from ._host import OUTBOUND_IMPORT, OutboundCapability, fetch_for
+from ._host import OUTBOUND_IMPORT, OutboundCapability, Outgoing, fetch_for
 from ._policy import (
     DEFAULT_BLOCKED,
     AllowedHosts,
@@ -23,6 +23,7 @@ __all__ = [
     "OutboundCapability",
     "OutboundFailure",
     "OutboundPolicy",
+    "Outgoing",
     "Target",
     "blocked_network_name",
     "fetch_for",

@@ -35,7 +35,7 @@ from .._base import Capability, Fuel, RequestContext, host_call
 from ._client import Budget, Client, Fetched
 from ._policy import AllowedHosts, OutboundFailure, OutboundPolicy
 
-__all__ = ["OUTBOUND_IMPORT", "OutboundCapability", "fetch_for"]
+__all__ = ["OUTBOUND_IMPORT", "OutboundCapability", "Outgoing", "fetch_for"]
 
 OUTBOUND_IMPORT = f"edgefn:http/outbound@{CONTRACT_VERSION}"
 log = logging.getLogger("edgefn.outbound")
@@ -64,6 +64,17 @@ _DROPPED = frozenset(
 )
 # W3C Trace Context: version 00's four fields (later versions may append more).
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A request a function asks the host to send (the WIT `outgoing-request`)."""
+
+    method: str
+    url: str
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    timeout: float | None = None  # seconds for the whole fetch; None: the policy's
 
 
 @dataclass
@@ -111,36 +122,20 @@ class OutboundCapability(Capability):
         usage.fetch_seconds = state.seconds
         usage.fetch_outcomes = dict(state.sent)
 
-    def fetch(
-        self,
-        context: RequestContext,
-        fuel: Fuel,
-        method: str,
-        url: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        timeout: float | None,
-    ) -> Fetched:
+    def fetch(self, context: RequestContext, fuel: Fuel, request: Outgoing) -> Fetched:
         """One fetch for the request `context`; raises `OutboundFailure`. A fetch that
         runs into the request's deadline or fuel also stops the guest (`context.stop`)."""
         state: OutboundState = context.states[self.name]
         try:
-            return self._fetch(state, context, fuel, method, url, headers, body, timeout)
+            return self._fetch(state, context, fuel, request)
         except OutboundFailure as failure:
             state.count(failure.kind)
             raise
 
     def _fetch(
-        self,
-        state: OutboundState,
-        context: RequestContext,
-        fuel: Fuel,
-        method: str,
-        url: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        timeout: float | None,
+        self, state: OutboundState, context: RequestContext, fuel: Fuel, request: Outgoing
     ) -> Fetched:
+        method, url, body, timeout = request.method, request.url, request.body, request.timeout
         policy = self.policy
         allowed: AllowedHosts = context.grants.get(self.name) or AllowedHosts(())
         target = allowed.check(url)
@@ -185,7 +180,7 @@ class OutboundCapability(Capability):
             fetched = self.client.fetch(
                 method,
                 target,
-                self._headers(state, headers),
+                self._headers(state, request.headers),
                 body,
                 allowed=allowed,
                 budget=budget,
@@ -247,7 +242,7 @@ def fetch_for(context: RequestContext, fuel: Fuel, url: str) -> bytes:
     state: OutboundState | None = context.states.get(OutboundCapability.name)
     if state is None:
         raise OutboundFailure("not_allowed", "outbound HTTP is not available on this host")
-    fetched = state.capability.fetch(context, fuel, "GET", url, [], b"", None)
+    fetched = state.capability.fetch(context, fuel, Outgoing("GET", url))
     if not 200 <= fetched.status <= 299:
         raise OutboundFailure("failed", f"{fetched.url} answered {fetched.status}")
     return fetched.body
@@ -289,16 +284,16 @@ def _fetch(
         # The body is the next `body` bytes of stdout: taken even when refused, or
         # it would be sent ahead of the response body.
         body = context.take_output(request.body) if request.body and context.take_output else b""
-        fetched = capability.fetch(
-            context,
-            fuel,
+        # WIT field names keep their dashes in wasmtime-py's records.
+        timeout_ms = getattr(request, "timeout-ms")
+        outgoing = Outgoing(
             request.method,
             request.url,
             _parse_headers(request.headers),
             body,
-            # WIT field names keep their dashes in wasmtime-py's records.
-            timeout_ms / 1000 if (timeout_ms := getattr(request, "timeout-ms")) else None,
+            timeout_ms / 1000 if timeout_ms else None,
         )
+        fetched = capability.fetch(context, fuel, outgoing)
         if context.put_file is None:
             raise OutboundFailure("failed", "the function's sandbox has no /.edgefn directory")
         context.put_file("fetch", fetched.body)
