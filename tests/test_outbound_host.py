@@ -8,12 +8,16 @@ End to end through a gateway and a built function: tests/test_outbound_gateway.p
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from origin_server import OriginServer
@@ -373,3 +377,138 @@ def test_the_incoming_trace_context_is_propagated_as_a_child_span(
     assert "traceparent" not in plain
     invalid = Run([origin.base], headers=[("traceparent", f"00-{'0' * 32}-{'1' * 16}-01")])
     assert "traceparent" not in json.loads(invalid.fetch(origin.url("/echo")).body)["headers"]
+
+
+class RawOrigin:
+    """A loopback server that answers every connection with `script(sock)`: for
+    answers no HTTP server library would send (heads dripping, endless chunks)."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.base = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> RawOrigin:
+        self.threads.append(threading.Thread(target=self._accept))
+        self.threads[0].start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._serve, args=(sock,))
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            sock.recv(65536)
+            with contextlib.suppress(OSError):
+                self.script(sock, self.stopping)
+
+
+def drip(prefix: bytes, endless: bytes) -> Any:
+    def script(sock: socket.socket, stopping: threading.Event) -> None:
+        sock.sendall(prefix)
+        while not stopping.wait(0.1):
+            sock.sendall(endless)
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("case", "script"),
+    [
+        ("a head dripping a byte at a time", drip(b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a")),
+        (
+            "a chunk-size line without end",
+            drip(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", b"0"),
+        ),
+        (
+            "a trailer without end",
+            drip(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: ", b"t"),
+        ),
+        ("100 Continue forever", drip(b"", b"HTTP/1.1 100 Continue\r\n\r\n")),
+    ],
+)
+def test_no_answer_holds_a_fetch_past_the_request_deadline(case: str, script: Any) -> None:
+    with RawOrigin(script) as origin:
+        run = Run([origin.base], timeout=1.0)
+        started = time.monotonic()
+        run.refused(origin.base + "/", "timeout")
+        assert time.monotonic() - started < 1.0 + 0.5, case
+        assert isinstance(run.context.breach, Timeout), case
+
+
+def test_a_redirects_body_is_never_waited_for() -> None:
+    answer = b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 1000\r\n\r\n"
+    with RawOrigin(drip(answer, b"r")) as origin:
+        run = Run([origin.base], timeout=5.0)
+        started = time.monotonic()
+        assert "more than 5 redirects" in run.refused(origin.base + "/", "failed").message
+        assert time.monotonic() - started < 1.0
+
+
+def test_an_invalid_status_or_location_is_a_failure_not_a_crash() -> None:
+    with RawOrigin(drip(b"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n", b"")) as origin:
+        assert "invalid status 999" in Run([origin.base]).refused(origin.base, "failed").message
+    answer = b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n"
+    with RawOrigin(drip(answer, b"")) as origin:
+        failure = Run([origin.base]).refused(origin.base, "failed")
+        assert "invalid Location" in failure.message
+
+
+def test_messages_never_repeat_a_query_or_credentials(
+    origin: OriginServer, connections: list[tuple[str, int]]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    refused = Run([f"http://127.0.0.1:{port}"]).refused(
+        f"http://127.0.0.1:{port}/p?secret=s3cr3t", "failed"
+    )
+    location = "http://user:pw@evil.example/?tok=t0ken"
+    escaped = Run([origin.base]).refused(
+        origin.url(f"/redirect?to={quote(location)}&key=k3y"), "not_allowed"
+    )
+    for message in (refused.message, escaped.message):
+        assert not {"s3cr3t", "pw", "t0ken", "k3y"} & set(re.split(r"[^\w]+", message)), message
+
+
+def test_a_head_of_a_large_resource_is_not_too_large(
+    origin: OriginServer, connections: list[tuple[str, int]]
+) -> None:
+    run = Run([origin.base], OutboundPolicy(allowed_networks=LOOPBACK, max_response_bytes=1000))
+    fetched = run.fetch(origin.url("/big?bytes=50000"), method="HEAD")
+    assert (fetched.status, fetched.body) == (200, b"")
+
+
+def test_header_values_that_http_cannot_carry_are_refused(
+    origin: OriginServer, connections: list[tuple[str, int]]
+) -> None:
+    failure = Run([origin.base]).refused(origin.url("/echo"), "not_allowed", headers=[("X-A", "Ā")])
+    assert "invalid request header" in failure.message and connections == []
+
+
+def test_bytes_refused_part_way_count_against_the_request(
+    origin: OriginServer, connections: list[tuple[str, int]]
+) -> None:
+    # Chunked: no length announced, so only reading finds the body too large.
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+    policy = OutboundPolicy(allowed_networks=LOOPBACK, max_response_bytes=3, max_total_bytes=5)
+    with RawOrigin(drip(chunked, b"")) as raw:
+        run = Run([origin.base, raw.base], policy)
+        run.refused(raw.base + "/", "too_large")
+    assert run.usage().fetch_bytes == 4
+    assert "max_total_bytes" in run.refused(origin.url("/big?bytes=2"), "too_large").message

@@ -564,20 +564,49 @@ def test_a_hanging_lookup_times_out_at_the_deadline(hanging_dns: threading.Event
     assert caught.value.kind == "timeout"
 
 
-def test_hanging_lookups_hold_at_most_eight_threads(hanging_dns: threading.Event) -> None:
-    for index in range(12):
+def test_hanging_lookups_hold_at_most_sixteen_threads(hanging_dns: threading.Event) -> None:
+    for index in range(24):  # 24 functions' lookups, each hanging
         with pytest.raises(OutboundFailure, match="took longer"):
-            DEFAULT.resolve(f"slow{index}.example", 80, timeout=0.01)
+            DEFAULT.resolve(f"slow{index}.example", 80, timeout=0.01, owner=index)
     resolvers = [t for t in threading.enumerate() if t.name == "edgefn-resolve"]
-    assert 1 <= len(resolvers) <= 8
+    assert 1 <= len(resolvers) <= 16
     assert all(t.daemon for t in resolvers)  # never holding up a worker's exit
+
+
+def test_one_functions_hanging_lookups_leave_the_others_theirs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    real = fake_getaddrinfo(monkeypatch, "93.184.216.34")
+    answer = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if host.endswith(".slow.example"):
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "released")
+        return answer(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        hostile, other = object(), object()
+        for index in range(4):  # a wildcard over a zone whose names hang
+            with pytest.raises(OutboundFailure, match="took longer"):
+                DEFAULT.resolve(f"n{index}.slow.example", 80, timeout=0.01, owner=hostile)
+        started = time.monotonic()
+        with pytest.raises(OutboundFailure, match="4 earlier lookups") as caught:
+            DEFAULT.resolve("n4.slow.example", 80, timeout=5, owner=hostile)
+        assert caught.value.kind == "timeout" and time.monotonic() - started < 0.5
+        assert DEFAULT.resolve("origin.example", 80, timeout=5, owner=other) == ["93.184.216.34"]
+        assert ("origin.example", 80) in real
+    finally:
+        release.set()
 
 
 def test_lookups_reuse_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_getaddrinfo(monkeypatch, "93.184.216.34")
     for _ in range(50):
         DEFAULT.resolve("origin.example", 443, timeout=5)
-    assert 1 <= sum(t.name == "edgefn-resolve" for t in threading.enumerate()) <= 8
+    assert 1 <= sum(t.name == "edgefn-resolve" for t in threading.enumerate()) <= 16
 
 
 def test_failures_pickle_and_use_the_contracts_kinds() -> None:

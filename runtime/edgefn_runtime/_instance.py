@@ -195,6 +195,8 @@ class Instance:
     def _finish_capabilities(self, usage: Usage) -> None:
         for capability in self._capabilities:
             capability.finish(self.context.states[capability.name], usage)
+        if self._files is not None:
+            self._files.clear()
 
     def _instantiate(self) -> wc.Func:
         instance = self._engine.linker.instantiate(self.store, self._component)

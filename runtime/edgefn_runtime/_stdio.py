@@ -57,6 +57,13 @@ class GuestFiles:
             os.pwrite(fd, data, 0)
         self._files[name] = (fd, len(data))
 
+    def clear(self) -> None:
+        """Empty every file: nothing one request was given stays for the next."""
+        for name, (fd, size) in self._files.items():
+            if size:
+                os.ftruncate(fd, 0)
+                self._files[name] = (fd, 0)
+
     def close(self) -> None:
         files, self._files = self._files, {}
         for fd, _ in files.values():
@@ -102,8 +109,10 @@ class GuestOutput:
         return self.capacity - self.cursor >= self.stretch(limit)
 
     def take(self, length: int) -> bytes:
-        """The next `length` bytes the guest wrote (it declares how many)."""
-        data = os.pread(self._fd, length, self.cursor) if length else b""
+        """The next `length` bytes the guest wrote (it declares how many; never more
+        than the file holds, whatever it claims)."""
+        length = min(length, self.capacity - self.cursor)
+        data = os.pread(self._fd, length, self.cursor) if length > 0 else b""
         self._advance(self.cursor + len(data))
         return data
 

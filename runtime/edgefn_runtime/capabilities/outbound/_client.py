@@ -9,6 +9,7 @@ Why urllib3 (figures in bench/RESULTS.md, `bench/outbound_clients.py`):
 - it reads no proxy variables (httpx and requests honour `HTTPS_PROXY`), and
   verifies TLS against the system's CA store (`ssl.create_default_context()`);
 - its pools are thread-safe: one client serves every request of a worker.
+Its timeouts bound each read, not a whole fetch: `_watchdog.py` does that.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3 import exceptions as u3
 
 from ._policy import AllowedHosts, OutboundFailure, OutboundPolicy, Target
+from ._watchdog import POOL_CLASSES, watching
 
-__all__ = ["Client", "Fetched"]
+__all__ = ["Budget", "Client", "Fetched"]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Never sent to the next host of a redirect: credentials meant for the first.
@@ -45,11 +47,12 @@ class Fetched:
 
 @dataclass
 class Budget:
-    """What one fetch may use: checked before every hop and every read."""
+    """What one fetch may use, and what it received (kept or not)."""
 
     deadline: float  # time.monotonic(): the fetch's own timeout or the request's, the sooner
     max_bytes: int  # response body bytes this fetch may receive
     too_large: str  # why that is the limit, for the message
+    received: int = 0  # body bytes read, also of answers refused part-way
 
 
 class Client:
@@ -63,6 +66,7 @@ class Client:
         self._pools = urllib3.PoolManager(
             num_pools=64, maxsize=8, block=False, retries=False, ssl_context=context
         )
+        self._pools.pool_classes_by_scheme = POOL_CLASSES
 
     def fetch(
         self,
@@ -78,38 +82,67 @@ class Client:
         """Send the request, follow redirects the manifest and policy allow, and read
         the body within `budget`. `sent(status_class)` is called for every response,
         redirects' included ("2xx", "3xx", ...). Raises `OutboundFailure`."""
+        with watching(budget.deadline) as watch:
+            try:
+                fetched = self._follow(method, target, headers, body, allowed, budget, sent)
+            except OutboundFailure as failure:
+                if watch.expired and failure.kind != "timeout":
+                    raise _timeout(target) from None
+                raise
+            if watch.expired:  # it finished, but only after its deadline
+                raise _timeout(target)
+            return fetched
+
+    def _follow(
+        self,
+        method: str,
+        target: Target,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        allowed: AllowedHosts,
+        budget: Budget,
+        sent: Callable[[str], None],
+    ) -> Fetched:
         policy = self.policy
         via = ""  # "<url> redirected to ": how the fetch got to `target`
         for hop in range(policy.max_redirects + 1):
             try:
                 wait = min(policy.connect_timeout, _left(budget))
-                addresses = policy.resolve(target.host, target.port, wait)
+                addresses = policy.resolve(target.host, target.port, wait, owner=allowed)
             except OutboundFailure as failure:
                 raise OutboundFailure(failure.kind, via + failure.message) from None
             response = self._open(method, target, headers, body, addresses, budget)
+            if not 200 <= response.status <= 599:
+                _close(response)
+                raise OutboundFailure(
+                    "failed", f"{target.shown()} answered with the invalid status {response.status}"
+                )
             sent(f"{response.status // 100}xx")
             location = response.headers.get("location")
             if response.status not in _REDIRECTS or location is None:
                 return Fetched(
                     response.status,
                     list(response.headers.iteritems()),
-                    _read(response, budget, policy.read_timeout),
+                    _read(response, budget, policy.read_timeout, method),
                     target.url,
                 )
-            _discard(response)
+            _close(response)  # a redirect's body is not read: an origin could drip it
             if hop == policy.max_redirects:
                 break
-            following = urljoin(target.url, location)
-            via = f"{target.url} redirected to {following}: "
             try:
+                following = urljoin(target.url, location)
                 next_target = allowed.check(following)
             except OutboundFailure as failure:
-                raise OutboundFailure(failure.kind, via + failure.message) from None
-            if (next_target.scheme, next_target.host, next_target.port) != (
-                target.scheme,
-                target.host,
-                target.port,
-            ):
+                raise OutboundFailure(
+                    failure.kind,
+                    f"{target.shown()} redirected to {_shown(following)}: " + failure.message,
+                ) from None
+            except ValueError:
+                raise OutboundFailure(
+                    "failed", f"{target.shown()} redirected to an invalid Location"
+                ) from None
+            via = f"{target.shown()} redirected to {next_target.shown()}: "
+            if next_target.origin != target.origin:
                 headers = [(k, v) for k, v in headers if k.lower() not in _CREDENTIALS]
             if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                 # What browsers and fetch() do: the next request is a GET without a body.
@@ -117,7 +150,7 @@ class Client:
                 headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
             target = next_target
         raise OutboundFailure(
-            "failed", f"more than {policy.max_redirects} redirects, the last to {target.url}"
+            "failed", f"more than {policy.max_redirects} redirects, the last to {target.shown()}"
         )
 
     def _open(
@@ -161,31 +194,38 @@ class Client:
             except (u3.ConnectTimeoutError, u3.NewConnectionError) as exc:
                 refused = exc  # the next address may answer
             except u3.ReadTimeoutError:
-                raise _timeout(target, budget) from None
+                raise OutboundFailure(
+                    "timeout", f"{target.host_header} did not answer in time"
+                ) from None
             except u3.SSLError as exc:
-                raise OutboundFailure("failed", f"TLS with {target.host} failed: {exc}") from None
-            except (u3.HTTPError, OSError) as exc:
-                raise OutboundFailure("failed", f"{target.url}: {_reason(exc)}") from None
-        if isinstance(refused, u3.ConnectTimeoutError) or time.monotonic() >= budget.deadline:
-            raise _timeout(target, budget)
+                raise OutboundFailure(
+                    "failed", f"TLS with {target.host} failed: {_reason(exc)}"
+                ) from None
+            except (u3.HTTPError, OSError, ValueError) as exc:
+                raise OutboundFailure("failed", f"{target.shown()}: {_reason(exc)}") from None
+        # (urllib3's NewConnectionError, a refusal, derives from ConnectTimeoutError.)
+        timed_out = isinstance(refused, u3.ConnectTimeoutError) and not isinstance(
+            refused, u3.NewConnectionError
+        )
+        if timed_out or time.monotonic() >= budget.deadline:
+            raise OutboundFailure("timeout", f"{target.host_header} did not answer in time")
         raise OutboundFailure(
             "failed", f"cannot connect to {target.host_header}: {_reason(refused)}"
         )
 
 
-def _read(response: Any, budget: Budget, read_timeout: float) -> bytes:
+def _read(response: Any, budget: Budget, read_timeout: float, method: str) -> bytes:
     """The whole body, refused past `budget.max_bytes` (by its Content-Length before
-    a byte is read) or `budget.deadline` (checked between reads: a server dripping a
-    byte at a time cannot stretch the fetch past it)."""
+    a byte is read) or `budget.deadline` (checked between reads, and the watchdog
+    ends a read that outlives it)."""
     try:
         length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > budget.max_bytes:
+        has_body = method != "HEAD" and response.status not in (204, 304)
+        if has_body and length.isdigit() and int(length) > budget.max_bytes:
             raise OutboundFailure(
-                "too_large",
-                f"the response announces {int(length):,} bytes; {budget.too_large}",
+                "too_large", f"the response announces {int(length):,} bytes; {budget.too_large}"
             )
         chunks: list[bytes] = []
-        received = 0
         while True:
             left = _left(budget)
             sock = getattr(response.connection, "sock", None)
@@ -197,34 +237,26 @@ def _read(response: Any, budget: Budget, read_timeout: float) -> bytes:
                 raise OutboundFailure(
                     "timeout", "the response body stopped arriving before its end"
                 ) from None
-            except (u3.HTTPError, OSError) as exc:
+            except (u3.HTTPError, OSError, ValueError) as exc:
                 raise OutboundFailure("failed", f"reading the response: {_reason(exc)}") from None
             if not chunk:
                 break
-            received += len(chunk)
-            if received > budget.max_bytes:
+            budget.received += len(chunk)
+            if budget.received > budget.max_bytes:
                 raise OutboundFailure(
                     "too_large",
                     f"the response is over {budget.max_bytes:,} bytes; {budget.too_large}",
                 )
             chunks.append(chunk)
     except BaseException:
-        _discard(response, reuse=False)
+        _close(response)
         raise
     response.release_conn()
     return b"".join(chunks)
 
 
-def _discard(response: Any, reuse: bool = True) -> None:
-    """Give the connection back: kept alive only after a small, finished body."""
-    length = response.headers.get("content-length", "")
-    if reuse and length.isdigit() and int(length) <= _CHUNK:
-        try:
-            response.drain_conn()
-            response.release_conn()
-            return
-        except (u3.HTTPError, OSError):
-            pass
+def _close(response: Any) -> None:
+    """Drop the connection: what is left of the answer is never read."""
     response.close()
     response.release_conn()
 
@@ -236,8 +268,19 @@ def _left(budget: Budget) -> float:
     return left
 
 
-def _timeout(target: Target, budget: Budget) -> OutboundFailure:
-    return OutboundFailure("timeout", f"{target.host_header} did not answer in time")
+def _timeout(target: Target) -> OutboundFailure:
+    return OutboundFailure("timeout", f"{target.host_header} did not finish answering in time")
+
+
+def _shown(url: str) -> str:
+    """A URL an origin sent, for messages: no user, password or query."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "an invalid URL"
+    return f"{parts.scheme}://{host}{port}{parts.path}"[:200]
 
 
 def _reason(exc: BaseException | None) -> str:

@@ -199,10 +199,11 @@ class OutboundCapability(Capability):
                 )
             raise
         finally:
+            # Bytes read count, kept or refused part-way: the caps bound the transfer.
             state.seconds += time.monotonic() - started
-        state.received += len(fetched.body)
-        if not fuel.spend(len(fetched.body)):
-            context.stop(fuel, _out_of_fuel(context))
+            state.received += budget.received
+            if context.breach is None and not fuel.spend(budget.received):
+                context.stop(fuel, _out_of_fuel(context))
         return fetched
 
     def _headers(
@@ -219,7 +220,13 @@ class OutboundCapability(Capability):
         kept: list[tuple[str, str]] = []
         names = set()
         for name, value in headers:
-            if not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_CONTROL.search(value):
+            # HTTP/1.1 sends values as Latin-1: anything else cannot be encoded.
+            if (
+                not _FIELD_NAME.fullmatch(name)
+                or _FIELD_VALUE_CONTROL.search(value)
+                or not value.isascii()
+                and max(map(ord, value)) > 0xFF
+            ):
                 raise OutboundFailure("not_allowed", f"invalid request header {name[:100]!r}")
             lower = name.lower()
             if lower not in _DROPPED:

@@ -15,6 +15,7 @@ so the connection goes to an address that was judged (no DNS rebinding).
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import os
 import queue
@@ -22,7 +23,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 from urllib.parse import quote, urlsplit
 
@@ -376,6 +377,15 @@ class AllowedHosts:
         raise OutboundFailure("not_allowed", f"{target.shown()} is not allowed: {advice}")
 
 
+@dataclass(eq=False)
+class _Lookup:
+    host: str
+    port: int
+    owner: object
+    results: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
+    abandoned: bool = False  # the caller stopped waiting: skip it if not started
+
+
 class _Resolver:
     """getaddrinfo on a few daemon threads kept between lookups.
 
@@ -387,18 +397,24 @@ class _Resolver:
     (getaddrinfo alone: 0.02 ms; 2,000 lookups, 3 runs each).
     At most `size` lookups run at once: past that, lookups wait in line within
     their own deadline, so a dead resolver costs threads only up to `size`.
+    A lookup whose caller gave up before it started is skipped, and one owner
+    (a function's grant) has at most `per_owner` lookups queued or running: a
+    function whose names hang (a wildcard over a slow zone) holds that many
+    threads, never every function's lookups in the worker.
     """
 
-    def __init__(self, size: int) -> None:
-        self._size = size
+    def __init__(self, size: int, per_owner: int) -> None:
+        self._size, self._per_owner = size, per_owner
         self._lock = threading.Lock()
         self._pid = -1
-        self._jobs: queue.SimpleQueue[tuple[str, int, queue.SimpleQueue[object]]]
+        self._jobs: queue.SimpleQueue[_Lookup]
         self._threads = self._idle = 0
+        self._pending: collections.Counter[object] = collections.Counter()
 
-    def lookup(self, host: str, port: int) -> queue.SimpleQueue[object]:
-        """A queue that will receive getaddrinfo's list, or the exception it raised."""
-        results: queue.SimpleQueue[object] = queue.SimpleQueue()
+    def lookup(self, host: str, port: int, owner: object) -> _Lookup:
+        """A lookup whose `results` will receive getaddrinfo's list, or the exception
+        it raised. Raises `OutboundFailure` when `owner` has too many lookups pending."""
+        job = _Lookup(host, port, owner)
         with self._lock:
             if self._pid != os.getpid():  # a forked child has none of the parent's threads
                 self._pid, self._jobs, self._threads, self._idle = (
@@ -407,6 +423,14 @@ class _Resolver:
                     0,
                     0,
                 )
+                self._pending.clear()
+            if self._pending[owner] >= self._per_owner:
+                raise OutboundFailure(
+                    "timeout",
+                    f"cannot resolve {host}: {self._per_owner} earlier lookups of this "
+                    "function have not finished yet (its names resolve slowly)",
+                )
+            self._pending[owner] += 1
             if self._idle == 0 and self._threads < self._size:
                 self._threads += 1
                 self._idle += 1
@@ -414,21 +438,25 @@ class _Resolver:
                     target=self._serve, args=(self._jobs,), name="edgefn-resolve", daemon=True
                 ).start()
             self._idle -= 1
-            self._jobs.put((host, port, results))
-        return results
+            self._jobs.put(job)
+        return job
 
-    def _serve(self, jobs: queue.SimpleQueue[tuple[str, int, queue.SimpleQueue[object]]]) -> None:
+    def _serve(self, jobs: queue.SimpleQueue[_Lookup]) -> None:
         while True:
-            host, port, results = jobs.get()
-            try:
-                results.put(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-            except (OSError, UnicodeError) as exc:
-                results.put(exc)
+            job = jobs.get()
+            if not job.abandoned:
+                try:
+                    job.results.put(socket.getaddrinfo(job.host, job.port, type=socket.SOCK_STREAM))
+                except (OSError, UnicodeError) as exc:
+                    job.results.put(exc)
             with self._lock:
                 self._idle += 1
+                self._pending[job.owner] -= 1
+                if self._pending[job.owner] <= 0:
+                    del self._pending[job.owner]
 
 
-_RESOLVER = _Resolver(size=8)
+_RESOLVER = _Resolver(size=16, per_owner=4)
 
 
 @dataclass(frozen=True)
@@ -485,12 +513,13 @@ class OutboundPolicy:
                 f"({blocked_network_name(blocked)}); {EXEMPT_HINT}",
             )
 
-    def resolve(self, host: str, port: int, timeout: float) -> list[str]:
+    def resolve(self, host: str, port: int, timeout: float, owner: object = None) -> list[str]:
         """The checked addresses of `host`, in order, for the client to connect to.
 
         An IP literal needs no DNS; a name is looked up once, bounded by
         `timeout`. If any address is blocked the host is refused: picking a
         good one would let a name mix a public address with a private one.
+        `owner` (a function's grant) bounds its lookups pending at once.
         """
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if _is_ip(host):
@@ -498,10 +527,11 @@ class OutboundPolicy:
             return [str(ipaddress.ip_address(host))]
         if timeout <= 0:
             raise OutboundFailure("timeout", f"no time left to resolve {host}")
-        results = _RESOLVER.lookup(host, port)
+        job = _RESOLVER.lookup(host, port, owner)
         try:
-            answer = results.get(timeout=timeout)
+            answer = job.results.get(timeout=timeout)
         except queue.Empty:
+            job.abandoned = True
             raise OutboundFailure(
                 "timeout", f"resolving {host} took longer than {timeout:.3g} s"
             ) from None
