@@ -15,8 +15,15 @@ process: user + system, all threads) and requests/s.
 
     python bench/outbound_clients.py [--small 2000] [--large 200]
 
-niquests is not a dependency of edgefn: `.venv/bin/pip install niquests` to
-measure it (skipped, with a note, when it is missing).
+niquests is not a dependency of edgefn, and must not be installed beside it: it
+depends on urllib3-future, which installs itself as the `urllib3` package and
+replaces the real one (the gateway's client). Measure it from a venv of its own:
+
+    python -m venv /tmp/niquests && /tmp/niquests/bin/pip install niquests "pillow==13.0.*"
+    /tmp/niquests/bin/python bench/outbound_clients.py --clients niquests
+
+A client that is not installed is skipped with a note; so is urllib3 when the
+`urllib3` found is urllib3-future.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ Get = Callable[[str], bytes]
 
 def urllib3_client(host: str, port: int, size: int) -> Get:
     import urllib3
+
+    if hasattr(urllib3, "AsyncPoolManager"):  # urllib3-future, not urllib3
+        raise ImportError("urllib3 is urllib3-future here (niquests installed?)")
 
     # As the host pins it: a pool to the checked address, not a PoolManager
     # reading the URL (nor the environment's proxies).
@@ -119,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--large", type=int, default=200)
+    parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated")
     args = parser.parse_args()
     cases = [
         (f"{args.small} x 100 B, 1 thread", SMALL, args.small, 1, 100),
@@ -135,12 +146,13 @@ def main() -> None:
         print(
             f"{'client':9} {'case':26} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/req':>10} {'req/s':>7}"
         )
-        for name, make in CLIENTS.items():
+        for name in args.clients.split(","):
+            make = CLIENTS[name]
             for case, path, count, threads, size in cases:
                 try:
                     get = make(host, int(port), threads)
-                except ImportError:
-                    print(f"{name:9} not installed (pip install {name})")
+                except ImportError as error:
+                    print(f"{name:9} skipped: {error}")
                     break
                 times, cpu, elapsed = run(get, path, count, threads, size)
                 q = statistics.quantiles(times, n=100)
