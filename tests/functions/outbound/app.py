@@ -50,7 +50,7 @@ def fetch_caught(request: Request) -> dict[str, Any]:
     try:
         return _answer(_fetch(request))
     except OutboundError as error:
-        return {"error": type(error).__name__, "kind": error.kind, "message": str(error)}
+        return {"error": type(error).__name__, "kind": error.kind, "message": error.message}
 
 
 @app.get("/many")
