@@ -103,6 +103,18 @@ def test_uploaded_image_and_watermark(gateway: GatewayProcess) -> None:
     assert stamped.status_code == 200 and decode(stamped.content).size == (900, 600)
 
 
+def test_upload_crop_watermark_and_convert_in_one_request(gateway: GatewayProcess) -> None:
+    body = encode(photo(1200, 900), "JPEG", quality=90)
+    query = "w=400&h=400&fit=cover&text=edgefn&logo=1&format=webp"
+    served = httpx.post(f"{gateway.public_url}/watermark?{query}", content=body)
+    assert served.status_code == 200 and served.headers["content-type"] == "image/webp"
+    assert decode(served.content).size == (400, 400)
+    native = TestClient(load_app(WATERMARK), assets=WATERMARK / "assets").post(
+        f"/?{query}", body=body
+    )
+    assert served.content == native.body
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

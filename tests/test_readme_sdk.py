@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edgefn import HTTPError
+from edgefn import HTTPError, fetch
 from edgefn.image import Image, negotiate
 from gateway_process import ROOT
 
@@ -45,7 +45,12 @@ def spelled(name: str, function: Callable[..., Any]) -> str:
 
 @pytest.mark.parametrize(
     ("name", "function"),
-    [("HTTPError", HTTPError.__init__), ("negotiate", negotiate), (".send", Image.send)],
+    [
+        ("HTTPError", HTTPError.__init__),
+        ("negotiate", negotiate),
+        (".send", Image.send),
+        ("fetch", fetch),
+    ],
 )
 def test_the_documented_signature_is_the_code_s(name: str, function: Callable[..., Any]) -> None:
     assert documented(name) == spelled(name, function)
@@ -65,3 +70,14 @@ def test_the_fresh_instance_cost_is_one_figure_from_the_benchmarks() -> None:
     measured = 1000 / int(per_core.group(1).replace(",", ""))  # ms of CPU per request
     stated = re.findall(r"fresh instance costs about \**([\d.]+) ms of CPU", README)
     assert stated and {float(figure) for figure in stated} == {round(measured, 1)}
+
+
+def test_the_outbound_examples_run_as_written() -> None:
+    # The handler of "Outbound HTTP" and the tests of "Testing a function natively".
+    handler = re.search(r"```python\n(from edgefn import App, OutboundError.*?)```", README, re.S)
+    tests = re.search(r"```python\n(from edgefn import FetchResponse.*?)```", README, re.S)
+    assert handler and tests, "the README lost its outbound examples"
+    namespace: dict[str, Any] = {}
+    exec(handler[1] + tests[1], namespace)
+    namespace["test_price"]()
+    namespace["test_price_when_the_api_is_slow"]()

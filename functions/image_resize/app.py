@@ -19,17 +19,37 @@ app = App()
 
 _COLOR = re.compile(r"#?[0-9a-fA-F]{6}")
 _PARAMS = ("w", "h", "fit", "format", "q", "dpr", "gravity", "bg")
+_SOURCE_PARAMS = ("src",)  # query parameters that name the source, not the pipeline
 _YEAR = 31536000
 
 
 @app.post("/")
-def resize_body(request: Request) -> Response:
-    return resize(request, Image.from_body())
-
-
+@app.get("/")
 @app.get("/sample.jpg")
-def resize_sample(request: Request) -> Response:
-    return resize(request, Image.from_asset("sample.jpg"))
+def resize_request(request: Request) -> Response:
+    return resize(request, source(request))
+
+
+def source(request: Request) -> Image:
+    """The image to work on: the one place that knows where images come from.
+
+    `src=<absolute URL>`: the original on an origin the manifest allows (its
+    `ORIGIN` in [env]), fetched by the host; else the body of a POST; else the
+    bundled sample."""
+    src = request.query.get("src")
+    if src is not None:
+        if request.method == "POST" or request.path == "/sample.jpg":
+            raise HTTPError(400, "give the image as src=... or as the body, not both")
+        if not src.startswith(("http://", "https://")):
+            raise HTTPError(
+                400, f"src must be an absolute http:// or https:// URL, got {src[:200]!r}"
+            )
+        return Image.from_url(src)
+    if request.method == "POST":
+        return Image.from_body()
+    if request.path == "/":
+        raise HTTPError(400, "give src=<absolute URL> of the original, or POST the image")
+    return Image.from_asset("sample.jpg")
 
 
 def resize(request: Request, source: Image) -> Response:
@@ -63,17 +83,14 @@ def resize(request: Request, source: Image) -> Response:
 
 def parse(request: Request) -> dict:
     query = request.query
-    unknown = sorted(set(query) - set(_PARAMS) - set(signing.PARAMS))
+    unknown = sorted(set(query) - set(_PARAMS) - set(_SOURCE_PARAMS) - set(signing.PARAMS))
     if unknown:
         raise HTTPError(400, f"unknown parameter {unknown[0]!r} (allowed: {', '.join(_PARAMS)})")
     params = {
-        "w": _int(query, "w", 1, 8192, None),
-        "h": _int(query, "h", 1, 8192, None),
-        "fit": _choice(query, "fit", FITS, "contain"),
+        **crop_params(query),
         "format": _choice(query, "format", ("auto", *FORMATS), "auto"),
         "q": _int(query, "q", 1, 100, 82),
         "dpr": _dpr(query),
-        "gravity": _choice(query, "gravity", GRAVITIES, "center"),
         "bg": _color(query),
     }
     for name in ("w", "h"):
@@ -92,6 +109,18 @@ def verify_signature(request: Request) -> int | None:
     """With SIGNING_KEY (hex) set, 403 unless signed (see edgefn.signing); the expiry."""
     key = os.environ.get("SIGNING_KEY", "")  # read per request: set at deploy, not build
     return signing.verify(request, key) if key else None
+
+
+# crop_params, _int and _choice are copied into functions/watermark (each function is
+# built from its own folder); its tests check both answer the same for the same input.
+def crop_params(query) -> dict:
+    """w, h (1-8192, none by default), fit (default contain) and gravity (default center)."""
+    return {
+        "w": _int(query, "w", 1, 8192, None),
+        "h": _int(query, "h", 1, 8192, None),
+        "fit": _choice(query, "fit", FITS, "contain"),
+        "gravity": _choice(query, "gravity", GRAVITIES, "center"),
+    }
 
 
 def _int(query, name: str, low: int, high: int, default: int | None) -> int | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefn_runtime import MIN_MEMORY, EdgefnError, Limits
+from edgefn_runtime.capabilities.outbound import AllowedHosts
 
 from ._units import parse_count, parse_duration, parse_size
 
@@ -47,8 +48,21 @@ LIMIT_PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_image_pixels": (parse_count, "a number of pixels such as 40e6"),
     "concurrency": (parse_count, "a number of requests in flight such as 16"),
 }
+# `{{ NAME }}` in an `allowed_outbound_hosts` entry, Spin's template syntax,
+# names a variable of the manifest's own [env] table.
+_TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _RESERVED_ROUTES = {"/", "/healthz", "/readyz"}
-_KEYS = {"name", "entry", "requirements", "route", "limits", "env", "assets", "reuse"}
+_KEYS = {
+    "name",
+    "entry",
+    "requirements",
+    "route",
+    "limits",
+    "env",
+    "assets",
+    "reuse",
+    "allowed_outbound_hosts",
+}
 # Requests one instance serves with `reuse = true`.
 DEFAULT_REUSE = 1000
 
@@ -80,6 +94,8 @@ class Manifest:
     assets: str | None = None
     # Requests one instance may serve in turn; 0 is a fresh instance for each.
     reuse: int = 0
+    # As written, `{{ NAME }}` templates unresolved; `outbound_hosts()` resolves them.
+    allowed_outbound_hosts: tuple[str, ...] = ()
 
     @property
     def entry_module(self) -> str:
@@ -89,10 +105,20 @@ class Manifest:
     def entry_attribute(self) -> str:
         return self.entry.partition(":")[2]
 
+    def outbound_hosts(self) -> tuple[str, ...]:
+        """`allowed_outbound_hosts` with each `{{ NAME }}` replaced by `env[NAME]`."""
+        return tuple(substitute(entry, self.env) for entry in self.allowed_outbound_hosts)
+
+    def grants(self) -> dict[str, Any]:
+        """What the function may use of each host capability (`Engine.load(grants=)`)."""
+        hosts = self.outbound_hosts()
+        return {"outbound": AllowedHosts.parse(hosts)} if hosts else {}
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, as the registry stores it."""
         data = dataclasses.asdict(self)
         data["requirements"] = list(self.requirements)
+        data["allowed_outbound_hosts"] = list(self.allowed_outbound_hosts)
         return data
 
     @classmethod
@@ -101,6 +127,8 @@ class Manifest:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields}
         values["requirements"] = tuple(values.get("requirements", ()))
+        # Manifests stored before outbound HTTP have no such key: nothing allowed.
+        values["allowed_outbound_hosts"] = tuple(values.get("allowed_outbound_hosts", ()))
         return cls(**values)
 
     def resolve_limits(self, defaults: Limits | None = None) -> Limits:
@@ -186,6 +214,18 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
             f"got {reuse!r}"
         )
 
+    outbound = data.get("allowed_outbound_hosts", [])
+    if not isinstance(outbound, list):
+        problems.append(
+            'allowed_outbound_hosts: must be a list of "scheme://host[:port]" strings such as '
+            f'["https://images.example.com"], got {outbound!r}'
+        )
+        outbound = []
+    for index, host in enumerate(outbound):
+        problem = check_outbound_entry(host, env if isinstance(env, dict) else {})
+        if problem:
+            problems.append(f"allowed_outbound_hosts[{index}]: {problem}")
+
     if problems:
         raise ManifestError(source, problems)
     assert isinstance(name, str)
@@ -198,7 +238,40 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
         env=dict(env),
         assets=assets,
         reuse=reuse,
+        allowed_outbound_hosts=tuple(outbound),
     )
+
+
+def substitute(entry: str, env: dict[str, Any]) -> str:
+    """`entry` with each `{{ NAME }}` replaced by `env[NAME]` (KeyError if missing)."""
+    return _TEMPLATE.sub(lambda found: str(env[found.group(1)]), entry)
+
+
+def check_outbound_entry(entry: Any, env: dict[str, Any]) -> str | None:
+    """What is wrong with one `allowed_outbound_hosts` entry, or None."""
+    if not isinstance(entry, str):
+        return f'must be a string such as "https://images.example.com", got {entry!r}'
+    for found in _TEMPLATE.finditer(entry):
+        variable = found.group(1)
+        if not _ENV_NAME.fullmatch(variable):
+            return (
+                f"{{{{ {variable} }}}}: a template names an [env] variable, "
+                "such as {{ ORIGIN }}"
+            )
+        if variable not in env:
+            known = ", ".join(sorted(env)) or "none"
+            return (
+                f"{{{{ {variable} }}}} names no variable of [env] (defined: {known}); "
+                f'add {variable} = "https://..." to [env]'
+            )
+    if "{" in _TEMPLATE.sub("", entry) or "}" in _TEMPLATE.sub("", entry):
+        return f"{entry!r}: templates are written {{{{ NAME }}}}, naming an [env] variable"
+    try:
+        AllowedHosts.parse([substitute(entry, env)])
+    except ValueError as exc:
+        via = "" if substitute(entry, env) == entry else f" (from {entry!r})"
+        return f"{exc}{via}"
+    return None
 
 
 def parse_limits(table: Any, where: str, problems: list[str]) -> dict[str, Any]:

@@ -24,11 +24,12 @@ from ._errors import (
     Timeout,
 )
 from ._limits import MIN_MEMORY, Limits
-from ._messages import Outcome, Request, Response, Usage
+from ._messages import WARM_UP_HEADER, Outcome, Request, Response, Usage
 from ._sandbox import Sandbox
 
 __all__ = [
     "CONTRACT_VERSION",
+    "WARM_UP_HEADER",
     "MIN_MEMORY",
     "BodyTooLarge",
     "EdgefnError",

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 from wasmtime import component as wc
@@ -111,6 +112,7 @@ class Engine:
         assets: Path | str | None = None,
         reuse: int = 0,
         sha256: str | None = None,
+        grants: Mapping[str, Any] | None = None,
     ) -> Sandbox:
         """A sandbox for the component at `wasm`.
 
@@ -118,7 +120,8 @@ class Engine:
         mounted read-only at `/assets`; `reuse` lets one instance serve that
         many requests in sequence (see `Sandbox`); `sha256`, the file's digest when
         the caller already knows it (the gateway hashes an upload as it stores it),
-        saves hashing 18 MB again. Raises `InvalidComponent` when the file is not a
+        saves hashing 18 MB again; `grants`, what the function may use of each
+        capability, by capability name. Raises `InvalidComponent` when the file is not a
         component implementing edgefn's handler world.
         """
         wasm = Path(wasm)
@@ -129,7 +132,13 @@ class Engine:
         if assets is not None and not Path(assets).is_dir():
             raise FileNotFoundError(f"assets directory {assets} does not exist")
         sandbox = Sandbox(
-            self, component, sha256=sha256, env=dict(env or {}), assets=assets, reuse=reuse
+            self,
+            component,
+            sha256=sha256,
+            env=dict(env or {}),
+            assets=assets,
+            reuse=reuse,
+            grants=grants,
         )
         self._sandboxes.add(sandbox)
         return sandbox

@@ -22,7 +22,7 @@ from ._errors import (
 from ._handle_call import GuestFailure, call_handle
 from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, Limits
 from ._messages import Outcome, Request, Response, Usage
-from ._stdio import BodyFile, GuestOutput
+from ._stdio import GuestFiles, GuestOutput
 from .capabilities import RequestContext
 
 if TYPE_CHECKING:
@@ -45,7 +45,8 @@ class Instance:
     """A store, its WASI stdio and (once `serve` first runs) the instance.
 
     A single-use instance gets its only request's body as stdin up front; a
-    reusable one (`body=None`) gets each body in a `BodyFile`. Fuel,
+    reusable one (`body=None`) gets each body in its `GuestFiles`, where
+    capabilities granted to the function also leave files for it. Fuel,
     the wall-clock deadline and the memory limit are set anew for every request.
     """
 
@@ -58,7 +59,7 @@ class Instance:
         self._capabilities = sandbox.engine.capabilities
         # Room in stdout for what the guest hands capabilities, besides the body.
         self._stdout_reserve = sandbox.engine.stdout_reserve
-        self.context = RequestContext(sandbox.assets)
+        self.context = RequestContext(sandbox.assets, sandbox.grants)
         self.store = wasmtime.Store(sandbox.engine.wasmtime, data=self.context)
         self.requests = 0
         self.broken = False
@@ -68,10 +69,11 @@ class Instance:
         if sandbox.assets is not None:
             config.preopen_dir(str(sandbox.assets), ASSETS_GUEST_PATH, fs_mutable=False)
         stretches = 1 if body is not None else _REUSE_STRETCHES
-        self._body_file = BodyFile(config) if body is None else None
+        self._body_in_file = body is None
+        files = GuestFiles(config) if body is None or sandbox.needs_files else None
         if body is not None:
             _wasmtime.set_stdin_bytes(config, body)
-        opened: list[BodyFile | GuestOutput] = [self._body_file] if self._body_file else []
+        opened: list[GuestFiles | GuestOutput] = [files] if files else []
         try:
             self._stdout = _output(
                 config, "stdout", limits.max_response + self._stdout_reserve, stretches
@@ -86,6 +88,9 @@ class Instance:
         # instance is dropped with its sandbox, or at exit.
         self._finalizer = weakref.finalize(self, _close_all, opened)
         self.context.take_output = self._stdout.take
+        self._files = files
+        if files is not None:
+            self.context.put_file = files.put
         self.store.set_wasi(config)
 
     def fits(self, limits: Limits) -> bool:
@@ -106,9 +111,10 @@ class Instance:
 
     def _serve(self, request: Request, limits: Limits) -> Outcome:
         store, context, engine = self.store, self.context, self._engine
-        context.begin(request.body, limits, self._capabilities)
-        if self._body_file is not None:
-            self._body_file.put(request.body)
+        context.begin(request, limits, self._capabilities)
+        if self._body_in_file:
+            assert self._files is not None, "a reusable instance has its files"
+            self._files.put("body", request.body)
         _wasmtime.prepare(store, limits.memory, limits.fuel, engine.epoch_deadline(limits.timeout))
         self.requests += 1
         usage = Usage()
@@ -118,7 +124,7 @@ class Instance:
             if self._handle is None:
                 self._handle = self._instantiate()
                 usage.instantiate_seconds = time.perf_counter() - started
-            head = call_handle(store, self._handle, request, self._body_file is not None)
+            head = call_handle(store, self._handle, request, self._body_in_file)
         except wasmtime.WasmtimeError as exc:
             # Without its traceback: the traceback's frames hold this instance and its
             # store in a reference cycle, which kept each failed instance's memory
@@ -203,7 +209,7 @@ class Instance:
         self.broken = True
 
 
-def _close_all(streams: list[BodyFile | GuestOutput]) -> None:
+def _close_all(streams: list[GuestFiles | GuestOutput]) -> None:
     for stream in streams:
         stream.close()
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Outcome", "Request", "Response", "Usage"]
+__all__ = ["WARM_UP_HEADER", "Outcome", "Request", "Response", "Usage"]
 
 HeaderList = list[tuple[str, str]]
+
+# Marks the throwaway request a gateway runs before a version takes traffic:
+# capabilities with effects outside the sandbox (outbound HTTP) refuse it.
+WARM_UP_HEADER = "x-edgefn-warmup"
 
 
 @dataclass
@@ -38,6 +42,14 @@ class Usage:
 
     fuel: int = 0
     image_pixels: int = 0
+    # Outbound HTTP: responses received (redirect hops included) and fetches
+    # failed, response body bytes received, seconds spent fetching, and those
+    # outcomes by status class ("2xx".."5xx") or failure kind ("not_allowed",
+    # "timeout", "too_large", "failed").
+    fetches: int = 0
+    fetch_bytes: int = 0
+    fetch_seconds: float = 0.0
+    fetch_outcomes: dict[str, int] = field(default_factory=dict)
     instantiate_seconds: float = 0.0
     execute_seconds: float = 0.0
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wasmtime import component as wc
 
@@ -48,6 +49,7 @@ class Sandbox:
         env: dict[str, str],
         assets: Path | str | None,
         reuse: int = 0,
+        grants: Mapping[str, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.component = component
@@ -55,6 +57,11 @@ class Sandbox:
         self.env = env
         self.assets = Path(assets) if assets is not None else None
         self.reuse = reuse
+        # What the function may use of each capability, by capability name (for
+        # outbound HTTP, the hosts its manifest allows); absent: nothing.
+        self.grants = dict(grants or {})
+        # Granted capabilities that leave files for the guest need `/.edgefn`.
+        self.needs_files = any(c.files and c.name in self.grants for c in engine.capabilities)
         handler = component.get_export_index(HANDLER_EXPORT)
         handle = component.get_export_index("handle", handler)
         assert handle is not None, "check_component() vouched for this export"

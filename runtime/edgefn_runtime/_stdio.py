@@ -10,7 +10,7 @@ stretch starts because the guest declares how many bytes it wrote, and punches
 used stretches out of the memory files, so a long-lived instance holds no more
 host memory than a fresh one. Its request bodies come in a read-only file
 instead of stdin, because wasmtime reads a stdin file ahead to its end once
-and then closes the stream for good.
+and then closes the stream for good; outbound response bodies come the same way.
 """
 
 from __future__ import annotations
@@ -25,37 +25,45 @@ import tempfile
 
 import wasmtime
 
-__all__ = ["BodyFile", "GuestOutput"]
+__all__ = ["GuestFiles", "GuestOutput"]
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _RELEASE_CHUNK = 1 << 20
 
 
-class BodyFile:
-    """The request body as `/.edgefn/body`, in a read-only directory of its own."""
+class GuestFiles:
+    """Files the host writes for the guest to read, in a read-only `/.edgefn`.
+
+    `body`: the request body of an instance serving several requests;
+    `fetch`: the body of the last outbound response (`edgefn_contract.outbound`).
+    """
 
     GUEST_DIR = "/.edgefn"
 
     def __init__(self, config: wasmtime.WasiConfig) -> None:
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        self._dir = tempfile.mkdtemp(prefix="edgefn-body-", dir=shm)
-        self._fd = os.open(os.path.join(self._dir, "body"), os.O_RDWR | os.O_CREAT, 0o600)
-        self._size = 0
+        self._dir = tempfile.mkdtemp(prefix="edgefn-files-", dir=shm)
+        self._files: dict[str, tuple[int, int]] = {}  # name -> (fd, size)
         config.preopen_dir(self._dir, self.GUEST_DIR, fs_mutable=False)
 
-    def put(self, body: bytes) -> None:
-        """Make `body` the file's content, for the guest to open."""
-        if body or self._size:
-            os.ftruncate(self._fd, len(body))
-            os.pwrite(self._fd, body, 0)
-            self._size = len(body)
+    def put(self, name: str, data: bytes) -> None:
+        """Make `data` the content of `/.edgefn/<name>`, for the guest to open."""
+        fd, size = self._files.get(name, (-1, 0))
+        if fd < 0:
+            fd = os.open(os.path.join(self._dir, name), os.O_RDWR | os.O_CREAT, 0o600)
+        if data or size:
+            os.ftruncate(fd, len(data))
+            os.pwrite(fd, data, 0)
+        self._files[name] = (fd, len(data))
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        files, self._files = self._files, {}
+        for fd, _ in files.values():
+            os.close(fd)
+        if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = ""
 
 
 class GuestOutput:

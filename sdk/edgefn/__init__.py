@@ -12,16 +12,32 @@ from ._exceptions import HTTPError
 from ._requests import Request
 from ._responses import JSONResponse, Response, StreamingResponse, json, redirect, text
 from ._routing import App
+from .outbound import (
+    FetchResponse,
+    OutboundError,
+    OutboundFailed,
+    OutboundNotAllowed,
+    OutboundTimeout,
+    OutboundTooLarge,
+    fetch,
+)
 
 __all__ = [
     "App",
+    "FetchResponse",
     "HTTPError",
     "Headers",
     "JSONResponse",
+    "OutboundError",
+    "OutboundFailed",
+    "OutboundNotAllowed",
+    "OutboundTimeout",
+    "OutboundTooLarge",
     "QueryParams",
     "Request",
     "Response",
     "StreamingResponse",
+    "fetch",
     "json",
     "redirect",
     "text",

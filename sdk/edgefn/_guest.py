@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from componentize_py_types import Err
 from wit_world.exports import IncomingHandler
 from wit_world.imports import image as host_image
+from wit_world.imports import outbound as host_outbound
 from wit_world.imports.types import (
     GuestError,
     RequestBody_File,
@@ -28,7 +29,9 @@ from wit_world.imports.types import (
     ResponseHead,
 )
 
-from . import image
+from edgefn_contract.outbound import FETCH_FILE
+
+from . import image, outbound
 from ._requests import Request
 from ._responses import Response, StreamingResponse
 from ._routing import App
@@ -177,10 +180,58 @@ def _source(source: tuple[str, object]) -> host_image.Source:
         if len(data) <= image.MAX_SOURCE_BYTES and _write_all(data) != len(data):
             raise ValueError("no room left on stdout for the image bytes")
         return host_image.Source_Bytes(len(data))
+    if kind == "url":
+        return host_image.Source_Url(str(value))
     return host_image.Source_Body()
 
 
 image.use_backend(_HostImages())
+
+
+class _HostOutbound:
+    """edgefn.fetch's backend inside the component: the host's outbound capability."""
+
+    def fetch(self, request: outbound.FetchRequest) -> outbound.FetchResponse:
+        # The body goes out of band, like a response body: the host reads the
+        # next len(body) bytes of stdout (a list<u8> would cross byte by byte).
+        if request.body:
+            if _writing_body:
+                raise RuntimeError("fetch cannot send a body while a response body streams")
+            if _write_all(request.body) != len(request.body):
+                raise ValueError(
+                    f"no room left on stdout for the fetch body of {len(request.body):,} bytes"
+                )
+        headers = "".join(f"{name}: {value}\n" for name, value in request.headers)
+        outgoing = host_outbound.OutgoingRequest(
+            request.method,
+            request.url,
+            headers,
+            len(request.body),
+            outbound.timeout_ms(request.timeout),
+        )
+        try:
+            incoming = host_outbound.fetch(outgoing)
+        except Err as failure:
+            outbound.raise_failure(failure.value.kind, failure.value.message)
+            raise
+        body = _read_fetched(incoming.body) if incoming.body else b""
+        if len(body) != incoming.body:
+            raise outbound.OutboundFailed(
+                f"{incoming.url}: the host announced {incoming.body:,} body bytes, "
+                f"{len(body):,} arrived"
+            )
+        return outbound.FetchResponse(
+            incoming.status, _parse_headers(incoming.headers), body, incoming.url
+        )
+
+
+def _read_fetched(length: int) -> bytes:
+    # Opened, read and closed at once: the host rewrites the file on the next fetch.
+    with open(FETCH_FILE, "rb") as file:
+        return file.read(length)
+
+
+outbound.use_backend(_HostOutbound())
 
 
 _writing_body = False

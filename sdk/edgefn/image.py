@@ -35,7 +35,9 @@ from edgefn_contract.image import (
     MEDIA_TYPES,
     ImageInfo,
 )
+from edgefn_contract.outbound import IMAGE_FAILURE_PREFIX
 
+from . import outbound
 from ._exceptions import HTTPError
 from ._responses import Response
 
@@ -86,6 +88,9 @@ _ERRORS: dict[str, Any] = {
 
 def raise_failure(kind: str, message: str) -> None:
     """Raise the SDK exception for a failure `kind` reported by the image service."""
+    if kind.startswith(IMAGE_FAILURE_PREFIX):
+        # A `url` source the host could not fetch: the same error `fetch` raises.
+        outbound.raise_failure(kind.removeprefix(IMAGE_FAILURE_PREFIX), message)
     error = _ERRORS.get(kind)
     if error is not None:
         raise error(message)
@@ -163,6 +168,19 @@ class Image:
                 "send larger images as the request body or an asset"
             )
         return cls(("bytes", data))
+
+    @classmethod
+    def from_url(cls, url: str) -> Image:
+        """An absolute http(s) URL the host fetches and decodes itself, under the
+        manifest's `allowed_outbound_hosts`: the bytes never enter the function.
+        A refused or failed fetch raises `fetch`'s errors (`OutboundNotAllowed`, ...)."""
+        if not isinstance(url, str):
+            raise TypeError(f"Image.from_url takes a str, got {type(url).__name__}")
+        if not url[:8].lower().startswith(("http://", "https://")):
+            raise ValueError(
+                f"Image.from_url needs an absolute http:// or https:// URL, got {url!r}"
+            )
+        return cls(("url", url))
 
     def _with(self, op: dict[str, Any]) -> Image:
         return Image(self.source, (*self.ops, op), self.auto_orient, self.settings)

@@ -15,7 +15,7 @@ import json as _json
 import sys
 import tomllib
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,13 +23,25 @@ from typing import Any
 
 import edgefn_contract.image as contract
 
-from . import image
+from . import image, outbound
 from ._datastructures import Headers
 from ._requests import Request
 from ._responses import Response
 from ._routing import App
+from .outbound import FetchRequest, FetchResponse, OutboundFailed, OutboundNotAllowed
 
-__all__ = ["TestClient", "TestResponse", "load_app"]
+__all__ = [
+    "FetchAnswers",
+    "FetchRequest",
+    "FetchResponse",
+    "TestClient",
+    "TestResponse",
+    "load_app",
+]
+
+FetchAnswer = FetchResponse | bytes | str
+FetchAnswers = Mapping[str, FetchAnswer] | Callable[[FetchRequest], FetchAnswer]
+"""What `TestClient(fetch=...)` takes: answers by URL, or a function of the request."""
 
 
 @dataclass
@@ -62,16 +74,34 @@ class TestClient:
     from the function's folder (the one `load_app` loaded, or else the folder
     of the module that defines the app's first route), never from the working
     directory, so tests pass wherever pytest runs.
+
+    `fetch` answers the app's outbound requests (`edgefn.fetch`, `Image.from_url`)
+    natively, never from the network: a mapping `{url: answer}` or a callable
+    `(FetchRequest) -> answer`, where an answer is a `FetchResponse`, or bytes or
+    str for a 200. The callable may raise `OutboundTimeout` & co. to simulate
+    failures; a URL the mapping lacks raises `OutboundNotAllowed`, as an
+    undeclared host would. `fetched` lists the requests the app made.
     """
 
     __test__ = False
 
     def __init__(
-        self, app: App, *, raise_exceptions: bool = True, assets: str | Path | None = None
+        self,
+        app: App,
+        *,
+        raise_exceptions: bool = True,
+        assets: str | Path | None = None,
+        fetch: FetchAnswers | None = None,
     ) -> None:
         self.app = app
         self.raise_exceptions = raise_exceptions
         self.assets = _assets_folder(app, Path(assets)) if assets is not None else None
+        if fetch is not None and not (isinstance(fetch, Mapping) or callable(fetch)):
+            raise TypeError(
+                f"TestClient's fetch must be a mapping or a callable, got {type(fetch).__name__}"
+            )
+        self.fetched: list[FetchRequest] = []
+        self._outbound = _NativeFetch(fetch, self.fetched)
 
     def request(
         self,
@@ -90,7 +120,8 @@ class TestClient:
         if isinstance(body, str):
             body = body.encode()
         request = Request(method, path, query_string=query, headers=header_items, body=body)
-        image.use_backend(_NativeImages(body, self.assets))
+        outbound.use_backend(self._outbound)
+        image.use_backend(_NativeImages(body, self.assets, self._outbound))
         try:
             response = self.app.handle(request)
         except KeyboardInterrupt:
@@ -188,9 +219,10 @@ class _NativeImages:
     same checks and the same output bytes, as the sandbox would.
     """
 
-    def __init__(self, body: bytes, assets: Path | None) -> None:
+    def __init__(self, body: bytes, assets: Path | None, fetcher: outbound.Backend) -> None:
         self.body = body
         self.assets = assets
+        self.fetcher = fetcher
         self._service: contract.ImageService | None = None
 
     def _host(self) -> contract.ImageService:
@@ -198,8 +230,19 @@ class _NativeImages:
             self._service = _image_service_factory()(body=self.body, assets=self.assets)
         return self._service
 
+    def _fetched(self, source: tuple[str, Any]) -> tuple[contract.ImageService, tuple[str, Any]]:
+        """The service and source to run: a `url` source is fetched through the
+        test's answers, then its bytes run as a body would, with the same checks."""
+        if source[0] != "url":
+            return self._host(), source
+        url = str(source[1])
+        answer = self.fetcher.fetch(FetchRequest("GET", url, [], b"", None))
+        if not answer.ok:
+            raise OutboundFailed(f"{url} answered {answer.status}, not an image")
+        return _image_service_factory()(body=answer.body, assets=self.assets), ("body", None)
+
     def probe(self, source: tuple[str, Any]) -> image.ImageInfo:
-        service = self._host()
+        service, source = self._fetched(source)
         try:
             return service.probe(source)
         except contract.ImageFailure as failure:
@@ -207,13 +250,54 @@ class _NativeImages:
             raise
 
     def render(self, source: tuple[str, Any], pipeline: str) -> Response:
-        service = self._host()
+        service, source = self._fetched(source)
         try:
             rendered = service.render(source, pipeline)
         except contract.ImageFailure as failure:
             image.raise_failure(failure.kind, failure.message)
             raise
         return Response(rendered.data, headers={"content-type": rendered.content_type})
+
+
+class _NativeFetch:
+    """edgefn.fetch's backend natively: the test's answers, never the network."""
+
+    def __init__(self, answers: FetchAnswers | None, fetched: list[FetchRequest]) -> None:
+        self.answers = answers
+        self.fetched = fetched
+
+    def fetch(self, request: FetchRequest) -> FetchResponse:
+        self.fetched.append(request)
+        if self.answers is None:
+            raise OutboundNotAllowed(
+                f"{request.method} {request.url}: edgefn.testing never uses the network; "
+                "answer outbound requests with TestClient(app, fetch={url: FetchResponse(...)}) "
+                "or fetch=a callable taking the FetchRequest"
+            )
+        if isinstance(self.answers, Mapping):
+            if request.url not in self.answers:
+                urls = sorted(self.answers)
+                known = ", ".join(urls[:5]) or "nothing"
+                if len(urls) > 5:
+                    known += f" and {len(urls) - 5} more"
+                raise OutboundNotAllowed(
+                    f"{request.url} is not in TestClient's `fetch` mapping (it has {known})"
+                )
+            answer = self.answers[request.url]
+        else:
+            answer = self.answers(request)
+        if isinstance(answer, (bytes, str)):
+            answer = FetchResponse(200, body=answer)
+        if not isinstance(answer, FetchResponse):
+            raise TypeError(
+                f"TestClient's fetch answered {request.url} with {type(answer).__name__}; "
+                "answer with a FetchResponse, bytes or str"
+            )
+        # As the host answers: the URL that answered, and no body to a HEAD.
+        if not answer.url or (request.method == "HEAD" and answer.body):
+            body = b"" if request.method == "HEAD" else answer.body
+            answer = FetchResponse(answer.status, answer.headers, body, answer.url or request.url)
+        return answer
 
 
 @functools.cache

@@ -179,3 +179,46 @@ def test_a_key_that_is_not_hex_fails_closed(monkeypatch: pytest.MonkeyPatch) -> 
     response = client.get("/sample.jpg?w=64", headers=ROUTE)
     assert error(response) == (500, "invalid_signing_key")
     assert "secret" not in response.text
+
+
+ORIGIN = "http://127.0.0.1:9000"  # the manifest's [env] ORIGIN; TestClient answers for it
+SAMPLE = (HERE / "assets" / "sample.jpg").read_bytes()
+fetching = TestClient(
+    load_app(HERE), assets="assets", fetch={f"{ORIGIN}/photos/sample.jpg": SAMPLE}
+)
+
+
+def test_src_fetches_the_original_and_equals_posting_it() -> None:
+    query = "w=300&h=300&fit=cover&format=webp"
+    fetched = fetching.get(f"/?src={ORIGIN}/photos/sample.jpg&{query}")
+    posted = fetching.post(f"/?{query}", body=SAMPLE)
+    assert fetched.status == 200 and fetched.body == posted.body
+    assert {request.url for request in fetching.fetched} == {f"{ORIGIN}/photos/sample.jpg"}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "says"),
+    [
+        ("GET", "/?w=10", "give src="),
+        ("GET", "/?src=photos/sample.jpg&w=10", "absolute"),
+        ("POST", f"/?src={ORIGIN}/photos/sample.jpg", "not both"),
+        ("GET", f"/sample.jpg?src={ORIGIN}/photos/sample.jpg", "not both"),
+    ],
+)
+def test_src_mistakes_are_400(method: str, url: str, says: str) -> None:
+    response = fetching.request(method, url, body=SAMPLE if method == "POST" else b"")
+    assert response.status == 400 and says in response.json()["error"]["message"]
+
+
+def test_an_unreachable_src_is_the_outbound_error() -> None:
+    response = fetching.get(f"/?src={ORIGIN}/missing.jpg&w=10")
+    assert response.status == 500
+    assert response.json()["error"]["code"] == "outbound_not_allowed"
+
+
+@pytest.mark.usefixtures("signed")
+def test_a_signature_covers_src() -> None:
+    url = sign_url(KEY, "GET", f"/image_resize/?src={ORIGIN}/photos/sample.jpg&w=50")
+    assert fetching.get(relative(url), headers=ROUTE).status == 200
+    other = relative(url).replace("sample.jpg", "other.jpg")
+    assert fetching.get(other, headers=ROUTE).status == 403

@@ -9,10 +9,12 @@ from pathlib import Path
 import click
 
 from edgefn_runtime import Engine, Request, SandboxError
+from edgefn_runtime.capabilities import installed
 
 from .._printable import printable
 from .._units import format_size
 from ..builder import BuildResult, build
+from ..gateway.policy import load_policy
 from ..manifest import load_manifest
 from ..scaffold import TEMPLATES, create_function
 from ._params import body
@@ -94,9 +96,14 @@ def invoke_command(
         method.upper(), *_split_query(path), headers=_parse_headers(headers), body=data
     )
     assets = directory / manifest.assets if manifest.assets else None
-    with Engine() as engine:
+    # The operator's outbound policy from EDGEFN_OUTBOUND_* (e.g. a local origin
+    # needs EDGEFN_OUTBOUND_ALLOWED_NETWORKS=127.0.0.1/32), as `serve` reads it.
+    outbound = load_policy(None).outbound
+    with Engine(capabilities=installed(outbound=outbound)) as engine:
         started = time.perf_counter()
-        sandbox = engine.load(result.path, env=manifest.env, assets=assets)
+        sandbox = engine.load(
+            result.path, env=manifest.env, assets=assets, grants=manifest.grants()
+        )
         loaded = time.perf_counter() - started
         try:
             outcome = sandbox.invoke(request, manifest.resolve_limits())

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from click.decorators import FC
 
-from edgefn_runtime import Engine, default_cache_dir
+from edgefn_runtime import default_cache_dir
 
 from .._printable import printable_lines
 from .._units import format_size, parse_size
@@ -140,7 +140,7 @@ def serve(deploy_dirs: tuple[Path, ...], **options: Any) -> None:
 
     def before_serving(registry: Registry, config: GatewayConfig) -> None:
         if deploy_dirs:
-            with Engine(cache_dir=config.aot_cache_dir) as engine:
+            with config.open_engine() as engine:
                 deployer = Deployer(registry, engine, config.data_dir)
                 for directory in deploy_dirs:
                     result = build_function(directory, quiet_if_cached=True)
@@ -210,7 +210,7 @@ def _dev(directory: Path, port: int) -> None:
         with reserved_ports(config):
             announce(config)
             registry = SQLiteRegistry(config.data_dir)
-            engine = Engine(cache_dir=config.aot_cache_dir)
+            engine = config.open_engine()
             deployer = Deployer(registry, engine, config.data_dir)
 
             def redeploy() -> None:

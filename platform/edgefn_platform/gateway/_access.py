@@ -43,6 +43,10 @@ class AccessEntry:
     bytes_in: int
     bytes_out: int
     worker: int
+    # Outbound HTTP: requests sent (redirect hops included), time and body bytes.
+    fetches: int = 0
+    fetch_ms: float = 0.0
+    fetch_bytes: int = 0
 
     def json(self) -> str:
         # vars(), not asdict(): the fields are flat, and asdict() deep-copies each.

@@ -29,11 +29,12 @@ _FULL_ERRORS = {errno.ENOSPC, errno.EDQUOT}
 
 # What makes two loads of a component the same sandbox: its bytes, its assets, the
 # environment it sees and how often an instance is reused.
-_SandboxKey = tuple[str, str | None, tuple[tuple[str, str], ...], int]
+_SandboxKey = tuple[str, str | None, tuple[tuple[str, str], ...], int, tuple[str, ...]]
 
 
 def _sandbox_key(sha256: str, manifest: Manifest, assets_sha: str | None) -> _SandboxKey:
-    return (sha256, assets_sha, tuple(sorted(manifest.env.items())), manifest.reuse)
+    hosts = manifest.outbound_hosts()
+    return (sha256, assets_sha, tuple(sorted(manifest.env.items())), manifest.reuse, hosts)
 
 
 @dataclass
@@ -90,7 +91,12 @@ class Deployer:
             # the sandbox then serves on this worker (no second load). The bytes were
             # hashed on their way to disk, once.
             sandbox = self.engine.load(
-                wasm, env=manifest.env, assets=assets_path, reuse=manifest.reuse, sha256=sha256
+                wasm,
+                env=manifest.env,
+                assets=assets_path,
+                reuse=manifest.reuse,
+                sha256=sha256,
+                grants=manifest.grants(),
             )
             key = _sandbox_key(sha256, manifest, assets_sha)
             crash_point("deploy:compiled")

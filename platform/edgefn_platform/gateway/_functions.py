@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, replace
 
-from edgefn_runtime import Limits, Request, Sandbox, SandboxError
+from edgefn_runtime import WARM_UP_HEADER, Limits, Request, Sandbox, SandboxError
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, RegistryUnavailable
@@ -32,7 +32,7 @@ class LiveFunction:
     concurrency: int = 16
 
 
-_WARM_UP = Request("GET", "/", headers=[("x-edgefn-warmup", "1")])
+_WARM_UP = Request("GET", "/", headers=[(WARM_UP_HEADER, "1")])
 
 
 def warm_up(sandbox: Sandbox, limits: Limits) -> None:
@@ -162,6 +162,7 @@ class FunctionTable:
                 assets=assets,
                 reuse=manifest.reuse,
                 sha256=version.sha256,  # verified when it was stored or fetched
+                grants=manifest.grants(),
             )
             self.metrics.aot.labels("hit" if self.engine.aot.hits > hits else "miss").inc()
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)

@@ -79,6 +79,27 @@ class Metrics:
             ["function"],
             registry=None,
         )
+        # By status class ("2xx".."5xx") or failure kind ("not_allowed", "timeout",
+        # "too_large", "failed"): never the URL or host, which functions choose.
+        self.outbound = Counter(
+            "edgefn_outbound_requests",
+            "Outbound HTTP requests (redirect hops included) by status class or failure.",
+            ["function", "status_class"],
+            registry=None,
+        )
+        self.outbound_seconds = Histogram(
+            "edgefn_outbound_seconds",
+            "Time a request spent on outbound HTTP.",
+            ["function"],
+            buckets=_SECONDS,
+            registry=None,
+        )
+        self.outbound_bytes = Counter(
+            "edgefn_outbound_bytes",
+            "Response body bytes received by outbound HTTP.",
+            ["function"],
+            registry=None,
+        )
         self.in_flight = Gauge(
             "edgefn_in_flight",
             "Requests running.",

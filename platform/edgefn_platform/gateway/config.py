@@ -14,7 +14,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefn_runtime import EdgefnError
+from edgefn_runtime import EdgefnError, Engine
+from edgefn_runtime.capabilities import installed
 
 from .policy import Policy, load_policy
 
@@ -124,6 +125,11 @@ class GatewayConfig:
         """Whether the admin API listens beyond loopback without TLS."""
         loopback = self.admin_host in ("127.0.0.1", "::1", "localhost")
         return not loopback and self.admin_tls_cert is None
+
+    def open_engine(self) -> Engine:
+        """An engine with the AOT cache and the operator's outbound policy."""
+        capabilities = installed(outbound=self.loaded_policy.outbound)
+        return Engine(cache_dir=self.aot_cache_dir, capabilities=capabilities)
 
     def public_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host

@@ -11,18 +11,22 @@ variables, the variables winning:
     fuel = 5e10
     [backpressure]             EDGEFN_BACKPRESSURE_QUEUE_WAIT=...
     global_concurrency = 64
+    [outbound]                 EDGEFN_OUTBOUND_ALLOWED_NETWORKS=127.0.0.1/32,::1/128
+    allowed_networks = ["127.0.0.1/32"]
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgefn_runtime import EdgefnError, Limits
+from edgefn_runtime.capabilities.outbound import DEFAULT_BLOCKED, OutboundPolicy
 
 from .._units import format_size, parse_count, parse_duration, parse_size
 from ..manifest import LIMIT_PARSERS
@@ -105,6 +109,7 @@ class Policy:
     # Request body bytes a worker buffers at once, all requests together.
     body_budget: int = 256 * 2**20
     usage_header: bool = False
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
 
     def resolve(
         self, requested: Mapping[str, Any], overrides: Mapping[str, Any]
@@ -146,16 +151,12 @@ def load_policy(path: Path | None, environ: Mapping[str, str] = os.environ) -> P
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    unknown = set(data) - {"defaults", "maximums", "backpressure", "observability"}
+    unknown = set(data) - set(_SECTIONS)
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section [{sorted(unknown)[0]}] (allowed: defaults, "
-            "maximums, backpressure, observability)"
+            f"{path}: unknown section [{sorted(unknown)[0]}] (allowed: {', '.join(_SECTIONS)})"
         )
-    sections = {
-        name: dict(data.get(name, {}))
-        for name in ("defaults", "maximums", "backpressure", "observability")
-    }
+    sections = {name: dict(data.get(name, {})) for name in _SECTIONS}
     for name, table in sections.items():
         prefix = f"EDGEFN_{name.upper()}_"
         for variable, value in environ.items():
@@ -186,4 +187,67 @@ def load_policy(path: Path | None, environ: Mapping[str, str] = os.environ) -> P
     policy.usage_header = usage is True or str(usage).lower() in ("1", "true", "yes")
     for key in LIMIT_KEYS:  # a lowered maximum lowers the default with it
         policy.defaults[key] = min(policy.defaults[key], policy.maximums[key])
+    policy.outbound = parse_outbound(sections["outbound"])
     return policy
+
+
+def parse_outbound(table: Mapping[str, Any]) -> OutboundPolicy:
+    """The `[outbound]` section; each mistake a ConfigError naming `outbound.KEY`.
+
+    `blocked_networks` adds to the default blocked networks, never replaces
+    them: an operator who blocks one more range must not unblock loopback.
+    """
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in _OUTBOUND_KEYS:
+            raise ConfigError(f"outbound.{key}: unknown key (allowed: {', '.join(_OUTBOUND_KEYS)})")
+        parse, accepts = _OUTBOUND_KEYS[key]
+        try:
+            values[key] = parse(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"outbound.{key}: expected {accepts}, got {value!r} ({exc})"
+            ) from None
+    if "blocked_networks" in values:
+        added = [n for n in values["blocked_networks"] if n not in DEFAULT_BLOCKED]
+        values["blocked_networks"] = DEFAULT_BLOCKED + tuple(added)
+    return OutboundPolicy(**values)
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A list of CIDR networks, or one comma-separated string of them (variables)."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("not a list of strings")
+    networks = []
+    for text in value:
+        try:
+            networks.append(ipaddress.ip_network(text))
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
+    return tuple(networks)
+
+
+def _ca_bundle(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("not a path")
+    if not Path(value).is_file():
+        raise ValueError(f"no such file: {value}")
+    return str(Path(value).resolve())
+
+
+_SECTIONS = ("defaults", "maximums", "backpressure", "observability", "outbound")
+# `[outbound]` key -> (parser, what it accepts).
+_OUTBOUND_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "allowed_networks": (_networks, 'a list of networks such as ["127.0.0.1/32", "::1/128"]'),
+    "blocked_networks": (_networks, 'a list of networks such as ["203.0.113.0/24"]'),
+    "max_fetches": (parse_count, "a number of fetches such as 16"),
+    "max_response_bytes": (parse_size, 'a size such as "10MiB"'),
+    "max_total_bytes": (parse_size, 'a size such as "32MiB"'),
+    "max_body_bytes": (parse_size, 'a size such as "1MiB"'),
+    "max_redirects": (parse_count, "a number of redirects such as 5"),
+    "connect_timeout": (parse_duration, 'a duration such as "5s"'),
+    "read_timeout": (parse_duration, 'a duration such as "10s"'),
+    "ca_bundle": (_ca_bundle, "the path of an existing PEM file of CA certificates"),
+}

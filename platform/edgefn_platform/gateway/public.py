@@ -240,12 +240,17 @@ class PublicApp:
             ("queue", exchange.queued),
             ("instantiate", usage.instantiate_seconds),
             ("execute", usage.execute_seconds),
+            *((("fetch", usage.fetch_seconds),) if usage.fetches else ()),
         )
         response.headers["server-timing"] = ", ".join(
             f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing
         )
         if self.policy.usage_header and function is not None:
-            response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}"
+            response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}" + (
+                f", fetches={usage.fetches}, fetch_bytes={usage.fetch_bytes}"
+                if usage.fetches
+                else ""
+            )
         entry = AccessEntry(
             time=time.time(),
             request_id=exchange.request_id,
@@ -260,6 +265,9 @@ class PublicApp:
             execute_ms=round(usage.execute_seconds * 1000, 3),
             total_ms=round((time.perf_counter() - exchange.started) * 1000, 3),
             fuel=usage.fuel,
+            fetches=usage.fetches,
+            fetch_ms=round(usage.fetch_seconds * 1000, 3),
+            fetch_bytes=usage.fetch_bytes,
             bytes_in=exchange.bytes_in,
             bytes_out=len(response.body),
             worker=self.pid,
@@ -326,6 +334,11 @@ def _observe(metrics: Metrics, function: str, usage: Usage, queued: float) -> No
     metrics.execute.labels(function).observe(usage.execute_seconds)
     metrics.fuel.labels(function).inc(usage.fuel)
     metrics.pixels.labels(function).inc(usage.image_pixels)
+    if usage.fetches:
+        for outcome, count in usage.fetch_outcomes.items():
+            metrics.outbound.labels(function, outcome).inc(count)
+        metrics.outbound_seconds.labels(function).observe(usage.fetch_seconds)
+        metrics.outbound_bytes.labels(function).inc(usage.fetch_bytes)
 
 
 def _route_of(function: LiveFunction) -> str:

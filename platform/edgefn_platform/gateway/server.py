@@ -73,7 +73,7 @@ class Worker:
         metrics = Metrics(config.metrics_dir)
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
-        engine = Engine(cache_dir=config.aot_cache_dir)
+        engine = config.open_engine()
         deployer = Deployer(registry, engine, config.data_dir, handoff={})
         table = FunctionTable(deployer, metrics, board, config.refresh_seconds, policy)
         logs = LogSink(registry)

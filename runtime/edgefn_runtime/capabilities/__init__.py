@@ -11,16 +11,20 @@ from __future__ import annotations
 
 from ._base import Capability, Fuel, RequestContext, host_call
 from .image import ImageCapability
+from .outbound import OutboundCapability, OutboundPolicy
 
 __all__ = [
     "Capability",
     "Fuel",
+    "ImageCapability",
+    "OutboundCapability",
     "RequestContext",
     "host_call",
     "installed",
 ]
 
 
-def installed() -> list[Capability]:
-    """The capabilities an engine links unless told otherwise."""
-    return [ImageCapability()]
+def installed(outbound: OutboundPolicy | None = None) -> list[Capability]:
+    """The capabilities an engine links unless told otherwise; `outbound` is the
+    operator's outbound HTTP policy (the safe defaults when None)."""
+    return [ImageCapability(), OutboundCapability(outbound)]

@@ -1,7 +1,7 @@
 """The one shape every host capability has, and the request context they share.
 
 A capability is what a sandboxed function may ask of the host beyond WASI:
-today images; next outbound HTTP, a response cache, a key-value store,
+images and outbound HTTP today; next a response cache, a key-value store,
 secrets. Each is a `Capability` linked into the engine's linker once; for
 every request the sandbox calls `begin` on each (its per-request state goes
 into the shared `RequestContext`, which is the store's data) and `finish`
@@ -12,7 +12,7 @@ capabilities only through this module: adding one is adding a module.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from wasmtime import component as wc
 from .. import _wasmtime
 from .._errors import SandboxError
 from .._limits import Limits
-from .._messages import Usage
+from .._messages import Request, Usage
 
 __all__ = ["Capability", "CountedFuel", "Fuel", "RequestContext", "StoreFuel", "host_call"]
 
@@ -34,12 +34,15 @@ class Capability:
     the WIT interfaces (`package/interface@version`) it provides, and the only
     non-WASI imports a component may have are those of the engine's capabilities;
     `stdout_reserve` is how many bytes of its stdout the guest may use to pass
-    data to the capability, beyond the response body (see `RequestContext.take_output`).
+    data to the capability, beyond the response body (see `RequestContext.take_output`);
+    `files`, whether it leaves files for the guest in `/.edgefn` (see
+    `RequestContext.put_file`), so instances of functions granted it need that directory.
     """
 
     name: str = ""
     imports: frozenset[str] = frozenset()
     stdout_reserve: int = 0
+    files: bool = False
 
     def link(self, linker: wc.Linker) -> None:
         """Add the capability's host functions to `linker` (once, per engine)."""
@@ -61,13 +64,19 @@ class RequestContext:
     A store keeps one context for its life; `begin` readies it for each request.
     """
 
-    def __init__(self, assets: Path | None) -> None:
+    def __init__(self, assets: Path | None, grants: Mapping[str, Any] | None = None) -> None:
         self.assets = assets
+        # What the function may use of each capability, by name: see `Sandbox`.
+        self.grants: Mapping[str, Any] = grants or {}
         # Reads the next n bytes the guest wrote to its stdout: how a guest hands
         # a capability data without a `list<u8>` crossing the boundary.
         self.take_output: Callable[[int], bytes] | None = None
+        # Writes a file the guest reads at `/.edgefn/<name>`: how a capability hands
+        # the guest bytes (None unless a capability with `files` is granted).
+        self.put_file: Callable[[str, bytes], None] | None = None
         self.limits = Limits()
         self.body = b""
+        self.headers: list[tuple[str, str]] = []
         self.deadline = 0.0  # on time.monotonic()'s clock
         # A limit host work broke: the sandbox raises it whatever the guest does.
         self.breach: SandboxError | None = None
@@ -76,8 +85,8 @@ class RequestContext:
         self.response_body: bytes | None = None
         self.states: dict[str, Any] = {}
 
-    def begin(self, body: bytes, limits: Limits, capabilities: Iterable[Capability]) -> None:
-        self.body, self.limits = body, limits
+    def begin(self, request: Request, limits: Limits, capabilities: Iterable[Capability]) -> None:
+        self.body, self.headers, self.limits = request.body, request.headers, limits
         self.deadline = time.monotonic() + limits.timeout
         self.breach = None
         self.response_body = None

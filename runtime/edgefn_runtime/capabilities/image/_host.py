@@ -17,7 +17,7 @@ import contextlib
 import functools
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,12 +25,14 @@ import wasmtime
 from wasmtime import component as wc
 
 from edgefn_contract.image import MAX_SOURCE_BYTES, ImageInfo
+from edgefn_contract.outbound import IMAGE_FAILURE_PREFIX
 
 from ..._contract import CONTRACT_VERSION
 from ..._errors import FuelExhausted, MemoryLimitExceeded, SandboxError, Timeout
 from ..._limits import Limits
-from ..._messages import Usage
+from ..._messages import Request, Usage
 from .._base import Capability, CountedFuel, Fuel, RequestContext, host_call
+from ..outbound import OutboundFailure, fetch_for
 from ._budget import Budget, ImageFailure
 from ._codecs import Rendered, probe, read_asset
 from ._pipeline import render
@@ -48,9 +50,10 @@ __all__ = [
 IMAGE_IMPORT = f"edgefn:http/image@{CONTRACT_VERSION}"
 _T = TypeVar("_T")
 
-# A source as the WIT `image-source` carries it: None for the request body, an
-# asset's name, or how many bytes the guest just wrote to its stdout.
-Source = None | str | int
+# A source as the WIT `source` variant carries it, (case, payload): ("body",
+# None), ("asset", name), ("bytes", how many bytes the guest just wrote to its
+# stdout) or ("url", an absolute URL the host fetches).
+Source = tuple[str, Any]
 
 
 @dataclass
@@ -58,6 +61,9 @@ class ImageState:
     """One request's image work so far."""
 
     pixels: int = 0
+    # Originals fetched for `url` sources, by URL: a function that probes an
+    # image (for an ETag) and then renders it fetches it once.
+    fetched: dict[str, bytes] = field(default_factory=dict)
 
 
 class ImageCapability(Capability):
@@ -84,7 +90,7 @@ class ImageCapability(Capability):
 def probe_source(context: RequestContext, fuel: Fuel, source: Source) -> ImageInfo:
     """Probe `source` for the request `context`; raises `ImageFailure`."""
     with _charged(context, fuel) as budget:
-        data = _source(context, source)
+        data = _source(context, fuel, source)
         # Hashing and parsing the header: about a nanosecond a byte, and a floor,
         # so that a guest probing in a loop pays fuel for the host's work.
         budget.reserve("probing the image", 0, 0, 0, len(data) + _PROBE_FUEL)
@@ -102,28 +108,39 @@ def render_source(context: RequestContext, fuel: Fuel, source: Source, pipeline:
     except ValueError as exc:
         raise ImageFailure("invalid_pipeline", f"pipeline is not JSON: {exc}") from None
     with _charged(context, fuel) as budget:
-        rendered = render(_source(context, source), spec, context.assets, budget)
+        rendered = render(_source(context, fuel, source), spec, context.assets, budget)
     context.response_body = rendered.data
     return rendered
 
 
-def _source(context: RequestContext, source: Source) -> bytes:
-    if source is None:
+def _source(context: RequestContext, fuel: Fuel, source: Source) -> bytes:
+    kind, value = source
+    if kind == "body":
         return context.body
-    if isinstance(source, str):
-        return read_asset(context.assets, source, "the function has no assets")
+    if kind == "asset" and isinstance(value, str):
+        return read_asset(context.assets, value, "the function has no assets")
+    if kind == "url" and isinstance(value, str):
+        # Fetched by the host under the function's grant and the operator's
+        # policy, its bytes counted with the request's other fetches.
+        fetched: dict[str, bytes] = context.states[ImageCapability.name].fetched
+        if value not in fetched:
+            try:
+                fetched[value] = fetch_for(context, fuel, value)
+            except OutboundFailure as failure:
+                raise ImageFailure(IMAGE_FAILURE_PREFIX + failure.kind, failure.message) from None
+        return fetched[value]
     # `bytes(n)`: the guest just wrote n bytes to stdout. The length is checked
     # before a byte is read: a list<u8> would have been converted element by
     # element (1.4 us and ~40 bytes each) before any check could run.
-    if not isinstance(source, int) or context.take_output is None:
+    if kind != "bytes" or not isinstance(value, int) or context.take_output is None:
         raise ImageFailure("invalid_pipeline", "unknown image source")
-    if source > MAX_SOURCE_BYTES:
+    if value > MAX_SOURCE_BYTES:
         raise ImageFailure(
             "invalid_pipeline",
-            f"bytes sources are limited to 64 KiB, got {source:,} bytes; "
+            f"bytes sources are limited to 64 KiB, got {value:,} bytes; "
             "send large images as the request body or an asset",
         )
-    return context.take_output(source)
+    return context.take_output(value)
 
 
 @contextlib.contextmanager
@@ -199,15 +216,16 @@ def _guarded(function: Callable[..., wc.Variant]) -> Callable[..., wc.Variant]:
 
 
 @_guarded
-def _probe(store: wasmtime.StoreContext, source: Source) -> wc.Variant:
+def _probe(store: wasmtime.StoreContext, source: wc.Variant) -> wc.Variant:
     context, fuel = host_call(store)
-    return wc.Variant("ok", _record(probe_source(context, fuel, source), exclude=()))
+    info = probe_source(context, fuel, (source.tag, source.payload))
+    return wc.Variant("ok", _record(info, exclude=()))
 
 
 @_guarded
-def _render(store: wasmtime.StoreContext, source: Source, pipeline: str) -> wc.Variant:
+def _render(store: wasmtime.StoreContext, source: wc.Variant, pipeline: str) -> wc.Variant:
     context, fuel = host_call(store)
-    rendered = render_source(context, fuel, source, pipeline)
+    rendered = render_source(context, fuel, (source.tag, source.payload), pipeline)
     return wc.Variant("ok", _record(rendered, exclude=("data",), length=len(rendered.data)))
 
 
@@ -243,7 +261,7 @@ class NativeImages:
     def __init__(self, body: bytes, assets: Path | None, limits: Limits | None = None) -> None:
         limits = limits or Limits()
         self.context = RequestContext(Path(assets) if assets is not None else None)
-        self.context.begin(body, limits, [ImageCapability()])
+        self.context.begin(Request("GET", body=body), limits, [ImageCapability()])
         self.fuel = CountedFuel(limits.fuel)
 
     @property
@@ -268,13 +286,11 @@ class NativeImages:
 
     def _source(self, source: tuple[str, Any]) -> Source:
         kind, value = source
-        if kind == "asset":
-            return str(value)
         if kind == "bytes":
             data = bytes(value)
             self.context.take_output = lambda length: data[:length]
-            return len(data)
-        return None
+            return ("bytes", len(data))
+        return (kind, value)
 
     def _run(self, work: Callable[[], _T]) -> _T:
         try:

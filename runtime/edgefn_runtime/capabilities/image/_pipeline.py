@@ -69,8 +69,13 @@ def render(data: bytes, pipeline: dict[str, Any], assets: Path | None, budget: B
     ops = pipeline.get("ops", [])
     image, profile = _decode(data, ops, bool(pipeline.get("auto_orient", True)), budget)
     budget.hold(image)  # the decoded source is gone if its mode was converted
+    layout = _Layout()
     for op in ops:
-        image = _apply(image, op, assets, budget)
+        if op.get("op") in _STAMPS:
+            image = _STAMPS[op["op"]](image, op, assets, budget, layout)
+        else:
+            layout = _Layout()  # the image changes under earlier stamps: start over
+            image = _apply(image, op, budget)
         budget.hold(image)
     return encode(image, fmt, output, budget, profile)
 
@@ -180,9 +185,7 @@ def _normalise_mode(image: Image.Image, budget: Budget) -> Image.Image:
     return image.convert(target)
 
 
-def _apply(
-    image: Image.Image, op: dict[str, Any], assets: Path | None, budget: Budget
-) -> Image.Image:
+def _apply(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image:
     kind = op.get("op")
     if kind == "resize":
         return _resize(image, op, budget)
@@ -207,10 +210,6 @@ def _apply(
         return image.transpose(
             Image.Transpose.FLIP_LEFT_RIGHT if horizontal else Image.Transpose.FLIP_TOP_BOTTOM
         )
-    if kind == "text":
-        return _text(image, op, budget)
-    if kind == "overlay":
-        return _overlay(image, op, assets, budget)
     raise ImageFailure("invalid_pipeline", f"unknown operation {kind!r}")
 
 
@@ -265,8 +264,9 @@ def _resize(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Ima
             {"width": min(w, image.width), "height": min(h, image.height), "gravity": gravity},
             budget,
         )
-    # Letterbox to exactly w x h, unless the image was too small to reach the box.
-    if fit == "contain" and image.size != (w, h) and (size[0] == w or size[1] == h):
+    # Letterbox to exactly w x h, as contain promises, also when the image was
+    # smaller than the box and so kept its size (it is never enlarged to fill it).
+    if fit == "contain" and image.size != (w, h):
         check_pixels(w, h, budget, "the padded image would be")
         fill = (
             (0, 0, 0, 0)
@@ -340,11 +340,45 @@ def _fraction(op: dict[str, Any], name: str, default: float, low: float, high: f
     return float(value)
 
 
+class _Layout:
+    """Where the stamps placed so far at each gravity lie, so that the next one at
+    the same gravity goes beside them rather than over them.
+
+    Stamps at one gravity are stacked, in pipeline order: the first sits where its
+    gravity and margin put it, each next one above it (south gravities) or below it
+    (all others), `margin` away, aligned as its own gravity says. Tiled stamps cover
+    the image anyway and take no part.
+    """
+
+    def __init__(self) -> None:
+        self._bands: dict[str, tuple[int, int]] = {}  # gravity -> (top, bottom) used
+
+    def place(
+        self, outer: tuple[int, int], inner: tuple[int, int], gravity: str, margin: int
+    ) -> tuple[int, int]:
+        x, y = _place(outer, inner, gravity, margin)
+        if gravity not in self._bands:
+            self._bands[gravity] = (y, y + inner[1])
+            return x, y
+        top, bottom = self._bands[gravity]
+        if gravity.startswith("south"):
+            y = min(y, top - margin - inner[1])
+        else:
+            y = max(y, bottom + margin)
+        self._bands[gravity] = (min(top, y), max(bottom, y + inner[1]))
+        return x, y  # past the image's edge when the stack is taller: Pillow clips
+
+
 def _stamp(
-    image: Image.Image, fill: Any, mask: Image.Image, op: dict[str, Any], budget: Budget
+    image: Image.Image,
+    fill: Any,
+    mask: Image.Image,
+    op: dict[str, Any],
+    budget: Budget,
+    layout: _Layout,
 ) -> Image.Image:
     """Paste `fill` (a colour or an image) through `mask` at the op's gravity and
-    margin, or tiled over the image."""
+    margin, beside the stamps already there (`layout`), or tiled over the image."""
     margin = round(_fraction(op, "margin", 0.02, 0, MAX_MARGIN) * image.width)
     if op.get("tile"):
         step_x, step_y = mask.width + 2 * margin + 1, mask.height + 2 * margin + 1
@@ -362,9 +396,8 @@ def _stamp(
         )
         count = columns * rows
     else:
-        positions = iter(
-            [_place(image.size, mask.size, op.get("gravity", DEFAULT_STAMP_GRAVITY), margin)]
-        )
+        gravity = op.get("gravity", DEFAULT_STAMP_GRAVITY)
+        positions = iter([layout.place(image.size, mask.size, gravity, margin)])
         count = 1
     if image.mode == "L":
         reserve_copy(budget, "converting to RGB", image.size, "RGB")
@@ -381,7 +414,10 @@ def _stamp(
     return image
 
 
-def _text(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image:
+def _text(
+    image: Image.Image, op: dict[str, Any], assets: Path | None, budget: Budget, layout: _Layout
+) -> Image.Image:
+    # `assets` unused: every stamp takes the same arguments (see _STAMPS).
     text = str(op.get("text", ""))
     if not text or len(text) > 200:
         raise ImageFailure("invalid_pipeline", "text must be 1 to 200 characters")
@@ -402,11 +438,11 @@ def _text(image: Image.Image, op: dict[str, Any], budget: Budget) -> Image.Image
     mask = Image.new("L", mask_size, 0)
     ImageDraw.Draw(mask).text((-left, -top), text, font=font, fill=round(255 * opacity))
     budget.hold(image, mask)
-    return _stamp(image, fill, mask, op, budget)
+    return _stamp(image, fill, mask, op, budget, layout)
 
 
 def _overlay(
-    image: Image.Image, op: dict[str, Any], assets: Path | None, budget: Budget
+    image: Image.Image, op: dict[str, Any], assets: Path | None, budget: Budget, layout: _Layout
 ) -> Image.Image:
     data = read_asset(assets, str(op.get("asset", "")), "overlay needs the function's assets")
     width = max(1, round(_fraction(op, "scale", 0.2, 0, 1) * image.width))
@@ -435,4 +471,8 @@ def _overlay(
     fill = rgba.convert("RGB")
     del rgba
     budget.hold(image, fill, mask)
-    return _stamp(image, fill, mask, op, budget)
+    return _stamp(image, fill, mask, op, budget, layout)
+
+
+# The operations that stamp at a gravity, which `render` lays out together.
+_STAMPS = {"text": _text, "overlay": _overlay}

@@ -1,0 +1,335 @@
+"""The outbound capability: `edgefn:http/outbound` for guests.
+
+A function reaches only the hosts its manifest declares (`AllowedHosts`, its
+grant), through addresses the operator's `OutboundPolicy` does not block, with
+per-request caps on fetches and bytes, and never past the request's deadline:
+wasmtime's epoch deadline does not fire while the host waits on a socket, so
+every fetch is bounded by what the request has left, and one that runs into it
+ends the request as the `Timeout` it is.
+
+The request body comes out of band (the guest's stdout, as image bytes do),
+and the response body goes back the same way request bodies go in: a file the
+guest reads, `/.edgefn/fetch`.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+from wasmtime import component as wc
+
+from edgefn_contract.outbound import METHODS
+
+from ..._contract import CONTRACT_VERSION
+from ..._errors import FuelExhausted, Timeout
+from ..._messages import WARM_UP_HEADER, Usage
+from .._base import Capability, Fuel, RequestContext, host_call
+from ._client import Budget, Client, Fetched
+from ._policy import AllowedHosts, OutboundFailure, OutboundPolicy
+
+__all__ = ["OUTBOUND_IMPORT", "OutboundCapability", "fetch_for"]
+
+OUTBOUND_IMPORT = f"edgefn:http/outbound@{CONTRACT_VERSION}"
+log = logging.getLogger("edgefn.outbound")
+
+# Fuel a fetch costs before any byte, so a guest fetching in a loop pays for the
+# host's work (about what the image capability's probe costs), then a unit a byte.
+_FETCH_FUEL = 1_000_000
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_MAX_HEADERS = 100
+_MAX_HEADER_BYTES = 64 * 1024
+# Set by the host from the URL and the body, or meaningful for one hop only.
+_DROPPED = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    }
+)
+# W3C Trace Context: version 00's four fields (later versions may append more).
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+@dataclass
+class OutboundState:
+    """One request's outbound work so far."""
+
+    capability: OutboundCapability
+    calls: int = 0  # fetches the function (or Image.from_url) asked for
+    received: int = 0  # response body bytes, all fetches together
+    seconds: float = 0.0
+    sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    # (trace id, flags, tracestate) of the incoming request's W3C trace context.
+    trace: tuple[str, str, str | None] | None = None
+    # The gateway's warm-up request: loading a version must not reach an origin.
+    warm_up: bool = False
+
+    def count(self, outcome: str) -> None:
+        self.sent[outcome] += 1
+
+
+class OutboundCapability(Capability):
+    """Outbound HTTP under `policy` (the operator's); each function's grant is its
+    `AllowedHosts`, passed to `Engine.load(grants={"outbound": ...})`."""
+
+    name = "outbound"
+    imports = frozenset({OUTBOUND_IMPORT})
+    files = True
+
+    def __init__(self, policy: OutboundPolicy | None = None) -> None:
+        self.policy = policy or OutboundPolicy()
+        self.stdout_reserve = self.policy.max_body_bytes
+        self.client = Client(self.policy)
+
+    def link(self, linker: wc.Linker) -> None:
+        with linker.root() as root, root.add_instance(OUTBOUND_IMPORT) as instance:
+            instance.add_func("fetch", functools.partial(_fetch, self))
+
+    def begin(self, context: RequestContext) -> OutboundState:
+        warm_up = any(name.lower() == WARM_UP_HEADER for name, _ in context.headers)
+        return OutboundState(self, trace=_trace_context(context.headers), warm_up=warm_up)
+
+    def finish(self, state: OutboundState, usage: Usage) -> None:
+        usage.fetches = sum(state.sent.values())
+        usage.fetch_bytes = state.received
+        usage.fetch_seconds = state.seconds
+        usage.fetch_outcomes = dict(state.sent)
+
+    def fetch(
+        self,
+        context: RequestContext,
+        fuel: Fuel,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: float | None,
+    ) -> Fetched:
+        """One fetch for the request `context`; raises `OutboundFailure`. A fetch that
+        runs into the request's deadline or fuel also stops the guest (`context.stop`)."""
+        state: OutboundState = context.states[self.name]
+        try:
+            return self._fetch(state, context, fuel, method, url, headers, body, timeout)
+        except OutboundFailure as failure:
+            state.count(failure.kind)
+            raise
+
+    def _fetch(
+        self,
+        state: OutboundState,
+        context: RequestContext,
+        fuel: Fuel,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: float | None,
+    ) -> Fetched:
+        policy = self.policy
+        allowed: AllowedHosts = context.grants.get(self.name) or AllowedHosts(())
+        target = allowed.check(url)
+        if state.warm_up:
+            raise OutboundFailure("not_allowed", "no outbound HTTP in the warm-up request")
+        if method not in METHODS:
+            raise OutboundFailure(
+                "not_allowed",
+                f"method {method[:20]!r} cannot be sent (allowed: {', '.join(METHODS)})",
+            )
+        if state.calls >= policy.max_fetches:
+            raise OutboundFailure(
+                "not_allowed",
+                f"this request already made {state.calls} fetches, the most the operator allows "
+                "([outbound] max_fetches)",
+            )
+        if len(body) > policy.max_body_bytes:
+            raise OutboundFailure(
+                "too_large",
+                f"the request body of {len(body):,} bytes is over the {policy.max_body_bytes:,} "
+                "bytes the operator allows ([outbound] max_body_bytes)",
+            )
+        if not fuel.spend(_FETCH_FUEL):
+            context.stop(fuel, _out_of_fuel(context))
+            raise OutboundFailure("timeout", "the function has no fuel left for a fetch")
+        state.calls += 1
+        total_left = policy.max_total_bytes - state.received
+        started = time.monotonic()
+        own_deadline = started + timeout if timeout else float("inf")
+        budget = Budget(
+            deadline=min(context.deadline, own_deadline),
+            max_bytes=min(policy.max_response_bytes, total_left),
+            too_large=(
+                f"the operator allows {policy.max_response_bytes:,} bytes a response "
+                "([outbound] max_response_bytes)"
+                if policy.max_response_bytes <= total_left
+                else f"this request has {total_left:,} of its {policy.max_total_bytes:,} "
+                "bytes left ([outbound] max_total_bytes)"
+            ),
+        )
+        try:
+            fetched = self.client.fetch(
+                method,
+                target,
+                self._headers(state, headers),
+                body,
+                allowed=allowed,
+                budget=budget,
+                sent=state.count,
+            )
+        except OutboundFailure as failure:
+            if failure.kind == "timeout" and context.deadline <= min(
+                own_deadline, time.monotonic()
+            ):
+                context.stop(
+                    fuel,
+                    Timeout(
+                        f"a fetch ran past the function's wall-clock timeout of "
+                        f"{context.limits.timeout:g} s: {failure.message}"
+                    ),
+                )
+            raise
+        finally:
+            state.seconds += time.monotonic() - started
+        state.received += len(fetched.body)
+        if not fuel.spend(len(fetched.body)):
+            context.stop(fuel, _out_of_fuel(context))
+        return fetched
+
+    def _headers(
+        self, state: OutboundState, headers: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        if (
+            len(headers) > _MAX_HEADERS
+            or sum(len(k) + len(v) + 4 for k, v in headers) > _MAX_HEADER_BYTES
+        ):
+            raise OutboundFailure(
+                "not_allowed",
+                f"at most {_MAX_HEADERS} request headers of 64 KiB in all may be sent",
+            )
+        kept: list[tuple[str, str]] = []
+        names = set()
+        for name, value in headers:
+            if not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_CONTROL.search(value):
+                raise OutboundFailure("not_allowed", f"invalid request header {name[:100]!r}")
+            lower = name.lower()
+            if lower not in _DROPPED:
+                kept.append((name, value))
+                names.add(lower)
+        if "user-agent" not in names:
+            kept.append(("User-Agent", "edgefn"))
+        if state.trace is not None and "traceparent" not in names:
+            # A child span of the incoming request's, so an origin's logs line up.
+            trace_id, flags, tracestate = state.trace
+            kept.append(("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"))
+            if tracestate and "tracestate" not in names:
+                kept.append(("tracestate", tracestate))
+        return kept
+
+
+def fetch_for(context: RequestContext, fuel: Fuel, url: str) -> bytes:
+    """GET `url` for another capability (an image `url` source), under the same
+    grant, policy and caps as a guest's fetch; anything but a 2xx is a failure."""
+    state: OutboundState | None = context.states.get(OutboundCapability.name)
+    if state is None:
+        raise OutboundFailure("not_allowed", "outbound HTTP is not available on this host")
+    fetched = state.capability.fetch(context, fuel, "GET", url, [], b"", None)
+    if not 200 <= fetched.status <= 299:
+        raise OutboundFailure("failed", f"{fetched.url} answered {fetched.status}")
+    return fetched.body
+
+
+def _trace_context(headers: list[tuple[str, str]]) -> tuple[str, str, str | None] | None:
+    parent = tracestate = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "traceparent" and parent is None:
+            parent = value.strip()
+        elif lower == "tracestate" and tracestate is None:
+            tracestate = value.strip()[:512]
+    match = _TRACEPARENT.fullmatch(parent) if parent else None
+    if match is None or match[1] == "ff":
+        return None
+    version, trace_id, span_id, flags = match[1], match[2], match[3], match[4]
+    if trace_id == "0" * 32 or span_id == "0" * 16 or (version == "00" and match[5]):
+        return None
+    return trace_id, flags, tracestate
+
+
+def _out_of_fuel(context: RequestContext) -> FuelExhausted:
+    return FuelExhausted(
+        f"the function used all of its fuel ({context.limits.fuel:,} units) on outbound HTTP"
+    )
+
+
+# The sandbox's linker binding ------------------------------------------------
+
+
+def _fetch(
+    capability: OutboundCapability, store: wasmtime.StoreContext, request: Any
+) -> wc.Variant:
+    # An exception escaping a host function would trap the guest and resurface
+    # through a process-wide slot in wasmtime-py: every one becomes an `err`.
+    try:
+        context, fuel = host_call(store)
+        # The body is the next `body` bytes of stdout: taken even when refused, or
+        # it would be sent ahead of the response body.
+        body = context.take_output(request.body) if request.body and context.take_output else b""
+        fetched = capability.fetch(
+            context,
+            fuel,
+            request.method,
+            request.url,
+            _parse_headers(request.headers),
+            body,
+            # WIT field names keep their dashes in wasmtime-py's records.
+            timeout_ms / 1000 if (timeout_ms := getattr(request, "timeout-ms")) else None,
+        )
+        if context.put_file is None:
+            raise OutboundFailure("failed", "the function's sandbox has no /.edgefn directory")
+        context.put_file("fetch", fetched.body)
+        return wc.Variant(
+            "ok",
+            _record(
+                status=fetched.status,
+                headers="".join(f"{k}: {v}\n" for k, v in fetched.headers),
+                body=len(fetched.body),
+                url=fetched.url,
+            ),
+        )
+    except OutboundFailure as failure:
+        return wc.Variant("err", _record(kind=failure.kind, message=failure.message))
+    except Exception as exc:  # noqa: BLE001 - see above; the host's own bug, said plainly
+        log.exception("outbound fetch failed in the host")
+        return wc.Variant(
+            "err", _record(kind="failed", message=f"the host failed: {type(exc).__name__}")
+        )
+
+
+def _parse_headers(block: str) -> list[tuple[str, str]]:
+    # "name: value" lines, each ended by a line feed, as the WIT `headers` type says.
+    headers = []
+    for line in block.split("\n")[:-1]:
+        name, _, value = line.partition(": ")
+        headers.append((name, value))
+    return headers
+
+
+def _record(**fields: Any) -> wc.Record:
+    record = wc.Record()
+    record.__dict__.update(fields)
+    return record
