@@ -8,12 +8,16 @@ workers (bench/baseline_origin.py), in the same run, with the same client.
 Prints p50/p99 latency and the ratios (target: p50 <= 1.0x the baseline).
 
     python bench/origin.py [--requests 200] [--concurrency 2] [--native-only]
+
+The function's manifest names the origin through its [env] ORIGIN, as the
+README tells users to point the example functions at their own origin.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import re
 import statistics
 import subprocess
 import sys
@@ -37,9 +41,6 @@ from gateway_process import GatewayProcess  # noqa: E402
 
 ORIGIN = ROOT / "tests" / "origin_server.py"
 QUERY = "w=800&text=edgefn&size=0.05&opacity=0.5&format=webp&q=85"
-# The origin the function may reach: the manifest names it through [env], as the
-# README tells users to point the example functions at their own origin.
-ALLOW = 'allowed_outbound_hosts = ["{{ ORIGIN }}"]\n'
 
 
 def measure(url: str, requests: int, concurrency: int) -> list[float]:
@@ -72,12 +73,17 @@ def measure(url: str, requests: int, concurrency: int) -> list[float]:
 
 
 def deploy_watermark(gateway: GatewayProcess, origin: str, temp: Path) -> None:
-    """The shipped watermark function, deployed with its manifest allowing
-    `origin` (the port filled in; the component built from functions/watermark,
-    which the manifest's [env] does not change)."""
+    """The shipped watermark function, deployed with its manifest's [env] ORIGIN
+    (which its allowed_outbound_hosts names) set to `origin`; the component is
+    built from functions/watermark, which [env] does not change."""
     function = ROOT / "functions" / "watermark"
-    head, env = (function / "edgefn.toml").read_text().split("[env]\n", 1)
-    manifest = f'{ALLOW}{head}[env]\nORIGIN = "{origin}"\n{env}'
+    manifest, found = re.subn(
+        r"^ORIGIN = .*$",
+        f'ORIGIN = "{origin}"',
+        (function / "edgefn.toml").read_text(),
+        flags=re.MULTILINE,
+    )
+    assert found == 1, "functions/watermark/edgefn.toml has no [env] ORIGIN"
     result = build(function)
     archive = temp / "assets.tar.gz"
     pack_assets(function / "assets", archive)

@@ -25,12 +25,13 @@ sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = str(ROOT / ".cache" / "
 # read when it first needs it, after this).
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(ROOT / ".cache" / "hypothesis"))
 
+from origin_server import OriginServer  # noqa: E402
+
 import attacks  # noqa: E402
 import process_leaks  # noqa: E402
 from edgefn_platform import BuildResult, build  # noqa: E402
 from edgefn_platform.gateway._metrics import Metrics  # noqa: E402
 from edgefn_runtime import Engine, Sandbox  # noqa: E402
-from origin_server import OriginServer  # noqa: E402
 from pg_cluster import Cluster  # noqa: E402
 
 # Before any test starts a process: each inherits it (see process_leaks.py).

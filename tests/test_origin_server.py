@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
+from origin_server import HUGE_LENGTH, OriginServer, originals
 
 from images import decode
-from origin_server import HUGE_LENGTH, OriginServer, originals
 from waiting import wait_until
 
 

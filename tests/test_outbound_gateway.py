@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from origin_server import OriginServer, originals
 
 import attacks
 import edgefn_runtime.capabilities
@@ -28,7 +29,6 @@ from edgefn_platform.client import AdminClient
 from edgefn_platform.gateway import pack_assets
 from gateway_process import ROOT, GatewayProcess, closed_port
 from images import decode
-from origin_server import OriginServer, originals
 
 pytestmark = [
     pytest.mark.wasm,
