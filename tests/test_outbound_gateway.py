@@ -112,7 +112,7 @@ def gateway(
 def call(gateway: GatewayProcess, route: str, **params: str) -> tuple[httpx.Response, float]:
     """GET /outbound/`route` with `params`; the response and how long it took (s)."""
     started = time.perf_counter()
-    response = gateway.get(f"/outbound/{route}", params=params, timeout=30)
+    response = gateway.get(f"/outbound/{route}", params=params)
     return response, time.perf_counter() - started
 
 
@@ -419,9 +419,7 @@ def test_image_resize_src_equals_the_same_original_posted(
     gateway: GatewayProcess, origin: OriginServer
 ) -> None:
     query = "w=800&format=webp"
-    fetched = gateway.get(
-        f"/image_resize/?src={quote(origin.url('/photo.jpg'), safe='')}&{query}", timeout=30
-    )
+    fetched = gateway.get(f"/image_resize/?src={quote(origin.url('/photo.jpg'), safe='')}&{query}")
     assert fetched.status_code == 200, fetched.text
     posted = httpx.post(
         f"{gateway.public_url}/image_resize/?{query}",
