@@ -50,6 +50,7 @@ LIMITS = {
     "EDGEFN_OUTBOUND_MAX_TOTAL_BYTES": "6MiB",
     "EDGEFN_OUTBOUND_MAX_FETCHES": "4",
     "EDGEFN_OUTBOUND_MAX_REDIRECTS": "5",
+    "EDGEFN_OBSERVABILITY_USAGE_HEADER": "1",
 }
 
 
@@ -143,6 +144,49 @@ def test_fetches_originals(gateway: GatewayProcess, origin: OriginServer, path: 
     assert (got["status"], got["length"]) == (200, len(data))
     assert got["headers"]["content-type"] == content_type
     assert origin.hits(path) == 1
+
+
+def test_fetches_show_in_timing_usage_and_metrics(
+    gateway: GatewayProcess, origin: OriginServer
+) -> None:
+    """Fetch time in Server-Timing, fetches and bytes in the usage header and the
+    metrics, by status class or failure kind (never the URL)."""
+    size = len(originals()["/image.png"][0])
+    before = {
+        "ok": gateway.metric(
+            "edgefn_outbound_requests_total", function="outbound", status_class="2xx"
+        ),
+        "refused": gateway.metric(
+            "edgefn_outbound_requests_total", function="outbound", status_class="not_allowed"
+        ),
+        "bytes": gateway.metric("edgefn_outbound_bytes_total", function="outbound"),
+    }
+    response, _ = call(gateway, "fetch", url=origin.url("/image.png"))
+    assert response.status_code == 200, response.text
+    assert re.search(r"(^|, )fetch;dur=\d+\.\d+", response.headers["server-timing"]), (
+        response.headers
+    )
+    assert f"fetches=1, fetch_bytes={size}" in response.headers["x-edgefn-usage"]
+    refused(call(gateway, "fetch", url="http://undeclared.invalid/")[0], "not_allowed")
+    assert (
+        gateway.metric("edgefn_outbound_requests_total", function="outbound", status_class="2xx")
+        == before["ok"] + 1
+    )
+    assert (
+        gateway.metric(
+            "edgefn_outbound_requests_total", function="outbound", status_class="not_allowed"
+        )
+        == before["refused"] + 1
+    )
+    assert (
+        gateway.metric("edgefn_outbound_bytes_total", function="outbound") == before["bytes"] + size
+    )
+    lines = [
+        line
+        for line in gateway.admin("GET", "/metrics").text.splitlines()
+        if line.startswith("edgefn_outbound")
+    ]
+    assert lines and not any("127.0.0.1" in line or "invalid" in line for line in lines), lines
 
 
 def test_method_headers_body_and_traceparent_reach_the_origin(
