@@ -22,7 +22,6 @@ import pytest
 from origin_server import OriginServer, originals
 
 import attacks
-import edgefn_runtime.capabilities
 from edgefn_contract.outbound import STATUSES
 from edgefn_platform import build
 from edgefn_platform.client import AdminClient
@@ -30,13 +29,7 @@ from edgefn_platform.gateway import pack_assets
 from gateway_process import ROOT, GatewayProcess, closed_port
 from images import decode
 
-pytestmark = [
-    pytest.mark.wasm,
-    pytest.mark.skipif(
-        not hasattr(edgefn_runtime.capabilities, "OutboundCapability"),
-        reason="the host side of outbound HTTP is not merged yet",
-    ),
-]
+pytestmark = pytest.mark.wasm
 
 AREA = "Outbound HTTP (tests/test_outbound_gateway.py)"
 FUNCTION = Path(__file__).resolve().parent / "functions" / "outbound"
