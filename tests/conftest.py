@@ -25,6 +25,8 @@ sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"] = str(ROOT / ".cache" / "
 # read when it first needs it, after this).
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(ROOT / ".cache" / "hypothesis"))
 
+from origin_server import OriginServer  # noqa: E402
+
 import attacks  # noqa: E402
 import process_leaks  # noqa: E402
 from edgefn_platform import BuildResult, build  # noqa: E402
@@ -124,6 +126,20 @@ def metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Metrics]:
         patch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
         patch.setattr(values, "ValueClass", values.ValueClass)
         yield Metrics(tmp_path_factory.mktemp("metrics"))
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[OriginServer]:
+    """A loopback origin server (tests/origin_server.py) on 127.0.0.1 for one
+    module's outbound tests; its request counts start from zero in each test."""
+    with OriginServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _origin_counts(request: pytest.FixtureRequest) -> None:
+    if "origin" in request.fixturenames:
+        request.getfixturevalue("origin").reset()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,0 +1,65 @@
+"""outbound: fetch what the query says and answer what came back, as JSON.
+
+GET /fetch?url=U[&method=M][&timeout=S][&body=B][&header=NAME:VALUE]...
+    one fetch; an uncaught Outbound* error answers its own status and code
+GET /catch?url=U[&timeout=S]   the same, an Outbound* error caught: its class and message
+GET /many?url=U&n=N            N fetches of U in a row (the per-request caps)
+GET /image?src=U&w=W           Image.from_url(U), W px wide, as WebP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgefn import App, FetchResponse, OutboundError, Request, Response, fetch
+from edgefn.image import Image
+
+app = App()
+
+
+def _fetch(request: Request) -> FetchResponse:
+    query = request.query
+    headers = [tuple(header.split(":", 1)) for header in query.getlist("header")]
+    timeout = float(query["timeout"]) if "timeout" in query else None
+    return fetch(
+        query["url"],
+        method=query.get("method", "GET"),
+        headers=headers or None,
+        body=query.get("body"),
+        timeout=timeout,
+    )
+
+
+def _answer(response: FetchResponse) -> dict[str, Any]:
+    return {
+        "status": response.status,
+        "headers": {name.lower(): value for name, value in response.headers.items()},
+        "length": len(response.body),
+        "text": response.body[:4096].decode("utf-8", "replace"),
+        "url": response.url,
+    }
+
+
+@app.get("/fetch")
+def fetch_one(request: Request) -> dict[str, Any]:
+    return _answer(_fetch(request))
+
+
+@app.get("/catch")
+def fetch_caught(request: Request) -> dict[str, Any]:
+    try:
+        return _answer(_fetch(request))
+    except OutboundError as error:
+        return {"error": type(error).__name__, "kind": error.kind, "message": error.message}
+
+
+@app.get("/many")
+def fetch_many(request: Request) -> dict[str, Any]:
+    lengths = [len(fetch(request.query["url"]).body) for _ in range(int(request.query["n"]))]
+    return {"fetches": len(lengths), "bytes": sum(lengths)}
+
+
+@app.get("/image")
+def image(request: Request) -> Response:
+    source = Image.from_url(request.query["src"])
+    return source.resize(int(request.query.get("w", "800"))).send("webp")
