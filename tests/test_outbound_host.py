@@ -15,7 +15,6 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -35,17 +34,6 @@ from edgefn_runtime.capabilities.outbound import (
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-
-
-@pytest.fixture(scope="module")
-def origin() -> Iterator[OriginServer]:
-    with OriginServer() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _count_per_test(origin: OriginServer) -> None:
-    origin.reset()
 
 
 @pytest.fixture
