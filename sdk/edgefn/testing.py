@@ -224,6 +224,7 @@ class _NativeImages:
         self.assets = assets
         self.fetcher = fetcher
         self._service: contract.ImageService | None = None
+        self._originals: dict[str, bytes] = {}
 
     def _host(self) -> contract.ImageService:
         if self._service is None:
@@ -236,10 +237,13 @@ class _NativeImages:
         if source[0] != "url":
             return self._host(), source
         url = str(source[1])
-        answer = self.fetcher.fetch(FetchRequest("GET", url, [], b"", None))
-        if not answer.ok:
-            raise OutboundFailed(f"{url} answered {answer.status}, not an image")
-        return _image_service_factory()(body=answer.body, assets=self.assets), ("body", None)
+        if url not in self._originals:  # fetched once per request, as the host does
+            answer = self.fetcher.fetch(FetchRequest("GET", url, [], b"", None))
+            if not answer.ok:
+                raise OutboundFailed(f"{url} answered {answer.status}, not an image")
+            self._originals[url] = answer.body
+        body = self._originals[url]
+        return _image_service_factory()(body=body, assets=self.assets), ("body", None)
 
     def probe(self, source: tuple[str, Any]) -> image.ImageInfo:
         service, source = self._fetched(source)

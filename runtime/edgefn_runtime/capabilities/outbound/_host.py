@@ -113,6 +113,8 @@ class OutboundCapability(Capability):
             instance.add_func("fetch", functools.partial(_fetch, self))
 
     def begin(self, context: RequestContext) -> OutboundState:
+        if self.name not in context.grants:  # it will refuse every fetch: nothing to read
+            return OutboundState(self)
         warm_up = any(name.lower() == WARM_UP_HEADER for name, _ in context.headers)
         return OutboundState(self, trace=_trace_context(context.headers), warm_up=warm_up)
 
