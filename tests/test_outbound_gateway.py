@@ -472,3 +472,16 @@ def test_the_gateway_is_still_healthy(gateway: GatewayProcess, origin: OriginSer
     """After everything above: probes answer and a normal fetch works."""
     still_serving(gateway, origin)
     assert gateway.admin("GET", "/readyz").status_code == 200
+
+
+def test_requests_looping_through_edgefn_are_refused(
+    gateway: GatewayProcess, origin: OriginServer
+) -> None:
+    # What a function fetching itself would send on its eighth pass (RFC 8586 CDN-Loop).
+    params = {"url": origin.url("/big?bytes=3")}
+    looping = {"cdn-loop": ", ".join(["cdn.example", *["edgefn"] * 8])}
+    response = gateway.get("/outbound/fetch", params=params, headers=looping)
+    assert (response.status_code, error_code(response)) == (508, "loop_detected")
+    assert origin.hits("/big") == 0
+    almost = {"cdn-loop": ", ".join(["edgefn"] * 7)}
+    assert gateway.get("/outbound/fetch", params=params, headers=almost).status_code == 200

@@ -500,3 +500,15 @@ def test_bytes_refused_part_way_count_against_the_request(
         run.refused(raw.base + "/", "too_large")
     assert run.usage().fetch_bytes == 4
     assert "max_total_bytes" in run.refused(origin.url("/big?bytes=2"), "too_large").message
+
+
+def test_fetches_carry_the_cdn_loop_the_gateway_counts(
+    origin: OriginServer, connections: list[tuple[str, int]]
+) -> None:
+    first = json.loads(Run([origin.base]).fetch(origin.url("/echo")).body)["headers"]
+    assert first["cdn-loop"] == "edgefn"
+    # Extended from the incoming request's, whatever the function sends itself.
+    run = Run([origin.base], headers=[("CDN-Loop", "cdn.example, edgefn")])
+    forged = [("CDN-Loop", "nothing")]
+    echoed = json.loads(run.fetch(origin.url("/echo"), headers=forged).body)["headers"]
+    assert echoed["cdn-loop"] == "cdn.example, edgefn, edgefn"

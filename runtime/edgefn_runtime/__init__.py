@@ -24,11 +24,13 @@ from ._errors import (
     Timeout,
 )
 from ._limits import MIN_MEMORY, Limits
-from ._messages import WARM_UP_HEADER, Outcome, Request, Response, Usage
+from ._messages import LOOP_TOKEN, MAX_LOOPS, WARM_UP_HEADER, Outcome, Request, Response, Usage
 from ._sandbox import Sandbox
 
 __all__ = [
     "CONTRACT_VERSION",
+    "LOOP_TOKEN",
+    "MAX_LOOPS",
     "WARM_UP_HEADER",
     "MIN_MEMORY",
     "BodyTooLarge",

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["WARM_UP_HEADER", "Outcome", "Request", "Response", "Usage"]
+__all__ = ["LOOP_TOKEN", "MAX_LOOPS", "WARM_UP_HEADER", "Outcome", "Request", "Response", "Usage"]
 
 HeaderList = list[tuple[str, str]]
 
 # Marks the throwaway request a gateway runs before a version takes traffic:
 # capabilities with effects outside the sandbox (outbound HTTP) refuse it.
 WARM_UP_HEADER = "x-edgefn-warmup"
+# RFC 8586 `CDN-Loop`: outbound requests carry the incoming request's value with
+# this token added, and a gateway refuses a request that has passed through
+# edgefn this many times (a function fetching itself, or two fetching each other).
+LOOP_TOKEN = "edgefn"
+MAX_LOOPS = 8
 
 
 @dataclass

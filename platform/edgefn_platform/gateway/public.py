@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edgefn_runtime import Outcome, SandboxError, Usage
+from edgefn_runtime import LOOP_TOKEN, MAX_LOOPS, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
 
 from ._access import AccessEntry, access_logger, log_access
@@ -198,6 +198,13 @@ class PublicApp:
                 "the gateway is still loading functions; retry shortly",
                 {"retry-after": "1"},
             )
+        if _loops(request) >= MAX_LOOPS:
+            raise GatewayError(
+                508,
+                "loop_detected",
+                f"the request has passed through edgefn {MAX_LOOPS} times (CDN-Loop): "
+                "functions fetching each other in a loop",
+            )
         found = route(request.scope, self.table.match, _route_of)
         if found is None:
             raise GatewayError(404, "no_route", f"no function is deployed at {exchange.path}")
@@ -326,6 +333,15 @@ async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metri
     gc.collect()
     gc.freeze()
     lifecycle.warm = True
+
+
+def _loops(request: Request) -> int:
+    """How many times the request says it passed through edgefn (RFC 8586)."""
+    values = request.headers.getlist("cdn-loop")
+    if not values:
+        return 0
+    members = ",".join(values).split(",")
+    return sum(member.split(";", 1)[0].strip().lower() == LOOP_TOKEN for member in members)
 
 
 def _observe(metrics: Metrics, function: str, usage: Usage, queued: float) -> None:

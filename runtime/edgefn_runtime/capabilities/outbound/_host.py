@@ -30,7 +30,7 @@ from edgefn_contract.outbound import METHODS
 
 from ..._contract import CONTRACT_VERSION
 from ..._errors import FuelExhausted, Timeout
-from ..._messages import WARM_UP_HEADER, Usage
+from ..._messages import LOOP_TOKEN, WARM_UP_HEADER, Usage
 from .._base import Capability, Fuel, RequestContext, host_call
 from ._client import Budget, Client, Fetched
 from ._policy import AllowedHosts, OutboundFailure, OutboundPolicy
@@ -60,6 +60,7 @@ _DROPPED = frozenset(
         "upgrade",
         "proxy-authorization",
         "proxy-connection",
+        "cdn-loop",  # the host's, so that loops are found whatever the function sends
     }
 )
 # W3C Trace Context: version 00's four fields (later versions may append more).
@@ -90,6 +91,8 @@ class OutboundState:
     trace: tuple[str, str, str | None] | None = None
     # The gateway's warm-up request: loading a version must not reach an origin.
     warm_up: bool = False
+    # The incoming request's `CDN-Loop` (RFC 8586), which every fetch extends.
+    loop: str = ""
 
     def count(self, outcome: str) -> None:
         self.sent[outcome] += 1
@@ -116,7 +119,10 @@ class OutboundCapability(Capability):
         if self.name not in context.grants:  # it will refuse every fetch: nothing to read
             return OutboundState(self)
         warm_up = any(name.lower() == WARM_UP_HEADER for name, _ in context.headers)
-        return OutboundState(self, trace=_trace_context(context.headers), warm_up=warm_up)
+        loop = ", ".join(value for name, value in context.headers if name.lower() == "cdn-loop")
+        return OutboundState(
+            self, trace=_trace_context(context.headers), warm_up=warm_up, loop=loop[:4096]
+        )
 
     def finish(self, state: OutboundState, usage: Usage) -> None:
         usage.fetches = sum(state.sent.values())
@@ -236,6 +242,7 @@ class OutboundCapability(Capability):
                 names.add(lower)
         if "user-agent" not in names:
             kept.append(("User-Agent", "edgefn"))
+        kept.append(("CDN-Loop", f"{state.loop}, {LOOP_TOKEN}" if state.loop else LOOP_TOKEN))
         if state.trace is not None and "traceparent" not in names:
             # A child span of the incoming request's, so an origin's logs line up.
             trace_id, flags, tracestate = state.trace
