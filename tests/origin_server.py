@@ -35,6 +35,7 @@ import base64
 import functools
 import json
 import socket
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -263,8 +264,9 @@ class OriginServer:
     """The origin on `host` (a loopback address), a port the kernel picks; a
     context manager that starts it and stops it, joining all its threads."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.host = host
+        self.tls = tls  # a server context: HTTPS instead of HTTP
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -276,7 +278,8 @@ class OriginServer:
     @property
     def base(self) -> str:
         """The origin as "http://HOST:PORT", as a manifest's allowed_outbound_hosts names it."""
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -296,6 +299,8 @@ class OriginServer:
     def start(self) -> OriginServer:
         originals()  # made before the first request, not during its timeout
         self._server = _Server((self.host, 0))
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},

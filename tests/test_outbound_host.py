@@ -2,7 +2,7 @@
 
 Here the host's connect step is watched: every refusal of a blocked address
 must happen before a connection is attempted, and no test ever connects
-anywhere but 127.0.0.1 (the `connections` fixture fails the test otherwise).
+anywhere but loopback (the `connections` fixture fails the test otherwise).
 End to end through a gateway and a built function: tests/test_outbound_gateway.py.
 """
 
@@ -13,12 +13,16 @@ import ipaddress
 import json
 import re
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import trustme
 from origin_server import OriginServer
 
 from edgefn_runtime import FuelExhausted, Limits, Request, Timeout, Usage
@@ -39,13 +43,13 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 @pytest.fixture
 def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Every address this process connects a socket to; a connect anywhere but
-    127.0.0.1 fails the test before it is made."""
+    loopback (127.0.0.1, or ::1 where `localhost` has it) fails the test before it is made."""
     made: list[tuple[str, int]] = []
     connect = socket.socket.connect
 
     def watched(sock: socket.socket, address: Any) -> None:
         made.append(address[:2])
-        assert address[0] == "127.0.0.1", f"a socket connected to {address}"
+        assert address[0] in ("127.0.0.1", "::1"), f"a socket connected to {address}"
         connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", watched)
@@ -512,3 +516,34 @@ def test_fetches_carry_the_cdn_loop_the_gateway_counts(
     forged = [("CDN-Loop", "nothing")]
     echoed = json.loads(run.fetch(origin.url("/echo"), headers=forged).body)["headers"]
     assert echoed["cdn-loop"] == "cdn.example, edgefn, edgefn"
+
+
+@pytest.fixture(scope="module")
+def tls_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An HTTPS origin on 127.0.0.1 whose certificate (for `localhost`) a test CA
+    signed: the URL to fetch and the CA's PEM file."""
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    ca_file = tmp_path_factory.mktemp("tls") / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(context)
+    with OriginServer(tls=context) as server:
+        yield f"https://localhost:{server.port}", ca_file
+
+
+TLS_NETWORKS = (*LOOPBACK, ipaddress.ip_network("::1/128"))
+
+
+def test_tls_is_verified_against_the_trusted_cas(
+    tls_origin: tuple[str, Path], connections: list[tuple[str, int]]
+) -> None:
+    base, ca_file = tls_origin
+    untrusted = Run([base], OutboundPolicy(allowed_networks=TLS_NETWORKS))
+    assert "TLS" in untrusted.refused(base + "/echo", "failed").message
+    trusted = OutboundPolicy(allowed_networks=TLS_NETWORKS, ca_bundle=str(ca_file))
+    answer = json.loads(Run([base], trusted).fetch(base + "/echo").body)
+    assert answer["headers"]["host"] == base.removeprefix("https://")
+    # The certificate is for localhost: the same server by its address is refused.
+    by_address = base.replace("localhost", "127.0.0.1")
+    assert "TLS" in Run([by_address], trusted).refused(by_address + "/echo", "failed").message

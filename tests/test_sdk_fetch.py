@@ -6,21 +6,16 @@ a loopback origin once the host side is there."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import wasmtime
 from wasmtime import component as wc
 
-import edgefn_runtime.capabilities
 from edgefn import (
     App,
     FetchResponse,
@@ -43,7 +38,6 @@ from edgefn_runtime import CONTRACT_VERSION, Engine, GuestError, Sandbox
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime.capabilities import Capability, host_call
 from edgefn_runtime.capabilities.image import ImageCapability
-from gateway_process import GatewayProcess, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 RESIZE = ROOT / "functions" / "image_resize"
@@ -329,53 +323,6 @@ def test_image_from_url_failures_are_the_outbound_errors() -> None:
 # In the sandbox -------------------------------------------------------------------
 
 
-class _Origin(http.server.BaseHTTPRequestHandler):
-    """Echoes each request as JSON; /sample.jpg is image_resize's sample."""
-
-    def do_GET(self) -> None:
-        if self.path == "/sample.jpg":
-            self._answer("image/jpeg", SAMPLE)
-            return
-        self._echo()
-
-    def do_POST(self) -> None:
-        self._echo()
-
-    def _echo(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        seen = {
-            "method": self.command,
-            "path": self.path,
-            "x-test": self.headers.get("x-test"),
-            "body": body.decode(),
-        }
-        self._answer("application/json", json.dumps(seen).encode())
-
-    def _answer(self, media_type: str, data: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", media_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def origin() -> Iterator[str]:
-    """A loopback origin, in a thread of this process."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 @pytest.fixture(scope="module")
 def fetching_build() -> BuildResult:
     return build(FETCHING)
@@ -481,50 +428,3 @@ def test_a_fetch_body_never_lands_in_the_response(
     # While a response body streams, a body would be written into it: refused.
     with pytest.raises(GuestError, match="while a response body streams"):
         faked.invoke(SandboxRequest("GET", "/streaming", "url=http://o/a"))
-
-
-@pytest.mark.wasm
-@pytest.mark.skipif(
-    not hasattr(edgefn_runtime.capabilities, "OutboundCapability"),
-    reason="the host side of outbound HTTP is not merged yet",
-)
-def test_fetch_and_image_from_url_work_through_a_gateway(origin: str, tmp_path: Path) -> None:
-    fetching = tmp_path / "fetching"
-    fetching.mkdir()
-    shutil.copy(FETCHING / "app.py", fetching)
-    manifest = (FETCHING / "edgefn.toml").read_text()
-    # Before the manifest's tables: a key after `[env]` would be one of its variables.
-    (fetching / "edgefn.toml").write_text(f'allowed_outbound_hosts = ["{origin}"]\n{manifest}')
-    config = tmp_path / "gateway.toml"
-    config.write_text('[outbound]\nallowed_networks = ["127.0.0.1/32"]\n')
-    with GatewayProcess(tmp_path / "data", extra_env={"EDGEFN_CONFIG": str(config)}) as gateway:
-        deployed = cli(gateway, "deploy", str(fetching))
-        assert deployed.exit_code == 0, deployed.output
-        gateway.wait_serving("fetching")
-        base = gateway.public_url + "/fetching"
-
-        answer = httpx.post(f"{base}/?url={origin}/echo", content=b"payload", timeout=30)
-        assert answer.status_code == 200, answer.text
-        assert answer.json() == {
-            "status": 200,
-            "type": "application/json",
-            "x-a": [],
-            "json": {"method": "POST", "path": "/echo", "x-test": "1", "body": "payload"},
-            "url": f"{origin}/echo",
-        }
-        # The request body went out of band and did not leak into the response body.
-        second = httpx.get(f"{base}/?url={origin}/again", timeout=30)
-        assert second.json()["json"]["body"] == "" and second.json()["json"]["path"] == "/again"
-
-        thumb = httpx.get(f"{base}/thumb?url={origin}/sample.jpg", timeout=30)
-        body = httpx.post(f"{base}/body", content=SAMPLE, timeout=30)
-        assert thumb.status_code == 200, thumb.text
-        assert thumb.content == body.content
-
-        # Not declared: refused, catchable, and uncaught the documented 500.
-        elsewhere = "http://127.0.0.2:9/x"
-        caught = httpx.get(f"{base}/caught?url={elsewhere}", timeout=30)
-        assert caught.json() == {"kind": "not_allowed", "code": "outbound_not_allowed"}
-        refused = httpx.get(f"{base}/thumb?url={elsewhere}", timeout=30)
-        assert refused.status_code == 500
-        assert refused.json()["error"]["code"] == "outbound_not_allowed"

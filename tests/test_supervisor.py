@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 import attacks
+from edgefn_platform import build
 from gateway_process import GatewayProcess, children, ended, running, start_dev, worker_pids
 from waiting import wait_until
 
@@ -138,10 +139,19 @@ def test_port_0_is_picked_once_printed_and_served_by_every_worker(
         assert not port_free(port)
 
 
-def test_kill_9_of_edgefn_dev_takes_its_worker_down(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def built_devfn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A function `edgefn dev` finds built (its build and compiled artifact are
+    cached): the tests that signal a serving session share it instead of waiting
+    for a build each (~10 s apiece)."""
+    directory = write_function(tmp_path_factory.mktemp("built") / "devfn", "up")
+    build(directory)
+    return directory
+
+
+def test_kill_9_of_edgefn_dev_takes_its_worker_down(tmp_path: Path, built_devfn: Path) -> None:
     # SIGTERM and Ctrl-C: test_edgefn_dev_stops_cleanly_on_sigterm_as_on_ctrl_c.
-    directory = write_function(tmp_path / "devfn", "up")
-    process, port = start_dev(directory, tmp_path / "dev.log")
+    process, port = start_dev(built_devfn, tmp_path / "dev.log")
     started: list[int] = []
     try:
 
@@ -169,15 +179,17 @@ def test_kill_9_of_edgefn_dev_takes_its_worker_down(tmp_path: Path) -> None:
 @pytest.mark.parametrize("when", ["building", "serving"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
 def test_edgefn_dev_stops_cleanly_on_sigterm_as_on_ctrl_c(
-    tmp_path: Path, signum: int, when: str
+    tmp_path: Path, signum: int, when: str, built_devfn: Path
 ) -> None:
     """Exit 0, the worker gone, the port free and the data directory removed, whether
     the signal comes during the first build or while serving."""
     scratch = tmp_path / "tmp"  # where dev's data directory goes (TMPDIR)
     scratch.mkdir()
-    # New source each time: the first build takes seconds, long enough to interrupt.
-    answer = f"up {uuid.uuid4().hex}"
-    directory = write_function(tmp_path / "devfn", answer)
+    if when == "serving":
+        directory, answer = built_devfn, "up"
+    else:  # new source: the first build takes seconds, long enough to interrupt
+        answer = f"up {uuid.uuid4().hex}"
+        directory = write_function(tmp_path / "devfn", answer)
     log = tmp_path / "dev.log"
     process, port = start_dev(directory, log, env={"TMPDIR": str(scratch)})
     with ended(process):
