@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESIZE = ROOT / "functions" / "image_resize"
 SAMPLE = (RESIZE / "assets" / "sample.jpg").read_bytes()
 ORIGIN = "https://origin.example.com"
-FETCHING = Path(__file__).resolve().parent / "functions" / "fetching"
+# The end-to-end tests' function; its /glue/ routes are this module's.
+FETCHING = Path(__file__).resolve().parent / "functions" / "outbound"
 
 
 def proxy_app() -> App:
@@ -380,7 +381,7 @@ def test_the_guest_glue_sends_what_fetch_was_given(
 ) -> None:
     fake_outbound.answer = (201, "Content-Type: application/json\nx-a: 1\nX-A: 2\n", "http://o/b")
     fake_outbound.seen.clear()
-    outcome = faked.invoke(SandboxRequest("POST", "/", "url=http://o/a", body=b"payload"))
+    outcome = faked.invoke(SandboxRequest("POST", "/glue/", "url=http://o/a", body=b"payload"))
     assert json.loads(outcome.response.body) == {
         "status": 201,
         "type": "application/json",
@@ -406,9 +407,9 @@ def test_the_guest_glue_raises_the_failures_kind(
 ) -> None:
     for kind, (status, code) in STATUSES.items():
         fake_outbound.answer = kind
-        caught = faked.invoke(SandboxRequest("GET", "/caught", "url=http://o/a"))
+        caught = faked.invoke(SandboxRequest("GET", "/glue/caught", "url=http://o/a"))
         assert json.loads(caught.response.body) == {"kind": kind, "code": code}
-        uncaught = faked.invoke(SandboxRequest("GET", "/uncaught", "url=http://o/a"))
+        uncaught = faked.invoke(SandboxRequest("GET", "/glue/uncaught", "url=http://o/a"))
         assert uncaught.response.status == status
         assert json.loads(uncaught.response.body)["error"] == {
             "code": code,
@@ -422,9 +423,9 @@ def test_a_fetch_body_never_lands_in_the_response(
 ) -> None:
     fake_outbound.answer = "failed"
     fake_outbound.seen.clear()
-    outcome = faked.invoke(SandboxRequest("POST", "/", "url=http://o/a", body=b"payload"))
+    outcome = faked.invoke(SandboxRequest("POST", "/glue/", "url=http://o/a", body=b"payload"))
     assert fake_outbound.seen[0]["body-bytes"] == b"payload"
     assert json.loads(outcome.response.body)["error"]["code"] == "outbound_failed"
     # While a response body streams, a body would be written into it: refused.
     with pytest.raises(GuestError, match="while a response body streams"):
-        faked.invoke(SandboxRequest("GET", "/streaming", "url=http://o/a"))
+        faked.invoke(SandboxRequest("GET", "/glue/streaming", "url=http://o/a"))

@@ -5,13 +5,24 @@ GET /fetch?url=U[&method=M][&timeout=S][&body=B][&header=NAME:VALUE]...
 GET /catch?url=U[&timeout=S]   the same, an Outbound* error caught: its class and message
 GET /many?url=U&n=N            N fetches of U in a row (the per-request caps)
 GET /image?src=U&w=W           Image.from_url(U), W px wide, as WebP
+
+/glue/...: what tests/test_sdk_fetch.py checks the SDK's guest glue with, under a
+stand-in outbound capability (one test function, built once for both modules).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from edgefn import App, FetchResponse, OutboundError, Request, Response, fetch
+from edgefn import (
+    App,
+    FetchResponse,
+    OutboundError,
+    Request,
+    Response,
+    StreamingResponse,
+    fetch,
+)
 from edgefn.image import Image
 
 app = App()
@@ -63,3 +74,56 @@ def fetch_many(request: Request) -> dict[str, Any]:
 def image(request: Request) -> Response:
     source = Image.from_url(request.query["src"])
     return source.resize(int(request.query.get("w", "800"))).send("webp")
+
+
+# The guest glue's checks (tests/test_sdk_fetch.py) ------------------------------
+
+
+@app.route("/glue/", methods=["GET", "POST"])
+def glue_proxy(request):
+    answer = fetch(
+        request.query["url"],
+        method=request.method,
+        headers={"x-test": "1"},
+        body=request.body or None,
+        timeout=5,
+    )
+    return {
+        "status": answer.status,
+        "type": answer.headers.get("CONTENT-TYPE"),
+        "x-a": answer.headers.getlist("x-a"),
+        "json": answer.json() if answer.body else None,
+        "url": answer.url,
+    }
+
+
+@app.get("/glue/caught")
+def glue_caught(request):
+    try:
+        fetch(request.query["url"])
+    except OutboundError as exc:
+        return {"kind": exc.kind, "code": exc.code}
+
+
+@app.get("/glue/uncaught")
+def glue_uncaught(request):
+    fetch(request.query["url"])
+
+
+@app.get("/glue/streaming")
+def glue_streaming(request):
+    def chunks():
+        yield b"first"
+        fetch(request.query["url"], method="POST", body=b"would land in the response")
+
+    return StreamingResponse(chunks())
+
+
+@app.get("/glue/thumb")
+def glue_thumb(request):
+    return Image.from_url(request.query["url"]).resize(40).send("png")
+
+
+@app.post("/glue/body")
+def glue_body(request):
+    return Image.from_body().resize(40).send("png")

@@ -260,7 +260,8 @@ def fetch_for(context: RequestContext, fuel: Fuel, url: str) -> bytes:
         raise OutboundFailure("not_allowed", "outbound HTTP is not available on this host")
     fetched = state.capability.fetch(context, fuel, Outgoing("GET", url))
     if not 200 <= fetched.status <= 299:
-        raise OutboundFailure("failed", f"{fetched.url} answered {fetched.status}")
+        shown = fetched.url.partition("?")[0]  # a query may carry a token (presigned URLs)
+        raise OutboundFailure("failed", f"{shown} answered {fetched.status}")
     return fetched.body
 
 
@@ -317,7 +318,8 @@ def _fetch(
             "ok",
             _record(
                 status=fetched.status,
-                headers="".join(f"{k}: {v}\n" for k, v in fetched.headers),
+                # An obsolete folded header value holds a line break: one line each.
+                headers="".join(f"{k}: {' '.join(v.splitlines())}\n" for k, v in fetched.headers),
                 body=len(fetched.body),
                 url=fetched.url,
             ),
