@@ -39,7 +39,9 @@ async def watermark(
     return Response(jpeg, media_type="image/jpeg")
 
 
-def render(data: bytes, w: int, text: str, size: float, opacity: float, q: int) -> bytes:
+def render(
+    data: bytes, w: int, text: str, size: float, opacity: float, q: int, fmt: str = "jpeg"
+) -> bytes:
     image = Image.open(io.BytesIO(data))
     height = round(image.height * w / image.width)
     image.draft("RGB", (w, height))
@@ -54,7 +56,7 @@ def render(data: bytes, w: int, text: str, size: float, opacity: float, q: int) 
         (255, 255, 255), (*position, position[0] + mask.width, position[1] + mask.height), mask
     )
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=q)
+    image.save(out, fmt.upper(), quality=q)
     return out.getvalue()
 
 

@@ -4,13 +4,11 @@ with urllib3 (the host's client), then the Pillow pipeline of bench/images.py
 corner), encoded as WebP - what the watermark function does with `src=`.
 """
 
-import io
-
 import urllib3
+from baseline_images import render  # the same Pillow calls as the upload baseline
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from PIL import Image, ImageDraw, ImageFont
 
 app = FastAPI()
 # One pool per worker, reused across requests, as the gateway's workers keep theirs.
@@ -30,7 +28,7 @@ async def watermark(
     # Off the event loop, as edgefn does: urllib3 blocks, and Pillow releases the
     # GIL while it decodes and resizes, so two requests on one worker overlap.
     data = await run_in_threadpool(fetch, src)
-    out = await run_in_threadpool(render, data, w, text, size, opacity, format, q)
+    out = await run_in_threadpool(render, data, w, text, size, opacity, q, format)
     return Response(out, media_type=f"image/{format}")
 
 
@@ -39,25 +37,6 @@ def fetch(url: str) -> bytes:
     if response.status != 200:
         raise RuntimeError(f"{url} answered {response.status}")
     return response.data
-
-
-def render(data: bytes, w: int, text: str, size: float, opacity: float, fmt: str, q: int) -> bytes:
-    image = Image.open(io.BytesIO(data))
-    height = round(image.height * w / image.width)
-    image.draft("RGB", (w, height))
-    image = image.convert("RGB").resize((w, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    font = ImageFont.load_default(size=round(size * w))
-    left, top, right, bottom = font.getbbox(text)
-    mask = Image.new("L", (int(right - left), int(bottom - top)), 0)
-    ImageDraw.Draw(mask).text((-left, -top), text, font=font, fill=round(255 * opacity))
-    margin = round(0.02 * w)
-    position = (w - mask.width - margin, height - mask.height - margin)
-    image.paste(
-        (255, 255, 255), (*position, position[0] + mask.width, position[1] + mask.height), mask
-    )
-    out = io.BytesIO()
-    image.save(out, fmt.upper(), quality=q)
-    return out.getvalue()
 
 
 @app.get("/ready")

@@ -9,6 +9,7 @@ directly; headers cross as one string for the same reason (see the WIT file).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,18 @@ def call_handle(
         return _lift_result(result)
     finally:
         _wasmtime.delete_val(result)
+
+
+# RFC 9110 field names are tokens and field values hold no controls but HTAB:
+# a CR or LF would forge a header or split the response, other controls reach
+# terminals (`edgefn invoke`) and log readers.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def valid_field(name: str, value: str) -> bool:
+    """Whether `name: value` is a header line HTTP may carry as it is."""
+    return bool(_FIELD_NAME.fullmatch(name)) and not _FIELD_VALUE_CONTROL.search(value)
 
 
 def encode_headers(headers: HeaderList) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import weakref
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from ._errors import (
     from_guest_error,
     from_trap,
 )
-from ._handle_call import GuestFailure, call_handle
+from ._handle_call import GuestFailure, call_handle, valid_field
 from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, Limits
 from ._messages import Outcome, Request, Response, Usage
 from ._stdio import GuestFiles, GuestOutput
@@ -31,11 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["Instance"]
 
 ASSETS_GUEST_PATH = "/assets"
-# RFC 9110 field names are tokens and field values hold no controls but HTAB:
-# a CR or LF would forge a header or split the response, other controls reach
-# terminals (`edgefn invoke`) and log readers.
-_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # A reusable instance's stdout and stderr hold this many requests at their
 # limits before the instance is retired; punched holes keep host memory low.
 _REUSE_STRETCHES = 4
@@ -170,7 +164,7 @@ class Instance:
                 )
             )
         for name, value in head.headers:  # within the caps above, so the scan is bounded
-            if not _FIELD_NAME.fullmatch(name) or _FIELD_VALUE_CONTROL.search(value):
+            if not valid_field(name, value):
                 raise fail(
                     InvalidResponse(f"the function answered with an invalid header {name[:100]!r}")
                 )

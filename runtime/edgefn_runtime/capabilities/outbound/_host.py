@@ -30,6 +30,7 @@ from edgefn_contract.outbound import METHODS
 
 from ..._contract import CONTRACT_VERSION
 from ..._errors import FuelExhausted, Timeout
+from ..._handle_call import decode_headers, encode_headers, valid_field
 from ..._messages import LOOP_TOKEN, WARM_UP_HEADER, Usage
 from .._base import Capability, Fuel, RequestContext, host_call
 from ._client import Budget, Client, Fetched
@@ -43,8 +44,6 @@ log = logging.getLogger("edgefn.outbound")
 # Fuel a fetch costs before any byte, so a guest fetching in a loop pays for the
 # host's work (about what the image capability's probe costs), then a unit a byte.
 _FETCH_FUEL = 1_000_000
-_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _MAX_HEADERS = 100
 _MAX_HEADER_BYTES = 64 * 1024
 # Set by the host from the URL and the body, or meaningful for one hop only.
@@ -63,6 +62,7 @@ _DROPPED = frozenset(
         "cdn-loop",  # the host's, so that loops are found whatever the function sends
     }
 )
+_INCOMING = frozenset({WARM_UP_HEADER, "traceparent", "tracestate"})
 # W3C Trace Context: version 00's four fields (later versions may append more).
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
@@ -118,10 +118,21 @@ class OutboundCapability(Capability):
     def begin(self, context: RequestContext) -> OutboundState:
         if self.name not in context.grants:  # it will refuse every fetch: nothing to read
             return OutboundState(self)
-        warm_up = any(name.lower() == WARM_UP_HEADER for name, _ in context.headers)
-        loop = ", ".join(value for name, value in context.headers if name.lower() == "cdn-loop")
+        # The incoming headers that shape every fetch, in one pass: the first of
+        # each, and every CDN-Loop line (each proxy on the way may add its own).
+        seen: dict[str, str] = {}
+        loop: list[str] = []
+        for name, value in context.headers:
+            lower = name.lower()
+            if lower == "cdn-loop":
+                loop.append(value.strip())
+            elif lower in _INCOMING and lower not in seen:
+                seen[lower] = value.strip()
         return OutboundState(
-            self, trace=_trace_context(context.headers), warm_up=warm_up, loop=loop[:4096]
+            self,
+            trace=_trace_context(seen.get("traceparent"), seen.get("tracestate")),
+            warm_up=WARM_UP_HEADER in seen,
+            loop=", ".join(loop)[:4096],
         )
 
     def finish(self, state: OutboundState, usage: Usage) -> None:
@@ -229,11 +240,8 @@ class OutboundCapability(Capability):
         names = set()
         for name, value in headers:
             # HTTP/1.1 sends values as Latin-1: anything else cannot be encoded.
-            if (
-                not _FIELD_NAME.fullmatch(name)
-                or _FIELD_VALUE_CONTROL.search(value)
-                or not value.isascii()
-                and max(map(ord, value)) > 0xFF
+            if not valid_field(name, value) or (
+                not value.isascii() and max(map(ord, value)) > 0xFF
             ):
                 raise OutboundFailure("not_allowed", f"invalid request header {name[:100]!r}")
             lower = name.lower()
@@ -265,14 +273,11 @@ def fetch_for(context: RequestContext, fuel: Fuel, url: str) -> bytes:
     return fetched.body
 
 
-def _trace_context(headers: list[tuple[str, str]]) -> tuple[str, str, str | None] | None:
-    parent = tracestate = None
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "traceparent" and parent is None:
-            parent = value.strip()
-        elif lower == "tracestate" and tracestate is None:
-            tracestate = value.strip()[:512]
+def _trace_context(
+    parent: str | None, tracestate: str | None
+) -> tuple[str, str, str | None] | None:
+    """(trace id, flags, tracestate) of a valid W3C `traceparent`, else None."""
+    tracestate = tracestate[:512] if tracestate else None
     match = _TRACEPARENT.fullmatch(parent) if parent else None
     if match is None or match[1] == "ff":
         return None
@@ -306,7 +311,7 @@ def _fetch(
         outgoing = Outgoing(
             request.method,
             request.url,
-            _parse_headers(request.headers),
+            decode_headers(request.headers),
             body,
             timeout_ms / 1000 if timeout_ms else None,
         )
@@ -319,7 +324,7 @@ def _fetch(
             _record(
                 status=fetched.status,
                 # An obsolete folded header value holds a line break: one line each.
-                headers="".join(f"{k}: {' '.join(v.splitlines())}\n" for k, v in fetched.headers),
+                headers=encode_headers([(k, " ".join(v.splitlines())) for k, v in fetched.headers]),
                 body=len(fetched.body),
                 url=fetched.url,
             ),
@@ -331,15 +336,6 @@ def _fetch(
         return wc.Variant(
             "err", _record(kind="failed", message=f"the host failed: {type(exc).__name__}")
         )
-
-
-def _parse_headers(block: str) -> list[tuple[str, str]]:
-    # "name: value" lines, each ended by a line feed, as the WIT `headers` type says.
-    headers = []
-    for line in block.split("\n")[:-1]:
-        name, _, value = line.partition(": ")
-        headers.append((name, value))
-    return headers
 
 
 def _record(**fields: Any) -> wc.Record:
