@@ -10,11 +10,12 @@ stale-while-revalidate, stale-if-error or answers to conditional requests. So
 `decide()` turns a response into numbers when it is stored, and a hit only
 compares them.
 
-Stricter than RFC 9111 in three ways, as CDNs in front of applications are: a
+Stricter than RFC 9111 in four ways, as CDNs in front of applications are: a
 response is stored only with an explicit lifetime (`s-maxage`, `max-age`,
 `Expires`) or `no-cache` with a validator, never on a heuristic; never with
 `Set-Cookie` (one client's session must not reach another); never with
-`Vary: *`.
+`Vary: *`; never a 5xx (a failure is what stale-if-error serves the last good
+copy for, not something to keep).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def decide(
     method: str, request_headers: Headers_, status: int, response_headers: Headers_
 ) -> Freshness | None:
     """The response's freshness if a shared cache may store it; None if not."""
+    if status >= 500:
+        return None  # a failure: stale-if-error serves the last good copy instead
     grouped = _group(response_headers)
     if "set-cookie" in grouped:
         return None
@@ -112,6 +115,8 @@ def decide(
         return None
     else:
         lifetime = float(max(0, get_freshness_lifetime(response, is_cache_shared=True) or 0))
+        if lifetime == 0 and etag is None and last_modified is None:
+            return None
     # must-revalidate, proxy-revalidate and s-maxage forbid serving it stale
     # (RFC 9111 5.2.2.2, 5.2.2.8, 5.2.2.10), even when the function fails.
     strict = (
