@@ -360,6 +360,7 @@ async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metri
             metrics.pixels,
             metrics.outbound_seconds,
             metrics.outbound_bytes,
+            metrics.coalesced,
         ):
             family.labels(function.name)
         metrics.requests.labels(function.name, "200", "ok")
