@@ -183,6 +183,21 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background(
         time.sleep(0.05)
 
 
+def test_a_head_request_refreshes_the_entry_with_a_get(gateway: GatewayProcess) -> None:
+    target = url(cc="max-age=1, stale-while-revalidate=30")
+    first = get(gateway, target)
+    time.sleep(1.1)
+    assert status(httpx.head(gateway.public_url + target)) == "STALE"
+    deadline = time.monotonic() + 10
+    while True:
+        refreshed = get(gateway, target)
+        if status(refreshed) == "HIT" and refreshed.text != first.text:
+            break
+        assert time.monotonic() < deadline, "never refreshed"
+        time.sleep(0.05)
+    assert refreshed.text.startswith("x?")  # a whole body, not a HEAD's empty one
+
+
 @pytest.mark.parametrize("failure", ["status", "raise", "hang"])
 def test_stale_if_error_serves_the_stale_copy_while_the_function_fails(
     gateway: GatewayProcess, failure: str
