@@ -224,6 +224,22 @@ def test_two_functions_fetching_one_url_never_share_an_entry(origin: OriginServe
     assert origin.hits("/cached") == 2
 
 
+def test_a_purge_of_the_whole_function_drops_its_originals(origin: OriginServer) -> None:
+    capability = node()
+    assert capability.origin_cache is not None
+    purges = capability.origin_cache.cache.purges
+    Run(capability, [origin.base]).fetch(cached(origin))
+    purges.replace({"fn": [("/images/", capability.origin_cache.clock())]})  # a path: not them
+    Run(capability, [origin.base]).fetch(cached(origin))
+    assert origin.hits("/cached") == 1
+    purges.replace({"other": [("/", capability.origin_cache.clock())]})  # another function's
+    Run(capability, [origin.base]).fetch(cached(origin))
+    assert origin.hits("/cached") == 1
+    purges.replace({"fn": [("/", capability.origin_cache.clock())]})  # `edgefn purge fn`
+    Run(capability, [origin.base]).fetch(cached(origin))
+    assert origin.hits("/cached") == 2
+
+
 def test_a_url_no_longer_allowed_is_refused_even_when_cached(origin: OriginServer) -> None:
     capability = node()
     Run(capability, [origin.base]).fetch(cached(origin))
@@ -328,9 +344,9 @@ def test_twenty_variants_of_one_original_fetch_it_once(
     engine: Engine, fetching_build: BuildResult, origin: OriginServer
 ) -> None:
     sandbox = load(engine, fetching_build, origin, "variants")
-    src = quote(cached(origin, image="/image.jpg"), safe="")
+    src = quote(cached(origin, image="/image.png"), safe="")
     sizes = set()
-    for width in range(100, 300, 10):
+    for width in range(20, 220, 10):  # small: the test is about fetches, not pixels
         outcome = sandbox.invoke(Request("GET", "/image", f"src={src}&w={width}"))
         assert outcome.response.status == 200, outcome.response.body[:200]
         sizes.add(len(outcome.response.body))

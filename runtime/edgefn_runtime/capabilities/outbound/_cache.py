@@ -133,10 +133,10 @@ class OriginCache:
             initial_age=freshness.initial_age,
             etag=freshness.etag,
             last_modified=freshness.last_modified,
-            # Purges by function name reach its originals too (path "" is
-            # under every prefix a whole-function purge gives).
+            # A purge of the whole function (prefix "/") drops its originals
+            # too; a purge of some of its paths does not.
             function=function,
-            path="",
+            path="/",
         )
         if not freshness.vary:
             return self.cache.put(found.key, entry)
