@@ -27,12 +27,13 @@ Endpoints (the path without its query counts as one in `hits`):
     /huge                       Content-Length 10737418240, 64 KiB every 50 ms, forever
     /big?bytes=N                a body of N bytes (b"x")
     /echo                       any method: method, path, query, headers, body as JSON
-    /cached?cc=C[&etag=E][&lm=D][&vary=H][&cookie=1][&image=P][&delay=S]
+    /cached?cc=C[&etag=E][&lm=D][&vary=H][&cookie=1][&image=P][&delay=S][&moved=U]
                                 what the origin cache sees: Cache-Control C, ETag E,
                                 Last-Modified D, Vary H, a Set-Cookie; a matching
                                 If-None-Match gets a 304; the body is JSON (the
                                 hit count and the request's H) or the original P,
-                                after S seconds
+                                after S seconds; with U, a conditional request is
+                                redirected (302) to U
 """
 
 from __future__ import annotations
@@ -264,6 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
                 headers[name] = query[key]
         if query.get("cookie"):
             headers["set-cookie"] = "session=1"
+        if "moved" in query and self.headers.get("if-none-match"):
+            self._send(302, b"", "text/plain", {"location": query["moved"]})
+            return
         if "etag" in query and self.headers.get("if-none-match") == query["etag"]:
             self._send(304, b"", "application/json", headers)
             return

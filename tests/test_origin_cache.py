@@ -278,6 +278,33 @@ def test_a_redirected_fetch_is_not_kept(origin: OriginServer) -> None:
     assert origin.hits("/cached") == 2
 
 
+def test_a_revalidation_that_is_redirected_never_hands_the_function_a_304(
+    origin: OriginServer,
+) -> None:
+    # The stored copy's ETag goes along the redirect, and the new place knows it.
+    capability = node()
+    moved_to = cached(origin, "no-cache", etag='"v1"', at="new")
+    url = cached(origin, "no-cache", etag='"v1"', moved=moved_to)
+    first = Run(capability, [origin.base]).fetch(url)
+    second = Run(capability, [origin.base]).fetch(url)
+    assert first.status == 200 and second.status == 200, second
+    assert second.url == url and json.loads(second.body)["n"] == 4
+    assert origin.hits("/cached") == 4  # 200; 302 -> 304; then again without validators
+
+
+def test_the_function_asking_for_no_cache_is_not_answered_from_it(
+    origin: OriginServer,
+) -> None:
+    capability = node()
+    Run(capability, [origin.base]).fetch(cached(origin))
+    for name, value in (("Cache-Control", "no-cache"), ("Pragma", "no-cache")):
+        fetched = Run(capability, [origin.base]).fetch(cached(origin), headers=[(name, value)])
+        assert header(fetched, "age") is None  # the origin's own answer
+    assert origin.hits("/cached") == 3
+    # What it fetched was kept all the same: the next fetch is a hit on the last one.
+    assert json.loads(Run(capability, [origin.base]).fetch(cached(origin)).body)["n"] == 3
+
+
 def test_a_hit_counts_against_max_fetches_and_the_byte_caps(origin: OriginServer) -> None:
     capability = node(OutboundPolicy(allowed_networks=LOOPBACK, max_fetches=2))
     run = Run(capability, [origin.base])

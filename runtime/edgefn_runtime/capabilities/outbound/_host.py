@@ -298,8 +298,22 @@ class OutboundCapability(Capability):
                 if failure.kind == "failed" and found.usable_on_error(cache.clock()):
                     return _hit(state, found, target, budget, "stale", cache.clock())
                 raise
-            if fetched.url != target.url:
-                return fetched  # redirected: not cached (see _cache.py)
+            if fetched.url != target.url:  # redirected: not cached (see _cache.py)
+                if fetched.status == 304 and conditional:
+                    # The validators were for what `target` answered before, not
+                    # for what it redirects to now: the function never asked
+                    # anything conditional, so it is asked again without them.
+                    cache.cache.delete(found.key)
+                    fetched = self.client.fetch(
+                        "GET",
+                        target,
+                        headers,
+                        b"",
+                        allowed=allowed,
+                        budget=budget,
+                        sent=state.count,
+                    )
+                return fetched
             if fetched.status == 304 and conditional:
                 status, kept, body = cache.revalidated(
                     found, function, request.headers, fetched.headers
