@@ -21,6 +21,7 @@ from urllib.parse import quote
 import pytest
 from origin_server import OriginServer, originals
 
+import attacks
 from edgefn_platform import BuildResult, build
 from edgefn_runtime import Engine, Limits, Request, Sandbox, Usage
 from edgefn_runtime.cache import CacheConfig, HttpCache
@@ -38,6 +39,7 @@ from edgefn_runtime.capabilities.outbound._client import Fetched
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
 FETCHING = Path(__file__).resolve().parent / "functions" / "outbound"
 FRESH = "public, max-age=60"
+AREA = "Origin cache (tests/test_origin_cache.py)"
 
 
 def node(policy: OutboundPolicy | None = None, **config: Any) -> OutboundCapability:
@@ -222,6 +224,12 @@ def test_two_functions_fetching_one_url_never_share_an_entry(origin: OriginServe
     for function in ("a", "b", "a", "b"):
         Run(capability, [origin.base], function=function).fetch(cached(origin))
     assert origin.hits("/cached") == 2
+    attacks.record(
+        AREA,
+        "a function fetches a URL another function fetched and cached, to read its copy",
+        "entries are keyed by the fetching function's name: each function's first fetch "
+        "reaches the origin, never another's copy",
+    )
 
 
 def test_a_purge_of_the_whole_function_drops_its_originals(origin: OriginServer) -> None:
@@ -247,6 +255,11 @@ def test_a_url_no_longer_allowed_is_refused_even_when_cached(origin: OriginServe
         Run(capability, ["http://127.0.0.1:1"]).fetch(cached(origin))
     assert caught.value.kind == "not_allowed"
     assert origin.hits("/cached") == 1
+    attacks.record(
+        AREA,
+        "a function whose manifest no longer allows a host fetches a URL of it still cached",
+        "refused with not_allowed: the manifest is checked before the cache is asked",
+    )
 
 
 def test_vary_keeps_one_copy_per_value_of_the_header(origin: OriginServer) -> None:
@@ -303,6 +316,25 @@ def test_the_function_asking_for_no_cache_is_not_answered_from_it(
     assert origin.hits("/cached") == 3
     # What it fetched was kept all the same: the next fetch is a hit on the last one.
     assert json.loads(Run(capability, [origin.base]).fetch(cached(origin)).body)["n"] == 3
+
+
+def test_an_authorized_or_cookie_setting_answer_never_reaches_another_request(
+    origin: OriginServer,
+) -> None:
+    capability = node()
+    secret = [("Authorization", "Bearer t")]
+    first = Run(capability, [origin.base]).fetch(cached(origin, "max-age=60"), headers=secret)
+    later = Run(capability, [origin.base]).fetch(cached(origin, "max-age=60"))
+    assert json.loads(later.body)["n"] == json.loads(first.body)["n"] + 1
+    Run(capability, [origin.base]).fetch(cached(origin, cookie="1"))
+    later = Run(capability, [origin.base]).fetch(cached(origin, cookie="1"))
+    assert json.loads(later.body)["n"] == 4 and header(later, "age") is None
+    attacks.record(
+        AREA,
+        "an answer to a fetch with Authorization (no `public`), or one setting a cookie, "
+        "served to the next request",
+        "not stored: the next fetch of the URL reaches the origin",
+    )
 
 
 def test_a_hit_counts_against_max_fetches_and_the_byte_caps(origin: OriginServer) -> None:
