@@ -7,6 +7,7 @@ interface `edgefn:http/image` (`wit/edgefn.wit`) carries the same records.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ __all__ = [
     "ImageService",
     "ImageServiceFactory",
     "Source",
+    "negotiate",
 ]
 
 # Output formats, in no order of preference, and the media type each is sent as.
@@ -153,3 +155,89 @@ ImageServiceFactory = Callable[..., ImageService]
 # the runtime registers, so the SDK never imports the runtime.
 ENTRY_POINT_GROUP = "edgefn.testing"
 ENTRY_POINT_NAME = "image"
+
+
+def negotiate(accept: str, fallback: str = DEFAULT_FORMAT) -> str:
+    """The best output format for a client's `Accept` header: AVIF, WebP or `fallback`.
+
+    The format with the highest q-value wins (`image/avif;q=0` never gets AVIF);
+    ties go to the server's preference: AVIF, then WebP when the client names
+    them, then `fallback`. A wildcard (`image/*`, `*/*`) makes AVIF and WebP
+    acceptable too, but is not reason enough to prefer them to `fallback`:
+    clients that cannot decode them send `*/*` as well (curl, older browsers).
+    With no acceptable format, or no header, the answer is `fallback`.
+
+    Answers chosen this way should carry `Vary: Accept`. In the contract because
+    the gateway's cache negotiates the same way to key image variants (one
+    entry per format, not one per browser's exact header).
+    """
+    # Hand-written rather than taken from a library (werkzeug's MIMEAccept, say):
+    # this runs inside the component, where only the standard library and the
+    # SDK are importable, and the SDK imposes no requirements on functions.
+    ranges = _accept_ranges(accept) or [("*", "*", 1.0)]  # no header: anything (RFC 9110)
+    best, best_rank = fallback, (0.0, 0, 0)
+    for fmt in dict.fromkeys((*_PREFERRED, fallback)):  # in order, without repeats
+        kind, _, subtype = MEDIA_TYPES.get(fmt, f"image/{fmt}").partition("/")
+        weight, specificity = _weight(ranges, kind, subtype)
+        if weight <= 0:
+            continue  # not acceptable (q=0, or no range covers it)
+        named = specificity == 2
+        if fmt == fallback:
+            tier = 1
+        else:
+            tier = 2 if named else 0
+        preference = len(_PREFERRED) - _PREFERRED.index(fmt) if fmt in _PREFERRED else 0
+        rank = (weight, tier, preference)
+        if rank > best_rank:
+            best, best_rank = fmt, rank
+    return best
+
+
+_PREFERRED = ("avif", "webp")  # smallest first, for the same quality
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
+def _accept_ranges(accept: str) -> list[tuple[str, str, float]]:
+    """An Accept header's media ranges and weights (RFC 9110 §12.5.1).
+
+    Malformed elements are skipped. Media-type parameters other than q are
+    ignored: no format this service sends has any.
+    """
+    ranges = []
+    for element in accept.split(","):
+        media_range, *parameters = element.split(";")
+        kind, slash, subtype = media_range.strip().lower().partition("/")
+        if not slash or not kind or not subtype or (kind == "*" and subtype != "*"):
+            continue
+        weight: float | None = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":  # the first q is the weight
+                value = value.strip()
+                weight = float(value) if _QVALUE.fullmatch(value) else None
+                break
+        if weight is not None:
+            ranges.append((kind, subtype, weight))
+    return ranges
+
+
+def _weight(ranges: list[tuple[str, str, float]], kind: str, subtype: str) -> tuple[float, int]:
+    """The weight the most specific matching range gives `kind/subtype`, and that
+    range's specificity (2 named, 1 `kind/*`, 0 `*/*`); (0, -1) when none matches.
+
+    Among equally specific matches (a header that repeats itself) the highest wins.
+    """
+    found: tuple[int, float] = (-1, 0.0)
+    for range_kind, range_subtype, weight in ranges:
+        if range_kind == "*":
+            specificity = 0
+        elif range_kind != kind:
+            continue
+        elif range_subtype == "*":
+            specificity = 1
+        elif range_subtype == subtype:
+            specificity = 2
+        else:
+            continue
+        found = max(found, (specificity, weight))
+    return found[1], found[0]

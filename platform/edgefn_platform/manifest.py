@@ -62,6 +62,7 @@ _KEYS = {
     "assets",
     "reuse",
     "allowed_outbound_hosts",
+    "cache",
 }
 # Requests one instance serves with `reuse = true`.
 DEFAULT_REUSE = 1000
@@ -96,6 +97,8 @@ class Manifest:
     reuse: int = 0
     # As written, `{{ NAME }}` templates unresolved; `outbound_hosts()` resolves them.
     allowed_outbound_hosts: tuple[str, ...] = ()
+    # False: the gateway's edge cache never stores or serves this function's responses.
+    cache: bool = True
 
     @property
     def entry_module(self) -> str:
@@ -226,6 +229,10 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
         if problem:
             problems.append(f"allowed_outbound_hosts[{index}]: {problem}")
 
+    cache = data.get("cache", True)
+    if not isinstance(cache, bool):
+        problems.append(f"cache: must be true or false, got {cache!r}")
+
     if problems:
         raise ManifestError(source, problems)
     assert isinstance(name, str)
@@ -239,6 +246,7 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
         assets=assets,
         reuse=reuse,
         allowed_outbound_hosts=tuple(outbound),
+        cache=bool(cache),
     )
 
 

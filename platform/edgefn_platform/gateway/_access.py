@@ -47,6 +47,8 @@ class AccessEntry:
     fetches: int = 0
     fetch_ms: float = 0.0
     fetch_bytes: int = 0
+    # The edge cache's answer (X-Edgefn-Cache); "" when no function was found.
+    cache: str = ""
 
     def json(self) -> str:
         # vars(), not asdict(): the fields are flat, and asdict() deep-copies each.
@@ -59,6 +61,7 @@ class AccessEntry:
         return printable(
             f"{stamp} {self.status} {self.method} {self.path} -> "
             f"{self.function or '-'}@{self.version or '-'} {self.outcome} "
+            f"{self.cache or '-'} "
             f"{self.total_ms:.1f} ms fuel {self.fuel:,} [{self.request_id}]"
         )
 

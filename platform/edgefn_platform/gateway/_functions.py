@@ -31,6 +31,9 @@ class LiveFunction:
     sandbox: Sandbox
     limits: Limits
     concurrency: int = 16
+    # Its entries' namespace in the edge cache: this activation of this version
+    # (a rollback to it starts afresh). None: the function opted out (`cache = false`).
+    cache_id: str | None = None
 
 
 # Told every function's purges (path prefix, time) whenever the registry changed.
@@ -180,6 +183,7 @@ class FunctionTable:
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)
         effective = self.effective(record)
         warm_up(sandbox, effective.limits)
+        cached = Manifest.from_dict(version.manifest).cache
         return LiveFunction(
             record.name,
             version.version,
@@ -187,6 +191,7 @@ class FunctionTable:
             sandbox,
             effective.limits,
             effective.concurrency,
+            f"{record.name}\0{version.version}\0{record.updated_at!r}" if cached else None,
         )
 
     def start(self) -> None:

@@ -100,6 +100,40 @@ class Metrics:
             ["function"],
             registry=None,
         )
+        # The edge cache (`_cache.py`): what answered each function request, by the
+        # `X-Edgefn-Cache` value; requests that waited for another's run; and each
+        # tier's own lookups, stores, evictions and size.
+        self.cache = Counter(
+            "edgefn_cache_requests",
+            "Function requests by cache status (HIT, MISS, STALE, REVALIDATED, BYPASS).",
+            ["function", "status"],
+            registry=None,
+        )
+        self.coalesced = Counter(
+            "edgefn_cache_coalesced",
+            "Cache misses that waited for another request's run of the function.",
+            ["function"],
+            registry=None,
+        )
+        self.cache_tier = Counter(
+            "edgefn_cache_tier_events",
+            "Cache tier lookups (hit, miss), stores and evictions.",
+            ["tier", "event"],
+            registry=None,
+        )
+        self.cache_memory_bytes = Gauge(
+            "edgefn_cache_memory_bytes",
+            "Bytes in the workers' memory tiers.",
+            multiprocess_mode="livesum",
+            registry=None,
+        )
+        # One disk tier per node, which every worker measures: the largest report.
+        self.cache_disk_bytes = Gauge(
+            "edgefn_cache_disk_bytes",
+            "Bytes in the node's disk tier.",
+            multiprocess_mode="livemax",
+            registry=None,
+        )
         self.in_flight = Gauge(
             "edgefn_in_flight",
             "Requests running.",

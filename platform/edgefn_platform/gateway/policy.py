@@ -13,6 +13,8 @@ variables, the variables winning:
     global_concurrency = 64
     [outbound]                 EDGEFN_OUTBOUND_ALLOWED_NETWORKS=127.0.0.1/32,::1/128
     allowed_networks = ["127.0.0.1/32"]
+    [cache]                    EDGEFN_CACHE_MEMORY=256MiB
+    memory = "64MiB"
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefn_runtime import EdgefnError, Limits
+from edgefn_runtime.cache import CacheConfig
 from edgefn_runtime.capabilities.outbound import DEFAULT_BLOCKED, OutboundPolicy
 
 from .._units import format_size, parse_count, parse_duration, parse_size
@@ -33,7 +36,15 @@ from ..manifest import LIMIT_PARSERS
 from ..manifest import parse_limits as manifest_limits
 from ._cores import available_cores
 
-__all__ = ["LIMIT_KEYS", "OUTBOUND_KEYS", "ConfigError", "EffectiveLimits", "Policy", "load_policy"]
+__all__ = [
+    "CACHE_KEYS",
+    "LIMIT_KEYS",
+    "OUTBOUND_KEYS",
+    "ConfigError",
+    "EffectiveLimits",
+    "Policy",
+    "load_policy",
+]
 
 LIMIT_KEYS = tuple(LIMIT_PARSERS)
 _SIZES = {"memory", "max_body", "max_response", "max_log"}
@@ -110,6 +121,7 @@ class Policy:
     body_budget: int = 256 * 2**20
     usage_header: bool = False
     outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def resolve(
         self, requested: Mapping[str, Any], overrides: Mapping[str, Any]
@@ -160,7 +172,7 @@ def load_policy(path: Path | None, environ: Mapping[str, str] = os.environ) -> P
     for name, table in sections.items():
         prefix = f"EDGEFN_{name.upper()}_"
         for variable, value in environ.items():
-            if variable.startswith(prefix):
+            if variable.startswith(prefix) and variable not in _NOT_POLICY:
                 table[variable.removeprefix(prefix).lower()] = value
     policy = Policy()
     policy.defaults.update(parse_limits(sections["defaults"], "defaults"))
@@ -188,7 +200,22 @@ def load_policy(path: Path | None, environ: Mapping[str, str] = os.environ) -> P
     for key in LIMIT_KEYS:  # a lowered maximum lowers the default with it
         policy.defaults[key] = min(policy.defaults[key], policy.maximums[key])
     policy.outbound = parse_outbound(sections["outbound"])
+    policy.cache = parse_cache(sections["cache"])
     return policy
+
+
+def parse_cache(table: Mapping[str, Any]) -> CacheConfig:
+    """The `[cache]` section; each mistake a ConfigError naming `cache.KEY`."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in CACHE_KEYS:
+            raise ConfigError(f"cache.{key}: unknown key (allowed: {', '.join(CACHE_KEYS)})")
+        parse, accepts = CACHE_KEYS[key]
+        try:
+            values[key] = parse(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"cache.{key}: expected {accepts}, got {value!r} ({exc})") from None
+    return CacheConfig(**values)
 
 
 def parse_outbound(table: Mapping[str, Any]) -> OutboundPolicy:
@@ -237,7 +264,7 @@ def _ca_bundle(value: Any) -> str:
     return str(Path(value).resolve())
 
 
-_SECTIONS = ("defaults", "maximums", "backpressure", "observability", "outbound")
+_SECTIONS = ("defaults", "maximums", "backpressure", "observability", "outbound", "cache")
 # `[outbound]` key -> (parser, what it accepts).
 OUTBOUND_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "allowed_networks": (_networks, 'a list of networks such as ["127.0.0.1/32", "::1/128"]'),
@@ -250,4 +277,35 @@ OUTBOUND_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "connect_timeout": (parse_duration, 'a duration such as "5s"'),
     "read_timeout": (parse_duration, 'a duration such as "10s"'),
     "ca_bundle": (_ca_bundle, "the path of an existing PEM file of CA certificates"),
+}
+
+
+def _switch(value: Any) -> bool:
+    """A boolean, or its spelling in a variable."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not true or false")
+
+
+def _directory(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("not a path")
+    return Path(value).resolve()
+
+
+# Variables that look like a section's but are `edgefn serve` options:
+# EDGEFN_CACHE_DIR is `--cache-dir`, where compiled components are kept (it was
+# that before the edge cache existed); the edge cache's `dir` is set in the file.
+_NOT_POLICY = frozenset({"EDGEFN_CACHE_DIR"})
+# `[cache]` key -> (parser, what it accepts).
+CACHE_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "enabled": (_switch, "true or false"),
+    "memory": (parse_size, 'a size such as "64MiB" (per worker; 0 turns the tier off)'),
+    "disk": (parse_size, 'a size such as "1GiB" (per node; 0 turns the tier off)'),
+    "dir": (_directory, "a directory path (default: <data-dir>/cache)"),
+    "max_object": (parse_size, 'a size such as "16MiB"'),
 }

@@ -19,10 +19,12 @@ from starlette.types import Receive, Scope, Send
 
 from edgefn_runtime import LOOP_TOKEN, MAX_LOOPS, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
+from edgefn_runtime import Response as SandboxResponse
 
 from ._access import AccessEntry, access_logger, log_access
 from ._admission import Admission
 from ._bodies import BodyBudget, read_body
+from ._cache import CACHE_HEADER, ResponseCache
 from ._errors import GatewayError, error_response
 from ._fairness import FairThreadPool
 from ._functions import FunctionTable, LiveFunction, warm_up
@@ -82,6 +84,8 @@ class _Exchange:
     bytes_in: int = 0
     body_read: bool = False
     outcome: str = "ok"
+    cache: str = ""  # X-Edgefn-Cache, once a function was found
+    ran: bool = False  # the function was run (not answered from the cache)
 
 
 def health_routes(lifecycle: Lifecycle, for_deploys: bool = False) -> list[Route]:
@@ -112,7 +116,8 @@ class PublicApp:
     """The public ASGI app: runs each request in its function's sandbox, off the
     event loop, behind the policy's backpressure. Its dependencies are passed in:
     the function table, the log sink, the operator's policy, the worker's
-    lifecycle (None: no health routes, no warm-up) and the metrics to update."""
+    lifecycle (None: no health routes, no warm-up), the metrics to update and the
+    edge cache (None: every request runs its function)."""
 
     def __init__(
         self,
@@ -121,8 +126,10 @@ class PublicApp:
         policy: Policy,
         lifecycle: Lifecycle | None,
         metrics: Metrics,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.table = table
+        self.cache = cache
         self.logs = logs
         self.policy = policy
         self.lifecycle = lifecycle
@@ -210,21 +217,46 @@ class PublicApp:
             raise GatewayError(404, "no_route", f"no function is deployed at {exchange.path}")
         function, path, query = found
         exchange.function = function
+        cache = self.cache
+        if cache is not None and cache.applies(request.method, function) and not _has_body(request):
+            return await self._cached(cache, request, function, path, query, exchange)
+        exchange.cache = "BYPASS"
         async with read_body(request, function.limits.max_body, self.bodies) as body:
             exchange.bytes_in, exchange.body_read = len(body), True
-            headers = [
-                (k.decode("latin-1"), v.decode("latin-1"))
-                for k, v in request.headers.raw
-                if not k.lower().startswith(PLATFORM_HEADERS)
-            ]
-            headers.append((ROUTE_HEADER, function.route))
-            call = SandboxRequest(request.method, path, query, headers, body)
+            call = SandboxRequest(request.method, path, query, _headers(request, function), body)
+            outcome = await self._execute(function, call, exchange)
+            return _to_http(outcome.response, exchange.request_id)
+
+    async def _cached(
+        self,
+        cache: ResponseCache,
+        request: Request,
+        function: LiveFunction,
+        path: str,
+        query: str,
+        exchange: _Exchange,
+    ) -> Response:
+        """A GET or HEAD through the edge cache: the function runs only when the
+        cache has no answer (see `_cache.py`)."""
+        exchange.body_read, exchange.cache = True, "MISS"
+
+        async def run(headers: list[tuple[str, str]]) -> Outcome:
+            call = SandboxRequest(request.method, path, query, headers, b"")
             return await self._execute(function, call, exchange)
+
+        answer = await cache.serve(
+            function, request.method, path, query, _headers(request, function), run
+        )
+        exchange.cache = answer.status
+        return _to_http(
+            SandboxResponse(answer.code, answer.headers, answer.body), exchange.request_id
+        )
 
     async def _execute(
         self, function: LiveFunction, call: SandboxRequest, exchange: _Exchange
-    ) -> Response:
+    ) -> Outcome:
         metrics = self.metrics
+        exchange.ran = True
         metrics.queued.inc()
         try:
             async with self.admission.slot(function.name, function.concurrency) as queued:
@@ -238,7 +270,7 @@ class PublicApp:
             metrics.queued.dec()
             raise
         exchange.usage, exchange.logs = outcome.usage, outcome.logs
-        return _to_http(outcome, exchange.request_id)
+        return outcome
 
     def _record(self, request: Request, response: Response, exchange: _Exchange) -> None:
         """Timings and usage headers, the access line, function logs, metrics."""
@@ -249,9 +281,11 @@ class PublicApp:
             ("execute", usage.execute_seconds),
             *((("fetch", usage.fetch_seconds),) if usage.fetches else ()),
         )
-        response.headers["server-timing"] = ", ".join(
-            f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing
-        )
+        server_timing = ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing)
+        if exchange.cache:
+            response.headers[CACHE_HEADER] = exchange.cache
+            server_timing = f"cache;desc={exchange.cache.lower()}, {server_timing}"
+        response.headers["server-timing"] = server_timing
         if self.policy.usage_header and function is not None:
             response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}" + (
                 f", fetches={usage.fetches}, fetch_bytes={usage.fetch_bytes}"
@@ -275,6 +309,7 @@ class PublicApp:
             fetches=usage.fetches,
             fetch_ms=round(usage.fetch_seconds * 1000, 3),
             fetch_bytes=usage.fetch_bytes,
+            cache=exchange.cache,
             bytes_in=exchange.bytes_in,
             bytes_out=len(response.body),
             worker=self.pid,
@@ -288,7 +323,10 @@ class PublicApp:
         if function is not None:
             self.logs.add(function.name, exchange.request_id, "log", exchange.logs)
             self.logs.add(function.name, exchange.request_id, "access", [line])
-            _observe(self.metrics, function.name, usage, exchange.queued)
+            if exchange.ran:
+                _observe(self.metrics, function.name, usage, exchange.queued)
+            if exchange.cache:
+                self.metrics.cache.labels(function.name, exchange.cache).inc()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -369,12 +407,24 @@ def _has_body(request: Request) -> bool:
     return length not in (None, "0") or "transfer-encoding" in request.headers
 
 
-def _to_http(outcome: Outcome, request_id: str) -> Response:
+def _headers(request: Request, function: LiveFunction) -> list[tuple[str, str]]:
+    """The request headers the function sees: the client's, less the gateway's own
+    prefix, plus the route it was reached under."""
+    headers = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in request.headers.raw
+        if not k.lower().startswith(PLATFORM_HEADERS)
+    ]
+    headers.append((ROUTE_HEADER, function.route))
+    return headers
+
+
+def _to_http(answer: SandboxResponse, request_id: str) -> Response:
     headers = []
-    for name, value in outcome.response.headers:  # the sandbox checked each one
+    for name, value in answer.headers:  # the sandbox checked each one
         if name.lower() not in _HOP_BY_HOP:
             headers.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
-    response = Response(outcome.response.body, status_code=outcome.response.status)
+    response = Response(answer.body, status_code=answer.status)
     response.raw_headers = [
         *(h for h in response.raw_headers if h[0] == b"content-length"),
         *headers,

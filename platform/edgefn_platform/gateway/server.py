@@ -24,17 +24,19 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import uvicorn
 import uvloop
 
 from edgefn_runtime import EdgefnError, Engine
+from edgefn_runtime.cache import HttpCache
 
 from .._crash import WORKER_START, crash_point
 from .._printable import PrintableFormatter
 from ..registry import Registry, open_registry
+from ._cache import ResponseCache
 from ._deploy import Deployer, recover
 from ._functions import FunctionTable
 from ._http import guarded_protocol
@@ -66,18 +68,24 @@ class Worker:
     deployer: Deployer
     metrics: Metrics
     board: ServingBoard
+    # The edge cache this worker shares with the node's others; None: turned off.
+    cache: HttpCache | None
 
     @classmethod
     def open(cls, config: GatewayConfig) -> Worker:
         policy = config.loaded_policy
         metrics = Metrics(config.metrics_dir)
+        cache = None
+        if policy.cache.enabled:
+            settings = replace(policy.cache, dir=policy.cache.dir or config.data_dir / "cache")
+            cache = HttpCache(settings, listener=_cache_listener(metrics))
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
         engine = config.open_engine()
         deployer = Deployer(registry, engine, config.data_dir, handoff={})
         table = FunctionTable(deployer, metrics, board, config.refresh_seconds, policy)
         logs = LogSink(registry)
-        return cls(config, policy, registry, engine, table, logs, deployer, metrics, board)
+        return cls(config, policy, registry, engine, table, logs, deployer, metrics, board, cache)
 
     def close(self) -> None:
         self.table.stop()
@@ -186,7 +194,12 @@ def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
     worker.table.start()
     worker.logs.start()
     lifecycle = Lifecycle(worker.table)
-    public = PublicApp(worker.table, worker.logs, worker.policy, lifecycle, worker.metrics)
+    cache = None
+    if worker.cache is not None:
+        # A coalesced miss waits at most as long as the run it waits for may take.
+        wait = worker.policy.maximums["timeout"] + worker.policy.queue_wait
+        cache = ResponseCache(worker.cache, worker.metrics, wait)
+    public = PublicApp(worker.table, worker.logs, worker.policy, lifecycle, worker.metrics, cache)
     admin = AdminApp(worker, config.loaded_token, lifecycle)
     servers = [
         # Not listening yet: the kernel hands a port's connections to every
@@ -221,6 +234,23 @@ def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
         # must not hold the process past it, as the pool's exit hook would.
         atexit.unregister(public.threads.shutdown)
         public.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _cache_listener(metrics: Metrics) -> Callable[[str, str, int], None]:
+    """The cache tiers' events as metrics, each labelled child looked up once."""
+    counters: dict[tuple[str, str], Any] = {}
+    sizes = {"memory": metrics.cache_memory_bytes, "disk": metrics.cache_disk_bytes}
+
+    def listen(event: str, tier: str, amount: int) -> None:
+        if event == "bytes":
+            sizes[tier].set(amount)
+            return
+        counter = counters.get((tier, event))
+        if counter is None:
+            counter = counters[(tier, event)] = metrics.cache_tier.labels(tier, event)
+        counter.inc(amount)
+
+    return listen
 
 
 def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:

@@ -1,0 +1,285 @@
+"""The edge cache in front of the functions: a response computed once is served
+many times without running the function (RFC 9111, as a shared cache).
+
+What is stored and for how long is `edgefn_runtime.cache`'s (`decide`); this
+module decides, per request, whether the function runs at all:
+
+- fresh entry: HIT, answered from the cache (304 when the client's
+  `If-None-Match` / `If-Modified-Since` matches);
+- stale within `stale-while-revalidate`: STALE, answered at once while one
+  background run refreshes it;
+- stale otherwise, or `no-cache`: the function runs with the entry's
+  validators; its 304 makes it REVALIDATED, its failure (an error, a 5xx, a
+  timeout) within `stale-if-error` serves the stale copy (STALE);
+- nothing stored: MISS, and concurrent misses for one key wait for the first
+  one's run instead of running the function again (coalescing, bounded).
+
+Requests the cache does not handle (not GET or HEAD, a function with
+`cache = false`, the cache off) are BYPASS. A client cannot make the gateway
+skip its cache (`Cache-Control: no-cache` from a request is not obeyed, as at
+Cloudflare or Fastly): one request header would otherwise run the full image
+pipeline at will. Purges are the operator's way to drop entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+
+from edgefn_runtime import Outcome, Response, SandboxError
+from edgefn_runtime.cache import Entry, HttpCache
+from edgefn_runtime.cache._keys import key, normalise_query, variant_key
+from edgefn_runtime.cache._rules import (
+    decide,
+    freshened,
+    not_modified,
+    not_modified_headers,
+    validators,
+)
+
+from ._errors import GatewayError
+from ._functions import LiveFunction
+from ._metrics import Metrics
+
+__all__ = ["CACHE_HEADER", "Cached", "ResponseCache"]
+
+log = logging.getLogger("edgefn.gateway")
+
+CACHE_HEADER = "x-edgefn-cache"
+_CONDITIONAL = ("if-none-match", "if-modified-since")
+Headers = list[tuple[str, str]]
+# Runs the function with these request headers: its outcome, or the error it raised.
+Run = Callable[[Headers], Awaitable[Outcome]]
+# What became of a run, told to the requests that waited for it.
+_STORED, _UNCACHEABLE, _FAILED = "stored", "uncacheable", "failed"
+_UNCACHEABLE_SECONDS = 10.0
+_UNCACHEABLE_KEYS = 10_000
+
+
+@dataclass(frozen=True)
+class Cached:
+    """An answer: from the cache (`outcome` None) or from the function's run."""
+
+    status: str  # the X-Edgefn-Cache value
+    code: int
+    headers: Headers
+    body: bytes
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class _Request:
+    function: LiveFunction
+    method: str
+    path: str
+    headers: Headers
+    base: str  # the key before Vary
+
+
+class ResponseCache:
+    """One worker's view of the edge cache: the shared `HttpCache`, the runs it is
+    waiting for (coalescing) and the background refreshes it started."""
+
+    def __init__(self, store: HttpCache, metrics: Metrics, wait: float = 30.0) -> None:
+        self.store = store
+        self.metrics = metrics
+        # How long a coalesced request waits for another's run before running itself.
+        self.wait = wait
+        self._running: dict[str, asyncio.Future[str]] = {}
+        # Keys whose last response could not be stored: their requests run at once
+        # instead of queueing behind each other (a "hit-for-miss", as Varnish has).
+        self._uncacheable: dict[str, float] = {}
+        self._refreshing: set[asyncio.Task[None]] = set()
+
+    def applies(self, method: str, function: LiveFunction) -> bool:
+        return function.cache_id is not None and method in ("GET", "HEAD")
+
+    async def serve(
+        self, function: LiveFunction, method: str, path: str, query: str, headers: Headers, run: Run
+    ) -> Cached:
+        """The answer to a GET or HEAD for `function` (`applies()` was true)."""
+        assert function.cache_id is not None
+        host = next((v.lower() for n, v in headers if n.lower() == "host"), "")
+        base = key("response", function.cache_id, host, path, normalise_query(query))
+        request = _Request(function, method, path, headers, base)
+        entry = self._find(request)
+        now = time.time()
+        if entry is not None:
+            if now < entry.fresh_until:
+                return self._answer(entry, "HIT", headers, now)
+            if now < entry.fresh_until + entry.stale_while_revalidate:
+                self._refresh_later(request, entry, run)
+                return self._answer(entry, "STALE", headers, now)
+        return await self._run_once(request, entry, run)
+
+    async def close(self) -> None:
+        """Let background refreshes finish (the worker is stopping)."""
+        if self._refreshing:
+            await asyncio.wait(self._refreshing, timeout=self.wait)
+
+    # -- lookups -----------------------------------------------------------
+
+    def _find(self, request: _Request) -> Entry | None:
+        entry = self.store.get(request.base)
+        if entry is None or not entry.vary:
+            return entry
+        return self.store.get(self._variant(request, entry))
+
+    @staticmethod
+    def _variant(request: _Request, pointer: Entry) -> str:
+        image = any(
+            n.lower() == "content-type" and v.lower().startswith("image/")
+            for n, v in pointer.headers
+        )
+        return variant_key(request.base, pointer.vary, request.headers, image)
+
+    # -- runs --------------------------------------------------------------
+
+    async def _run_once(self, request: _Request, stale: Entry | None, run: Run) -> Cached:
+        """Run the function for `request`, unless a run for its key is under way:
+        then wait for it and answer from what it stored. If that run failed, the
+        next waiter runs; if its response could not be stored, every waiter runs
+        at once (and later requests for the key skip the wait for a while)."""
+        waited = False
+        while (running := self._running.get(request.base)) is not None:
+            if not waited:
+                self.metrics.coalesced.labels(request.function.name).inc()
+                waited = True
+            try:
+                result = await asyncio.wait_for(asyncio.shield(running), self.wait)
+            except TimeoutError:
+                return (await self._run(request, stale, run))[0]
+            entry = self._find(request)
+            now = time.time()
+            if entry is not None and now < entry.fresh_until:
+                return self._answer(entry, "HIT", request.headers, now)
+            stale = entry or stale
+            if result == _UNCACHEABLE:
+                return (await self._run(request, stale, run))[0]
+        if self._uncacheable.get(request.base, 0.0) > time.monotonic():
+            return (await self._run(request, stale, run))[0]
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._running[request.base] = done
+        result = _FAILED
+        try:
+            answer, result = await self._run(request, stale, run)
+            return answer
+        finally:
+            del self._running[request.base]
+            done.set_result(result)
+            if result == _UNCACHEABLE:
+                if len(self._uncacheable) >= _UNCACHEABLE_KEYS:
+                    self._uncacheable.clear()
+                self._uncacheable[request.base] = time.monotonic() + _UNCACHEABLE_SECONDS
+
+    async def _run(self, request: _Request, stale: Entry | None, run: Run) -> tuple[Cached, str]:
+        """The function's answer (or the stale copy's, if it failed within the
+        entry's stale-if-error), and what became of it: stored, uncacheable or failed."""
+        ask = [(n, v) for n, v in request.headers if n.lower() not in _CONDITIONAL]
+        if stale is not None:
+            ask += validators(stale.etag, stale.last_modified)
+        try:
+            outcome = await run(ask)
+        except (GatewayError, SandboxError) as exc:
+            if stale is not None and exc.status >= 500 and _within_error_window(stale):
+                return self._answer(stale, "STALE", request.headers, time.time()), _FAILED
+            raise
+        response = outcome.response
+        if response.status >= 500:
+            if stale is not None and _within_error_window(stale):
+                answer = self._answer(stale, "STALE", request.headers, time.time())
+                return replace(answer, outcome=outcome), _FAILED
+            return Cached(
+                "MISS", response.status, response.headers, response.body, outcome
+            ), _FAILED
+        if response.status == 304 and stale is not None:
+            refreshed = self._refresh(request, stale, response.headers)
+            if refreshed is not None:
+                answer = self._answer(refreshed, "REVALIDATED", request.headers, time.time())
+                return replace(answer, outcome=outcome), _STORED
+        entry = self._store(request, response) if request.method == "GET" else None
+        if entry is None:
+            return Cached(
+                "MISS", response.status, response.headers, response.body, outcome
+            ), _UNCACHEABLE
+        if not_modified(request.headers, entry.etag, entry.last_modified):
+            # The client asked conditionally; the function was asked for the whole
+            # response, to store it. Answer the client's question from that.
+            return replace(
+                self._answer(entry, "MISS", request.headers, time.time()), outcome=outcome
+            ), _STORED
+        return Cached("MISS", response.status, response.headers, response.body, outcome), _STORED
+
+    def _refresh_later(self, request: _Request, stale: Entry, run: Run) -> None:
+        """One background run refreshes a stale entry (stale-while-revalidate)."""
+        if request.base in self._running:
+            return
+
+        async def refresh() -> None:
+            try:
+                await self._run_once(replace(request, method="GET"), stale, run)
+            except Exception as exc:  # the stale copy keeps being served meanwhile
+                log.warning(
+                    "refreshing a cached response of %s failed: %s", request.function.name, exc
+                )
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    # -- stores ------------------------------------------------------------
+
+    def _store(self, request: _Request, response: Response) -> Entry | None:
+        freshness = decide("GET", request.headers, response.status, response.headers)
+        if freshness is None:
+            return None
+        now = time.time()
+        entry = Entry(
+            status=response.status,
+            headers=freshness.headers,
+            body=response.body,
+            stored_at=now,
+            fresh_until=now + freshness.lifetime - freshness.initial_age,
+            stale_while_revalidate=freshness.stale_while_revalidate,
+            stale_if_error=freshness.stale_if_error,
+            initial_age=freshness.initial_age,
+            etag=freshness.etag,
+            last_modified=freshness.last_modified,
+            function=request.function.name,
+            path=request.path,
+        )
+        where = request.base
+        if freshness.vary:
+            # The base key names the headers the response varies on; the response
+            # is stored under a key with their values. The pointer lives as long
+            # as the longest-lived variant would.
+            pointer = replace(entry, body=b"", vary=freshness.vary)
+            self.store.put(request.base, pointer)
+            where = self._variant(request, pointer)
+        return entry if self.store.put(where, entry) else None
+
+    def _refresh(
+        self, request: _Request, stale: Entry, headers: Sequence[tuple[str, str]]
+    ) -> Entry | None:
+        """The stale entry made fresh again by the function's 304 (RFC 9111 4.3.4)."""
+        merged = freshened(stale.headers, headers)
+        freshness = decide("GET", request.headers, stale.status, merged)
+        if freshness is None:
+            self.store.delete(request.base)
+            return None
+        return self._store(request, Response(stale.status, list(freshness.headers), stale.body))
+
+    # -- answers -----------------------------------------------------------
+
+    def _answer(self, entry: Entry, status: str, headers: Headers, now: float) -> Cached:
+        age = ("age", str(entry.age(now)))
+        if not_modified(headers, entry.etag, entry.last_modified):
+            return Cached(status, 304, [*not_modified_headers(entry.headers), age], b"")
+        return Cached(status, entry.status, [*entry.headers, age], entry.body)
+
+
+def _within_error_window(entry: Entry) -> bool:
+    return time.time() < entry.fresh_until + entry.stale_if_error

@@ -1,0 +1,304 @@
+"""The edge cache through a real gateway: what is stored, what is served without
+running the function, and when the function runs again (RFC 9111 as a shared
+cache; tests/functions/cached says in each body when it ran)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import attacks
+from edgefn_platform import build
+from edgefn_platform.client import AdminClient
+from gateway_process import GatewayProcess
+
+pytestmark = pytest.mark.wasm
+
+AREA = "Edge cache (tests/test_cache_gateway.py)"
+FUNCTION = Path(__file__).resolve().parent / "functions" / "cached"
+MANIFEST = (FUNCTION / "edgefn.toml").read_text()
+CHROME = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+FIREFOX = "image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5"
+SAFARI = (
+    "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,"
+    "image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5"
+)
+CURL = "*/*"
+
+
+def deploy(gateway: GatewayProcess, manifest: str = MANIFEST) -> None:
+    result = build(FUNCTION)
+    AdminClient(gateway.admin_url, gateway.token).deploy(manifest, result.path, None)
+    name = manifest.split('name = "', 1)[1].split('"', 1)[0]
+    gateway.wait_serving(name)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("cache")
+    with GatewayProcess(root / "data", extra_env={"EDGEFN_CACHE_DISK": "0"}) as gateway:
+        deploy(gateway)
+        yield gateway
+
+
+_unique = iter(range(10**9))
+
+
+def url(path: str = "/x", **query: str) -> str:
+    """A fresh key each call: tests never see each other's entries."""
+    query.setdefault("k", f"{time.time_ns()}-{next(_unique)}")
+    return "/cached" + path + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+def get(gateway: GatewayProcess, target: str, **headers: str) -> httpx.Response:
+    return httpx.get(gateway.public_url + target, headers=headers, timeout=30)
+
+
+def status(response: httpx.Response) -> str:
+    return response.headers.get("x-edgefn-cache", "")
+
+
+def test_a_cacheable_response_is_served_again_without_running_the_function(
+    gateway: GatewayProcess,
+) -> None:
+    target = url(cc="public, max-age=60", etag="v1")
+    first = get(gateway, target)
+    assert first.status_code == 200 and status(first) == "MISS"
+    again = get(gateway, target)
+    assert status(again) == "HIT", again.headers
+    assert again.text == first.text  # the same run
+    assert again.headers["etag"] == '"v1"'
+    assert int(again.headers["age"]) >= 0
+    assert again.headers["server-timing"].startswith("cache;desc=hit")
+    assert again.headers["x-request-id"] != first.headers["x-request-id"]
+    # Parameter order is not part of the key.
+    path, query = target.split("?")
+    reordered = path + "?" + "&".join(reversed(query.split("&")))
+    assert get(gateway, reordered).text == first.text
+
+
+def test_head_is_answered_from_the_get_entry(gateway: GatewayProcess) -> None:
+    target = url()
+    first = get(gateway, target)
+    head = httpx.head(gateway.public_url + target)
+    assert status(head) == "HIT" and head.content == b""
+    assert int(head.headers["content-length"]) == len(first.content)
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ({"cc": "private, max-age=60"}, {}),
+        ({"cc": "no-store"}, {}),
+        ({"cc": "public"}, {}),  # no lifetime: never stored on a heuristic
+        ({"cc": "max-age=60", "cookie": "1"}, {}),
+        ({"cc": "max-age=60"}, {"authorization": "Bearer x"}),
+        ({"cc": "max-age=60", "status": "503"}, {}),
+        ({"cc": "max-age=60", "vary": "*"}, {}),
+    ],
+    ids=["private", "no-store", "no-lifetime", "set-cookie", "authorization", "5xx", "vary-star"],
+)
+def test_what_a_shared_cache_must_not_store_runs_every_time(
+    gateway: GatewayProcess, query: dict[str, str], headers: dict[str, str]
+) -> None:
+    target = url(**query)
+    first, second = get(gateway, target, **headers), get(gateway, target, **headers)
+    assert (status(first), status(second)) == ("MISS", "MISS")
+    assert first.text != second.text  # two runs
+
+
+def test_authorization_with_public_is_stored(gateway: GatewayProcess) -> None:
+    target = url(cc="public, max-age=60")
+    first = get(gateway, target, authorization="Bearer x")
+    assert status(get(gateway, target, authorization="Bearer y")) == "HIT"
+    assert status(first) == "MISS"
+
+
+def test_other_methods_and_opted_out_functions_bypass_the_cache(gateway: GatewayProcess) -> None:
+    posted = httpx.post(gateway.public_url + url(), content=b"x")
+    assert posted.status_code == 200 and status(posted) == "BYPASS"
+    deploy(gateway, MANIFEST.replace('name = "cached"', 'name = "uncached"\ncache = false'))
+    target = "/uncached/x?cc=public,max-age=60"
+    first, second = get(gateway, target), get(gateway, target)
+    assert (status(first), status(second)) == ("BYPASS", "BYPASS")
+    assert first.text != second.text
+
+
+def test_conditional_requests_are_answered_304_from_the_cache(gateway: GatewayProcess) -> None:
+    modified = "Mon, 30 Nov 2026 09:00:00 GMT"
+    target = url(etag="tag", lm=modified.replace(" ", "%20"))
+    get(gateway, target)
+    by_tag = get(gateway, target, **{"if-none-match": '"other", W/"tag"'})
+    assert by_tag.status_code == 304 and status(by_tag) == "HIT"
+    assert by_tag.headers["etag"] == '"tag"' and by_tag.content == b""
+    by_date = get(gateway, target, **{"if-modified-since": "Mon, 30 Nov 2026 10:00:00 GMT"})
+    assert by_date.status_code == 304 and status(by_date) == "HIT"
+    older = get(gateway, target, **{"if-modified-since": "Mon, 30 Nov 2026 08:00:00 GMT"})
+    assert older.status_code == 200 and status(older) == "HIT"
+    # A conditional first request: the function is asked for the whole response,
+    # which is stored, and the client gets its 304.
+    fresh = url(etag="tag")
+    first = get(gateway, fresh, **{"if-none-match": '"tag"'})
+    assert first.status_code == 304 and status(first) == "MISS"
+    assert get(gateway, fresh).status_code == 200
+
+
+def test_no_cache_revalidates_with_the_function_every_time(gateway: GatewayProcess) -> None:
+    target = url(cc="no-cache", etag="same")
+    first = get(gateway, target)
+    again = get(gateway, target)
+    assert status(first) == "MISS"
+    assert status(again) == "REVALIDATED" and again.text == first.text
+    # The function answered 304 (it ran: its usage is in Server-Timing).
+    assert "execute;dur=" in again.headers["server-timing"]
+
+
+def test_an_expired_entry_runs_the_function_again(gateway: GatewayProcess) -> None:
+    target = url(cc="max-age=1")
+    first = get(gateway, target)
+    time.sleep(1.1)
+    again = get(gateway, target)
+    assert status(again) == "MISS" and again.text != first.text
+
+
+def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background(
+    gateway: GatewayProcess,
+) -> None:
+    target = url(cc="max-age=1, stale-while-revalidate=30")
+    first = get(gateway, target)
+    time.sleep(1.1)
+    stale = get(gateway, target)
+    assert status(stale) == "STALE" and stale.text == first.text
+    deadline = time.monotonic() + 10
+    while True:
+        refreshed = get(gateway, target)
+        if status(refreshed) == "HIT" and refreshed.text != first.text:
+            break
+        assert time.monotonic() < deadline, "never refreshed"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("failure", ["status", "raise", "hang"])
+def test_stale_if_error_serves_the_stale_copy_while_the_function_fails(
+    gateway: GatewayProcess, failure: str
+) -> None:
+    target = url(cc="max-age=1, stale-if-error=60")
+    first = get(gateway, target)
+    time.sleep(1.1)
+    stale = get(gateway, target, **{"x-test-fail": failure})
+    assert stale.status_code == 200 and status(stale) == "STALE"
+    assert stale.text == first.text
+    # Without stale-if-error the failure reaches the client.
+    strict = url(cc="max-age=1")
+    get(gateway, strict)
+    time.sleep(1.1)
+    failed = get(gateway, strict, **{"x-test-fail": failure})
+    assert failed.status_code >= 500 and status(failed) == "MISS"
+    attacks.record(
+        AREA,
+        f"a function failing ({failure}) on a stale key",
+        "the stale copy within stale-if-error; the error itself without it",
+    )
+
+
+def test_vary_accept_keeps_one_entry_per_negotiated_format(gateway: GatewayProcess) -> None:
+    target = url("/image")
+    chrome = get(gateway, target, accept=CHROME)
+    firefox = get(gateway, target, accept=FIREFOX)
+    safari = get(gateway, target, accept=SAFARI)
+    curl = get(gateway, target, accept=CURL)
+    curl_again = get(gateway, target, accept="*/*")
+    assert chrome.headers["content-type"] == "image/avif" and status(chrome) == "MISS"
+    assert (status(firefox), status(safari)) == ("HIT", "HIT")
+    assert firefox.text == chrome.text == safari.text
+    assert curl.headers["content-type"] == "image/jpeg" and status(curl) == "MISS"
+    assert status(curl_again) == "HIT" and curl_again.text == curl.text
+    webp_only = get(gateway, target, accept="image/webp,*/*")
+    assert webp_only.headers["content-type"] == "image/webp" and status(webp_only) == "MISS"
+
+
+def test_other_headers_named_by_vary_key_on_their_value(gateway: GatewayProcess) -> None:
+    target = url(vary="Accept-Language")
+    english = get(gateway, target, **{"accept-language": "en"})
+    french = get(gateway, target, **{"accept-language": "fr"})
+    assert (status(english), status(french)) == ("MISS", "MISS")
+    assert status(get(gateway, target, **{"accept-language": "EN"})) == "HIT"
+
+
+def test_one_host_never_answers_another(gateway: GatewayProcess) -> None:
+    target = url()
+    first = get(gateway, target, host="a.example")
+    other = get(gateway, target, host="b.example")
+    assert status(other) == "MISS" and other.text != first.text
+    attacks.record(
+        AREA,
+        "a response cached for one Host served for another",
+        "the Host is part of the key: MISS",
+    )
+
+
+def test_a_hit_still_passes_the_public_listeners_checks(gateway: GatewayProcess) -> None:
+    target = url()
+    get(gateway, target)
+    path, query = target.split("?")
+    dotted = get(gateway, path.replace("/cached/", "/cached/a/%2e%2e/") + "?" + query)
+    assert dotted.status_code == 400 and "x-edgefn-cache" not in dotted.headers
+    huge = httpx.get(gateway.public_url + target, headers={"x-big": "a" * 70_000})
+    assert huge.status_code == 431
+
+
+def test_fifty_concurrent_misses_run_the_function_once(gateway: GatewayProcess) -> None:
+    target = url(sleep="300")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gateway.public_url, timeout=30) as client:
+            return await asyncio.gather(*(client.get(target) for _ in range(50)))
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    assert len({r.text for r in responses}) == 1  # one run's body for all
+    assert sorted(status(r) for r in responses).count("MISS") == 1
+    assert gateway.metric("edgefn_cache_coalesced_total", function="cached") >= 1
+
+
+def test_redeploy_and_rollback_start_with_an_empty_cache(gateway: GatewayProcess) -> None:
+    target = "/cached/deploys?cc=public,max-age=600"
+    get(gateway, target)
+    assert status(get(gateway, target)) == "HIT"
+    deploy(gateway, MANIFEST.replace("[limits]", '[env]\nVERSION = "2"\n\n[limits]'))
+    after_deploy = get(gateway, target)
+    assert status(after_deploy) == "MISS"
+    assert status(get(gateway, target)) == "HIT"
+    admin = AdminClient(gateway.admin_url, gateway.token)
+    admin.activate("cached", 1)
+    gateway.wait_serving("cached", 1)
+    assert status(get(gateway, target)) == "MISS"
+
+
+def test_the_cache_is_counted_and_logged(gateway: GatewayProcess) -> None:
+    target = url()
+    get(gateway, target)
+    hit = get(gateway, target)
+    assert gateway.metric("edgefn_cache_requests_total", function="cached", status="HIT") >= 1
+    assert gateway.metric("edgefn_requests_total", function="cached", status="200", outcome="ok") >= 2
+    gateway.wait_logged("cached", [hit.headers["x-request-id"]])
+    assert gateway.metric("edgefn_cache_tier_events_total", tier="memory", event="hit") >= 1
+
+
+def test_eviction_under_a_small_bound(tmp_path: Path) -> None:
+    env = {"EDGEFN_CACHE_MEMORY": "4KiB", "EDGEFN_CACHE_DISK": "0"}
+    with GatewayProcess(tmp_path / "data", extra_env=env) as small:
+        deploy(small)
+        first = url("/evict")
+        get(small, first)
+        assert status(get(small, first)) == "HIT"
+        for _ in range(20):
+            get(small, url("/evict"))
+        assert status(get(small, first)) == "MISS"
+        assert small.metric("edgefn_cache_tier_events_total", tier="memory", event="evict") >= 1
+        assert small.metric("edgefn_cache_memory_bytes") <= 4096
