@@ -1,8 +1,11 @@
 """`edgefn purge` and `POST /v1/functions/{name}/purge`: what they answer and refuse,
-and how the purge reaches every worker (`FunctionTable`'s `on_purges`)."""
+how a purge reaches every worker (`FunctionTable`'s `on_purges`), and that what it
+covers runs again on every worker of every gateway sharing the registry
+(tests/functions/cached says in each body when it ran)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,27 +21,80 @@ from edgefn_platform.gateway._metrics import Metrics
 from edgefn_platform.gateway._rollout import ServingBoard, WorkerState
 from edgefn_platform.registry import open_registry
 from gateway_process import ROOT, GatewayProcess, cli
+from pg_cluster import Cluster
+from waiting import wait_until
 
-HELLO = ROOT / "functions" / "hello"
+pytestmark = pytest.mark.wasm
+
+CACHED = ROOT / "tests" / "functions" / "cached"
 NAME = "purge-probe"
+# Requests on new connections, which the kernel spreads over a gateway's two
+# workers (SO_REUSEPORT): each worker is missed with probability 2^-FRESH.
+FRESH = 16
+
+
+def deploy(gateway: GatewayProcess) -> None:
+    """tests/functions/cached as NAME (every answer `public, max-age=60` by default)."""
+    manifest = (CACHED / "edgefn.toml").read_text().replace('name = "cached"', f'name = "{NAME}"')
+    response = gateway.admin(
+        "POST",
+        "/v1/functions",
+        data={"manifest": manifest},
+        files={"component": ("c.wasm", build(CACHED).path.read_bytes())},
+    )
+    assert response.status_code == 201, response.text
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """Two workers on the embedded registry, serving NAME (hello)."""
-    component = build(HELLO).path.read_bytes()
-    process = GatewayProcess(tmp_path_factory.mktemp("purge") / "data", workers=2).start()
-    try:
-        response = process.admin(
-            "POST",
-            "/v1/functions",
-            data={"manifest": f'name = "{NAME}"\n'},
-            files={"component": ("c.wasm", component)},
-        )
-        assert response.status_code == 201, response.text
+    """Two workers on the embedded registry, serving NAME."""
+    with GatewayProcess(tmp_path_factory.mktemp("purge") / "data", workers=2) as process:
+        deploy(process)
         yield process
-    finally:
-        process.stop()
+
+
+_unique = iter(range(10**9))
+
+
+def target(path: str) -> str:
+    """`path` of NAME with a query of its own: no other test has cached it."""
+    return f"/{NAME}{path}?k={time.time_ns()}-{next(_unique)}"
+
+
+def fresh(gateway: GatewayProcess, url: str, count: int = FRESH) -> list[tuple[str, str]]:
+    """(X-Edgefn-Cache, body) of `count` GETs of `url`, each on a new connection."""
+    answers = []
+    # No connection kept: each request opens its own (cheaper than a client each).
+    no_reuse = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=gateway.public_url, timeout=30, limits=no_reuse) as client:
+        for _ in range(count):
+            response = client.get(url)
+            assert response.status_code == 200, response.text
+            answers.append((response.headers.get("x-edgefn-cache", ""), response.text))
+    return answers
+
+
+def cached_everywhere(gateway: GatewayProcess, url: str) -> set[str]:
+    """Run the function for `url`; the bodies the workers answer it with once each
+    answers it from its cache (one body, or one per worker without the disk tier
+    they share)."""
+    first = gateway.get(url)
+    assert first.headers["x-edgefn-cache"] == "MISS", first.headers
+    bodies = {first.text}
+
+    def everywhere() -> bool:
+        answers = fresh(gateway, url)
+        bodies.update(body for _, body in answers)
+        return {status for status, _ in answers} == {"HIT"}
+
+    wait_until(everywhere, timeout=10, message=f"every worker to answer {url} from its cache")
+    assert len(bodies) <= 2, bodies  # at most one run per worker
+    return bodies
+
+
+def ran_again(answers: list[tuple[str, str]], old: set[str]) -> bool:
+    """The function ran for the first of `answers` and none is an `old` body."""
+    return answers[0][0] == "MISS" and not {body for _, body in answers} & old
 
 
 def purges(gateway: GatewayProcess) -> list[tuple[str, float]]:
@@ -153,6 +209,76 @@ def test_edgefn_purge_refused_exits_1_in_one_line(
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
     assert result.stderr.rstrip().endswith(code), result.stderr
+
+
+# -- what a purge covers, on every worker ----------------------------------------
+
+
+def test_purge_runs_the_function_again_on_every_worker(gateway: GatewayProcess) -> None:
+    url = target("/a/page")
+    old = cached_everywhere(gateway, url)
+    result = cli(gateway, "purge", NAME)
+    assert result.exit_code == 0, result.output
+    # Right when it returns: no worker answers the purged response any more.
+    answers = fresh(gateway, url)
+    assert ran_again(answers, old), answers
+    # The new runs are cached in their turn.
+    assert cached_everywhere(gateway, target("/a/page")) and fresh(gateway, url)[-1][0] == "HIT"
+
+
+def test_purge_with_a_prefix_keeps_what_is_outside_it(gateway: GatewayProcess) -> None:
+    inside, outside, sibling = target("/img/a.jpg"), target("/txt/a"), target("/imgx")
+    old_inside = cached_everywhere(gateway, inside)
+    old_outside = cached_everywhere(gateway, outside)
+    old_sibling = cached_everywhere(gateway, sibling)
+    result = cli(gateway, "purge", NAME, "--prefix", "/img/")
+    assert result.exit_code == 0, result.output
+    answers = fresh(gateway, inside)
+    assert ran_again(answers, old_inside), answers
+    for url, old in ((outside, old_outside), (sibling, old_sibling)):
+        answers = fresh(gateway, url)
+        assert {status for status, _ in answers} == {"HIT"} and {b for _, b in answers} <= old
+
+
+@pytest.fixture(scope="module")
+def pair(
+    postgres: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two gateways of two workers each, sharing one PostgreSQL registry, serving NAME."""
+    root, url = tmp_path_factory.mktemp("purge-pair"), postgres.database()
+    with (
+        GatewayProcess(root / "a", workers=2, database_url=url) as a,
+        GatewayProcess(root / "b", workers=2, database_url=url) as b,
+    ):
+        deploy(a)
+        b.wait_serving(NAME)
+        yield a, b
+
+
+def test_a_purge_through_one_gateway_reaches_the_others_within_a_second(
+    pair: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    a, b = pair
+    url = target("/shared/page")
+    old_a, old_b = cached_everywhere(a, url), cached_everywhere(b, url)
+    response = a.admin("POST", f"/v1/functions/{NAME}/purge", json={"prefix": "/shared/"})
+    assert response.status_code == 200, response.text
+    returned = time.monotonic()
+    # The registry generation of the purge: A's workers all serve it (or a later one).
+    generation = min(w.generation for w in ServingBoard(a.data_dir / "workers").workers())
+    b_board = ServingBoard(b.data_dir / "workers")
+
+    def b_applied() -> bool:
+        states = b_board.workers()
+        return len(states) == b.workers and all(w.generation >= generation for w in states)
+
+    # Each of B's workers hands the purges to its cache before it reports the generation.
+    wait_until(b_applied, timeout=10, message="B's workers to apply the purge")
+    took = time.monotonic() - returned
+    print(f"every worker of B applied the purge {took:.3f} s after A returned")
+    assert took < 1.0
+    assert ran_again(fresh(a, url), old_a)
+    assert not {body for _, body in fresh(b, url)} & old_b
 
 
 # -- the worker's table ----------------------------------------------------------
