@@ -261,6 +261,7 @@ def test_a_purge_through_one_gateway_reaches_the_others_within_a_second(
     a, b = pair
     url = target("/shared/page")
     old_a, old_b = cached_everywhere(a, url), cached_everywhere(b, url)
+    sent = time.monotonic()
     response = a.admin("POST", f"/v1/functions/{NAME}/purge", json={"prefix": "/shared/"})
     assert response.status_code == 200, response.text
     returned = time.monotonic()
@@ -274,9 +275,12 @@ def test_a_purge_through_one_gateway_reaches_the_others_within_a_second(
 
     # Each of B's workers hands the purges to its cache before it reports the generation.
     wait_until(b_applied, timeout=10, message="B's workers to apply the purge")
-    took = time.monotonic() - returned
-    print(f"every worker of B applied the purge {took:.3f} s after A returned")
-    assert took < 1.0
+    applied = time.monotonic()
+    print(
+        f"A answered the purge in {returned - sent:.3f} s; every worker of B applied it "
+        f"{applied - sent:.3f} s after it was sent ({applied - returned:.3f} s after A answered)"
+    )
+    assert applied - sent < 1.0
     assert ran_again(fresh(a, url), old_a)
     assert not {body for _, body in fresh(b, url)} & old_b
 
