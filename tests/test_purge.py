@@ -14,6 +14,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
+import attacks
 from edgefn_platform import build
 from edgefn_platform.gateway._deploy import Deployer
 from edgefn_platform.gateway._functions import FunctionTable
@@ -26,6 +27,7 @@ from waiting import wait_until
 
 pytestmark = pytest.mark.wasm
 
+AREA = "Purge (tests/test_purge.py)"
 CACHED = ROOT / "tests" / "functions" / "cached"
 NAME = "purge-probe"
 # Requests on new connections, which the kernel spreads over a gateway's two
@@ -153,6 +155,9 @@ def test_a_bad_prefix_is_refused_with_400_saying_why(
     assert error["code"] == "invalid_prefix"
     assert error["message"].startswith("cannot purge prefix ") and reason in error["message"]
     assert purges(gateway) == before
+    if reason in ("control character", "longer than 1024 characters"):
+        shown = {"/a\r\nX-Injected: 1": "CRLF", "/\x00": "NUL"}.get(prefix, "1025 characters")
+        attacks.record(AREA, f"a purge prefix with {shown}", "400 `invalid_prefix`, nothing stored")
 
 
 def test_a_prefix_that_is_not_a_string_is_an_invalid_request(gateway: GatewayProcess) -> None:
@@ -178,6 +183,11 @@ def test_a_purge_needs_the_admin_token(gateway: GatewayProcess, token: str | Non
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
     assert purges(gateway) == before
+    attacks.record(
+        AREA,
+        f"a purge {'with a wrong' if token else 'without the'} admin token (cache busting)",
+        "401 `unauthorized`, nothing purged",
+    )
 
 
 # -- the CLI ---------------------------------------------------------------------
