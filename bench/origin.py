@@ -117,7 +117,12 @@ def main() -> None:
                 gateway = GatewayProcess(
                     Path(temp) / "data",
                     workers=2,
-                    extra_env={"EDGEFN_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32"},
+                    # The edge cache off: every request runs the pipeline, as the
+                    # baseline's does (bench/cache.py measures the cache's hits).
+                    extra_env={
+                        "EDGEFN_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",
+                        "EDGEFN_CACHE_ENABLED": "false",
+                    },
                 )
                 with gateway:
                     deploy_watermark(gateway, origin, Path(temp))

@@ -27,6 +27,13 @@ Endpoints (the path without its query counts as one in `hits`):
     /huge                       Content-Length 10737418240, 64 KiB every 50 ms, forever
     /big?bytes=N                a body of N bytes (b"x")
     /echo                       any method: method, path, query, headers, body as JSON
+    /cached?cc=C[&etag=E][&lm=D][&vary=H][&cookie=1][&image=P][&delay=S][&moved=U]
+                                what the origin cache sees: Cache-Control C, ETag E,
+                                Last-Modified D, Vary H, a Set-Cookie; a matching
+                                If-None-Match gets a 304; the body is JSON (the
+                                hit count and the request's H) or the original P,
+                                after S seconds; with U, a conditional request is
+                                redirected (302) to U
 """
 
 from __future__ import annotations
@@ -248,6 +255,33 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send(200, json.dumps(answer).encode(), "application/json")
 
+    def _cached(self, query: dict[str, str]) -> None:
+        if self._wait(float(query.get("delay", "0"))):
+            self.close_connection = True
+            return
+        headers = {"cache-control": query.get("cc", "")}
+        for name, key in (("etag", "etag"), ("last-modified", "lm"), ("vary", "vary")):
+            if key in query:
+                headers[name] = query[key]
+        if query.get("cookie"):
+            headers["set-cookie"] = "session=1"
+        if "moved" in query and self.headers.get("if-none-match"):
+            self._send(302, b"", "text/plain", {"location": query["moved"]})
+            return
+        if "etag" in query and self.headers.get("if-none-match") == query["etag"]:
+            self._send(304, b"", "application/json", headers)
+            return
+        if query.get("image") in originals():
+            data, content_type = originals()[query["image"]]
+            self._send(200, data, content_type, headers)
+            return
+        with self.server.lock:
+            count = self.server.counts["/cached"]
+        varied = self.headers.get(query.get("vary", ""), "")
+        self._send(
+            200, json.dumps({"n": count, "vary": varied}).encode(), "application/json", headers
+        )
+
 
 _Handler._ROUTES = {
     "/slow": _Handler._slow,
@@ -257,6 +291,7 @@ _Handler._ROUTES = {
     "/huge": _Handler._huge,
     "/big": _Handler._big,
     "/echo": _Handler._echo,
+    "/cached": _Handler._cached,
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from origin_server import OriginServer
 
 import attacks
 from edgefn_platform import build
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.wasm
 
 AREA = "Edge cache (tests/test_cache_gateway.py)"
 FUNCTION = Path(__file__).resolve().parent / "functions" / "cached"
+OUTBOUND = Path(__file__).resolve().parent / "functions" / "outbound"
 MANIFEST = (FUNCTION / "edgefn.toml").read_text()
 CHROME = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
 FIREFOX = "image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5"
@@ -41,7 +43,8 @@ def deploy(gateway: GatewayProcess, manifest: str = MANIFEST) -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("cache")
-    with GatewayProcess(root / "data", extra_env={"EDGEFN_CACHE_DISK": "0"}) as gateway:
+    env = {"EDGEFN_CACHE_DISK": "0", "EDGEFN_OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32"}
+    with GatewayProcess(root / "data", extra_env=env) as gateway:
         deploy(gateway)
         yield gateway
 
@@ -183,6 +186,21 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background(
         time.sleep(0.05)
 
 
+def test_a_head_request_refreshes_the_entry_with_a_get(gateway: GatewayProcess) -> None:
+    target = url(cc="max-age=1, stale-while-revalidate=30")
+    first = get(gateway, target)
+    time.sleep(1.1)
+    assert status(httpx.head(gateway.public_url + target)) == "STALE"
+    deadline = time.monotonic() + 10
+    while True:
+        refreshed = get(gateway, target)
+        if status(refreshed) == "HIT" and refreshed.text != first.text:
+            break
+        assert time.monotonic() < deadline, "never refreshed"
+        time.sleep(0.05)
+    assert refreshed.text.startswith("x?")  # a whole body, not a HEAD's empty one
+
+
 @pytest.mark.parametrize("failure", ["status", "raise", "hang"])
 def test_stale_if_error_serves_the_stale_copy_while_the_function_fails(
     gateway: GatewayProcess, failure: str
@@ -285,9 +303,31 @@ def test_the_cache_is_counted_and_logged(gateway: GatewayProcess) -> None:
     get(gateway, target)
     hit = get(gateway, target)
     assert gateway.metric("edgefn_cache_requests_total", function="cached", status="HIT") >= 1
-    assert gateway.metric("edgefn_requests_total", function="cached", status="200", outcome="ok") >= 2
+    assert (
+        gateway.metric("edgefn_requests_total", function="cached", status="200", outcome="ok") >= 2
+    )
     gateway.wait_logged("cached", [hit.headers["x-request-id"]])
     assert gateway.metric("edgefn_cache_tier_events_total", tier="memory", event="hit") >= 1
+
+
+def test_variants_of_one_original_fetch_it_once_through_the_gateway(
+    gateway: GatewayProcess, origin: OriginServer
+) -> None:
+    manifest = (OUTBOUND / "edgefn.toml").read_text()
+    manifest = manifest.replace('ORIGIN = "http://127.0.0.1:1"', f'ORIGIN = "{origin.base}"')
+    AdminClient(gateway.admin_url, gateway.token).deploy(manifest, build(OUTBOUND).path, None)
+    gateway.wait_serving("outbound")
+    src = f"{origin.base}/cached?cc=public,max-age%3D60%26image=/image.jpg".replace(",", "%2C")
+    widths = range(100, 120)
+    for width in widths:
+        response = get(gateway, f"/outbound/image?src={src}&w={width}")
+        assert response.status_code == 200, response.text
+        assert status(response) == "MISS"  # each variant runs the pipeline ...
+    assert origin.hits("/cached") == 1  # ... on one fetch of the original
+    cached = gateway.metric(
+        "edgefn_outbound_requests_total", function="outbound", status_class="cached"
+    )
+    assert cached == len(widths) - 1
 
 
 def test_eviction_under_a_small_bound(tmp_path: Path) -> None:

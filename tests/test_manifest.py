@@ -79,6 +79,7 @@ def test_full_manifest() -> None:
         ("name = 'a'\nnmae = 'typo'", "nmae: unknown field"),
         ("name = 'a'\nreuse = 'yes'", "reuse:"),
         ("name = 'a'\nreuse = -1", "reuse:"),
+        ("name = 'a'\ncache = 'no'", "cache: must be true or false"),
     ],
 )
 def test_each_mistake_names_its_field(text: str, field: str) -> None:
@@ -90,6 +91,13 @@ def test_reuse(value: str, expected: int) -> None:
     manifest = parse_manifest(f"name = 'a'\nreuse = {value}")
     assert manifest.reuse == expected
     assert Manifest.from_dict(manifest.to_dict()).reuse == expected
+
+
+def test_cache_opt_out_survives_the_registry() -> None:
+    assert parse_manifest("name = 'a'").cache is True
+    manifest = parse_manifest("name = 'a'\ncache = false")
+    assert manifest.cache is False
+    assert Manifest.from_dict(manifest.to_dict()).cache is False
 
 
 def test_all_mistakes_are_reported_at_once() -> None:

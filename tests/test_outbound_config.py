@@ -52,7 +52,10 @@ def test_entries_are_kept_as_written_and_resolved_from_env() -> None:
         "https://*.s3.amazonaws.com",
     )
     assert manifest.entry == "app:app"  # the hosts do not leak into other fields
-    assert manifest.grants() == {"outbound": AllowedHosts.parse(manifest.outbound_hosts())}
+    assert manifest.grants() == {
+        "outbound": AllowedHosts.parse(manifest.outbound_hosts()),
+        "function": manifest.name,
+    }
     hosts = AllowedHosts.parse(manifest.outbound_hosts())
     assert hosts.check("http://127.0.0.1:9000/a.jpg").port == 9000
     assert hosts.check("https://cdn.example.net:8443/a.jpg").host == "cdn.example.net"

@@ -93,6 +93,9 @@ def test_a_lowered_maximum_lowers_the_default() -> None:
         ('[maximums]\nmemory = "lots"\n', "maximums.memory"),
         ('[defaults]\nmemory = "1MiB"\n', "at least 16MiB"),
         ("[backpressure]\nqueue = 1\n", "backpressure.queue: unknown key"),
+        ("[cache]\nsize = 1\n", "cache.size: unknown key"),
+        ('[cache]\nmemory = "lots"\n', "cache.memory: expected a size"),
+        ('[cache]\nenabled = "maybe"\n', "cache.enabled: expected true or false"),
         ("not toml [", "gateway.toml"),
     ],
 )
@@ -101,6 +104,18 @@ def test_config_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -
     config.write_text(text)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_policy(config, {})
+
+
+def test_cache_section_and_variables(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[cache]\nmemory = "8MiB"\ndir = "edge"\nmax_object = "1MiB"\n')
+    environ = {"EDGEFN_CACHE_DISK": "0", "EDGEFN_CACHE_ENABLED": "false"}
+    # EDGEFN_CACHE_DIR is --cache-dir (compiled components), not the edge cache's dir.
+    environ["EDGEFN_CACHE_DIR"] = "/somewhere/else"
+    cache = load_policy(config, environ).cache
+    assert (cache.memory, cache.disk, cache.max_object) == (8 * 2**20, 0, 2**20)
+    assert cache.enabled is False and cache.dir == Path("edge").resolve()
+    assert load_policy(None, {}).cache.enabled is True
 
 
 def test_access_entry_formats() -> None:

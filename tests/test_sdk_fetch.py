@@ -162,6 +162,8 @@ def test_an_image_url_failure_raises_the_outbound_error(kind: str) -> None:
         ({"timeout": float("nan")}, ValueError, "positive number of seconds"),
         ({"timeout": "5"}, TypeError, "number of seconds"),
         ({"timeout": True}, TypeError, "number of seconds"),
+        ({"cache": "no"}, TypeError, "cache must be True or False"),
+        ({"cache": 0}, TypeError, "cache must be True or False"),
     ],
 )
 def test_bad_arguments_are_refused_before_the_host_is_asked(
@@ -179,11 +181,13 @@ def test_arguments_are_normalized_for_the_host() -> None:
     client = TestClient(App(), fetch=lambda request: b"")
     client.get("/")
     fetch(f"{ORIGIN}/a", method="post", headers=[("X-A", "1"), ("x-a", "2")], body="é", timeout=2)
-    fetch(f"{ORIGIN}/b", headers={"accept": "*/*"}, body=bytearray(b"x"))
+    fetch(f"{ORIGIN}/b", headers={"accept": "*/*"}, body=bytearray(b"x"), cache=False)
     assert client.fetched == [
         FetchRequest("POST", f"{ORIGIN}/a", [("X-A", "1"), ("x-a", "2")], "é".encode(), 2.0),
-        FetchRequest("GET", f"{ORIGIN}/b", [("accept", "*/*")], b"x", None),
+        FetchRequest("GET", f"{ORIGIN}/b", [("accept", "*/*")], b"x", None, cache=False),
     ]
+    # The cache is on unless the function says otherwise: the flag is recorded.
+    assert [request.cache for request in client.fetched] == [True, False]
 
 
 def test_the_timeout_is_sent_in_whole_milliseconds_within_u32() -> None:
@@ -396,9 +400,14 @@ def test_the_guest_glue_sends_what_fetch_was_given(
             "headers": "x-test: 1\n",
             "body": 7,
             "timeout-ms": 5000,
+            "cache": True,
             "body-bytes": b"payload",
         }
     ]
+    # fetch(..., cache=False) reaches the host as the WIT `cache` flag.
+    fake_outbound.seen.clear()
+    faked.invoke(SandboxRequest("GET", "/glue/", "url=http://o/a&cache=0"))
+    assert [seen["cache"] for seen in fake_outbound.seen] == [False]
 
 
 @pytest.mark.wasm

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 from edgefn import App, HTTPError, Request, Response, signing
 from edgefn.image import FITS, FORMATS, GRAVITIES, Image
@@ -30,6 +31,7 @@ _PARAMS = (
     *_CROP,
 )
 _SOURCE_PARAMS = ("src",)  # query parameters that name the source, not the pipeline
+_YEAR = 31536000
 
 
 @app.post("/")
@@ -63,8 +65,7 @@ def source(request: Request) -> Image:
 
 def watermark(request: Request, image: Image) -> Response:
     key = os.environ.get("SIGNING_KEY", "")  # read per request: set at deploy, not build
-    if key:
-        signing.verify(request, key)  # 403 unless signed, as in image_resize
+    expires = signing.verify(request, key) if key else None  # 403 unless signed
     query = request.query
     unknown = sorted(set(query) - set(_PARAMS) - set(_SOURCE_PARAMS) - set(signing.PARAMS))
     if unknown:
@@ -112,7 +113,11 @@ def watermark(request: Request, image: Image) -> Response:
     quality = query.get("q", "85")
     if not quality.isdigit() or not 1 <= int(quality) <= 100:
         raise HTTPError(400, f"q must be a whole number from 1 to 100, got {quality!r}")
-    return image.send(fmt, int(quality))
+    # The same query gives the same picture: the edge cache (and any cache in
+    # front) keeps it, but a signed URL with an expiry must not outlive it there.
+    max_age = _YEAR if expires is None else max(0, min(_YEAR, expires - int(time.time())))
+    headers = {"cache-control": f"public, max-age={max_age}"}
+    return image.send(fmt, int(quality), headers=headers)
 
 
 # crop_params, _int and _choice are image_resize's, copied: each function is built

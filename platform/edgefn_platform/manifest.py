@@ -113,9 +113,10 @@ class Manifest:
         return tuple(substitute(entry, self.env) for entry in self.allowed_outbound_hosts)
 
     def grants(self) -> dict[str, Any]:
-        """What the function may use of each host capability (`Engine.load(grants=)`)."""
+        """What the function may use of each host capability (`Engine.load(grants=)`);
+        with outbound HTTP, its name: its namespace in the origin cache."""
         hosts = self.outbound_hosts()
-        return {"outbound": AllowedHosts.parse(hosts)} if hosts else {}
+        return {"outbound": AllowedHosts.parse(hosts), "function": self.name} if hosts else {}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, as the registry stores it."""

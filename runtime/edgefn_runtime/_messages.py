@@ -50,11 +50,19 @@ class Usage:
     # Outbound HTTP: responses received (redirect hops included) and fetches
     # failed, response body bytes received, seconds spent fetching, and those
     # outcomes by status class ("2xx".."5xx") or failure kind ("not_allowed",
-    # "timeout", "too_large", "failed").
+    # "timeout", "too_large", "failed"), or "cached"/"stale" (the origin cache).
     fetches: int = 0
     fetch_bytes: int = 0
     fetch_seconds: float = 0.0
     fetch_outcomes: dict[str, int] = field(default_factory=dict)
+    # The origin cache: fetches it answered without asking the origin (also the
+    # outcome "cached"), with its stored body after the origin's 304, and stale
+    # because the origin failed (stale-if-error; the outcome "stale" when the
+    # fetch failed, its "5xx" when the origin answered one). `fetch_bytes`
+    # counts only what origins sent; the byte caps count cached bodies too.
+    fetch_cache_hits: int = 0
+    fetch_cache_revalidated: int = 0
+    fetch_cache_stale: int = 0
     instantiate_seconds: float = 0.0
     execute_seconds: float = 0.0
 

@@ -208,6 +208,7 @@ class _HostOutbound:
             headers,
             len(request.body),
             outbound.timeout_ms(request.timeout),
+            request.cache,
         )
         try:
             incoming = host_outbound.fetch(outgoing)

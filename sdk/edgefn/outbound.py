@@ -156,6 +156,8 @@ class FetchRequest:
     headers: list[tuple[str, str]]
     body: bytes
     timeout: float | None
+    # Whether a GET may be answered from the node's origin cache.
+    cache: bool = True
 
 
 class Backend(Protocol):
@@ -186,13 +188,16 @@ def fetch(
     headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     body: bytes | str | None = None,
     timeout: float | None = None,
+    cache: bool = True,
 ) -> FetchResponse:
     """Send an HTTP request to `url` and return the answer, whatever its status.
 
     `url` must be an absolute http or https URL whose origin the manifest's
     `allowed_outbound_hosts` declares. A `str` body is sent as UTF-8.
     `timeout` is in seconds for the whole fetch, redirects included; the
-    request's own deadline bounds it anyway. Raises `OutboundNotAllowed`,
+    request's own deadline bounds it anyway. A GET is answered from the node's
+    origin cache while the origin's `Cache-Control` lets a shared cache keep it
+    (`cache=False`: always ask the origin, store nothing). Raises `OutboundNotAllowed`,
     `OutboundTimeout`, `OutboundTooLarge` or `OutboundFailed` (all
     `OutboundError`s, hence `HTTPError`s), and `ValueError`/`TypeError` for
     arguments the host would refuse.
@@ -200,8 +205,10 @@ def fetch(
     # Checked here although the host checks everything again: the function gets a
     # clear error where its bug is, and cannot write header lines of its own into
     # the WIT `headers` string.
+    if not isinstance(cache, bool):
+        raise TypeError(f"fetch cache must be True or False, got {cache!r}")
     checked = FetchRequest(
-        _method(method), _url(url), _headers(headers), _body(body), _timeout(timeout)
+        _method(method), _url(url), _headers(headers), _body(body), _timeout(timeout), cache
     )
     return _current().fetch(checked)
 

@@ -80,7 +80,8 @@ class TestClient:
     `(FetchRequest) -> answer`, where an answer is a `FetchResponse`, or bytes or
     str for a 200. The callable may raise `OutboundTimeout` & co. to simulate
     failures; a URL the mapping lacks raises `OutboundNotAllowed`, as an
-    undeclared host would. `fetched` lists the requests the app made.
+    undeclared host would. `fetched` lists the requests the app made, each with
+    its `cache` flag (natively nothing is cached: every fetch is answered).
     """
 
     __test__ = False
@@ -237,8 +238,10 @@ class _NativeImages:
         if source[0] != "url":
             return self._host(), source
         url = str(source[1])
-        if url not in self._originals:  # fetched once per request, as the host does
-            answer = self.fetcher.fetch(FetchRequest("GET", url, [], b"", None))
+        # Fetched once per request, as the host does; `Image.from_url` always may
+        # be answered from the origin cache.
+        if url not in self._originals:
+            answer = self.fetcher.fetch(FetchRequest("GET", url, [], b"", None, cache=True))
             if not answer.ok:
                 raise OutboundFailed(f"{url} answered {answer.status}, not an image")
             self._originals[url] = answer.body

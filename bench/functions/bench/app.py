@@ -33,3 +33,10 @@ def hold(request: Request) -> dict[str, int]:
     block[::4096] = b"x" * len(block[::4096])  # touch every page
     time.sleep(int(request.query.get("ms", "300")) / 1000)
     return {"held": len(block)}
+
+
+@app.get("/cached")
+def cached(request: Request) -> Response:
+    """hello, cacheable: bench/cache.py measures the edge cache's hits with it."""
+    headers = {"cache-control": "public, max-age=60"}
+    return Response("Hello, world!\n", media_type="text/plain", headers=headers)

@@ -179,3 +179,10 @@ def test_src_crops_stamps_and_converts_the_fetched_original() -> None:
     assert fetched.status == 200 and fetched.headers["content-type"] == "image/webp"
     assert fetched.body == fetching.post(f"/?{query}", body=sample).body
     assert fetching.get("/?text=a").status == 400  # GET / names its source
+
+
+def test_a_variant_is_cacheable_for_a_year() -> None:
+    # The gateway's edge cache stores it: one pipeline run per variant.
+    response = client.get("/sample.jpg?text=hi&format=png")
+    assert response.status == 200
+    assert response.headers["cache-control"] == "public, max-age=31536000"

@@ -60,8 +60,8 @@ class AccessEntry:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
         return printable(
             f"{stamp} {self.status} {self.method} {self.path} -> "
-            f"{self.function or '-'}@{self.version or '-'} {self.outcome} "
-            f"{self.cache or '-'} "
+            f"{self.function or '-'}@{self.version or '-'} {self.outcome}"
+            f"{' ' + self.cache if self.cache else ''} "
             f"{self.total_ms:.1f} ms fuel {self.fuel:,} [{self.request_id}]"
         )
 

@@ -51,8 +51,9 @@ log = logging.getLogger("edgefn.gateway")
 CACHE_HEADER = "x-edgefn-cache"
 _CONDITIONAL = ("if-none-match", "if-modified-since")
 Headers = list[tuple[str, str]]
-# Runs the function with these request headers: its outcome, or the error it raised.
-Run = Callable[[Headers], Awaitable[Outcome]]
+# Runs the function with this method and these request headers: its outcome, or
+# the error it raised.
+Run = Callable[[str, Headers], Awaitable[Outcome]]
 # What became of a run, told to the requests that waited for it.
 _STORED, _UNCACHEABLE, _FAILED = "stored", "uncacheable", "failed"
 _UNCACHEABLE_SECONDS = 10.0
@@ -182,7 +183,7 @@ class ResponseCache:
         if stale is not None:
             ask += validators(stale.etag, stale.last_modified)
         try:
-            outcome = await run(ask)
+            outcome = await run(request.method, ask)
         except (GatewayError, SandboxError) as exc:
             if stale is not None and exc.status >= 500 and _within_error_window(stale):
                 return self._answer(stale, "STALE", request.headers, time.time()), _FAILED

@@ -264,7 +264,7 @@ def _ca_bundle(value: Any) -> str:
     return str(Path(value).resolve())
 
 
-_SECTIONS = ("defaults", "maximums", "backpressure", "observability", "outbound", "cache")
+_SECTIONS = ("defaults", "maximums", "backpressure", "observability", "cache", "outbound")
 # `[outbound]` key -> (parser, what it accepts).
 OUTBOUND_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "allowed_networks": (_networks, 'a list of networks such as ["127.0.0.1/32", "::1/128"]'),

@@ -240,8 +240,8 @@ class PublicApp:
         cache has no answer (see `_cache.py`)."""
         exchange.body_read, exchange.cache = True, "MISS"
 
-        async def run(headers: list[tuple[str, str]]) -> Outcome:
-            call = SandboxRequest(request.method, path, query, headers, b"")
+        async def run(method: str, headers: list[tuple[str, str]]) -> Outcome:
+            call = SandboxRequest(method, path, query, headers, b"")
             return await self._execute(function, call, exchange)
 
         answer = await cache.serve(
@@ -360,6 +360,7 @@ async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metri
             metrics.pixels,
             metrics.outbound_seconds,
             metrics.outbound_bytes,
+            metrics.coalesced,
         ):
             family.labels(function.name)
         metrics.requests.labels(function.name, "200", "ok")

@@ -81,7 +81,7 @@ class Worker:
             cache = HttpCache(settings, listener=_cache_listener(metrics))
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
-        engine = config.open_engine()
+        engine = config.open_engine(cache)
         deployer = Deployer(registry, engine, config.data_dir, handoff={})
         table = FunctionTable(
             deployer, metrics, board, config.refresh_seconds, policy,

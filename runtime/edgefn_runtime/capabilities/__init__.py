@@ -9,6 +9,7 @@ to a request's `Usage`. `Engine(capabilities=...)` links the ones given,
 
 from __future__ import annotations
 
+from ..cache import HttpCache
 from ._base import Capability, Fuel, RequestContext, host_call
 from .image import ImageCapability
 from .outbound import OutboundCapability, OutboundPolicy
@@ -24,7 +25,10 @@ __all__ = [
 ]
 
 
-def installed(outbound: OutboundPolicy | None = None) -> list[Capability]:
+def installed(
+    outbound: OutboundPolicy | None = None, cache: HttpCache | None = None
+) -> list[Capability]:
     """The capabilities an engine links unless told otherwise; `outbound` is the
-    operator's outbound HTTP policy (the safe defaults when None)."""
-    return [ImageCapability(), OutboundCapability(outbound)]
+    operator's outbound HTTP policy (the safe defaults when None), `cache` the
+    node's HTTP cache, which keeps what functions fetch too (None: nothing is)."""
+    return [ImageCapability(), OutboundCapability(outbound, cache)]

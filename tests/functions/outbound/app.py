@@ -1,6 +1,6 @@
 """outbound: fetch what the query says and answer what came back, as JSON.
 
-GET /fetch?url=U[&method=M][&timeout=S][&body=B][&header=NAME:VALUE]...
+GET /fetch?url=U[&method=M][&timeout=S][&body=B][&header=NAME:VALUE]...[&cache=0]
     one fetch; an uncaught Outbound* error answers its own status and code
 GET /catch?url=U[&timeout=S]   the same, an Outbound* error caught: its class and message
 GET /many?url=U&n=N            N fetches of U in a row (the per-request caps)
@@ -38,6 +38,7 @@ def _fetch(request: Request) -> FetchResponse:
         headers=headers or None,
         body=query.get("body"),
         timeout=timeout,
+        cache=query.get("cache", "1") != "0",
     )
 
 
@@ -87,6 +88,7 @@ def glue_proxy(request):
         headers={"x-test": "1"},
         body=request.body or None,
         timeout=5,
+        cache="cache" not in request.query,
     )
     return {
         "status": answer.status,

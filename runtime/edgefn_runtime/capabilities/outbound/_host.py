@@ -10,6 +10,11 @@ ends the request as the `Timeout` it is.
 The request body comes out of band (the guest's stdout, as image bytes do),
 and the response body goes back the same way request bodies go in: a file the
 guest reads, `/.edgefn/fetch`.
+
+Given the node's `HttpCache`, GETs are answered from it while the origin's
+`Cache-Control` allows (`_cache.py`), after the same checks as any fetch: the
+URL is allowed, the fetch counts against `max_fetches`, its body against the
+byte caps and the fuel.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +38,11 @@ from ..._contract import CONTRACT_VERSION
 from ..._errors import FuelExhausted, Timeout
 from ..._handle_call import decode_headers, encode_headers, valid_field
 from ..._messages import LOOP_TOKEN, WARM_UP_HEADER, Usage
+from ...cache import HttpCache
 from .._base import Capability, Fuel, RequestContext, host_call
+from ._cache import Found, OriginCache, served_headers
 from ._client import Budget, Client, Fetched
-from ._policy import AllowedHosts, OutboundFailure, OutboundPolicy
+from ._policy import AllowedHosts, OutboundFailure, OutboundPolicy, Target
 
 __all__ = ["OUTBOUND_IMPORT", "OutboundCapability", "Outgoing", "fetch_for"]
 
@@ -76,6 +84,7 @@ class Outgoing:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     timeout: float | None = None  # seconds for the whole fetch; None: the policy's
+    cache: bool = False  # a GET may be answered from the origin cache
 
 
 @dataclass
@@ -84,7 +93,11 @@ class OutboundState:
 
     capability: OutboundCapability
     calls: int = 0  # fetches the function (or Image.from_url) asked for
-    received: int = 0  # response body bytes, all fetches together
+    received: int = 0  # response body bytes, all fetches together, cached ones included
+    cached_bytes: int = 0  # of those, the ones the origin cache answered
+    cache_hits: int = 0  # answered from the origin cache without asking the origin
+    cache_revalidated: int = 0  # the origin said 304: the stored body answered
+    cache_stale: int = 0  # the origin failed: a stale copy answered (stale-if-error)
     seconds: float = 0.0
     sent: collections.Counter[str] = field(default_factory=collections.Counter)
     # (trace id, flags, tracestate) of the incoming request's W3C trace context.
@@ -100,16 +113,24 @@ class OutboundState:
 
 class OutboundCapability(Capability):
     """Outbound HTTP under `policy` (the operator's); each function's grant is its
-    `AllowedHosts`, passed to `Engine.load(grants={"outbound": ...})`."""
+    `AllowedHosts`, passed to `Engine.load(grants={"outbound": ...})`.
+
+    With `cache` (the node's, shared with the gateway's response cache), GETs
+    are cached in the namespace of the fetching function, its grant
+    `"function"` (its name): without one, nothing is cached for it."""
 
     name = "outbound"
     imports = frozenset({OUTBOUND_IMPORT})
     files = True
 
-    def __init__(self, policy: OutboundPolicy | None = None) -> None:
+    def __init__(
+        self, policy: OutboundPolicy | None = None, cache: HttpCache | None = None
+    ) -> None:
         self.policy = policy or OutboundPolicy()
         self.stdout_reserve = self.policy.max_body_bytes
         self.client = Client(self.policy)
+        enabled = cache is not None and cache.config.enabled
+        self.origin_cache = OriginCache(cache) if cache is not None and enabled else None
 
     def link(self, linker: wc.Linker) -> None:
         with linker.root() as root, root.add_instance(OUTBOUND_IMPORT) as instance:
@@ -137,7 +158,10 @@ class OutboundCapability(Capability):
 
     def finish(self, state: OutboundState, usage: Usage) -> None:
         usage.fetches = sum(state.sent.values())
-        usage.fetch_bytes = state.received
+        usage.fetch_bytes = state.received - state.cached_bytes
+        usage.fetch_cache_hits = state.cache_hits
+        usage.fetch_cache_revalidated = state.cache_revalidated
+        usage.fetch_cache_stale = state.cache_stale
         usage.fetch_seconds = state.seconds
         usage.fetch_outcomes = dict(state.sent)
 
@@ -196,15 +220,26 @@ class OutboundCapability(Capability):
             ),
         )
         try:
-            fetched = self.client.fetch(
-                method,
-                target,
-                self._headers(state, request.headers),
-                body,
-                allowed=allowed,
-                budget=budget,
-                sent=state.count,
-            )
+            headers = self._headers(state, request.headers)
+            function = context.grants.get("function")
+            found = None
+            if (
+                self.origin_cache is not None
+                and request.cache
+                and method == "GET"
+                and isinstance(function, str)
+                and function
+            ):
+                found = self.origin_cache.find(function, target, request.headers)
+            if found is None:
+                fetched = self.client.fetch(
+                    method, target, headers, body, allowed=allowed, budget=budget, sent=state.count
+                )
+            else:
+                assert isinstance(function, str)
+                fetched = self._cached(
+                    state, function, target, request, headers, found, allowed, budget
+                )
         except OutboundFailure as failure:
             if failure.kind == "timeout" and context.deadline <= min(
                 own_deadline, time.monotonic()
@@ -224,6 +259,73 @@ class OutboundCapability(Capability):
             if context.breach is None and not fuel.spend(budget.received):
                 context.stop(fuel, _out_of_fuel(context))
         return fetched
+
+    def _cached(
+        self,
+        state: OutboundState,
+        function: str,
+        target: Target,
+        request: Outgoing,
+        headers: list[tuple[str, str]],
+        found: Found,
+        allowed: AllowedHosts,
+        budget: Budget,
+    ) -> Fetched:
+        """A GET through the origin cache: fresh, from it without DNS or a
+        connection; stale with validators, revalidated; else fetched and kept
+        when HTTP allows."""
+        cache = self.origin_cache
+        assert cache is not None
+        if found.fresh(cache.clock()):
+            return _hit(state, found, target, budget, "cached", cache.clock())
+        with cache.coalesced(found, budget.deadline) as again:
+            if again:  # another fetch of it just finished: it may have kept it
+                found = cache.find(function, target, request.headers) or found
+                if found.fresh(cache.clock()):
+                    return _hit(state, found, target, budget, "cached", cache.clock())
+            conditional = found.conditional()
+            try:
+                fetched = self.client.fetch(
+                    "GET",
+                    target,
+                    headers + conditional,
+                    b"",
+                    allowed=allowed,
+                    budget=budget,
+                    sent=state.count,
+                )
+            except OutboundFailure as failure:
+                if failure.kind == "failed" and found.usable_on_error(cache.clock()):
+                    return _hit(state, found, target, budget, "stale", cache.clock())
+                raise
+            if fetched.url != target.url:  # redirected: not cached (see _cache.py)
+                if fetched.status == 304 and conditional:
+                    # The validators were for what `target` answered before, not
+                    # for what it redirects to now: the function never asked
+                    # anything conditional, so it is asked again without them.
+                    cache.cache.delete(found.key)
+                    fetched = self.client.fetch(
+                        "GET",
+                        target,
+                        headers,
+                        b"",
+                        allowed=allowed,
+                        budget=budget,
+                        sent=state.count,
+                    )
+                return fetched
+            if fetched.status == 304 and conditional:
+                status, kept, body = cache.revalidated(
+                    found, function, request.headers, fetched.headers
+                )
+                state.cache_revalidated += 1
+                return _served(state, status, kept, body, target, budget, age=0)
+            if fetched.status >= 500 and found.usable_on_error(cache.clock()):
+                return _hit(state, found, target, budget, None, cache.clock())
+            cache.store(
+                found, function, request.headers, fetched.status, fetched.headers, fetched.body
+            )
+            return fetched
 
     def _headers(
         self, state: OutboundState, headers: list[tuple[str, str]]
@@ -262,15 +364,57 @@ class OutboundCapability(Capability):
 
 def fetch_for(context: RequestContext, fuel: Fuel, url: str) -> bytes:
     """GET `url` for another capability (an image `url` source), under the same
-    grant, policy and caps as a guest's fetch; anything but a 2xx is a failure."""
+    grant, policy and caps as a guest's fetch, through the origin cache (an
+    image's original is what it is for); anything but a 2xx is a failure."""
     state: OutboundState | None = context.states.get(OutboundCapability.name)
     if state is None:
         raise OutboundFailure("not_allowed", "outbound HTTP is not available on this host")
-    fetched = state.capability.fetch(context, fuel, Outgoing("GET", url))
+    fetched = state.capability.fetch(context, fuel, Outgoing("GET", url, cache=True))
     if not 200 <= fetched.status <= 299:
         shown = fetched.url.partition("?")[0]  # a query may carry a token (presigned URLs)
         raise OutboundFailure("failed", f"{shown} answered {fetched.status}")
     return fetched.body
+
+
+def _hit(
+    state: OutboundState,
+    found: Found,
+    target: Target,
+    budget: Budget,
+    outcome: str | None,
+    now: float,
+) -> Fetched:
+    """The stored response answers: fresh ("cached"), or stale because the
+    origin failed ("stale"; None: its 5xx was counted already)."""
+    entry = found.entry
+    assert entry is not None
+    if outcome == "cached":
+        state.cache_hits += 1
+    else:
+        state.cache_stale += 1
+    if outcome is not None:
+        state.count(outcome)
+    return _served(state, entry.status, entry.headers, entry.body, target, budget, entry.age(now))
+
+
+def _served(
+    state: OutboundState,
+    status: int,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    target: Target,
+    budget: Budget,
+    age: int,
+) -> Fetched:
+    """A stored body as the guest receives it: under the same byte caps as one
+    the origin sends (the guest receives it all the same)."""
+    if len(body) > budget.max_bytes:
+        raise OutboundFailure(
+            "too_large", f"the response is over {budget.max_bytes:,} bytes; {budget.too_large}"
+        )
+    budget.received += len(body)
+    state.cached_bytes += len(body)
+    return Fetched(status, served_headers(headers, body, age), body, target.url)
 
 
 def _trace_context(
@@ -314,6 +458,7 @@ def _fetch(
             decode_headers(request.headers),
             body,
             timeout_ms / 1000 if timeout_ms else None,
+            bool(request.cache),
         )
         fetched = capability.fetch(context, fuel, outgoing)
         if context.put_file is None:
