@@ -106,6 +106,8 @@ ADMIN_COMMANDS = [
     ["rm", NAME],
     ["logs", NAME],
     ["logs", NAME, "--follow"],
+    ["purge", NAME],
+    ["purge", NAME, "--prefix", "/img/"],
 ]
 
 

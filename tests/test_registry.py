@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from edgefn_platform.gateway import GatewayConfig, load_token
 from edgefn_platform.registry import (
     CorruptArtifact,
     FunctionNotFound,
+    InvalidPrefix,
     Registry,
     RegistryError,
     RegistryUnavailable,
@@ -36,7 +38,7 @@ from edgefn_platform.registry import (
     VersionNotFound,
     open_registry,
 )
-from edgefn_platform.registry._model import LOG_LINES_KEPT
+from edgefn_platform.registry._model import LOG_LINES_KEPT, PREFIX_MAX_LENGTH, PURGES_KEPT
 from edgefn_platform.registry._sql import SCHEMA_VERSION
 from edgefn_runtime import EdgefnError
 from pg_cluster import Cluster
@@ -178,6 +180,57 @@ def test_limit_overrides_are_replaced_and_reset(registry: Registry, tmp_path: Pa
     assert registry.set_overrides("a", {}).overrides == {}
     with pytest.raises(FunctionNotFound):
         registry.set_overrides("zz", {"timeout": 1.0})
+
+
+def test_a_purge_is_recorded_with_its_time_and_announced(
+    registry: Registry, opener: Opener, tmp_path: Path
+) -> None:
+    deploy(registry, tmp_path, "a", b"one")
+    deploy(registry, tmp_path, "b", b"two")
+    other = opener("b")
+    other.wait_for_change(0.01)  # starts listening, where there is anything to listen to
+    assert registry.purges() == {}
+    token = other.change_token()
+    before = time.time()
+    at = registry.purge("a", "/img/")
+    assert before <= at <= time.time()
+    assert other.wait_for_change(0.5)
+    assert other.change_token() != token
+    assert other.purges() == {"a": [("/img/", at)]}
+    again = registry.purge("a", "/img/")  # the same prefix: one row, the newer time
+    later = registry.purge("a")
+    assert registry.purges() == {"a": [("/", later)]}  # a purge of "/" covers the others
+    assert again <= later
+    assert registry.purge("b", "/x") > 0 and set(registry.purges()) == {"a", "b"}
+
+
+def test_a_purge_of_an_unknown_function_or_a_bad_prefix_changes_nothing(
+    registry: Registry, tmp_path: Path
+) -> None:
+    deploy(registry, tmp_path, "a", b"one")
+    token = registry.change_token()
+    with pytest.raises(FunctionNotFound):
+        registry.purge("zz")
+    bad = ["img/", "", "/a?w=1", "/a\nb", "/\x00", "/\x7f", "/" + "x" * PREFIX_MAX_LENGTH]
+    for prefix in bad:
+        with pytest.raises(InvalidPrefix) as caught:
+            registry.purge("a", prefix)
+        assert (caught.value.status, caught.value.code) == (400, "invalid_prefix")
+    assert registry.purge("a", "/" + "x" * (PREFIX_MAX_LENGTH - 1)) > 0
+    assert registry.change_token() == token + 1
+
+
+def test_purges_are_bounded_per_function_and_go_with_it(registry: Registry, tmp_path: Path) -> None:
+    deploy(registry, tmp_path, "a", b"one")
+    deploy(registry, tmp_path, "b", b"two")
+    registry.purge("b", "/kept")
+    times = [registry.purge("a", f"/p{i}") for i in range(PURGES_KEPT)]
+    assert len(registry.purges()["a"]) == PURGES_KEPT
+    newest = registry.purge("a", "/one-more")
+    assert newest >= times[-1]
+    assert registry.purges()["a"] == [("/", newest)]  # covers every purge before it
+    registry.delete("a")
+    assert list(registry.purges()) == ["b"]
 
 
 def test_concurrent_limit_changes_through_two_gateways_all_stick(
@@ -400,6 +453,8 @@ def test_a_registry_of_the_schema_before_migrations_is_upgraded_and_keeps_its_da
         assert registry.change_token() == 42
         registry.append_logs([("kept", 7.0, "r2", "log", "again")])
         assert [r.line for r in registry.logs("kept")] == ["hi", "again"]
+        purged_at = registry.purge("kept")
+        assert registry.purges() == {"kept": [("/", purged_at)]}
     finally:
         registry.close()
     versions = database.rows("SELECT version FROM edgefn_schema ORDER BY version")

@@ -126,6 +126,10 @@ class AdminClient:
     def reset_limits(self, name: str) -> dict[str, Any]:
         return self._call("DELETE", f"/v1/functions/{name}/limits")  # type: ignore[no-any-return]
 
+    def purge(self, name: str, prefix: str = "/") -> dict[str, Any]:
+        path = f"/v1/functions/{name}/purge"
+        return self._call("POST", path, json={"prefix": prefix})  # type: ignore[no-any-return]
+
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/v1/functions/{name}")
 

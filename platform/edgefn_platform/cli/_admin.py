@@ -1,4 +1,4 @@
-"""`edgefn deploy`, `ls`, `info`, `versions`, `rollback`, `rm`, `logs`: the admin API."""
+"""`edgefn deploy`, `ls`, `info`, `versions`, `rollback`, `rm`, `logs`, `purge`: the admin API."""
 
 from __future__ import annotations
 
@@ -242,6 +242,26 @@ def remove(name: str, client: AdminClient) -> None:
 
 @click.command()
 @click.argument("name")
+@click.option(
+    "--prefix",
+    default="/",
+    metavar="PATH",
+    help="Only the responses for paths under PATH (relative to the function's route, "
+    "e.g. /img/ for /NAME/img/...; the query does not count).",
+)
+@_with_client
+def purge(name: str, prefix: str, client: AdminClient) -> None:
+    """Drop NAME's cached responses: the next request for each runs the function.
+
+    Applied by every worker of the gateway when it returns, and by the other
+    gateways sharing its PostgreSQL within a second."""
+    result = client.purge(name, prefix)
+    what = "every cached response" if prefix == "/" else f"the cached responses under {prefix}"
+    click.echo(printable(f"Purged {what} of {result['function']}, {_live(result)}"))
+
+
+@click.command()
+@click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they arrive.")
 @click.option(
     "--request-id",
@@ -326,4 +346,4 @@ def _table(headers: list[str], rows: Sequence[Sequence[str]]) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
-COMMANDS = [deploy, list_functions, info, versions, rollback, limits, remove, logs]
+COMMANDS = [deploy, list_functions, info, versions, rollback, limits, remove, logs, purge]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from edgefn_runtime import WARM_UP_HEADER, Limits, Request, Sandbox, SandboxError
@@ -15,7 +16,7 @@ from ._metrics import Metrics
 from ._rollout import ServingBoard
 from .policy import EffectiveLimits, Policy
 
-__all__ = ["FunctionTable", "LiveFunction", "warm_up"]
+__all__ = ["FunctionTable", "LiveFunction", "PurgesListener", "warm_up"]
 
 log = logging.getLogger("edgefn.gateway")
 
@@ -34,6 +35,9 @@ class LiveFunction:
     # (a rollback to it starts afresh). None: the function opted out (`cache = false`).
     cache_id: str | None = None
 
+
+# Told every function's purges (path prefix, time) whenever the registry changed.
+PurgesListener = Callable[[dict[str, list[tuple[str, float]]]], None]
 
 _WARM_UP = Request("GET", "/", headers=[(WARM_UP_HEADER, "1")])
 
@@ -59,6 +63,8 @@ class FunctionTable:
     registry is unreachable, the table keeps what it has and
     `registry_available` is false. After each change it reports what it serves
     on the `board`, which the admin API reads to answer once a change is live.
+    The registry's purges go to `on_purges` before that report, so a purge, too,
+    is applied by every worker when the admin call returns.
     """
 
     def __init__(
@@ -68,8 +74,10 @@ class FunctionTable:
         board: ServingBoard,
         refresh_seconds: float = 0.25,
         policy: Policy | None = None,
+        on_purges: PurgesListener | None = None,
     ) -> None:
         self.policy = policy or Policy()
+        self._on_purges = on_purges
         self.metrics = metrics
         self.board = board
         self.ready = threading.Event()
@@ -108,6 +116,10 @@ class FunctionTable:
             token = self.registry.change_token()
             if token == self._token and not force:
                 return int(token)
+            if self._on_purges is not None:
+                # Read after the token, so at least as new as the generation this
+                # worker reports below; applied before any (slow) load.
+                self._on_purges(self.registry.purges())
             current = {f.name: f for f in self._routes.values()}
             routes = {}
             failed = {}

@@ -1,4 +1,5 @@
-"""The admin API: deploy, inspect, roll back and delete functions; read their logs.
+"""The admin API: deploy, inspect, roll back and delete functions; read their logs;
+purge their cached responses.
 
 Every route but the health probes requires `Authorization: Bearer <token>`,
 the OpenAPI document at `/openapi.json` included.
@@ -22,7 +23,7 @@ from edgefn_runtime import EdgefnError
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
-from ..registry._model import LOG_LINES_KEPT
+from ..registry._model import LOG_LINES_KEPT, PREFIX_MAX_LENGTH
 from ._admin_guards import LimitBody, RequireToken
 from ._errors import GatewayError, error_response
 from ._request_ids import request_id as checked_request_id
@@ -106,6 +107,24 @@ class LimitsOut(BaseModel):
     workers: list[WorkerOut]
 
 
+class PurgeIn(BaseModel):
+    prefix: str = Field(
+        default="/",
+        description="Only the cached responses for paths (relative to the function's route, "
+        'as the function sees them, without the query) starting with this; "/": all. '
+        f"At most {PREFIX_MAX_LENGTH} characters, no control characters, no `?`.",
+        examples=["/img/"],
+    )
+
+
+class PurgeOut(BaseModel):
+    function: str
+    prefix: str
+    # Wall-clock seconds: every response cached at or before it under `prefix` is gone.
+    purged_at: float
+    workers: list[WorkerOut]
+
+
 class DeployOut(FunctionOut):
     # The version this deploy created (or the active one it matched): with deploys
     # through several gateways at once, `active` may already be a later one.
@@ -128,7 +147,7 @@ class ErrorOut(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut, "description": description}
     for status, description in [
-        (400, "Invalid request, manifest, component or limits"),
+        (400, "Invalid request, manifest, component, limits or purge prefix"),
         (401, "Missing or wrong admin token"),
         (404, "No such function or version"),
         (409, "The route is taken by another function"),
@@ -188,6 +207,7 @@ class AdminApp:
             ("PATCH", one + "/limits", self.set_limits, LimitsOut, 200),
             ("DELETE", one + "/limits", self.reset_limits, LimitsOut, 200),
             ("DELETE", one, self.delete, None, 204),
+            ("POST", one + "/purge", self.purge, PurgeOut, 200),
             ("GET", one + "/logs", self.logs, list[LogOut], 200),
         ]
         for method, path, endpoint, model, status in routes:
@@ -357,6 +377,21 @@ class AdminApp:
         for sha256 in self.registry.delete(name):
             self.deployer.engine.aot.remove(sha256)
         self._go_live(name, f"the removal of {name}")
+
+    def purge(self, name: str, body: PurgeIn | None = None) -> PurgeOut:
+        """Drop the function's cached responses (all, or those under `prefix`) on every
+        worker of every gateway sharing the registry; answers once every worker of
+        this gateway applies it (the others within a second). Its next request for
+        each runs the function."""
+        prefix = (body or PurgeIn()).prefix
+        purged_at = self.registry.purge(name, prefix)
+        rollout = self._go_live(name, f"the purge of {name} {prefix}")
+        return PurgeOut(
+            function=name,
+            prefix=prefix,
+            purged_at=purged_at,
+            workers=self._workers(name, rollout),
+        )
 
     def logs(
         self,

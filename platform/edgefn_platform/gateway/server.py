@@ -83,7 +83,10 @@ class Worker:
         registry = open_registry(config.database_url, config.data_dir)
         engine = config.open_engine(cache)
         deployer = Deployer(registry, engine, config.data_dir, handoff={})
-        table = FunctionTable(deployer, metrics, board, config.refresh_seconds, policy)
+        table = FunctionTable(
+            deployer, metrics, board, config.refresh_seconds, policy,
+            on_purges=cache.purges.replace if cache is not None else None,
+        )  # fmt: skip
         logs = LogSink(registry)
         return cls(config, policy, registry, engine, table, logs, deployer, metrics, board, cache)
 

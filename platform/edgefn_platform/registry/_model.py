@@ -11,10 +11,13 @@ from edgefn_runtime import EdgefnError
 
 __all__ = [
     "LOG_LINES_KEPT",
+    "PREFIX_MAX_LENGTH",
+    "PURGES_KEPT",
     "Blob",
     "CorruptArtifact",
     "FunctionNotFound",
     "FunctionRecord",
+    "InvalidPrefix",
     "LogRecord",
     "Registry",
     "RegistryError",
@@ -23,11 +26,18 @@ __all__ = [
     "StorageFull",
     "VersionNotFound",
     "VersionRecord",
+    "check_prefix",
 ]
 
 
 # Lines kept per function for `edgefn logs`, by every backend.
 LOG_LINES_KEPT = 1000
+
+# Purges kept per function: every cache lookup of the function's entries checks
+# each of them, so more collapse into one purge of everything ("/").
+PURGES_KEPT = 100
+# The longest path prefix a purge may name.
+PREFIX_MAX_LENGTH = 1024
 
 
 class RegistryError(EdgefnError):
@@ -59,6 +69,33 @@ class VersionNotFound(RegistryError):
 
     def __init__(self, name: str, version: int) -> None:
         super().__init__(f"function {name!r} has no version {version}")
+
+
+class InvalidPrefix(RegistryError):
+    """A purge's path prefix that no request path could start with, or too long."""
+
+    code = "invalid_prefix"
+    status = 400
+
+    def __init__(self, prefix: str, reason: str) -> None:
+        shown = prefix if len(prefix) <= 80 else prefix[:80] + "..."
+        super().__init__(f"cannot purge prefix {shown!r}: {reason}")
+
+
+def check_prefix(prefix: str) -> str:
+    """`prefix` if a purge may name it: a path relative to the function's route as the
+    function sees it (decoded, without the query), so starting with "/"."""
+    if not prefix.startswith("/"):
+        raise InvalidPrefix(prefix, 'a path prefix starts with "/" (e.g. "/img/")')
+    if len(prefix) > PREFIX_MAX_LENGTH:
+        raise InvalidPrefix(prefix, f"longer than {PREFIX_MAX_LENGTH} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in prefix):
+        raise InvalidPrefix(prefix, "it contains a control character")
+    if "?" in prefix:
+        raise InvalidPrefix(
+            prefix, "the query is not part of it: a purge covers every query of a path"
+        )
+    return prefix
 
 
 class RouteConflict(RegistryError):
@@ -180,6 +217,14 @@ class Registry(Protocol):
         """Replace the operator's live limit overrides of `name` ({} resets them), or
         with `merge`, add `limits` to them in the same transaction (concurrent changes
         of different limits, through different gateways, all stick)."""
+
+    def purge(self, name: str, prefix: str = "/") -> float:
+        """Record that `name`'s cached responses for paths (relative to its route)
+        starting with `prefix` are gone, as of now; the time recorded. Announced like
+        any change, so every worker of every gateway applies it at its next refresh."""
+
+    def purges(self) -> dict[str, list[tuple[str, float]]]:
+        """Each function's purges: (path prefix, time), at most PURGES_KEPT each."""
 
     def functions(self) -> list[FunctionRecord]: ...
 

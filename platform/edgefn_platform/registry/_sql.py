@@ -73,6 +73,7 @@ class Statements:
         "DELETE FROM versions WHERE function = ?",
         "DELETE FROM logs WHERE function = ?",
         "DELETE FROM overrides WHERE function = ?",
+        "DELETE FROM purges WHERE function = ?",
     )
     set_overrides: str = (
         "INSERT INTO overrides VALUES (?, ?) ON CONFLICT (function) DO UPDATE SET "
@@ -80,6 +81,14 @@ class Statements:
     )
     delete_overrides: str = "DELETE FROM overrides WHERE function = ?"
     used_components: str = "SELECT DISTINCT sha256 FROM versions"
+    # -- purges
+    insert_purge: str = (
+        "INSERT INTO purges VALUES (?, ?, ?) ON CONFLICT (function, prefix) DO UPDATE SET "
+        "purged_at = excluded.purged_at"
+    )
+    delete_purges: str = "DELETE FROM purges WHERE function = ?"
+    purge_count: str = "SELECT COUNT(*) AS n FROM purges WHERE function = ?"
+    purges: str = "SELECT function, prefix, purged_at FROM purges ORDER BY function, prefix"
     # -- reads
     function_names: str = "SELECT name FROM functions ORDER BY name"
     function: str = "SELECT * FROM functions WHERE name = ?"
@@ -226,6 +235,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             + COALESCE((SELECT value FROM meta WHERE key = 'generation'), 0);
         DROP TABLE meta
         """,
+    ),
+    Migration(
+        # `edgefn purge`: the cache entries of `function` under `prefix` stored at or
+        # before `purged_at` are gone. One row per prefix, so repeating a purge adds none.
+        """
+        CREATE TABLE purges (
+            function TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            purged_at {real} NOT NULL,
+            PRIMARY KEY (function, prefix)
+        )
+        """
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

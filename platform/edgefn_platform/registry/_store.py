@@ -16,6 +16,7 @@ from typing import Any
 from .._crash import crash_point
 from ._model import (
     LOG_LINES_KEPT,
+    PURGES_KEPT,
     Blob,
     CorruptArtifact,
     FunctionNotFound,
@@ -25,6 +26,7 @@ from ._model import (
     StorageFull,
     VersionNotFound,
     VersionRecord,
+    check_prefix,
 )
 from ._sql import Connection, Dialect
 
@@ -168,6 +170,23 @@ class SQLStore(ABC):
             self._changed(db)
         return self.function(name)
 
+    def purge(self, name: str, prefix: str = "/") -> float:
+        check_prefix(prefix)
+        sql = self.dialect.sql
+        with self._changing(name) as db:
+            self._function_row(db, name)
+            at = time.time()
+            if prefix == "/":
+                db.execute(sql.delete_purges, (name,))  # all of them, covered by this one
+            db.execute(sql.insert_purge, (name, prefix, at))
+            if db.execute(sql.purge_count, (name,)).fetchone()["n"] > PURGES_KEPT:
+                # Bounded: each lookup of the function's entries checks every purge.
+                # Purging everything as of now covers every purge before it.
+                db.execute(sql.delete_purges, (name,))
+                db.execute(sql.insert_purge, (name, "/", at))
+            self._changed(db)
+        return at
+
     def _changed(self, db: Connection) -> None:
         db.execute(self.dialect.sql.bump_generation)
         self._announce(db)
@@ -214,6 +233,13 @@ class SQLStore(ABC):
     def change_token(self) -> int:
         with self._reading() as db:
             return int(db.execute(self.dialect.sql.generation).fetchone()["value"])
+
+    def purges(self) -> dict[str, list[tuple[str, float]]]:
+        found: dict[str, list[tuple[str, float]]] = {}
+        with self._reading() as db:
+            for row in db.execute(self.dialect.sql.purges):
+                found.setdefault(row["function"], []).append((row["prefix"], row["purged_at"]))
+        return found
 
     def _function(self, db: Connection, name: str) -> FunctionRecord:
         row = self._function_row(db, name)
