@@ -31,7 +31,8 @@ from dataclasses import dataclass, replace
 
 from edgefn_runtime import Outcome, Response, SandboxError
 from edgefn_runtime.cache import Entry, HttpCache
-from edgefn_runtime.cache._keys import key, normalise_query, variant_key
+from edgefn_runtime.cache._keep import find, keep
+from edgefn_runtime.cache._keys import key, normalise_query
 from edgefn_runtime.cache._rules import (
     decide,
     freshened,
@@ -116,26 +117,10 @@ class ResponseCache:
                 return self._answer(entry, "STALE", headers, now)
         return await self._run_once(request, entry, run)
 
-    async def close(self) -> None:
-        """Let background refreshes finish (the worker is stopping)."""
-        if self._refreshing:
-            await asyncio.wait(self._refreshing, timeout=self.wait)
-
     # -- lookups -----------------------------------------------------------
 
     def _find(self, request: _Request) -> Entry | None:
-        entry = self.store.get(request.base)
-        if entry is None or not entry.vary:
-            return entry
-        return self.store.get(self._variant(request, entry))
-
-    @staticmethod
-    def _variant(request: _Request, pointer: Entry) -> str:
-        image = any(
-            n.lower() == "content-type" and v.lower().startswith("image/")
-            for n, v in pointer.headers
-        )
-        return variant_key(request.base, pointer.vary, request.headers, image)
+        return find(self.store, request.base, request.headers, negotiated=True)
 
     # -- runs --------------------------------------------------------------
 
@@ -182,6 +167,9 @@ class ResponseCache:
         ask = [(n, v) for n, v in request.headers if n.lower() not in _CONDITIONAL]
         if stale is not None:
             ask += validators(stale.etag, stale.last_modified)
+        # Stored as of now, not of when the run ends: a purge that lands while the
+        # function runs must remove what this run computed from what it purged.
+        started = time.time()
         try:
             outcome = await run(request.method, ask)
         except (GatewayError, SandboxError) as exc:
@@ -197,11 +185,11 @@ class ResponseCache:
                 "MISS", response.status, response.headers, response.body, outcome
             ), _FAILED
         if response.status == 304 and stale is not None:
-            refreshed = self._refresh(request, stale, response.headers)
+            refreshed = self._refresh(request, stale, response.headers, started)
             if refreshed is not None:
                 answer = self._answer(refreshed, "REVALIDATED", request.headers, time.time())
                 return replace(answer, outcome=outcome), _STORED
-        entry = self._store(request, response) if request.method == "GET" else None
+        entry = self._store(request, response, started) if request.method == "GET" else None
         if entry is None:
             return Cached(
                 "MISS", response.status, response.headers, response.body, outcome
@@ -233,37 +221,22 @@ class ResponseCache:
 
     # -- stores ------------------------------------------------------------
 
-    def _store(self, request: _Request, response: Response) -> Entry | None:
-        freshness = decide("GET", request.headers, response.status, response.headers)
-        if freshness is None:
-            return None
-        now = time.time()
-        entry = Entry(
-            status=response.status,
-            headers=freshness.headers,
-            body=response.body,
-            stored_at=now,
-            fresh_until=now + freshness.lifetime - freshness.initial_age,
-            stale_while_revalidate=freshness.stale_while_revalidate,
-            stale_if_error=freshness.stale_if_error,
-            initial_age=freshness.initial_age,
-            etag=freshness.etag,
-            last_modified=freshness.last_modified,
+    def _store(self, request: _Request, response: Response, now: float) -> Entry | None:
+        return keep(
+            self.store,
+            request.base,
+            request.headers,
+            response.status,
+            response.headers,
+            response.body,
+            now,
             function=request.function.name,
             path=request.path,
+            negotiated=True,
         )
-        where = request.base
-        if freshness.vary:
-            # The base key names the headers the response varies on; the response
-            # is stored under a key with their values. The pointer lives as long
-            # as the longest-lived variant would.
-            pointer = replace(entry, body=b"", vary=freshness.vary)
-            self.store.put(request.base, pointer)
-            where = self._variant(request, pointer)
-        return entry if self.store.put(where, entry) else None
 
     def _refresh(
-        self, request: _Request, stale: Entry, headers: Sequence[tuple[str, str]]
+        self, request: _Request, stale: Entry, headers: Sequence[tuple[str, str]], now: float
     ) -> Entry | None:
         """The stale entry made fresh again by the function's 304 (RFC 9111 4.3.4)."""
         merged = freshened(stale.headers, headers)
@@ -271,7 +244,9 @@ class ResponseCache:
         if freshness is None:
             self.store.delete(request.base)
             return None
-        return self._store(request, Response(stale.status, list(freshness.headers), stale.body))
+        return self._store(
+            request, Response(stale.status, list(freshness.headers), stale.body), now
+        )
 
     # -- answers -----------------------------------------------------------
 

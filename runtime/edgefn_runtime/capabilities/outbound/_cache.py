@@ -24,11 +24,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ...cache import Entry, HttpCache
-from ...cache._keys import key, normalise_query, variant_key
-from ...cache._rules import decide, freshened, validators
+from ...cache._keep import find, keep
+from ...cache._keys import key, normalise_query
+from ...cache._rules import freshened, validators
 from ._policy import Target
 
 __all__ = ["CACHE_BYPASS_HEADERS", "Found", "OriginCache"]
@@ -87,10 +88,7 @@ class OriginCache:
         base = _base_key(function, target)
         if not lookup:
             return Found(base, None, lookup=False)
-        entry = self.cache.get(base)
-        if entry is not None and entry.vary:
-            entry = self.cache.get(variant_key(base, entry.vary, headers, image=False))
-        return Found(base, entry, lookup=True)
+        return Found(base, find(self.cache, base, headers), lookup=True)
 
     @contextlib.contextmanager
     def coalesced(self, found: Found, deadline: float) -> Iterator[bool]:
@@ -116,35 +114,20 @@ class OriginCache:
     ) -> bool:
         """Keep the answer if a shared cache may (and it is within `max_object`);
         whether it was kept."""
-        freshness = decide("GET", request_headers, status, headers)
-        if freshness is None or len(body) > self.cache.config.max_object:
-            return False
-        now = self.clock()
-        entry = Entry(
-            status=status,
-            headers=freshness.headers,
-            body=body,
-            stored_at=now,
-            # RFC 9111 4.2: fresh while the lifetime exceeds the age, which
-            # starts at the origin's own `Age`.
-            fresh_until=now + freshness.lifetime - freshness.initial_age,
-            stale_while_revalidate=freshness.stale_while_revalidate,
-            stale_if_error=freshness.stale_if_error,
-            initial_age=freshness.initial_age,
-            etag=freshness.etag,
-            last_modified=freshness.last_modified,
-            # A purge of the whole function (prefix "/") drops its originals
-            # too; a purge of some of its paths does not.
+        # A purge of the whole function (prefix "/") drops its originals too; a
+        # purge of some of its paths does not.
+        entry = keep(
+            self.cache,
+            found.key,
+            request_headers,
+            status,
+            headers,
+            body,
+            self.clock(),
             function=function,
             path="/",
         )
-        if not freshness.vary:
-            return self.cache.put(found.key, entry)
-        # Two steps (`Entry.vary`): under the base key, which headers it varies
-        # on; under the variant's key, the response.
-        pointer = replace(entry, status=0, headers=(), body=b"", vary=freshness.vary)
-        variant = variant_key(found.key, freshness.vary, request_headers, image=False)
-        return self.cache.put(variant, entry) and self.cache.put(found.key, pointer)
+        return entry is not None
 
     def revalidated(
         self,
