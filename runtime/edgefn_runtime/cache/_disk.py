@@ -100,8 +100,7 @@ class DiskTier:
                 timeout=_LOCK_TIMEOUT,
                 size_limit=limit,
                 eviction_policy="least-recently-used",
-                # No culling inside `set`: `_store` culls after each write and
-                # counts what it evicted.
+                # No culling inside `set`: `_cull` runs after each write.
                 cull_limit=0,
                 disk_min_file_size=_MIN_FILE_SIZE,
                 sqlite_wal_autocheckpoint=wal // _PAGE_SIZE,
@@ -192,14 +191,9 @@ class DiskTier:
     def _write(self, key: str, entry: Entry) -> None:
         try:
             self._cache.set(key, encode(entry))
-            evicted = int(self._cache.cull())
+            evicted = self._cull()
             volume = int(self._cache.volume())
-        except diskcache.Timeout as error:
-            # Partial culls report how many they removed; the rest happens after
-            # the next write.
-            self._failed("write", error)
-            return
-        except (OSError, sqlite3.Error) as error:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as error:
             self._failed("write", error)
             return
         self._failing = False
@@ -207,6 +201,26 @@ class DiskTier:
         if evicted:
             self._tell("evict", evicted)
         self._tell("bytes", volume)
+
+    def _cull(self) -> int:
+        """Evict least recently used entries, one at a time, until the volume is
+        within the bound; how many.
+
+        Not diskcache's `cull`, which evicts ten entries per round however few
+        would do (ten 3 MB originals to make room for one thumbnail), and not its
+        `cull_limit`, which evicts at most that many per `set` however many a
+        large entry needs. diskcache has no public "least recently used key", so
+        this reads its index table, in this one place (hence the exact pin)."""
+        evicted = 0
+        while self._cache.volume() > self.capacity:
+            row = self._cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchone()
+            if row is None:
+                break
+            if not self._cache.delete(row[0]):
+                # Another worker evicted it meanwhile, and culls too.
+                break
+            evicted += 1
+        return evicted
 
     def _remove(self, key: str) -> None:
         try:
