@@ -134,7 +134,7 @@ def test_an_entry_too_large_for_memory_is_kept_on_disk(
 ) -> None:
     cache = _open(caches, tmp_path, memory=64 * KB)
     assert cache.put("big", _entry(300 * KB))
-    cache.flush()
+    assert cache.flush()
     assert cache.stats()["memory"].entries == 0
     assert cache.get("big") is not None
 
@@ -144,7 +144,7 @@ def test_two_processes_sharing_the_dir_see_each_others_entries(
 ) -> None:
     parent = _open(caches, tmp_path)
     parent.put("from-parent", _entry(150 * KB))
-    parent.flush()
+    assert parent.flush()
     child = f"""
 import sys
 from pathlib import Path
@@ -166,11 +166,11 @@ def test_disk_tier_evicts_the_least_recently_used(caches: list[HttpCache], tmp_p
     cache = _open(caches, tmp_path, memory=0, disk=2 * MB)
     for i in range(8):
         cache.put(f"k{i}", _entry(100 * KB))
-    cache.flush()
+    assert cache.flush()
     assert cache.get("k0") is not None  # k0 is now the most recently used
     for i in range(8, 20):
         cache.put(f"k{i}", _entry(100 * KB))
-    cache.flush()
+    assert cache.flush()
     assert cache.get("k0") is not None
     assert cache.get("k1") is None
     assert cache.get("k19") is not None
@@ -187,9 +187,9 @@ def test_thousands_of_distinct_keys_keep_the_disk_under_its_bound(
         # Mostly small entries (in SQLite's pages), every 50th one in its own file.
         cache.put(f"/img/{i}", _entry(90 * KB if i % 50 == 0 else 700))
         if i % 1000 == 999:
-            cache.flush()
+            assert cache.flush()
             assert _on_disk(tmp_path) <= bound, i
-    cache.flush()
+    assert cache.flush()
     entries, counted = cache.stats()["disk"]
     assert 0 < entries < 5000
     assert counted <= bound
@@ -272,7 +272,7 @@ def test_purges_apply_to_entries_from_disk(caches: list[HttpCache], tmp_path: Pa
 def test_delete_removes_from_both_tiers(caches: list[HttpCache], tmp_path: Path) -> None:
     cache = _open(caches, tmp_path)
     cache.put("k", _entry())
-    cache.flush()
+    assert cache.flush()
     cache.delete("k")
     assert cache.get("k") is None
     assert cache.stats()["disk"].entries == 0
@@ -288,13 +288,13 @@ def test_a_removed_dir_degrades_to_misses(caches: list[HttpCache], tmp_path: Pat
     first.close()
     cache = _open(caches, directory, memory=0)
     cache.put("other", _entry())
-    cache.flush()
+    assert cache.flush()
     for path in sorted(directory.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     directory.rmdir()
     assert cache.get("k") is None
     cache.put("new", _entry(200 * KB))
-    cache.flush()
+    assert cache.flush()
 
 
 def test_a_dir_that_cannot_hold_a_cache_leaves_the_memory_tier(
@@ -331,3 +331,15 @@ def test_a_locked_index_is_a_quick_miss(caches: list[HttpCache], tmp_path: Path)
         other.execute("ROLLBACK")
         other.close()
     assert cache.get("k") is not None
+
+
+def test_a_write_that_fails_does_not_stop_the_disk_writer(
+    caches: list[HttpCache], tmp_path: Path
+) -> None:
+    cache = _open(caches, tmp_path)
+    unwritable = Entry(200, ((b"x", b"y"),), b"", 1.0, 2.0)  # type: ignore[arg-type]
+    cache.put("unwritable", unwritable)
+    cache.put("k", _entry())
+    assert cache.flush(timeout=10)
+    cache.close()
+    assert _open(caches, tmp_path).get("k") is not None

@@ -74,7 +74,10 @@ class DiskTier:
         # Held while one key's write or delete runs, so that a `delete` never
         # races with the writer storing that key again after it.
         self._write_lock = threading.Lock()
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # Keys queued and not yet written (or skipped): `flush` waits for 0.
+        self._queued = 0
+        self._idle = threading.Condition(self._pending_lock)
         self._closed = False
         self._writer = threading.Thread(
             target=self._write_loop, name="edgefn-cache-disk", daemon=True
@@ -139,6 +142,7 @@ class DiskTier:
             old = self._pending.get(key)
             self._pending[key] = entry
             self._pending_bytes += size - (old.size if old is not None else 0)
+            self._queued += old is None
         if old is None:
             self._queue.put(key)
         return True
@@ -151,9 +155,10 @@ class DiskTier:
                     self._pending_bytes -= old.size
             self._remove(key)
 
-    def flush(self) -> None:
-        """Return once every queued write is on disk (or dropped)."""
-        self._queue.join()
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every queued write is on disk (or failed); whether it came to that."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._queued == 0, timeout)
 
     def close(self) -> None:
         """Write what is queued, stop the writer thread, close the index."""
@@ -175,9 +180,9 @@ class DiskTier:
     def _write_loop(self) -> None:
         while True:
             key = self._queue.get()
+            if key is None:
+                return
             try:
-                if key is None:
-                    return
                 with self._write_lock:
                     with self._pending_lock:
                         entry = self._pending.pop(key, None)
@@ -185,8 +190,15 @@ class DiskTier:
                             self._pending_bytes -= entry.size
                     if entry is not None:
                         self._write(key, entry)
+            except Exception:
+                # `_write` turns the disk's failures into dropped writes; anything
+                # else is a bug, but must not stop the writer (nor hang `flush`).
+                _log.exception("cache: disk tier write failed")
             finally:
-                self._queue.task_done()
+                with self._idle:
+                    self._queued -= 1
+                    if not self._queued:
+                        self._idle.notify_all()
 
     def _write(self, key: str, entry: Entry) -> None:
         try:

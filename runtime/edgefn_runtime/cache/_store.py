@@ -111,10 +111,10 @@ class HttpCache:
             stats["disk"] = TierStats(*self._disk.stats())
         return stats
 
-    def flush(self) -> None:
-        """Return once every `put` so far has reached the disk tier (or was dropped)."""
-        if self._disk is not None:
-            self._disk.flush()
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every `put` so far has reached the disk tier (or was dropped);
+        whether it came to that within `timeout` seconds."""
+        return self._disk is None or self._disk.flush(timeout)
 
     def close(self) -> None:
         """Flush the disk tier and stop its writer; `get` and `put` then use memory only."""
