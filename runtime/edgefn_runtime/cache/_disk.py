@@ -43,6 +43,9 @@ _log = logging.getLogger(__name__)
 # holds the lock for well under a millisecond: the values are written to their
 # files before the transaction); past it, a miss.
 _LOCK_TIMEOUT = 0.05
+# The writer thread can wait longer for another worker's write or cull: nobody
+# waits for it (a write it gives up on is dropped).
+_WRITER_LOCK_TIMEOUT = 1.0
 # Values from this size on go to their own file, smaller ones into SQLite's pages.
 # 64 KiB rather than diskcache's 32: a file wastes up to one 4 KiB block of the
 # bound (diskcache counts a file's length, not its blocks), at most 1/16 here.
@@ -61,9 +64,14 @@ class DiskTier:
     """The disk tier in `directory`, at most `capacity` bytes on disk (its SQLite
     index and WAL included). Open with `DiskTier.open`; `close` when done."""
 
-    def __init__(self, cache: diskcache.Cache, capacity: int, tell: Tell) -> None:
+    def __init__(
+        self, cache: diskcache.Cache, writer: diskcache.Cache, capacity: int, tell: Tell
+    ) -> None:
         self.capacity = capacity
+        # The same directory opened twice, for the lock timeouts: `_cache` for the
+        # callers (reads, deletes), `_writes` for the writer thread only.
         self._cache = cache
+        self._writes = writer
         self._tell = tell
         self._failing = False
         self.dropped = 0
@@ -97,22 +105,22 @@ class DiskTier:
                 "cache: disk bound %d B too small for a disk tier, not using one", capacity
             )
             return None
+        settings = {
+            "size_limit": limit,
+            "eviction_policy": "least-recently-used",
+            # No culling inside `set`: `_cull` runs after each write.
+            "cull_limit": 0,
+            "disk_min_file_size": _MIN_FILE_SIZE,
+            "sqlite_wal_autocheckpoint": wal // _PAGE_SIZE,
+            "sqlite_journal_size_limit": wal,
+        }
         try:
-            cache = diskcache.Cache(
-                str(directory),
-                timeout=_LOCK_TIMEOUT,
-                size_limit=limit,
-                eviction_policy="least-recently-used",
-                # No culling inside `set`: `_cull` runs after each write.
-                cull_limit=0,
-                disk_min_file_size=_MIN_FILE_SIZE,
-                sqlite_wal_autocheckpoint=wal // _PAGE_SIZE,
-                sqlite_journal_size_limit=wal,
-            )
+            cache = diskcache.Cache(str(directory), timeout=_LOCK_TIMEOUT, **settings)
+            writer = diskcache.Cache(str(directory), timeout=_WRITER_LOCK_TIMEOUT, **settings)
         except (OSError, sqlite3.Error, diskcache.Timeout) as error:
             _log.warning("cache: no disk tier in %s: %s", directory, error)
             return None
-        return cls(cache, limit, tell)
+        return cls(cache, writer, limit, tell)
 
     def get(self, key: str) -> Entry | None:
         try:
@@ -169,6 +177,7 @@ class DiskTier:
         self._queue.put(None)
         self._writer.join(timeout=10)
         self._cache.close()
+        self._writes.close()
 
     def stats(self) -> tuple[int, int]:
         """(entries, bytes on disk as diskcache counts them) now."""
@@ -202,9 +211,9 @@ class DiskTier:
 
     def _write(self, key: str, entry: Entry) -> None:
         try:
-            self._cache.set(key, encode(entry))
+            self._writes.set(key, encode(entry))
             evicted = self._cull()
-            volume = int(self._cache.volume())
+            volume = int(self._writes.volume())
         except (OSError, sqlite3.Error, diskcache.Timeout) as error:
             self._failed("write", error)
             return
@@ -224,11 +233,11 @@ class DiskTier:
         large entry needs. diskcache has no public "least recently used key", so
         this reads its index table, in this one place (hence the exact pin)."""
         evicted = 0
-        while self._cache.volume() > self.capacity:
-            row = self._cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchone()
+        while self._writes.volume() > self.capacity:
+            row = self._writes._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchone()
             if row is None:
                 break
-            if not self._cache.delete(row[0]):
+            if not self._writes.delete(row[0]):
                 # Another worker evicted it meanwhile, and culls too.
                 break
             evicted += 1
