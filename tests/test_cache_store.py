@@ -161,6 +161,31 @@ with HttpCache(CacheConfig(dir=Path({str(tmp_path)!r}))) as cache:
     assert found is not None and found.body == b"hello" and found.path == "/c"
 
 
+def test_two_processes_writing_at_once_both_reach_the_disk(
+    caches: list[HttpCache], tmp_path: Path
+) -> None:
+    child = f"""
+import os
+from pathlib import Path
+from edgefn_runtime.cache import CacheConfig, Entry, HttpCache
+with HttpCache(CacheConfig(dir=Path({str(tmp_path)!r}))) as cache:
+    for i in range(300):
+        cache.put(f"child-{{i}}", Entry(200, (), os.urandom(2048), 1.0, 2.0))
+"""
+    writer = subprocess.Popen([sys.executable, "-c", child], stderr=subprocess.PIPE, text=True)
+    try:
+        parent = _open(caches, tmp_path, memory=0)
+        for i in range(300):
+            parent.put(f"parent-{i}", _entry(2048))
+        assert parent.flush()
+    finally:
+        _, errors = writer.communicate(timeout=60)
+    assert writer.returncode == 0, errors
+    reader = _open(caches, tmp_path)
+    assert reader.stats()["disk"].entries == 600
+    assert all(reader.get(f"child-{i}") is not None for i in range(300))
+
+
 def test_disk_tier_evicts_the_least_recently_used(caches: list[HttpCache], tmp_path: Path) -> None:
     # 2 MB holds about a dozen 100 KB entries once the WAL's room is set aside.
     cache = _open(caches, tmp_path, memory=0, disk=2 * MB)
