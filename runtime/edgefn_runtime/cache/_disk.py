@@ -61,8 +61,9 @@ Tell = Callable[[str, int], None]
 
 
 class DiskTier:
-    """The disk tier in `directory`, at most `capacity` bytes on disk (its SQLite
-    index and WAL included). Open with `DiskTier.open`; `close` when done."""
+    """The disk tier in a directory. `open` sets `capacity`, the bytes its entries
+    may take, below the operator's bound so that the directory, SQLite's WAL
+    included, stays within that bound. `close` when done."""
 
     def __init__(
         self, cache: diskcache.Cache, writer: diskcache.Cache, capacity: int, tell: Tell

@@ -72,11 +72,12 @@ class HttpCache:
                 return entry
             self.delete(key)
         self._tell("miss", "memory", 1)
-        if self._disk is None:
+        disk = self._disk  # once: `close` may drop it from another thread
+        if disk is None:
             return None
-        entry = self._disk.get(key)
+        entry = disk.get(key)
         if entry is not None and self.purges.covers(entry):
-            self._disk.delete(key)
+            disk.delete(key)
             entry = None
         if entry is None:
             self._tell("miss", "disk", 1)
@@ -91,30 +92,34 @@ class HttpCache:
         if entry.size > self.config.max_object:
             return False
         stored = self._to_memory(key, entry)
-        if self._disk is not None and entry.size <= self._disk.capacity:
+        disk = self._disk
+        if disk is not None and entry.size <= disk.capacity:
             if not stored:
                 # An older, smaller version of it must not answer from memory.
                 self._memory.delete(key)
-            stored = self._disk.put_later(key, entry) or stored
+            stored = disk.put_later(key, entry) or stored
         return stored
 
     def delete(self, key: str) -> None:
         """Remove `key` from both tiers (and from the disk writer's queue)."""
         self._memory.delete(key)
-        if self._disk is not None:
-            self._disk.delete(key)
+        disk = self._disk
+        if disk is not None:
+            disk.delete(key)
 
     def stats(self) -> dict[str, TierStats]:
         """(entries, bytes) per tier now: "memory", and "disk" when there is one."""
         stats = {"memory": TierStats(*self._memory.stats())}
-        if self._disk is not None:
-            stats["disk"] = TierStats(*self._disk.stats())
+        disk = self._disk
+        if disk is not None:
+            stats["disk"] = TierStats(*disk.stats())
         return stats
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every `put` so far has reached the disk tier (or was dropped);
         whether it came to that within `timeout` seconds."""
-        return self._disk is None or self._disk.flush(timeout)
+        disk = self._disk
+        return disk is None or disk.flush(timeout)
 
     def close(self) -> None:
         """Flush the disk tier and stop its writer; `get` and `put` then use memory only."""
