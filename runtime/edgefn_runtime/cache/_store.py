@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 from ._config import CacheConfig
+from ._disk import DiskTier
 from ._entry import Entry
+from ._memory import MemoryTier
 
-__all__ = ["HttpCache", "Purges"]
+__all__ = ["HttpCache", "Purges", "TierStats"]
 
 # (event, tier, amount): "hit", "miss", "store", "evict" with a count, "bytes" with
 # the tier's size now. The gateway turns them into metrics.
@@ -37,58 +38,114 @@ class Purges:
         return False
 
 
+class TierStats(NamedTuple):
+    entries: int
+    bytes: int
+
+
 class HttpCache:
-    """A bounded store of `Entry`s by key, thread-safe (the gateway's event loop
-    and the sandbox threads that fetch originals share it)."""
+    """A bounded store of `Entry`s by key: a memory tier in front of a disk tier
+    (`config.dir`, `config.disk` bytes; none when `disk` is 0 or `dir` unset).
+
+    Thread-safe (the gateway's event loop and the sandbox threads that fetch
+    originals share it); process-safe on disk (a node's workers share the disk
+    tier). A `put` reaches memory at once and disk through a background writer
+    thread (see `_disk.py`); `close` flushes it."""
 
     def __init__(self, config: CacheConfig, listener: Listener | None = None) -> None:
         self.config = config
         self.purges = Purges()
         self._listener = listener
-        self._memory: OrderedDict[str, Entry] = OrderedDict()
-        self._memory_bytes = 0
-        self._lock = threading.Lock()
+        self._memory = MemoryTier(config.memory)
+        self._disk: DiskTier | None = None
+        if config.disk > 0 and config.dir is not None:
+            self._disk = DiskTier.open(config.dir, config.disk, self._tell_disk)
 
     def get(self, key: str) -> Entry | None:
-        """The entry stored under `key`, unless a purge removed it."""
-        with self._lock:
-            entry = self._memory.get(key)
-            if entry is not None:
-                self._memory.move_to_end(key)
-        if entry is not None and self.purges.covers(entry):
+        """The entry stored under `key` in either tier, unless a purge removed it.
+        A disk hit is kept in memory from then on."""
+        entry = self._memory.get(key)
+        if entry is not None:
+            if not self.purges.covers(entry):
+                if self._listener is not None:
+                    self._listener("hit", "memory", 1)
+                return entry
             self.delete(key)
+        self._tell("miss", "memory", 1)
+        disk = self._disk  # once: `close` may drop it from another thread
+        if disk is None:
+            return None
+        entry = disk.get(key)
+        if entry is not None and self.purges.covers(entry):
+            disk.delete(key)
             entry = None
-        self._tell("hit" if entry is not None else "miss", "memory", 1)
+        if entry is None:
+            self._tell("miss", "disk", 1)
+            return None
+        self._tell("hit", "disk", 1)
+        self._to_memory(key, entry)
         return entry
 
     def put(self, key: str, entry: Entry) -> bool:
-        """Store `entry` unless it is larger than `max_object`; whether it was."""
-        size = entry.size
-        if size > self.config.max_object or size > self.config.memory:
+        """Store `entry` unless it is larger than `max_object`; whether it was.
+        An entry too large for the memory tier goes to disk only."""
+        if entry.size > self.config.max_object:
             return False
-        evicted = 0
-        with self._lock:
-            old = self._memory.pop(key, None)
-            if old is not None:
-                self._memory_bytes -= old.size
-            self._memory[key] = entry
-            self._memory_bytes += size
-            while self._memory_bytes > self.config.memory:
-                _, dropped = self._memory.popitem(last=False)
-                self._memory_bytes -= dropped.size
-                evicted += 1
-            stored = self._memory_bytes
+        stored = self._to_memory(key, entry)
+        disk = self._disk
+        if disk is not None and entry.size <= disk.capacity:
+            if not stored:
+                # An older, smaller version of it must not answer from memory.
+                self._memory.delete(key)
+            stored = disk.put_later(key, entry) or stored
+        return stored
+
+    def delete(self, key: str) -> None:
+        """Remove `key` from both tiers (and from the disk writer's queue)."""
+        self._memory.delete(key)
+        disk = self._disk
+        if disk is not None:
+            disk.delete(key)
+
+    def stats(self) -> dict[str, TierStats]:
+        """(entries, bytes) per tier now: "memory", and "disk" when there is one."""
+        stats = {"memory": TierStats(*self._memory.stats())}
+        disk = self._disk
+        if disk is not None:
+            stats["disk"] = TierStats(*disk.stats())
+        return stats
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every `put` so far has reached the disk tier (or was dropped);
+        whether it came to that within `timeout` seconds."""
+        disk = self._disk
+        return disk is None or disk.flush(timeout)
+
+    def close(self) -> None:
+        """Flush the disk tier and stop its writer; `get` and `put` then use memory only."""
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            disk.close()
+
+    def __enter__(self) -> HttpCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _to_memory(self, key: str, entry: Entry) -> bool:
+        result = self._memory.put(key, entry)
+        if result is None:
+            return False
+        evicted, size = result
         self._tell("store", "memory", 1)
         if evicted:
             self._tell("evict", "memory", evicted)
-        self._tell("bytes", "memory", stored)
+        self._tell("bytes", "memory", size)
         return True
 
-    def delete(self, key: str) -> None:
-        with self._lock:
-            old = self._memory.pop(key, None)
-            if old is not None:
-                self._memory_bytes -= old.size
+    def _tell_disk(self, event: str, amount: int) -> None:
+        self._tell(event, "disk", amount)
 
     def _tell(self, event: str, tier: str, amount: int) -> None:
         if self._listener is not None:
