@@ -342,3 +342,47 @@ def test_eviction_under_a_small_bound(tmp_path: Path) -> None:
         assert status(get(small, first)) == "MISS"
         assert small.metric("edgefn_cache_tier_events_total", tier="memory", event="evict") >= 1
         assert small.metric("edgefn_cache_memory_bytes") <= 4096
+
+
+def test_the_nodes_workers_share_one_disk_tier(tmp_path: Path) -> None:
+    """Two workers: misses coalesce across them, an entry one stored answers the
+    other, it survives a restart, and a torn entry on disk is never served."""
+    with GatewayProcess(tmp_path / "data", workers=2) as pair:
+        deploy(pair)
+        cold = url(sleep="300")
+
+        async def burst(count: int, target: str) -> list[httpx.Response]:
+            limits = httpx.Limits(max_keepalive_connections=0)  # new connections: both workers
+            async with httpx.AsyncClient(
+                base_url=pair.public_url, timeout=30, limits=limits
+            ) as client:
+                return await asyncio.gather(*(client.get(target) for _ in range(count)))
+
+        responses = asyncio.run(burst(50, cold))
+        assert [status(r) for r in responses].count("MISS") == 1
+        assert len({r.text for r in responses}) == 1
+        assert {status(r) for r in asyncio.run(burst(16, cold))} == {"HIT"}
+
+        large = url(pad=str(200_000))  # its own file in the disk tier
+        host = "edge.example"  # part of the key; the restarted gateway gets another port
+        stored = get(pair, large, host=host)
+        pair.stop()
+        pair.start()
+        after_restart = get(pair, large, host=host)
+        assert status(after_restart) == "HIT" and after_restart.text == stored.text
+
+        pair.stop()
+        files = [f for f in (tmp_path / "data" / "cache").rglob("*.val")]
+        assert files, "no entry file on disk"
+        for file in files:
+            with file.open("r+b") as handle:
+                handle.truncate(file.stat().st_size // 2)
+        pair.start()
+        torn = get(pair, large, host=host)
+        assert torn.status_code == 200 and status(torn) == "MISS"
+        assert len(torn.content) == len(stored.content)
+    attacks.record(
+        AREA,
+        "a disk entry truncated under the cache (a torn write, a full disk)",
+        "never served: its checksum fails, it is deleted and the function runs (MISS)",
+    )

@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from edgefn_runtime import Outcome, Response, SandboxError
 from edgefn_runtime.cache import Entry, HttpCache
@@ -43,6 +44,7 @@ from edgefn_runtime.cache._rules import (
 
 from ._errors import GatewayError
 from ._functions import LiveFunction
+from ._keylocks import Held, KeyLocks
 from ._metrics import Metrics
 
 __all__ = ["CACHE_HEADER", "Cached", "ResponseCache"]
@@ -59,6 +61,8 @@ Run = Callable[[str, Headers], Awaitable[Outcome]]
 _STORED, _UNCACHEABLE, _FAILED = "stored", "uncacheable", "failed"
 _UNCACHEABLE_SECONDS = 10.0
 _UNCACHEABLE_KEYS = 10_000
+# How often a miss waiting for another worker's run looks for its entry.
+_POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,17 @@ class ResponseCache:
     """One worker's view of the edge cache: the shared `HttpCache`, the runs it is
     waiting for (coalescing) and the background refreshes it started."""
 
-    def __init__(self, store: HttpCache, metrics: Metrics, wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: HttpCache,
+        metrics: Metrics,
+        wait: float = 30.0,
+        locks: KeyLocks | None = None,
+    ) -> None:
         self.store = store
+        # Shared with the node's other workers (with the disk tier): None, no
+        # coalescing across workers.
+        self.locks = locks
         self.metrics = metrics
         # How long a coalesced request waits for another's run before running itself.
         self.wait = wait
@@ -94,7 +107,7 @@ class ResponseCache:
         # Keys whose last response could not be stored: their requests run at once
         # instead of queueing behind each other (a "hit-for-miss", as Varnish has).
         self._uncacheable: dict[str, float] = {}
-        self._refreshing: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def applies(self, method: str, function: LiveFunction) -> bool:
         return function.cache_id is not None and method in ("GET", "HEAD")
@@ -107,7 +120,10 @@ class ResponseCache:
         host = next((v.lower() for n, v in headers if n.lower() == "host"), "")
         base = key("response", function.cache_id, host, path, normalise_query(query))
         request = _Request(function, method, path, headers, base)
-        entry = self._find(request)
+        entry = self._find(request, disk=False)
+        if entry is None and self.store.has_disk:
+            # A disk read takes 0.1-6 ms: off the event loop, which only misses pay for.
+            entry = await self._find_on_disk(request)
         now = time.time()
         if entry is not None:
             if now < entry.fresh_until:
@@ -119,16 +135,20 @@ class ResponseCache:
 
     # -- lookups -----------------------------------------------------------
 
-    def _find(self, request: _Request) -> Entry | None:
-        return find(self.store, request.base, request.headers, negotiated=True)
+    def _find(self, request: _Request, disk: bool = True) -> Entry | None:
+        return find(self.store, request.base, request.headers, negotiated=True, disk=disk)
+
+    async def _find_on_disk(self, request: _Request) -> Entry | None:
+        return await asyncio.get_running_loop().run_in_executor(None, self._find, request)
 
     # -- runs --------------------------------------------------------------
 
     async def _run_once(self, request: _Request, stale: Entry | None, run: Run) -> Cached:
-        """Run the function for `request`, unless a run for its key is under way:
-        then wait for it and answer from what it stored. If that run failed, the
-        next waiter runs; if its response could not be stored, every waiter runs
-        at once (and later requests for the key skip the wait for a while)."""
+        """Run the function for `request`, unless a run for its key is under way
+        (in this worker or another of the node's): then wait for it and answer
+        from what it stored. If that run failed, the next waiter runs; if its
+        response could not be stored, every waiter runs at once (and later
+        requests for the key skip the wait for a while)."""
         waited = False
         while (running := self._running.get(request.base)) is not None:
             if not waited:
@@ -138,7 +158,7 @@ class ResponseCache:
                 result = await asyncio.wait_for(asyncio.shield(running), self.wait)
             except TimeoutError:
                 return (await self._run(request, stale, run))[0]
-            entry = self._find(request)
+            entry = self._find(request, disk=False)
             now = time.time()
             if entry is not None and now < entry.fresh_until:
                 return self._answer(entry, "HIT", request.headers, now)
@@ -150,7 +170,12 @@ class ResponseCache:
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._running[request.base] = done
         result = _FAILED
+        held = None
         try:
+            held, answer = await self._node_lock(request, counted=waited)
+            if answer is not None:
+                result = _STORED
+                return answer
             answer, result = await self._run(request, stale, run)
             return answer
         finally:
@@ -160,6 +185,52 @@ class ResponseCache:
                 if len(self._uncacheable) >= _UNCACHEABLE_KEYS:
                     self._uncacheable.clear()
                 self._uncacheable[request.base] = time.monotonic() + _UNCACHEABLE_SECONDS
+            if held is not None:
+                self._unlock_when_written(held)
+
+    async def _node_lock(
+        self, request: _Request, counted: bool
+    ) -> tuple[Held | None, Cached | None]:
+        """The node-wide lock on the key, or the answer another worker's run of
+        it stored meanwhile (`HIT`); (None, None) when there are no such locks or
+        the wait for one ran out (the function then runs all the same)."""
+        locks = self.locks
+        if locks is None:
+            return None, None
+        held = locks.try_lock(request.base)
+        if held is not None:
+            return held, None
+        if not counted:
+            self.metrics.coalesced.labels(request.function.name).inc()
+        deadline = time.monotonic() + self.wait
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_SECONDS)
+            held = locks.try_lock(request.base)
+            # Looked up after trying the lock: the holder unlocks once its
+            # entry is on disk, so a free lock and no entry mean none is coming.
+            entry = await self._find_on_disk(request)
+            now = time.time()
+            if entry is not None and now < entry.fresh_until:
+                if held is not None:
+                    locks.unlock(held)
+                return None, self._answer(entry, "HIT", request.headers, now)
+            if held is not None:
+                return held, None
+        return None, None
+
+    def _unlock_when_written(self, held: Held) -> None:
+        """Unlock the key once what its run stored is on disk, where the node's
+        other workers look for it: in the background, the answer does not wait."""
+        locks = self.locks
+        assert locks is not None
+
+        async def unlock() -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.store.flush, 1.0)
+            finally:
+                locks.unlock(held)
+
+        self._background(unlock())
 
     async def _run(self, request: _Request, stale: Entry | None, run: Run) -> tuple[Cached, str]:
         """The function's answer (or the stale copy's, if it failed within the
@@ -215,9 +286,12 @@ class ResponseCache:
                     "refreshing a cached response of %s failed: %s", request.function.name, exc
                 )
 
-        task = asyncio.get_running_loop().create_task(refresh())
-        self._refreshing.add(task)
-        task.add_done_callback(self._refreshing.discard)
+        self._background(refresh())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)  # a task nothing refers to may be collected mid-way
+        task.add_done_callback(self._tasks.discard)
 
     # -- stores ------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from ._cache import ResponseCache
 from ._deploy import Deployer, recover
 from ._functions import FunctionTable
 from ._http import guarded_protocol
+from ._keylocks import KeyLocks
 from ._lifeline import die_with
 from ._logs import LogSink
 from ._metrics import Metrics, forget_worker, reset_metrics
@@ -93,6 +94,8 @@ class Worker:
     def close(self) -> None:
         self.table.stop()
         self.logs.stop()
+        if self.cache is not None:
+            self.cache.close()  # what is still on its way to the disk tier
         self.engine.close()
         self.registry.close()
         self.board.forget(os.getpid())
@@ -201,7 +204,11 @@ def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
     if worker.cache is not None:
         # A coalesced miss waits at most as long as the run it waits for may take.
         wait = worker.policy.maximums["timeout"] + worker.policy.queue_wait
-        cache = ResponseCache(worker.cache, worker.metrics, wait)
+        locks = None
+        if worker.cache.has_disk:
+            assert worker.cache.config.dir is not None
+            locks = KeyLocks(worker.cache.config.dir / "locks")
+        cache = ResponseCache(worker.cache, worker.metrics, wait, locks)
     public = PublicApp(worker.table, worker.logs, worker.policy, lifecycle, worker.metrics, cache)
     admin = AdminApp(worker, config.loaded_token, lifecycle)
     servers = [

@@ -66,13 +66,14 @@ def keep(
 
 
 def find(
-    cache: HttpCache, base: str, headers: Headers, *, negotiated: bool = False
+    cache: HttpCache, base: str, headers: Headers, *, negotiated: bool = False, disk: bool = True
 ) -> Entry | None:
-    """What `keep` stored under `base` for a request with these headers."""
-    entry = cache.get(base)
+    """What `keep` stored under `base` for a request with these headers (`disk`
+    False: what the memory tier has of it)."""
+    entry = cache.get(base, disk=disk)
     if entry is None or not entry.vary:
         return entry
-    return cache.get(_variant(base, entry, headers, negotiated))
+    return cache.get(_variant(base, entry, headers, negotiated), disk=disk)
 
 
 def _variant(base: str, pointer: Entry, headers: Headers, negotiated: bool) -> str:

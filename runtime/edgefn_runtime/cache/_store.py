@@ -61,9 +61,9 @@ class HttpCache:
         if config.disk > 0 and config.dir is not None:
             self._disk = DiskTier.open(config.dir, config.disk, self._tell_disk)
 
-    def get(self, key: str) -> Entry | None:
-        """The entry stored under `key` in either tier, unless a purge removed it.
-        A disk hit is kept in memory from then on."""
+    def get(self, key: str, *, disk: bool = True) -> Entry | None:
+        """The entry stored under `key` in either tier (`disk` False: in memory
+        only), unless a purge removed it. A disk hit is kept in memory from then on."""
         entry = self._memory.get(key)
         if entry is not None:
             if not self.purges.covers(entry):
@@ -72,12 +72,12 @@ class HttpCache:
                 return entry
             self.delete(key)
         self._tell("miss", "memory", 1)
-        disk = self._disk  # once: `close` may drop it from another thread
-        if disk is None:
+        tier = self._disk if disk else None  # once: `close` may drop it from another thread
+        if tier is None:
             return None
-        entry = disk.get(key)
+        entry = tier.get(key)
         if entry is not None and self.purges.covers(entry):
-            disk.delete(key)
+            tier.delete(key)
             entry = None
         if entry is None:
             self._tell("miss", "disk", 1)
@@ -106,6 +106,10 @@ class HttpCache:
         disk = self._disk
         if disk is not None:
             disk.delete(key)
+
+    @property
+    def has_disk(self) -> bool:
+        return self._disk is not None
 
     def stats(self) -> dict[str, TierStats]:
         """(entries, bytes) per tier now: "memory", and "disk" when there is one."""

@@ -1,10 +1,11 @@
 """cached: answers with the caching headers its query asks for.
 
-GET /any/path?cc=C&etag=E&lm=L&vary=V&cookie=1&status=N&sleep=MS
+GET /any/path?cc=C&etag=E&lm=L&vary=V&cookie=1&status=N&sleep=MS&pad=N
     Cache-Control C (default "public, max-age=60"), ETag E, Last-Modified L,
     Vary V, a Set-Cookie, status N; busy for MS milliseconds first. Answers 304
     itself when If-None-Match names E. The body names the path, the query and
-    the moment it was computed (`run=<ns>`): two equal bodies are one run.
+    the moment it was computed (`run=<ns>`): two equal bodies are one run; N
+    bytes of padding follow it.
 GET /image?...  the same, as image/<format negotiated from Accept>, Vary: Accept.
 A request header `x-test-fail: status` answers 500, `x-test-fail: raise` raises
 and `x-test-fail: hang` runs past the time limit — headers the cache does not
@@ -50,7 +51,7 @@ def answer(request: Request) -> Response:
         headers["vary"] = query["vary"]
     if "cookie" in query:
         headers["set-cookie"] = "session=abc"
-    body = f"{path}?{request.query_string} run={time.time_ns()}"
+    body = f"{path}?{request.query_string} run={time.time_ns()}" + "." * int(query.get("pad", "0"))
     if path == "image":
         fmt = negotiate(request.headers.get("accept", ""))
         headers["content-type"] = MEDIA_TYPES[fmt]
