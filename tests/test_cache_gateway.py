@@ -184,6 +184,8 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background(
             break
         assert time.monotonic() < deadline, "never refreshed"
         time.sleep(0.05)
+    # The background run is a request of its own in the metrics and logs.
+    assert gateway.metric("edgefn_cache_requests_total", function="cached", status="REFRESH") >= 1
 
 
 def test_a_head_request_refreshes_the_entry_with_a_get(gateway: GatewayProcess) -> None:
@@ -211,6 +213,12 @@ def test_stale_if_error_serves_the_stale_copy_while_the_function_fails(
     stale = get(gateway, target, **{"x-test-fail": failure})
     assert stale.status_code == 200 and status(stale) == "STALE"
     assert stale.text == first.text
+    # The failure is still recorded: the request's outcome is the error's code.
+    outcome = {"status": "ok", "raise": "function_error", "hang": "timeout"}[failure]
+    assert (
+        gateway.metric("edgefn_requests_total", function="cached", status="200", outcome=outcome)
+        >= 1
+    )
     # Without stale-if-error the failure reaches the client.
     strict = url(cc="max-age=1")
     get(gateway, strict)

@@ -74,6 +74,8 @@ class Cached:
     headers: Headers
     body: bytes
     outcome: Outcome | None = None
+    # What the function's run failed with when a stale copy answers instead.
+    error: GatewayError | SandboxError | None = None
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,18 @@ class ResponseCache:
         return function.cache_id is not None and method in ("GET", "HEAD")
 
     async def serve(
-        self, function: LiveFunction, method: str, path: str, query: str, headers: Headers, run: Run
+        self,
+        function: LiveFunction,
+        method: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        run: Run,
+        refresh: Run,
     ) -> Cached:
-        """The answer to a GET or HEAD for `function` (`applies()` was true)."""
+        """The answer to a GET or HEAD for `function` (`applies()` was true):
+        `run` runs the function for this request, `refresh` in the background
+        (a stale entry's refresh, which is its own request in logs and metrics)."""
         assert function.cache_id is not None
         host = next((v.lower() for n, v in headers if n.lower() == "host"), "")
         base = key("response", function.cache_id, host, path, normalise_query(query))
@@ -129,7 +140,7 @@ class ResponseCache:
             if now < entry.fresh_until:
                 return self._answer(entry, "HIT", headers, now)
             if now < entry.fresh_until + entry.stale_while_revalidate:
-                self._refresh_later(request, entry, run)
+                self._refresh_later(request, entry, refresh)
                 return self._answer(entry, "STALE", headers, now)
         return await self._run_once(request, entry, run)
 
@@ -245,7 +256,8 @@ class ResponseCache:
             outcome = await run(request.method, ask)
         except (GatewayError, SandboxError) as exc:
             if stale is not None and exc.status >= 500 and _within_error_window(stale):
-                return self._answer(stale, "STALE", request.headers, time.time()), _FAILED
+                answer = self._answer(stale, "STALE", request.headers, time.time())
+                return replace(answer, error=exc), _FAILED
             raise
         response = outcome.response
         if response.status >= 500:

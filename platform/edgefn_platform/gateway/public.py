@@ -85,6 +85,7 @@ class _Exchange:
     body_read: bool = False
     outcome: str = "ok"
     cache: str = ""  # X-Edgefn-Cache, once a function was found
+    method: str = ""  # when not the request's own (a background refresh is a GET)
     ran: bool = False  # the function was run (not answered from the cache)
 
 
@@ -244,10 +245,27 @@ class PublicApp:
             call = SandboxRequest(method, path, query, headers, b"")
             return await self._execute(function, call, exchange)
 
+        async def refresh(method: str, headers: list[tuple[str, str]]) -> Outcome:
+            # Its own request id, access line, logs and metrics (cache "REFRESH").
+            background = _Exchange(request_id(None), path=exchange.path, function=function)
+            background.cache, background.method = "REFRESH", method
+            call = SandboxRequest(method, path, query, headers, b"")
+            try:
+                outcome = await self._execute(function, call, background)
+            except (GatewayError, SandboxError) as exc:
+                self._record(request, error_response(exc, background.request_id), background)
+                raise
+            self._record(request, _to_http(outcome.response, background.request_id), background)
+            return outcome
+
         answer = await cache.serve(
-            function, request.method, path, query, _headers(request, function), run
+            function, request.method, path, query, _headers(request, function), run, refresh
         )
         exchange.cache = answer.status
+        if answer.error is not None:  # served stale: the failure is still this request's
+            exchange.outcome = answer.error.code
+            if isinstance(answer.error, SandboxError):
+                exchange.usage, exchange.logs = answer.error.usage, answer.error.logs
         return _to_http(
             SandboxResponse(answer.code, answer.headers, answer.body), exchange.request_id
         )
@@ -297,7 +315,7 @@ class PublicApp:
             request_id=exchange.request_id,
             function=function.name if function else None,
             version=function.version if function else None,
-            method=request.method,
+            method=exchange.method or request.method,
             path=exchange.path,
             status=response.status_code,
             outcome=exchange.outcome,
