@@ -161,6 +161,16 @@ def test_no_cache_revalidates_with_the_function_every_time(gateway: GatewayProce
     assert "execute;dur=" in again.headers["server-timing"]
 
 
+def test_a_304_that_makes_the_copy_unstorable_gets_the_whole_response(
+    gateway: GatewayProcess,
+) -> None:
+    target = url(cc="no-cache", etag="same", cc304="private")
+    first = get(gateway, target)
+    again = get(gateway, target)  # revalidated: the function's 304 says private
+    assert again.status_code == 200 and status(again) == "MISS"
+    assert again.content and again.text != first.text  # a whole new run, not an empty 304
+
+
 def test_an_expired_entry_runs_the_function_again(gateway: GatewayProcess) -> None:
     target = url(cc="max-age=1")
     first = get(gateway, target)
@@ -233,7 +243,7 @@ def test_stale_if_error_serves_the_stale_copy_while_the_function_fails(
 
 
 def test_vary_accept_keeps_one_entry_per_negotiated_format(gateway: GatewayProcess) -> None:
-    target = url("/image")
+    target = url("/image", negotiated="1")
     chrome = get(gateway, target, accept=CHROME)
     firefox = get(gateway, target, accept=FIREFOX)
     safari = get(gateway, target, accept=SAFARI)
@@ -246,6 +256,39 @@ def test_vary_accept_keeps_one_entry_per_negotiated_format(gateway: GatewayProce
     assert status(curl_again) == "HIT" and curl_again.text == curl.text
     webp_only = get(gateway, target, accept="image/webp,*/*")
     assert webp_only.headers["content-type"] == "image/webp" and status(webp_only) == "MISS"
+    assert "x-edgefn-negotiated" not in chrome.headers  # the cache's, never sent on
+
+
+def test_accept_counts_as_sent_unless_the_function_says_it_negotiated(
+    gateway: GatewayProcess,
+) -> None:
+    target = url("/image")  # Vary: Accept, without ACCEPT_NEGOTIATED
+    chrome = get(gateway, target, accept=CHROME)
+    firefox = get(gateway, target, accept=FIREFOX)
+    assert (status(chrome), status(firefox)) == ("MISS", "MISS")
+    assert status(get(gateway, target, accept=CHROME)) == "HIT"
+    attacks.record(
+        AREA,
+        "a rare Accept header poisoning the image variant other browsers get",
+        "Accept is keyed by the negotiated format only when the function says it used "
+        "negotiate(); otherwise as sent",
+    )
+
+
+def test_a_repeated_vary_header_is_never_keyed(gateway: GatewayProcess) -> None:
+    target = url("/image", negotiated="1")
+    twice = [("accept", "image/avif;q=0.5"), ("accept", "image/jpeg, image/webp")]
+    for _ in range(2):
+        response = httpx.get(gateway.public_url + target, headers=twice)
+        assert status(response) == "MISS"
+    # ... nor does it read another request's entry.
+    get(gateway, target, accept="image/webp")
+    assert status(httpx.get(gateway.public_url + target, headers=twice)) == "MISS"
+    attacks.record(
+        AREA,
+        "a Vary'd header sent twice (the function reads one line, a key would join both)",
+        "never stored nor answered from the cache: MISS",
+    )
 
 
 def test_other_headers_named_by_vary_key_on_their_value(gateway: GatewayProcess) -> None:
@@ -253,7 +296,9 @@ def test_other_headers_named_by_vary_key_on_their_value(gateway: GatewayProcess)
     english = get(gateway, target, **{"accept-language": "en"})
     french = get(gateway, target, **{"accept-language": "fr"})
     assert (status(english), status(french)) == ("MISS", "MISS")
-    assert status(get(gateway, target, **{"accept-language": "EN"})) == "HIT"
+    assert status(get(gateway, target, **{"accept-language": " en "})) == "HIT"
+    # Values are not lower-cased: Origin, cookies and tokens are case-sensitive.
+    assert status(get(gateway, target, **{"accept-language": "EN"})) == "MISS"
 
 
 def test_one_host_never_answers_another(gateway: GatewayProcess) -> None:
@@ -303,6 +348,11 @@ def test_redeploy_and_rollback_start_with_an_empty_cache(gateway: GatewayProcess
     admin = AdminClient(gateway.admin_url, gateway.token)
     admin.activate("cached", 1)
     gateway.wait_serving("cached", 1)
+    assert status(get(gateway, target)) == "MISS"
+    assert status(get(gateway, target)) == "HIT"
+    # Deleted and made again: numbered from 1 again, but a new function.
+    admin.delete("cached")
+    deploy(gateway)
     assert status(get(gateway, target)) == "MISS"
 
 

@@ -106,12 +106,23 @@ def test_twenty_fetches_of_one_url_ask_the_origin_once(origin: OriginServer) -> 
     assert header(answers[-1], "content-length") == str(len(answers[0].body))
 
 
-def test_the_query_order_does_not_make_another_entry(origin: OriginServer) -> None:
+def test_the_url_is_keyed_as_the_origin_gets_it(origin: OriginServer) -> None:
+    # An origin may read its query's order (or `+` against `%20`) its own way:
+    # another spelling is another entry, never another URL's answer.
     capability = node()
     Run(capability, [origin.base]).fetch(cached(origin, a="1", b="2"))
+    Run(capability, [origin.base]).fetch(cached(origin, a="1", b="2"))
+    assert origin.hits("/cached") == 1
     again = origin.url(f"/cached?b=2&cc={quote(FRESH)}&a=1")
     assert Run(capability, [origin.base]).fetch(again).status == 200
-    assert origin.hits("/cached") == 1
+    assert origin.hits("/cached") == 2
+
+
+def test_a_fetch_with_cookies_bypasses_the_origin_cache(origin: OriginServer) -> None:
+    capability = node()
+    for _ in range(2):
+        Run(capability, [origin.base]).fetch(cached(origin), headers=[("cookie", "user=a")])
+    assert origin.hits("/cached") == 2
 
 
 def test_cache_false_reaches_the_origin_every_time(origin: OriginServer) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "ImageInfo",
     "ImageService",
     "ImageServiceFactory",
+    "NEGOTIATED_HEADER",
     "Source",
     "negotiate",
 ]
@@ -155,6 +156,12 @@ ImageServiceFactory = Callable[..., ImageService]
 # the runtime registers, so the SDK never imports the runtime.
 ENTRY_POINT_GROUP = "edgefn.testing"
 ENTRY_POINT_NAME = "image"
+
+
+# A response header saying "I chose my format with `negotiate`": the gateway's
+# edge cache then keys `Vary: Accept` on that choice instead of the header's
+# exact text (and never sends this header on).
+NEGOTIATED_HEADER = "x-edgefn-negotiated"
 
 
 def negotiate(accept: str, fallback: str = DEFAULT_FORMAT) -> str:

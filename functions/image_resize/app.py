@@ -13,7 +13,7 @@ import time
 from urllib.parse import urlencode
 
 from edgefn import App, HTTPError, Request, Response, signing
-from edgefn.image import FITS, FORMATS, GRAVITIES, MAX_SIDE, Image, negotiate
+from edgefn.image import ACCEPT_NEGOTIATED, FITS, FORMATS, GRAVITIES, MAX_SIDE, Image, negotiate
 
 app = App()
 
@@ -65,7 +65,7 @@ def resize(request: Request, source: Image) -> Response:
     max_age = _YEAR if expires is None else max(0, min(_YEAR, expires - int(time.time())))
     headers = {"etag": etag, "cache-control": f"public, max-age={max_age}, immutable"}
     if params["format"] == "auto":
-        headers["vary"] = "Accept"
+        headers.update(ACCEPT_NEGOTIATED)
     if etag in request.headers.get("if-none-match", ""):
         return Response(b"", 304, headers)  # no pixel work
     image = source

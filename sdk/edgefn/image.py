@@ -31,6 +31,7 @@ from edgefn_contract.image import (
     GRAVITIES,
     MAX_SIDE,
     MAX_SOURCE_BYTES,
+    NEGOTIATED_HEADER,
     ImageInfo,
     negotiate,
 )
@@ -41,6 +42,7 @@ from ._exceptions import HTTPError
 from ._responses import Response
 
 __all__ = [
+    "ACCEPT_NEGOTIATED",
     "FITS",
     "FORMATS",
     "GRAVITIES",
@@ -57,6 +59,13 @@ __all__ = [
     "raise_failure",
     "use_backend",
 ]
+
+
+# The headers of an answer whose format `negotiate` chose from `Accept`: `Vary:
+# Accept`, and a word to the gateway's edge cache that it may key the answer by
+# that choice (one entry per format, not per browser's exact header); the
+# gateway never sends the second on.
+ACCEPT_NEGOTIATED = {"vary": "Accept", NEGOTIATED_HEADER: "1"}
 
 
 class ImageError(HTTPError):

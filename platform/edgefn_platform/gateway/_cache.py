@@ -27,12 +27,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 from edgefn_runtime import Outcome, Response, SandboxError
 from edgefn_runtime.cache import Entry, HttpCache
-from edgefn_runtime.cache._keep import find, keep
+from edgefn_runtime.cache._keep import keep, locate
 from edgefn_runtime.cache._keys import key, normalise_query
 from edgefn_runtime.cache._rules import (
     decide,
@@ -57,8 +58,11 @@ Headers = list[tuple[str, str]]
 # Runs the function with this method and these request headers: its outcome, or
 # the error it raised.
 Run = Callable[[str, Headers], Awaitable[Outcome]]
-# What became of a run, told to the requests that waited for it.
-_STORED, _UNCACHEABLE, _FAILED = "stored", "uncacheable", "failed"
+# What became of a run, told to the requests that waited for it: its response
+# stored; one that can never be (the waiters run at once, and the key's requests
+# skip the wait for a while); not stored for this request's sake (a HEAD, its
+# `Authorization`: the waiters run at once); failed (the next waiter runs).
+_STORED, _UNCACHEABLE, _UNSTORED, _FAILED = "stored", "uncacheable", "unstored", "failed"
 _UNCACHEABLE_SECONDS = 10.0
 _UNCACHEABLE_KEYS = 10_000
 # How often a miss waiting for another worker's run looks for its entry.
@@ -85,6 +89,9 @@ class _Request:
     path: str
     headers: Headers
     base: str  # the key before Vary
+    # What its runs are coalesced on: the variant's key once the response's
+    # `Vary` is known, so requests for other variants do not queue behind it.
+    key: str
 
 
 class ResponseCache:
@@ -110,6 +117,7 @@ class ResponseCache:
         # instead of queueing behind each other (a "hit-for-miss", as Varnish has).
         self._uncacheable: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reads = ThreadPoolExecutor(2, thread_name_prefix="edgefn-cache-read")
 
     def applies(self, method: str, function: LiveFunction) -> bool:
         return function.cache_id is not None and method in ("GET", "HEAD")
@@ -130,11 +138,12 @@ class ResponseCache:
         assert function.cache_id is not None
         host = next((v.lower() for n, v in headers if n.lower() == "host"), "")
         base = key("response", function.cache_id, host, path, normalise_query(query))
-        request = _Request(function, method, path, headers, base)
-        entry = self._find(request, disk=False)
+        request = _Request(function, method, path, headers, base, base)
+        entry, where = self._locate(request, disk=False)
         if entry is None and self.store.has_disk:
             # A disk read takes 0.1-6 ms: off the event loop, which only misses pay for.
-            entry = await self._find_on_disk(request)
+            entry, where = await self._locate_on_disk(request)
+        request = replace(request, key=where)
         now = time.time()
         if entry is not None:
             if now < entry.fresh_until:
@@ -146,11 +155,14 @@ class ResponseCache:
 
     # -- lookups -----------------------------------------------------------
 
-    def _find(self, request: _Request, disk: bool = True) -> Entry | None:
-        return find(self.store, request.base, request.headers, negotiated=True, disk=disk)
+    def _locate(self, request: _Request, disk: bool = True) -> tuple[Entry | None, str]:
+        return locate(self.store, request.base, request.headers, disk=disk)
 
-    async def _find_on_disk(self, request: _Request) -> Entry | None:
-        return await asyncio.get_running_loop().run_in_executor(None, self._find, request)
+    async def _locate_on_disk(self, request: _Request) -> tuple[Entry | None, str]:
+        # Threads of their own: a slow disk must not hold up the default
+        # executor's other work, nor a burst of misses take every thread.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reads, self._locate, request)
 
     # -- runs --------------------------------------------------------------
 
@@ -161,25 +173,28 @@ class ResponseCache:
         response could not be stored, every waiter runs at once (and later
         requests for the key skip the wait for a while)."""
         waited = False
-        while (running := self._running.get(request.base)) is not None:
+        deadline = time.monotonic() + self.wait  # for all the runs it waits for
+        while (running := self._running.get(request.key)) is not None:
             if not waited:
                 self.metrics.coalesced.labels(request.function.name).inc()
                 waited = True
             try:
-                result = await asyncio.wait_for(asyncio.shield(running), self.wait)
+                result = await asyncio.wait_for(
+                    asyncio.shield(running), max(0.0, deadline - time.monotonic())
+                )
             except TimeoutError:
                 return (await self._run(request, stale, run))[0]
-            entry = self._find(request, disk=False)
+            entry, _ = self._locate(request, disk=False)
             now = time.time()
             if entry is not None and now < entry.fresh_until:
                 return self._answer(entry, "HIT", request.headers, now)
             stale = entry or stale
-            if result == _UNCACHEABLE:
+            if result in (_UNCACHEABLE, _UNSTORED):
                 return (await self._run(request, stale, run))[0]
-        if self._uncacheable.get(request.base, 0.0) > time.monotonic():
+        if self._uncacheable.get(request.key, 0.0) > time.monotonic():
             return (await self._run(request, stale, run))[0]
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._running[request.base] = done
+        self._running[request.key] = done
         result = _FAILED
         held = None
         try:
@@ -190,12 +205,12 @@ class ResponseCache:
             answer, result = await self._run(request, stale, run)
             return answer
         finally:
-            del self._running[request.base]
+            del self._running[request.key]
             done.set_result(result)
             if result == _UNCACHEABLE:
                 if len(self._uncacheable) >= _UNCACHEABLE_KEYS:
                     self._uncacheable.clear()
-                self._uncacheable[request.base] = time.monotonic() + _UNCACHEABLE_SECONDS
+                self._uncacheable[request.key] = time.monotonic() + _UNCACHEABLE_SECONDS
             if held is not None:
                 self._unlock_when_written(held)
 
@@ -208,7 +223,7 @@ class ResponseCache:
         locks = self.locks
         if locks is None:
             return None, None
-        held = locks.try_lock(request.base)
+        held = locks.try_lock(request.key)
         if held is not None:
             return held, None
         if not counted:
@@ -216,10 +231,10 @@ class ResponseCache:
         deadline = time.monotonic() + self.wait
         while time.monotonic() < deadline:
             await asyncio.sleep(_POLL_SECONDS)
-            held = locks.try_lock(request.base)
+            held = locks.try_lock(request.key)
             # Looked up after trying the lock: the holder unlocks once its
             # entry is on disk, so a free lock and no entry mean none is coming.
-            entry = await self._find_on_disk(request)
+            entry, _ = await self._locate_on_disk(request)
             now = time.time()
             if entry is not None and now < entry.fresh_until:
                 if held is not None:
@@ -231,17 +246,15 @@ class ResponseCache:
 
     def _unlock_when_written(self, held: Held) -> None:
         """Unlock the key once what its run stored is on disk, where the node's
-        other workers look for it: in the background, the answer does not wait."""
+        other workers look for it; the answer does not wait, nor does a thread."""
         locks = self.locks
         assert locks is not None
+        loop = asyncio.get_running_loop()
 
-        async def unlock() -> None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.store.flush, 1.0)
-            finally:
-                locks.unlock(held)
+        def written() -> None:  # in the disk tier's writer thread
+            loop.call_soon_threadsafe(locks.unlock, held)
 
-        self._background(unlock())
+        self.store.after_writes(written)
 
     async def _run(self, request: _Request, stale: Entry | None, run: Run) -> tuple[Cached, str]:
         """The function's answer (or the stale copy's, if it failed within the
@@ -269,14 +282,18 @@ class ResponseCache:
             ), _FAILED
         if response.status == 304 and stale is not None:
             refreshed = self._refresh(request, stale, response.headers, started)
-            if refreshed is not None:
-                answer = self._answer(refreshed, "REVALIDATED", request.headers, time.time())
-                return replace(answer, outcome=outcome), _STORED
+            if refreshed is None:
+                # The 304 made the copy unstorable: ask for the whole response, for
+                # a client that never asked a conditional question.
+                return await self._run(request, None, run)
+            answer = self._answer(refreshed, "REVALIDATED", request.headers, time.time())
+            return replace(answer, outcome=outcome), _STORED
         entry = self._store(request, response, started) if request.method == "GET" else None
         if entry is None:
+            never = decide("GET", (), response.status, response.headers) is None
             return Cached(
                 "MISS", response.status, response.headers, response.body, outcome
-            ), _UNCACHEABLE
+            ), _UNCACHEABLE if never else _UNSTORED
         if not_modified(request.headers, entry.etag, entry.last_modified):
             # The client asked conditionally; the function was asked for the whole
             # response, to store it. Answer the client's question from that.
@@ -287,7 +304,7 @@ class ResponseCache:
 
     def _refresh_later(self, request: _Request, stale: Entry, run: Run) -> None:
         """One background run refreshes a stale entry (stale-while-revalidate)."""
-        if request.base in self._running:
+        if request.key in self._running:
             return
 
         async def refresh() -> None:

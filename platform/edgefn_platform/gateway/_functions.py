@@ -34,6 +34,9 @@ class LiveFunction:
     # Its entries' namespace in the edge cache: this activation of this version
     # (a rollback to it starts afresh). None: the function opted out (`cache = false`).
     cache_id: str | None = None
+    # When the version was made: a function deleted and made again numbers its
+    # versions from 1 again, and must not be taken for the one before.
+    created_at: float = 0.0
 
 
 # Told every function's purges (path prefix, time) whenever the registry changed.
@@ -125,11 +128,19 @@ class FunctionTable:
             failed = {}
             for record in self.registry.functions():
                 function = current.get(record.name)
-                if function is not None and function.version == record.active.version:
-                    # Same version: only its limits may have changed (edgefn limits).
+                active = record.active
+                if function is not None and (function.version, function.created_at) == (
+                    active.version,
+                    active.created_at,
+                ):
+                    # Same version: only its limits may have changed (edgefn limits),
+                    # or it was activated again (a new cache namespace).
                     effective = self.effective(record)
                     function = replace(
-                        function, limits=effective.limits, concurrency=effective.concurrency
+                        function,
+                        limits=effective.limits,
+                        concurrency=effective.concurrency,
+                        cache_id=_cache_id(record),
                     )
                 else:
                     try:
@@ -183,7 +194,6 @@ class FunctionTable:
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)
         effective = self.effective(record)
         warm_up(sandbox, effective.limits)
-        cached = Manifest.from_dict(version.manifest).cache
         return LiveFunction(
             record.name,
             version.version,
@@ -191,7 +201,8 @@ class FunctionTable:
             sandbox,
             effective.limits,
             effective.concurrency,
-            f"{record.name}\0{version.version}\0{record.updated_at!r}" if cached else None,
+            _cache_id(record),
+            version.created_at,
         )
 
     def start(self) -> None:
@@ -232,3 +243,10 @@ class FunctionTable:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def _cache_id(record: FunctionRecord) -> str | None:
+    """The edge cache namespace of the record's active version, as activated."""
+    if not Manifest.from_dict(record.active.manifest).cache:
+        return None
+    return f"{record.name}\0{record.active.version}\0{record.updated_at!r}"

@@ -11,12 +11,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from edgefn_contract.image import NEGOTIATED_HEADER
 from edgefn_runtime import LOOP_TOKEN, MAX_LOOPS, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime import Response as SandboxResponse
@@ -54,6 +56,7 @@ _HOP_BY_HOP = {
     "transfer-encoding",
     "upgrade",
     "content-length",
+    NEGOTIATED_HEADER,  # for the edge cache only (see _cache.py)
 }
 
 
@@ -131,6 +134,7 @@ class PublicApp:
     ) -> None:
         self.table = table
         self.cache = cache
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.logs = logs
         self.policy = policy
         self.lifecycle = lifecycle
@@ -293,16 +297,20 @@ class PublicApp:
     def _record(self, request: Request, response: Response, exchange: _Exchange) -> None:
         """Timings and usage headers, the access line, function logs, metrics."""
         usage, function = exchange.usage, exchange.function
-        timing = (
-            ("queue", exchange.queued),
-            ("instantiate", usage.instantiate_seconds),
-            ("execute", usage.execute_seconds),
-            *((("fetch", usage.fetch_seconds),) if usage.fetches else ()),
-        )
-        server_timing = ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in timing)
+        server_timing = ""
+        if exchange.ran or not exchange.cache:
+            timing = (
+                ("queue", exchange.queued),
+                ("instantiate", usage.instantiate_seconds),
+                ("execute", usage.execute_seconds),
+                *((("fetch", usage.fetch_seconds),) if usage.fetches else ()),
+            )
+            server_timing = ", ".join(f"{n};dur={seconds * 1000:.2f}" for n, seconds in timing)
         if exchange.cache:
+            # A hit ran nothing: its timing is the cache's alone.
             response.headers[CACHE_HEADER] = exchange.cache
-            server_timing = f"cache;desc={exchange.cache.lower()}, {server_timing}"
+            cache = f"cache;desc={exchange.cache.lower()}"
+            server_timing = f"{cache}, {server_timing}" if server_timing else cache
         response.headers["server-timing"] = server_timing
         if self.policy.usage_header and function is not None:
             response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}" + (
@@ -337,14 +345,22 @@ class PublicApp:
         # Every request is counted, also those refused before a function was found
         # (`no_route`, `bad_path`, 405, `starting`): under `function=""`, never the
         # path, which would give each client-chosen path its own series.
-        self.metrics.requests.labels(entry.function or "", str(entry.status), entry.outcome).inc()
+        self._count(self.metrics.requests, entry.function or "", str(entry.status), entry.outcome)
         if function is not None:
             self.logs.add(function.name, exchange.request_id, "log", exchange.logs)
             self.logs.add(function.name, exchange.request_id, "access", [line])
             if exchange.ran:
                 _observe(self.metrics, function.name, usage, exchange.queued)
             if exchange.cache:
-                self.metrics.cache.labels(function.name, exchange.cache).inc()
+                self._count(self.metrics.cache, function.name, exchange.cache)
+
+    def _count(self, family: Counter, *labels: str) -> None:
+        """`family.labels(*labels).inc()`, the labelled child looked up once: the
+        lookup cost more than the increment on a cache hit's path."""
+        child = self._children.get((family, labels))
+        if child is None:
+            child = self._children[(family, labels)] = family.labels(*labels)
+        child.inc()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

@@ -88,6 +88,7 @@ class Statements:
     )
     delete_purges: str = "DELETE FROM purges WHERE function = ?"
     purge_count: str = "SELECT COUNT(*) AS n FROM purges WHERE function = ?"
+    latest_purge: str = "SELECT MAX(purged_at) AS at FROM purges WHERE function = ?"
     purges: str = "SELECT function, prefix, purged_at FROM purges ORDER BY function, prefix"
     # -- reads
     function_names: str = "SELECT name FROM functions ORDER BY name"

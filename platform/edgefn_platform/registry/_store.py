@@ -175,7 +175,11 @@ class SQLStore(ABC):
         sql = self.dialect.sql
         with self._changing(name) as db:
             self._function_row(db, name)
-            at = time.time()
+            # Never before the function's latest purge: a gateway whose clock is
+            # behind must not move a purge back in time (and bring back what it
+            # removed, a purge of "/" deleting the ones before it).
+            latest = db.execute(sql.latest_purge, (name,)).fetchone()["at"]
+            at = max(time.time(), latest or 0.0)
             if prefix == "/":
                 db.execute(sql.delete_purges, (name,))  # all of them, covered by this one
             db.execute(sql.insert_purge, (name, prefix, at))

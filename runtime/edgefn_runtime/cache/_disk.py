@@ -76,14 +76,17 @@ class DiskTier:
         self._tell = tell
         self._failing = False
         self.dropped = 0
-        # Writes wait here, newest entry per key; the queue carries the keys in order.
-        self._pending: dict[str, Entry] = {}
+        # Writes wait here, newest entry per key (None: a delete); the queue carries
+        # the keys in order.
+        self._pending: dict[str, Entry | None] = {}
         self._pending_bytes = 0
         self._pending_lock = threading.Lock()
         # Held while one key's write or delete runs, so that a `delete` never
         # races with the writer storing that key again after it.
         self._write_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        # Keys to write, callbacks to call once the keys before them are written
+        # (`after_writes`), None to stop.
+        self._queue: queue.SimpleQueue[str | Callable[[], None] | None] = queue.SimpleQueue()
         # Keys queued and not yet written (or skipped): `flush` waits for 0.
         self._queued = 0
         self._idle = threading.Condition(self._pending_lock)
@@ -107,6 +110,7 @@ class DiskTier:
             )
             return None
         settings = {
+            "disk": _BytesOnly,
             "size_limit": limit,
             "eviction_policy": "least-recently-used",
             # No culling inside `set`: `_cull` runs after each write.
@@ -116,6 +120,9 @@ class DiskTier:
             "sqlite_journal_size_limit": wal,
         }
         try:
+            # Only the cache's own processes may read or write it: a record is
+            # trusted to be what this code wrote (its checksum catches accidents).
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             cache = diskcache.Cache(str(directory), timeout=_LOCK_TIMEOUT, **settings)
             writer = diskcache.Cache(str(directory), timeout=_WRITER_LOCK_TIMEOUT, **settings)
         except (OSError, sqlite3.Error, diskcache.Timeout) as error:
@@ -126,6 +133,9 @@ class DiskTier:
     def get(self, key: str) -> Entry | None:
         try:
             record = self._cache.get(key)
+        except _Refused:
+            record = None
+            self._remove(key)
         except (OSError, sqlite3.Error, diskcache.Timeout) as error:
             self._failed("read", error)
             return None
@@ -148,21 +158,43 @@ class DiskTier:
             ):
                 self.dropped += 1
                 return False
-            old = self._pending.get(key)
-            self._pending[key] = entry
-            self._pending_bytes += size - (old.size if old is not None else 0)
-            self._queued += old is None
-        if old is None:
-            self._queue.put(key)
+            self._enqueue(key, entry)
         return True
 
+    def after_writes(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every write queued so far is on disk (or failed),
+        from the writer thread; now if the tier is closed. Nobody waits."""
+        with self._pending_lock:
+            if not self._closed:
+                self._queue.put(callback)
+                return
+        callback()
+
     def delete(self, key: str) -> None:
+        """Remove `key` now (the caller waits for the disk)."""
         with self._write_lock:
             with self._pending_lock:
                 old = self._pending.pop(key, None)
                 if old is not None:
                     self._pending_bytes -= old.size
             self._remove(key)
+
+    def delete_later(self, key: str) -> None:
+        """Remove `key` in the writer thread, after what is queued before it: for
+        the event loop, which must not wait for the disk's locks."""
+        with self._pending_lock:
+            if not self._closed:
+                self._enqueue(key, None)
+
+    def _enqueue(self, key: str, entry: Entry | None) -> None:
+        """Under `_pending_lock`."""
+        queued = key in self._pending
+        old = self._pending.get(key)
+        self._pending[key] = entry
+        self._pending_bytes += (entry.size if entry else 0) - (old.size if old else 0)
+        if not queued:
+            self._queued += 1
+            self._queue.put(key)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every queued write is on disk (or failed); whether it came to that."""
@@ -192,14 +224,23 @@ class DiskTier:
             key = self._queue.get()
             if key is None:
                 return
+            if callable(key):
+                try:
+                    key()
+                except Exception:
+                    _log.exception("cache: a disk tier callback failed")
+                continue
             try:
                 with self._write_lock:
                     with self._pending_lock:
+                        queued = key in self._pending
                         entry = self._pending.pop(key, None)
                         if entry is not None:
                             self._pending_bytes -= entry.size
                     if entry is not None:
                         self._write(key, entry)
+                    elif queued:
+                        self._remove(key)
             except Exception:
                 # `_write` turns the disk's failures into dropped writes; anything
                 # else is a bug, but must not stop the writer (nor hang `flush`).
@@ -255,3 +296,18 @@ class DiskTier:
         if not self._failing:
             self._failing = True
             _log.warning("cache: disk tier %s failed, treated as a miss: %r", what, error)
+
+
+class _Refused(Exception):
+    """A record that is not plain bytes."""
+
+
+class _BytesOnly(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's storage, reading back plain bytes only: it unpickles any other
+    value, and whoever could write a record into the directory would then run
+    code in every worker; this cache writes nothing but bytes."""
+
+    def fetch(self, mode: int, filename: str, value: object, read: bool) -> object:
+        if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+            raise _Refused
+        return super().fetch(mode, filename, value, read)

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from edgefn_contract.image import NEGOTIATED_HEADER
+
 from ._entry import Entry
 from ._keys import variant_key
 from ._rules import decide
 from ._store import HttpCache
 
-__all__ = ["find", "keep"]
+__all__ = ["find", "keep", "locate"]
 
 Headers = Sequence[tuple[str, str]]
 
@@ -34,11 +36,12 @@ def keep(
 
     A response with `Vary` is kept in two steps (`Entry.vary`): under `base`, a
     pointer naming the headers it varies on; under a key with their values, the
-    response. `negotiated`: `Accept` on an image counts only through the format
-    `edgefn.image.negotiate` picks (the gateway's functions negotiate that way;
-    an origin may not)."""
+    response. `negotiated`: honour the response's `NEGOTIATED_HEADER`, keying
+    `Accept` by the format `edgefn.image.negotiate` picks (a function can say
+    so; an origin cannot). A request that repeats a header the response varies
+    on is not kept: the function may have read one line and the key all."""
     freshness = decide("GET", request_headers, status, headers)
-    if freshness is None:
+    if freshness is None or _repeats(freshness.vary, request_headers):
         return None
     entry = Entry(
         status=status,
@@ -58,26 +61,45 @@ def keep(
     )
     where = base
     if freshness.vary:
-        pointer = replace(entry, body=b"", vary=freshness.vary)
-        where = _variant(base, pointer, request_headers, negotiated)
+        marked = negotiated and any(n.lower() == NEGOTIATED_HEADER for n, _ in headers)
+        pointer = replace(
+            entry,
+            body=b"",
+            vary=freshness.vary,
+            headers=((NEGOTIATED_HEADER, "1"),) if marked else (),
+        )
+        where = _variant(base, pointer, request_headers)
         if not cache.put(base, pointer):
             return None
     return entry if cache.put(where, entry) else None
 
 
-def find(
-    cache: HttpCache, base: str, headers: Headers, *, negotiated: bool = False, disk: bool = True
-) -> Entry | None:
+def find(cache: HttpCache, base: str, headers: Headers, *, disk: bool = True) -> Entry | None:
     """What `keep` stored under `base` for a request with these headers (`disk`
     False: what the memory tier has of it)."""
+    return locate(cache, base, headers, disk=disk)[0]
+
+
+def locate(
+    cache: HttpCache, base: str, headers: Headers, *, disk: bool = True
+) -> tuple[Entry | None, str]:
+    """`find`'s entry, and the key the request's response is kept under: the
+    variant's when the pointer is known, else `base`."""
     entry = cache.get(base, disk=disk)
     if entry is None or not entry.vary:
-        return entry
-    return cache.get(_variant(base, entry, headers, negotiated), disk=disk)
+        return entry, base
+    if _repeats(entry.vary, headers):
+        return None, base
+    where = _variant(base, entry, headers)
+    return cache.get(where, disk=disk), where
 
 
-def _variant(base: str, pointer: Entry, headers: Headers, negotiated: bool) -> str:
-    image = negotiated and any(
-        n.lower() == "content-type" and v.lower().startswith("image/") for n, v in pointer.headers
-    )
-    return variant_key(base, pointer.vary, headers, image)
+def _variant(base: str, pointer: Entry, headers: Headers) -> str:
+    return variant_key(base, pointer.vary, headers, negotiated=bool(pointer.headers))
+
+
+def _repeats(vary: Sequence[str], headers: Headers) -> bool:
+    if not vary:
+        return False
+    seen = [n.lower() for n, _ in headers if n.lower() in vary]
+    return len(seen) != len(set(seen))

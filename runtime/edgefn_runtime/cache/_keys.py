@@ -1,7 +1,7 @@
 """Cache keys: what makes two requests the same request to a cache.
 
-A key is a digest of its parts, each part length-prefixed so no two lists of
-parts give the same text (`a|b` + `c` against `a` + `b|c`). The caller's
+A key is a digest of its parts, each part prefixed with its length so no two
+lists of parts give the same text (`a|b` + `c` against `a` + `b|c`). The caller's
 namespace comes first: the gateway's is the function's identity and active
 version, the outbound capability's the function fetching, so no function can
 ever read or write another's entries.
@@ -10,7 +10,6 @@ ever read or write another's entries.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode
 
@@ -18,17 +17,11 @@ from edgefn_contract.image import FORMATS, negotiate
 
 __all__ = ["key", "normalise_query", "variant_key"]
 
-_SPACES = re.compile(r"\s*,\s*|\s+")
-
 
 def key(*parts: str) -> str:
     """The key of these parts, in this order."""
-    digest = hashlib.blake2b(digest_size=20)
-    for part in parts:
-        data = part.encode("utf-8", "surrogateescape")
-        digest.update(len(data).to_bytes(4, "big"))
-        digest.update(data)
-    return digest.hexdigest()
+    text = "".join(f"{len(part)}:{part}" for part in parts)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
 
 
 def normalise_query(query: str) -> str:
@@ -42,18 +35,18 @@ def normalise_query(query: str) -> str:
 
 
 def variant_key(
-    base: str, vary: Sequence[str], headers: Iterable[tuple[str, str]], image: bool
+    base: str, vary: Sequence[str], headers: Iterable[tuple[str, str]], negotiated: bool
 ) -> str:
     """The key of the response stored under `base` for these request headers,
     `vary` naming the headers it varies on.
 
-    For an image (`image`: the stored response's Content-Type is image/*),
-    `Accept` counts only through the format `edgefn.image.negotiate` picks
-    from it, for each fallback a function may give: Chrome's, Firefox's and
-    Safari's headers then share the AVIF entry and curl's `*/*` gets the
-    fallback's, instead of one entry per browser version's exact header. A
-    function that answers an image's `Accept` by other rules than the SDK's
-    should not send `Vary: Accept` with image types."""
+    `negotiated` (the function said it chose its format with
+    `edgefn.image.negotiate`): `Accept` counts only through the format that
+    picks from it, for each fallback a function may give, so Chrome's,
+    Firefox's and Safari's headers share the AVIF entry and curl's `*/*` gets
+    the fallback's, instead of one entry per browser version's exact header.
+    Other values count as sent, less surrounding whitespace (not lower-cased:
+    `Origin`, cookies and tokens are case-sensitive)."""
     values: dict[str, list[str]] = {name: [] for name in vary}
     for name, value in headers:
         found = values.get(name.lower())
@@ -62,9 +55,9 @@ def variant_key(
     parts = [base]
     for name in vary:
         joined = ",".join(values[name])
-        if image and name == "accept":
+        if negotiated and name == "accept":
             part = ",".join(negotiate(joined, fallback) for fallback in FORMATS)
         else:
-            part = _SPACES.sub(lambda m: "," if "," in m.group() else " ", joined.strip()).lower()
+            part = joined.strip()
         parts += [name, part]
     return key(*parts)

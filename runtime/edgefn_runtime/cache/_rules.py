@@ -30,6 +30,8 @@ from hishel import Response as HishelResponse
 from hishel._core._headers import parse_cache_control
 from hishel._core._spec import CacheMiss, get_freshness_lifetime
 
+from edgefn_contract.image import NEGOTIATED_HEADER
+
 __all__ = ["Freshness", "decide", "freshened", "not_modified", "not_modified_headers", "validators"]
 
 _SHARED = CacheOptions(shared=True, supported_methods=["GET", "HEAD"])
@@ -51,6 +53,7 @@ PER_REQUEST = frozenset(
         "x-edgefn-cache",
         "age",
         "date",
+        NEGOTIATED_HEADER,
     }
 )
 # What a 304 carries of the stored response (RFC 9110 15.4.5).
@@ -192,7 +195,8 @@ def _weak(tag: str) -> str:
 
 def _age(grouped: dict[str, list[str]]) -> float:
     value = _first(grouped, "age")
-    return float(value) if value is not None and value.isdigit() else 0.0
+    # isascii: "²".isdigit() is true, and float() refuses it.
+    return float(value) if value is not None and value.isascii() and value.isdigit() else 0.0
 
 
 def _first(grouped: dict[str, list[str]], name: str) -> str | None:

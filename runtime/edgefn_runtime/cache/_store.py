@@ -70,7 +70,11 @@ class HttpCache:
                 if self._listener is not None:
                     self._listener("hit", "memory", 1)
                 return entry
-            self.delete(key)
+            # Purged. The disk's copy goes in the writer thread: this may be the
+            # event loop, which must not wait for the disk's locks.
+            self._memory.delete(key)
+            if self._disk is not None:
+                self._disk.delete_later(key)
         self._tell("miss", "memory", 1)
         tier = self._disk if disk else None  # once: `close` may drop it from another thread
         if tier is None:
@@ -99,6 +103,15 @@ class HttpCache:
                 self._memory.delete(key)
             stored = disk.put_later(key, entry) or stored
         return stored
+
+    def after_writes(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every `put` so far has reached the disk tier (from
+        its writer thread then), or now when there is no disk tier."""
+        disk = self._disk
+        if disk is None:
+            callback()
+        else:
+            disk.after_writes(callback)
 
     def delete(self, key: str) -> None:
         """Remove `key` from both tiers (and from the disk writer's queue)."""

@@ -3,10 +3,11 @@
 GET /any/path?cc=C&etag=E&lm=L&vary=V&cookie=1&status=N&sleep=MS&pad=N
     Cache-Control C (default "public, max-age=60"), ETag E, Last-Modified L,
     Vary V, a Set-Cookie, status N; busy for MS milliseconds first. Answers 304
-    itself when If-None-Match names E. The body names the path, the query and
+    itself when If-None-Match names E (with Cache-Control `cc304` if given). The body names the path, the query and
     the moment it was computed (`run=<ns>`): two equal bodies are one run; N
     bytes of padding follow it.
-GET /image?...  the same, as image/<format negotiated from Accept>, Vary: Accept.
+GET /image?...  the same, as image/<format negotiated from Accept>, Vary: Accept;
+    with `negotiated`, saying so to the cache (`edgefn.image.ACCEPT_NEGOTIATED`).
 A request header `x-test-fail: status` answers 500, `x-test-fail: raise` raises
 and `x-test-fail: hang` runs past the time limit — headers the cache does not
 key on, so a test can make a stored key fail.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import time
 
 from edgefn import App, Request, Response
-from edgefn.image import negotiate
+from edgefn.image import ACCEPT_NEGOTIATED, negotiate
 from edgefn_contract.image import MEDIA_TYPES
 
 app = App()
@@ -39,12 +40,13 @@ def answer(request: Request) -> Response:
         until = time.monotonic() + int(query["sleep"]) / 1000
         while time.monotonic() < until:
             pass
-    headers = {"cache-control": query.get("cc", "public, max-age=60")}
+    cc = query.get("cc", "public, max-age=60")
+    headers = {"cache-control": cc}
     etag = query.get("etag")
     if etag:
         headers["etag"] = f'"{etag}"'
         if f'"{etag}"' in request.headers.get("if-none-match", ""):
-            return Response(b"", 304, headers)
+            return Response(b"", 304, {**headers, "cache-control": query.get("cc304", cc)})
     if "lm" in query:
         headers["last-modified"] = query["lm"]
     if "vary" in query:
@@ -55,7 +57,7 @@ def answer(request: Request) -> Response:
     if path == "image":
         fmt = negotiate(request.headers.get("accept", ""))
         headers["content-type"] = MEDIA_TYPES[fmt]
-        headers["vary"] = "Accept"
+        headers.update(ACCEPT_NEGOTIATED if "negotiated" in query else {"vary": "Accept"})
         body = f"{fmt} run={time.time_ns()}"
     else:
         headers["content-type"] = "text/plain"

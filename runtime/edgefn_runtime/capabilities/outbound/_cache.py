@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ...cache import Entry, HttpCache
 from ...cache._keep import find, keep
-from ...cache._keys import key, normalise_query
+from ...cache._keys import key
 from ...cache._rules import freshened, validators
 from ._policy import Target
 
@@ -36,9 +36,18 @@ __all__ = ["CACHE_BYPASS_HEADERS", "Found", "OriginCache"]
 
 Headers = Sequence[tuple[str, str]]
 
-# The function asks the origin something a stored copy does not answer.
+# The function asks the origin something a stored copy does not answer; or it
+# sends a user's cookies, whose answer an origin may well not mark `private`.
 CACHE_BYPASS_HEADERS = frozenset(
-    {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"}
+    {
+        "if-none-match",
+        "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+        "if-range",
+        "range",
+        "cookie",
+    }
 )
 _NO_LOOKUP = ("no-cache", "no-store", "max-age=0")
 
@@ -153,9 +162,9 @@ def served_headers(entry_headers: Headers, body: bytes, age: int) -> list[tuple[
 
 
 def _base_key(function: str, target: Target) -> str:
-    path, _, query = target.target.partition("?")
-    url = target.origin + path + ("?" + normalise_query(query) if query else "")
-    return key("origin", function, url)
+    # The URL as the origin gets it, not normalised: an origin may read its
+    # query's order, `+` or an empty value differently from another spelling.
+    return key("origin", function, target.origin + target.target)
 
 
 class _Flights:
