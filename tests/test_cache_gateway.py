@@ -31,6 +31,9 @@ SAFARI = (
     "image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5"
 )
 CURL = "*/*"
+# Sent with a first request: its answer comes with `Age: 60`, so with `max-age=60`
+# it is stored expired already (no test waits for a lifetime to pass).
+AGED = {"x-test-age": "60"}
 
 
 def deploy(gateway: GatewayProcess, manifest: str = MANIFEST) -> None:
@@ -172,9 +175,8 @@ def test_a_304_that_makes_the_copy_unstorable_gets_the_whole_response(
 
 
 def test_an_expired_entry_runs_the_function_again(gateway: GatewayProcess) -> None:
-    target = url(cc="max-age=1")
-    first = get(gateway, target)
-    time.sleep(1.1)
+    target = url(cc="max-age=60")
+    first = get(gateway, target, **AGED)
     again = get(gateway, target)
     assert status(again) == "MISS" and again.text != first.text
 
@@ -182,9 +184,8 @@ def test_an_expired_entry_runs_the_function_again(gateway: GatewayProcess) -> No
 def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background(
     gateway: GatewayProcess,
 ) -> None:
-    target = url(cc="max-age=1, stale-while-revalidate=30")
-    first = get(gateway, target)
-    time.sleep(1.1)
+    target = url(cc="max-age=60, stale-while-revalidate=30")
+    first = get(gateway, target, **AGED)
     stale = get(gateway, target)
     assert status(stale) == "STALE" and stale.text == first.text
     deadline = time.monotonic() + 10
@@ -199,9 +200,8 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_in_the_background(
 
 
 def test_a_head_request_refreshes_the_entry_with_a_get(gateway: GatewayProcess) -> None:
-    target = url(cc="max-age=1, stale-while-revalidate=30")
-    first = get(gateway, target)
-    time.sleep(1.1)
+    target = url(cc="max-age=60, stale-while-revalidate=30")
+    first = get(gateway, target, **AGED)
     assert status(httpx.head(gateway.public_url + target)) == "STALE"
     deadline = time.monotonic() + 10
     while True:
@@ -217,9 +217,8 @@ def test_a_head_request_refreshes_the_entry_with_a_get(gateway: GatewayProcess) 
 def test_stale_if_error_serves_the_stale_copy_while_the_function_fails(
     gateway: GatewayProcess, failure: str
 ) -> None:
-    target = url(cc="max-age=1, stale-if-error=60")
-    first = get(gateway, target)
-    time.sleep(1.1)
+    target = url(cc="max-age=60, stale-if-error=60")
+    first = get(gateway, target, **AGED)
     stale = get(gateway, target, **{"x-test-fail": failure})
     assert stale.status_code == 200 and status(stale) == "STALE"
     assert stale.text == first.text
@@ -230,9 +229,8 @@ def test_stale_if_error_serves_the_stale_copy_while_the_function_fails(
         >= 1
     )
     # Without stale-if-error the failure reaches the client.
-    strict = url(cc="max-age=1")
-    get(gateway, strict)
-    time.sleep(1.1)
+    strict = url(cc="max-age=60")
+    get(gateway, strict, **AGED)
     failed = get(gateway, strict, **{"x-test-fail": failure})
     assert failed.status_code >= 500 and status(failed) == "MISS"
     attacks.record(
@@ -421,24 +419,21 @@ def test_the_nodes_workers_share_one_disk_tier(tmp_path: Path) -> None:
         assert len({r.text for r in responses}) == 1
         assert {status(r) for r in asyncio.run(burst(16, cold))} == {"HIT"}
 
-        large = url(pad=str(200_000))  # its own file in the disk tier
         host = "edge.example"  # part of the key; the restarted gateway gets another port
-        stored = get(pair, large, host=host)
+        small = url()  # kept in the disk tier's index
+        large = url(pad=str(200_000))  # in a file of its own there
+        stored = {target: get(pair, target, host=host) for target in (small, large)}
         pair.stop()
+        files = list((tmp_path / "data" / "cache").rglob("*.val"))
+        assert len(files) == 1, files
+        with files[0].open("r+b") as handle:  # torn, as by a crash mid-write
+            handle.truncate(files[0].stat().st_size // 2)
         pair.start()
-        after_restart = get(pair, large, host=host)
-        assert status(after_restart) == "HIT" and after_restart.text == stored.text
-
-        pair.stop()
-        files = [f for f in (tmp_path / "data" / "cache").rglob("*.val")]
-        assert files, "no entry file on disk"
-        for file in files:
-            with file.open("r+b") as handle:
-                handle.truncate(file.stat().st_size // 2)
-        pair.start()
+        after_restart = get(pair, small, host=host)
+        assert status(after_restart) == "HIT" and after_restart.text == stored[small].text
         torn = get(pair, large, host=host)
         assert torn.status_code == 200 and status(torn) == "MISS"
-        assert len(torn.content) == len(stored.content)
+        assert len(torn.content) == len(stored[large].content)
     attacks.record(
         AREA,
         "a disk entry truncated under the cache (a torn write, a full disk)",

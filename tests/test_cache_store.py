@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,3 +369,58 @@ def test_a_write_that_fails_does_not_stop_the_disk_writer(
     assert cache.flush(timeout=10)
     cache.close()
     assert _open(caches, tmp_path).get("k") is not None
+
+
+def test_a_purged_memory_hit_leaves_the_disk_in_the_writer_thread(
+    caches: list[HttpCache], tmp_path: Path
+) -> None:
+    stored = time.time() - 10
+    cache = _open(caches, tmp_path)
+    cache.put("k", _entry(stored_at=stored))
+    assert cache.flush()
+    cache.purges.replace({"thumbs": [("/", stored + 1)]})
+    assert cache.get("k") is None  # from memory: purged
+    assert cache.flush()
+    assert cache.stats()["disk"].entries == 0
+
+
+def test_after_writes_calls_back_once_what_was_put_is_on_disk(
+    caches: list[HttpCache], tmp_path: Path
+) -> None:
+    cache = _open(caches, tmp_path)
+    cache.put("k", _entry(200 * KB))
+    seen: list[int] = []
+    done = threading.Event()
+    cache.after_writes(
+        lambda: (seen.append(_open(caches, tmp_path).stats()["disk"].entries), done.set())
+    )
+    assert done.wait(10)
+    assert seen == [1]  # another process's view (a new cache on the dir) has it by then
+    no_disk = _open(caches, tmp_path / "none", disk=0)
+    called = threading.Event()
+    no_disk.after_writes(called.set)
+    assert called.is_set()  # no disk tier: at once
+
+
+def test_a_record_that_is_not_bytes_is_refused_not_unpickled(
+    caches: list[HttpCache], tmp_path: Path
+) -> None:
+    import diskcache
+
+    cache = _open(caches, tmp_path)
+    cache.put("k", _entry())
+    assert cache.flush()
+    cache.close()
+    # What someone who could write the directory might plant: a pickled value.
+    with diskcache.Cache(str(tmp_path)) as raw:
+        raw.set("k", {"not": "bytes"})
+    reader = _open(caches, tmp_path)
+    assert reader.get("k") is None
+    assert reader.stats()["disk"].entries == 0  # and it is gone
+
+
+def test_a_new_disk_tier_directory_is_the_gateway_users_only(
+    caches: list[HttpCache], tmp_path: Path
+) -> None:
+    _open(caches, tmp_path / "fresh")
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o700

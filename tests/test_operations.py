@@ -278,7 +278,7 @@ def connected(pid: int, port: int) -> bool:
 def test_server_timing_and_usage_headers(gateway: GatewayProcess) -> None:
     response = gateway.get("/hello/")
     assert re.fullmatch(
-        r"queue;dur=[\d.]+, instantiate;dur=[\d.]+, execute;dur=[\d.]+",
+        r"cache;desc=miss, queue;dur=[\d.]+, instantiate;dur=[\d.]+, execute;dur=[\d.]+",
         response.headers["server-timing"],
     )
     assert re.fullmatch(r"fuel=\d+", response.headers["x-edgefn-usage"])

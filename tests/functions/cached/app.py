@@ -3,12 +3,13 @@
 GET /any/path?cc=C&etag=E&lm=L&vary=V&cookie=1&status=N&sleep=MS&pad=N
     Cache-Control C (default "public, max-age=60"), ETag E, Last-Modified L,
     Vary V, a Set-Cookie, status N; busy for MS milliseconds first. Answers 304
-    itself when If-None-Match names E (with Cache-Control `cc304` if given). The body names the path, the query and
-    the moment it was computed (`run=<ns>`): two equal bodies are one run; N
-    bytes of padding follow it.
+    itself when If-None-Match names E (with Cache-Control `cc304` if given). The
+    body names the path, the query and the moment it was computed (`run=<ns>`):
+    two equal bodies are one run; N bytes of padding follow it.
 GET /image?...  the same, as image/<format negotiated from Accept>, Vary: Accept;
     with `negotiated`, saying so to the cache (`edgefn.image.ACCEPT_NEGOTIATED`).
-A request header `x-test-fail: status` answers 500, `x-test-fail: raise` raises
+A request header `x-test-age: N` sends `Age: N` (a copy that comes aged, say from
+a cache in front). A request header `x-test-fail: status` answers 500, `x-test-fail: raise` raises
 and `x-test-fail: hang` runs past the time limit — headers the cache does not
 key on, so a test can make a stored key fail.
 """
@@ -53,6 +54,8 @@ def answer(request: Request) -> Response:
         headers["vary"] = query["vary"]
     if "cookie" in query:
         headers["set-cookie"] = "session=abc"
+    if "x-test-age" in request.headers:  # aged already: stored stale, without a wait
+        headers["age"] = request.headers["x-test-age"]
     body = f"{path}?{request.query_string} run={time.time_ns()}" + "." * int(query.get("pad", "0"))
     if path == "image":
         fmt = negotiate(request.headers.get("accept", ""))
