@@ -75,8 +75,10 @@ class HttpCache:
             self._memory.delete(key)
             if self._disk is not None:
                 self._disk.delete_later(key)
+        tier = self._disk  # once: `close` may drop it from another thread
+        if not disk and tier is not None:
+            return None  # the caller asks the disk next: the miss is counted then
         self._tell("miss", "memory", 1)
-        tier = self._disk if disk else None  # once: `close` may drop it from another thread
         if tier is None:
             return None
         entry = tier.get(key)
