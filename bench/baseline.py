@@ -24,10 +24,7 @@ def start_baseline(app: str, ready_path: str) -> tuple[subprocess.Popen[bytes], 
         sock.bind(("127.0.0.1", 0))
         sock.listen(2048)
         port = int(sock.getsockname()[1])
-        command = [
-            sys.executable, "-m", "uvicorn", app, "--fd", str(sock.fileno()),
-            "--workers", "2", "--log-level", "warning", "--no-access-log",
-        ]  # fmt: skip
+        command = [sys.executable, str(HERE / "baseline_server.py"), app, str(sock.fileno())]
         process = subprocess.Popen(command, cwd=HERE, pass_fds=[sock.fileno()])
 
     def answers() -> bool:

@@ -57,6 +57,9 @@ _HOP_BY_HOP = {
     "upgrade",
     "content-length",
     NEGOTIATED_HEADER,  # for the edge cache only (see _cache.py)
+    # The gateway's own, added by `_record` (a function's were always replaced).
+    "server-timing",
+    CACHE_HEADER,
 }
 
 
@@ -306,12 +309,15 @@ class PublicApp:
                 *((("fetch", usage.fetch_seconds),) if usage.fetches else ()),
             )
             server_timing = ", ".join(f"{n};dur={seconds * 1000:.2f}" for n, seconds in timing)
+        raw = response.raw_headers
         if exchange.cache:
             # A hit ran nothing: its timing is the cache's alone.
-            response.headers[CACHE_HEADER] = exchange.cache
+            raw.append((CACHE_HEADER.encode(), exchange.cache.encode()))
             cache = f"cache;desc={exchange.cache.lower()}"
             server_timing = f"{cache}, {server_timing}" if server_timing else cache
-        response.headers["server-timing"] = server_timing
+        # Appended, not set: neither header can be there yet (`_to_http` drops a
+        # function's, error responses have none), and setting one scans them all.
+        raw.append((b"server-timing", server_timing.encode()))
         if self.policy.usage_header and function is not None:
             response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}" + (
                 f", fetches={usage.fetches}, fetch_bytes={usage.fetch_bytes}"
@@ -454,15 +460,21 @@ def _headers(request: Request, function: LiveFunction) -> list[tuple[str, str]]:
     return headers
 
 
+class _Answer(Response):
+    """A response whose raw headers are given whole: Starlette's own constructor
+    computes headers that `_to_http` then replaced, a tenth of a cache hit's time."""
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status_code, self.raw_headers, self.body = status, raw_headers, body
+        self.background = None
+
+
 def _to_http(answer: SandboxResponse, request_id: str) -> Response:
     headers = []
+    if answer.status >= 200 and answer.status not in (204, 304):
+        headers.append((b"content-length", str(len(answer.body)).encode()))
     for name, value in answer.headers:  # the sandbox checked each one
         if name.lower() not in _HOP_BY_HOP:
             headers.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
-    response = Response(answer.body, status_code=answer.status)
-    response.raw_headers = [
-        *(h for h in response.raw_headers if h[0] == b"content-length"),
-        *headers,
-        (b"x-request-id", request_id.encode("latin-1", "replace")),
-    ]
-    return response
+    headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+    return _Answer(answer.status, headers, answer.body)
