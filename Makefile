@@ -79,6 +79,7 @@ bench: install
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/origin.py
+	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/inflight.py
 	$(BIN)/python bench/scaleout.py
 
