@@ -206,16 +206,7 @@ def load_policy(path: Path | None, environ: Mapping[str, str] = os.environ) -> P
 
 def parse_cache(table: Mapping[str, Any]) -> CacheConfig:
     """The `[cache]` section; each mistake a ConfigError naming `cache.KEY`."""
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in CACHE_KEYS:
-            raise ConfigError(f"cache.{key}: unknown key (allowed: {', '.join(CACHE_KEYS)})")
-        parse, accepts = CACHE_KEYS[key]
-        try:
-            values[key] = parse(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"cache.{key}: expected {accepts}, got {value!r} ({exc})") from None
-    return CacheConfig(**values)
+    return CacheConfig(**_parse_section("cache", table, CACHE_KEYS))
 
 
 def parse_outbound(table: Mapping[str, Any]) -> OutboundPolicy:
@@ -224,21 +215,28 @@ def parse_outbound(table: Mapping[str, Any]) -> OutboundPolicy:
     `blocked_networks` adds to the default blocked networks, never replaces
     them: an operator who blocks one more range must not unblock loopback.
     """
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in OUTBOUND_KEYS:
-            raise ConfigError(f"outbound.{key}: unknown key (allowed: {', '.join(OUTBOUND_KEYS)})")
-        parse, accepts = OUTBOUND_KEYS[key]
-        try:
-            values[key] = parse(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"outbound.{key}: expected {accepts}, got {value!r} ({exc})"
-            ) from None
+    values = _parse_section("outbound", table, OUTBOUND_KEYS)
     if "blocked_networks" in values:
         added = [n for n in values["blocked_networks"] if n not in DEFAULT_BLOCKED]
         values["blocked_networks"] = DEFAULT_BLOCKED + tuple(added)
     return OutboundPolicy(**values)
+
+
+def _parse_section(
+    name: str, table: Mapping[str, Any], keys: Mapping[str, tuple[Callable[[Any], Any], str]]
+) -> dict[str, Any]:
+    """A section's values parsed by `keys` (key -> (parser, what it accepts));
+    each mistake a ConfigError naming `name.KEY`."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in keys:
+            raise ConfigError(f"{name}.{key}: unknown key (allowed: {', '.join(keys)})")
+        parse, accepts = keys[key]
+        try:
+            values[key] = parse(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}.{key}: expected {accepts}, got {value!r} ({exc})") from None
+    return values
 
 
 def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
