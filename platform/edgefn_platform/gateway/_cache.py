@@ -61,7 +61,7 @@ Run = Callable[[str, Headers], Awaitable[Outcome]]
 # What became of a run, told to the requests that waited for it: its response
 # stored; one that can never be (the waiters run at once, and the key's requests
 # skip the wait for a while); not stored for this request's sake (a HEAD, its
-# `Authorization`: the waiters run at once); failed (the next waiter runs).
+# `Authorization`); failed. Unless it was stored, the waiters run at once.
 _STORED, _UNCACHEABLE, _UNSTORED, _FAILED = "stored", "uncacheable", "unstored", "failed"
 _UNCACHEABLE_SECONDS = 10.0
 _UNCACHEABLE_KEYS = 10_000
@@ -169,9 +169,9 @@ class ResponseCache:
     async def _run_once(self, request: _Request, stale: Entry | None, run: Run) -> Cached:
         """Run the function for `request`, unless a run for its key is under way
         (in this worker or another of the node's): then wait for it and answer
-        from what it stored. If that run failed, the next waiter runs; if its
-        response could not be stored, every waiter runs at once (and later
-        requests for the key skip the wait for a while)."""
+        from what it stored. If that run failed, or its response could not be
+        stored, every waiter runs at once (and, when the response can never be
+        stored, later requests for the key skip the wait for a while)."""
         waited = False
         deadline = time.monotonic() + self.wait  # for all the runs it waits for
         while (running := self._running.get(request.key)) is not None:
@@ -189,7 +189,10 @@ class ResponseCache:
             if entry is not None and now < entry.fresh_until:
                 return self._answer(entry, "HIT", request.headers, now)
             stale = entry or stale
-            if result in (_UNCACHEABLE, _UNSTORED):
+            if result != _STORED:
+                # Nothing to share: each runs for itself, at once. After a failure
+                # too: a function that times out must not make its waiters queue
+                # one timeout after another.
                 return (await self._run(request, stale, run))[0]
         if self._uncacheable.get(request.key, 0.0) > time.monotonic():
             return (await self._run(request, stale, run))[0]
@@ -249,12 +252,9 @@ class ResponseCache:
         other workers look for it; the answer does not wait, nor does a thread."""
         locks = self.locks
         assert locks is not None
-        loop = asyncio.get_running_loop()
-
-        def written() -> None:  # in the disk tier's writer thread
-            loop.call_soon_threadsafe(locks.unlock, held)
-
-        self.store.after_writes(written)
+        # Unlocked from the disk tier's writer thread: the lock is a file and a
+        # descriptor, no state of the event loop's (which may be closed by then).
+        self.store.after_writes(lambda: locks.unlock(held))
 
     async def _run(self, request: _Request, stale: Entry | None, run: Run) -> tuple[Cached, str]:
         """The function's answer (or the stale copy's, if it failed within the
