@@ -15,13 +15,11 @@
 from __future__ import annotations
 
 import argparse
-import http.client
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -31,28 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from baseline import start_baseline  # noqa: E402
 from gateway import deploy, load_python, load_wrk  # noqa: E402
-from origin import ORIGIN, QUERY, deploy_watermark  # noqa: E402
+from origin import ORIGIN, QUERY, deploy_watermark, webp_latencies  # noqa: E402
 
 from edgefn_platform import build  # noqa: E402
 from gateway_process import GatewayProcess  # noqa: E402
-
-
-def latencies(port: int, targets: list[str]) -> list[float]:
-    """ms for each GET of `targets`, in turn, on one kept-alive connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    times = []
-    try:
-        for target in targets:
-            started = time.perf_counter()
-            connection.request("GET", target)
-            response = connection.getresponse()
-            body = response.read()
-            times.append((time.perf_counter() - started) * 1000)
-            if response.status != 200 or body[8:12] != b"WEBP":
-                raise RuntimeError(f"{target} answered {response.status}: {body[:300]!r}")
-    finally:
-        connection.close()
-    return times
 
 
 def main() -> None:
@@ -85,10 +65,10 @@ def main() -> None:
                 deploy_watermark(gateway, origin, Path(temp))
                 src = quote(f"{origin}/photo.jpg", safe="")
                 base = f"/watermark/?src={src}&{QUERY}"
-                misses = latencies(
+                misses = webp_latencies(
                     gateway.port, [f"{base}&text=v{i}" for i in range(args.requests)]
                 )
-                hit_times = latencies(gateway.port, [base] * (args.requests + 1))[1:]
+                hit_times = webp_latencies(gateway.port, [base] * (args.requests + 1))[1:]
             baseline, port = start_baseline("baseline_app:app", "/bench/")
             try:
                 native = load(f"http://127.0.0.1:{port}/bench/", args.seconds, args.connections)

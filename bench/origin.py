@@ -43,6 +43,25 @@ ORIGIN = ROOT / "tests" / "origin_server.py"
 QUERY = "w=800&text=edgefn&size=0.05&opacity=0.5&format=webp&q=85"
 
 
+def webp_latencies(port: int, targets: list[str]) -> list[float]:
+    """ms for each GET of `targets` on 127.0.0.1:`port`, in turn, on one kept-alive
+    connection; each answer must be a WebP."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    times = []
+    try:
+        for target in targets:
+            started = time.perf_counter()
+            connection.request("GET", target)
+            response = connection.getresponse()
+            body = response.read()
+            times.append((time.perf_counter() - started) * 1000)
+            if response.status != 200 or body[8:12] != b"WEBP":
+                raise RuntimeError(f"{target} answered {response.status}: {body[:300]!r}")
+    finally:
+        connection.close()
+    return times
+
+
 def measure(url: str, requests: int, concurrency: int) -> list[float]:
     """Latencies in ms of GET `url`, `concurrency` clients each on its own
     kept-alive connection (http.client: the leanest client leaves the 2 cores
@@ -51,20 +70,7 @@ def measure(url: str, requests: int, concurrency: int) -> list[float]:
     target = f"{parts.path}?{parts.query}"
 
     def client(count: int) -> list[float]:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-        times = []
-        try:
-            for _ in range(count):
-                started = time.perf_counter()
-                connection.request("GET", target)
-                response = connection.getresponse()
-                body = response.read()
-                times.append((time.perf_counter() - started) * 1000)
-                if response.status != 200 or body[8:12] != b"WEBP":
-                    raise RuntimeError(f"{url} answered {response.status}: {body[:300]!r}")
-        finally:
-            connection.close()
-        return times
+        return webp_latencies(parts.port or 80, [target] * count)
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(client, [5] * concurrency))  # warm up both workers

@@ -36,6 +36,7 @@ from edgefn_runtime.cache import Entry, HttpCache
 from edgefn_runtime.cache._keep import keep, locate
 from edgefn_runtime.cache._keys import key, normalise_query
 from edgefn_runtime.cache._rules import (
+    Freshness,
     decide,
     freshened,
     not_modified,
@@ -288,9 +289,18 @@ class ResponseCache:
                 return await self._run(request, None, run)
             answer = self._answer(refreshed, "REVALIDATED", request.headers, time.time())
             return replace(answer, outcome=outcome), _STORED
-        entry = self._store(request, response, started) if request.method == "GET" else None
+        freshness = None
+        if request.method == "GET":
+            freshness = decide("GET", request.headers, response.status, response.headers)
+        entry = self._store(request, response, started, freshness) if freshness else None
         if entry is None:
-            never = decide("GET", (), response.status, response.headers) is None
+            # For good when the response alone said no: of a GET's own headers only
+            # `Authorization` weighs in `decide`.
+            never = (
+                request.method == "GET"
+                and freshness is None
+                and not any(n.lower() == "authorization" for n, _ in request.headers)
+            )
             return Cached(
                 "MISS", response.status, response.headers, response.body, outcome
             ), _UNCACHEABLE if never else _UNSTORED
@@ -324,7 +334,9 @@ class ResponseCache:
 
     # -- stores ------------------------------------------------------------
 
-    def _store(self, request: _Request, response: Response, now: float) -> Entry | None:
+    def _store(
+        self, request: _Request, response: Response, now: float, freshness: Freshness | None = None
+    ) -> Entry | None:
         return keep(
             self.store,
             request.base,
@@ -336,6 +348,7 @@ class ResponseCache:
             function=request.function.name,
             path=request.path,
             negotiated=True,
+            freshness=freshness,
         )
 
     def _refresh(

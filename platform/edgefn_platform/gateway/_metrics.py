@@ -43,6 +43,7 @@ class Metrics:
         # Read by each value when it is created: one store per process.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
         _values.ValueClass = _values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         # registry=None: in multiprocess mode the collector reads the files, and a
         # second Metrics in one process (tests) must not clash in the default one.
         self.requests = Counter(
@@ -172,6 +173,22 @@ class Metrics:
             multiprocess_mode="livemin",
             registry=None,
         )
+
+    def count(self, family: Counter, *labels: str, amount: float = 1) -> None:
+        """`family.labels(*labels).inc(amount)`, each labelled child looked up once:
+        on a cache hit's path the lookup cost more than the increment."""
+        child = self._children.get((family, labels))
+        if child is None:
+            child = self._children[(family, labels)] = family.labels(*labels)
+        child.inc(amount)
+
+    def cache_event(self, event: str, tier: str, amount: int) -> None:
+        """An `HttpCache` listener: its tiers' events as metrics (from any thread)."""
+        if event == "bytes":
+            sizes = {"memory": self.cache_memory_bytes, "disk": self.cache_disk_bytes}
+            sizes[tier].set(amount)
+        else:
+            self.count(self.cache_tier, tier, event, amount=amount)
 
     def render(self) -> bytes:
         """The exposition text for every live and past worker of this gateway."""

@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -137,7 +136,6 @@ class PublicApp:
     ) -> None:
         self.table = table
         self.cache = cache
-        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.logs = logs
         self.policy = policy
         self.lifecycle = lifecycle
@@ -351,22 +349,16 @@ class PublicApp:
         # Every request is counted, also those refused before a function was found
         # (`no_route`, `bad_path`, 405, `starting`): under `function=""`, never the
         # path, which would give each client-chosen path its own series.
-        self._count(self.metrics.requests, entry.function or "", str(entry.status), entry.outcome)
+        self.metrics.count(
+            self.metrics.requests, entry.function or "", str(entry.status), entry.outcome
+        )
         if function is not None:
             self.logs.add(function.name, exchange.request_id, "log", exchange.logs)
             self.logs.add(function.name, exchange.request_id, "access", [line])
             if exchange.ran:
                 _observe(self.metrics, function.name, usage, exchange.queued)
             if exchange.cache:
-                self._count(self.metrics.cache, function.name, exchange.cache)
-
-    def _count(self, family: Counter, *labels: str) -> None:
-        """`family.labels(*labels).inc()`, the labelled child looked up once: the
-        lookup cost more than the increment on a cache hit's path."""
-        child = self._children.get((family, labels))
-        if child is None:
-            child = self._children[(family, labels)] = family.labels(*labels)
-        child.inc()
+                self.metrics.count(self.metrics.cache, function.name, exchange.cache)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:

@@ -79,7 +79,7 @@ class Worker:
         cache = None
         if policy.cache.enabled:
             settings = replace(policy.cache, dir=policy.cache.dir or config.data_dir / "cache")
-            cache = HttpCache(settings, listener=_cache_listener(metrics))
+            cache = HttpCache(settings, listener=metrics.cache_event)
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
         engine = config.open_engine(cache)
@@ -244,23 +244,6 @@ def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
         # must not hold the process past it, as the pool's exit hook would.
         atexit.unregister(public.threads.shutdown)
         public.threads.shutdown(wait=False, cancel_futures=True)
-
-
-def _cache_listener(metrics: Metrics) -> Callable[[str, str, int], None]:
-    """The cache tiers' events as metrics, each labelled child looked up once."""
-    counters: dict[tuple[str, str], Any] = {}
-    sizes = {"memory": metrics.cache_memory_bytes, "disk": metrics.cache_disk_bytes}
-
-    def listen(event: str, tier: str, amount: int) -> None:
-        if event == "bytes":
-            sizes[tier].set(amount)
-            return
-        counter = counters.get((tier, event))
-        if counter is None:
-            counter = counters[(tier, event)] = metrics.cache_tier.labels(tier, event)
-        counter.inc(amount)
-
-    return listen
 
 
 def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:

@@ -10,7 +10,7 @@ from edgefn_contract.image import NEGOTIATED_HEADER
 
 from ._entry import Entry
 from ._keys import variant_key
-from ._rules import decide
+from ._rules import Freshness, decide
 from ._store import HttpCache
 
 __all__ = ["find", "keep", "locate"]
@@ -30,6 +30,7 @@ def keep(
     function: str,
     path: str,
     negotiated: bool = False,
+    freshness: Freshness | None = None,
 ) -> Entry | None:
     """Store a GET's response under `base` if a shared cache may (`decide`), as
     of `now`; the entry, or None when it was not kept.
@@ -39,8 +40,10 @@ def keep(
     response. `negotiated`: honour the response's `NEGOTIATED_HEADER`, keying
     `Accept` by the format `edgefn.image.negotiate` picks (a function can say
     so; an origin cannot). A request that repeats a header the response varies
-    on is not kept: the function may have read one line and the key all."""
-    freshness = decide("GET", request_headers, status, headers)
+    on is not kept: the function may have read one line and the key all.
+    `freshness`: `decide`'s answer, when the caller has it already."""
+    if freshness is None:
+        freshness = decide("GET", request_headers, status, headers)
     if freshness is None or _repeats(freshness.vary, request_headers):
         return None
     entry = Entry(
