@@ -6,7 +6,7 @@ Python with no dependencies, because `edgefn build` compiles it into every
 component beside the SDK.
 """
 
-CONTRACT_VERSION = "0.5.0"
+CONTRACT_VERSION = "0.6.0"
 """The version of the WIT package `edgefn:http` both sides speak."""
 
 __all__ = ["CONTRACT_VERSION"]

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefn_contract.kv import check_store
+from edgefn_contract.secrets import check_name as check_secret_name
 from edgefn_runtime import MIN_MEMORY, EdgefnError, Limits
 from edgefn_runtime.capabilities.outbound import AllowedHosts
 
@@ -46,6 +48,10 @@ LIMIT_PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_response": (parse_size, 'a size such as "10MiB"'),
     "max_log": (parse_size, 'a size such as "64KiB"'),
     "max_image_pixels": (parse_count, "a number of pixels such as 40e6"),
+    "max_kv_value": (parse_size, 'a size such as "1MiB"'),
+    "max_kv_store": (parse_size, 'a size such as "100MiB"'),
+    "max_kv_keys": (parse_count, "a number of keys such as 100_000"),
+    "max_kv_ops": (parse_count, "a number of operations such as 1000"),
     "concurrency": (parse_count, "a number of requests in flight such as 16"),
 }
 # `{{ NAME }}` in an `allowed_outbound_hosts` entry, Spin's template syntax,
@@ -63,6 +69,8 @@ _KEYS = {
     "reuse",
     "allowed_outbound_hosts",
     "cache",
+    "key_value_stores",
+    "secrets",
 }
 # Requests one instance serves with `reuse = true`.
 DEFAULT_REUSE = 1000
@@ -99,6 +107,10 @@ class Manifest:
     allowed_outbound_hosts: tuple[str, ...] = ()
     # False: the gateway's edge cache never stores or serves this function's responses.
     cache: bool = True
+    # The key-value stores it may open, and the secrets it may read (names only:
+    # the operator sets their values, `edgefn secrets set`).
+    key_value_stores: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
 
     @property
     def entry_module(self) -> str:
@@ -113,16 +125,26 @@ class Manifest:
         return tuple(substitute(entry, self.env) for entry in self.allowed_outbound_hosts)
 
     def grants(self) -> dict[str, Any]:
-        """What the function may use of each host capability (`Engine.load(grants=)`);
-        with outbound HTTP, its name: its namespace in the origin cache."""
+        """What the function may use of each host capability (`Engine.load(grants=)`),
+        and its name (`"function"`): its namespace in the origin cache, its
+        key-value stores and its secrets."""
+        grants: dict[str, Any] = {"function": self.name}
         hosts = self.outbound_hosts()
-        return {"outbound": AllowedHosts.parse(hosts), "function": self.name} if hosts else {}
+        if hosts:
+            grants["outbound"] = AllowedHosts.parse(hosts)
+        if self.key_value_stores:
+            grants["kv"] = frozenset(self.key_value_stores)
+        if self.secrets:
+            grants["secrets"] = frozenset(self.secrets)
+        return grants
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, as the registry stores it."""
         data = dataclasses.asdict(self)
         data["requirements"] = list(self.requirements)
         data["allowed_outbound_hosts"] = list(self.allowed_outbound_hosts)
+        data["key_value_stores"] = list(self.key_value_stores)
+        data["secrets"] = list(self.secrets)
         return data
 
     @classmethod
@@ -133,6 +155,8 @@ class Manifest:
         values["requirements"] = tuple(values.get("requirements", ()))
         # Manifests stored before outbound HTTP have no such key: nothing allowed.
         values["allowed_outbound_hosts"] = tuple(values.get("allowed_outbound_hosts", ()))
+        values["key_value_stores"] = tuple(values.get("key_value_stores", ()))
+        values["secrets"] = tuple(values.get("secrets", ()))
         return cls(**values)
 
     def resolve_limits(self, defaults: Limits | None = None) -> Limits:
@@ -234,6 +258,9 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
     if not isinstance(cache, bool):
         problems.append(f"cache: must be true or false, got {cache!r}")
 
+    stores = _names(data, "key_value_stores", check_store, '["default"]', problems)
+    secrets = _names(data, "secrets", check_secret_name, '["ORIGIN_TOKEN"]', problems)
+
     if problems:
         raise ManifestError(source, problems)
     assert isinstance(name, str)
@@ -248,7 +275,30 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
         reuse=reuse,
         allowed_outbound_hosts=tuple(outbound),
         cache=bool(cache),
+        key_value_stores=stores,
+        secrets=secrets,
     )
+
+
+def _names(
+    data: dict[str, Any],
+    key: str,
+    check: Callable[[object], str | None],
+    example: str,
+    problems: list[str],
+) -> tuple[str, ...]:
+    """A list of unique names such as `key_value_stores`, each passing `check`."""
+    names = data.get(key, [])
+    if not isinstance(names, list):
+        problems.append(f"{key}: must be a list of names such as {example}, got {names!r}")
+        return ()
+    for index, name in enumerate(names):
+        problem = check(name)
+        if problem:
+            problems.append(f"{key}[{index}]: {problem}")
+        elif names.index(name) != index:
+            problems.append(f"{key}[{index}]: {name!r} is listed twice")
+    return tuple(names)
 
 
 def substitute(entry: str, env: dict[str, Any]) -> str:

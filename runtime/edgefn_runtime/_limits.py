@@ -25,7 +25,10 @@ class Limits:
     memory: bytes of linear memory; fuel: wasmtime fuel units (roughly one per
     wasm instruction); timeout: wall-clock seconds; max_body / max_response:
     request and response body bytes; max_log: log bytes kept per request;
-    max_image_pixels: largest image (width x height) the image service decodes.
+    max_image_pixels: largest image (width x height) the image service decodes;
+    max_kv_value: bytes of one key-value store value; max_kv_store: bytes one
+    store holds (keys and values); max_kv_keys: keys one store holds;
+    max_kv_ops: key-value operations one request may make.
     """
 
     memory: int = 64 * MiB
@@ -35,11 +38,25 @@ class Limits:
     max_response: int = 10 * MiB
     max_log: int = 64 * 1024
     max_image_pixels: int = 40_000_000
+    max_kv_value: int = 1 * MiB
+    max_kv_store: int = 100 * MiB
+    max_kv_keys: int = 100_000
+    max_kv_ops: int = 1000
 
     def __post_init__(self) -> None:
         if self.memory < MIN_MEMORY:
             raise ValueError(f"memory limit {self.memory} B is below the minimum of 16 MiB")
-        for name in ("fuel", "max_body", "max_response", "max_log", "max_image_pixels"):
+        for name in (
+            "fuel",
+            "max_body",
+            "max_response",
+            "max_log",
+            "max_image_pixels",
+            "max_kv_value",
+            "max_kv_store",
+            "max_kv_keys",
+            "max_kv_ops",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} limit must be a non-negative int, got {value!r}")

@@ -63,6 +63,12 @@ class Usage:
     fetch_cache_hits: int = 0
     fetch_cache_revalidated: int = 0
     fetch_cache_stale: int = 0
+    # Key-value stores: operations made, seconds spent in them, and how each
+    # ended by (operation, result): result "ok", "miss" (get of an absent key)
+    # or a failure kind ("not_declared", "too_large", "quota_exceeded", ...).
+    kv_ops: int = 0
+    kv_seconds: float = 0.0
+    kv_outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     instantiate_seconds: float = 0.0
     execute_seconds: float = 0.0
 

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 LIMIT_KEYS = tuple(LIMIT_PARSERS)
-_SIZES = {"memory", "max_body", "max_response", "max_log"}
+_SIZES = {"memory", "max_body", "max_response", "max_log", "max_kv_value", "max_kv_store"}
 
 DEFAULTS: dict[str, Any] = {f.name: getattr(Limits(), f.name) for f in fields(Limits)}
 MAXIMUMS: dict[str, Any] = {
@@ -58,6 +58,11 @@ MAXIMUMS: dict[str, Any] = {
     "max_response": 100 * 2**20,
     "max_log": 2**20,
     "max_image_pixels": 100_000_000,
+    # Cloudflare KV's value and namespace sizes.
+    "max_kv_value": 25 * 2**20,
+    "max_kv_store": 1024 * 2**20,
+    "max_kv_keys": 10_000_000,
+    "max_kv_ops": 100_000,
     "concurrency": 256,
 }
 

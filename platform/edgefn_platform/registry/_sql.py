@@ -74,6 +74,9 @@ class Statements:
         "DELETE FROM logs WHERE function = ?",
         "DELETE FROM overrides WHERE function = ?",
         "DELETE FROM purges WHERE function = ?",
+        "DELETE FROM kv WHERE function = ?",
+        "DELETE FROM kv_usage WHERE function = ?",
+        "DELETE FROM secrets WHERE function = ?",
     )
     set_overrides: str = (
         "INSERT INTO overrides VALUES (?, ?) ON CONFLICT (function) DO UPDATE SET "
@@ -134,8 +137,9 @@ class Dialect:
 
     name: Literal["sqlite", "postgres"]
     placeholder: str
-    # Column types of the migrations' `{integer}`, `{real}`, `{json}`, `{bytes}` and
-    # the logs' `{id}` (an autoincrementing primary key).
+    # Column types of the migrations' `{integer}`, `{real}`, `{json}`, `{bytes}`,
+    # the logs' `{id}` (an autoincrementing primary key) and `{bytewise}` (text
+    # ordered by its UTF-8 bytes, whatever the database's locale).
     types: dict[str, str] = field(hash=False)
 
     @cached_property
@@ -152,6 +156,7 @@ SQLITE = Dialect(
         "json": "TEXT",
         "bytes": "BLOB",
         "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "bytewise": "TEXT",  # SQLite compares TEXT as bytes already
     },
 )
 POSTGRES = Dialect(
@@ -163,6 +168,7 @@ POSTGRES = Dialect(
         "json": "JSONB",
         "bytes": "BYTEA",
         "id": "BIGSERIAL PRIMARY KEY",
+        "bytewise": 'TEXT COLLATE "C"',
     },
 )
 
@@ -246,6 +252,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             prefix TEXT NOT NULL,
             purged_at {real} NOT NULL,
             PRIMARY KEY (function, prefix)
+        )
+        """
+    ),
+    Migration(
+        # Key-value stores (`edgefn_platform.kv`): in the registry's database, so
+        # that one backup holds a node's state and every gateway sharing
+        # PostgreSQL sees the same. `expires_at` is a Unix time (NULL: never);
+        # `kv_usage` keeps each store's totals, updated in the writes' transactions,
+        # so quotas cost one row, not a scan. Secrets: `value` is a Fernet token
+        # (`edgefn_platform.secrets`), never the plaintext.
+        """
+        CREATE TABLE kv (
+            function TEXT NOT NULL,
+            store TEXT NOT NULL,
+            key {bytewise} NOT NULL,
+            value {bytes} NOT NULL,
+            expires_at {real},
+            PRIMARY KEY (function, store, key)
+        );
+        CREATE TABLE kv_usage (
+            function TEXT NOT NULL,
+            store TEXT NOT NULL,
+            keys {integer} NOT NULL,
+            bytes {integer} NOT NULL,
+            PRIMARY KEY (function, store)
+        );
+        CREATE TABLE secrets (
+            function TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value {bytes} NOT NULL,
+            set_at {real} NOT NULL,
+            PRIMARY KEY (function, name)
         )
         """
     ),
