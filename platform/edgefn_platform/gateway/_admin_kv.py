@@ -7,8 +7,9 @@ operators and debugging (`edgefn kv`).
     DELETE /v1/functions/{name}/kv/{store}/{key}            204
 
 Keys may hold `/` and any printable character: clients percent-encode them
-(`%2F`, `%20`, UTF-8 bytes); the router decodes the path, and `{key:path}` takes
-the rest of it. Writes obey the function's effective limits, as its own do.
+(`%2F`, `%20`, UTF-8 bytes); the router decodes the path, and `{key:kv_key}` takes
+the rest of it (line breaks included, to refuse them). Writes obey the
+function's effective limits, as its own do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from edgefn_contract.kv import MAX_KEYS_LISTED, check_key, check_store
 from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
@@ -46,6 +48,16 @@ _STATUSES = {
     "not_integer": (400, "kv_not_integer"),
     "invalid": (400, "invalid_kv_key"),
 }
+
+
+class _KeyConvertor(PathConvertor):
+    """The rest of the path, line breaks included (`path` stops at them), so that a
+    key with a control character is refused as such (400), not as no route (404)."""
+
+    regex = r"[\s\S]+"
+
+
+register_url_convertor("kv_key", _KeyConvertor())
 
 
 class KeysOut(BaseModel):
@@ -139,7 +151,7 @@ def _call(operation: Callable[[float], T]) -> T:
 def add_kv_routes(app: FastAPI, registry: Registry, table: FunctionTable, kv: SQLKeyValue) -> None:
     """Register the key-value routes on the admin app."""
     routes = _KVRoutes(registry, table, kv)
-    store, one = "/v1/functions/{name}/kv/{store}", "/v1/functions/{name}/kv/{store}/{key:path}"
+    store, one = "/v1/functions/{name}/kv/{store}", "/v1/functions/{name}/kv/{store}/{key:kv_key}"
     app.add_api_route(store, routes.list_keys, methods=["GET"], response_model=KeysOut)
     binary: dict[int | str, dict[str, Any]] = {
         200: {"content": {"application/octet-stream": {}}, "description": "The value"}
