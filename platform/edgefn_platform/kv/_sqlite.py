@@ -33,7 +33,7 @@ class SQLiteKeyValue(SQLKeyValue):
     """A `KeyValueBackend` in a local data directory, shared by its worker processes."""
 
     dialect = SQLITE
-    sql = Statements().for_dialect(SQLITE, lock="")
+    sql = Statements().for_dialect(SQLITE)
 
     def __init__(self, data_dir: Path, synchronous: str = "NORMAL") -> None:
         self.path = data_dir / "registry.sqlite3"

@@ -4,8 +4,8 @@ supplies its connections (bounded by the call's deadline), its write locking and
 how its driver says "locked", "timed out" or "unreachable".
 
 Every write runs in one transaction that first locks the store's `kv_usage` row
-(SQLite: the database's write lock, `BEGIN IMMEDIATE`; PostgreSQL: `FOR UPDATE`
-on that row), so writes to one store are serialised across processes and
+(SQLite: the database's write lock, `BEGIN IMMEDIATE`; PostgreSQL: the row
+lock of an upsert on that row), so writes to one store are serialised across processes and
 gateways: `incr` is a read and a write under that lock, and the usage totals
 cannot drift from the rows they count.
 """
@@ -35,9 +35,7 @@ _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 @dataclass(frozen=True)
 class Statements:
-    """Every statement both backends run, with SQLite's `?` placeholders;
-    `{lock}` is the backend's row lock (`FOR UPDATE`; nothing on SQLite, whose
-    write transactions lock the database)."""
+    """Every statement both backends run, with SQLite's `?` placeholders."""
 
     get: str = f"SELECT value FROM kv WHERE function = ? AND store = ? AND key = ? AND {_LIVE}"
     exists: str = f"SELECT 1 AS x FROM kv WHERE function = ? AND store = ? AND key = ? AND {_LIVE}"
@@ -61,19 +59,19 @@ class Statements:
         "DELETE FROM kv WHERE function = ? AND store = ? AND expires_at <= ? "
         "RETURNING key, length(value) AS size"
     )
-    ensure_usage: str = (
-        "INSERT INTO kv_usage VALUES (?, ?, 0, 0) ON CONFLICT (function, store) DO NOTHING"
+    # Locks the store's usage row (creating it if new) and reads it, in one
+    # statement: an upsert locks the row it updates, on PostgreSQL as on SQLite.
+    lock_usage: str = (
+        "INSERT INTO kv_usage VALUES (?, ?, 0, 0) ON CONFLICT (function, store) "
+        "DO UPDATE SET keys = kv_usage.keys RETURNING keys, bytes"
     )
-    usage: str = "SELECT keys, bytes FROM kv_usage WHERE function = ? AND store = ? {lock}"
     set_usage: str = "UPDATE kv_usage SET keys = ?, bytes = ? WHERE function = ? AND store = ?"
     stored_bytes: str = "SELECT function, SUM(bytes) AS bytes FROM kv_usage GROUP BY function"
 
-    def for_dialect(self, dialect: Dialect, lock: str) -> Statements:
+    def for_dialect(self, dialect: Dialect) -> Statements:
         return Statements(
             **{
-                f.name: getattr(self, f.name)
-                .replace("{lock}", lock)
-                .replace("?", dialect.placeholder)
+                f.name: getattr(self, f.name).replace("?", dialect.placeholder)
                 for f in fields(self)
             }
         )
@@ -219,8 +217,7 @@ class SQLKeyValue(ABC):
         as the block leaves it is written back in the same transaction."""
         failure: KVFailure | None = None
         with self._writing(deadline) as db:
-            db.execute(self.sql.ensure_usage, (function, store))
-            row = db.execute(self.sql.usage, (function, store)).fetchone()
+            row = db.execute(self.sql.lock_usage, (function, store)).fetchone()
             usage = _Usage(int(row["keys"]), int(row["bytes"]))
             before = _Usage(usage.keys, usage.bytes)
             try:
