@@ -157,5 +157,12 @@ def add_kv_routes(app: FastAPI, registry: Registry, table: FunctionTable, kv: SQ
         200: {"content": {"application/octet-stream": {}}, "description": "The value"}
     }
     app.add_api_route(one, routes.get, methods=["GET"], responses=binary)
-    app.add_api_route(one, routes.put, methods=["PUT"], status_code=204)
+    raw = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    app.add_api_route(
+        one,
+        routes.put,
+        methods=["PUT"],
+        status_code=204,
+        openapi_extra={"requestBody": {"content": raw, "required": True}},
+    )
     app.add_api_route(one, routes.delete, methods=["DELETE"], status_code=204)
