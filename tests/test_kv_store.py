@@ -423,3 +423,28 @@ def test_a_second_backend_sees_the_first_ones_writes(
         assert other.get(fn, "default", "k", deadline()) == b"v"
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_database_error_reaches_the_function_without_sql_or_driver_text(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A database without the tables (no registry migrated it): every statement fails.
+    url = request.getfixturevalue("postgres").database() if backend == "postgres" else None
+    kv = open_key_value(url, tmp_path)
+    try:
+        for call in (
+            lambda: kv.get("f", "default", "k", deadline()),
+            lambda: kv.set("f", "default", "k", b"v", None, ROOM, deadline()),
+        ):
+            with pytest.raises(KVFailure) as failed:
+                call()
+            assert failed.value.kind == "unavailable"
+            message = failed.value.message.lower()
+            assert "the gateway's log has the details" in message
+            for leak in ("select", "insert", "kv_usage", "no such table", "does not exist"):
+                assert leak not in message
+    finally:
+        kv.close()
+    # The details are in the gateway's log, for the operator.
+    assert "no such table" in caplog.text or "does not exist" in caplog.text
