@@ -37,7 +37,6 @@ from edgefn_platform import BuildResult, build
 from edgefn_runtime import CONTRACT_VERSION, Engine, GuestError, Sandbox
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime.capabilities import Capability, host_call, installed
-from edgefn_runtime.capabilities.image import ImageCapability
 
 ROOT = Path(__file__).resolve().parent.parent
 RESIZE = ROOT / "functions" / "image_resize"
