@@ -80,6 +80,7 @@ bench: install
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/origin.py
 	$(BIN)/python bench/cache.py
+	$(BIN)/python bench/kv.py
 	$(BIN)/python bench/inflight.py
 	$(BIN)/python bench/scaleout.py
 

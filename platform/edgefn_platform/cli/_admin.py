@@ -193,6 +193,10 @@ _LIMIT_OPTIONS = [
     ("max-response", "Response body, e.g. 10MiB."),
     ("max-log", "Log bytes per request, e.g. 64KiB."),
     ("max-image-pixels", "Largest image decoded, e.g. 40e6."),
+    ("max-kv-value", "One key-value store value, e.g. 1MiB."),
+    ("max-kv-store", "Bytes one store keeps (keys and values), e.g. 100MiB."),
+    ("max-kv-keys", "Keys one store keeps, e.g. 100000."),
+    ("max-kv-ops", "Key-value operations per request, e.g. 1000."),
 ]
 
 

@@ -47,6 +47,8 @@ class AccessEntry:
     fetches: int = 0
     fetch_ms: float = 0.0
     fetch_bytes: int = 0
+    kv_ops: int = 0
+    kv_ms: float = 0.0
     # The edge cache's answer (X-Edgefn-Cache); "" when no function was found.
     cache: str = ""
 

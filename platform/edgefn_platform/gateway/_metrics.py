@@ -8,15 +8,21 @@ is the one place that sets both, so nothing depends on import order.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as _values
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics", "forget_worker", "reset_metrics"]
+
+log = logging.getLogger("edgefn.gateway")
 
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -135,6 +141,24 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=None,
         )
+        # Key-value stores: operations by result ("ok", "miss", or a failure kind
+        # such as "quota_exceeded"), never the store's keys, which functions choose.
+        self.kv = Counter(
+            "edgefn_kv_operations",
+            "Key-value store operations by operation and result.",
+            ["function", "operation", "result"],
+            registry=None,
+        )
+        self.kv_seconds = Histogram(
+            "edgefn_kv_seconds",
+            "Time a request spent in key-value store operations.",
+            ["function"],
+            buckets=_SECONDS,
+            registry=None,
+        )
+        # Bytes each function keeps in its stores: read from the database when
+        # scraped (every gateway sharing it reports the same), not kept per worker.
+        self.kv_stored: Callable[[], dict[str, int]] | None = None
         self.in_flight = Gauge(
             "edgefn_in_flight",
             "Requests running.",
@@ -194,4 +218,28 @@ class Metrics:
         """The exposition text for every live and past worker of this gateway."""
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.directory))  # type: ignore[no-untyped-call]
+        if self.kv_stored is not None:
+            registry.register(_StoredBytes(self.kv_stored))
         return bytes(generate_latest(registry))
+
+
+class _StoredBytes(Collector):
+    """`edgefn_kv_stored_bytes{function}`, asked of the key-value stores at scrape time."""
+
+    def __init__(self, stored: Callable[[], dict[str, int]]) -> None:
+        self._stored = stored
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "edgefn_kv_stored_bytes",
+            "Bytes kept in each function's key-value stores (keys and values).",
+            labels=["function"],
+        )
+        try:
+            stored = self._stored()
+        except Exception:  # noqa: BLE001 - the database is down: every other metric still counts
+            log.warning("cannot read the key-value stores' sizes for /metrics", exc_info=True)
+            return
+        for function, size in sorted(stored.items()):
+            family.add_metric([function], size)
+        yield family

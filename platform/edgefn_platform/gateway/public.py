@@ -305,6 +305,7 @@ class PublicApp:
                 ("instantiate", usage.instantiate_seconds),
                 ("execute", usage.execute_seconds),
                 *((("fetch", usage.fetch_seconds),) if usage.fetches else ()),
+                *((("kv", usage.kv_seconds),) if usage.kv_ops else ()),
             )
             server_timing = ", ".join(f"{n};dur={seconds * 1000:.2f}" for n, seconds in timing)
         raw = response.raw_headers
@@ -339,6 +340,8 @@ class PublicApp:
             fetches=usage.fetches,
             fetch_ms=round(usage.fetch_seconds * 1000, 3),
             fetch_bytes=usage.fetch_bytes,
+            kv_ops=usage.kv_ops,
+            kv_ms=round(usage.kv_seconds * 1000, 3),
             cache=exchange.cache,
             bytes_in=exchange.bytes_in,
             bytes_out=len(response.body),
@@ -393,6 +396,7 @@ async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metri
             metrics.outbound_seconds,
             metrics.outbound_bytes,
             metrics.coalesced,
+            metrics.kv_seconds,
         ):
             family.labels(function.name)
         metrics.requests.labels(function.name, "200", "ok")
@@ -429,6 +433,10 @@ def _observe(metrics: Metrics, function: str, usage: Usage, queued: float) -> No
             metrics.outbound.labels(function, outcome).inc(count)
         metrics.outbound_seconds.labels(function).observe(usage.fetch_seconds)
         metrics.outbound_bytes.labels(function).inc(usage.fetch_bytes)
+    if usage.kv_ops:
+        for (operation, result), count in usage.kv_outcomes.items():
+            metrics.count(metrics.kv, function, operation, result, amount=count)
+        metrics.kv_seconds.labels(function).observe(usage.kv_seconds)
 
 
 def _route_of(function: LiveFunction) -> str:
