@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
 
@@ -17,16 +18,20 @@ class MemoryBackend:
     """Stores of every function, by (function, store): key -> (value, expires)."""
 
     def __init__(self) -> None:
-        self.data: dict[tuple[str, str], dict[str, tuple[bytes, float | None]]] = {}
+        self.data: dict[tuple[str, str], _Entries] = {}
         self.calls: list[tuple[str, ...]] = []
         self.delay = 0.0  # seconds each call takes (a slow database)
         self.lock = threading.Lock()
 
-    def _store(self, function: str, store: str) -> dict[str, tuple[bytes, float | None]]:
-        entries = self.data.setdefault((function, store), {})
+    def _store(self, function: str, store: str, key: str | None = None) -> _Entries:
+        """The store's entries with `key` (or, without one, every key) gone if expired:
+        one key's check keeps an operation O(1), as the database's index does."""
+        entries = self.data.setdefault((function, store), _Entries())
         now = time.monotonic()
-        for key in [k for k, (_, expires) in entries.items() if expires and expires <= now]:
-            del entries[key]
+        for k in [key] if key is not None else list(entries):
+            found = entries.get(k)
+            if found is not None and found[1] is not None and found[1] <= now:
+                del entries[k]
         return entries
 
     def _wait(self, op: str, function: str, store: str, deadline: float) -> None:
@@ -38,7 +43,7 @@ class MemoryBackend:
 
     def get(self, function: str, store: str, key: str, deadline: float) -> bytes | None:
         self._wait("get", function, store, deadline)
-        found = self._store(function, store).get(key)
+        found = self._store(function, store, key).get(key)
         return None if found is None else found[0]
 
     def set(
@@ -52,13 +57,13 @@ class MemoryBackend:
         deadline: float,
     ) -> None:
         self._wait("set", function, store, deadline)
-        entries = self._store(function, store)
+        entries = self._store(function, store, key)
         _check_quota(entries, key, value, quota)
         entries[key] = (value, time.monotonic() + ttl if ttl else None)
 
     def delete(self, function: str, store: str, key: str, deadline: float) -> None:
         self._wait("delete", function, store, deadline)
-        self._store(function, store).pop(key, None)
+        self._store(function, store, key).pop(key, None)
 
     def exists(self, function: str, store: str, key: str, deadline: float) -> bool:
         self._wait("exists", function, store, deadline)
@@ -86,7 +91,7 @@ class MemoryBackend:
     ) -> int:
         self._wait("incr", function, store, deadline)
         with self.lock:
-            entries = self._store(function, store)
+            entries = self._store(function, store, key)
             value, expires = entries.get(key, (b"0", time.monotonic() + ttl if ttl else None))
             try:
                 total = int(value.decode("ascii")) + by
@@ -110,13 +115,33 @@ class MemoryBackend:
         pass
 
 
-def _check_quota(
-    entries: dict[str, tuple[bytes, float | None]], key: str, value: bytes, quota: StoreQuota
-) -> None:
+class _Entries(dict[str, tuple[bytes, float | None]]):
+    """A store's entries, keeping their bytes (keys' UTF-8 and values) as they change."""
+
+    size = 0
+
+    def __setitem__(self, key: str, entry: tuple[bytes, float | None]) -> None:
+        old = self.get(key)
+        self.size += len(entry[0]) - (len(old[0]) if old else -len(key.encode()))
+        super().__setitem__(key, entry)
+
+    def __delitem__(self, key: str) -> None:
+        self.size -= len(key.encode()) + len(self[key][0])
+        super().__delitem__(key)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key in self:
+            entry = self[key]
+            del self[key]
+            return entry
+        return default
+
+
+def _check_quota(entries: _Entries, key: str, value: bytes, quota: StoreQuota) -> None:
     old = entries.get(key)
     keys = len(entries) + (old is None)
-    size = sum(len(k.encode()) + len(v) for k, (v, _) in entries.items())
-    size += len(key.encode()) + len(value) - (len(key.encode()) + len(old[0]) if old else 0)
+    size = entries.size + len(key.encode()) + len(value)
+    size -= len(key.encode()) + len(old[0]) if old else 0
     if keys > quota.max_keys:
         raise KVFailure("quota_exceeded", f"the store holds its limit of {quota.max_keys:,} keys")
     if size > quota.max_bytes:

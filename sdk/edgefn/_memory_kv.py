@@ -73,7 +73,7 @@ class MemoryKV:
             raise kv.ValueTooLarge(
                 f"the value of {len(data):,} bytes is over this function's limit of "
                 f"{self.max_value:,} bytes (max_kv_value); raise it with [limits] "
-                "max_kv_value in edgefn.toml or `edgefn limits NAME max_kv_value=...`, "
+                "max_kv_value in edgefn.toml or `edgefn limits NAME --max-kv-value SIZE`, "
                 "up to the operator's maximum"
             )
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from edgefn import App, Request, kv, secrets
@@ -97,3 +98,26 @@ def caught(request: Request) -> dict[str, Any]:
     except kv.KVError as error:
         return {"type": type(error).__name__, "status": error.status, "code": error.code}
     return {"type": None}
+
+
+@app.get("/timing")
+def timing(request: Request) -> dict[str, list[float]]:
+    """Seconds each of `n` calls took, timed inside the function (bench/kv_sandbox.py):
+    `set` then `get` of a `size`-byte value, and `open`, a host call that asks no
+    backend (the boundary and the host's checks alone)."""
+    store = _store(request)
+    count, value = int(_q(request, "n", "100")), b"x" * int(_q(request, "size", "100"))
+    times: dict[str, list[float]] = {"set": [], "get": [], "open": []}
+    for i in range(count):
+        started = time.perf_counter()
+        store.set(f"timing/{i}", value)
+        times["set"].append(time.perf_counter() - started)
+    for i in range(count):
+        started = time.perf_counter()
+        store.get(f"timing/{i}")
+        times["get"].append(time.perf_counter() - started)
+    for _ in range(count):
+        started = time.perf_counter()
+        kv.open(store.name)
+        times["open"].append(time.perf_counter() - started)
+    return times

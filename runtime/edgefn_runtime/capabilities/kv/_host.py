@@ -175,7 +175,7 @@ class KeyValueCapability(Capability):
                     "quota_exceeded",
                     f"this request already made {state.ops:,} key-value operations, its limit "
                     f"(max_kv_ops = {limits.max_kv_ops:,}); raise it with [limits] max_kv_ops "
-                    "in edgefn.toml or `edgefn limits NAME max_kv_ops=...`, up to the "
+                    "in edgefn.toml or `edgefn limits NAME --max-kv-ops N`, up to the "
                     "operator's maximum",
                 )
             state.ops += 1
@@ -187,7 +187,7 @@ class KeyValueCapability(Capability):
                     "too_large",
                     f"the value of {size:,} bytes is over this function's limit of "
                     f"{limits.max_kv_value:,} bytes (max_kv_value); raise it with [limits] "
-                    "max_kv_value in edgefn.toml or `edgefn limits NAME max_kv_value=...`, "
+                    "max_kv_value in edgefn.toml or `edgefn limits NAME --max-kv-value SIZE`, "
                     "up to the operator's maximum",
                 )
             if not fuel.spend(_OP_FUEL + size):
