@@ -385,3 +385,16 @@ def test_memorykv_expires_on_its_clock_and_keeps_incr_in_64_bits() -> None:
         memory.incr("s", "word")
     with pytest.raises(kv.ValueTooLarge, match="max_kv_value"):
         MemoryKV(max_value=3).set("s", "k", b"four")
+
+
+@pytest.mark.wasm
+def test_values_outlive_fresh_instances(
+    state_build: BuildResult, state: Sandbox, backend: MemoryBackend
+) -> None:
+    # `state` links the engine to `backend`; this sandbox starts an instance per request.
+    fresh = state.engine.load(state_build.path, grants=state_build.manifest.grants())
+    assert answer(call(fresh, "/set/kept", body=b"across instances")) == {"set": 16}
+    assert answer(call(fresh, "/get/kept")) == {"value": "across instances", "length": 16}
+    assert answer(call(fresh, "/get/kept")) == {"value": "across instances", "length": 16}
+    assert answer(call(fresh, "/incr/n")) == {"value": 1}
+    assert answer(call(fresh, "/incr/n")) == {"value": 2}
