@@ -29,14 +29,14 @@ from edgefn_contract.kv import MAX_KEYS_LISTED, check_key
 from ..._contract import CONTRACT_VERSION
 from ..._errors import FuelExhausted, Timeout
 from ..._messages import Usage
+from ..._wasmtime import fix_option_lowering
 from .._base import Capability, Fuel, RequestContext, host_call
-from .._lowering import fix_option_lowering
 from ._backend import KeyValueBackend, KVFailure, StoreQuota
 
 __all__ = ["KV_IMPORT", "KeyValueCapability"]
 
 KV_IMPORT = f"edgefn:http/kv@{CONTRACT_VERSION}"
-# `get` answers result<option<...>, failure>: see _lowering.py.
+# `get` answers result<option<...>, failure>: see _wasmtime.fix_option_lowering.
 fix_option_lowering()
 log = logging.getLogger("edgefn.kv")
 
@@ -85,7 +85,14 @@ class KeyValueCapability(Capability):
     # One method per WIT function; each raises `KVFailure`. ------------------
 
     def open(self, context: RequestContext, fuel: Fuel, store: str) -> None:
-        self._run(context, fuel, "open", store, None, 0, lambda *_: None)
+        # Only whether the store is declared (the WIT `open`): the backend is not asked.
+        state: KVState = context.states[self.name]
+        try:
+            self._admit(state, context, fuel, store, None, 0)
+        except KVFailure as failure:
+            state.outcomes[("open", failure.kind)] += 1
+            raise
+        state.outcomes[("open", "ok")] += 1
 
     def get(self, context: RequestContext, fuel: Fuel, store: str, key: str) -> bytes | None:
         def work(backend: KeyValueBackend, function: str, deadline: float) -> bytes | None:
@@ -168,31 +175,8 @@ class KeyValueCapability(Capability):
         work: Callable[[KeyValueBackend, str, float], _T],
     ) -> _T:
         state: KVState = context.states[self.name]
-        limits = context.limits
         try:
-            if state.ops >= limits.max_kv_ops:
-                raise KVFailure(
-                    "quota_exceeded",
-                    f"this request already made {state.ops:,} key-value operations, its limit "
-                    f"(max_kv_ops = {limits.max_kv_ops:,}); raise it with [limits] max_kv_ops "
-                    "in edgefn.toml or `edgefn limits NAME --max-kv-ops N`, up to the "
-                    "operator's maximum",
-                )
-            state.ops += 1
-            _check_declared(context, store)
-            if key is not None and (problem := check_key(key)):
-                raise KVFailure("invalid", problem)
-            if size > limits.max_kv_value:
-                raise KVFailure(
-                    "too_large",
-                    f"the value of {size:,} bytes is over this function's limit of "
-                    f"{limits.max_kv_value:,} bytes (max_kv_value); raise it with [limits] "
-                    "max_kv_value in edgefn.toml or `edgefn limits NAME --max-kv-value SIZE`, "
-                    "up to the operator's maximum",
-                )
-            if not fuel.spend(_OP_FUEL + size):
-                context.stop(fuel, _out_of_fuel(context))
-                raise KVFailure("unavailable", "the function has no fuel left for a key-value call")
+            self._admit(state, context, fuel, store, key, size)
             if self.backend is None:
                 raise KVFailure("unavailable", "key-value stores are not available on this host")
             function = context.grants.get("function")
@@ -218,6 +202,41 @@ class KeyValueCapability(Capability):
             raise
         state.outcomes[(op, "miss" if op == "get" and result is None else "ok")] += 1
         return result
+
+    def _admit(
+        self,
+        state: KVState,
+        context: RequestContext,
+        fuel: Fuel,
+        store: str,
+        key: str | None,
+        size: int,
+    ) -> None:
+        """The checks every operation passes first, in order; raises `KVFailure`."""
+        limits = context.limits
+        if state.ops >= limits.max_kv_ops:
+            raise KVFailure(
+                "quota_exceeded",
+                f"this request already made {state.ops:,} key-value operations, its limit "
+                f"(max_kv_ops = {limits.max_kv_ops:,}); raise it with [limits] max_kv_ops "
+                "in edgefn.toml or `edgefn limits NAME --max-kv-ops N`, up to the "
+                "operator's maximum",
+            )
+        state.ops += 1
+        _check_declared(context, store)
+        if key is not None and (problem := check_key(key)):
+            raise KVFailure("invalid", problem)
+        if size > limits.max_kv_value:
+            raise KVFailure(
+                "too_large",
+                f"the value of {size:,} bytes is over this function's limit of "
+                f"{limits.max_kv_value:,} bytes (max_kv_value); raise it with [limits] "
+                "max_kv_value in edgefn.toml or `edgefn limits NAME --max-kv-value SIZE`, "
+                "up to the operator's maximum",
+            )
+        if not fuel.spend(_OP_FUEL + size):
+            context.stop(fuel, _out_of_fuel(context))
+            raise KVFailure("unavailable", "the function has no fuel left for a key-value call")
 
     def _refuse(self, context: RequestContext, op: str, message: str) -> None:
         """An argument refused before the operation counts (the SDK checks it first)."""

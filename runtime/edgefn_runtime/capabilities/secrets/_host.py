@@ -18,13 +18,13 @@ from wasmtime import component as wc
 from edgefn_contract.secrets import check_name
 
 from ..._contract import CONTRACT_VERSION
+from ..._wasmtime import fix_option_lowering
 from .._base import Capability, RequestContext, host_call
-from .._lowering import fix_option_lowering
 
 __all__ = ["SECRETS_IMPORT", "SecretSource", "SecretsCapability"]
 
 SECRETS_IMPORT = f"edgefn:http/secrets@{CONTRACT_VERSION}"
-# `get` answers result<option<...>, failure>: see _lowering.py.
+# `get` answers result<option<...>, failure>: see _wasmtime.fix_option_lowering.
 fix_option_lowering()
 log = logging.getLogger("edgefn.secrets")
 
