@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -401,3 +402,15 @@ def test_values_outlive_fresh_instances(
     assert answer(call(fresh, "/get/kept")) == {"value": "across instances", "length": 16}
     assert answer(call(fresh, "/incr/n")) == {"value": 1}
     assert answer(call(fresh, "/incr/n")) == {"value": 2}
+
+
+def test_the_readme_kv_examples_run_as_written() -> None:
+    # The handler of "Key-value stores" and the test of "Testing a function natively".
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    handler = re.search(r"```python\n(from edgefn import App, HTTPError, kv\n.*?)```", readme, re.S)
+    test = re.search(r"```python\n(from edgefn.testing import MemoryKV.*?)```", readme, re.S)
+    assert handler and test, "the README lost its key-value examples"
+    namespace: dict[str, Any] = {}
+    exec(handler[1] + test[1], namespace)
+    namespace["test_rate_limit"]()
+    assert TestClient(namespace["app"]).get("/hit").json() == {"hits": 1, "flag": False}
