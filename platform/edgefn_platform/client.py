@@ -184,6 +184,23 @@ class AdminClient:
     def kv_delete(self, name: str, store: str, key: str) -> None:
         self._send("DELETE", _kv_path(name, store, key))
 
+    def secrets(self, name: str) -> list[dict[str, Any]]:
+        """Each secret's name, `set_at` (None: declared, not set) and `declared`."""
+        result = self._call("GET", _secret_path(name))
+        return list(result["secrets"])
+
+    def set_secret(self, name: str, key: str, value: str) -> dict[str, Any]:
+        """Set a secret; answers once every worker of the gateway reads it."""
+        return dict(self._call("PUT", _secret_path(name, key), json={"value": value}))
+
+    def delete_secret(self, name: str, key: str) -> None:
+        """Remove a secret; `AdminError` with code `secret_not_found` if none is set."""
+        self._send("DELETE", _secret_path(name, key))
+
+    def rotate_secrets(self) -> int:
+        """Encrypt every secret again with the gateway's first key; how many."""
+        return int(self._call("POST", "/v1/secrets/rotate")["rotated"])
+
     def close(self) -> None:
         self._http.close()
 
@@ -196,3 +213,8 @@ def _kv_path(name: str, store: str, key: str | None = None) -> str:
     # rest of the path as the key); dots too, so that no client or proxy resolves
     # a key such as ".." as a path segment.
     return path + "/" + quote(key, safe="").replace(".", "%2E")
+
+
+def _secret_path(name: str, key: str | None = None) -> str:
+    path = f"/v1/functions/{quote(name, safe='')}/secrets"
+    return path if key is None else f"{path}/{quote(key, safe='')}"

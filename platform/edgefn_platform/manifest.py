@@ -21,6 +21,7 @@ __all__ = [
     "LIMIT_PARSERS",
     "MANIFEST_FILE",
     "Manifest",
+    "check_function_name",
     "ManifestError",
     "load_manifest",
     "parse_limits",
@@ -163,6 +164,13 @@ class Manifest:
         """The sandbox limits this function asked for, the rest filled from `defaults`."""
         sandbox = {k: v for k, v in self.limits.items() if k != "concurrency"}
         return dataclasses.replace(defaults or Limits(), **sandbox)
+
+
+def check_function_name(name: str) -> str | None:
+    """What is wrong with a function's name, or None."""
+    if _NAME.fullmatch(name):
+        return None
+    return f"function names are 1-63 lowercase letters, digits or '-' (a DNS label), got {name!r}"
 
 
 def load_manifest(directory: Path) -> Manifest:

@@ -108,6 +108,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     "then it answers 504 not_live (the change stays stored).",
     type=float,
 )
+@_option(
+    "--secrets-key-file",
+    "The secrets key(s), one per line, newest first; mode 0600. The key itself may be "
+    "given in EDGEFN_SECRETS_KEY instead (comma-separated); never as an option.",
+    type=click.Path(dir_okay=False, path_type=Path),
+)
 @_option("--admin-tls-cert", "PEM certificate: serve the admin API over HTTPS.", type=_FILE)
 @_option("--admin-tls-key", "PEM private key for --admin-tls-cert.", type=_FILE)
 @click.option(
@@ -125,6 +131,8 @@ def serve(deploy_dirs: tuple[Path, ...], **options: Any) -> None:
         options["max_upload"] = parse_size(options["max_upload"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-upload") from None
+    # The key only from the environment: an option would show it in `ps`.
+    options["secrets_key"] = os.environ.get("EDGEFN_SECRETS_KEY")
     try:
         config = GatewayConfig(**options)
     except ValueError as exc:

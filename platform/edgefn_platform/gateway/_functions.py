@@ -10,13 +10,13 @@ from dataclasses import dataclass, replace
 from edgefn_runtime import WARM_UP_HEADER, Limits, Request, Sandbox, SandboxError
 
 from ..manifest import Manifest
-from ..registry import FunctionRecord, RegistryUnavailable
+from ..registry import FunctionRecord, RegistryUnavailable, SecretRecord
 from ._deploy import Deployer
 from ._metrics import Metrics
 from ._rollout import ServingBoard
 from .policy import EffectiveLimits, Policy
 
-__all__ = ["FunctionTable", "LiveFunction", "PurgesListener", "warm_up"]
+__all__ = ["FunctionTable", "LiveFunction", "PurgesListener", "SecretsListener", "warm_up"]
 
 log = logging.getLogger("edgefn.gateway")
 
@@ -41,6 +41,9 @@ class LiveFunction:
 
 # Told every function's purges (path prefix, time) whenever the registry changed.
 PurgesListener = Callable[[dict[str, list[tuple[str, float]]]], None]
+
+# Told every stored secret (encrypted) whenever the registry changed.
+SecretsListener = Callable[[list[SecretRecord]], None]
 
 _WARM_UP = Request("GET", "/", headers=[(WARM_UP_HEADER, "1")])
 
@@ -67,7 +70,8 @@ class FunctionTable:
     `registry_available` is false. After each change it reports what it serves
     on the `board`, which the admin API reads to answer once a change is live.
     The registry's purges go to `on_purges` before that report, so a purge, too,
-    is applied by every worker when the admin call returns.
+    is applied by every worker when the admin call returns; so are the
+    registry's secrets, given to `on_secrets`.
     """
 
     def __init__(
@@ -78,9 +82,11 @@ class FunctionTable:
         refresh_seconds: float = 0.25,
         policy: Policy | None = None,
         on_purges: PurgesListener | None = None,
+        on_secrets: SecretsListener | None = None,
     ) -> None:
         self.policy = policy or Policy()
         self._on_purges = on_purges
+        self._on_secrets = on_secrets
         self.metrics = metrics
         self.board = board
         self.ready = threading.Event()
@@ -123,6 +129,8 @@ class FunctionTable:
                 # Read after the token, so at least as new as the generation this
                 # worker reports below; applied before any (slow) load.
                 self._on_purges(self.registry.purges())
+            if self._on_secrets is not None:
+                self._on_secrets(self.registry.secrets())
             current = {f.name: f for f in self._routes.values()}
             routes = {}
             failed = {}

@@ -26,6 +26,7 @@ from ..registry import FunctionRecord, VersionRecord
 from ..registry._model import LOG_LINES_KEPT, PREFIX_MAX_LENGTH
 from ._admin_guards import LimitBody, RequireToken
 from ._admin_kv import add_kv_routes
+from ._admin_secrets import add_secrets_routes, unset_secrets
 from ._errors import GatewayError, error_response
 from ._request_ids import request_id as checked_request_id
 from ._rollout import Rollout
@@ -216,6 +217,7 @@ class AdminApp:
                 path, endpoint, methods=[method], response_model=model, status_code=status
             )
         add_kv_routes(app, self.registry, self.table, worker.kv)
+        add_secrets_routes(app, self.registry, worker.secrets, self._go_live)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -322,6 +324,8 @@ class AdminApp:
             self.deployer.take_loaded(version)  # unless the table took it
         record = self.registry.function(version.function)
         warnings = self.table.effective(record).warnings
+        declared = Manifest.from_dict(record.active.manifest).secrets
+        warnings = [*warnings, *unset_secrets(self.registry, record.name, declared)]
         out = self._out(record, rollout)
         return DeployOut(**out.model_dump(), version=version.version, warnings=warnings)
 

@@ -18,6 +18,7 @@ from edgefn_runtime import EdgefnError, Engine
 from edgefn_runtime.cache import HttpCache
 from edgefn_runtime.capabilities import installed
 
+from ..secrets import Cipher, load_keys
 from .policy import Policy, load_policy
 
 __all__ = ["DataDirError", "GatewayConfig", "TokenError", "check_token", "load_token"]
@@ -62,10 +63,15 @@ class GatewayConfig:
     # How long a deploy, rollback, delete or limit change waits for every worker
     # of this gateway to serve it before it answers 504 `not_live`.
     rollout_timeout: float = 30.0
+    # The operator's secrets key(s): EDGEFN_SECRETS_KEY (comma-separated, newest
+    # first) or a file of them, one per line (see `edgefn_platform.secrets`).
+    secrets_key: str | None = field(default=None, repr=False)
+    secrets_key_file: Path | None = None
     # Set by `load()`: the admin token in use and the operator's policy. Worker
     # processes get them with the config instead of reading them again.
     admin_token: str | None = field(default=None, init=False, repr=False)
     policy: Policy | None = field(default=None, init=False, repr=False)
+    secrets_keys: tuple[str, ...] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -79,7 +85,8 @@ class GatewayConfig:
     def load(self) -> GatewayConfig:
         """Read the admin token (`load_token`) and the policy (`load_policy`) once.
 
-        Raises DataDirError, TokenError or ConfigError; returns the config, loaded."""
+        Raises DataDirError, TokenError, ConfigError or SecretsKeyError; returns the
+        config, loaded."""
         for directory in (self.data_dir, self.aot_cache_dir):
             try:
                 directory.mkdir(parents=True, exist_ok=True)
@@ -90,7 +97,14 @@ class GatewayConfig:
             self.admin_token = load_token(self)
         if self.policy is None:
             self.policy = load_policy(self.config_file)
+        if self.secrets_keys is None:
+            self.secrets_keys = load_keys(self.secrets_key, self.secrets_key_file) or ()
         return self
+
+    def secrets_cipher(self) -> Cipher | None:
+        """The cipher of the operator's secrets keys; None: no key was given."""
+        keys = self.load().secrets_keys
+        return Cipher(keys) if keys else None
 
     @property
     def loaded_token(self) -> str:

@@ -37,6 +37,7 @@ from .._crash import WORKER_START, crash_point
 from .._printable import PrintableFormatter
 from ..kv import SQLKeyValue, open_key_value
 from ..registry import Registry, open_registry
+from ..secrets import SecretValues
 from ._cache import ResponseCache
 from ._deploy import Deployer, recover
 from ._functions import FunctionTable
@@ -74,6 +75,8 @@ class Worker:
     cache: HttpCache | None
     # The functions' key-value stores, in the registry's database.
     kv: SQLKeyValue
+    # The operator's secrets, decrypted, as of the table's last refresh.
+    secrets: SecretValues
 
     @classmethod
     def open(cls, config: GatewayConfig) -> Worker:
@@ -87,14 +90,17 @@ class Worker:
         registry = open_registry(config.database_url, config.data_dir)
         engine = config.open_engine(cache)
         deployer = Deployer(registry, engine, config.data_dir, handoff={})
+        secrets = SecretValues(config.secrets_cipher())
         table = FunctionTable(
             deployer, metrics, board, config.refresh_seconds, policy,
             on_purges=cache.purges.replace if cache is not None else None,
+            on_secrets=secrets.update,
         )  # fmt: skip
         logs = LogSink(registry)
         kv = open_key_value(config.database_url, config.data_dir)  # after the registry migrated
         return cls(
-            config, policy, registry, engine, table, logs, deployer, metrics, board, cache, kv
+            config, policy, registry, engine, table, logs, deployer, metrics, board, cache, kv,
+            secrets,
         )  # fmt: skip
 
     def close(self) -> None:

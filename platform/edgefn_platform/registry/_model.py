@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -181,6 +181,17 @@ class LogRecord:
     line: str
 
 
+@dataclass(frozen=True)
+class SecretRecord:
+    """One stored secret: `value` is its Fernet token (`edgefn_platform.secrets`),
+    never the plaintext; `set_at` a Unix time."""
+
+    function: str
+    name: str
+    value: bytes
+    set_at: float
+
+
 class Registry(Protocol):
     """What the gateway needs from a registry backend."""
 
@@ -225,6 +236,20 @@ class Registry(Protocol):
 
     def purges(self) -> dict[str, list[tuple[str, float]]]:
         """Each function's purges: (path prefix, time), at most PURGES_KEPT each."""
+
+    def set_secret(self, function: str, name: str, value: bytes) -> float:
+        """Store the secret `name` of `function` (its encrypted token; the function
+        need not be deployed yet); the time recorded. Announced like any change."""
+
+    def delete_secret(self, function: str, name: str) -> bool:
+        """Remove a secret; whether there was one. Announced like any change."""
+
+    def reencrypt_secrets(self, transform: Callable[[bytes], bytes]) -> int:
+        """Replace every secret's token by `transform(token)` in one transaction
+        (a key rotation); how many. Announced like any change."""
+
+    def secrets(self, function: str | None = None) -> list[SecretRecord]:
+        """The stored secrets, of `function` or of every function, by function and name."""
 
     def functions(self) -> list[FunctionRecord]: ...
 

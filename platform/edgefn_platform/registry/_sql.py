@@ -93,6 +93,18 @@ class Statements:
     purge_count: str = "SELECT COUNT(*) AS n FROM purges WHERE function = ?"
     latest_purge: str = "SELECT MAX(purged_at) AS at FROM purges WHERE function = ?"
     purges: str = "SELECT function, prefix, purged_at FROM purges ORDER BY function, prefix"
+    # -- secrets (values are Fernet tokens)
+    set_secret: str = (
+        "INSERT INTO secrets VALUES (?, ?, ?, ?) ON CONFLICT (function, name) DO UPDATE SET "
+        "value = excluded.value, set_at = excluded.set_at"
+    )
+    delete_secret: str = "DELETE FROM secrets WHERE function = ? AND name = ?"
+    # Only if unchanged since it was read: a set during a rotation wins.
+    update_secret: str = (
+        "UPDATE secrets SET value = ? WHERE function = ? AND name = ? AND value = ?"
+    )
+    all_secrets: str = "SELECT * FROM secrets ORDER BY function, name"
+    secrets_of: str = "SELECT * FROM secrets WHERE function = ? ORDER BY name"
     # -- reads
     function_names: str = "SELECT name FROM functions ORDER BY name"
     function: str = "SELECT * FROM functions WHERE name = ?"

@@ -8,7 +8,7 @@ import errno
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from ._model import (
     FunctionRecord,
     LogRecord,
     RouteConflict,
+    SecretRecord,
     StorageFull,
     VersionNotFound,
     VersionRecord,
@@ -191,6 +192,42 @@ class SQLStore(ABC):
             self._changed(db)
         return at
 
+    def set_secret(self, function: str, name: str, value: bytes) -> float:
+        with self._changing(function) as db:
+            at = time.time()
+            db.execute(self.dialect.sql.set_secret, (function, name, value, at))
+            self._changed(db)
+        return at
+
+    def delete_secret(self, function: str, name: str) -> bool:
+        sql = self.dialect.sql
+        with self._changing(function) as db:
+            found = any(r["name"] == name for r in db.execute(sql.secrets_of, (function,)))
+            if found:
+                db.execute(sql.delete_secret, (function, name))
+                self._changed(db)
+        return found
+
+    def reencrypt_secrets(self, transform: Callable[[bytes], bytes]) -> int:
+        sql = self.dialect.sql
+        with self._transaction() as db:
+            rows = [_secret_record(r) for r in db.execute(sql.all_secrets).fetchall()]
+            for row in rows:
+                db.execute(
+                    sql.update_secret, (transform(row.value), row.function, row.name, row.value)
+                )
+            self._changed(db)
+        return len(rows)
+
+    def secrets(self, function: str | None = None) -> list[SecretRecord]:
+        sql = self.dialect.sql
+        with self._reading() as db:
+            if function is None:
+                rows = db.execute(sql.all_secrets).fetchall()
+            else:
+                rows = db.execute(sql.secrets_of, (function,)).fetchall()
+        return [_secret_record(r) for r in rows]
+
     def _changed(self, db: Connection) -> None:
         db.execute(self.dialect.sql.bump_generation)
         self._announce(db)
@@ -299,6 +336,11 @@ class SQLStore(ABC):
 def _json(value: Any) -> Any:
     # SQLite keeps JSON as text; PostgreSQL's JSONB arrives decoded.
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _secret_record(row: Any) -> SecretRecord:
+    # PostgreSQL's BYTEA may arrive as a memoryview.
+    return SecretRecord(row["function"], row["name"], bytes(row["value"]), row["set_at"])
 
 
 def _version_record(row: Any) -> VersionRecord:
