@@ -17,6 +17,7 @@ from pathlib import Path
 from edgefn_runtime import EdgefnError, Engine
 from edgefn_runtime.cache import HttpCache
 from edgefn_runtime.capabilities import installed
+from edgefn_runtime.capabilities.secrets import SecretSource
 
 from ..secrets import Cipher, load_keys
 from .policy import Policy, load_policy
@@ -141,10 +142,13 @@ class GatewayConfig:
         loopback = self.admin_host in ("127.0.0.1", "::1", "localhost")
         return not loopback and self.admin_tls_cert is None
 
-    def open_engine(self, cache: HttpCache | None = None) -> Engine:
+    def open_engine(
+        self, cache: HttpCache | None = None, secrets: SecretSource | None = None
+    ) -> Engine:
         """An engine with the AOT cache and the operator's outbound policy; the
-        functions' fetches are cached in `cache` (the edge cache), if given."""
-        capabilities = installed(outbound=self.loaded_policy.outbound, cache=cache)
+        functions' fetches are cached in `cache` (the edge cache), if given, and
+        their secrets read from `secrets(function, name)`."""
+        capabilities = installed(outbound=self.loaded_policy.outbound, cache=cache, secrets=secrets)
         return Engine(cache_dir=self.aot_cache_dir, capabilities=capabilities)
 
     def public_url(self) -> str:

@@ -88,9 +88,9 @@ class Worker:
             cache = HttpCache(settings, listener=metrics.cache_event)
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
-        engine = config.open_engine(cache)
-        deployer = Deployer(registry, engine, config.data_dir, handoff={})
         secrets = SecretValues(config.secrets_cipher())
+        engine = config.open_engine(cache, secrets=secrets.get)
+        deployer = Deployer(registry, engine, config.data_dir, handoff={})
         table = FunctionTable(
             deployer, metrics, board, config.refresh_seconds, policy,
             on_purges=cache.purges.replace if cache is not None else None,
