@@ -292,9 +292,9 @@ def test_a_secret_may_be_set_before_the_functions_first_deploy(gateway: GatewayP
         ("/v1/functions/Bad_Name/secrets/A", {"value": "v"}, 400, "invalid_function_name"),
         (f"/v1/functions/{NAME}/secrets/1BAD", {"value": "v"}, 400, "invalid_secret_name"),
         (f"/v1/functions/{NAME}/secrets/A-B", {"value": "v"}, 400, "invalid_secret_name"),
-        (f"/v1/functions/{NAME}/secrets/A", {"value": "v" * 65537}, 422, "invalid_request"),
-        (f"/v1/functions/{NAME}/secrets/A", {"val": "v"}, 422, "invalid_request"),
-        (f"/v1/functions/{NAME}/secrets/A", {"value": 5}, 422, "invalid_request"),
+        (f"/v1/functions/{NAME}/secrets/A", {"value": "v" * 65537}, 400, "invalid_request"),
+        (f"/v1/functions/{NAME}/secrets/A", {"val": "v"}, 400, "invalid_request"),
+        (f"/v1/functions/{NAME}/secrets/A", {"value": 5}, 400, "invalid_request"),
     ],
 )
 def test_bad_sets_are_refused_saying_why(
@@ -359,7 +359,7 @@ def test_the_value_appears_nowhere_but_where_the_function_sends_it(
     assert secrets_cli(gateway, "set", NAME, "ORIGIN_TOKEN", value=value).exit_code == 0
     origin.reset()
     sent = gateway.get(f"/{NAME}/send")
-    assert sent.status_code == 200 and sent.json() == {"status": 200}, sent.text
+    assert sent.status_code == 200 and sent.json() == {"status": 200, "delivered": True}, sent.text
     assert origin.hits("/echo") == 1
     crashed = gateway.get(f"/{NAME}/crash")
     assert crashed.status_code == 500, crashed.text

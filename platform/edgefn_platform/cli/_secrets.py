@@ -55,7 +55,8 @@ def list_secrets(name: str, client: AdminClient) -> None:
         at = entry["set_at"]
         when = "not set" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
         declared = "declared" if entry["declared"] else "not declared"
-        click.echo(printable(f"{entry['name']}\t{when}\t{declared}"))
+        # Tab-separated columns: names are checked on set (letters, digits, '_').
+        click.echo("\t".join((printable(str(entry["name"])), when, declared)))
 
 
 @secrets.command("rm")

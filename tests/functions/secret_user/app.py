@@ -7,6 +7,7 @@ GET /crash       reads ORIGIN_TOKEN, then fails (an uncaught exception)
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -24,7 +25,9 @@ def read(request: Request) -> dict[str, Any]:
 def send(request: Request) -> dict[str, Any]:
     token = secrets.get("ORIGIN_TOKEN")
     response = fetch(os.environ["ORIGIN"] + "/echo", headers=[("authorization", f"Bearer {token}")])
-    return {"status": response.status}
+    echoed = json.loads(response.body)["headers"].get("authorization")
+    # Whether the origin got it, never the value itself.
+    return {"status": response.status, "delivered": echoed == f"Bearer {token}"}
 
 
 @app.get("/crash")
