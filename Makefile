@@ -17,8 +17,11 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 # Build the example functions and serve them on the embedded store in ./.edgefn-data.
+# A local secrets key (git-ignored), outside the data directory: a copy of
+# .edgefn-data/ alone then holds no secret readable without it.
 run: install
-	$(BIN)/edgefn serve --deploy functions/hello --deploy functions/image_resize --deploy functions/watermark
+	@test -f .edgefn-secrets.key || (umask 077 && $(BIN)/edgefn secrets keygen > .edgefn-secrets.key)
+	$(BIN)/edgefn serve --secrets-key-file .edgefn-secrets.key --deploy functions/hello --deploy functions/image_resize --deploy functions/watermark
 
 # The tests start a throwaway PostgreSQL server of their own (tests/pg_cluster.py);
 # this installs Debian's package when its initdb is missing.
