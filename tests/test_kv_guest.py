@@ -119,6 +119,13 @@ def test_a_one_mib_value_round_trips_byte_for_byte(state: Sandbox) -> None:
 
 
 @pytest.mark.wasm
+def test_a_set_while_the_body_streams_is_refused(state: Sandbox, backend: MemoryBackend) -> None:
+    with pytest.raises(GuestError, match="while a response body streams"):
+        call(state, "/stream")
+    assert backend.calls == [] and answer(call(state, "/get/during")) == {"value": None}
+
+
+@pytest.mark.wasm
 def test_ttl_and_incr_windows(state: Sandbox, backend: MemoryBackend) -> None:
     call(state, "/set/short", "ttl=0.05", body=b"x")
     assert answer(call(state, "/incr/window", "ttl=0.05")) == {"value": 1}
