@@ -32,7 +32,7 @@ class _DocumentOnly:
     """A stand-in worker with only what `AdminApp` reads when it is built: enough for
     the app to serve its OpenAPI document (generated from its routes alone)."""
 
-    registry = deployer = table = metrics = board = None
+    registry = deployer = table = metrics = board = kv = None
     config = GatewayConfig(data_dir=Path("/nonexistent"), workers=1, token=TOKEN)
 
 

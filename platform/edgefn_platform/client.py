@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import httpx
 
@@ -162,5 +163,36 @@ class AdminClient:
             skipped=response.headers.get("x-edgefn-skipped") == "1",
         )
 
+    # -- key-value stores -------------------------------------------------------
+
+    def kv_keys(self, name: str, store: str, prefix: str = "", limit: int = 1000) -> list[str]:
+        """The store's live keys starting with `prefix`, in byte order, at most `limit`."""
+        params: dict[str, str | int] = {"prefix": prefix, "limit": limit}
+        result = self._call("GET", _kv_path(name, store), params=params)
+        return [str(key) for key in result["keys"]]
+
+    def kv_get(self, name: str, store: str, key: str) -> bytes:
+        """The key's value; `AdminError` with code `kv_key_not_found` if absent."""
+        return self._send("GET", _kv_path(name, store, key)).content
+
+    def kv_set(
+        self, name: str, store: str, key: str, value: bytes, ttl: float | None = None
+    ) -> None:
+        params = {} if ttl is None else {"ttl": repr(ttl)}
+        self._send("PUT", _kv_path(name, store, key), content=value, params=params)
+
+    def kv_delete(self, name: str, store: str, key: str) -> None:
+        self._send("DELETE", _kv_path(name, store, key))
+
     def close(self) -> None:
         self._http.close()
+
+
+def _kv_path(name: str, store: str, key: str | None = None) -> str:
+    path = f"/v1/functions/{quote(name, safe='')}/kv/{quote(store, safe='')}"
+    if key is None:
+        return path
+    # Every reserved character percent-encoded, `/` included (the server takes the
+    # rest of the path as the key); dots too, so that no client or proxy resolves
+    # a key such as ".." as a path segment.
+    return path + "/" + quote(key, safe="").replace(".", "%2E")

@@ -25,6 +25,7 @@ from ..manifest import Manifest
 from ..registry import FunctionRecord, VersionRecord
 from ..registry._model import LOG_LINES_KEPT, PREFIX_MAX_LENGTH
 from ._admin_guards import LimitBody, RequireToken
+from ._admin_kv import add_kv_routes
 from ._errors import GatewayError, error_response
 from ._request_ids import request_id as checked_request_id
 from ._rollout import Rollout
@@ -214,6 +215,7 @@ class AdminApp:
             app.add_api_route(
                 path, endpoint, methods=[method], response_model=model, status_code=status
             )
+        add_kv_routes(app, self.registry, self.table, worker.kv)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -35,6 +35,7 @@ from edgefn_runtime.cache import HttpCache
 
 from .._crash import WORKER_START, crash_point
 from .._printable import PrintableFormatter
+from ..kv import SQLKeyValue, open_key_value
 from ..registry import Registry, open_registry
 from ._cache import ResponseCache
 from ._deploy import Deployer, recover
@@ -71,6 +72,8 @@ class Worker:
     board: ServingBoard
     # The edge cache this worker shares with the node's others; None: turned off.
     cache: HttpCache | None
+    # The functions' key-value stores, in the registry's database.
+    kv: SQLKeyValue
 
     @classmethod
     def open(cls, config: GatewayConfig) -> Worker:
@@ -82,14 +85,18 @@ class Worker:
             cache = HttpCache(settings, listener=metrics.cache_event)
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
-        engine = config.open_engine(cache)
+        kv = open_key_value(config.database_url, config.data_dir)  # after the registry migrated
+        metrics.kv_stored = kv.stored_bytes
+        engine = config.open_engine(cache, kv)
         deployer = Deployer(registry, engine, config.data_dir, handoff={})
         table = FunctionTable(
             deployer, metrics, board, config.refresh_seconds, policy,
             on_purges=cache.purges.replace if cache is not None else None,
         )  # fmt: skip
         logs = LogSink(registry)
-        return cls(config, policy, registry, engine, table, logs, deployer, metrics, board, cache)
+        return cls(
+            config, policy, registry, engine, table, logs, deployer, metrics, board, cache, kv
+        )  # fmt: skip
 
     def close(self) -> None:
         self.table.stop()
@@ -97,6 +104,7 @@ class Worker:
         if self.cache is not None:
             self.cache.close()  # what is still on its way to the disk tier
         self.engine.close()
+        self.kv.close()
         self.registry.close()
         self.board.forget(os.getpid())
 

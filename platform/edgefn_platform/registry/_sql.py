@@ -260,7 +260,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         # that one backup holds a node's state and every gateway sharing
         # PostgreSQL sees the same. `expires_at` is a Unix time (NULL: never);
         # `kv_usage` keeps each store's totals, updated in the writes' transactions,
-        # so quotas cost one row, not a scan. Secrets: `value` is a Fernet token
+        # so quotas cost one row, not a scan; `kv_expiry` lets a full store's sweep
+        # read only its expired entries (partial: entries without a TTL do not pay
+        # for it on writes). Secrets: `value` is a Fernet token
         # (`edgefn_platform.secrets`), never the plaintext.
         """
         CREATE TABLE kv (
@@ -271,6 +273,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             expires_at {real},
             PRIMARY KEY (function, store, key)
         );
+        CREATE INDEX kv_expiry ON kv (function, store, expires_at)
+            WHERE expires_at IS NOT NULL;
         CREATE TABLE kv_usage (
             function TEXT NOT NULL,
             store TEXT NOT NULL,
