@@ -24,6 +24,8 @@ from edgefn import kv, secrets
 from edgefn.testing import MemoryKV, TestClient, load_app
 from edgefn_contract.kv import STATUSES
 from edgefn_platform import BuildResult, build
+from edgefn_platform.kv import open_key_value
+from edgefn_platform.registry import open_registry
 from edgefn_runtime import Engine, FuelExhausted, GuestError, Limits, Outcome, Sandbox, Timeout
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime.capabilities import installed
@@ -425,3 +427,35 @@ def test_the_readme_kv_examples_run_as_written() -> None:
     exec(handler[1] + test[1], namespace)
     namespace["test_rate_limit"]()
     assert TestClient(namespace["app"]).get("/hit").json() == {"hits": 1, "flag": False}
+
+
+@pytest.mark.wasm
+def test_every_operation_through_the_gateway_s_sqlite_store(
+    state_build: BuildResult, tmp_path: Path
+) -> None:
+    # The same function over edgefn_platform.kv's SQLite backend: what the gateway links.
+    open_registry(None, tmp_path).close()  # migrates the schema, kv tables included
+    store = open_key_value(None, tmp_path)
+    try:
+        with Engine(capabilities=installed(kv=store)) as engine:
+            sandbox = engine.load(state_build.path, grants=state_build.manifest.grants(), reuse=100)
+            assert answer(call(sandbox, "/incr/n", "by=5")) == {"value": 5}
+            assert answer(call(sandbox, "/incr/n")) == {"value": 6}
+            assert answer(call(sandbox, "/set/a", body=b"value")) == {"set": 5}
+            assert answer(call(sandbox, "/get/a")) == {"value": "value", "length": 5}
+            assert answer(call(sandbox, "/get/absent")) == {"value": None}
+            assert answer(call(sandbox, "/exists/a")) == {"exists": True}
+            assert answer(call(sandbox, "/keys")) == {"keys": ["a", "n"]}
+            assert answer(call(sandbox, "/delete/a")) == {"deleted": True}
+            assert answer(call(sandbox, "/exists/a")) == {"exists": False}
+            size = 1024 * 1024
+            assert answer(call(sandbox, "/fill/big", f"size={size}")) == {
+                "size": size,
+                "same": True,
+            }
+            status, code, _ = error(call(sandbox, "/set/k", body=b"x" * 100, max_kv_store=50))
+            assert (status, code) == (507, "kv_quota_exceeded")
+            call(sandbox, "/set/word", body=b"hello")
+            assert error(call(sandbox, "/incr/word"))[:2] == (500, "kv_not_integer")
+    finally:
+        store.close()
