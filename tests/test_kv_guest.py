@@ -26,7 +26,16 @@ from edgefn_contract.kv import STATUSES
 from edgefn_platform import BuildResult, build
 from edgefn_platform.kv import open_key_value
 from edgefn_platform.registry import open_registry
-from edgefn_runtime import Engine, FuelExhausted, GuestError, Limits, Outcome, Sandbox, Timeout
+from edgefn_runtime import (
+    WARM_UP_HEADER,
+    Engine,
+    FuelExhausted,
+    GuestError,
+    Limits,
+    Outcome,
+    Sandbox,
+    Timeout,
+)
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime.capabilities import installed
 
@@ -275,6 +284,18 @@ def test_no_backend_answers_unavailable(state_build: BuildResult) -> None:
         assert error(call(sandbox, "/get/k"))[:2] == (503, "kv_unavailable")
     assert (status, code) == (503, "kv_unavailable")
     assert "not available on this host" in message
+
+
+@pytest.mark.wasm
+def test_the_warm_up_request_changes_no_store(state: Sandbox, backend: MemoryBackend) -> None:
+    """The gateway runs one throwaway request per load on every worker: a counter
+    must not count it (as outbound HTTP refuses its fetches)."""
+    request = SandboxRequest("GET", "/incr/n", headers=[(WARM_UP_HEADER, "1")])
+    body = json.loads(state.invoke(request, Limits()).response.body)
+    assert body["error"]["code"] == "kv_unavailable"
+    assert "warm-up" in body["error"]["message"]
+    assert backend.calls == []
+    assert answer(call(state, "/incr/n")) == {"value": 1}
 
 
 # Secrets ----------------------------------------------------------------------
