@@ -36,8 +36,7 @@ from edgefn_contract.outbound import IMAGE_FAILURE_PREFIX, STATUSES
 from edgefn_platform import BuildResult, build
 from edgefn_runtime import CONTRACT_VERSION, Engine, GuestError, Sandbox
 from edgefn_runtime import Request as SandboxRequest
-from edgefn_runtime.capabilities import Capability, host_call
-from edgefn_runtime.capabilities.image import ImageCapability
+from edgefn_runtime.capabilities import Capability, host_call, installed
 
 ROOT = Path(__file__).resolve().parent.parent
 RESIZE = ROOT / "functions" / "image_resize"
@@ -375,7 +374,8 @@ def fake_outbound() -> FakeOutbound:
 @pytest.fixture(scope="module")
 def faked(fetching_build: BuildResult, fake_outbound: FakeOutbound) -> Iterator[Sandbox]:
     """The function under a host whose outbound capability is the fake."""
-    with Engine(capabilities=[ImageCapability(), fake_outbound]) as engine:
+    others = [c for c in installed() if c.name != "outbound"]  # every component imports them
+    with Engine(capabilities=[*others, fake_outbound]) as engine:
         yield engine.load(fetching_build.path)
 
 

@@ -23,6 +23,9 @@ Why each private use (measured on the reference machine, 2 cores):
   no `data()`.
 - The pooling allocator and WASI stdin bytes are in the C API, not in
   wasmtime-py's `Config` / `WasiConfig`.
+- `fix_option_lowering`: a host function answering `result<option<T>, E>`
+  could not return its error (see there); the key-value and secrets
+  capabilities' `get` answer one.
 """
 
 from __future__ import annotations
@@ -215,3 +218,26 @@ def call_func(store: wasmtime.Store, func: wc.Func, param: Any, result: Any) -> 
         trap = wasmtime.WasmtimeError._from_ptr(error)
         maybe_raise_last_exn()
         raise trap
+
+
+def fix_option_lowering() -> None:
+    """Let host functions return the error of a `result<option<T>, E>` (idempotent).
+
+    wasmtime-py lowers a `result` whose two cases hold values of different Python
+    classes untagged: the host returns the ok value, or the error record. It picks
+    the case by `isinstance` against each case's classes, but counts an untagged
+    `option`'s `none` as `object`, so every value, the error record included,
+    matched the ok case and failed to lower as an option ("value not valid for
+    this variant"). The `none` of an option is Python's None: its class is
+    `NoneType`. An option that needs tags keeps them (`Variant`).
+    """
+    from wasmtime.component import _types
+
+    def add_classes(self: Any, classes: set[type]) -> None:
+        if self._tagged():
+            classes.add(_types.Variant)
+        else:
+            classes.add(type(None))
+            self.payload.add_classes(classes)
+
+    setattr(_types.OptionType, "add_classes", add_classes)  # noqa: B010 - a method, replaced

@@ -7,6 +7,7 @@
 ...     return {"hello": request.path_params["name"]}
 """
 
+from . import kv, secrets
 from ._datastructures import Headers, QueryParams
 from ._exceptions import HTTPError
 from ._requests import Request
@@ -39,6 +40,8 @@ __all__ = [
     "StreamingResponse",
     "fetch",
     "json",
+    "kv",
     "redirect",
+    "secrets",
     "text",
 ]

@@ -18,7 +18,9 @@ from collections.abc import Iterable
 from componentize_py_types import Err
 from wit_world.exports import IncomingHandler
 from wit_world.imports import image as host_image
+from wit_world.imports import kv as host_kv
 from wit_world.imports import outbound as host_outbound
+from wit_world.imports import secrets as host_secrets
 from wit_world.imports.types import (
     GuestError,
     RequestBody_File,
@@ -29,9 +31,10 @@ from wit_world.imports.types import (
     ResponseHead,
 )
 
+from edgefn_contract.kv import KV_FILE
 from edgefn_contract.outbound import FETCH_FILE
 
-from . import image, outbound
+from . import image, kv, outbound, secrets
 from ._requests import Request
 from ._responses import Response, StreamingResponse
 from ._routing import App
@@ -233,6 +236,104 @@ def _read_fetched(length: int) -> bytes:
 
 
 outbound.use_backend(_HostOutbound())
+
+
+class _HostKV:
+    """edgefn.kv's backend inside the component: the host's kv capability."""
+
+    def open(self, store: str) -> None:
+        try:
+            host_kv.open(store)
+        except Err as failure:
+            kv.raise_failure(failure.value.kind, failure.value.message)
+
+    def get(self, store: str, key: str) -> bytes | None:
+        try:
+            length = host_kv.get(store, key)
+        except Err as failure:
+            kv.raise_failure(failure.value.kind, failure.value.message)
+        if length is None:
+            return None
+        value = _read_kv(length)
+        if len(value) != length:
+            raise kv.KVUnavailable(
+                f"the host announced a value of {length:,} bytes, {len(value):,} arrived"
+            )
+        return value
+
+    def set(self, store: str, key: str, value: bytes, ttl_ms: int) -> None:
+        # The value goes out of band, like a fetch body: the host reads the next
+        # len(value) bytes of stdout (a list<u8> would cross byte by byte).
+        if value:
+            if _writing_body:
+                raise RuntimeError("kv set cannot be used while a response body streams")
+            if _write_all(value) != len(value):
+                raise ValueError(f"no room left on stdout for the value of {len(value):,} bytes")
+        try:
+            host_kv.set(store, key, len(value), ttl_ms)
+        except Err as failure:
+            kv.raise_failure(failure.value.kind, failure.value.message)
+
+    def delete(self, store: str, key: str) -> None:
+        try:
+            host_kv.delete(store, key)
+        except Err as failure:
+            kv.raise_failure(failure.value.kind, failure.value.message)
+
+    def exists(self, store: str, key: str) -> bool:
+        try:
+            return host_kv.exists(store, key)
+        except Err as failure:
+            kv.raise_failure(failure.value.kind, failure.value.message)
+
+    def keys(self, store: str, prefix: str, limit: int) -> list[str]:
+        try:
+            listed = host_kv.keys(store, prefix, limit)
+        except Err as failure:
+            kv.raise_failure(failure.value.kind, failure.value.message)
+        return listed.split("\n")[:-1]
+
+    def incr(self, store: str, key: str, by: int, ttl_ms: int) -> int:
+        try:
+            return host_kv.incr(store, key, by, ttl_ms)
+        except Err as failure:
+            kv.raise_failure(failure.value.kind, failure.value.message)
+
+
+_kv_fd = -1
+
+
+def _read_kv(length: int) -> bytes:
+    """The first `length` bytes of /.edgefn/kv. The host rewrites that file in
+    place for each get, so its descriptor stays open for the instance's life:
+    an open() per get was half the time of a 100 B get."""
+    global _kv_fd
+    if _kv_fd < 0:
+        _kv_fd = os.open(KV_FILE, os.O_RDONLY)
+    chunks, read = [], 0
+    while read < length:
+        chunk = os.pread(_kv_fd, length - read, read)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        read += len(chunk)
+    return b"".join(chunks)
+
+
+kv.use_backend(_HostKV())
+
+
+class _HostSecrets:
+    """edgefn.secrets' backend inside the component: the host's secrets capability."""
+
+    def get(self, name: str) -> str | None:
+        try:
+            return host_secrets.get(name)
+        except Err as failure:
+            secrets.raise_failure(failure.value.kind, failure.value.message)
+
+
+secrets.use_backend(_HostSecrets())
 
 
 _writing_body = False

@@ -23,8 +23,9 @@ from typing import Any
 
 import edgefn_contract.image as contract
 
-from . import image, outbound
+from . import image, kv, outbound, secrets
 from ._datastructures import Headers
+from ._memory_kv import MemoryKV
 from ._requests import Request
 from ._responses import Response
 from ._routing import App
@@ -34,6 +35,7 @@ __all__ = [
     "FetchAnswers",
     "FetchRequest",
     "FetchResponse",
+    "MemoryKV",
     "TestClient",
     "TestResponse",
     "load_app",
@@ -82,6 +84,13 @@ class TestClient:
     failures; a URL the mapping lacks raises `OutboundNotAllowed`, as an
     undeclared host would. `fetched` lists the requests the app made, each with
     its `cache` flag (natively nothing is cached: every fetch is answered).
+
+    `kv` keeps the app's key-value stores (`edgefn.kv`): a `MemoryKV` the test
+    fills and inspects, or a fresh one per client when None. `secrets` are the
+    values `edgefn.secrets.get` reads, `{"NAME": "value"}`. When the client finds
+    the function's edgefn.toml, the stores and secret names it declares are
+    checked as the host would (`StoreNotDeclared`, `SecretNotDeclared`); a
+    declared secret the mapping lacks reads as None, as an unset one does.
     """
 
     __test__ = False
@@ -93,6 +102,8 @@ class TestClient:
         raise_exceptions: bool = True,
         assets: str | Path | None = None,
         fetch: FetchAnswers | None = None,
+        kv: MemoryKV | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.app = app
         self.raise_exceptions = raise_exceptions
@@ -103,6 +114,18 @@ class TestClient:
             )
         self.fetched: list[FetchRequest] = []
         self._outbound = _NativeFetch(fetch, self.fetched)
+        manifest = _manifest(app)
+        if kv is not None and not isinstance(kv, MemoryKV):
+            raise TypeError(f"TestClient's kv must be a MemoryKV, got {type(kv).__name__}")
+        self.kv = kv if kv is not None else MemoryKV()
+        if self.kv.declared is None and manifest:
+            self.kv.declared = frozenset(manifest["key_value_stores"])
+        if secrets is not None and not isinstance(secrets, Mapping):
+            raise TypeError(f"TestClient's secrets must be a mapping, got {type(secrets).__name__}")
+        self._secrets = _NativeSecrets(
+            dict(secrets or {}),
+            frozenset(manifest["secrets"]) if manifest else None,
+        )
 
     def request(
         self,
@@ -122,6 +145,8 @@ class TestClient:
             body = body.encode()
         request = Request(method, path, query_string=query, headers=header_items, body=body)
         outbound.use_backend(self._outbound)
+        kv.use_backend(self.kv)
+        secrets.use_backend(self._secrets)
         image.use_backend(_NativeImages(body, self.assets, self._outbound))
         try:
             response = self.app.handle(request)
@@ -187,6 +212,34 @@ def load_app(directory: str | Path) -> App:
 
 # The function folder of each App `load_app` returned: where relative assets are.
 _FOLDERS: weakref.WeakKeyDictionary[App, Path] = weakref.WeakKeyDictionary()
+
+
+def _manifest(app: App) -> dict[str, Any]:
+    """The function's edgefn.toml (`key_value_stores`, `secrets`), {} without one."""
+    path = _function_folder(app) / "edgefn.toml"
+    if not path.is_file():
+        return {}
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return {
+        "key_value_stores": list(data.get("key_value_stores", [])),
+        "secrets": list(data.get("secrets", [])),
+    }
+
+
+class _NativeSecrets:
+    """edgefn.secrets natively: the test's values, for the names the manifest declares."""
+
+    def __init__(self, values: dict[str, str], declared: frozenset[str] | None) -> None:
+        self.values, self.declared = values, declared
+
+    def get(self, name: str) -> str | None:
+        if self.declared is not None and name not in self.declared:
+            raise secrets.SecretNotDeclared(
+                f"the secret {name!r} is not declared in this function's manifest; declare it "
+                f'with secrets = ["{name}"] in edgefn.toml and set it with '
+                f"`edgefn secrets set FUNCTION {name}`"
+            )
+        return self.values.get(name)
 
 
 def _function_folder(app: App) -> Path:

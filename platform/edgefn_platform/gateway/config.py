@@ -17,6 +17,8 @@ from pathlib import Path
 from edgefn_runtime import EdgefnError, Engine
 from edgefn_runtime.cache import HttpCache
 from edgefn_runtime.capabilities import installed
+from edgefn_runtime.capabilities.kv import KeyValueBackend
+from edgefn_runtime.capabilities.secrets import SecretSource
 
 from .policy import Policy, load_policy
 
@@ -127,10 +129,23 @@ class GatewayConfig:
         loopback = self.admin_host in ("127.0.0.1", "::1", "localhost")
         return not loopback and self.admin_tls_cert is None
 
-    def open_engine(self, cache: HttpCache | None = None) -> Engine:
+    def open_engine(
+        self,
+        cache: HttpCache | None = None,
+        kv: KeyValueBackend | None = None,
+        secrets: SecretSource | None = None,
+    ) -> Engine:
         """An engine with the AOT cache and the operator's outbound policy; the
-        functions' fetches are cached in `cache` (the edge cache), if given."""
-        capabilities = installed(outbound=self.loaded_policy.outbound, cache=cache)
+        functions' fetches are cached in `cache` (the edge cache), their
+        key-value stores kept by `kv`, their secrets read from `secrets`, if given."""
+        policy = self.loaded_policy
+        capabilities = installed(
+            outbound=policy.outbound,
+            cache=cache,
+            kv=kv,
+            secrets=secrets,
+            kv_max_value=policy.maximums["max_kv_value"],
+        )
         return Engine(cache_dir=self.aot_cache_dir, capabilities=capabilities)
 
     def public_url(self) -> str:

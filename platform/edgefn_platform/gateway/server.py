@@ -85,14 +85,15 @@ class Worker:
             cache = HttpCache(settings, listener=metrics.cache_event)
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
-        engine = config.open_engine(cache)
+        kv = open_key_value(config.database_url, config.data_dir)  # after the registry migrated
+        metrics.kv_stored = kv.stored_bytes
+        engine = config.open_engine(cache, kv)
         deployer = Deployer(registry, engine, config.data_dir, handoff={})
         table = FunctionTable(
             deployer, metrics, board, config.refresh_seconds, policy,
             on_purges=cache.purges.replace if cache is not None else None,
         )  # fmt: skip
         logs = LogSink(registry)
-        kv = open_key_value(config.database_url, config.data_dir)  # after the registry migrated
         return cls(
             config, policy, registry, engine, table, logs, deployer, metrics, board, cache, kv
         )  # fmt: skip

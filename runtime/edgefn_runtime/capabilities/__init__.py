@@ -12,23 +12,44 @@ from __future__ import annotations
 from ..cache import HttpCache
 from ._base import Capability, Fuel, RequestContext, host_call
 from .image import ImageCapability
+from .kv import KeyValueBackend, KeyValueCapability
 from .outbound import OutboundCapability, OutboundPolicy
+from .secrets import SecretsCapability, SecretSource
 
 __all__ = [
     "Capability",
     "Fuel",
     "ImageCapability",
+    "KeyValueCapability",
     "OutboundCapability",
     "RequestContext",
+    "SecretsCapability",
     "host_call",
     "installed",
 ]
 
 
+# The operator's maximum `max_kv_value` by default (edgefn_platform's policy).
+_KV_MAX_VALUE = 25 * 2**20
+
+
 def installed(
-    outbound: OutboundPolicy | None = None, cache: HttpCache | None = None
+    outbound: OutboundPolicy | None = None,
+    cache: HttpCache | None = None,
+    kv: KeyValueBackend | None = None,
+    secrets: SecretSource | None = None,
+    kv_max_value: int = _KV_MAX_VALUE,
 ) -> list[Capability]:
     """The capabilities an engine links unless told otherwise; `outbound` is the
     operator's outbound HTTP policy (the safe defaults when None), `cache` the
-    node's HTTP cache, which keeps what functions fetch too (None: nothing is)."""
-    return [ImageCapability(), OutboundCapability(outbound, cache)]
+    node's HTTP cache, which keeps what functions fetch too (None: nothing is);
+    `kv` keeps the functions' key-value stores (None: every operation answers
+    `unavailable`), whose values are at most `kv_max_value` bytes (the operator's
+    maximum `max_kv_value`); `secrets(function, name)` gives the operator's
+    secrets (None: every declared secret reads as unset)."""
+    return [
+        ImageCapability(),
+        OutboundCapability(outbound, cache),
+        KeyValueCapability(kv, kv_max_value),
+        SecretsCapability(secrets),
+    ]
