@@ -24,7 +24,18 @@ from edgefn import kv, secrets
 from edgefn.testing import MemoryKV, TestClient, load_app
 from edgefn_contract.kv import STATUSES
 from edgefn_platform import BuildResult, build
-from edgefn_runtime import Engine, FuelExhausted, GuestError, Limits, Outcome, Sandbox, Timeout
+from edgefn_platform.kv import open_key_value
+from edgefn_platform.registry import open_registry
+from edgefn_runtime import (
+    WARM_UP_HEADER,
+    Engine,
+    FuelExhausted,
+    GuestError,
+    Limits,
+    Outcome,
+    Sandbox,
+    Timeout,
+)
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime.capabilities import installed
 
@@ -116,6 +127,13 @@ def test_a_one_mib_value_round_trips_byte_for_byte(state: Sandbox) -> None:
     # Nothing of the value leaked into the response body (it crossed on stdout).
     raw = call(state, "/get/big", "raw=1")
     assert raw.response.body == (bytes(range(256)) * 4096)
+
+
+@pytest.mark.wasm
+def test_a_set_while_the_body_streams_is_refused(state: Sandbox, backend: MemoryBackend) -> None:
+    with pytest.raises(GuestError, match="while a response body streams"):
+        call(state, "/stream")
+    assert backend.calls == [] and answer(call(state, "/get/during")) == {"value": None}
 
 
 @pytest.mark.wasm
@@ -222,13 +240,17 @@ def test_every_failure_kind_reaches_the_function_as_its_exception() -> None:
 
 
 @pytest.mark.wasm
-def test_operations_are_charged_fuel(state: Sandbox) -> None:
+def test_operations_are_charged_fuel(state: Sandbox, backend: MemoryBackend) -> None:
     few = call(state, "/loop", "n=1").usage.fuel
     many = call(state, "/loop", "n=101").usage.fuel
     # 100 more operations cost at least their fixed host charge each.
     assert many - few >= 100 * 100_000
-    with pytest.raises(FuelExhausted, match="key-value"):
+    # With fuel for 300 operations' host charge, the loop of 900 stops by then
+    # (in a host call, "on key-value calls", or in the guest's own code between two).
+    backend.calls.clear()
+    with pytest.raises(FuelExhausted, match="used all of its fuel"):
         call(state, "/loop", "n=900", fuel=few + 300 * 100_000)
+    assert 200 < len(backend.calls) <= 300
     attacks.record(
         AREA,
         "make the host work for free with cheap key-value calls",
@@ -262,6 +284,18 @@ def test_no_backend_answers_unavailable(state_build: BuildResult) -> None:
         assert error(call(sandbox, "/get/k"))[:2] == (503, "kv_unavailable")
     assert (status, code) == (503, "kv_unavailable")
     assert "not available on this host" in message
+
+
+@pytest.mark.wasm
+def test_the_warm_up_request_changes_no_store(state: Sandbox, backend: MemoryBackend) -> None:
+    """The gateway runs one throwaway request per load on every worker: a counter
+    must not count it (as outbound HTTP refuses its fetches)."""
+    request = SandboxRequest("GET", "/incr/n", headers=[(WARM_UP_HEADER, "1")])
+    body = json.loads(state.invoke(request, Limits()).response.body)
+    assert body["error"]["code"] == "kv_unavailable"
+    assert "warm-up" in body["error"]["message"]
+    assert backend.calls == []
+    assert answer(call(state, "/incr/n")) == {"value": 1}
 
 
 # Secrets ----------------------------------------------------------------------
@@ -414,3 +448,35 @@ def test_the_readme_kv_examples_run_as_written() -> None:
     exec(handler[1] + test[1], namespace)
     namespace["test_rate_limit"]()
     assert TestClient(namespace["app"]).get("/hit").json() == {"hits": 1, "flag": False}
+
+
+@pytest.mark.wasm
+def test_every_operation_through_the_gateway_s_sqlite_store(
+    state_build: BuildResult, tmp_path: Path
+) -> None:
+    # The same function over edgefn_platform.kv's SQLite backend: what the gateway links.
+    open_registry(None, tmp_path).close()  # migrates the schema, kv tables included
+    store = open_key_value(None, tmp_path)
+    try:
+        with Engine(capabilities=installed(kv=store)) as engine:
+            sandbox = engine.load(state_build.path, grants=state_build.manifest.grants(), reuse=100)
+            assert answer(call(sandbox, "/incr/n", "by=5")) == {"value": 5}
+            assert answer(call(sandbox, "/incr/n")) == {"value": 6}
+            assert answer(call(sandbox, "/set/a", body=b"value")) == {"set": 5}
+            assert answer(call(sandbox, "/get/a")) == {"value": "value", "length": 5}
+            assert answer(call(sandbox, "/get/absent")) == {"value": None}
+            assert answer(call(sandbox, "/exists/a")) == {"exists": True}
+            assert answer(call(sandbox, "/keys")) == {"keys": ["a", "n"]}
+            assert answer(call(sandbox, "/delete/a")) == {"deleted": True}
+            assert answer(call(sandbox, "/exists/a")) == {"exists": False}
+            size = 1024 * 1024
+            assert answer(call(sandbox, "/fill/big", f"size={size}")) == {
+                "size": size,
+                "same": True,
+            }
+            status, code, _ = error(call(sandbox, "/set/k", body=b"x" * 100, max_kv_store=50))
+            assert (status, code) == (507, "kv_quota_exceeded")
+            call(sandbox, "/set/word", body=b"hello")
+            assert error(call(sandbox, "/incr/word"))[:2] == (500, "kv_not_integer")
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from edgefn_platform.kv import SQLKeyValue, open_key_value
-from edgefn_platform.kv._store import prefix_bounds
+from edgefn_platform.kv._store import SWEEP_SECONDS, prefix_bounds
 from edgefn_platform.registry import open_registry
 from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
 from gateway_process import closed_port
@@ -334,6 +334,19 @@ def test_expired_entries_are_swept_before_a_write_is_refused(kv: SQLKeyValue, fn
     put(kv, fn, "t", b"y" * 300, quota=roomy)
     assert get(kv, fn, "t") == b"y" * 300
     assert usage(kv, fn) == 108 + 301
+
+
+def test_a_write_sweeps_its_stores_expired_entries_once_a_minute(kv: SQLKeyValue, fn: str) -> None:
+    clock = kv.clock
+    assert isinstance(clock, Clock)
+    put(kv, fn, "token", b"x" * 100, ttl=5)  # the store's first write sweeps (nothing)
+    clock.now += 10
+    put(kv, fn, "other", b"1")
+    assert usage(kv, fn) == 105 + 6  # expired, but swept at most once a minute
+    clock.now += SWEEP_SECONDS
+    put(kv, fn, "other", b"2")  # a replacement: the sweep still runs
+    assert usage(kv, fn) == 6
+    assert kv.keys(fn, "default", "", 10, deadline()) == ["other"]
 
 
 # -- deadlines, failures, crashes ---------------------------------------------------

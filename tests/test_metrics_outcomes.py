@@ -18,6 +18,7 @@ import pytest
 from gateway_process import ROOT, GatewayProcess, cli
 
 HELLO = ROOT / "functions" / "hello"
+COUNTER = ROOT / "tests" / "functions" / "counter"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         assert cli(process, "deploy", str(HELLO)).exit_code == 0
         assert process.admin("POST", "/v1/functions/hello/activate", json={"version": 1}).is_success
         assert process.get("/hello/hello/x").status_code == 200
+        # And a key-value operation, which stores bytes.
+        assert cli(process, "deploy", str(COUNTER)).exit_code == 0
+        assert process.get("/counter/incr").status_code == 200
         yield process
     finally:
         process.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 from edgefn_runtime import EdgefnError, Engine
 from edgefn_runtime.cache import HttpCache
 from edgefn_runtime.capabilities import installed
+from edgefn_runtime.capabilities.kv import KeyValueBackend
 from edgefn_runtime.capabilities.secrets import SecretSource
 
 from ..secrets import Cipher, load_keys
@@ -143,12 +144,22 @@ class GatewayConfig:
         return not loopback and self.admin_tls_cert is None
 
     def open_engine(
-        self, cache: HttpCache | None = None, secrets: SecretSource | None = None
+        self,
+        cache: HttpCache | None = None,
+        kv: KeyValueBackend | None = None,
+        secrets: SecretSource | None = None,
     ) -> Engine:
         """An engine with the AOT cache and the operator's outbound policy; the
-        functions' fetches are cached in `cache` (the edge cache), if given, and
-        their secrets read from `secrets(function, name)`."""
-        capabilities = installed(outbound=self.loaded_policy.outbound, cache=cache, secrets=secrets)
+        functions' fetches are cached in `cache` (the edge cache), their
+        key-value stores kept by `kv`, their secrets read from `secrets`, if given."""
+        policy = self.loaded_policy
+        capabilities = installed(
+            outbound=policy.outbound,
+            cache=cache,
+            kv=kv,
+            secrets=secrets,
+            kv_max_value=policy.maximums["max_kv_value"],
+        )
         return Engine(cache_dir=self.aot_cache_dir, capabilities=capabilities)
 
     def public_url(self) -> str:

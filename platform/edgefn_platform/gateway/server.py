@@ -89,7 +89,9 @@ class Worker:
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
         secrets = SecretValues(config.secrets_cipher())
-        engine = config.open_engine(cache, secrets=secrets.get)
+        kv = open_key_value(config.database_url, config.data_dir)  # after the registry migrated
+        metrics.kv_stored = kv.stored_bytes
+        engine = config.open_engine(cache, kv, secrets.get)
         deployer = Deployer(registry, engine, config.data_dir, handoff={})
         table = FunctionTable(
             deployer, metrics, board, config.refresh_seconds, policy,
@@ -97,7 +99,6 @@ class Worker:
             on_secrets=secrets.update,
         )  # fmt: skip
         logs = LogSink(registry)
-        kv = open_key_value(config.database_url, config.data_dir)  # after the registry migrated
         return cls(
             config, policy, registry, engine, table, logs, deployer, metrics, board, cache, kv,
             secrets,

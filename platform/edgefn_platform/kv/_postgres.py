@@ -54,6 +54,7 @@ class PostgresKeyValue(SQLKeyValue):
     sql = Statements().for_dialect(POSTGRES)
 
     def __init__(self, url: str, pool_size: int = 16) -> None:
+        super().__init__()
         info = conninfo_to_dict(url)
         where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
         self.location = f"PostgreSQL at {where}"

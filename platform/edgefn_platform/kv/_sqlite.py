@@ -36,6 +36,7 @@ class SQLiteKeyValue(SQLKeyValue):
     sql = Statements().for_dialect(SQLITE)
 
     def __init__(self, data_dir: Path, synchronous: str = "NORMAL") -> None:
+        super().__init__()
         self.path = data_dir / "registry.sqlite3"
         self.location = str(self.path)
         self.synchronous = synchronous

@@ -24,7 +24,13 @@ from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
 
 from ..registry._sql import Connection, Dialect
 
-__all__ = ["SQLKeyValue", "Statements", "prefix_bounds"]
+__all__ = ["SWEEP_SECONDS", "SQLKeyValue", "Statements", "prefix_bounds"]
+
+# A write sweeps its store's expired entries if this process has not for this
+# long, so that rows past their time to live do not linger until the store is
+# full (they count toward its quota and `edgefn_kv_stored_bytes` until swept);
+# the partial index `kv_expiry` makes a sweep with nothing to remove one probe.
+SWEEP_SECONDS = 60.0
 
 # What `incr` accepts as a stored integer: decimal ASCII, as it writes them.
 _INTEGER = re.compile(rb"[+-]?[0-9]{1,20}")
@@ -104,6 +110,10 @@ class SQLKeyValue(ABC):
     location: str
     # Unix time now: expiry is wall-clock, as TTLs are; tests set their own.
     clock = staticmethod(time.time)
+
+    def __init__(self) -> None:
+        # When this process last swept each store: (function, store) -> Unix time.
+        self._swept: dict[tuple[str, str], float] = {}
 
     # -- what a backend supplies --------------------------------------------
 
@@ -220,6 +230,8 @@ class SQLKeyValue(ABC):
             row = db.execute(self.sql.lock_usage, (function, store)).fetchone()
             usage = _Usage(int(row["keys"]), int(row["bytes"]))
             before = _Usage(usage.keys, usage.bytes)
+            if self.clock() - self._swept.get((function, store), 0.0) >= SWEEP_SECONDS:
+                self._sweep(db, function, store, usage)
             try:
                 yield db, usage
             except _Refused as refused:
@@ -249,17 +261,24 @@ class SQLKeyValue(ABC):
         add_bytes = new_size - (0 if old is None else _size(key, old))
         over = self._over(usage, add_keys, add_bytes, quota)
         if over is not None:
-            now = self.clock()
-            for row in db.execute(self.sql.sweep, (function, store, now)).fetchall():
-                usage.keys -= 1
-                usage.bytes -= len(str(row["key"]).encode()) + int(row["size"])
-                if row["key"] == key:  # the replaced entry was expired: gone now
-                    add_keys, add_bytes = 1, new_size
+            if key in self._sweep(db, function, store, usage):
+                add_keys, add_bytes = 1, new_size  # the replaced entry was expired: gone now
             over = self._over(usage, add_keys, add_bytes, quota)
             if over is not None:
                 raise _Refused(KVFailure("quota_exceeded", _quota_message(store, usage, *over)))
         usage.keys += add_keys
         usage.bytes += add_bytes
+
+    def _sweep(self, db: Connection, function: str, store: str, usage: _Usage) -> list[str]:
+        """Remove the store's expired entries, counted out of `usage`; their keys."""
+        now = self.clock()
+        self._swept[function, store] = now
+        removed = []
+        for row in db.execute(self.sql.sweep, (function, store, now)).fetchall():
+            usage.keys -= 1
+            usage.bytes -= len(str(row["key"]).encode()) + int(row["size"])
+            removed.append(str(row["key"]))
+        return removed
 
     @staticmethod
     def _over(

@@ -30,14 +30,14 @@ def plain(request: Request) -> dict[str, int]:
 def get(request: Request) -> Response:
     value = kv.open("default").get(request.query["key"])
     if value is None:
-        return Response(b"", status_code=404)
+        return Response(b"", status=404)
     return Response(value, media_type="application/octet-stream")
 
 
 @app.put("/value")
 def put(request: Request) -> Response:
     kv.open("default").set(request.query["key"], request.body, ttl=_ttl(request))
-    return Response(b"", status_code=204)
+    return Response(b"", status=204)
 
 
 @app.get("/keys")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from edgefn import App, Request, kv, secrets
+from edgefn import App, Request, StreamingResponse, kv, secrets
 
 app = App()
 
@@ -121,3 +122,16 @@ def timing(request: Request) -> dict[str, list[float]]:
         kv.open(store.name)
         times["open"].append(time.perf_counter() - started)
     return times
+
+
+@app.get("/stream")
+def stream(request: Request) -> StreamingResponse:
+    """A set while the body streams: its value would land in the body, so it is refused."""
+    store = _store(request)
+
+    def chunks() -> Iterator[bytes]:
+        yield b"first "
+        store.set("during", b"in the body?")
+        yield b"second"
+
+    return StreamingResponse(chunks())

@@ -28,7 +28,7 @@ from edgefn_contract.kv import MAX_KEYS_LISTED, check_key
 
 from ..._contract import CONTRACT_VERSION
 from ..._errors import FuelExhausted, Timeout
-from ..._messages import Usage
+from ..._messages import WARM_UP_HEADER, Usage
 from ..._wasmtime import fix_option_lowering
 from .._base import Capability, Fuel, RequestContext, host_call
 from ._backend import KeyValueBackend, KVFailure, StoreQuota
@@ -53,6 +53,9 @@ class KVState:
 
     ops: int = 0
     seconds: float = 0.0
+    # The gateway's warm-up request: loading a version must not change a store
+    # (a counter at `/` would count every load on every worker).
+    warm_up: bool = False
     outcomes: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
 
 
@@ -75,7 +78,9 @@ class KeyValueCapability(Capability):
                 instance.add_func(op, functools.partial(_BINDINGS[op], self))
 
     def begin(self, context: RequestContext) -> KVState:
-        return KVState()
+        if self.name not in context.grants:  # every operation is refused: nothing to read
+            return KVState()
+        return KVState(warm_up=any(name.lower() == WARM_UP_HEADER for name, _ in context.headers))
 
     def finish(self, state: KVState, usage: Usage) -> None:
         usage.kv_ops = state.ops
@@ -179,6 +184,8 @@ class KeyValueCapability(Capability):
             self._admit(state, context, fuel, store, key, size)
             if self.backend is None:
                 raise KVFailure("unavailable", "key-value stores are not available on this host")
+            if state.warm_up:
+                raise KVFailure("unavailable", "no key-value operations in the warm-up request")
             function = context.grants.get("function")
             if not isinstance(function, str) or not function:
                 raise KVFailure("unavailable", "this function has no name to keep stores under")
