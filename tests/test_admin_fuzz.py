@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, settings
 from prometheus_client import values as prometheus_values
 from schemathesis import Case
@@ -54,6 +55,9 @@ def admin_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Starlette]:
         data_dir=tmp_path_factory.mktemp("fuzz") / "data",
         workers=1,
         token=TOKEN,
+        # A secrets key, so that a set is fuzzed through to the registry (without
+        # one, every set answers 503 `no_secrets_key`).
+        secrets_key=Fernet.generate_key().decode(),
         cache_dir=ROOT / ".cache" / "edgefn",
     )
     # The worker's metrics set PROMETHEUS_MULTIPROC_DIR (and prometheus_client's
