@@ -168,7 +168,3 @@ class SecretValues:
     def get(self, function: str, name: str) -> str | None:
         found = self._values.get((function, name))
         return None if found is None else found[1]
-
-    def names(self, function: str) -> set[str]:
-        """The names set for `function` (decryptable or not)."""
-        return {n for f, n in self._values if f == function}
