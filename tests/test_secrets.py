@@ -344,6 +344,28 @@ def test_the_database_and_its_wal_hold_no_plaintext_value(gateway: GatewayProces
     )
 
 
+def test_the_key_is_not_in_the_environment_of_the_gateways_workers(
+    gateway: GatewayProcess,
+) -> None:
+    # The workers get the key with their configuration; their environment (and so
+    # that of every process they or the supervisor start: builds, pip) goes without.
+    pids = [w["pid"] for w in gateway.admin("GET", f"/v1/functions/{NAME}").json()["workers"]]
+    assert len(pids) == 2 and gateway.process is not None
+    assert gateway.process.pid not in pids
+    for pid in pids:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [v for v in environ if v.startswith(b"EDGEFN_SECRETS_KEY=")], pid
+    value = distinctive()  # and they still decrypt what the other one encrypted
+    assert secrets_cli(gateway, "set", NAME, "ORIGIN_TOKEN", value=value).exit_code == 0
+    assert reads(gateway) == {value}
+    attacks.record(
+        AREA,
+        "read the secrets key from a worker's environment (/proc/PID/environ), or from a "
+        "process the gateway starts",
+        "absent: EDGEFN_SECRETS_KEY is dropped from the environment once read",
+    )
+
+
 def test_rotate_through_the_cli_keeps_every_value_readable(gateway: GatewayProcess) -> None:
     value = distinctive()
     assert secrets_cli(gateway, "set", NAME, "ORIGIN_TOKEN", value=value).exit_code == 0
