@@ -366,6 +366,25 @@ def test_the_key_is_not_in_the_environment_of_the_gateways_workers(
     )
 
 
+def test_a_function_deleted_and_deployed_again_inherits_no_secret(
+    gateway: GatewayProcess, origin: OriginServer
+) -> None:
+    assert secrets_cli(gateway, "set", NAME, "ORIGIN_TOKEN", value=distinctive()).exit_code == 0
+    assert gateway.admin("DELETE", f"/v1/functions/{NAME}").status_code == 204
+    deploy(gateway, origin)  # a new function of the same name (and the module's again)
+    listed = gateway.admin("GET", f"/v1/functions/{NAME}/secrets").json()["secrets"]
+    assert {(s["name"], s["set_at"]) for s in listed} == {
+        ("ORIGIN_TOKEN", None),
+        ("NEVER_SET", None),
+    }, listed
+    assert reads(gateway) == {None}
+    attacks.record(
+        AREA,
+        "delete a function, deploy another under its name, and read the old one's secrets",
+        "`edgefn rm` removed them: the new function reads None, `secrets ls` shows not set",
+    )
+
+
 def test_rotate_through_the_cli_keeps_every_value_readable(gateway: GatewayProcess) -> None:
     value = distinctive()
     assert secrets_cli(gateway, "set", NAME, "ORIGIN_TOKEN", value=value).exit_code == 0
