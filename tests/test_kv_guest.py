@@ -38,6 +38,7 @@ from edgefn_runtime import (
 )
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime.capabilities import installed
+from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
 
 AREA = "Key-value stores and secrets from a function (tests/test_kv_guest.py)"
 SECRET = "s3cr3t-Value-that-must-not-leak"
@@ -480,3 +481,27 @@ def test_every_operation_through_the_gateway_s_sqlite_store(
             assert error(call(sandbox, "/incr/word"))[:2] == (500, "kv_not_integer")
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("stored", [b" 7", b"7\n", b"1_000", b"\xd9\xa4", b"0x10", b"+7", b"-007"])
+def test_memorykv_and_the_host_agree_on_what_incr_can_add_to(stored: bytes, tmp_path: Path) -> None:
+    # A unit test with MemoryKV must not pass where the gateway answers 500
+    # kv_not_integer: Python's int() also takes spaces, "_" and non-ASCII digits.
+    open_registry(None, tmp_path).close()
+    host = open_key_value(None, tmp_path)
+    quota, deadline = StoreQuota(2**20, 100), time.monotonic() + 10
+    try:
+        host.set("f", "s", "k", stored, None, quota, deadline)
+        try:
+            expected: int | str = host.incr("f", "s", "k", 1, None, quota, deadline)
+        except KVFailure as failure:
+            expected = failure.kind
+    finally:
+        host.close()
+    memory = MemoryKV()
+    memory.set("s", "k", stored)
+    try:
+        got: int | str = memory.incr("s", "k")
+    except kv.KVError as exc:
+        got = exc.kind
+    assert got == expected

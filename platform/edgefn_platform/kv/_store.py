@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
+from edgefn_contract.kv import INTEGER
 from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
 
 from ..registry._sql import Connection, Dialect
@@ -32,8 +33,6 @@ __all__ = ["SWEEP_SECONDS", "SQLKeyValue", "Statements", "prefix_bounds"]
 # the partial index `kv_expiry` makes a sweep with nothing to remove one probe.
 SWEEP_SECONDS = 60.0
 
-# What `incr` accepts as a stored integer: decimal ASCII, as it writes them.
-_INTEGER = re.compile(rb"[+-]?[0-9]{1,20}")
 _INT64 = (-(2**63), 2**63 - 1)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -306,7 +305,7 @@ def _size(key: str, row: Any) -> int:
 
 
 def _integer(value: bytes, key: str) -> int:
-    if not _INTEGER.fullmatch(value):
+    if not INTEGER.fullmatch(value):
         shown = value[:40].decode("utf-8", "replace")
         raise KVFailure(
             "not_integer",
