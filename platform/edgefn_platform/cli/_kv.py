@@ -84,7 +84,7 @@ def remove(name: str, store: str, key: str, client: AdminClient) -> None:
 def list_keys(name: str, store: str, prefix: str, limit: int, client: AdminClient) -> None:
     """List the store's keys, one per line, in byte order."""
     for key in client.kv_keys(name, store, prefix, limit):
-        click.echo(key)
+        click.echo(printable(key))  # written by function code: see _printable
 
 
 COMMANDS = [kv]
