@@ -24,8 +24,11 @@ from edgefn import kv, secrets
 from edgefn.testing import MemoryKV, TestClient, load_app
 from edgefn_contract.kv import STATUSES
 from edgefn_platform import BuildResult, build
+from edgefn_platform.gateway import Deployer
+from edgefn_platform.gateway._deploy import _sandbox_key
 from edgefn_platform.kv import open_key_value
-from edgefn_platform.registry import open_registry
+from edgefn_platform.manifest import Manifest
+from edgefn_platform.registry import VersionRecord, open_registry
 from edgefn_runtime import (
     WARM_UP_HEADER,
     Engine,
@@ -505,3 +508,37 @@ def test_memorykv_and_the_host_agree_on_what_incr_can_add_to(stored: bytes, tmp_
     except kv.KVError as exc:
         got = exc.kind
     assert got == expected
+
+
+def test_a_sandbox_a_deploy_loaded_is_handed_only_to_its_own_function_and_grants(
+    tmp_path: Path,
+) -> None:
+    # Two deploys in one worker of the same component bytes (environment, reuse
+    # and hosts alike) left their sandboxes in one handoff slot: the table could
+    # serve function A with the sandbox loaded for B, whose grants name B's
+    # stores and secrets. So could two versions of one function whose stores differ.
+    sha = "0" * 64
+
+    def version(name: str, stores: tuple[str, ...], names: tuple[str, ...] = ()) -> VersionRecord:
+        manifest = Manifest(name=name, route=f"/{name}", key_value_stores=stores, secrets=names)
+        return VersionRecord(name, 1, f"/{name}", sha, 1, manifest.to_dict(), 0.0)
+
+    a = version("a", ("default",))
+    deployer = Deployer(None, None, tmp_path, handoff={})  # type: ignore[arg-type]
+    for other in (
+        version("b", ("default",)),
+        version("a", ("default", "other")),
+        version("a", ("default",), ("TOKEN",)),
+    ):
+        loaded = Manifest.from_dict(other.manifest)
+        assert deployer.handoff is not None
+        deployer.handoff[_sandbox_key(sha, loaded, None)] = f"loaded for {other.manifest}"  # type: ignore[assignment]
+        assert deployer.take_loaded(a) is None
+        assert deployer.take_loaded(other) == f"loaded for {other.manifest}"
+    attacks.record(
+        AREA,
+        "deploy the same component as another function at once, to be served with its "
+        "sandbox (its name: its key-value stores and secrets)",
+        "a deploy's loaded sandbox is handed only to a version with the same name, stores "
+        "and secrets",
+    )
