@@ -101,7 +101,7 @@ wheel: install
 # every function's build folder, the wheel and its build files. Not ~/.cache/edgefn,
 # which `edgefn invoke` and `edgefn dev` share with every checkout and install.
 clean:
-	rm -rf $(VENV) .cache .edgefn-data .hypothesis .pytest_cache .mypy_cache .ruff_cache \
+	rm -rf $(VENV) .cache .edgefn-data .edgefn-secrets.key .hypothesis .pytest_cache .mypy_cache .ruff_cache \
 	  build dist *.egg-info
 	find . -path ./.git -prune -o -type d \( -name .edgefn -o -name __pycache__ \) -prune \
 	  -exec rm -rf {} +
