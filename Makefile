@@ -97,7 +97,7 @@ wheel: install
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
 
 # Everything the make targets and the tests write into the checkout: the venv, the
-# caches, `make run`'s data directory (its deployed functions and admin token),
+# caches, `make run`'s data directory (its deployed functions and admin token) and secrets key,
 # every function's build folder, the wheel and its build files. Not ~/.cache/edgefn,
 # which `edgefn invoke` and `edgefn dev` share with every checkout and install.
 clean:
