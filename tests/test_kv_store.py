@@ -126,6 +126,28 @@ def usage(kv: SQLKeyValue, fn: str) -> int:
     return kv.stored_bytes().get(fn, 0)
 
 
+def test_a_function_made_again_starts_with_empty_stores(
+    kv: SQLKeyValue, fn: str, place: Place, tmp_path: Path
+) -> None:
+    """What a request of a deleted function wrote after the delete (it was still
+    running) is gone when a function of that name is made again; a new version
+    of a living function keeps its data."""
+    component = tmp_path / "c.wasm"
+    component.write_bytes(b"\0asm")
+    registry = open_registry(place.url, place.data_dir)
+    try:
+        registry.deploy(fn, f"/{fn}", {"name": fn}, component, "0" * 64)
+        put(kv, fn, "kept", b"1")
+        registry.deploy(fn, f"/{fn}", {"name": fn, "v": 2}, component, "0" * 64)
+        assert get(kv, fn, "kept") == b"1"
+        registry.delete(fn)
+        put(kv, fn, "late", b"written after the delete")
+        registry.deploy(fn, f"/{fn}", {"name": fn}, component, "0" * 64)
+        assert get(kv, fn, "late") is None and usage(kv, fn) == 0
+    finally:
+        registry.close()
+
+
 # -- basics ---------------------------------------------------------------------
 
 
