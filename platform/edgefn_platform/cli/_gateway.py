@@ -131,8 +131,9 @@ def serve(deploy_dirs: tuple[Path, ...], **options: Any) -> None:
         options["max_upload"] = parse_size(options["max_upload"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-upload") from None
-    # The key only from the environment: an option would show it in `ps`.
-    options["secrets_key"] = os.environ.get("EDGEFN_SECRETS_KEY")
+    # The key only from the environment: an option would show it in `ps`. Empty is
+    # unset, as compose and Kubernetes pass a variable the operator left out.
+    options["secrets_key"] = os.environ.get("EDGEFN_SECRETS_KEY") or None
     try:
         config = GatewayConfig(**options)
     except ValueError as exc:
