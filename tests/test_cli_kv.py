@@ -200,3 +200,12 @@ def test_removing_a_function_removes_its_stores(gateway: GatewayProcess) -> None
     assert gateway.admin("DELETE", f"/v1/functions/{name}").status_code == 204
     seed(gateway.data_dir, name)
     assert gateway.admin("GET", path("default", name=name)).json() == {"keys": []}
+
+
+def test_info_shows_the_stores_the_active_version_declares(gateway: GatewayProcess) -> None:
+    active = gateway.admin("GET", f"/v1/functions/{NAME}").json()["active"]
+    assert active["key_value_stores"] == ["default"] and active["secrets"] == []
+    shown = cli(gateway, "info", NAME)
+    assert shown.exit_code == 0, shown.output
+    assert "kv stores:   default" in shown.stdout.splitlines()
+    assert "secrets:     -" in shown.stdout.splitlines()

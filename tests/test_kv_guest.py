@@ -288,6 +288,7 @@ def test_no_backend_answers_unavailable(state_build: BuildResult) -> None:
         assert error(call(sandbox, "/get/k"))[:2] == (503, "kv_unavailable")
     assert (status, code) == (503, "kv_unavailable")
     assert "not available on this host" in message
+    assert "`edgefn dev`" in message and "MemoryKV" in message  # what to do instead
 
 
 @pytest.mark.wasm

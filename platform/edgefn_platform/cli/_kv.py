@@ -10,6 +10,7 @@ import click
 from .._printable import printable
 from ..client import AdminClient
 from ._admin import _with_client
+from ._params import kv_key
 
 __all__ = ["COMMANDS"]
 
@@ -24,7 +25,7 @@ def kv() -> None:
 @kv.command("get")
 @click.argument("name")
 @click.argument("store")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @_with_client
 def get(name: str, store: str, key: str, client: AdminClient) -> None:
     """Write KEY's value to stdout, as stored (bytes, no newline added).
@@ -39,7 +40,7 @@ def get(name: str, store: str, key: str, client: AdminClient) -> None:
 @kv.command("set")
 @click.argument("name")
 @click.argument("store")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @click.argument("value", required=False)
 @click.option(
     "--ttl",
@@ -67,7 +68,7 @@ def set_(
 @kv.command("rm")
 @click.argument("name")
 @click.argument("store")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @_with_client
 def remove(name: str, store: str, key: str, client: AdminClient) -> None:
     """Remove KEY (nothing to do if it is absent)."""

@@ -183,7 +183,12 @@ class KeyValueCapability(Capability):
         try:
             self._admit(state, context, fuel, store, key, size)
             if self.backend is None:
-                raise KVFailure("unavailable", "key-value stores are not available on this host")
+                raise KVFailure(
+                    "unavailable",
+                    "key-value stores are not available on this host (`edgefn invoke` has "
+                    "none): run the function in a gateway (`edgefn dev`), or test it with "
+                    "edgefn.testing's MemoryKV",
+                )
             if state.warm_up:
                 raise KVFailure("unavailable", "no key-value operations in the warm-up request")
             function = context.grants.get("function")
