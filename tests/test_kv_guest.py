@@ -190,7 +190,7 @@ def test_a_value_over_max_kv_value_is_refused_with_the_limit_and_how_to_raise_it
     status, code, message = error(call(state, "/set/k", body=b"x" * 1001, max_kv_value=1000))
     assert (status, code) == (500, "kv_value_too_large")
     assert "1,001 bytes" in message and "1,000 bytes" in message
-    assert "[limits] max_kv_value" in message and "edgefn limits NAME --max-kv-value" in message
+    assert "[limits] max_kv_value" in message and "edgefn limits state --max-kv-value" in message
     assert backend.calls == []
     # The refused value was taken off stdout: the next request's body is its own.
     assert answer(call(state, "/set/k", body=b"x" * 1000, max_kv_value=1000)) == {"set": 1000}

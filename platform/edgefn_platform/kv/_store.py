@@ -275,7 +275,7 @@ class SQLKeyValue(ABC):
             over = self._over(usage, add_keys, add_bytes, quota)
             if over is not None:
                 batch = self.sweep_batch if len(swept) >= self.sweep_batch else 0
-                message = _quota_message(store, usage, *over, sweeping=batch)
+                message = _quota_message(function, store, usage, *over, sweeping=batch)
                 raise _Refused(KVFailure("quota_exceeded", message))
         usage.keys += add_keys
         usage.bytes += add_bytes
@@ -339,6 +339,7 @@ def _integer(value: bytes, key: str) -> int:
 
 
 def _quota_message(
+    function: str,
     store: str,
     usage: _Usage,
     limit: str,
@@ -365,6 +366,6 @@ def _quota_message(
     )
     return (
         f"the store {store!r} {what} ({swept}); delete keys, or raise "
-        f"{limit} under [limits] in edgefn.toml or with `edgefn limits NAME --{option} "
+        f"{limit} under [limits] in edgefn.toml or with `edgefn limits {function} --{option} "
         f"{example}`, up to the operator's maximum"
     )

@@ -226,12 +226,13 @@ class KeyValueCapability(Capability):
     ) -> None:
         """The checks every operation passes first, in order; raises `KVFailure`."""
         limits = context.limits
+        name = context.grants.get("function") or "NAME"
         if state.ops >= limits.max_kv_ops:
             raise KVFailure(
                 "quota_exceeded",
                 f"this request already made {state.ops:,} key-value operations, its limit "
                 f"(max_kv_ops = {limits.max_kv_ops:,}); raise it with [limits] max_kv_ops "
-                "in edgefn.toml or `edgefn limits NAME --max-kv-ops N`, up to the "
+                f"in edgefn.toml or `edgefn limits {name} --max-kv-ops N`, up to the "
                 "operator's maximum",
             )
         state.ops += 1
@@ -243,7 +244,7 @@ class KeyValueCapability(Capability):
                 "too_large",
                 f"the value of {size:,} bytes is over this function's limit of "
                 f"{limits.max_kv_value:,} bytes (max_kv_value); raise it with [limits] "
-                "max_kv_value in edgefn.toml or `edgefn limits NAME --max-kv-value SIZE`, "
+                f"max_kv_value in edgefn.toml or `edgefn limits {name} --max-kv-value SIZE`, "
                 "up to the operator's maximum",
             )
         if not fuel.spend(_OP_FUEL + size):
