@@ -12,6 +12,7 @@ cannot drift from the rows they count.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from abc import ABC, abstractmethod
@@ -25,7 +26,16 @@ from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
 
 from ..registry._sql import Connection, Dialect
 
-__all__ = ["SWEEP_BATCH", "SWEEP_SECONDS", "SQLKeyValue", "Statements", "prefix_bounds"]
+__all__ = [
+    "SWEEP_BATCH",
+    "SWEEP_SECONDS",
+    "SQLKeyValue",
+    "Statements",
+    "database_failed",
+    "prefix_bounds",
+]
+
+log = logging.getLogger("edgefn.kv")
 
 # A write sweeps its store's expired entries if this process has not for this
 # long, so that rows past their time to live do not linger until the store is
@@ -306,6 +316,17 @@ class SQLKeyValue(ABC):
         if add_keys > 0 and usage.keys + add_keys > quota.max_keys:
             return "max_kv_keys", quota.max_keys, usage.keys, add_keys
         return None
+
+
+def database_failed(exc: Exception) -> KVFailure:
+    """What a function is told of a database error no other case covers: never the
+    driver's text (it may hold SQL, names, addresses), which goes to the log."""
+    log.warning("the key-value store's database failed", exc_info=exc)
+    return KVFailure(
+        "unavailable",
+        f"the key-value store's database failed ({type(exc).__name__}); "
+        "the gateway's log has the details",
+    )
 
 
 class _Refused(Exception):
