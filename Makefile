@@ -97,11 +97,11 @@ wheel: install
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
 
 # Everything the make targets and the tests write into the checkout: the venv, the
-# caches, `make run`'s data directory (its deployed functions and admin token),
+# caches, `make run`'s data directory (its deployed functions and admin token) and secrets key,
 # every function's build folder, the wheel and its build files. Not ~/.cache/edgefn,
 # which `edgefn invoke` and `edgefn dev` share with every checkout and install.
 clean:
-	rm -rf $(VENV) .cache .edgefn-data .hypothesis .pytest_cache .mypy_cache .ruff_cache \
+	rm -rf $(VENV) .cache .edgefn-data .edgefn-secrets.key .hypothesis .pytest_cache .mypy_cache .ruff_cache \
 	  build dist *.egg-info
 	find . -path ./.git -prune -o -type d \( -name .edgefn -o -name __pycache__ \) -prune \
 	  -exec rm -rf {} +

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -294,7 +295,20 @@ class FakeAdminAPI(BaseHTTPRequestHandler):
                     "sha256": "ab" * 32,
                     "env": ["GREETING"],
                     "limits": {"memory": 64 * 2**20},  # the manifest's: not what runs
+                    "key_value_stores": ["default", "sessions"],
+                    "secrets": ["ORIGIN_TOKEN", "API_KEY"],
                 },
+            },
+        ),
+        "/v1/functions/demo/secrets": (
+            200,
+            "application/json",
+            {
+                "secrets": [
+                    {"name": "API_KEY", "set_at": 1_700_000_000.0, "declared": True},
+                    {"name": "ORIGIN_TOKEN", "set_at": None, "declared": True},
+                    {"name": "OLD", "set_at": 1_600_000_000.0, "declared": False},
+                ]
             },
         ),
         "/v1/functions/demo/limits": (
@@ -399,3 +413,16 @@ def test_info_shows_the_effective_limits_and_where_each_comes_from(admin_api: st
     assert "limit fuel: 5,000,000,000 (maximum)" in lines
     assert "64 MiB" not in result.stdout
     assert "warning: fuel: the manifest's 9e9" in result.stderr
+
+
+def test_info_shows_the_declared_stores_and_secrets_and_which_are_not_set(admin_api: str) -> None:
+    result = admin(admin_api, "info", "demo")
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert "kv stores: default, sessions" in lines
+    set_at = datetime.fromtimestamp(1_700_000_000).strftime("%Y-%m-%d %H:%M:%S")
+    assert (
+        f"secrets: ORIGIN_TOKEN (not set: edgefn secrets set demo ORIGIN_TOKEN), "
+        f"API_KEY (set {set_at})"
+    ) in lines
+    assert "OLD" not in result.stdout  # set, but no longer declared: `edgefn secrets ls` shows it

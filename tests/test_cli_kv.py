@@ -124,6 +124,26 @@ def test_a_key_with_slashes_spaces_dots_and_non_ascii_round_trips(gateway: Gatew
     )
 
 
+def test_ls_shows_a_function_s_keys_without_their_terminal_controls(
+    gateway: GatewayProcess,
+) -> None:
+    # Keys are written by function code and cannot hold C0 controls, but C1
+    # ones (U+009B is CSI to an 8-bit terminal) and bidirectional overrides
+    # (which make "evil\u202efdp.exe" read "evilexe.pdf") are printable text to it.
+    hostile = "a\u009b2J-b", "evil\u202efdp.exe"
+    for key in hostile:
+        assert gateway.admin("PUT", path("terminal", key), content=b"x").status_code == 204
+    listed = cli(gateway, "kv", "ls", NAME, "terminal")
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines() == ["a\\x9b2J-b", "evil\\u202efdp.exe"]
+    attacks.record(
+        AREA,
+        "a function stores keys holding a C1 CSI or a bidirectional override, for "
+        "`edgefn kv ls` to print on an operator's terminal",
+        "`edgefn kv ls` escapes them (`\\x9b`, `\\u202e`), as every CLI output of guest text does",
+    )
+
+
 def test_errors_have_their_status_and_code(gateway: GatewayProcess) -> None:
     cases = [
         ("GET", "/v1/functions/nobody/kv/default/k", None, 404, "function_not_found"),
@@ -180,3 +200,12 @@ def test_removing_a_function_removes_its_stores(gateway: GatewayProcess) -> None
     assert gateway.admin("DELETE", f"/v1/functions/{name}").status_code == 204
     seed(gateway.data_dir, name)
     assert gateway.admin("GET", path("default", name=name)).json() == {"keys": []}
+
+
+def test_info_shows_the_stores_the_active_version_declares(gateway: GatewayProcess) -> None:
+    active = gateway.admin("GET", f"/v1/functions/{NAME}").json()["active"]
+    assert active["key_value_stores"] == ["default"] and active["secrets"] == []
+    shown = cli(gateway, "info", NAME)
+    assert shown.exit_code == 0, shown.output
+    assert "kv stores:   default" in shown.stdout.splitlines()
+    assert "secrets:     -" in shown.stdout.splitlines()

@@ -20,6 +20,7 @@ from dockerfile_parse import DockerfileParser
 
 from edgefn_platform.cli import main
 from edgefn_platform.gateway.policy import load_policy
+from edgefn_platform.secrets import load_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -50,6 +51,9 @@ def serve_variables() -> dict[str, click.Parameter]:
 def check_variable(name: str, value: str) -> None:
     """`value` is what the gateway accepts for `name`: an option's type, or policy."""
     options = serve_variables()
+    if name == "EDGEFN_SECRETS_KEY":  # read from the environment only, never an option
+        load_keys(value or None, None)
+        return
     if name in options:
         option = options[name]
         if not isinstance(option.type, click.Path):  # paths exist only in the container
@@ -117,16 +121,21 @@ def test_the_deployment_is_what_the_issue_asks_for() -> None:
 def test_the_deployment_sets_only_variables_the_gateway_reads() -> None:
     pod = k8s("Deployment")["spec"]["template"]["spec"]
     configmap, secret = k8s("ConfigMap")["data"], k8s("Secret")["stringData"]
-    env = {}
+    env, optional = {}, set()
     for variable in pod["containers"][0]["env"]:
         source = variable.get("valueFrom", {})
         if "configMapKeyRef" in source:
             env[variable["name"]] = configmap[source["configMapKeyRef"]["key"]]
         elif "secretKeyRef" in source:
-            env[variable["name"]] = secret[source["secretKeyRef"]["key"]]
+            reference = source["secretKeyRef"]
+            if reference.get("optional") and reference["key"] not in secret:
+                optional.add(variable["name"])  # the operator adds it (secret.yaml says how)
+                continue
+            env[variable["name"]] = secret[reference["key"]]
         else:
             env[variable["name"]] = variable["value"]
     assert {"EDGEFN_TOKEN", "EDGEFN_DATABASE_URL", "EDGEFN_CONFIG"} <= env.keys()
+    assert optional == {"EDGEFN_SECRETS_KEY"}
     for name, value in env.items():
         check_variable(name, value)
     # PostgreSQL is external, reached through its ExternalName Service.

@@ -42,8 +42,9 @@ from edgefn_runtime import (
 )
 
 # Private exceptions that never leave their module: `_http._Refused` only stops
-# httptools' parser, after the connection has been answered.
-PRIVATE = {"edgefn_platform.gateway._http._Refused"}
+# httptools' parser, after the connection has been answered; `kv._store._Refused`
+# carries a quota refusal out of a write's block, so that its sweep still commits.
+PRIVATE = {"edgefn_platform.gateway._http._Refused", "edgefn_platform.kv._store._Refused"}
 # Run as scripts or read at a later import (the metrics module wants its
 # environment variable first), never imported here.
 NOT_IMPORTED = {

@@ -24,8 +24,11 @@ from edgefn import kv, secrets
 from edgefn.testing import MemoryKV, TestClient, load_app
 from edgefn_contract.kv import STATUSES
 from edgefn_platform import BuildResult, build
+from edgefn_platform.gateway import Deployer
+from edgefn_platform.gateway._deploy import _sandbox_key
 from edgefn_platform.kv import open_key_value
-from edgefn_platform.registry import open_registry
+from edgefn_platform.manifest import Manifest
+from edgefn_platform.registry import VersionRecord, open_registry
 from edgefn_runtime import (
     WARM_UP_HEADER,
     Engine,
@@ -38,6 +41,7 @@ from edgefn_runtime import (
 )
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime.capabilities import installed
+from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
 
 AREA = "Key-value stores and secrets from a function (tests/test_kv_guest.py)"
 SECRET = "s3cr3t-Value-that-must-not-leak"
@@ -186,7 +190,7 @@ def test_a_value_over_max_kv_value_is_refused_with_the_limit_and_how_to_raise_it
     status, code, message = error(call(state, "/set/k", body=b"x" * 1001, max_kv_value=1000))
     assert (status, code) == (500, "kv_value_too_large")
     assert "1,001 bytes" in message and "1,000 bytes" in message
-    assert "[limits] max_kv_value" in message and "edgefn limits NAME --max-kv-value" in message
+    assert "[limits] max_kv_value" in message and "edgefn limits state --max-kv-value" in message
     assert backend.calls == []
     # The refused value was taken off stdout: the next request's body is its own.
     assert answer(call(state, "/set/k", body=b"x" * 1000, max_kv_value=1000)) == {"set": 1000}
@@ -284,6 +288,7 @@ def test_no_backend_answers_unavailable(state_build: BuildResult) -> None:
         assert error(call(sandbox, "/get/k"))[:2] == (503, "kv_unavailable")
     assert (status, code) == (503, "kv_unavailable")
     assert "not available on this host" in message
+    assert "`edgefn dev`" in message and "MemoryKV" in message  # what to do instead
 
 
 @pytest.mark.wasm
@@ -480,3 +485,61 @@ def test_every_operation_through_the_gateway_s_sqlite_store(
             assert error(call(sandbox, "/incr/word"))[:2] == (500, "kv_not_integer")
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("stored", [b" 7", b"7\n", b"1_000", b"\xd9\xa4", b"0x10", b"+7", b"-007"])
+def test_memorykv_and_the_host_agree_on_what_incr_can_add_to(stored: bytes, tmp_path: Path) -> None:
+    # A unit test with MemoryKV must not pass where the gateway answers 500
+    # kv_not_integer: Python's int() also takes spaces, "_" and non-ASCII digits.
+    open_registry(None, tmp_path).close()
+    host = open_key_value(None, tmp_path)
+    quota, deadline = StoreQuota(2**20, 100), time.monotonic() + 10
+    try:
+        host.set("f", "s", "k", stored, None, quota, deadline)
+        try:
+            expected: int | str = host.incr("f", "s", "k", 1, None, quota, deadline)
+        except KVFailure as failure:
+            expected = failure.kind
+    finally:
+        host.close()
+    memory = MemoryKV()
+    memory.set("s", "k", stored)
+    try:
+        got: int | str = memory.incr("s", "k")
+    except kv.KVError as exc:
+        got = exc.kind
+    assert got == expected
+
+
+def test_a_sandbox_a_deploy_loaded_is_handed_only_to_its_own_function_and_grants(
+    tmp_path: Path,
+) -> None:
+    # Two deploys in one worker of the same component bytes (environment, reuse
+    # and hosts alike) left their sandboxes in one handoff slot: the table could
+    # serve function A with the sandbox loaded for B, whose grants name B's
+    # stores and secrets. So could two versions of one function whose stores differ.
+    sha = "0" * 64
+
+    def version(name: str, stores: tuple[str, ...], names: tuple[str, ...] = ()) -> VersionRecord:
+        manifest = Manifest(name=name, route=f"/{name}", key_value_stores=stores, secrets=names)
+        return VersionRecord(name, 1, f"/{name}", sha, 1, manifest.to_dict(), 0.0)
+
+    a = version("a", ("default",))
+    deployer = Deployer(None, None, tmp_path, handoff={})  # type: ignore[arg-type]
+    for other in (
+        version("b", ("default",)),
+        version("a", ("default", "other")),
+        version("a", ("default",), ("TOKEN",)),
+    ):
+        loaded = Manifest.from_dict(other.manifest)
+        assert deployer.handoff is not None
+        deployer.handoff[_sandbox_key(sha, loaded, None)] = f"loaded for {other.manifest}"  # type: ignore[assignment]
+        assert deployer.take_loaded(a) is None
+        assert deployer.take_loaded(other) == f"loaded for {other.manifest}"
+    attacks.record(
+        AREA,
+        "deploy the same component as another function at once, to be served with its "
+        "sandbox (its name: its key-value stores and secrets)",
+        "a deploy's loaded sandbox is handed only to a version with the same name, stores "
+        "and secrets",
+    )

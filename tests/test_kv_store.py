@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import attacks
 from edgefn_platform.kv import SQLKeyValue, open_key_value
 from edgefn_platform.kv._store import SWEEP_SECONDS, prefix_bounds
 from edgefn_platform.registry import open_registry
@@ -24,6 +25,7 @@ from gateway_process import closed_port
 
 ROOM = StoreQuota(max_bytes=10**9, max_keys=10**6)
 SOON = 10.0  # seconds: a deadline no test reaches unless it means to
+AREA = "Key-value stores on SQLite and PostgreSQL (tests/test_kv_store.py)"
 
 # A child process for the tests across processes: `incr` a counter N times, or
 # `set` keys until killed, printing each key once its write is acknowledged.
@@ -122,6 +124,28 @@ def incr(kv: SQLKeyValue, fn: str, key: str, by: int = 1, ttl: float | None = No
 
 def usage(kv: SQLKeyValue, fn: str) -> int:
     return kv.stored_bytes().get(fn, 0)
+
+
+def test_a_function_made_again_starts_with_empty_stores(
+    kv: SQLKeyValue, fn: str, place: Place, tmp_path: Path
+) -> None:
+    """What a request of a deleted function wrote after the delete (it was still
+    running) is gone when a function of that name is made again; a new version
+    of a living function keeps its data."""
+    component = tmp_path / "c.wasm"
+    component.write_bytes(b"\0asm")
+    registry = open_registry(place.url, place.data_dir)
+    try:
+        registry.deploy(fn, f"/{fn}", {"name": fn}, component, "0" * 64)
+        put(kv, fn, "kept", b"1")
+        registry.deploy(fn, f"/{fn}", {"name": fn, "v": 2}, component, "0" * 64)
+        assert get(kv, fn, "kept") == b"1"
+        registry.delete(fn)
+        put(kv, fn, "late", b"written after the delete")
+        registry.deploy(fn, f"/{fn}", {"name": fn}, component, "0" * 64)
+        assert get(kv, fn, "late") is None and usage(kv, fn) == 0
+    finally:
+        registry.close()
 
 
 # -- basics ---------------------------------------------------------------------
@@ -347,6 +371,42 @@ def test_a_write_sweeps_its_stores_expired_entries_once_a_minute(kv: SQLKeyValue
     put(kv, fn, "other", b"2")  # a replacement: the sweep still runs
     assert usage(kv, fn) == 6
     assert kv.keys(fn, "default", "", 10, deadline()) == ["other"]
+
+
+def test_a_write_sweeps_a_bounded_batch_and_the_next_write_goes_on(
+    kv: SQLKeyValue, fn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store whose many entries expire at once: one write sweeping them all
+    # held the database's write lock (SQLite's: the registry's) for seconds.
+    clock = kv.clock
+    assert isinstance(clock, Clock)
+    monkeypatch.setattr(kv, "sweep_batch", 3)
+    for i in range(7):
+        put(kv, fn, f"t{i}", b"x" * 10, ttl=1)  # 12 bytes each
+    clock.now += SWEEP_SECONDS
+    put(kv, fn, "a", b"1")  # sweeps 3
+    assert usage(kv, fn) == 4 * 12 + 2
+    put(kv, fn, "a", b"2")  # not a minute later: 3 more, the store was left due
+    assert usage(kv, fn) == 1 * 12 + 2
+    put(kv, fn, "a", b"3")  # the last one, and the store is swept
+    assert usage(kv, fn) == 2
+    put(kv, fn, "t9", b"x" * 10, ttl=1)
+    clock.now += 2
+    put(kv, fn, "a", b"4")  # swept a few seconds ago: not due
+    assert usage(kv, fn) == 12 + 2
+    # Over quota with more expired than a batch: refused, saying a retry may fit.
+    for i in range(5):
+        put(kv, fn, f"u{i}", b"x" * 10, ttl=1)
+    clock.now += 2
+    with pytest.raises(KVFailure) as refused:
+        put(kv, fn, "b", b"1", quota=StoreQuota(max_bytes=1000, max_keys=3))
+    assert "expired entries are swept 3 a write: retry" in refused.value.message
+    assert kv.keys(fn, "default", "", 10, deadline()) == ["a"]
+    attacks.record(
+        AREA,
+        "fill a store with entries that all expire together, so that one write sweeps them",
+        "a write sweeps at most 1,000 expired entries (~20 ms of the write lock); the next goes on",
+    )
 
 
 # -- deadlines, failures, crashes ---------------------------------------------------

@@ -8,6 +8,7 @@ import re
 
 __all__ = [
     "FAILURE_KINDS",
+    "INTEGER",
     "KV_FILE",
     "MAX_KEY_BYTES",
     "MAX_KEYS_LISTED",
@@ -28,6 +29,10 @@ MAX_KEYS_LISTED = 1000
 
 # What `key_value_stores` entries look like: "default", "sessions", "rate-limits".
 STORE_NAME = re.compile(r"[a-z0-9]([a-z0-9_-]{0,62})")
+
+# What `incr` adds to: a decimal integer in ASCII, as it stores them (not
+# Python's int(), which also takes spaces, "_" and other scripts' digits).
+INTEGER = re.compile(rb"[+-]?[0-9]{1,20}")
 
 # Control characters would end a line of `keys`' answer and hide in logs.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -77,6 +77,15 @@ class AdminClient:
             raise GatewayUnreachable(
                 f"cannot reach the gateway admin API at {self.gateway}: {exc}"
             ) from None
+        if 300 <= response.status_code < 400:
+            # Not followed (a redirected PUT or DELETE would change what it is sent
+            # to), and not a success either: the call did nothing.
+            where = response.headers.get("location", "nowhere")
+            raise AdminError(
+                response.status_code,
+                "http_error",
+                f"the gateway redirected {method} {path} to {where} instead of answering it",
+            )
         if response.status_code >= 400:
             try:  # the gateway's error shape; a proxy in front may answer in its own
                 error = response.json()["error"]

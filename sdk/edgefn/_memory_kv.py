@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 
-from edgefn_contract.kv import check_key
+from edgefn_contract.kv import INTEGER, check_key
 
 from . import kv
 
@@ -98,12 +98,11 @@ class MemoryKV:
         with self._lock:
             entries = self._live(store)
             value, expires = entries.get(_checked(key), (b"0", self._expiry(ttl_ms)))
-            try:
-                total = int(value.decode("ascii")) + by
-            except ValueError:
+            if not INTEGER.fullmatch(value):
                 raise kv.NotAnInteger(
                     f"the value of {key!r} is not a decimal integer, incr cannot add to it"
-                ) from None
+                )
+            total = int(value) + by
             if not _S64_MIN <= total <= _S64_MAX:
                 raise kv.NotAnInteger(f"incr would take {key!r} past a signed 64-bit integer")
             entries[key] = (str(total).encode(), expires)

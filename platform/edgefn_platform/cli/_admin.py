@@ -120,8 +120,10 @@ def list_functions(client: AdminClient) -> None:
 @click.argument("name")
 @_with_client
 def info(name: str, client: AdminClient) -> None:
-    """Show a function: route, active version, size, when it was deployed, and the
-    limits it runs with (as `edgefn limits` shows them) and where each comes from."""
+    """Show a function: route, active version, size, when it was deployed, the
+    key-value stores and secrets it declares (whether each secret is set, never its
+    value), and the limits it runs with (as `edgefn limits` shows them) and where
+    each comes from."""
     function = client.function(name)
     effective = client.limits(name)
     active = function["active"]
@@ -131,11 +133,27 @@ def info(name: str, client: AdminClient) -> None:
     click.echo(f"deployed:    {_when(active['created_at'])}")
     click.echo(f"size:        {format_size(active['size'])}  sha256 {active['sha256'][:16]}")
     click.echo(f"env:         {', '.join(active['env']) or '-'}")
+    # .get: a gateway older than 0.6.0 does not say.
+    click.echo(printable(f"kv stores:   {', '.join(active.get('key_value_stores', [])) or '-'}"))
+    click.echo(printable(f"secrets:     {_secrets_line(name, active.get('secrets', []), client)}"))
     for key, entry in effective["limits"].items():
         source = f"  ({entry['source']})" if entry.get("source") else ""
         click.echo(f"limit {key + ':':17} {describe(key, entry['value'])}{source}")
     for warning in effective.get("warnings", []):
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+
+
+def _secrets_line(name: str, declared: list[str], client: AdminClient) -> str:
+    """The declared secrets, each with whether the operator has set it (never a value)."""
+    if not declared:
+        return "-"
+    set_at = {entry["name"]: entry["set_at"] for entry in client.secrets(name)}
+    return ", ".join(
+        f"{key} (set {_when(set_at[key])})"
+        if set_at.get(key) is not None
+        else f"{key} (not set: edgefn secrets set {name} {key})"
+        for key in declared
+    )
 
 
 @click.command()

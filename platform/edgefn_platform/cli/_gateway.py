@@ -131,10 +131,11 @@ def serve(deploy_dirs: tuple[Path, ...], **options: Any) -> None:
         options["max_upload"] = parse_size(options["max_upload"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-upload") from None
-    # The key only from the environment: an option would show it in `ps`. Taken out
-    # of it: the workers get it with their config, and no process the gateway starts
-    # (workers, builds, pip for --deploy) holds it in its environment.
-    options["secrets_key"] = os.environ.pop("EDGEFN_SECRETS_KEY", None)
+    # The key only from the environment: an option would show it in `ps`. Empty is
+    # unset, as compose and Kubernetes pass a variable the operator left out. Taken
+    # out of it: the workers get it with their config, and no process the gateway
+    # starts (workers, builds, pip for --deploy) holds it in its environment.
+    options["secrets_key"] = os.environ.pop("EDGEFN_SECRETS_KEY", None) or None
     try:
         config = GatewayConfig(**options)
     except ValueError as exc:

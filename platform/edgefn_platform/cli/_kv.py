@@ -10,6 +10,7 @@ import click
 from .._printable import printable
 from ..client import AdminClient
 from ._admin import _with_client
+from ._params import kv_key
 
 __all__ = ["COMMANDS"]
 
@@ -24,7 +25,7 @@ def kv() -> None:
 @kv.command("get")
 @click.argument("name")
 @click.argument("store")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @_with_client
 def get(name: str, store: str, key: str, client: AdminClient) -> None:
     """Write KEY's value to stdout, as stored (bytes, no newline added).
@@ -39,7 +40,7 @@ def get(name: str, store: str, key: str, client: AdminClient) -> None:
 @kv.command("set")
 @click.argument("name")
 @click.argument("store")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @click.argument("value", required=False)
 @click.option(
     "--ttl",
@@ -67,7 +68,7 @@ def set_(
 @kv.command("rm")
 @click.argument("name")
 @click.argument("store")
-@click.argument("key")
+@click.argument("key", callback=kv_key)
 @_with_client
 def remove(name: str, store: str, key: str, client: AdminClient) -> None:
     """Remove KEY (nothing to do if it is absent)."""
@@ -84,7 +85,7 @@ def remove(name: str, store: str, key: str, client: AdminClient) -> None:
 def list_keys(name: str, store: str, prefix: str, limit: int, client: AdminClient) -> None:
     """List the store's keys, one per line, in byte order."""
     for key in client.kv_keys(name, store, prefix, limit):
-        click.echo(key)
+        click.echo(printable(key))  # written by function code: see _printable
 
 
 COMMANDS = [kv]

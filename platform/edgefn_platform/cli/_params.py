@@ -9,10 +9,12 @@ from urllib.parse import urlsplit
 import click
 
 from edgefn.signing import parse_key
+from edgefn_contract.kv import check_key
+from edgefn_contract.secrets import check_name
 
 from .._units import parse_duration
 
-__all__ = ["body", "duration", "signing_key", "url"]
+__all__ = ["body", "duration", "kv_key", "secret_name", "signing_key", "url"]
 
 
 def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -51,4 +53,21 @@ def url(ctx: click.Context, param: click.Parameter, value: str) -> str:
         urlsplit(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+def kv_key(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A key-value store key, checked by the rules the host applies: an empty one
+    would otherwise make an admin URL that the gateway redirects, not a key's."""
+    problem = check_key(value)
+    if problem is not None:
+        raise click.BadParameter(problem, ctx, param)
+    return value
+
+
+def secret_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A secret's name, checked by the rules the gateway applies (see `kv_key`)."""
+    problem = check_name(value)
+    if problem is not None:
+        raise click.BadParameter(problem, ctx, param)
     return value

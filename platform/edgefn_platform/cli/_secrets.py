@@ -13,6 +13,7 @@ from .._printable import printable
 from ..client import AdminClient
 from ..secrets import generate_key
 from ._admin import _with_client
+from ._params import secret_name
 
 __all__ = ["COMMANDS"]
 
@@ -26,7 +27,7 @@ def secrets() -> None:
 
 @secrets.command("set")
 @click.argument("name")
-@click.argument("key")
+@click.argument("key", callback=secret_name)
 @_with_client
 def set_(name: str, key: str, client: AdminClient) -> None:
     """Set the secret KEY of function NAME: its value from stdin when piped, else
@@ -61,7 +62,7 @@ def list_secrets(name: str, client: AdminClient) -> None:
 
 @secrets.command("rm")
 @click.argument("name")
-@click.argument("key")
+@click.argument("key", callback=secret_name)
 @_with_client
 def remove(name: str, key: str, client: AdminClient) -> None:
     """Remove the secret KEY of NAME: the function reads None from its next request."""

@@ -28,13 +28,32 @@ _FULL_ERRORS = {errno.ENOSPC, errno.EDQUOT}
 
 
 # What makes two loads of a component the same sandbox: its bytes, its assets, the
-# environment it sees and how often an instance is reused.
-_SandboxKey = tuple[str, str | None, tuple[tuple[str, str], ...], int, tuple[str, ...]]
+# environment it sees, how often an instance is reused and its grants (the
+# function's name, whose key-value stores and secrets it reaches, and what it
+# may reach): two deploys of the same bytes as two functions are two sandboxes.
+_SandboxKey = tuple[
+    str,
+    str | None,
+    tuple[tuple[str, str], ...],
+    int,
+    tuple[str, ...],
+    str,
+    tuple[str, ...],
+    tuple[str, ...],
+]
 
 
 def _sandbox_key(sha256: str, manifest: Manifest, assets_sha: str | None) -> _SandboxKey:
-    hosts = manifest.outbound_hosts()
-    return (sha256, assets_sha, tuple(sorted(manifest.env.items())), manifest.reuse, hosts)
+    return (
+        sha256,
+        assets_sha,
+        tuple(sorted(manifest.env.items())),
+        manifest.reuse,
+        manifest.outbound_hosts(),
+        manifest.name,
+        tuple(sorted(manifest.key_value_stores)),
+        tuple(sorted(manifest.secrets)),
+    )
 
 
 @dataclass

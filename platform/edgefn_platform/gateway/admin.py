@@ -48,6 +48,9 @@ class VersionOut(BaseModel):
     created_at: float
     limits: dict[str, Any]
     env: list[str]
+    # What the version may use, by name (never a value): `edgefn info` shows them.
+    key_value_stores: list[str]
+    secrets: list[str]
 
     @classmethod
     def of(cls, record: VersionRecord) -> VersionOut:
@@ -61,6 +64,8 @@ class VersionOut(BaseModel):
             created_at=record.created_at,
             limits={f: getattr(limits, f) for f in limits.__dataclass_fields__},
             env=sorted(manifest.env),
+            key_value_stores=list(manifest.key_value_stores),
+            secrets=list(manifest.secrets),
         )
 
 

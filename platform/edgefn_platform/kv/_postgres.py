@@ -9,7 +9,6 @@ committed it, durable as the server's `synchronous_commit` makes it.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,30 +17,20 @@ from typing import Any
 import psycopg
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from edgefn_runtime.capabilities.kv import KVFailure
 
+from ..registry._postgres import CONNECT
 from ..registry._sql import POSTGRES, Connection
-from ._store import SQLKeyValue, Statements
+from ._store import SQLKeyValue, Statements, database_failed
 
 __all__ = ["PostgresKeyValue"]
 
-log = logging.getLogger("edgefn.kv")
 
 _Conn = psycopg.Connection[DictRow]
 
-_CONNECT: dict[str, Any] = {
-    "autocommit": True,
-    "row_factory": dict_row,
-    "connect_timeout": 3,
-    # Notice a vanished server within seconds, not at the kernel's two hours.
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 2,
-}
 # Each call's timeouts, one round trip: set_config(..., true) lasts the transaction.
 _READ_TIMEOUT = "SELECT set_config('statement_timeout', %s, false)"
 _TIMEOUTS = "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
@@ -65,7 +54,7 @@ class PostgresKeyValue(SQLKeyValue):
             connection_class=_Conn,
             min_size=1,
             max_size=pool_size,
-            kwargs=_CONNECT,
+            kwargs=CONNECT,
             timeout=5.0,
             reconnect_timeout=2.0,
             open=False,
@@ -127,12 +116,7 @@ class PostgresKeyValue(SQLKeyValue):
             return KVFailure(
                 "unavailable", "the key-value store's database is full; the operator must make room"
             )
-        log.warning("the key-value store's database failed", exc_info=exc)
-        return KVFailure(
-            "unavailable",
-            f"the key-value store's database failed ({type(exc).__name__}); "
-            "the gateway's log has the details",
-        )
+        return database_failed(exc)
 
     def close(self) -> None:
         self._pool.close()

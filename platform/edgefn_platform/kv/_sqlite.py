@@ -11,7 +11,6 @@ the figures in README "Key-value stores".
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 import time
@@ -22,11 +21,9 @@ from pathlib import Path
 from edgefn_runtime.capabilities.kv import KVFailure
 
 from ..registry._sql import SQLITE, Connection
-from ._store import SQLKeyValue, Statements
+from ._store import SQLKeyValue, Statements, database_failed
 
 __all__ = ["SQLiteKeyValue"]
-
-log = logging.getLogger("edgefn.kv")
 
 
 class SQLiteKeyValue(SQLKeyValue):
@@ -94,12 +91,7 @@ class SQLiteKeyValue(SQLKeyValue):
             return KVFailure(
                 "unavailable", "the key-value store's disk is full; the operator must make room"
             )
-        log.warning("the key-value store's database failed", exc_info=exc)
-        return KVFailure(
-            "unavailable",
-            f"the key-value store's database failed ({type(exc).__name__}); "
-            "the gateway's log has the details",
-        )
+        return database_failed(exc)
 
     def close(self) -> None:
         with self._lock:

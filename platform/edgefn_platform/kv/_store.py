@@ -12,6 +12,7 @@ cannot drift from the rows they count.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from abc import ABC, abstractmethod
@@ -20,20 +21,34 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
+from edgefn_contract.kv import INTEGER
 from edgefn_runtime.capabilities.kv import KVFailure, StoreQuota
 
 from ..registry._sql import Connection, Dialect
 
-__all__ = ["SWEEP_SECONDS", "SQLKeyValue", "Statements", "prefix_bounds"]
+__all__ = [
+    "SWEEP_BATCH",
+    "SWEEP_SECONDS",
+    "SQLKeyValue",
+    "Statements",
+    "database_failed",
+    "prefix_bounds",
+]
+
+log = logging.getLogger("edgefn.kv")
 
 # A write sweeps its store's expired entries if this process has not for this
 # long, so that rows past their time to live do not linger until the store is
 # full (they count toward its quota and `edgefn_kv_stored_bytes` until swept);
 # the partial index `kv_expiry` makes a sweep with nothing to remove one probe.
 SWEEP_SECONDS = 60.0
+# The most expired entries one write sweeps: a store can hold `max_kv_keys`
+# (up to 10 million) entries that all expire at once, and sweeping 100,000 of
+# 1 KB held SQLite's write lock (the registry's: deploys, logs) for 2.3-3.0 s,
+# past any deadline, with ~70 MB of their keys in memory; 1,000: 15-35 ms.
+# A write that sweeps a full batch leaves the store due, so the next one goes on.
+SWEEP_BATCH = 1000
 
-# What `incr` accepts as a stored integer: decimal ASCII, as it writes them.
-_INTEGER = re.compile(rb"[+-]?[0-9]{1,20}")
 _INT64 = (-(2**63), 2**63 - 1)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -61,8 +76,10 @@ class Statements:
         "SET value = excluded.value, expires_at = excluded.expires_at"
     )
     remove: str = "DELETE FROM kv WHERE function = ? AND store = ? AND key = ?"
+    # At most a batch (SQLite has no DELETE ... LIMIT unless compiled so).
     sweep: str = (
-        "DELETE FROM kv WHERE function = ? AND store = ? AND expires_at <= ? "
+        "DELETE FROM kv WHERE (function, store, key) IN (SELECT function, store, key FROM kv "
+        "WHERE function = ? AND store = ? AND expires_at <= ? LIMIT ?) "
         "RETURNING key, length(value) AS size"
     )
     # Locks the store's usage row (creating it if new) and reads it, in one
@@ -110,6 +127,7 @@ class SQLKeyValue(ABC):
     location: str
     # Unix time now: expiry is wall-clock, as TTLs are; tests set their own.
     clock = staticmethod(time.time)
+    sweep_batch = SWEEP_BATCH
 
     def __init__(self) -> None:
         # When this process last swept each store: (function, store) -> Unix time.
@@ -261,23 +279,31 @@ class SQLKeyValue(ABC):
         add_bytes = new_size - (0 if old is None else _size(key, old))
         over = self._over(usage, add_keys, add_bytes, quota)
         if over is not None:
-            if key in self._sweep(db, function, store, usage):
+            swept = self._sweep(db, function, store, usage)
+            if key in swept:
                 add_keys, add_bytes = 1, new_size  # the replaced entry was expired: gone now
             over = self._over(usage, add_keys, add_bytes, quota)
             if over is not None:
-                raise _Refused(KVFailure("quota_exceeded", _quota_message(store, usage, *over)))
+                batch = self.sweep_batch if len(swept) >= self.sweep_batch else 0
+                message = _quota_message(function, store, usage, *over, sweeping=batch)
+                raise _Refused(KVFailure("quota_exceeded", message))
         usage.keys += add_keys
         usage.bytes += add_bytes
 
     def _sweep(self, db: Connection, function: str, store: str, usage: _Usage) -> list[str]:
-        """Remove the store's expired entries, counted out of `usage`; their keys."""
+        """Remove up to `sweep_batch` of the store's expired entries, counted out of
+        `usage`; their keys. The store is swept once none are left."""
         now = self.clock()
-        self._swept[function, store] = now
         removed = []
-        for row in db.execute(self.sql.sweep, (function, store, now)).fetchall():
+        rows = db.execute(self.sql.sweep, (function, store, now, self.sweep_batch)).fetchall()
+        for row in rows:
             usage.keys -= 1
             usage.bytes -= len(str(row["key"]).encode()) + int(row["size"])
             removed.append(str(row["key"]))
+        if len(removed) < self.sweep_batch:
+            self._swept[function, store] = now
+        else:
+            self._swept.pop((function, store), None)  # more to sweep: the next write goes on
         return removed
 
     @staticmethod
@@ -290,6 +316,17 @@ class SQLKeyValue(ABC):
         if add_keys > 0 and usage.keys + add_keys > quota.max_keys:
             return "max_kv_keys", quota.max_keys, usage.keys, add_keys
         return None
+
+
+def database_failed(exc: Exception) -> KVFailure:
+    """What a function is told of a database error no other case covers: never the
+    driver's text (it may hold SQL, names, addresses), which goes to the log."""
+    log.warning("the key-value store's database failed", exc_info=exc)
+    return KVFailure(
+        "unavailable",
+        f"the key-value store's database failed ({type(exc).__name__}); "
+        "the gateway's log has the details",
+    )
 
 
 class _Refused(Exception):
@@ -306,7 +343,7 @@ def _size(key: str, row: Any) -> int:
 
 
 def _integer(value: bytes, key: str) -> int:
-    if not _INTEGER.fullmatch(value):
+    if not INTEGER.fullmatch(value):
         shown = value[:40].decode("utf-8", "replace")
         raise KVFailure(
             "not_integer",
@@ -322,7 +359,17 @@ def _integer(value: bytes, key: str) -> int:
     return number
 
 
-def _quota_message(store: str, usage: _Usage, limit: str, value: int, used: int, add: int) -> str:
+def _quota_message(
+    function: str,
+    store: str,
+    usage: _Usage,
+    limit: str,
+    value: int,
+    used: int,
+    add: int,
+    *,
+    sweeping: int = 0,
+) -> str:
     option = limit.replace("_", "-")
     if limit == "max_kv_store":
         what = (
@@ -333,8 +380,13 @@ def _quota_message(store: str, usage: _Usage, limit: str, value: int, used: int,
     else:
         what = f"holds {used:,} keys and this write adds one: over its {limit} of {value:,}"
         example = "N"
+    swept = (
+        f"expired entries are swept {sweeping:,} a write: retry"
+        if sweeping
+        else "expired entries already swept"
+    )
     return (
-        f"the store {store!r} {what} (expired entries already swept); delete keys, or raise "
-        f"{limit} under [limits] in edgefn.toml or with `edgefn limits NAME --{option} "
+        f"the store {store!r} {what} ({swept}); delete keys, or raise "
+        f"{limit} under [limits] in edgefn.toml or with `edgefn limits {function} --{option} "
         f"{example}`, up to the operator's maximum"
     )

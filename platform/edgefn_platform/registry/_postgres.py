@@ -40,7 +40,7 @@ from ._sql import POSTGRES, migrate
 from ._sql import Connection as AnyConnection
 from ._store import SQLStore
 
-__all__ = ["CHANNEL", "PostgresRegistry"]
+__all__ = ["CHANNEL", "CONNECT", "PostgresRegistry"]
 
 CHANNEL = "edgefn_changes"
 RECHECK_SECONDS = 10.0
@@ -58,7 +58,8 @@ _CHUNK = 4 << 20
 # PostgreSQL's binary COPY format: signature, flags, header extension length.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 
-_CONNECT: dict[str, Any] = {
+# How every connection to the database is made (the key-value stores' too).
+CONNECT: dict[str, Any] = {
     "autocommit": True,
     "row_factory": dict_row,
     "connect_timeout": 3,
@@ -105,7 +106,7 @@ class PostgresRegistry(SQLStore):
         # Connect once directly, so that a wrong URL, user or password is reported
         # as such at start instead of as a pool timeout.
         try:
-            with psycopg.connect(url, **_CONNECT) as conn, conn.transaction():
+            with psycopg.connect(url, **CONNECT) as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
                 migrate(conn, POSTGRES)
         except psycopg.OperationalError as exc:
@@ -118,7 +119,7 @@ class PostgresRegistry(SQLStore):
             connection_class=Connection,
             min_size=1,
             max_size=pool_size,
-            kwargs=_CONNECT,
+            kwargs=CONNECT,
             check=ConnectionPool.check_connection,
             timeout=5.0,
             # Give up a reconnection after 2 s, so the next request retries at once:
@@ -208,7 +209,7 @@ class PostgresRegistry(SQLStore):
     def wait_for_change(self, timeout: float) -> bool:
         if self._listener is None:
             try:
-                self._listener = psycopg.connect(self.url, **_CONNECT)
+                self._listener = psycopg.connect(self.url, **CONNECT)
                 self._listener.execute(f"LISTEN {CHANNEL}")
             except psycopg.OperationalError as exc:
                 self._close_listener()

@@ -78,6 +78,12 @@ class Statements:
         "DELETE FROM kv_usage WHERE function = ?",
         "DELETE FROM secrets WHERE function = ?",
     )
+    # A function made (again): rows a request of its predecessor wrote after the
+    # delete (it was still running) are not its to read.
+    clear_state: tuple[str, ...] = (
+        "DELETE FROM kv WHERE function = ?",
+        "DELETE FROM kv_usage WHERE function = ?",
+    )
     set_overrides: str = (
         "INSERT INTO overrides VALUES (?, ?) ON CONFLICT (function) DO UPDATE SET "
         "limits = excluded.limits"

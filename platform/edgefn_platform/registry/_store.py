@@ -120,6 +120,9 @@ class SQLStore(ABC):
             self._store(db, component, sha256, blobs)
             crash_point("deploy:stored")
             number = db.execute(sql.next_version, (name,)).fetchone()["v"]
+            if number == 1:
+                for statement in sql.clear_state:
+                    db.execute(statement, (name,))
             size = component.stat().st_size
             version = VersionRecord(name, number, route, sha256, size, manifest, time.time())
             db.execute(

@@ -183,7 +183,12 @@ class KeyValueCapability(Capability):
         try:
             self._admit(state, context, fuel, store, key, size)
             if self.backend is None:
-                raise KVFailure("unavailable", "key-value stores are not available on this host")
+                raise KVFailure(
+                    "unavailable",
+                    "key-value stores are not available on this host (`edgefn invoke` has "
+                    "none): run the function in a gateway (`edgefn dev`), or test it with "
+                    "edgefn.testing's MemoryKV",
+                )
             if state.warm_up:
                 raise KVFailure("unavailable", "no key-value operations in the warm-up request")
             function = context.grants.get("function")
@@ -221,12 +226,13 @@ class KeyValueCapability(Capability):
     ) -> None:
         """The checks every operation passes first, in order; raises `KVFailure`."""
         limits = context.limits
+        name = context.grants.get("function") or "NAME"
         if state.ops >= limits.max_kv_ops:
             raise KVFailure(
                 "quota_exceeded",
                 f"this request already made {state.ops:,} key-value operations, its limit "
                 f"(max_kv_ops = {limits.max_kv_ops:,}); raise it with [limits] max_kv_ops "
-                "in edgefn.toml or `edgefn limits NAME --max-kv-ops N`, up to the "
+                f"in edgefn.toml or `edgefn limits {name} --max-kv-ops N`, up to the "
                 "operator's maximum",
             )
         state.ops += 1
@@ -238,7 +244,7 @@ class KeyValueCapability(Capability):
                 "too_large",
                 f"the value of {size:,} bytes is over this function's limit of "
                 f"{limits.max_kv_value:,} bytes (max_kv_value); raise it with [limits] "
-                "max_kv_value in edgefn.toml or `edgefn limits NAME --max-kv-value SIZE`, "
+                f"max_kv_value in edgefn.toml or `edgefn limits {name} --max-kv-value SIZE`, "
                 "up to the operator's maximum",
             )
         if not fuel.spend(_OP_FUEL + size):
