@@ -59,6 +59,7 @@ class SecretsCapability(Capability):
         """The value of the secret `name` for the function of `context`; raises
         `SecretFailure` for a name its manifest does not declare."""
         declared = context.grants.get(self.name) or frozenset()
+        function = context.grants.get("function")
         if name not in declared:
             problem = check_name(name)
             if problem is not None:
@@ -67,9 +68,8 @@ class SecretsCapability(Capability):
                 "not_declared",
                 f"the secret {name!r} is not declared in this function's manifest; declare it "
                 f'with secrets = ["{name}"] in edgefn.toml and set it with '
-                f"`edgefn secrets set FUNCTION {name}`",
+                f"`edgefn secrets set {function or 'FUNCTION'} {name}`",
             )
-        function = context.grants.get("function")
         if self.source is None or not isinstance(function, str) or not function:
             return None
         return self.source(function, name)
