@@ -352,6 +352,22 @@ def start_dev(
         raise
 
 
+def deploy_as(gateway: GatewayProcess, directory: Path, name: str) -> None:
+    """The function in `directory`, built once, deployed as `name` through the admin
+    API: one build serves any number of names."""
+    from edgefn_platform import build  # the builder is only needed by tests that deploy
+
+    text = (directory / "edgefn.toml").read_text()
+    manifest = re.sub(r'^name = "[^"]*"', f'name = "{name}"', text, count=1, flags=re.MULTILINE)
+    response = gateway.admin(
+        "POST",
+        "/v1/functions",
+        data={"manifest": manifest},
+        files={"component": ("c.wasm", build(directory).path.read_bytes())},
+    )
+    assert response.status_code == 201, response.text
+
+
 def cli(gateway: GatewayProcess, *args: str) -> Result:
     """`edgefn <args>` against `gateway`'s admin API, in this process."""
     return CliRunner().invoke(

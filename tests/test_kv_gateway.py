@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgefn_platform import build
-from gateway_process import ROOT, GatewayProcess, cli, worker_pids
+from gateway_process import ROOT, GatewayProcess, cli, deploy_as, worker_pids
 from waiting import wait_until
 
 pytestmark = pytest.mark.wasm
@@ -34,14 +33,7 @@ def unique(prefix: str) -> str:
 
 def deploy(gateway: GatewayProcess, name: str = NAME) -> None:
     """tests/functions/counter as `name` (one build, any number of names)."""
-    manifest = (COUNTER / "edgefn.toml").read_text().replace('name = "counter"', f'name = "{name}"')
-    response = gateway.admin(
-        "POST",
-        "/v1/functions",
-        data={"manifest": manifest},
-        files={"component": ("c.wasm", build(COUNTER).path.read_bytes())},
-    )
-    assert response.status_code == 201, response.text
+    deploy_as(gateway, COUNTER, name)
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,12 @@ import httpx
 import pytest
 
 import attacks
-from edgefn_platform import build
 from edgefn_platform.gateway._deploy import Deployer
 from edgefn_platform.gateway._functions import FunctionTable
 from edgefn_platform.gateway._metrics import Metrics
 from edgefn_platform.gateway._rollout import ServingBoard, WorkerState
 from edgefn_platform.registry import open_registry
-from gateway_process import ROOT, GatewayProcess, cli
+from gateway_process import ROOT, GatewayProcess, cli, deploy_as
 from pg_cluster import Cluster
 from waiting import wait_until
 
@@ -37,14 +36,7 @@ FRESH = 16
 
 def deploy(gateway: GatewayProcess) -> None:
     """tests/functions/cached as NAME (every answer `public, max-age=60` by default)."""
-    manifest = (CACHED / "edgefn.toml").read_text().replace('name = "cached"', f'name = "{NAME}"')
-    response = gateway.admin(
-        "POST",
-        "/v1/functions",
-        data={"manifest": manifest},
-        files={"component": ("c.wasm", build(CACHED).path.read_bytes())},
-    )
-    assert response.status_code == 201, response.text
+    deploy_as(gateway, CACHED, NAME)
 
 
 @pytest.fixture(scope="module")
