@@ -12,8 +12,10 @@ Arrivals are open-loop, at fixed intervals (as wrk2's constant rate; wrk is clos
 a slow answer would delay the next request and hide itself): each request is sent on
 time on an idle kept-alive connection (a new one is opened when none is idle), and
 its latency counts from when it was due, so a late send counts against the server.
-The client is raw HTTP/1.1 on asyncio streams (uvloop when installed): a few tens of
-microseconds per request, the same for every target.
+The client is raw HTTP/1.1 on asyncio streams (uvloop when installed), no HTTP library,
+the same for every target; it shares the 2 cores, so "sent late" counts its own lag.
+On a machine where a fresh request costs more CPU than 2 cores can give 200 times a
+second, the run measures queueing: compare the CPU column with 2 cores / rate.
 
     python bench/fresh_rate.py [--rate 200] [--seconds 10]
 """
