@@ -80,6 +80,7 @@ bench: export EDGEFN_CACHE_DIR = $(CURDIR)/.cache/edgefn
 bench: install
 	$(BIN)/python bench/runtime.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/fresh_rate.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/origin.py
 	$(BIN)/python bench/cache.py

@@ -135,7 +135,8 @@ async def test_server_timing_splits_the_request(hostile: Sandbox, metrics: Metri
     assert cache == "cache;desc=bypass"  # this app has no edge cache
     parts = dict(p.split(";dur=") for p in timed)
     assert set(parts) == {"queue", "instantiate", "execute"}
-    assert float(parts["instantiate"]) > 0 and float(parts["execute"]) > 0
+    # instantiate: the time the request waited for its instance, 0.00 if made ahead.
+    assert float(parts["instantiate"]) >= 0 and float(parts["execute"]) > 0
 
 
 @pytest.fixture()

@@ -227,6 +227,6 @@ def test_sockets_cannot_be_opened(hostile: Sandbox) -> None:
 def test_usage_reports_fuel_and_timings(hostile: Sandbox) -> None:
     usage = call(hostile, "/counter").usage
     assert 0 < usage.fuel < LIMITS.fuel
-    assert 0 < usage.instantiate_seconds < 1
+    assert 0 <= usage.instantiate_seconds < 1  # 0: the instance was made ahead
     assert 0 < usage.execute_seconds < 1
     assert not hasattr(usage, "peak_memory")  # never measured, so not reported

@@ -16,6 +16,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from . import _wasmtime
+from ._ahead import Ahead
 from ._aot import AotCache, sha256_file
 from ._contract import check_component
 from ._errors import from_load_failure
@@ -28,6 +29,16 @@ __all__ = ["Engine", "default_cache_dir"]
 EPOCH_TICK_SECONDS = 0.01
 
 MiB = 1024 * 1024
+
+# Fresh instances made ahead of demand per sandbox (`_ahead.py`). A request
+# takes one and the ahead thread makes the next in about one instantiation
+# (~0.6 ms), so at a steady rate one is nearly always ready; the second is for
+# a request arriving while the first is taken. More would only cover a longer
+# burst, which the one thread could not refill at its pace anyway, and each
+# holds a pool slot and its memory. EDGEFN_AHEAD_INSTANCES overrides it (0: off).
+AHEAD_PER_SANDBOX = 2
+# Stocks no request has asked for in this long are freed.
+AHEAD_IDLE_SECONDS = 30.0
 
 # Pooling allocator sizing for componentize-py components, which hold 14 core
 # instances, 2 tables (the larger between 5,000 and 10,000 elements) and one
@@ -63,7 +74,11 @@ class Engine:
     `load()` turns a component file into a `Sandbox`, compiling it ahead of
     time once and caching the result under `cache_dir/aot`. `capabilities` are
     the host capabilities linked for guests (`capabilities.installed()` unless
-    given); a component may import those and WASI, nothing else.
+    given); a component may import those and WASI, nothing else. `ahead`
+    fresh instances per function are made ahead of demand on a thread of the
+    engine (`$EDGEFN_AHEAD_INSTANCES`, else 2; 0 turns it off), at most
+    `max_instances // 16` in all, and freed after `ahead_idle_seconds` without
+    a request.
     """
 
     def __init__(
@@ -72,6 +87,8 @@ class Engine:
         *,
         max_instances: int = 256,
         capabilities: Iterable[Capability] | None = None,
+        ahead: int | None = None,
+        ahead_idle_seconds: float = AHEAD_IDLE_SECONDS,
     ) -> None:
         config = wasmtime.Config()
         config.consume_fuel = True
@@ -95,6 +112,12 @@ class Engine:
         # Idle reusable instances hold pool slots: keep three quarters of the
         # pool for requests in flight, whatever number of functions reuse.
         self.max_idle = max_instances // 4
+        per_sandbox = _ahead_setting() if ahead is None else ahead
+        self.ahead = Ahead(
+            per_sandbox=per_sandbox,
+            max_total=max(per_sandbox, max_instances // 16) if per_sandbox else 0,
+            idle_seconds=ahead_idle_seconds,
+        )
         self._sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
         self._ticker: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -178,7 +201,8 @@ class Engine:
             self.wasmtime.increment_epoch()
 
     def close(self) -> None:
-        """Stop the epoch ticker."""
+        """Stop the ahead thread, free the instances it made, stop the epoch ticker."""
+        self.ahead.close()
         self._stopped.set()
         if self._ticker is not None:
             self._ticker.join()
@@ -188,6 +212,19 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ahead_setting() -> int:
+    configured = os.environ.get("EDGEFN_AHEAD_INSTANCES", "").strip()
+    if not configured:
+        return AHEAD_PER_SANDBOX
+    try:
+        value = int(configured)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"EDGEFN_AHEAD_INSTANCES must be a whole number >= 0, got {configured!r}")
+    return value
 
 
 def _use_pooling_allocator(config: wasmtime.Config, max_instances: int) -> None:

@@ -40,11 +40,15 @@ class Instance:
 
     A single-use instance gets its only request's body as stdin up front; a
     reusable one (`body=None`) gets each body in its `GuestFiles`, where
-    capabilities granted to the function also leave files for it. Fuel,
-    the wall-clock deadline and the memory limit are set anew for every request.
+    capabilities granted to the function also leave files for it. So does a
+    single-use one made before its request is known (`body=None, single_use=True`,
+    see `_ahead.py`), which `instantiate()` readies then. Fuel, the wall-clock
+    deadline and the memory limit are set anew for every request.
     """
 
-    def __init__(self, sandbox: Sandbox, limits: Limits, body: bytes | None) -> None:
+    def __init__(
+        self, sandbox: Sandbox, limits: Limits, body: bytes | None, *, single_use: bool = False
+    ) -> None:
         # What it needs of the sandbox, not the sandbox: an idle instance sits in
         # its sandbox's pool, and a reference back would make a cycle that only
         # the garbage collector, at some later point, could free.
@@ -58,11 +62,15 @@ class Instance:
         self.requests = 0
         self.broken = False
         self._handle: wc.Func | None = None
+        # Made ahead: the fuel instantiating burnt, charged to the first request as
+        # if it had instantiated, and the memory limit it was made under.
+        self._fuel_spent = 0
+        self._made_memory = 0
         config = wasmtime.WasiConfig()
         config.env = list(sandbox.env.items())
         if sandbox.assets is not None:
             config.preopen_dir(str(sandbox.assets), ASSETS_GUEST_PATH, fs_mutable=False)
-        stretches = 1 if body is not None else _REUSE_STRETCHES
+        stretches = 1 if body is not None or single_use else _REUSE_STRETCHES
         self._body_in_file = body is None
         files = GuestFiles(config) if body is None or sandbox.needs_files else None
         if body is not None:
@@ -95,6 +103,31 @@ class Instance:
             and self._stderr.fits(limits.max_log)
         )
 
+    def instantiate(self, limits: Limits) -> None:
+        """Instantiate now, ahead of the request, under `limits` (memory, fuel and
+        deadline); raises `wasmtime.WasmtimeError` if it traps."""
+        deadline = self._engine.epoch_deadline(limits.timeout)
+        _wasmtime.prepare(self.store, limits.memory, limits.fuel, deadline)
+        self._handle = self._instantiate()
+        self._fuel_spent = limits.fuel - _wasmtime.get_fuel(self.store)
+        self._made_memory = limits.memory
+
+    def ready_for(self, limits: Limits) -> bool:
+        """Whether this instance, made ahead for its first request, serves one under
+        `limits` exactly as an instance made for that request would: the same
+        stdout and stderr sizes, and limits its instantiating stayed within
+        (a larger memory limit or budget would have let it instantiate the same)."""
+        stdout = GuestOutput.stretch(limits.max_response + self._stdout_reserve)
+        return (
+            self.requests == 0
+            and not self.broken
+            and self._handle is not None
+            and self._stdout.capacity == stdout
+            and self._stderr.capacity == GuestOutput.stretch(limits.max_log)
+            and limits.memory >= self._made_memory
+            and limits.fuel > self._fuel_spent
+        )
+
     def serve(self, request: Request, limits: Limits) -> Outcome:
         """Run one request; on any failure the instance is marked broken."""
         try:
@@ -107,9 +140,12 @@ class Instance:
         store, context, engine = self.store, self.context, self._engine
         context.begin(request, limits, self._capabilities)
         if self._body_in_file:
-            assert self._files is not None, "a reusable instance has its files"
+            assert self._files is not None, "a body file comes with its files"
             self._files.put("body", request.body)
-        _wasmtime.prepare(store, limits.memory, limits.fuel, engine.epoch_deadline(limits.timeout))
+        # Instantiated ahead, it already burnt some of this request's fuel: what
+        # is left is what it would have left after instantiating now.
+        fuel, self._fuel_spent = limits.fuel - self._fuel_spent, 0
+        _wasmtime.prepare(store, limits.memory, fuel, engine.epoch_deadline(limits.timeout))
         self.requests += 1
         usage = Usage()
         trap: wasmtime.WasmtimeError | None = None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-import queue
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +14,7 @@ from ._errors import BodyTooLarge
 from ._instance import Instance
 from ._limits import Limits
 from ._messages import Outcome, Request
+from ._reaper import retire
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -33,10 +32,12 @@ class Sandbox:
 
     By default every `invoke` runs in a new store and instance: nothing
     survives from one request to the next, neither globals nor memory nor
-    files. With `reuse=N`, an instance serves up to N requests in sequence
-    (never two at once), for functions that keep no per-request state: it saves
-    instantiating, but globals one request leaves behind are visible to the
-    next request of the same function. Limits still apply to each request, and
+    files. The engine makes those instances ahead of demand where it can
+    (`Engine(ahead=...)`), each for one request all the same. With `reuse=N`,
+    an instance serves up to N requests in sequence (never two at once), for
+    functions that keep no per-request state: it saves instantiating, but
+    globals one request leaves behind are visible to the next request of the
+    same function. Limits still apply to each request, and
     an instance that fails a request in any way is thrown away.
     """
 
@@ -67,6 +68,8 @@ class Sandbox:
         assert handle is not None, "check_component() vouched for this export"
         self.handle_index = handle
         self._idle: collections.deque[Instance] = collections.deque()
+        # Fresh instances made ahead of demand (none for a reusable function).
+        self._stock = None if reuse else engine.ahead.stock()
 
     def invoke(self, request: Request, limits: Limits | None = None) -> Outcome:
         """Run `request` through the function under `limits`.
@@ -82,11 +85,14 @@ class Sandbox:
                 f"request body of {len(request.body)} bytes exceeds the limit of {limits.max_body}"
             )
         if not self.reuse:
-            instance = Instance(self, limits, request.body)
+            stock = self._stock
+            instance = stock.take(self, limits, len(request.body)) if stock is not None else None
+            if instance is None:  # none ready: instantiated on this request's path
+                instance = Instance(self, limits, request.body)
             try:
                 return instance.serve(request, limits)
             finally:
-                _retire(instance)
+                retire(instance)
         instance = self._checkout(limits)
         try:
             outcome = instance.serve(request, limits)
@@ -120,37 +126,14 @@ class Sandbox:
         """Reusable instances waiting for a request."""
         return len(self._idle)
 
+    @property
+    def ahead(self) -> int:
+        """Fresh instances made ahead, waiting for a request."""
+        return len(self._stock.instances) if self._stock is not None else 0
+
     def close(self) -> None:
-        """Free idle instances (reusable functions only)."""
+        """Free idle instances and those made ahead; a later request starts afresh."""
         while self._idle:
             self._idle.pop().close()
-
-
-# Freeing a store resets its instance's memory for the next one (a copy of
-# about 12 MiB, ~0.5 ms). A thread of its own does that after the response
-# has left, with the GIL released, instead of the request waiting for it;
-# when it falls behind, requests free their own, so pool slots never run out.
-_MAX_RETIRING = 8
-_retiring: queue.SimpleQueue[Instance] = queue.SimpleQueue()
-_reaper: threading.Thread | None = None
-_reaper_lock = threading.Lock()
-
-
-def _retire(instance: Instance) -> None:
-    global _reaper
-    if _retiring.qsize() >= _MAX_RETIRING:
-        instance.close()
-        return
-    if _reaper is None:
-        with _reaper_lock:
-            if _reaper is None:
-                _reaper = threading.Thread(target=_reap, name="edgefn-reaper", daemon=True)
-                _reaper.start()
-    _retiring.put(instance)
-
-
-def _reap() -> None:
-    while True:
-        instance = _retiring.get()
-        instance.close()
-        del instance  # the last reference: the store is freed here
+        if self._stock is not None:
+            self._stock.clear()
