@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgefn_platform import BuildResult
+from edgefn_platform.gateway.config import GatewayConfig
 from edgefn_runtime import Engine, Request
 from edgefn_runtime._memory import MemoryReleaser
 
@@ -61,6 +62,15 @@ def test_release_while_requests_run(engine: Engine, hostile: object) -> None:
         running = [pool.submit(hostile.invoke, SLEEP) for _ in range(3)]
         engine.release_memory()  # those three keep their slots
         assert [r.result().response.body for r in running] == [b"woke up\n"] * 3
+
+
+def test_gateway_workers_release_after_the_configured_delay(tmp_path: Path) -> None:
+    with GatewayConfig(data_dir=tmp_path, memory_release_after=2.5).open_engine() as engine:
+        assert engine.release_after == 2.5
+    with GatewayConfig(data_dir=tmp_path, memory_release_after=0).open_engine() as engine:
+        assert engine.release_after is None
+    with pytest.raises(ValueError, match="memory release delay must be 0 .never. or positive"):
+        GatewayConfig(data_dir=tmp_path, memory_release_after=-1)
 
 
 class Clock:

@@ -111,6 +111,7 @@ class Engine:
         self._lock = threading.Lock()
         # Memory a burst left behind goes back once the process has been quiet
         # this long (`_memory.py`); None: only when `release_memory()` is called.
+        self.release_after = release_after or None
         self._releaser = (
             _memory.MemoryReleaser(self.release_memory, after=release_after).start()
             if release_after
