@@ -86,6 +86,7 @@ bench: install
 	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/kv.py
 	$(BIN)/python bench/inflight.py
+	$(BIN)/python bench/burst_memory.py
 	$(BIN)/python bench/scaleout.py
 
 lint: install

@@ -32,6 +32,14 @@ concurrency = 128
 """
 
 
+# Room for every request of the burst: none waits for a sandbox thread or is shed.
+SETTINGS = {
+    "EDGEFN_BACKPRESSURE_GLOBAL_CONCURRENCY": "128",
+    "EDGEFN_BACKPRESSURE_QUEUE_LENGTH": "256",
+    "EDGEFN_BACKPRESSURE_QUEUE_WAIT": "10s",
+}
+
+
 def rss_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -39,18 +47,32 @@ def rss_mb(pid: int, field: str) -> float:
     return 0.0
 
 
+def workers(gateway: GatewayProcess) -> list[int]:
+    """The gateway's worker processes (not multiprocessing's resource tracker)."""
+    return [
+        pid
+        for pid in worker_pids(gateway)
+        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def burst(url: str, requests: int) -> tuple[collections.Counter[int], float]:
+    """`requests` GETs of `url` all sent at once; their statuses and the wall time."""
+    limits = httpx.Limits(max_connections=requests)
+    with httpx.Client(limits=limits, timeout=60) as client, ThreadPoolExecutor(requests) as pool:
+        started = time.perf_counter()
+        calls = [pool.submit(client.get, url) for _ in range(requests)]
+        statuses = collections.Counter(call.result().status_code for call in calls)
+        return statuses, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
     result = build(HERE / "functions" / "bench")
-    settings = {
-        "EDGEFN_BACKPRESSURE_GLOBAL_CONCURRENCY": "128",
-        "EDGEFN_BACKPRESSURE_QUEUE_LENGTH": "256",
-        "EDGEFN_BACKPRESSURE_QUEUE_WAIT": "10s",
-    }
     with tempfile.TemporaryDirectory() as temp:
-        gateway = GatewayProcess(Path(temp) / "data", workers=2, extra_env=settings).start()
+        gateway = GatewayProcess(Path(temp) / "data", workers=2, extra_env=SETTINGS).start()
         try:
             gateway.admin(
                 "POST",
@@ -59,28 +81,14 @@ def main() -> None:
                 files={"component": ("bench.wasm", result.path.read_bytes())},
             ).raise_for_status()
             time.sleep(1.5)
-            pids = [
-                pid
-                for pid in worker_pids(gateway)
-                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-            ]
+            pids = workers(gateway)
             before = {pid: rss_mb(pid, "VmRSS") for pid in pids}
-            url = f"{gateway.public_url}/bench/hold?mb=16&ms=300"
-            limits = httpx.Limits(max_connections=args.requests)
-            with (
-                httpx.Client(limits=limits, timeout=60) as client,
-                ThreadPoolExecutor(args.requests) as pool,
-            ):
-                started = time.perf_counter()
-                calls = [pool.submit(client.get, url) for _ in range(args.requests)]
-                statuses = [call.result().status_code for call in calls]
-                elapsed = time.perf_counter() - started
+            counts, elapsed = burst(f"{gateway.public_url}/bench/hold?mb=16&ms=300", args.requests)
             peak = {pid: rss_mb(pid, "VmHWM") for pid in pids}
             time.sleep(2)
             after = {pid: rss_mb(pid, "VmRSS") for pid in pids}
         finally:
             gateway.stop()
-    counts = collections.Counter(statuses)
     print(
         f"{args.requests} requests in flight, 64 MiB limit, 16 MiB held 300 ms each: "
         f"statuses {dict(counts)} in {elapsed:.2f} s"

@@ -103,8 +103,11 @@ def test_fuel_is_charged_as_when_the_request_instantiates(sandbox: Sandbox, plai
     stocked(sandbox)
     made_ahead = sandbox.invoke(COUNTER, LIMITS)
     assert made_ahead.usage.instantiate_seconds == 0
-    # Instantiating burns fuel; the request that uses the instance pays it, as before.
-    assert made_ahead.usage.fuel == plain.invoke(COUNTER, LIMITS).usage.fuel > 0
+    # Instantiating burns ~6,000 fuel; the request that uses the instance pays it,
+    # as before. What is left is the body's path: read from a file rather than
+    # stdin, a few hundred instructions either way, depending on the build.
+    made_here = plain.invoke(COUNTER, LIMITS).usage.fuel
+    assert made_here > 0 and abs(made_ahead.usage.fuel - made_here) < 1_000
 
 
 def outcome_of(

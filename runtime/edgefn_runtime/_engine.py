@@ -15,7 +15,7 @@ from typing import Any
 import wasmtime
 from wasmtime import component as wc
 
-from . import _wasmtime
+from . import _memory, _wasmtime
 from ._ahead import Ahead
 from ._aot import AotCache, sha256_file
 from ._contract import check_component
@@ -52,11 +52,20 @@ _POOL = {
     "max_core_instance_size": 1 * MiB,
     "max_component_instance_size": 4 * MiB,
     "max_memory_size": 4096 * MiB,
-    # CPython's initial heap is about 12.3 MB. Keeping that much resident and
-    # resetting it with memset, instead of dropping it and faulting it back in,
-    # cut the cost of a trivial request by about a fifth on the reference machine.
-    "linear_memory_keep_resident": 16 * MiB,
+    # CPython's initial heap is about 12.3 MB, in an initial memory of 13 MiB.
+    # Keeping that much resident and resetting it with memset, instead of
+    # dropping it and faulting it back in, cut the cost of a trivial request by
+    # about a fifth on the reference machine. Not more: what a request grows
+    # beyond it is decommitted when its store goes; at 16 MiB, 3 MiB of zeros
+    # per slot used stayed resident (~300 MB per worker after 100 requests in
+    # flight, which emptying the slot's image, `_memory.py`, does not return).
+    "linear_memory_keep_resident": 13 * MiB,
     "table_keep_resident": 1 * MiB,
+    # Unused slots are handed out least recently used first, never a new slot
+    # while one is unused (wasmtime's default, 100, prefers new ones): the slots
+    # a worker touches are no more than its peak concurrency, and
+    # `_memory.empty_unused_slots` can reach every unused one.
+    "max_unused_warm_slots": 0,
 }
 
 
@@ -78,7 +87,8 @@ class Engine:
     fresh instances per function are made ahead of demand on a thread of the
     engine (`$EDGEFN_AHEAD_INSTANCES`, else 2; 0 turns it off), at most
     `max_instances // 16` in all, and freed after `ahead_idle_seconds` without
-    a request.
+    a request. `release_after` seconds of quiet after a burst give its memory
+    back (`release_memory()`); None: only when called.
     """
 
     def __init__(
@@ -89,6 +99,7 @@ class Engine:
         capabilities: Iterable[Capability] | None = None,
         ahead: int | None = None,
         ahead_idle_seconds: float = AHEAD_IDLE_SECONDS,
+        release_after: float | None = None,
     ) -> None:
         config = wasmtime.Config()
         config.consume_fuel = True
@@ -122,6 +133,14 @@ class Engine:
         self._ticker: threading.Thread | None = None
         self._stopped = threading.Event()
         self._lock = threading.Lock()
+        # Memory a burst left behind goes back once the process has been quiet
+        # this long (`_memory.py`); None: only when `release_memory()` is called.
+        self.release_after = release_after or None
+        self._releaser = (
+            _memory.MemoryReleaser(self.release_memory, after=release_after).start()
+            if release_after
+            else None
+        )
 
     def _engine_key(self) -> str:
         identity = f"wasmtime={version('wasmtime')};{platform.machine()};{self._settings}"
@@ -170,6 +189,16 @@ class Engine:
         """Reusable instances idle across every loaded sandbox."""
         return sum(sandbox.idle for sandbox in list(self._sandboxes))
 
+    def release_memory(self) -> int:
+        """Give back what a burst left: idle reusable instances, the images kept
+        in unused pool slots, malloc's free heap. Safe while requests run (they
+        keep their slots); returns the number of slots emptied."""
+        for sandbox in list(self._sandboxes):
+            sandbox.close()
+        emptied = _memory.empty_unused_slots(self.wasmtime)
+        _memory.trim_heap()
+        return emptied
+
     def _check_instantiates(self, component: wc.Component) -> None:
         # Link and instantiate once, without calling the guest: a component
         # that does not fit the pool or links to something missing fails here,
@@ -201,7 +230,10 @@ class Engine:
             self.wasmtime.increment_epoch()
 
     def close(self) -> None:
-        """Stop the ahead thread, free the instances it made, stop the epoch ticker."""
+        """Stop the memory releaser and the ahead thread (freeing the instances
+        it made), then the epoch ticker."""
+        if self._releaser is not None:
+            self._releaser.close()
         self.ahead.close()
         self._stopped.set()
         if self._ticker is not None:

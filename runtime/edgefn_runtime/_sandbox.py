@@ -133,7 +133,11 @@ class Sandbox:
 
     def close(self) -> None:
         """Free idle instances and those made ahead; a later request starts afresh."""
-        while self._idle:
-            self._idle.pop().close()
+        while True:
+            try:  # not `while self._idle`: a request may take the last one between
+                instance = self._idle.pop()
+            except IndexError:
+                break
+            instance.close()
         if self._stock is not None:
             self._stock.clear()

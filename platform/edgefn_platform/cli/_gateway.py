@@ -109,6 +109,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     type=float,
 )
 @_option(
+    "--memory-release-after",
+    "Seconds a worker must be quiet before it gives back the memory a burst of "
+    "requests left (pool slots, idle instances, free heap); 0: never.",
+    type=click.FloatRange(min=0),
+)
+@_option(
     "--secrets-key-file",
     "The secrets key(s), one per line, newest first; mode 0600. The key itself may be "
     "given in EDGEFN_SECRETS_KEY instead (comma-separated); never as an option.",

@@ -65,6 +65,9 @@ class GatewayConfig:
     # How long a deploy, rollback, delete or limit change waits for every worker
     # of this gateway to serve it before it answers 504 `not_live`.
     rollout_timeout: float = 30.0
+    # Seconds a worker must be quiet before it gives back the memory a burst left
+    # (emptied pool slots, idle reusable instances, malloc's free heap); 0: never.
+    memory_release_after: float = 3.0
     # The operator's secrets key(s): EDGEFN_SECRETS_KEY (comma-separated, newest
     # first) or a file of them, one per line (see `edgefn_platform.secrets`).
     secrets_key: str | None = field(default=None, repr=False)
@@ -83,6 +86,9 @@ class GatewayConfig:
             raise ValueError("admin TLS needs both a certificate and a key")
         if self.rollout_timeout <= 0:
             raise ValueError(f"rollout timeout must be positive, got {self.rollout_timeout}")
+        if self.memory_release_after < 0:
+            delay = self.memory_release_after
+            raise ValueError(f"memory release delay must be 0 (never) or positive, got {delay}")
 
     def load(self) -> GatewayConfig:
         """Read the admin token (`load_token`) and the policy (`load_policy`) once.
@@ -160,7 +166,11 @@ class GatewayConfig:
             secrets=secrets,
             kv_max_value=policy.maximums["max_kv_value"],
         )
-        return Engine(cache_dir=self.aot_cache_dir, capabilities=capabilities)
+        return Engine(
+            cache_dir=self.aot_cache_dir,
+            capabilities=capabilities,
+            release_after=self.memory_release_after or None,
+        )
 
     def public_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
