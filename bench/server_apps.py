@@ -12,7 +12,9 @@ KIND:
   same bytes with no ASGI at all: the floor of a Python protocol-level path;
 - `public-uvicorn`: the gateway's `PublicApp` under uvicorn with the gateway's
   protocol, built as `server.run_worker` builds it (no admin listener), on the
-  data directory in `EDGEFN_BENCH_DATA_DIR`.
+  data directory in `EDGEFN_BENCH_DATA_DIR`;
+- `public-uvicorn-nogc`: the same with the cyclic garbage collector off (after
+  the app's own `gc.freeze()`): what the reference cycles a request leaves cost.
 
 Granian runs the same apps through its own CLI (it forks its own workers):
 `hello` (ASGI), `rsgi_hello` (RSGI) and `public_app` (a factory, `--factory`).
@@ -131,8 +133,8 @@ def main() -> None:
     if kind == "bare":
         uvloop.run(_serve_bare(sock))
         return
-    if kind == "uvicorn-guarded-nogc":
-        gc.disable()
+    if kind.endswith("-nogc"):
+        gc.disable()  # not for production: only to price the collections
     hellos = ("uvicorn", "uvicorn-guarded", "uvicorn-guarded-nogc")
     app: Any = hello if kind in hellos else public_app()
     server = _uvicorn(app, guarded=kind != "uvicorn")

@@ -4,14 +4,16 @@
    without the gateway's guarded protocol, `gateway/_http.py`), granian (ASGI, and
    RSGI with an RSGI-native hello) and a bare `asyncio.Protocol` + httptools
    server, 1 and 2 worker processes; wrk, `--runs` rounds (the servers' order
-   rotated each round), req/s, p99 and the servers' CPU per request (user +
+   rotated each round; the guarded one once more with the cyclic garbage
+   collector off), req/s, p99 and the servers' CPU per request (user +
    system of every process of the server, over the load), ratios against
    uvicorn measured in the same round.
 2. `public`: the gateway's `PublicApp` serving a `reuse = true` hello
    (`bench/functions/bench`) under `edgefn serve` as shipped, in a bench-only
    harness under uvicorn with the gateway's protocol (what a worker runs, less
-   the admin listener) and under granian (ASGI, the same app built by a factory),
-   2 workers each, beside FastAPI (`bench/baseline_app.py`).
+   the admin listener; once more with the cyclic garbage collector off, to price
+   the reference cycles a request leaves) and under granian (ASGI, the same app
+   built by a factory), 2 workers each, beside FastAPI (`bench/baseline_app.py`).
 3. `protections`: the raw-socket cases of `tests/test_hostile_http.py`, unchanged,
    against `PublicApp` under the uvicorn harness and under granian (its
    `--http1-header-read-timeout` set to the tests' header timeout): what each
@@ -223,7 +225,7 @@ def report(title: str, rounds: list[dict[str, Load]], reference: str) -> dict[st
     `reference`; returns the median req/s ratio per server."""
     print(f"\n{title} ({len(rounds)} rounds; medians; ratios per round, then their median)")
     print(
-        f"  {'server':18} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10}"
+        f"  {'server':22} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10}"
         f"   vs {reference}: req/s (range)       p99   CPU/req"
     )
     ratios: dict[str, float] = {}
@@ -234,7 +236,7 @@ def report(title: str, rounds: list[dict[str, Load]], reference: str) -> dict[st
         cpu = [r[kind].cpu_us / r[reference].cpu_us for r in rounds if kind in r]
         ratios[kind] = statistics.median(rps)
         line = (
-            f"  {kind:18} {statistics.median(x.rps for x in loads):8.0f}"
+            f"  {kind:22} {statistics.median(x.rps for x in loads):8.0f}"
             f" {statistics.median(x.p50 for x in loads):7.2f}"
             f" {statistics.median(x.p99 for x in loads):7.2f}"
             f" {statistics.median(x.cpu_us for x in loads):10.0f}"
@@ -288,7 +290,7 @@ def part_public(args: argparse.Namespace, data: Path) -> None:
     with gateway:
         deploy(gateway, manifest, result.path.read_bytes(), "bench")
     env = {"EDGEFN_BENCH_DATA_DIR": str(data)}
-    kinds = ["public-uvicorn"] + (["public-granian"] if HAS_GRANIAN else [])
+    kinds = ["public-uvicorn", "public-uvicorn-nogc"] + (["public-granian"] if HAS_GRANIAN else [])
     rounds = []
     baseline, port = start_baseline("baseline_app:app", "/bench/")
     try:
@@ -318,7 +320,7 @@ def part_public(args: argparse.Namespace, data: Path) -> None:
     title = f"PublicApp, reuse = true hello, {workers} workers"
     ratios = report(title, rounds, "fastapi")
     for kind in ratios:
-        if kind != "fastapi":
+        if kind != "fastapi" and not kind.endswith("-nogc"):
             verdict(
                 f"reuse hello through {kind} vs FastAPI req/s ({len(rounds)} runs, median)",
                 f"{ratios[kind]:.2f}x",
