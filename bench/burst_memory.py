@@ -60,7 +60,7 @@ def main() -> None:
             steady: dict[str, list[float]] = {label: [] for label in gateways}
             for _ in range(args.runs):
                 for label, gateway in gateways.items():
-                    rps, _, _ = load(f"{gateway.public_url}/bench/", args.seconds, 50)
+                    rps = load(f"{gateway.public_url}/bench/", args.seconds, 50).rps
                     steady[label].append(rps)
         finally:
             for gateway in gateways.values():

@@ -81,7 +81,7 @@ def main() -> None:
         origin_process.wait(10)
     print(f"load generator: {load.__name__}, {args.connections} connections, {args.seconds} s")
     print(f"{'':24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-    for label, (rps, p50, p99) in (("edgefn cache hits", hits), ("fastapi hello", native)):
+    for label, (rps, p50, p99, _) in (("edgefn cache hits", hits), ("fastapi hello", native)):
         print(f"{label:24} {rps:8.0f} {p50:8.2f} {p99:8.2f}")
     print(f"hits vs fastapi: {hits[0] / native[0]:.2f}x req/s (target >= 1.0)")
     miss, hit = statistics.median(misses), statistics.median(hit_times)

@@ -23,22 +23,28 @@ class _Counted(HttpCache):
         return super().get(key, disk=disk)
 
 
-def _serve_twice(tmp_path: Path, headers: list[tuple[str, str]]) -> tuple[list[str], int]:
-    """Two GETs of one key: the X-Edgefn-Cache of each, and the disk reads of the second."""
+def _serve(tmp_path: Path, *answers: list[tuple[str, str]]) -> tuple[list[str], int]:
+    """GETs of one key, the function answering with these headers in turn: the
+    X-Edgefn-Cache of each, and the disk reads of the second."""
     store = _Counted(CacheConfig(dir=tmp_path, disk=2**20))
     counter = SimpleNamespace(inc=lambda: None)
     metrics: Any = SimpleNamespace(coalesced=SimpleNamespace(labels=lambda *_: counter))
     cache = ResponseCache(store, metrics)
     function: Any = SimpleNamespace(name="f", cache_id="f@1")
 
+    headers = iter(answers)
+
     async def run(method: str, request_headers: list[tuple[str, str]]) -> Outcome:
-        return Outcome(Response(200, headers, b"body"), Usage(), [])
+        return Outcome(Response(200, next(headers), b"body"), Usage(), [])
 
     async def serve_twice() -> tuple[list[str], int]:
-        first = await cache.serve(function, "GET", "/p", "", [("host", "h")], run, run)
-        reads = store.disk_reads
-        second = await cache.serve(function, "GET", "/p", "", [("host", "h")], run, run)
-        return [first.status, second.status], store.disk_reads - reads
+        statuses, reads = [], 0
+        for i in range(len(answers)):
+            before = store.disk_reads
+            answer = await cache.serve(function, "GET", "/p", "", [("host", "h")], run, run)
+            statuses.append(answer.status)
+            reads += (store.disk_reads - before) * (i == 1)
+        return statuses, reads
 
     try:
         return asyncio.run(serve_twice())
@@ -49,10 +55,18 @@ def _serve_twice(tmp_path: Path, headers: list[tuple[str, str]]) -> tuple[list[s
 def test_a_key_whose_response_cannot_be_stored_skips_the_disk_next_time(tmp_path: Path) -> None:
     # Hit-for-miss: the function's answer said "not storable"; the next request
     # for the key runs it without reading the disk tier or taking the node's lock.
-    statuses, disk_reads = _serve_twice(tmp_path, [("cache-control", "private")])
+    private = [("cache-control", "private")]
+    statuses, disk_reads = _serve(tmp_path, private, private)
     assert statuses == ["MISS", "MISS"] and disk_reads == 0
 
 
+def test_a_key_whose_response_becomes_storable_is_cached_again(tmp_path: Path) -> None:
+    private, public = [("cache-control", "private")], [("cache-control", "public, max-age=60")]
+    statuses, _ = _serve(tmp_path, private, public, public)
+    assert statuses == ["MISS", "MISS", "HIT"]
+
+
 def test_a_stored_response_is_still_served_from_the_cache(tmp_path: Path) -> None:
-    statuses, _ = _serve_twice(tmp_path, [("cache-control", "public, max-age=60")])
+    public = [("cache-control", "public, max-age=60")]
+    statuses, _ = _serve(tmp_path, public, public)
     assert statuses == ["MISS", "HIT"]

@@ -12,6 +12,7 @@ from edgefn_platform import BuildResult
 from edgefn_platform.gateway.config import GatewayConfig
 from edgefn_runtime import Engine, Request
 from edgefn_runtime._memory import MemoryReleaser
+from waiting import wait_until
 
 MiB = 1024 * 1024
 MAPPING = re.compile(r"[0-9a-f]+-[0-9a-f]+ ")
@@ -46,12 +47,24 @@ def test_release_empties_the_slots_a_burst_left(engine: Engine, hostile_build: B
     assert sandbox.invoke(Request("GET", "/counter")).response.status == 200
 
 
-def test_release_closes_idle_reusable_instances(engine: Engine, hostile_build: BuildResult) -> None:
+def test_release_closes_idle_reusable_instances_but_one(
+    engine: Engine, hostile_build: BuildResult
+) -> None:
     sandbox = engine.load(hostile_build.path, reuse=5)
-    sandbox.invoke(Request("GET", "/counter"))
-    assert sandbox.idle == 1
+    with ThreadPoolExecutor(3) as pool:  # 3 in flight at once: 3 instances
+        list(pool.map(lambda _: sandbox.invoke(SLEEP), range(3)))
+    assert sandbox.idle == 3
     engine.release_memory()
-    assert sandbox.idle == 0
+    assert sandbox.idle == 1  # the next request finds one, as it would have
+
+
+def test_release_keeps_the_instances_made_ahead(engine: Engine, hostile_build: BuildResult) -> None:
+    sandbox = engine.load(hostile_build.path)
+    sandbox.invoke(Request("GET", "/counter"))
+    wait_until(lambda: sandbox.ahead == 2, timeout=10, message="2 instances made ahead")
+    engine.release_memory()
+    assert sandbox.ahead == 2
+    assert sandbox.invoke(Request("GET", "/counter")).usage.instantiate_seconds == 0
 
 
 def test_release_while_requests_run(engine: Engine, hostile: object) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import queue
 import threading
 import time
@@ -36,11 +37,17 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_FILE_BODY", "Ahead", "Stock"]
 
+log = logging.getLogger("edgefn.runtime")
+
 # Bodies up to this size go to an instance made ahead as a file; larger ones
 # make their own instance and arrive as stdin, as before: they cost far more
 # than instantiating to copy anyway, and the file would sit in /dev/shm (64 MB
 # in a default Docker container) while the request runs.
 MAX_FILE_BODY = 64 * 1024
+# After an instance could not be made ahead, its sandbox's requests make their
+# own for this long: the cause may pass (the pool full during a burst, the
+# ahead thread starved of CPU past the deadline) or recur (limits too small).
+RETRY_SECONDS = 10.0
 
 
 class Stock:
@@ -51,9 +58,11 @@ class Stock:
         self.instances: collections.deque[Instance] = collections.deque()
         # The limits of the last request: the next instances are made for them.
         self.limits: Limits | None = None
-        # Limits an instance could not be made under ahead (it trapped): the
-        # requests under them instantiate for themselves, and fail as they did.
+        # Limits an instance could not be made under ahead (it trapped), and
+        # until when: the requests under them instantiate for themselves, and
+        # fail as they did.
         self.failed: Limits | None = None
+        self.failed_until = 0.0
         self.wanted_at = 0.0  # monotonic time of the last take
         self.pending = False  # a refill is queued
         # Bumped by `clear()`: an instance whose making began before is freed.
@@ -162,11 +171,17 @@ class Ahead:
                 if ref is None:  # close()
                     return
                 sandbox = ref()
-                if sandbox is not None:
-                    self._fill(sandbox)
+                try:
+                    if sandbox is not None:
+                        self._fill(sandbox)
+                except Exception:  # one thread for every function: it must not die
+                    log.exception("making an instance ahead failed")
                 del sandbox  # holds no sandbox while it waits: one dropped goes now
             if time.monotonic() - self._swept_at >= period:
-                self._sweep()
+                try:
+                    self._sweep()
+                except Exception:
+                    log.exception("freeing idle instances made ahead failed")
 
     def _fill(self, sandbox: Sandbox) -> None:
         stock = sandbox._stock
@@ -174,7 +189,7 @@ class Ahead:
         self._stocked.add(sandbox)
         stock.pending = False  # before looking: a take from here on asks again
         limits = stock.limits
-        if limits is None or limits == stock.failed:
+        if limits is None or (limits == stock.failed and time.monotonic() < stock.failed_until):
             return
         while (
             not self._closed
@@ -188,9 +203,12 @@ class Ahead:
                 return
             try:
                 instance.instantiate(limits)
-            except Exception:  # a trap (limits too small?): the request will say
+            except Exception as exc:  # a trap (limits too small?): the request will say
                 instance.close()
-                stock.failed = limits
+                stock.failed, stock.failed_until = limits, time.monotonic() + RETRY_SECONDS
+                log.info(
+                    "an instance could not be made ahead (%s); retrying in %g s", exc, RETRY_SECONDS
+                )
                 return
             with stock.lock:
                 added = stock.generation == generation

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import threading
 import time
@@ -30,6 +31,8 @@ from collections.abc import Callable
 import wasmtime
 
 __all__ = ["MemoryReleaser", "empty_unused_slots", "resident_bytes", "trim_heap"]
+
+log = logging.getLogger("edgefn.runtime")
 
 # One page of memory and no data: instantiating it in a slot that holds another
 # module's image unmaps that image (`MemoryImageSlot::remove_image`).
@@ -187,7 +190,10 @@ class MemoryReleaser:
 
     def _run(self) -> None:
         while not self._stopped.wait(self.tick):
-            self.step()
+            try:
+                self.step()
+            except Exception:  # a failed release must not end the releases
+                log.exception("giving memory back failed")
 
     def close(self) -> None:
         self._stopped.set()

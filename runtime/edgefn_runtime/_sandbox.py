@@ -131,6 +131,15 @@ class Sandbox:
         """Fresh instances made ahead, waiting for a request."""
         return len(self._stock.instances) if self._stock is not None else 0
 
+    def trim(self, keep: int = 1) -> None:
+        """Free the idle instances but the `keep` most recently used."""
+        while len(self._idle) > keep:
+            try:  # the least recently used; a request may take the last ones meanwhile
+                instance = self._idle.popleft()
+            except IndexError:
+                break
+            instance.close()
+
     def close(self) -> None:
         """Free idle instances and those made ahead; a later request starts afresh."""
         while True:

@@ -146,7 +146,10 @@ class ResponseCache:
             # the node-wide lock and its release on the writer thread would only
             # delay a run whose answer will not be stored either. They were ~20 %
             # of a worker's time for a function that never sets Cache-Control.
-            return (await self._run(request, None, run))[0]
+            answer, result = await self._run(request, None, run)
+            if result == _STORED:  # storable again: back to the full path
+                self._uncacheable.pop(where, None)
+            return answer
         if entry is None and self.store.has_disk:
             # A disk read takes 0.1-6 ms: off the event loop, which only misses pay for.
             entry, where = await self._locate_on_disk(request)

@@ -80,17 +80,18 @@ class _Guarded(HttpToolsProtocol):
             self._start_body_clock_on_read(self.cycle)
 
     def _start_body_clock_on_read(self, cycle: RequestResponseCycle) -> None:
-        # Weakly: the cycle holds this function, and a strong reference back
-        # would leave every request's objects to the cyclic collector, whose
-        # pauses made p99 ~90 ms instead of ~8 (`bench/gateway.py`). The app
-        # calls it only while its task, which holds the cycle, runs.
-        weak_cycle = weakref.ref(cycle)
+        # Both weakly: the cycle holds this function, and a strong reference
+        # back would leave every request's objects to the cyclic collector,
+        # whose pauses made p99 ~90 ms instead of ~8 (`bench/gateway.py`). The
+        # app calls it while its task, which holds the cycle, runs.
+        weak_cycle, weak_protocol = weakref.ref(cycle), weakref.ref(self)
 
         async def receive_and_time() -> ASGIReceiveEvent:
-            cycle = weak_cycle()
-            assert cycle is not None
-            if cycle.more_body and self._timer is None and self.cycle is cycle:
-                self._arm_body_timer()
+            cycle, protocol = weak_cycle(), weak_protocol()
+            if cycle is None or protocol is None:  # called after its request's end
+                return {"type": "http.disconnect"}
+            if cycle.more_body and protocol._timer is None and protocol.cycle is cycle:
+                protocol._arm_body_timer()
             return await RequestResponseCycle.receive(cycle)
 
         # The cycle's own attribute: uvicorn passes `self.receive` to the app.
