@@ -127,6 +127,18 @@ def test_no_release_without_growth_beyond_slack() -> None:
     assert released == []
 
 
+def test_growth_before_a_rebase_is_no_burst() -> None:
+    clock, released = Clock(), list[int]()
+    releaser = clock.releaser(released)
+    clock.rss += 300 * MiB  # loading the functions
+    releaser.rebase()
+    for _ in range(10):
+        assert not releaser.step()
+    clock.rss += 100 * MiB  # a burst after
+    assert [releaser.step() for _ in range(3)] == [True, False, False]
+    assert released == [1]
+
+
 def test_release_after_must_be_positive() -> None:
     with pytest.raises(ValueError, match="after must be positive"):
         MemoryReleaser(lambda: None, after=0)

@@ -188,6 +188,10 @@ class MemoryReleaser:
         self._quiet_ticks = 0
         return True
 
+    def rebase(self) -> None:
+        """Take the process's size now as its idle size (startup's growth is no burst)."""
+        self._floor = self._rss()
+
     def _run(self) -> None:
         while not self._stopped.wait(self.tick):
             try:

@@ -367,15 +367,17 @@ class PublicApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         # The server starts accepting connections only after this.
         if self.lifecycle is not None:
-            await _warm_up(self.lifecycle, self.threads, self.metrics)
+            await _warm_up(self.lifecycle, self.threads, self.metrics, self.cache)
         yield
 
 
-async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metrics) -> None:
+async def _warm_up(
+    lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metrics, cache: ResponseCache | None
+) -> None:
     """Once every function is loaded, run one more throwaway request through each,
-    this time on a request thread, and create every metric file, so the first real
-    request finds them ready: as fast as the tenth. The public listener opens
-    only after this."""
+    this time on a request thread, create every metric file and open the edge
+    cache's, so the first real request finds them ready: as fast as the tenth.
+    The public listener opens only after this."""
     while not lifecycle.table.ready.is_set():
         if lifecycle.draining:  # stopped before it was ever ready
             return
@@ -400,13 +402,18 @@ async def _warm_up(lifecycle: Lifecycle, threads: FairThreadPool, metrics: Metri
         ):
             family.labels(function.name)
         metrics.requests.labels(function.name, "200", "ok")
+        for status in ("MISS", "HIT", "BYPASS"):
+            metrics.cache.labels(function.name, status)
         metrics.outbound.labels(function.name, "2xx")
     access_logger()
+    if cache is not None:
+        await cache.warm_up()
     # Startup leaves many objects behind; collect once now and exempt the survivors
     # from later collections, so no early request pays for a full pass (seen as
     # 9-11 ms first requests after a restart).
     gc.collect()
     gc.freeze()
+    lifecycle.table.engine.settled()
     lifecycle.warm = True
 
 
