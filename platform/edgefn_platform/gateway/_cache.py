@@ -123,8 +123,8 @@ class ResponseCache:
     async def warm_up(self) -> None:
         """Open what a worker's first miss would otherwise open on its path: the
         disk tier's connection on each read thread (SQLite, per thread) and the
-        key locks' directory. A restart's first request took 2.6-4.2x the warm
-        median without it, 2 times in 12 (`bench/gateway.py`)."""
+        key locks' directory, so that a restart's first request does not
+        (`bench/gateway.py` times it against the warm median)."""
         loop = asyncio.get_running_loop()
         reads = [loop.run_in_executor(self._reads, self.store.get, "warm-up") for _ in range(2)]
         await asyncio.gather(*reads)
