@@ -86,7 +86,8 @@ class Engine:
     given); a component may import those and WASI, nothing else. `ahead`
     fresh instances per function are made ahead of demand on a thread of the
     engine (`$EDGEFN_AHEAD_INSTANCES`, else 2; 0 turns it off), at most
-    `max_instances // 16` in all, and freed after `ahead_idle_seconds` without
+    `max(ahead, max_instances // 16)` in all, never over `max_instances // 4`, and
+    freed after `ahead_idle_seconds` without
     a request. `release_after` seconds of quiet after a burst give its memory
     back (`release_memory()`); None: only when called.
     """
