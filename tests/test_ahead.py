@@ -236,15 +236,21 @@ def test_idle_stocks_are_freed_and_the_engine_bounds_them(hostile_build: BuildRe
     assert {t.ident for t in threading.enumerate() if t.name == "edgefn-ahead"} <= threads
 
 
-def test_off_when_the_operator_says_so(
+def test_off_unless_the_operator_says_so(
     hostile_build: BuildResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EDGEFN_AHEAD_INSTANCES", "0")
+    for setting in ("", "0"):
+        monkeypatch.setenv("EDGEFN_AHEAD_INSTANCES", setting)
+        with Engine() as engine:
+            sandbox = load(engine, hostile_build)
+            for _ in range(3):
+                assert sandbox.invoke(COUNTER, LIMITS).usage.instantiate_seconds > 0
+            assert sandbox.ahead == 0 and engine.ahead._thread is None
+    monkeypatch.setenv("EDGEFN_AHEAD_INSTANCES", "2")
     with Engine() as engine:
         sandbox = load(engine, hostile_build)
-        for _ in range(3):
-            assert sandbox.invoke(COUNTER, LIMITS).usage.instantiate_seconds > 0
-        assert sandbox.ahead == 0 and engine.ahead._thread is None
+        sandbox.invoke(COUNTER, LIMITS)
+        wait_until(lambda: sandbox.ahead == 2, timeout=10, message="2 instances made ahead")
     monkeypatch.setenv("EDGEFN_AHEAD_INSTANCES", "two")
     with pytest.raises(ValueError, match="EDGEFN_AHEAD_INSTANCES must be a whole number"):
         Engine()

@@ -58,13 +58,14 @@ def test_release_closes_idle_reusable_instances_but_one(
     assert sandbox.idle == 1  # the next request finds one, as it would have
 
 
-def test_release_keeps_the_instances_made_ahead(engine: Engine, hostile_build: BuildResult) -> None:
-    sandbox = engine.load(hostile_build.path)
-    sandbox.invoke(Request("GET", "/counter"))
-    wait_until(lambda: sandbox.ahead == 2, timeout=10, message="2 instances made ahead")
-    engine.release_memory()
-    assert sandbox.ahead == 2
-    assert sandbox.invoke(Request("GET", "/counter")).usage.instantiate_seconds == 0
+def test_release_keeps_the_instances_made_ahead(hostile_build: BuildResult) -> None:
+    with Engine(ahead=2) as engine:
+        sandbox = engine.load(hostile_build.path)
+        sandbox.invoke(Request("GET", "/counter"))
+        wait_until(lambda: sandbox.ahead == 2, timeout=10, message="2 instances made ahead")
+        engine.release_memory()
+        assert sandbox.ahead == 2
+        assert sandbox.invoke(Request("GET", "/counter")).usage.instantiate_seconds == 0
 
 
 def test_release_while_requests_run(engine: Engine, hostile: object) -> None:

@@ -30,13 +30,14 @@ EPOCH_TICK_SECONDS = 0.01
 
 MiB = 1024 * 1024
 
-# Fresh instances made ahead of demand per sandbox (`_ahead.py`). A request
-# takes one and the ahead thread makes the next in about one instantiation
-# (~0.6 ms), so at a steady rate one is nearly always ready; the second is for
-# a request arriving while the first is taken. More would only cover a longer
-# burst, which the one thread could not refill at its pace anyway, and each
-# holds a pool slot and its memory. EDGEFN_AHEAD_INSTANCES overrides it (0: off).
-AHEAD_PER_SANDBOX = 2
+# Fresh instances made ahead of demand per sandbox (`_ahead.py`): opt-in,
+# EDGEFN_AHEAD_INSTANCES=N (2 is the count measured: a request takes one and the
+# ahead thread makes the next in about one instantiation, so at a steady rate
+# one is nearly always ready; the second is for a request arriving while the
+# first is taken). Off by default: with them on, 100 concurrent 25 MiB uploads
+# (tests/test_public_gateway.py) peaked 100-300 MiB higher (+735 to +946 MiB
+# over 6 runs, against +628 and +650 without), a cost not yet explained.
+AHEAD_PER_SANDBOX = 0
 # Stocks no request has asked for in this long are freed.
 AHEAD_IDLE_SECONDS = 30.0
 
@@ -85,7 +86,7 @@ class Engine:
     the host capabilities linked for guests (`capabilities.installed()` unless
     given); a component may import those and WASI, nothing else. `ahead`
     fresh instances per function are made ahead of demand on a thread of the
-    engine (`$EDGEFN_AHEAD_INSTANCES`, else 2; 0 turns it off), at most
+    engine (`$EDGEFN_AHEAD_INSTANCES`, else none), at most
     `max(ahead, max_instances // 16)` in all, never over `max_instances // 4`, and
     freed after `ahead_idle_seconds` without
     a request. `release_after` seconds of quiet after a burst give its memory
