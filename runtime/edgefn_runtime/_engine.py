@@ -36,7 +36,7 @@ MiB = 1024 * 1024
 # one is nearly always ready; the second is for a request arriving while the
 # first is taken). Off by default: with them on, 100 concurrent 25 MiB uploads
 # (tests/test_public_gateway.py) peaked 100-300 MiB higher (+735 to +946 MiB
-# over 6 runs, against +628 and +650 without), a cost not yet explained.
+# over 9 runs, against +628 and +650 without), a cost not yet explained.
 AHEAD_PER_SANDBOX = 0
 # Stocks no request has asked for in this long are freed.
 AHEAD_IDLE_SECONDS = 30.0
