@@ -64,6 +64,19 @@ def test_ten_megabyte_body_is_echoed_byte_exact(hostile: Sandbox) -> None:
     assert outcome.response.body == body
 
 
+def test_an_instance_with_a_large_body_is_freed_by_its_request_not_queued(
+    hostile: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgefn_runtime._sandbox as sandbox_module
+
+    queued: list[object] = []
+    monkeypatch.setattr(sandbox_module, "retire", queued.append)
+    small = b"x" * sandbox_module.RETIRE_MAX_BODY
+    for body in (small, small + b"x", b""):
+        hostile.invoke(Request("POST", "/echo", body=body), Limits(timeout=1.0))
+    assert len(queued) == 2  # the one over the bound was not
+
+
 def test_body_over_the_limit_is_refused_before_running(hostile: Sandbox) -> None:
     with pytest.raises(BodyTooLarge, match="exceeds the limit of 1024"):
         hostile.invoke(Request("POST", "/echo", body=b"x" * 1025), Limits(max_body=1024))

@@ -25,6 +25,11 @@ __all__ = ["Sandbox"]
 # linear memory, so a burst does not leave hundreds of them behind. The engine
 # caps the total across functions too (`Engine.max_idle`).
 MAX_IDLE = 8
+# An instance whose request brought a larger body is freed by that request, not
+# queued for the reaper: it holds the body twice (stdin and linear memory), and
+# the reaper's backlog of 8 could hold 8 of them (~400 MiB for 25 MiB uploads)
+# on top of the body budget when it falls behind under an upload storm.
+RETIRE_MAX_BODY = 1024 * 1024
 
 
 class Sandbox:
@@ -92,7 +97,10 @@ class Sandbox:
             try:
                 return instance.serve(request, limits)
             finally:
-                retire(instance)
+                if len(request.body) > RETIRE_MAX_BODY:
+                    instance.close()
+                else:
+                    retire(instance)
         instance = self._checkout(limits)
         try:
             outcome = instance.serve(request, limits)
