@@ -20,6 +20,7 @@ from ._ahead import Ahead
 from ._aot import AotCache, sha256_file
 from ._contract import check_component
 from ._errors import from_load_failure
+from ._inline import inline_cpu_setting
 from ._sandbox import Sandbox
 from .capabilities import Capability, RequestContext, installed
 
@@ -90,7 +91,9 @@ class Engine:
     `max(ahead, max_instances // 16)` in all, never over `max_instances // 4`, and
     freed after `ahead_idle_seconds` without
     a request. `release_after` seconds of quiet after a burst give its memory
-    back (`release_memory()`); None: only when called.
+    back (`release_memory()`); None: only when called. A reused instance's
+    request taking under `inline_cpu` seconds of CPU may run on the caller's
+    thread (`Sandbox.invoke_now`, `$EDGEFN_INLINE_CPU_MS`; 0, the default: never).
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class Engine:
         ahead: int | None = None,
         ahead_idle_seconds: float = AHEAD_IDLE_SECONDS,
         release_after: float | None = None,
+        inline_cpu: float | None = None,
     ) -> None:
         config = wasmtime.Config()
         config.consume_fuel = True
@@ -135,6 +139,7 @@ class Engine:
             else 0,
             idle_seconds=ahead_idle_seconds,
         )
+        self.inline_cpu = inline_cpu_setting() if inline_cpu is None else inline_cpu
         self._sandboxes: weakref.WeakSet[Sandbox] = weakref.WeakSet()
         self._ticker: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -258,6 +263,13 @@ class Engine:
         self._stopped.set()
         if self._ticker is not None:
             self._ticker.join()
+
+    @staticmethod
+    def check_environment() -> None:
+        """Raise ValueError, saying what is allowed, if a variable an engine reads
+        (`EDGEFN_AHEAD_INSTANCES`, `EDGEFN_INLINE_CPU_MS`) is malformed."""
+        _ahead_setting()
+        inline_cpu_setting()
 
     def __enter__(self) -> Engine:
         return self

@@ -95,6 +95,10 @@ class Instance:
             self.context.put_file = files.put
         self.store.set_wasi(config)
 
+    @property
+    def instantiated(self) -> bool:
+        return self._handle is not None
+
     def fits(self, limits: Limits) -> bool:
         """Whether this instance can take another request under `limits`."""
         return (
@@ -121,31 +125,39 @@ class Instance:
         return (
             self.requests == 0
             and not self.broken
-            and self._handle is not None
+            and self.instantiated
             and self._stdout.capacity == stdout
             and self._stderr.capacity == GuestOutput.stretch(limits.max_log)
             and limits.memory >= self._made_memory
             and limits.fuel > self._fuel_spent
         )
 
-    def serve(self, request: Request, limits: Limits) -> Outcome:
-        """Run one request; on any failure the instance is marked broken."""
+    def serve(
+        self, request: Request, limits: Limits, *, on_loop: bool = False, ticks: int | None = None
+    ) -> Outcome:
+        """Run one request; on any failure the instance is marked broken.
+
+        `on_loop`: the caller is an event loop, so a host call stops the guest
+        (`HostCallOnLoop`); `ticks`: an epoch deadline shorter than `limits.timeout`'s.
+        """
         try:
-            return self._serve(request, limits)
+            return self._serve(request, limits, on_loop, ticks)
         except BaseException:
             self.broken = True
             raise
 
-    def _serve(self, request: Request, limits: Limits) -> Outcome:
+    def _serve(self, request: Request, limits: Limits, on_loop: bool, ticks: int | None) -> Outcome:
         store, context, engine = self.store, self.context, self._engine
-        context.begin(request, limits, self._capabilities)
+        context.begin(request, limits, self._capabilities, on_loop=on_loop)
         if self._body_in_file:
             assert self._files is not None, "a body file comes with its files"
             self._files.put("body", request.body)
         # Instantiated ahead, it already burnt some of this request's fuel: what
         # is left is what it would have left after instantiating now.
         fuel, self._fuel_spent = limits.fuel - self._fuel_spent, 0
-        _wasmtime.prepare(store, limits.memory, fuel, engine.epoch_deadline(limits.timeout))
+        if ticks is None:
+            ticks = engine.epoch_deadline(limits.timeout)
+        _wasmtime.prepare(store, limits.memory, fuel, ticks)
         self.requests += 1
         usage = Usage()
         trap: wasmtime.WasmtimeError | None = None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wasmtime import component as wc
 
+from . import _inline
 from ._contract import HANDLER_EXPORT
-from ._errors import BodyTooLarge
+from ._errors import BodyTooLarge, Timeout
+from ._inline import HostCallOnLoop, InlineGate
 from ._instance import Instance
 from ._limits import Limits
 from ._messages import Outcome, Request
@@ -75,6 +78,7 @@ class Sandbox:
         self._idle: collections.deque[Instance] = collections.deque()
         # Fresh instances made ahead of demand (none for a reusable function).
         self._stock = None if reuse else engine.ahead.stock()
+        self._inline = InlineGate(engine.inline_cpu if reuse else 0)
 
     def invoke(self, request: Request, limits: Limits | None = None) -> Outcome:
         """Run `request` through the function under `limits`.
@@ -102,18 +106,57 @@ class Sandbox:
                 else:
                     retire(instance)
         instance = self._checkout(limits)
+        instantiated = instance.instantiated
+        started = time.thread_time()
         try:
             outcome = instance.serve(request, limits)
         finally:
             self._checkin(instance)
+        if instantiated:  # what it would have cost on the loop
+            self._inline.spent(time.thread_time() - started)
         return outcome
 
+    def invoke_now(self, request: Request, limits: Limits | None = None) -> Outcome | None:
+        """`invoke` on this thread if the request is known to be short, else None: run
+        `invoke` on another thread then. For an event loop (see `_inline.py`)."""
+        limits = limits or Limits()
+        # A body over `max_body` too: `invoke` refuses it.
+        if len(request.body) > min(_inline.MAX_BODY, limits.max_body) or not self._inline.open():
+            return None
+        instance = self._take_idle(limits)
+        if instance is None:
+            return None
+        ticks = self.engine.epoch_deadline(limits.timeout)
+        cpu, started = time.thread_time(), time.perf_counter()
+        try:
+            return instance.serve(request, limits, on_loop=True, ticks=min(ticks, _inline.TICKS))
+        except Timeout:
+            if ticks <= _inline.TICKS:  # its own deadline, not the loop's
+                raise
+            self._inline.close()
+            return None
+        except Exception:
+            # Whatever came out of a host call's trap (wasmtime-py's process-wide
+            # slot may hand it another thread's exception): run it again.
+            if not isinstance(instance.context.breach, HostCallOnLoop):
+                raise
+            self._inline.close()
+            return None
+        finally:
+            self._checkin(instance)
+            held = time.perf_counter() - started
+            self._inline.spent(time.thread_time() - cpu, held)
+
     def _checkout(self, limits: Limits) -> Instance:
+        return self._take_idle(limits) or Instance(self, limits, None)
+
+    def _take_idle(self, limits: Limits) -> Instance | None:
+        """The most recently used idle instance that fits `limits` (the warmest)."""
         while True:
             try:
-                instance = self._idle.pop()  # the most recently used is the warmest
+                instance = self._idle.pop()
             except IndexError:
-                return Instance(self, limits, None)
+                return None
             if instance.fits(limits):
                 return instance
             instance.close()

@@ -21,7 +21,7 @@ from edgefn_runtime.capabilities.kv import KeyValueBackend
 from edgefn_runtime.capabilities.secrets import SecretSource
 
 from ..secrets import Cipher, load_keys
-from .policy import Policy, load_policy
+from .policy import ConfigError, Policy, load_policy
 
 __all__ = ["DataDirError", "GatewayConfig", "TokenError", "check_token", "load_token"]
 
@@ -93,7 +93,8 @@ class GatewayConfig:
     def load(self) -> GatewayConfig:
         """Read the admin token (`load_token`) and the policy (`load_policy`) once.
 
-        Raises DataDirError, TokenError, ConfigError or SecretsKeyError; returns the
+        Raises DataDirError, TokenError, ConfigError (also for a malformed variable
+        the engine reads) or SecretsKeyError; returns the
         config, loaded."""
         for directory in (self.data_dir, self.aot_cache_dir):
             try:
@@ -107,6 +108,10 @@ class GatewayConfig:
             self.policy = load_policy(self.config_file)
         if self.secrets_keys is None:
             self.secrets_keys = load_keys(self.secrets_key, self.secrets_key_file) or ()
+        try:  # here, not in each worker, which would die at start and be restarted
+            Engine.check_environment()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         return self
 
     def secrets_cipher(self) -> Cipher | None:

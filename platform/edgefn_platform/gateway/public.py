@@ -286,9 +286,13 @@ class PublicApp:
                 metrics.queued.dec()
                 exchange.queued = queued
                 with metrics.in_flight.labels(function.name).track_inprogress():
-                    outcome = await asyncio.get_running_loop().run_in_executor(
-                        self.threads, function.sandbox.invoke, call, function.limits
-                    )
+                    # On the loop when known to be short: the hand-off to a thread
+                    # and back cost more than such a request (`_inline.py`).
+                    outcome = function.sandbox.invoke_now(call, function.limits)
+                    if outcome is None:
+                        outcome = await asyncio.get_running_loop().run_in_executor(
+                            self.threads, function.sandbox.invoke, call, function.limits
+                        )
         except GatewayError:
             metrics.queued.dec()
             raise

@@ -21,6 +21,7 @@ from wasmtime import component as wc
 
 from .. import _wasmtime
 from .._errors import SandboxError
+from .._inline import HostCallOnLoop
 from .._limits import Limits
 from .._messages import Request, Usage
 
@@ -84,9 +85,19 @@ class RequestContext:
         # `response-body.rendered` head sends.
         self.response_body: bytes | None = None
         self.states: dict[str, Any] = {}
+        # Run on an event loop, where no host call may run (`_inline.py`).
+        self.on_loop = False
 
-    def begin(self, request: Request, limits: Limits, capabilities: Iterable[Capability]) -> None:
+    def begin(
+        self,
+        request: Request,
+        limits: Limits,
+        capabilities: Iterable[Capability],
+        *,
+        on_loop: bool = False,
+    ) -> None:
         self.body, self.headers, self.limits = request.body, request.headers, limits
+        self.on_loop = on_loop
         self.deadline = time.monotonic() + limits.timeout
         self.breach = None
         self.response_body = None
@@ -144,7 +155,17 @@ class CountedFuel(Fuel):
 
 
 def host_call(store: wasmtime.StoreContext) -> tuple[RequestContext, Fuel]:
-    """The request a host function was called for, and its fuel."""
+    """The request a host function was called for, and its fuel.
+
+    Every host function calls it first, outside any `try`: on an event loop it
+    raises, trapping the guest before the host does anything, and the sandbox
+    runs the request again on a thread (`_inline.py`). A `WasmtimeError` is the
+    trap itself; any other exception would go through wasmtime-py's one
+    process-wide slot, which another thread's trap could take.
+    """
     context = _wasmtime.store_data(store)
     assert isinstance(context, RequestContext), "every store's data is its RequestContext"
+    if context.on_loop:
+        context.breach = HostCallOnLoop("a host call on the event loop")
+        raise wasmtime.WasmtimeError("a host call on the event loop")
     return context, StoreFuel(store)

@@ -107,6 +107,15 @@ def sleep(request: Request) -> str:
     return "woke up\n"
 
 
+@app.get("/host-sleep")
+def host_sleep(request: Request) -> str:
+    """One wait in the host (WASI's clock), past the SDK's 10 ms slices."""
+    from edgefn import _guest
+
+    _guest._host_sleep(float(request.query.get("seconds", "10")))
+    return "woke up\n"
+
+
 @app.get("/alloc")
 def alloc(request: Request) -> None:
     hoard = []

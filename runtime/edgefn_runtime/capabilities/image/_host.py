@@ -199,13 +199,16 @@ def _as_failure(exc: Exception) -> ImageFailure:
 # The sandbox's linker binding ------------------------------------------------
 
 
-def _guarded(function: Callable[..., wc.Variant]) -> Callable[..., wc.Variant]:
+def _guarded(
+    function: Callable[..., wc.Variant],
+) -> Callable[..., wc.Variant]:
     # An exception escaping a host function would trap the guest and resurface
     # through a process-wide slot in wasmtime-py: every one becomes an `err`.
     @functools.wraps(function)
-    def guarded(*args: Any) -> wc.Variant:
+    def guarded(store: wasmtime.StoreContext, *args: Any) -> wc.Variant:
+        context, fuel = host_call(store)  # outside the `try`: see there
         try:
-            return function(*args)
+            return function(context, fuel, *args)
         except Exception as exc:
             failure = _as_failure(exc)
             record = wc.Record()
@@ -216,15 +219,13 @@ def _guarded(function: Callable[..., wc.Variant]) -> Callable[..., wc.Variant]:
 
 
 @_guarded
-def _probe(store: wasmtime.StoreContext, source: wc.Variant) -> wc.Variant:
-    context, fuel = host_call(store)
+def _probe(context: RequestContext, fuel: Fuel, source: wc.Variant) -> wc.Variant:
     info = probe_source(context, fuel, (source.tag, source.payload))
     return wc.Variant("ok", _record(info, exclude=()))
 
 
 @_guarded
-def _render(store: wasmtime.StoreContext, source: wc.Variant, pipeline: str) -> wc.Variant:
-    context, fuel = host_call(store)
+def _render(context: RequestContext, fuel: Fuel, source: wc.Variant, pipeline: str) -> wc.Variant:
     rendered = render_source(context, fuel, (source.tag, source.payload), pipeline)
     return wc.Variant("ok", _record(rendered, exclude=("data",), length=len(rendered.data)))
 

@@ -306,8 +306,8 @@ def _bind(
         # wasmtime-py lowers a `result` whose ok type cannot be mistaken for the
         # failure record untagged: the ok value itself, or the record (every kv
         # function's is such a result: none, option, bool, string, s64).
+        context, fuel = host_call(store)  # outside the `try`: see there
         try:
-            context, fuel = host_call(store)
             return answer(capability, context, fuel, args)
         except KVFailure as failure:
             return _failure(failure.kind, failure.message)

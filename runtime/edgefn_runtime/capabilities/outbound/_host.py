@@ -445,8 +445,8 @@ def _fetch(
 ) -> wc.Variant:
     # An exception escaping a host function would trap the guest and resurface
     # through a process-wide slot in wasmtime-py: every one becomes an `err`.
+    context, fuel = host_call(store)  # outside the `try`: see there
     try:
-        context, fuel = host_call(store)
         # The body is the next `body` bytes of stdout: taken even when refused, or
         # it would be sent ahead of the response body.
         body = context.take_output(request.body) if request.body and context.take_output else b""

@@ -83,8 +83,8 @@ def _get(capability: SecretsCapability, store: wasmtime.StoreContext, name: str)
     # through a process-wide slot in wasmtime-py: every one becomes an `err`.
     # wasmtime-py lowers `result<option<string>, failure>` untagged (neither case
     # can be mistaken for the other): the value itself, or the failure record.
+    context, _ = host_call(store)  # outside the `try`: see there
     try:
-        context, _ = host_call(store)
         return capability.get(context, name)
     except SecretFailure as failure:
         return _failure(failure.kind, failure.message)
