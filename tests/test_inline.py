@@ -105,7 +105,7 @@ def test_a_blocking_sleep_is_stopped_too(reused: Sandbox) -> None:
     assert held < 0.5
     attacks.record(
         AREA,
-        "`time.sleep(0.9)` on the event loop (WASI's clock, not guest instructions)",
+        "`time.sleep(0.9)` on the event loop (the SDK's: waits in the host, 10 ms each)",
         f"stopped after {held * 1000:.0f} ms, run again on a thread",
     )
 
