@@ -213,8 +213,13 @@ def test_100_concurrent_25_mib_uploads_stay_within_the_body_budget(
     assert set(result.outcomes) <= {"200", "503 overloaded"}, result.summary()
     assert result.outcomes["200"] >= 2, result.summary()
     # The default budget (256 MiB of bodies) plus the two requests in their sandboxes
-    # (each its body as stdin and in linear memory); without the budget: +2.5 GB and more.
-    assert result.growth < 768 * MIB, result.summary()
+    # (each its body as stdin and in linear memory), and what the allocator keeps of
+    # them; without the budget: +2.5 GB and more. 768 MiB until issue 20 lowered the
+    # worker's idle RSS by ~50 MiB (243 -> 195 MiB before the storm) while its peak
+    # stayed where it was (888-951 MiB at d58b454, 856-960 MiB at 3dd9048+, 3 runs
+    # each), so the growth measured from it rose by as much: +574 to +809 MiB over
+    # 19 runs since, which left 768 failing one clean-clone run in three.
+    assert result.growth < 896 * MIB, result.summary()
     assert set(result.probe_statuses) == {200} and len(result.probe_seconds) >= 5
     assert max(result.probe_seconds) < 2, result.summary()
     attacks.record(
