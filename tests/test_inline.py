@@ -50,9 +50,13 @@ def test_a_ready_instance_serves_on_this_thread(reused: Sandbox) -> None:
     assert counter(reused.invoke(COUNTER, LIMITS)) == 5
 
 
-def test_a_fresh_instance_function_never_runs_here(hostile: Sandbox) -> None:
-    hostile.invoke(COUNTER, LIMITS)
-    assert hostile.invoke_now(COUNTER, LIMITS) is None
+def test_a_fresh_instance_function_never_runs_here(
+    engine: Engine, hostile_build: BuildResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "inline_cpu", ON)
+    fresh = engine.load(hostile_build.path, env=hostile_build.manifest.env)
+    fresh.invoke(COUNTER, LIMITS)
+    assert fresh.invoke_now(COUNTER, LIMITS) is None
 
 
 def test_a_large_body_goes_to_a_thread(reused: Sandbox) -> None:
