@@ -91,9 +91,9 @@ class Engine:
     `max(ahead, max_instances // 16)` in all, never over `max_instances // 4`, and
     freed after `ahead_idle_seconds` without
     a request. `release_after` seconds of quiet after a burst give its memory
-    back (`release_memory()`); None: only when called. A reused instance's
-    request taking under `inline_cpu` seconds of CPU may run on the caller's
-    thread (`Sandbox.invoke_now`, `$EDGEFN_INLINE_CPU_MS`; 0, the default: never).
+    back (`release_memory()`); None: only when called. A reusable function whose
+    requests average at most `inline_cpu` seconds of CPU may run them on the
+    caller's thread (`Sandbox.invoke_now`, `$EDGEFN_INLINE_CPU_MS`; 0, the default: never).
     """
 
     def __init__(

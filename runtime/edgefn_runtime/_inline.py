@@ -2,12 +2,12 @@
 
 Why: in a gateway worker, handing a request to a pool thread and back cost
 more than the request. The event loop and the pool thread trade the GIL at
-each step (20-28 context switches per request); run on the loop instead, a
+each step (19-28 context switches per request); run on the loop instead, a
 `reuse = true` hello cost 537-893 us of CPU per request (median 677, 8 runs)
-instead of 1,065-1,419 (median ~1,150), and the worker served 1.4-2x the
-requests/s (`bench/gateway.py`, 2 workers, wrk -c50). A hand-off that blocks
-the loop until the thread answers (up to 2 ms) bought nothing: the thread's
-wake-up is paid with the loop idle.
+instead of 1,065-1,419 (median ~1,150, the 6 runs that measured both), and the
+worker served 1.4-2x the requests/s (`bench/gateway.py`, 2 workers, wrk -c50).
+A hand-off that blocks the loop until the thread answers (up to 2 ms) bought
+nothing: the thread's wake-up is paid with the loop idle.
 
 Opt-in (`$EDGEFN_INLINE_CPU_MS`), for gateways whose functions are trusted:
 the loop does nothing else while a guest runs on it, and the epoch deadline

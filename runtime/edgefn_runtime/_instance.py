@@ -138,7 +138,7 @@ class Instance:
         """Run one request; on any failure the instance is marked broken.
 
         `on_loop`: the caller is an event loop, so a host call stops the guest
-        (`HostCallOnLoop`); `ticks`: an epoch deadline shorter than `limits.timeout`'s.
+        (`HostCallOnLoop`); `ticks`: an epoch deadline no longer than `limits.timeout`'s.
         """
         try:
             return self._serve(request, limits, on_loop, ticks)

@@ -117,8 +117,9 @@ class Sandbox:
         return outcome
 
     def invoke_now(self, request: Request, limits: Limits | None = None) -> Outcome | None:
-        """`invoke` on this thread if the request is known to be short, else None: run
-        `invoke` on another thread then. For an event loop (see `_inline.py`)."""
+        """`invoke` on this thread if the request is known to be short; else None, or
+        None if it was stopped here (a host call, the second epoch tick): run `invoke`
+        on another thread then. For an event loop (see `_inline.py`)."""
         limits = limits or Limits()
         # A body over `max_body` too: `invoke` refuses it.
         if len(request.body) > min(_inline.MAX_BODY, limits.max_body) or not self._inline.open():

@@ -203,7 +203,8 @@ def _guarded(
     function: Callable[..., wc.Variant],
 ) -> Callable[..., wc.Variant]:
     # An exception escaping a host function would trap the guest and resurface
-    # through a process-wide slot in wasmtime-py: every one becomes an `err`.
+    # through a process-wide slot in wasmtime-py: every one becomes an `err`
+    # (but `host_call`'s, which traps on purpose).
     @functools.wraps(function)
     def guarded(store: wasmtime.StoreContext, *args: Any) -> wc.Variant:
         context, fuel = host_call(store)  # outside the `try`: see there

@@ -302,7 +302,8 @@ def _bind(
 
     def host(capability: KeyValueCapability, store: wasmtime.StoreContext, *args: Any) -> Any:
         # An exception escaping a host function would trap the guest and resurface
-        # through a process-wide slot in wasmtime-py: every one becomes an `err`.
+        # through a process-wide slot in wasmtime-py: every one becomes an `err`
+        # (but `host_call`'s, which traps on purpose).
         # wasmtime-py lowers a `result` whose ok type cannot be mistaken for the
         # failure record untagged: the ok value itself, or the record (every kv
         # function's is such a result: none, option, bool, string, s64).

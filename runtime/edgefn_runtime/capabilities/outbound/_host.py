@@ -444,7 +444,8 @@ def _fetch(
     capability: OutboundCapability, store: wasmtime.StoreContext, request: Any
 ) -> wc.Variant:
     # An exception escaping a host function would trap the guest and resurface
-    # through a process-wide slot in wasmtime-py: every one becomes an `err`.
+    # through a process-wide slot in wasmtime-py: every one becomes an `err`
+    # (but `host_call`'s, which traps on purpose).
     context, fuel = host_call(store)  # outside the `try`: see there
     try:
         # The body is the next `body` bytes of stdout: taken even when refused, or

@@ -80,7 +80,8 @@ class SecretsCapability(Capability):
 
 def _get(capability: SecretsCapability, store: wasmtime.StoreContext, name: str) -> Any:
     # An exception escaping a host function would trap the guest and resurface
-    # through a process-wide slot in wasmtime-py: every one becomes an `err`.
+    # through a process-wide slot in wasmtime-py: every one becomes an `err`
+    # (but `host_call`'s, which traps on purpose).
     # wasmtime-py lowers `result<option<string>, failure>` untagged (neither case
     # can be mistaken for the other): the value itself, or the failure record.
     context, _ = host_call(store)  # outside the `try`: see there
