@@ -183,6 +183,16 @@ def test_an_error_status_is_an_answer_exiting_0_and_a_malformed_header_exits_2(
     assert bad_header.exit_code == 2 and "NAME: VALUE" in bad_header.output
 
 
+def test_invoke_ignores_the_gateways_engine_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One request on the CLI's thread: nothing to make ahead, no event loop to run on.
+    monkeypatch.setenv("EDGEFN_AHEAD_INSTANCES", "many")
+    monkeypatch.setenv("EDGEFN_INLINE_CPU_MS", "fast")
+    hostile = Path(__file__).resolve().parent / "functions" / "hostile"
+    result = CliRunner().invoke(main, ["invoke", str(hostile), "/counter"])
+    assert result.exit_code == 0, result.output
+    assert '{"counter":1}' in result.output
+
+
 def test_invoke_shows_function_log_lines_escaped() -> None:
     hostile = Path(__file__).resolve().parent / "functions" / "hostile"
     path = "/print?text=%1B%5B2J%1B%5D0%3Bowned%07%E2%80%AEx"  # ESC[2J, ESC]0;owned BEL, RLO

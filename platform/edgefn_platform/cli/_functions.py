@@ -99,7 +99,8 @@ def invoke_command(
     # The operator's outbound policy from EDGEFN_OUTBOUND_* (e.g. a local origin
     # needs EDGEFN_OUTBOUND_ALLOWED_NETWORKS=127.0.0.1/32), as `serve` reads it.
     outbound = load_policy(None).outbound
-    with Engine(capabilities=installed(outbound=outbound)) as engine:
+    # One request, on this thread: nothing made ahead, no event loop to run on.
+    with Engine(capabilities=installed(outbound=outbound), ahead=0, inline_cpu=0) as engine:
         started = time.perf_counter()
         sandbox = engine.load(
             result.path, env=manifest.env, assets=assets, grants=manifest.grants()
