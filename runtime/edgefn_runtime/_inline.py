@@ -70,8 +70,12 @@ class InlineGate:
         self.average = 0.0  # CPU seconds per request
         self._closed_until = 0.0
 
+    @property
+    def enabled(self) -> bool:
+        return self.cpu > 0
+
     def open(self) -> bool:
-        return 0 < self.cpu and self.average <= self.cpu and time.monotonic() >= self._closed_until
+        return self.enabled and self.average <= self.cpu and time.monotonic() >= self._closed_until
 
     def close(self) -> None:
         """Send the function's requests to threads for `COOLDOWN` seconds."""

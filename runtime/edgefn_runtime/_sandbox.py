@@ -106,13 +106,14 @@ class Sandbox:
                 else:
                     retire(instance)
         instance = self._checkout(limits)
-        instantiated = instance.instantiated
-        started = time.thread_time()
+        # What it would have cost on the loop, if the loop may be used at all.
+        counted = self._inline.enabled and instance.instantiated
+        started = time.thread_time() if counted else 0.0
         try:
             outcome = instance.serve(request, limits)
         finally:
             self._checkin(instance)
-        if instantiated:  # what it would have cost on the loop
+        if counted:
             self._inline.spent(time.thread_time() - started)
         return outcome
 
@@ -122,7 +123,7 @@ class Sandbox:
         on another thread then. For an event loop (see `_inline.py`)."""
         limits = limits or Limits()
         # A body over `max_body` too: `invoke` refuses it.
-        if len(request.body) > min(_inline.MAX_BODY, limits.max_body) or not self._inline.open():
+        if not self._inline.open() or len(request.body) > min(_inline.MAX_BODY, limits.max_body):
             return None
         instance = self._take_idle(limits)
         if instance is None:
@@ -131,15 +132,14 @@ class Sandbox:
         cpu, started = time.thread_time(), time.perf_counter()
         try:
             return instance.serve(request, limits, on_loop=True, ticks=min(ticks, _inline.TICKS))
-        except Timeout:
-            if ticks <= _inline.TICKS:  # its own deadline, not the loop's
-                raise
-            self._inline.close()
-            return None
-        except Exception:
-            # Whatever came out of a host call's trap (wasmtime-py's process-wide
-            # slot may hand it another thread's exception): run it again.
-            if not isinstance(instance.context.breach, HostCallOnLoop):
+        except Exception as exc:
+            # Stopped by the loop's tick (not its own, longer deadline), or by a host
+            # call: whatever came out of that trap, as wasmtime-py's process-wide
+            # slot may hand it another thread's exception. Either runs again.
+            if not (
+                isinstance(instance.context.breach, HostCallOnLoop)
+                or (isinstance(exc, Timeout) and ticks > _inline.TICKS)
+            ):
                 raise
             self._inline.close()
             return None
