@@ -88,6 +88,7 @@ bench: install
 	$(BIN)/python bench/inflight.py
 	$(BIN)/python bench/burst_memory.py
 	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/devloop.py
 
 lint: install
 	$(BIN)/ruff check contract sdk runtime platform tests bench

@@ -332,14 +332,19 @@ def ended(process: subprocess.Popen[bytes], grace: float = 15) -> Iterator[subpr
 
 
 def start_dev(
-    directory: Path, log: Path, env: dict[str, str] | None = None
+    directory: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    extra: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """`edgefn dev directory` on a port it picks, its output appended to `log`, with
-    `env` added to its environment; the process and that port. End it with `ended`."""
+    """`edgefn dev directory [extra...]` on a port it picks, its output appended to
+    `log`, with `env` added to its environment; the process and that port. End it
+    with `ended`."""
+    command = [sys.executable, "-m", "edgefn_platform", "dev", str(directory), *(extra or [])]
     with log.open("ab") as output:
         offset = output.tell()
         process = subprocess.Popen(
-            [sys.executable, "-m", "edgefn_platform", "dev", str(directory), "--port", "0"],
+            [*command, "--port", "0"],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn"), **(env or {})},

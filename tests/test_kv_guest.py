@@ -533,7 +533,7 @@ def test_a_sandbox_a_deploy_loaded_is_handed_only_to_its_own_function_and_grants
     ):
         loaded = Manifest.from_dict(other.manifest)
         assert deployer.handoff is not None
-        deployer.handoff[_sandbox_key(sha, loaded, None)] = f"loaded for {other.manifest}"  # type: ignore[assignment]
+        deployer.handoff[_sandbox_key(sha, loaded, other.manifest)] = f"loaded for {other.manifest}"  # type: ignore[assignment]
         assert deployer.take_loaded(a) is None
         assert deployer.take_loaded(other) == f"loaded for {other.manifest}"
     attacks.record(

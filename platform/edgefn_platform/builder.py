@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +29,15 @@ from edgefn_runtime import EdgefnError
 
 from .manifest import Manifest, load_manifest
 
-__all__ = ["BuildError", "BuildResult", "build", "output_path"]
+__all__ = ["BuildError", "BuildResult", "DevRunner", "build", "build_dev_runner", "output_path"]
 
 BUILD_DIR = ".edgefn"
 _WORLD = "handler"
 _ENTRY_MODULE = "_edgefn_entry"
+# The dev runner (`edgefn dev`): the SDK's handler that imports the function from
+# its source folder when an instance starts (`edgefn._dev`), in its own world.
+_DEV_WORLD = "dev-runner"
+_DEV_ENTRY = "from edgefn._dev import Handler as IncomingHandler\n"
 _GUEST_PYTHON = "python3.14"  # the CPython componentize-py 0.25 embeds
 _SKIP = {BUILD_DIR, "__pycache__", ".git", ".pytest_cache", "tests"}
 _CHECK_SCRIPT = Path(__file__).with_name("_entry_check.py")
@@ -90,14 +95,14 @@ def build(
     site.mkdir(parents=True)
     if manifest.requirements:
         say(f"installing {len(manifest.requirements)} requirement(s)")
-        _install_requirements(manifest, site)
-    staging = _stage(work / "stage", manifest)
+        _install_requirements(manifest.requirements, site)
+    staging = _stage(work / "stage", _entry_module(manifest))
     say("checking sources and entry point")
-    _check_entry(directory, manifest, [staging, site])
+    check_entry(directory, manifest, [staging, site])
 
     say("compiling with componentize-py")
     partial = output.with_suffix(".wasm.partial")
-    _componentize(directory, staging, deps, partial)
+    _componentize(_WORLD, [staging, directory], deps, partial)
     os.replace(partial, output)
     sha256 = hashlib.sha256(output.read_bytes()).hexdigest()
     stamp.write_text(json.dumps({"source": source_hash, "sha256": sha256}))
@@ -105,8 +110,67 @@ def build(
     return BuildResult(manifest, output, sha256, output.stat().st_size, seconds, cached=False)
 
 
-def _stage(staging: Path, manifest: Manifest) -> Path:
-    """The SDK and the generated entry module, alone in their own folder.
+@dataclass(frozen=True)
+class DevRunner:
+    """The dev runner component, and what a function imports beside its own
+    source: the SDK and the requirements it was built with."""
+
+    wasm: Path
+    python_path: list[Path]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.wasm.read_bytes()).hexdigest()
+
+
+def build_dev_runner(
+    requirements: tuple[str, ...], cache_dir: Path, progress: Progress | None = None
+) -> DevRunner:
+    """The dev runner with `requirements` installed, built once and kept under
+    `cache_dir/dev-runner/`: for every function with the same requirements, until
+    the SDK, the contract or componentize-py change."""
+    digest = _toolchain_digest()
+    digest.update(_DEV_ENTRY.encode() + "\0".join(sorted(requirements)).encode())
+    work = cache_dir / "dev-runner" / digest.hexdigest()[:32]
+    runner = DevRunner(
+        work / "runner.wasm",
+        [work / "stage", work / "deps" / "lib" / _GUEST_PYTHON / "site-packages"],
+    )
+    if runner.wasm.exists():
+        return runner
+    say = progress or (lambda _message: None)
+    # Built aside and renamed whole: two `edgefn dev` (or tests) may build it at once.
+    work.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{work.name}.", dir=work.parent))
+    try:
+        deps = scratch / "deps"
+        site = deps / "lib" / _GUEST_PYTHON / "site-packages"
+        site.mkdir(parents=True)
+        if requirements:
+            say(f"installing {len(requirements)} requirement(s)")
+            _install_requirements(requirements, site)
+        staging = _stage(scratch / "stage", _DEV_ENTRY)
+        say("building it with componentize-py")
+        _componentize(_DEV_WORLD, [staging], deps, scratch / "runner.wasm")
+        try:
+            scratch.rename(work)
+        except OSError:
+            if not runner.wasm.exists():  # not another build's, finished first
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return runner
+
+
+def _entry_module(manifest: Manifest) -> str:
+    return (
+        f"from edgefn._guest import export\n"
+        f"from {manifest.entry_module} import {manifest.entry_attribute} as _app\n"
+        f"IncomingHandler = export(_app)\n"
+    )
+
+
+def _stage(staging: Path, entry: str) -> Path:
+    """The SDK and the entry module (text `entry`), alone in their own folder.
 
     A copy, rather than the folder the SDK is installed in, so that nothing else
     installed beside it (wasmtime, click, ...) can be imported into a function.
@@ -118,11 +182,7 @@ def _stage(staging: Path, manifest: Manifest) -> Path:
             staging / package.__name__,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-    (staging / f"{_ENTRY_MODULE}.py").write_text(
-        f"from edgefn._guest import export\n"
-        f"from {manifest.entry_module} import {manifest.entry_attribute} as _app\n"
-        f"IncomingHandler = export(_app)\n"
-    )
+    (staging / f"{_ENTRY_MODULE}.py").write_text(entry)
     return staging
 
 
@@ -130,23 +190,12 @@ def _package_dir(package: ModuleType) -> Path:
     return Path(package.__file__ or "").resolve().parent
 
 
-def _componentize(directory: Path, staging: Path, deps: Path, output: Path) -> None:
+def _componentize(world: str, paths: list[Path], deps: Path, output: Path) -> None:
     with resources.as_file(resources.files("edgefn_contract.wit")) as wit:
-        command = [
-            _componentize_py(),
-            "-d",
-            str(wit),
-            "-w",
-            _WORLD,
-            "componentize",
-            _ENTRY_MODULE,
-            "-p",
-            str(staging),
-            "-p",
-            str(directory),
-            "-o",
-            str(output),
-        ]
+        command = [_componentize_py(), "-d", str(wit), "-w", world, "componentize", _ENTRY_MODULE]
+        for path in paths:
+            command += ["-p", str(path)]
+        command += ["-o", str(output)]
         # componentize-py appends $VIRTUAL_ENV's site-packages to the path; point it at
         # the function's own requirements so host packages never leak into a build.
         env = {**os.environ, "VIRTUAL_ENV": str(deps)}
@@ -164,7 +213,9 @@ def _componentize_py() -> str:
     return found
 
 
-def _check_entry(directory: Path, manifest: Manifest, path: list[Path]) -> None:
+def check_entry(directory: Path, manifest: Manifest, path: list[Path]) -> None:
+    """Compile the function's sources and import its entry natively, in a child
+    process, with only `path` beside it; `BuildError` says what is wrong, and where."""
     # -S: no site-packages, so the function sees what it will see as a component.
     command = [
         sys.executable,
@@ -181,7 +232,7 @@ def _check_entry(directory: Path, manifest: Manifest, path: list[Path]) -> None:
         raise BuildError(result.stdout.strip() or _summarise(result.stderr))
 
 
-def _install_requirements(manifest: Manifest, site: Path) -> None:
+def _install_requirements(requirements: tuple[str, ...], site: Path) -> None:
     command = [
         sys.executable,
         "-m",
@@ -192,7 +243,7 @@ def _install_requirements(manifest: Manifest, site: Path) -> None:
         "--no-compile",
         "--target",
         str(site),
-        *manifest.requirements,
+        *requirements,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -220,10 +271,20 @@ def _native_distributions(site: Path) -> list[str]:
 
 
 def _source_hash(directory: Path, manifest: Manifest) -> str:
+    digest = _toolchain_digest()
+    for path in source_files(directory):
+        name = f"fn/{path.relative_to(directory)}"
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _toolchain_digest() -> hashlib._Hash:
+    """A digest of what every component is built with besides the function: the
+    SDK, the contract and componentize-py."""
     digest = hashlib.sha256()
     digest.update(f"componentize-py={version('componentize-py')}\n".encode())
     wit = resources.files("edgefn_contract.wit")
-    inputs = [(f"fn/{p.relative_to(directory)}", p) for p in _source_files(directory)]
+    inputs = []
     for package in _GUEST_PACKAGES:
         root = _package_dir(package)
         files = sorted(root.rglob("*.py"))
@@ -233,10 +294,11 @@ def _source_hash(directory: Path, manifest: Manifest) -> str:
     for entry in sorted(wit.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".wit"):
             digest.update(entry.name.encode() + b"\0" + entry.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return digest
 
 
-def _source_files(directory: Path) -> list[Path]:
+def source_files(directory: Path) -> list[Path]:
+    """The function's files a build reads (not its tests, build output or dot-folders)."""
     files = []
     for root, dirs, names in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP and not d.startswith("."))

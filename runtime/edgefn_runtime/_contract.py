@@ -12,12 +12,14 @@ from edgefn_contract import CONTRACT_VERSION
 from ._errors import InvalidComponent
 from ._handle_call import check_handle_type
 
-__all__ = ["CONTRACT_VERSION", "HANDLER_EXPORT", "check_component"]
+__all__ = ["CONTRACT_VERSION", "DEV_IMPORT", "HANDLER_EXPORT", "check_component"]
 
 HANDLER_EXPORT = f"edgefn:http/incoming-handler@{CONTRACT_VERSION}"
 # The contract's own shared types; every other non-WASI import is a capability's.
 _CONTRACT_IMPORTS = frozenset({f"edgefn:http/types@{CONTRACT_VERSION}"})
 _HANDLER_PREFIX = "edgefn:http/incoming-handler@"
+# What only the dev runner imports, and only `edgefn dev`'s engine provides.
+DEV_IMPORT = f"edgefn:http/dev@{CONTRACT_VERSION}"
 
 
 def check_component(
@@ -44,5 +46,11 @@ def check_component(
         raise InvalidComponent(f"{HANDLER_EXPORT} does not export a `handle` function")
     check_handle_type(handler.exports(engine)["handle"].ty)
     for name in component_type.imports(engine):
-        if not (name.startswith("wasi:") or name in _CONTRACT_IMPORTS or name in capabilities):
-            raise InvalidComponent(f"the component imports {name}, which edgefn does not provide")
+        if name.startswith("wasi:") or name in _CONTRACT_IMPORTS or name in capabilities:
+            continue
+        if name == DEV_IMPORT:
+            raise InvalidComponent(
+                "the component is edgefn's dev runner, which serves only under `edgefn dev`; "
+                "deploy the function itself (`edgefn deploy` builds it)"
+            )
+        raise InvalidComponent(f"the component imports {name}, which edgefn does not provide")

@@ -70,6 +70,8 @@ class Instance:
         config.env = list(sandbox.env.items())
         if sandbox.assets is not None:
             config.preopen_dir(str(sandbox.assets), ASSETS_GUEST_PATH, fs_mutable=False)
+        for guest, host in sandbox.directories.items():
+            config.preopen_dir(str(host), guest, fs_mutable=False)
         stretches = 1 if body is not None or single_use else _REUSE_STRETCHES
         self._body_in_file = body is None
         files = GuestFiles(config) if body is None or sandbox.needs_files else None

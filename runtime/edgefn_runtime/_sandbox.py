@@ -71,6 +71,13 @@ class Sandbox:
         self.grants = dict(grants or {})
         # Granted capabilities that leave files for the guest need `/.edgefn`.
         self.needs_files = any(c.files and c.name in self.grants for c in engine.capabilities)
+        # Read-only directories granted capabilities mount, by guest path.
+        self.directories = {
+            guest: host
+            for c in engine.capabilities
+            if c.name in self.grants
+            for guest, host in c.directories(self.grants[c.name]).items()
+        }
         handler = component.get_export_index(HANDLER_EXPORT)
         handle = component.get_export_index("handle", handler)
         assert handle is not None, "check_component() vouched for this export"

@@ -18,7 +18,7 @@ import click
 from edgefn_runtime import EdgefnError, SandboxError
 
 from .._printable import printable, printable_lines
-from . import _admin, _functions, _gateway, _kv, _secrets, _sign
+from . import _admin, _dev, _functions, _gateway, _kv, _secrets, _sign
 
 __all__ = ["main"]
 
@@ -57,6 +57,6 @@ def main() -> None:
     """Build, run and deploy Python edge functions as WebAssembly components."""
 
 
-for module in (_functions, _gateway, _admin, _kv, _secrets, _sign):
+for module in (_functions, _dev, _gateway, _admin, _kv, _secrets, _sign):
     for command in module.COMMANDS:
         main.add_command(command)

@@ -11,18 +11,20 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .._printable import printable
 from .._units import format_size
-from ..client import AdminClient
 from ..gateway import pack_assets
 from ..gateway.policy import describe
 from ..manifest import MANIFEST_FILE, load_manifest
 from ..registry._model import LOG_LINES_KEPT
 from ._functions import build_function
+
+if TYPE_CHECKING:  # httpx, ~0.25 s to import, only for the commands that call it
+    from ..client import AdminClient
 
 __all__ = ["COMMANDS"]
 
@@ -48,6 +50,8 @@ def _with_client(command: F) -> F:
     )
     @functools.wraps(command)
     def wrapper(*args: Any, gateway: str, token: str | None, **kwargs: Any) -> Any:
+        from ..client import AdminClient
+
         client = AdminClient(gateway, token or _local_token())
         try:
             return command(*args, client=client, **kwargs)

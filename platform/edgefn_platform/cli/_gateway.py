@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
-import tempfile
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -14,14 +11,10 @@ from typing import Any
 import click
 from click.decorators import FC
 
-from edgefn_runtime import default_cache_dir
-
-from .._printable import printable_lines
 from .._units import format_size, parse_size
-from ..gateway import Deployer, GatewayConfig, deploy_directory, run, run_worker
-from ..gateway.server import announce, reserved_ports
+from ..gateway import Deployer, GatewayConfig, deploy_directory, run
 from ..manifest import load_manifest
-from ..registry import Registry, SQLiteRegistry
+from ..registry import Registry
 from ._functions import build_function
 
 __all__ = ["COMMANDS"]
@@ -185,92 +178,4 @@ def _token_source(config: GatewayConfig) -> str:
     return "EDGEFN_TOKEN" if config.token else str(config.data_dir / "admin-token")
 
 
-@click.command()
-@click.argument(
-    "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
-)
-@click.option(
-    "--port",
-    default=8080,
-    envvar="EDGEFN_PORT",
-    type=click.IntRange(0, 65535),
-    help="Port to serve on; 0: any free port. [env: EDGEFN_PORT]",
-)
-def dev(directory: Path, port: int) -> None:
-    """Serve the function in DIRECTORY locally; rebuild and redeploy on every change."""
-    # SIGTERM (a process manager, `kill`) stops dev as Ctrl-C does, from the first
-    # instruction on: its worker stopped, its ports closed and its data removed,
-    # exiting 0, whether it was building, serving or starting.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        _dev(directory.resolve(), port)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _dev(directory: Path, port: int) -> None:
-    from watchfiles import watch  # imported here: only `dev` needs it
-
-    with tempfile.TemporaryDirectory(prefix="edgefn-dev-") as data_dir:
-        config = GatewayConfig(
-            host="127.0.0.1",
-            port=port,
-            admin_port=0,
-            data_dir=Path(data_dir),
-            workers=1,
-            token="dev",
-            cache_dir=default_cache_dir(),
-        )
-        # Held until dev ends; a --port 0 becomes the port the kernel picked.
-        with reserved_ports(config):
-            announce(config)
-            registry = SQLiteRegistry(config.data_dir)
-            engine = config.open_engine()
-            deployer = Deployer(registry, engine, config.data_dir)
-
-            def redeploy() -> None:
-                try:
-                    result = build_function(directory, quiet_if_cached=True)
-                    version = deploy_directory(deployer, directory, result.path)
-                except Exception as exc:  # keep watching: the next save may fix it
-                    click.secho(f"error: {printable_lines(str(exc))}", fg="red", err=True)
-                    return
-                click.secho(
-                    f"Serving {version.function} version {version.version} at "
-                    f"{config.public_url()}{version.route}",
-                    fg="green",
-                )
-
-            # The worker dies with this process however it ends (its lifeline); on
-            # SIGTERM, as on Ctrl-C, this process stops it and removes the data first.
-            worker = multiprocessing.get_context("spawn").Process(
-                target=run_worker, args=(config,), kwargs={"supervisor": os.getpid()}
-            )
-            try:
-                redeploy()
-                worker.start()
-                click.echo(f"Watching {directory} for changes (Ctrl-C to stop)")
-                for _changes in watch(
-                    directory,
-                    watch_filter=lambda _c, p: "/.edgefn/" not in p and "__pycache__" not in p,
-                ):
-                    click.echo("Change detected; rebuilding ...")
-                    redeploy()
-            finally:
-                if worker.pid is not None:  # started
-                    worker.terminate()
-                    worker.join(timeout=10)
-                    if worker.is_alive():
-                        worker.kill()
-                        worker.join()
-                engine.close()
-                registry.close()
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-COMMANDS = [serve, dev]
+COMMANDS = [serve]

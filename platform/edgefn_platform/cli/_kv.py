@@ -4,13 +4,16 @@ through the admin API, for operators and debugging."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from .._printable import printable
-from ..client import AdminClient
 from ._admin import _with_client
 from ._params import kv_key
+
+if TYPE_CHECKING:  # made by _admin._with_client, which imports httpx when it runs
+    from ..client import AdminClient
 
 __all__ = ["COMMANDS"]
 

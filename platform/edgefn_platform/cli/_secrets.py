@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from .._printable import printable
-from ..client import AdminClient
 from ..secrets import generate_key
 from ._admin import _with_client
 from ._params import secret_name
+
+if TYPE_CHECKING:  # made by _admin._with_client, which imports httpx when it runs
+    from ..client import AdminClient
 
 __all__ = ["COMMANDS"]
 

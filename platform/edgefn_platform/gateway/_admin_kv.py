@@ -31,7 +31,7 @@ from ..registry import FunctionRecord
 from ._errors import GatewayError
 
 if TYPE_CHECKING:
-    from ..kv import SQLKeyValue
+    from ..kv import KeyValueStores
     from ..registry import Registry
     from ._functions import FunctionTable
 
@@ -65,7 +65,7 @@ class KeysOut(BaseModel):
 
 
 class _KVRoutes:
-    def __init__(self, registry: Registry, table: FunctionTable, kv: SQLKeyValue) -> None:
+    def __init__(self, registry: Registry, table: FunctionTable, kv: KeyValueStores) -> None:
         self.registry, self.table, self.kv = registry, table, kv
 
     def _checked(self, name: str, store: str, key: str | None = None) -> FunctionRecord:
@@ -148,7 +148,9 @@ def _call(operation: Callable[[float], T]) -> T:
         raise GatewayError(status, code, failure.message) from None
 
 
-def add_kv_routes(app: FastAPI, registry: Registry, table: FunctionTable, kv: SQLKeyValue) -> None:
+def add_kv_routes(
+    app: FastAPI, registry: Registry, table: FunctionTable, kv: KeyValueStores
+) -> None:
     """Register the key-value routes on the admin app."""
     routes = _KVRoutes(registry, table, kv)
     store, one = "/v1/functions/{name}/kv/{store}", "/v1/functions/{name}/kv/{store}/{key:kv_key}"

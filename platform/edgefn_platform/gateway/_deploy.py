@@ -8,9 +8,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from edgefn_runtime import Engine, Sandbox
+from edgefn_runtime.capabilities import DevSource
 
 from .._crash import crash_point
 from ..manifest import MANIFEST_FILE, Manifest, parse_manifest
@@ -30,7 +31,8 @@ _FULL_ERRORS = {errno.ENOSPC, errno.EDQUOT}
 # What makes two loads of a component the same sandbox: its bytes, its assets, the
 # environment it sees, how often an instance is reused and its grants (the
 # function's name, whose key-value stores and secrets it reaches, and what it
-# may reach): two deploys of the same bytes as two functions are two sandboxes.
+# may reach, and under `edgefn dev` its source): two deploys of the same bytes as
+# two functions are two sandboxes.
 _SandboxKey = tuple[
     str,
     str | None,
@@ -40,20 +42,31 @@ _SandboxKey = tuple[
     str,
     tuple[str, ...],
     tuple[str, ...],
+    str | None,
 ]
 
 
-def _sandbox_key(sha256: str, manifest: Manifest, assets_sha: str | None) -> _SandboxKey:
+def _sandbox_key(sha256: str, manifest: Manifest, stored: dict[str, Any]) -> _SandboxKey:
     return (
         sha256,
-        assets_sha,
+        stored.get("assets_sha256"),
         tuple(sorted(manifest.env.items())),
         manifest.reuse,
         manifest.outbound_hosts(),
         manifest.name,
         tuple(sorted(manifest.key_value_stores)),
         tuple(sorted(manifest.secrets)),
+        stored.get("dev_source"),
     )
+
+
+def _grants(manifest: Manifest, stored: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's grants and, for a version `edgefn dev` deployed, its source
+    (which only `edgefn dev`'s engine has a capability to mount)."""
+    grants = manifest.grants()
+    if stored.get("dev_source"):
+        grants["dev"] = DevSource(Path(stored["dev_source"]), manifest.entry)
+    return grants
 
 
 @dataclass
@@ -76,13 +89,19 @@ class Deployer:
         return self.data_dir / _SCRATCH
 
     def deploy(
-        self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None = None
+        self,
+        manifest_text: str,
+        component: BinaryIO,
+        assets: BinaryIO | None = None,
+        *,
+        dev_source: Path | None = None,
     ) -> VersionRecord:
         """Validate and compile before anything is stored; the registry then stores
         the artifact and activates the version in one transaction. A failure or a
-        crash at any step leaves the previous version serving."""
+        crash at any step leaves the previous version serving. `dev_source`: the
+        function's source folder, for `edgefn dev`'s dev runner (never the admin API)."""
         try:
-            return self._deploy(manifest_text, component, assets)
+            return self._deploy(manifest_text, component, assets, dev_source)
         except OSError as exc:
             # The registry raises StorageFull itself; this is for the upload, the
             # assets and the AOT cache this module writes in the data directory.
@@ -91,7 +110,11 @@ class Deployer:
             raise
 
     def _deploy(
-        self, manifest_text: str, component: BinaryIO, assets: BinaryIO | None
+        self,
+        manifest_text: str,
+        component: BinaryIO,
+        assets: BinaryIO | None,
+        dev_source: Path | None,
     ) -> VersionRecord:
         manifest = parse_manifest(manifest_text, source="edgefn.toml")
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +129,9 @@ class Deployer:
                     "but no assets archive was uploaded"
                 )
             assets_path = self.assets_dir / assets_sha if assets_sha else None
+            stored = manifest.to_dict() | {"assets_sha256": assets_sha}
+            if dev_source is not None:
+                stored["dev_source"] = str(dev_source)
             # Loading validates the contract and compiles into the shared AOT cache;
             # the sandbox then serves on this worker (no second load). The bytes were
             # hashed on their way to disk, once.
@@ -115,11 +141,10 @@ class Deployer:
                 assets=assets_path,
                 reuse=manifest.reuse,
                 sha256=sha256,
-                grants=manifest.grants(),
+                grants=_grants(manifest, stored),
             )
-            key = _sandbox_key(sha256, manifest, assets_sha)
+            key = _sandbox_key(sha256, manifest, stored)
             crash_point("deploy:compiled")
-            stored = manifest.to_dict() | {"assets_sha256": assets_sha}
             # For gateways sharing the registry: they load this version without
             # compiling it again (seconds) or needing the upload.
             blobs = [Blob(self._compiled_key(sha256), self.engine.aot.path_for(sha256))]
@@ -143,9 +168,12 @@ class Deployer:
             return None
         if isinstance(version, VersionRecord):
             manifest = Manifest.from_dict(version.manifest)
-            assets_sha = version.manifest.get("assets_sha256")
-            version = _sandbox_key(version.sha256, manifest, assets_sha)
+            version = _sandbox_key(version.sha256, manifest, version.manifest)
         return self.handoff.pop(version, None)
+
+    def grants(self, version: VersionRecord) -> dict[str, Any]:
+        """What `version` may use of each capability (`Engine.load(grants=)`)."""
+        return _grants(Manifest.from_dict(version.manifest), version.manifest)
 
     def _compiled_key(self, sha256: str) -> str:
         return f"compiled/{sha256}-{self.engine.aot.engine_key}"
@@ -227,14 +255,17 @@ def _copy_hashing(source: BinaryIO, target: Path) -> str:
     return digest.hexdigest()
 
 
-def deploy_directory(deployer: Deployer, directory: Path, wasm: Path) -> VersionRecord:
-    """Deploy a built function folder in-process (`edgefn serve --deploy`, `edgefn dev`)."""
+def deploy_directory(
+    deployer: Deployer, directory: Path, wasm: Path, *, dev_source: Path | None = None
+) -> VersionRecord:
+    """Deploy a built function folder in-process (`edgefn serve --deploy`), or the dev
+    runner `wasm` with the folder's snapshot `dev_source` (`edgefn dev`)."""
     manifest_text = (directory / MANIFEST_FILE).read_text(encoding="utf-8")
     manifest = parse_manifest(manifest_text)
     with tempfile.TemporaryDirectory() as temp, wasm.open("rb") as component:
         if manifest.assets is None:
-            return deployer.deploy(manifest_text, component)
+            return deployer.deploy(manifest_text, component, dev_source=dev_source)
         archive = Path(temp) / "assets.tar.gz"
         pack_assets(directory / manifest.assets, archive)
         with archive.open("rb") as assets:
-            return deployer.deploy(manifest_text, component, assets)
+            return deployer.deploy(manifest_text, component, assets, dev_source=dev_source)

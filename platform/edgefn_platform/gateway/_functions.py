@@ -196,7 +196,7 @@ class FunctionTable:
                 assets=assets,
                 reuse=manifest.reuse,
                 sha256=version.sha256,  # verified when it was stored or fetched
-                grants=manifest.grants(),
+                grants=self.deployer.grants(version),
             )
             self.metrics.aot.labels("hit" if self.engine.aot.hits > hits else "miss").inc()
         log.info("loaded %s version %s at %s", record.name, version.version, record.route)

@@ -72,6 +72,12 @@ class GatewayConfig:
     # first) or a file of them, one per line (see `edgefn_platform.secrets`).
     secrets_key: str | None = field(default=None, repr=False)
     secrets_key_file: Path | None = None
+    # `edgefn dev`'s gateway: it links the dev runner's capability, so it serves
+    # versions deployed with their source folder (`Deployer.deploy(dev_source=)`).
+    dev: bool = False
+    # `edgefn dev`: each function's key-value stores in its own directory, by function
+    # name; None: in the registry's database.
+    kv_dirs: dict[str, Path] | None = None
     # Set by `load()`: the admin token in use and the operator's policy. Worker
     # processes get them with the config instead of reading them again.
     admin_token: str | None = field(default=None, init=False, repr=False)
@@ -170,6 +176,7 @@ class GatewayConfig:
             kv=kv,
             secrets=secrets,
             kv_max_value=policy.maximums["max_kv_value"],
+            dev=self.dev,
         )
         return Engine(
             cache_dir=self.aot_cache_dir,

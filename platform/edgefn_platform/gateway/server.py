@@ -35,7 +35,7 @@ from edgefn_runtime.cache import HttpCache
 
 from .._crash import WORKER_START, crash_point
 from .._printable import PrintableFormatter
-from ..kv import SQLKeyValue, open_key_value
+from ..kv import KeyValueStores, open_key_value
 from ..registry import Registry, open_registry
 from ..secrets import SecretValues
 from ._cache import ResponseCache
@@ -74,7 +74,7 @@ class Worker:
     # The edge cache this worker shares with the node's others; None: turned off.
     cache: HttpCache | None
     # The functions' key-value stores, in the registry's database.
-    kv: SQLKeyValue
+    kv: KeyValueStores
     # The operator's secrets, decrypted, as of the table's last refresh.
     secrets: SecretValues
 
@@ -89,7 +89,9 @@ class Worker:
         board = ServingBoard(config.workers_dir)
         registry = open_registry(config.database_url, config.data_dir)
         secrets = SecretValues(config.secrets_cipher())
-        kv = open_key_value(config.database_url, config.data_dir)  # after the registry migrated
+        kv = open_key_value(
+            config.database_url, config.data_dir, config.kv_dirs
+        )  # after the registry migrated
         metrics.kv_stored = kv.stored_bytes
         engine = config.open_engine(cache, kv, secrets.get)
         deployer = Deployer(registry, engine, config.data_dir, handoff={})

@@ -26,7 +26,6 @@ from ._model import (
     VersionNotFound,
     VersionRecord,
 )
-from ._postgres import PostgresRegistry
 from ._sqlite import SQLiteRegistry
 
 __all__ = [
@@ -59,5 +58,16 @@ def open_registry(database_url: str | None, data_dir: Path) -> Registry:
                 "the database URL must start with postgresql:// "
                 "(e.g. postgresql://edgefn:secret@db:5432/edgefn)"
             )
+        from ._postgres import PostgresRegistry
+
         return PostgresRegistry(database_url, data_dir)
     return SQLiteRegistry(data_dir)
+
+
+def __getattr__(name: str) -> object:
+    # psycopg takes ~0.3 s to import: only for the gateways that use PostgreSQL.
+    if name == "PostgresRegistry":
+        from ._postgres import PostgresRegistry
+
+        return PostgresRegistry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..cache import HttpCache
 from ._base import Capability, Fuel, RequestContext, host_call
+from .dev import DevCapability, DevSource
 from .image import ImageCapability
 from .kv import KeyValueBackend, KeyValueCapability
 from .outbound import OutboundCapability, OutboundPolicy
@@ -18,6 +19,8 @@ from .secrets import SecretsCapability, SecretSource
 
 __all__ = [
     "Capability",
+    "DevCapability",
+    "DevSource",
     "Fuel",
     "ImageCapability",
     "KeyValueCapability",
@@ -39,6 +42,7 @@ def installed(
     kv: KeyValueBackend | None = None,
     secrets: SecretSource | None = None,
     kv_max_value: int = _KV_MAX_VALUE,
+    dev: bool = False,
 ) -> list[Capability]:
     """The capabilities an engine links unless told otherwise; `outbound` is the
     operator's outbound HTTP policy (the safe defaults when None), `cache` the
@@ -46,10 +50,14 @@ def installed(
     `kv` keeps the functions' key-value stores (None: every operation answers
     `unavailable`), whose values are at most `kv_max_value` bytes (the operator's
     maximum `max_kv_value`); `secrets(function, name)` gives the operator's
-    secrets (None: every declared secret reads as unset)."""
-    return [
+    secrets (None: every declared secret reads as unset); `dev` links the dev
+    runner's capability too, for `edgefn dev` alone."""
+    capabilities: list[Capability] = [
         ImageCapability(),
         OutboundCapability(outbound, cache),
         KeyValueCapability(kv, kv_max_value),
         SecretsCapability(secrets),
     ]
+    if dev:
+        capabilities.append(DevCapability())
+    return capabilities

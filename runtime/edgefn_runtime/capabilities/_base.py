@@ -48,6 +48,10 @@ class Capability:
     def link(self, linker: wc.Linker) -> None:
         """Add the capability's host functions to `linker` (once, per engine)."""
 
+    def directories(self, grant: Any) -> Mapping[str, Path]:
+        """Read-only host directories a function granted `grant` sees, by guest path."""
+        return {}
+
     def begin(self, context: RequestContext) -> Any:
         """The capability's state for the request `context` is about to serve.
 

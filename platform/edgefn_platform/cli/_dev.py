@@ -1,0 +1,185 @@
+"""`edgefn dev`: serve function folders locally; an edit is live at the next request."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import tempfile
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import click
+
+from edgefn_runtime import default_cache_dir
+
+from ..dev import DevError, DevSession, data_dir, parse_secret, write_policy
+from ..dev._local import LOOPBACK, SECRETS_FILE
+from ..dev._logs import LogTail
+from ..gateway import Deployer, GatewayConfig, run_worker
+from ..gateway.server import announce, reserved_ports
+from ..manifest import load_manifest
+from ..registry import SQLiteRegistry
+from ..secrets import Cipher, generate_key
+
+__all__ = ["COMMANDS"]
+
+
+@click.command()
+@click.argument(
+    "directories",
+    nargs=-1,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option(
+    "--port",
+    default=8080,
+    envvar="EDGEFN_PORT",
+    type=click.IntRange(0, 65535),
+    help="Port to serve on; 0: any free port. [env: EDGEFN_PORT]",
+)
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help=f"A secret for the functions that declare NAME; repeatable. Also read from each "
+    f"function's {SECRETS_FILE} (git-ignored with .edgefn/).",
+)
+@click.option("--cache", is_flag=True, help="Turn the edge cache on (off in dev by default).")
+def dev(directories: tuple[Path, ...], port: int, secrets: tuple[str, ...], cache: bool) -> None:
+    """Serve the functions in DIRECTORIES (default: .), each on its route, in the
+    sandbox; every saved change is live at the next request, without a build."""
+    try:
+        given = dict(parse_secret(s, "--secret") for s in secrets)
+    except DevError as exc:
+        raise click.BadParameter(str(exc), param_hint="--secret") from None
+    folders = list(dict.fromkeys(d.resolve() for d in directories or (Path("."),)))
+    # SIGTERM (a process manager, `kill`) stops dev as Ctrl-C does, from the first
+    # instruction on: its worker stopped and its port closed, exiting 0, whether
+    # it was building, serving or starting.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _dev(folders, port, given, cache)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dev(folders: list[Path], port: int, secrets: dict[str, str], cache: bool) -> None:
+    # Each function's key-value data in its own folder, where it outlives this run;
+    # the registry, logs and snapshots in a temporary directory, removed at the end.
+    kv_dirs = {load_manifest(folder).name: data_dir(folder) for folder in folders}
+    with tempfile.TemporaryDirectory(prefix="edgefn-dev-") as temp:
+        data = Path(temp)
+        config = GatewayConfig(
+            host="127.0.0.1",
+            port=port,
+            admin_port=0,
+            data_dir=data,
+            workers=1,
+            token="dev",
+            cache_dir=default_cache_dir(),
+            config_file=write_policy(data / "gateway.toml", cache=cache),
+            # Its own key each run: the secrets are stored anew at every start.
+            secrets_key=generate_key(),
+            dev=True,
+            kv_dirs=kv_dirs,
+            refresh_seconds=0.02,  # the worker's only wait between a save and serving it
+        )
+        config.load()
+        # Held until dev ends; a --port 0 becomes the port the kernel picked.
+        with reserved_ports(config):
+            announce(config)
+            _serve(folders, config, secrets, cache)
+
+
+def _serve(
+    folders: list[Path], config: GatewayConfig, secrets: dict[str, str], cache: bool
+) -> None:
+    from watchfiles import watch  # imported here: only `dev` needs it
+
+    registry = SQLiteRegistry(config.data_dir)  # its tables, before the worker reads them
+    worker = engine = session = tail = None
+    try:
+        # Forked, not spawned: it starts with this process's imports (~2 s of a 3 s
+        # start), and before this process has an engine, whose memory reservations
+        # it would hold too and take time to unmap when it exits. It loads the
+        # functions as they are published, dies with this process however it ends
+        # (its lifeline), and on SIGTERM, as on Ctrl-C, this process stops it first.
+        worker = multiprocessing.get_context("fork").Process(
+            target=_worker, args=(config, os.getpid())
+        )
+        worker.start()
+        engine = config.open_engine()
+        deployer = Deployer(registry, engine, config.data_dir)
+        session = DevSession(folders, config, registry, deployer, _say)
+        session.set_secrets(secrets, Cipher(config.secrets_keys or ()))
+        session.publish_all()
+        session.wait_all_live()
+        _wait_listening(config, worker)
+        tail = LogTail(registry, lambda: [f.manifest.name for f in session.functions], click.echo)
+        tail.start()
+        networks = ", ".join(LOOPBACK)
+        click.echo(
+            f"Outbound HTTP: the hosts each manifest allows, and loopback ({networks}) "
+            f"in dev; edge cache {'on' if cache else 'off (--cache turns it on)'}; "
+            f"key-value data in {', '.join(str(d) for d in (config.kv_dirs or {}).values())}"
+        )
+        click.echo(f"Watching {', '.join(map(str, folders))} for changes (Ctrl-C to stop)")
+        for changes in watch(*folders, watch_filter=_watched, debounce=400, step=20):
+            session.changed(Path(path) for _change, path in changes)
+    finally:
+        if session is not None:
+            session.close()
+        if tail is not None:
+            tail.stop()
+        if worker is not None and worker.pid is not None:  # started
+            worker.terminate()
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        if engine is not None:
+            engine.close()
+        registry.close()
+
+
+def _worker(config: GatewayConfig, supervisor: int) -> None:
+    # Not this process's handlers: Ctrl-C reaches the whole process group, and this
+    # process stops the worker with SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_worker(config, supervisor=supervisor)
+
+
+def _wait_listening(config: GatewayConfig, worker: BaseProcess, timeout: float = 60) -> None:
+    """Until the worker accepts connections: it listens once it has loaded and
+    warmed every function, a moment after it reports them loaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((config.host, config.port), timeout=1).close()
+            return
+        except OSError:
+            if not worker.is_alive() or time.monotonic() > deadline:
+                raise DevError("the dev gateway's worker did not start; see above") from None
+            time.sleep(0.02)
+
+
+def _watched(_change: object, path: str) -> bool:
+    return "/.edgefn/" not in path and "__pycache__" not in path and "/.git/" not in path
+
+
+def _say(message: str, colour: str | None) -> None:
+    click.secho(message, fg=colour, err=colour == "red")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+COMMANDS = [dev]

@@ -1,0 +1,261 @@
+"""`edgefn dev`: functions served from their source by the dev runner; an edit is
+live after the reload line, errors show where the developer looks, the local
+capabilities work, and the dev runner is never what a gateway deploys."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from origin_server import OriginServer
+
+from edgefn_platform.builder import build_dev_runner
+from edgefn_platform.cli import main
+from edgefn_platform.dev import DevError, parse_secret
+from edgefn_platform.dev._local import read_secrets
+from edgefn_platform.gateway import Deployer
+from edgefn_platform.registry import SQLiteRegistry
+from edgefn_runtime import Engine, InvalidComponent, Request
+from edgefn_runtime.capabilities import DevSource, installed
+from gateway_process import ROOT, ended, start_dev, tail
+from waiting import wait_until
+
+CACHE_DIR = ROOT / ".cache" / "edgefn"
+
+
+def write(directory: Path, app: str, manifest: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "edgefn.toml").write_text(f'name = "{directory.name}"\n{manifest}')
+    (directory / "app.py").write_text("from edgefn import App\napp = App()\n" + app)
+    return directory
+
+
+def answer(text: str) -> str:
+    return f"@app.get('/')\ndef index(request):\n    return {text!r}\n"
+
+
+def serving_lines(log: Path, name: str) -> int:
+    return len(re.findall(rf"^Serving {name} \(version \d+\)", log.read_text(), re.M))
+
+
+def wait_for_line(log: Path, pattern: str, count: int = 1) -> None:
+    wait_until(
+        lambda: len(re.findall(pattern, log.read_text(), re.M)) >= count,
+        timeout=120,
+        interval=0.05,
+        message=lambda: f"{pattern!r} in edgefn dev's output:\n{tail(log)}",
+    )
+
+
+def get(port: int, path: str) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30)
+
+
+def test_an_edit_is_served_once_the_reload_line_is_printed(tmp_path: Path) -> None:
+    directory = write(tmp_path / "devfn", answer("before"))
+    log = tmp_path / "dev.log"
+    process, port = start_dev(directory, log)
+    with ended(process):
+        wait_for_line(log, r"^Watching ")
+        assert get(port, "/devfn/").text == "before"
+        for n, text in enumerate(["after", "again"], start=2):
+            (directory / "app.py").write_text(
+                "from edgefn import App\napp = App()\n" + answer(text)
+            )
+            wait_for_line(log, rf"^Serving devfn \(version {n}\)")
+            # The line means live: the first request after it, no retry.
+            assert get(port, "/devfn/").text == text
+        # A save that changes nothing publishes nothing; any file of the folder is source.
+        (directory / "app.py").touch()
+        (directory / "notes.txt").write_text("x")
+        wait_for_line(log, r"^Serving devfn \(version 4\)")
+        (directory / "app.py").touch()
+        (directory / "app.py").write_text("from edgefn import App\napp = App()\n" + answer("last"))
+        wait_for_line(log, r"^Serving devfn \(version 5\)")
+        assert get(port, "/devfn/").text == "last"
+    assert serving_lines(log, "devfn") == 5  # neither touch made a version
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_syntax_error_shows_file_and_line_and_a_fix_recovers(tmp_path: Path) -> None:
+    directory = write(tmp_path / "devfn", answer("fine"))
+    log = tmp_path / "dev.log"
+    process, port = start_dev(directory, log)
+    with ended(process):
+        wait_for_line(log, r"^Watching ")
+        (directory / "app.py").write_text("from edgefn import App\napp = App(\n")
+        wait_for_line(log, r"^Serving devfn \(version 2\)")
+        response = get(port, "/devfn/")
+        assert response.status_code == 500
+        assert response.headers["content-type"].startswith("text/plain")
+        first = response.text.splitlines()[0]
+        assert first == "edgefn dev: app.py, line 2: SyntaxError: '(' was never closed"
+        assert "_dev.py" not in response.text  # the runner's own frames are left out
+        # The terminal says it too, at the save (the native check) and from the
+        # function's log at the request.
+        wait_for_line(log, r"^devfn: app\.py:2:\d+: SyntaxError: '\(' was never closed")
+        wait_for_line(log, r"^\[devfn\] edgefn dev: app\.py, line 2: SyntaxError")
+
+        write(directory, answer("fixed"))
+        wait_for_line(log, r"^Serving devfn \(version 3\)")
+        assert get(port, "/devfn/").text == "fixed"
+
+
+def test_an_import_error_names_the_function_s_line(tmp_path: Path) -> None:
+    directory = write(tmp_path / "devfn", answer("fine"))
+    (directory / "helpers.py").write_text("X = 1\nY = undefined_name\n")
+    log = tmp_path / "dev.log"
+    process, port = start_dev(directory, log)
+    with ended(process):
+        wait_for_line(log, r"^Watching ")
+        (directory / "app.py").write_text("import helpers\n" + (directory / "app.py").read_text())
+        wait_for_line(log, r"^Serving devfn \(version 2\)")
+        response = get(port, "/devfn/")
+        assert response.status_code == 500
+        lines = response.text.splitlines()
+        assert lines[0] == (
+            "edgefn dev: helpers.py, line 2: NameError: name 'undefined_name' is not defined"
+        )
+        assert '  File "app.py", line 1, in <module>' in lines
+        assert '  File "helpers.py", line 2, in <module>' in lines
+        wait_for_line(log, r"^devfn: helpers\.py:2: importing entry module 'app' failed")
+        # Fixed in the other file: recovers as well.
+        (directory / "helpers.py").write_text("X = 1\n")
+        wait_for_line(log, r"^Serving devfn \(version 3\)")
+        assert get(port, "/devfn/").text == "fine"
+
+
+def test_a_requirements_change_is_a_full_build_and_its_package_imports(tmp_path: Path) -> None:
+    app = (
+        "import six\n"
+        + answer("no")
+        + "@app.get('/six')\ndef v(request):\n    return six.__version__\n"
+    )
+    directory = write(tmp_path / "devfn", answer("plain"))
+    log = tmp_path / "dev.log"
+    process, port = start_dev(directory, log)
+    with ended(process):
+        wait_for_line(log, r"^Watching ")
+        before = log.read_text()
+        assert "requirements changed" not in before
+        # The requirement before the code that imports it, as a developer would.
+        manifest = 'name = "devfn"\nrequirements = ["six==1.17.0"]\n'
+        (directory / "edgefn.toml").write_text(manifest)
+        wait_for_line(log, r"^devfn: requirements changed: a full build")
+        wait_for_line(log, r"^Serving devfn \(version 2\)")
+        (directory / "app.py").write_text("from edgefn import App\napp = App()\n" + app)
+        wait_for_line(log, r"^Serving devfn \(version 3\)")
+        assert get(port, "/devfn/six").text == "1.17.0"
+
+
+def test_several_functions_kv_secrets_and_loopback_origins(tmp_path: Path) -> None:
+    with OriginServer() as origin:
+        store = write(
+            tmp_path / "store",
+            "from edgefn import kv, secrets\n"
+            "@app.get('/')\ndef index(request):\n"
+            "    n = kv.open('default').incr('hits')\n"
+            "    return f\"{n} {secrets.get('TOKEN')} {secrets.get('OTHER')}\"\n",
+            'route = "/s"\nkey_value_stores = ["default"]\nsecrets = ["TOKEN", "OTHER", "UNSET"]\n',
+        )
+        (store / ".edgefn").mkdir()
+        (store / ".edgefn" / "dev-secrets").write_text("# local\nOTHER=from file\nTOKEN=file\n")
+        proxy = write(
+            tmp_path / "proxy",
+            "from edgefn import fetch\n"
+            "@app.get('/')\ndef index(request):\n"
+            f"    return str(fetch({origin.url('/status/203')!r}).status)\n",
+            f'allowed_outbound_hosts = ["{origin.url("")}"]\n',
+        )
+        log = tmp_path / "dev.log"
+        for expected in ("1", "2"):  # the key-value data outlives a restart
+            process, port = start_dev(store, log, extra=[str(proxy), "--secret", "TOKEN=flag"])
+            with ended(process):
+                wait_for_line(log, r"^Watching ", count=int(expected))
+                assert get(port, "/s/").text == f"{expected} flag from file"
+                assert get(port, "/proxy/").text == "203"
+        text = log.read_text()
+        assert "store: secret UNSET is not set" in text
+        assert "loopback (127.0.0.0/8, ::1/128)" in text
+        assert (store / ".edgefn" / "dev" / "registry.sqlite3").is_file()
+        assert origin.hits("/status/203") == 2
+
+
+def test_the_edge_cache_is_off_unless_asked(tmp_path: Path) -> None:
+    directory = write(
+        tmp_path / "devfn",
+        "from edgefn import Response, kv\n"
+        "@app.get('/')\ndef index(request):\n"
+        "    n = kv.open('default').incr('runs')\n"
+        "    return Response(str(n), headers={'cache-control': 'public, max-age=60'})\n",
+        'key_value_stores = ["default"]\n',
+    )
+    log = tmp_path / "dev.log"
+    # Off: every request runs the function. With --cache: the second is the first's copy.
+    for run, (flags, answers) in enumerate(([[], ["1", "2"]], [["--cache"], ["3", "3"]]), 1):
+        process, port = start_dev(directory, log, extra=flags)
+        with ended(process):
+            wait_for_line(log, r"^Watching ", count=run)
+            assert [get(port, "/devfn/").text for _ in answers] == answers
+    assert "edge cache off (--cache turns it on)" in log.read_text()
+
+
+def test_the_dev_runner_is_never_deployed(tmp_path: Path) -> None:
+    runner = build_dev_runner((), CACHE_DIR)
+    # A gateway's engine (as `edgefn serve` and the admin API use) refuses it.
+    registry = SQLiteRegistry(tmp_path / "data")
+    gateway = Engine(cache_dir=CACHE_DIR)
+    try:
+        deployer = Deployer(registry, gateway, tmp_path / "data")
+        with runner.wasm.open("rb") as component, pytest.raises(InvalidComponent) as refused:
+            deployer.deploy('name = "sneaky"\n', component)
+        assert "dev runner, which serves only under `edgefn dev`" in str(refused.value)
+        assert registry.functions() == []
+    finally:
+        gateway.close()
+        registry.close()
+    # Only an engine with the dev capability serves it, from the source it is granted.
+    engine = Engine(cache_dir=CACHE_DIR, capabilities=installed(dev=True))
+    try:
+        source = write(tmp_path / "fn", answer("from source"))
+        grants = {"function": "fn", "dev": DevSource(source, "app:app")}
+        sandbox = engine.load(runner.wasm, grants=grants)
+        assert sandbox.invoke(Request("GET", "/")).response.body == b"from source"
+        # Without a source granted, it says so rather than serving anything.
+        outcome = engine.load(runner.wasm, grants={"function": "fn"}).invoke(Request("GET", "/"))
+        assert outcome.response.status == 500
+        assert outcome.response.body.startswith(b"edgefn dev: ValueError: Empty module name")
+    finally:
+        engine.close()
+
+
+def test_secrets_parsing(tmp_path: Path) -> None:
+    assert parse_secret("A=b=c", "--secret") == ("A", "b=c")
+    assert parse_secret("A=", "--secret") == ("A", "")
+    with pytest.raises(DevError, match="no '='"):
+        parse_secret("s3cret-value", "--secret")
+    with pytest.raises(DevError, match="letters, digits"):
+        parse_secret("1BAD=x", "--secret")
+    assert read_secrets(tmp_path) == {}
+    (tmp_path / ".edgefn").mkdir()
+    (tmp_path / ".edgefn" / "dev-secrets").write_text("\n# c\nA=1\n  B = 2\n")
+    assert read_secrets(tmp_path) == {"A": "1", "B": " 2"}
+    (tmp_path / ".edgefn" / "dev-secrets").write_text("A=1\nnope\n")
+    with pytest.raises(DevError, match=r"dev-secrets, line 2: expected NAME=VALUE"):
+        read_secrets(tmp_path)
+
+
+def test_bad_arguments_stop_dev_before_it_serves(tmp_path: Path) -> None:
+    a = write(tmp_path / "a", answer("a"))
+    b = write(tmp_path / "b", answer("b"), 'route = "/a"\n')
+    runner = CliRunner()
+    result = runner.invoke(main, ["dev", str(a), "--secret", "oops", "--port", "0"])
+    assert result.exit_code == 2
+    assert "Invalid value for --secret" in result.output
+    assert "oops" not in result.output  # what may be a secret's value is not echoed
+    result = runner.invoke(main, ["dev", str(a), str(b), "--port", "0"])
+    assert result.exit_code == 1
+    assert "both have the route '/a'" in result.output
