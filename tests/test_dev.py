@@ -4,7 +4,11 @@ capabilities work, and the dev runner is never what a gateway deploys."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -12,18 +16,27 @@ import pytest
 from click.testing import CliRunner
 from origin_server import OriginServer
 
-from edgefn_platform.builder import build_dev_runner
+from edgefn_platform.builder import BuildResult, build_dev_runner
 from edgefn_platform.cli import main
 from edgefn_platform.dev import DevError, parse_secret
 from edgefn_platform.dev._local import read_secrets
+from edgefn_platform.dev._snapshots import MAX_FILE, Snapshots
 from edgefn_platform.gateway import Deployer
+from edgefn_platform.manifest import load_manifest
 from edgefn_platform.registry import SQLiteRegistry
-from edgefn_runtime import Engine, InvalidComponent, Request
+from edgefn_runtime import Engine, GuestError, InvalidComponent, Request, Sandbox
 from edgefn_runtime.capabilities import DevSource, installed
-from gateway_process import ROOT, ended, start_dev, tail
+from gateway_process import ROOT, children, ended, start_dev, tail
 from waiting import wait_until
 
 CACHE_DIR = ROOT / ".cache" / "edgefn"
+HOSTILE = ROOT / "tests" / "functions" / "hostile"
+
+
+@pytest.fixture(scope="module")
+def dev_engine() -> Iterator[Engine]:
+    with Engine(cache_dir=CACHE_DIR, capabilities=installed(dev=True)) as engine:
+        yield engine
 
 
 def write(directory: Path, app: str, manifest: str = "") -> Path:
@@ -54,12 +67,19 @@ def get(port: int, path: str) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=30)
 
 
+@contextmanager
+def dev(directory: Path, log: Path, extra: list[str] | None = None) -> Iterator[int]:
+    """`edgefn dev directory [extra...]` once it watches (its port), ended on the way out."""
+    process, port = start_dev(directory, log, extra=extra)
+    with ended(process):
+        wait_for_line(log, r"^Watching ", count=log.read_text().count("\nWatching ") + 1)
+        yield port
+
+
 def test_an_edit_is_served_once_the_reload_line_is_printed(tmp_path: Path) -> None:
     directory = write(tmp_path / "devfn", answer("before"))
     log = tmp_path / "dev.log"
-    process, port = start_dev(directory, log)
-    with ended(process):
-        wait_for_line(log, r"^Watching ")
+    with dev(directory, log) as port:
         assert get(port, "/devfn/").text == "before"
         for n, text in enumerate(["after", "again"], start=2):
             (directory / "app.py").write_text(
@@ -83,9 +103,7 @@ def test_an_edit_is_served_once_the_reload_line_is_printed(tmp_path: Path) -> No
 def test_a_syntax_error_shows_file_and_line_and_a_fix_recovers(tmp_path: Path) -> None:
     directory = write(tmp_path / "devfn", answer("fine"))
     log = tmp_path / "dev.log"
-    process, port = start_dev(directory, log)
-    with ended(process):
-        wait_for_line(log, r"^Watching ")
+    with dev(directory, log) as port:
         (directory / "app.py").write_text("from edgefn import App\napp = App(\n")
         wait_for_line(log, r"^Serving devfn \(version 2\)")
         response = get(port, "/devfn/")
@@ -108,9 +126,7 @@ def test_an_import_error_names_the_function_s_line(tmp_path: Path) -> None:
     directory = write(tmp_path / "devfn", answer("fine"))
     (directory / "helpers.py").write_text("X = 1\nY = undefined_name\n")
     log = tmp_path / "dev.log"
-    process, port = start_dev(directory, log)
-    with ended(process):
-        wait_for_line(log, r"^Watching ")
+    with dev(directory, log) as port:
         (directory / "app.py").write_text("import helpers\n" + (directory / "app.py").read_text())
         wait_for_line(log, r"^Serving devfn \(version 2\)")
         response = get(port, "/devfn/")
@@ -136,9 +152,7 @@ def test_a_requirements_change_is_a_full_build_and_its_package_imports(tmp_path:
     )
     directory = write(tmp_path / "devfn", answer("plain"))
     log = tmp_path / "dev.log"
-    process, port = start_dev(directory, log)
-    with ended(process):
-        wait_for_line(log, r"^Watching ")
+    with dev(directory, log) as port:
         before = log.read_text()
         assert "requirements changed" not in before
         # The requirement before the code that imports it, as a developer would.
@@ -172,14 +186,13 @@ def test_several_functions_kv_secrets_and_loopback_origins(tmp_path: Path) -> No
         )
         log = tmp_path / "dev.log"
         for expected in ("1", "2"):  # the key-value data outlives a restart
-            process, port = start_dev(store, log, extra=[str(proxy), "--secret", "TOKEN=flag"])
-            with ended(process):
-                wait_for_line(log, r"^Watching ", count=int(expected))
+            with dev(store, log, extra=[str(proxy), "--secret", "TOKEN=flag"]) as port:
                 assert get(port, "/s/").text == f"{expected} flag from file"
                 assert get(port, "/proxy/").text == "203"
         text = log.read_text()
         assert "store: secret UNSET is not set" in text
-        assert "loopback (127.0.0.0/8, ::1/128)" in text
+        assert "loopback ones (127.0.0.0/8, ::1/128) included in dev" in text
+        assert "--token dev" not in text and re.search(r"--token \S{20,}", text)
         assert (store / ".edgefn" / "dev" / "registry.sqlite3").is_file()
         assert origin.hits("/status/203") == 2
 
@@ -195,10 +208,8 @@ def test_the_edge_cache_is_off_unless_asked(tmp_path: Path) -> None:
     )
     log = tmp_path / "dev.log"
     # Off: every request runs the function. With --cache: the second is the first's copy.
-    for run, (flags, answers) in enumerate(([[], ["1", "2"]], [["--cache"], ["3", "3"]]), 1):
-        process, port = start_dev(directory, log, extra=flags)
-        with ended(process):
-            wait_for_line(log, r"^Watching ", count=run)
+    for flags, answers in (([], ["1", "2"]), (["--cache"], ["3", "3"])):
+        with dev(directory, log, extra=flags) as port:
             assert [get(port, "/devfn/").text for _ in answers] == answers
     assert "edge cache off (--cache turns it on)" in log.read_text()
 
@@ -235,8 +246,12 @@ def test_the_dev_runner_is_never_deployed(tmp_path: Path) -> None:
 def test_secrets_parsing(tmp_path: Path) -> None:
     assert parse_secret("A=b=c", "--secret") == ("A", "b=c")
     assert parse_secret("A=", "--secret") == ("A", "")
-    with pytest.raises(DevError, match="no '='"):
+    with pytest.raises(DevError, match="expected NAME=VALUE") as refused:
         parse_secret("s3cret-value", "--secret")
+    assert "s3cret" not in str(refused.value)  # a value typed in the wrong place is not shown
+    assert parse_secret("TOKEN", "--secret", {"TOKEN": "from env"}) == ("TOKEN", "from env")
+    with pytest.raises(DevError, match="no variable of that name"):
+        parse_secret("TOKEN", "--secret", {})
     with pytest.raises(DevError, match="letters, digits"):
         parse_secret("1BAD=x", "--secret")
     assert read_secrets(tmp_path) == {}
@@ -259,3 +274,102 @@ def test_bad_arguments_stop_dev_before_it_serves(tmp_path: Path) -> None:
     result = runner.invoke(main, ["dev", str(a), str(b), "--port", "0"])
     assert result.exit_code == 1
     assert "both have the route '/a'" in result.output
+
+
+@pytest.fixture(scope="module")
+def dev_hostile(dev_engine: Engine, hostile_build: BuildResult) -> Sandbox:
+    """tests/functions/hostile served by the dev runner, as `edgefn dev` serves it."""
+    manifest = hostile_build.manifest
+    runner = build_dev_runner((), CACHE_DIR)
+    grants = manifest.grants() | {"dev": DevSource(HOSTILE, manifest.entry)}
+    return dev_engine.load(runner.wasm, env=manifest.env, assets=HOSTILE / "assets", grants=grants)
+
+
+@pytest.mark.parametrize(
+    ("which", "imports"),
+    [("json", True), ("_socket", True), ("fractions", False), ("own", False)],
+)
+def test_a_late_import_works_in_dev_exactly_when_it_works_deployed(
+    hostile: Sandbox, dev_hostile: Sandbox, which: str, imports: bool
+) -> None:
+    # json: imported at the top; _socket: by socket, imported at the top (which the
+    # runner preloads, so it must hand _socket back too); fractions: by nothing; own:
+    # a module of the function's own, imported by nothing.
+    for sandbox in (hostile, dev_hostile):
+        request = Request("GET", f"/late-import/{which}")
+        if imports:
+            assert sandbox.invoke(request).response.body == which.encode()
+        else:
+            with pytest.raises(GuestError, match="ModuleNotFoundError"):
+                sandbox.invoke(request)
+
+
+def test_a_dev_grant_mounts_nothing_on_a_gateway_engine(
+    engine: Engine, dev_engine: Engine, hostile_build: BuildResult, tmp_path: Path
+) -> None:
+    # A registry row edited to carry a source folder: no gateway capability mounts it.
+    grants = {"function": "hostile", "dev": DevSource(tmp_path, "app:app")}
+    assert engine.load(hostile_build.path, grants=grants).directories == {}
+    assert dev_engine.load(hostile_build.path, grants=grants).directories == {"/src": tmp_path}
+
+
+def test_snapshots_take_source_files_only_and_cover_the_assets(tmp_path: Path) -> None:
+    directory = write(tmp_path / "fn", answer("x"), 'assets = "static"\n')
+    (directory / "static").mkdir()
+    (directory / "static" / "logo.png").write_bytes(b"1")
+    (directory / ".#app.py").symlink_to("nowhere")  # Emacs' lock file: a dangling link
+    (directory / "app.py~").write_text("a backup")
+    (directory / "gone").symlink_to("/nonexistent/file")
+    os.mkfifo(directory / "pipe")  # reading it would block for ever
+    latin = os.fsdecode(b"caf\xe9.py")  # a name that is not UTF-8
+    (directory / latin).write_text("X = 1\n")
+    manifest = load_manifest(directory)
+    snapshots = Snapshots(tmp_path / "snapshots")
+    digest, folder = snapshots.take(directory, manifest)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["app.py", "edgefn.toml", latin])
+    assert snapshots.take(directory, manifest) == (digest, folder)  # the same content
+    # An asset's change is a change, though assets are deployed as assets, not copied.
+    (directory / "static" / "logo.png").write_bytes(b"22")
+    assert snapshots.take(directory, manifest)[0] != digest
+    with (directory / "data.bin").open("wb") as big:
+        big.truncate(MAX_FILE + 1)  # sparse: no disk used
+    with pytest.raises(DevError, match=r"^data\.bin: 16,777,217 bytes; .* the manifest's assets"):
+        snapshots.take(directory, manifest)
+
+
+def test_a_module_level_loop_is_reported_and_ctrl_c_still_ends_dev(tmp_path: Path) -> None:
+    directory = write(tmp_path / "devfn", answer("fine"), '[limits]\ntimeout = "1s"\n')
+    log = tmp_path / "dev.log"
+    process, port = start_dev(directory, log)
+    with ended(process):
+        wait_for_line(log, r"^Watching ")
+        (directory / "app.py").write_text(
+            "from edgefn import App\napp = App()\nwhile True:\n    pass\n"
+        )
+        wait_for_line(log, r"^Serving devfn \(version 2\)")
+        # In the sandbox, the import is stopped at the request's limits (fuel, or time).
+        stopped = get(port, "/devfn/")
+        assert (stopped.status_code, stopped.json()["error"]["code"]) in {
+            (503, "fuel_exhausted"),
+            (504, "timeout"),
+        }, stopped.text
+        # Natively, the check gives up after 10 s and says why.
+        wait_for_line(log, r"^devfn: importing entry module 'app' took over 10 s")
+        (directory / "app.py").write_text(
+            "from edgefn import App\napp = App()\nwhile True:\n    pass\n# 2\n"
+        )
+        wait_for_line(log, r"^Serving devfn \(version 3\)")
+        started: list[int] = []
+
+        def worker_and_check() -> bool:  # the check of version 3, looping again
+            started[:] = children(process.pid)
+            return len(started) == 2
+
+        wait_until(worker_and_check, timeout=10, message="the check of version 3 to start")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0, tail(log)
+    wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in started),
+        timeout=5,
+        message="the worker and the check to end with edgefn dev",
+    )

@@ -7,13 +7,20 @@ compile and the entry names an `edgefn.App`. Runs in a child so the function's
 import-time code cannot touch the builder's process.
 """
 
+import ctypes
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
 
 def main() -> int:
+    # Killed with what asked for the check (a build, `edgefn dev`), however that ends:
+    # the function's module-level code must not outlive it.
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     directory, entry, search_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
     for path in sorted(directory.rglob("*.py")):
         relative = path.relative_to(directory)

@@ -37,7 +37,13 @@ _ENTRY_MODULE = "_edgefn_entry"
 # The dev runner (`edgefn dev`): the SDK's handler that imports the function from
 # its source folder when an instance starts (`edgefn._dev`), in its own world.
 _DEV_WORLD = "dev-runner"
-_DEV_ENTRY = "from edgefn._dev import Handler as IncomingHandler\n"
+_DEV_ENTRY = (
+    "import sys\n"
+    "import edgefn._guest  # all a built function's entry has loaded before the function\n"
+    "_built = frozenset(sys.modules)\n"
+    "from edgefn._dev import handler\n"
+    "IncomingHandler = handler(_built)\n"
+)
 _GUEST_PYTHON = "python3.14"  # the CPython componentize-py 0.25 embeds
 _SKIP = {BUILD_DIR, "__pycache__", ".git", ".pytest_cache", "tests"}
 _CHECK_SCRIPT = Path(__file__).with_name("_entry_check.py")
@@ -154,8 +160,10 @@ def build_dev_runner(
         try:
             scratch.rename(work)
         except OSError:
-            if not runner.wasm.exists():  # not another build's, finished first
-                raise
+            if runner.wasm.exists():  # another build's, finished first
+                return runner
+            shutil.rmtree(work)  # what a copy or a crash left: not a build of ours
+            scratch.rename(work)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return runner
@@ -213,9 +221,12 @@ def _componentize_py() -> str:
     return found
 
 
-def check_entry(directory: Path, manifest: Manifest, path: list[Path]) -> None:
+def check_entry(
+    directory: Path, manifest: Manifest, path: list[Path], timeout: float = 120
+) -> None:
     """Compile the function's sources and import its entry natively, in a child
-    process, with only `path` beside it; `BuildError` says what is wrong, and where."""
+    process, with only `path` beside it; `BuildError` says what is wrong, and where,
+    or that the import took over `timeout` seconds."""
     # -S: no site-packages, so the function sees what it will see as a component.
     command = [
         sys.executable,
@@ -227,7 +238,13 @@ def check_entry(directory: Path, manifest: Manifest, path: list[Path]) -> None:
         *map(str, path),
     ]
     env = {"PATH": os.environ.get("PATH", ""), **manifest.env}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BuildError(
+            f"importing entry module {manifest.entry_module!r} took over {timeout:g} s "
+            "(a loop at module level?)"
+        ) from None
     if result.returncode != 0:
         raise BuildError(result.stdout.strip() or _summarise(result.stderr))
 

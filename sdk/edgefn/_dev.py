@@ -1,7 +1,7 @@
 """The dev runner's handler (`edgefn dev`): the function is imported from `/src`
 when an instance first handles a request, instead of being snapshotted into the
 component at build time, so an edit is live at the next instance without a
-build (componentize-py and Cranelift take ~25 s; an import, milliseconds).
+build (componentize-py and Cranelift took 17-19 s for hello; an import, ~10 ms).
 
 Imported only inside the dev runner: `wit_world.imports.dev` exists only in its
 world, which no gateway links, so a dev runner cannot be deployed.
@@ -18,22 +18,27 @@ from wit_world.imports import dev as host_dev
 from wit_world.imports.types import RequestHead, ResponseBody_Written, ResponseHead
 
 from ._guest import _handle, _write_body
-from ._preload import preload, serving
+from ._preload import importing_from, preload
 from ._routing import App
 
-__all__ = ["Handler", "SOURCE_DIR"]
+__all__ = ["SOURCE_DIR", "handler"]
 
 SOURCE_DIR = "/src"
-
-# At build time: what the function may import at instance start (see _preload.py).
-preload()
 
 # The function's App, or the error page its import gave: one import per instance
 # (a fresh instance per request imports again; a reused one, once).
 _loaded: App | str | None = None
 
 
-class Handler(IncomingHandler):
+def handler(built: frozenset[str]) -> type[IncomingHandler]:
+    """The runner's handler class, at build time. `built`: the modules a built
+    function's entry has loaded before it imports the function; every other one is
+    preloaded, for the function's import alone (see _preload.py)."""
+    preload(built)
+    return _Handler
+
+
+class _Handler(IncomingHandler):
     def handle(self, request: RequestHead) -> ResponseHead:
         global _loaded
         if _loaded is None:
@@ -50,10 +55,8 @@ def _import(entry: str) -> App | str:
     written to the log stream (the `edgefn dev` terminal) and answered as a 500."""
     module_name, _, attribute = entry.partition(":")
     sys.dont_write_bytecode = True  # /src is read-only
-    if SOURCE_DIR not in sys.path:
-        sys.path.insert(0, SOURCE_DIR)
     try:
-        with serving():
+        with importing_from(SOURCE_DIR):
             app = getattr(importlib.import_module(module_name), attribute)
         if not isinstance(app, App):
             raise TypeError(f"entry {entry!r} is a {type(app).__name__}, not an edgefn.App")

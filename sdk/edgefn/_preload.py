@@ -6,13 +6,15 @@ standard library's files are gone afterwards; componentize-py issue #23). The
 dev runner imports the function at instance start instead, so at build time it
 imports every module the function could import (the standard library, the
 requirements, the SDK: ~530 modules, ~4.5 s once, doubling the component to
-~39 MB) and takes them out of `sys.modules`.
+~39 MB) and takes out of `sys.modules` every module a built function's entry
+would not have loaded before importing the function.
 
-While the function is imported, `serving()` hands them back on demand, each with
-the modules its own import statements named (recorded at build time), so that
-afterwards `sys.modules` holds what a build of that function would hold: a
-module the function imports only inside a handler fails in dev as it would
-deployed, rather than working in dev alone.
+While the function is imported (`importing_from`), they are handed back on
+demand, each with the modules its own import statements named (recorded at
+build time), and its source folder is on the path; afterwards neither is, so
+`sys.modules` holds what a build of that function would hold, and a module the
+function imports only inside a handler fails in dev as it would deployed,
+rather than working in dev alone.
 
 Written by hand: it runs inside the component, where only the standard library is.
 """
@@ -32,7 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["preload", "serving"]
+__all__ = ["importing_from", "preload"]
 
 # Not importable in a component, or not code a function imports: tests, GUIs,
 # installers, REPLs, and modules that print or open a browser when imported.
@@ -51,9 +53,10 @@ _specs: dict[str, Any] = {}
 _named: dict[str, set[str]] = {}
 
 
-def preload() -> int:
-    """Import every module on the build's path but the ones loaded already, then
-    take them out of `sys.modules`; how many. Run once, at build time."""
+def preload(built: frozenset[str]) -> int:
+    """Import every module on the build's path, then take out of `sys.modules` all
+    but `built`, the modules a built function has before its own import; how many.
+    Run once, at build time."""
     real_import = builtins.__import__
 
     def recording(
@@ -76,7 +79,6 @@ def preload() -> int:
                 named.update(f"{full}.{item}" for item in fromlist or () if item != "*")
         return module
 
-    before = set(sys.modules)
     builtins.__import__ = recording
     try:
         for name in _module_names():
@@ -84,9 +86,14 @@ def preload() -> int:
                 importlib.import_module(name)
     finally:
         builtins.__import__ = real_import
-    for name in set(sys.modules) - before:
+    for name in set(sys.modules) - built:
         module = sys.modules.pop(name)
         _modules[name], _specs[name] = module, getattr(module, "__spec__", None)
+        # What it holds as modules, too: it was imported before the recording began
+        # (by the runner itself: `socket`, whose `selectors` a build would have), or a
+        # name it imported is bound to a module.
+        named = _named.setdefault(name, set())
+        named.update(v.__name__ for v in vars(module).values() if isinstance(v, ModuleType))
     return len(_modules)
 
 
@@ -101,7 +108,7 @@ def _module_names() -> Iterator[str]:
             yield info.name
 
 
-class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class _Preloaded(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Hands back a preloaded module, as it was built, with what it imported."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
@@ -127,12 +134,30 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                 pending += [".".join(parts[:n]) for n in range(1, len(parts))]
 
 
+class _Sealed(importlib.abc.MetaPathFinder):
+    """After the function's import: nothing more from its folder, as a built
+    function has no files (a package's `__path__` still points there)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None and any(str(p).startswith(self.source) for p in path):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
 @contextlib.contextmanager
-def serving() -> Iterator[None]:
-    """Preloaded modules are importable inside this block, and no longer after it."""
-    finder = _Finder()
+def importing_from(source: str) -> Iterator[None]:
+    """The function's folder `source` and the preloaded modules are importable
+    inside this block, and no longer after it."""
+    finder = _Preloaded()
+    sys.path.insert(0, source)
     sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
         sys.meta_path.remove(finder)
+        sys.path.remove(source)
+        sys.path_importer_cache.pop(source, None)
+        sys.meta_path.insert(0, _Sealed(source))

@@ -10,14 +10,23 @@ import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from secrets import token_urlsafe
 
 import click
 
 from edgefn_runtime import default_cache_dir
 
-from ..dev import DevError, DevSession, data_dir, parse_secret, write_policy
-from ..dev._local import LOOPBACK, SECRETS_FILE
-from ..dev._logs import LogTail
+from .._printable import printable_lines
+from ..dev import (
+    LOOPBACK,
+    SECRETS_FILE,
+    DevError,
+    DevSession,
+    LogTail,
+    kv_dir,
+    parse_secret,
+    write_policy,
+)
 from ..gateway import Deployer, GatewayConfig, run_worker
 from ..gateway.server import announce, reserved_ports
 from ..manifest import load_manifest
@@ -53,7 +62,7 @@ def dev(directories: tuple[Path, ...], port: int, secrets: tuple[str, ...], cach
     """Serve the functions in DIRECTORIES (default: .), each on its route, in the
     sandbox; every saved change is live at the next request, without a build."""
     try:
-        given = dict(parse_secret(s, "--secret") for s in secrets)
+        given = dict(parse_secret(s, "--secret", os.environ) for s in secrets)
     except DevError as exc:
         raise click.BadParameter(str(exc), param_hint="--secret") from None
     folders = list(dict.fromkeys(d.resolve() for d in directories or (Path("."),)))
@@ -72,7 +81,7 @@ def dev(directories: tuple[Path, ...], port: int, secrets: tuple[str, ...], cach
 def _dev(folders: list[Path], port: int, secrets: dict[str, str], cache: bool) -> None:
     # Each function's key-value data in its own folder, where it outlives this run;
     # the registry, logs and snapshots in a temporary directory, removed at the end.
-    kv_dirs = {load_manifest(folder).name: data_dir(folder) for folder in folders}
+    kv_dirs = {load_manifest(folder).name: kv_dir(folder) for folder in folders}
     with tempfile.TemporaryDirectory(prefix="edgefn-dev-") as temp:
         data = Path(temp)
         config = GatewayConfig(
@@ -81,7 +90,8 @@ def _dev(folders: list[Path], port: int, secrets: dict[str, str], cache: bool) -
             admin_port=0,
             data_dir=data,
             workers=1,
-            token="dev",
+            # Its own each run: the key-value data it reaches outlives the run.
+            token=token_urlsafe(16),
             cache_dir=default_cache_dir(),
             config_file=write_policy(data / "gateway.toml", cache=cache),
             # Its own key each run: the secrets are stored anew at every start.
@@ -103,7 +113,7 @@ def _serve(
     from watchfiles import watch  # imported here: only `dev` needs it
 
     registry = SQLiteRegistry(config.data_dir)  # its tables, before the worker reads them
-    worker = engine = session = tail = None
+    worker = engine = tail = None
     try:
         # Forked, not spawned: it starts with this process's imports (~2 s of a 3 s
         # start), and before this process has an engine, whose memory reservations
@@ -116,25 +126,31 @@ def _serve(
         worker.start()
         engine = config.open_engine()
         deployer = Deployer(registry, engine, config.data_dir)
-        session = DevSession(folders, config, registry, deployer, _say)
-        session.set_secrets(secrets, Cipher(config.secrets_keys or ()))
+        cipher = Cipher(config.secrets_keys or ())
+        session = DevSession(folders, config, registry, deployer, _say, secrets, cipher)
         session.publish_all()
         session.wait_all_live()
         _wait_listening(config, worker)
         tail = LogTail(registry, lambda: [f.manifest.name for f in session.functions], click.echo)
         tail.start()
         networks = ", ".join(LOOPBACK)
+        stores = ", ".join(str(d) for d in (config.kv_dirs or {}).values())
         click.echo(
-            f"Outbound HTTP: the hosts each manifest allows, and loopback ({networks}) "
-            f"in dev; edge cache {'on' if cache else 'off (--cache turns it on)'}; "
-            f"key-value data in {', '.join(str(d) for d in (config.kv_dirs or {}).values())}"
+            f"Outbound HTTP: the hosts each manifest allows, loopback ones ({networks}) "
+            f"included in dev; edge cache {'on' if cache else 'off (--cache turns it on)'}; "
+            f"key-value data in {stores}; admin API for this run: "
+            f"--gateway http://{config.admin_host}:{config.admin_port} --token {config.token}"
         )
         click.echo(f"Watching {', '.join(map(str, folders))} for changes (Ctrl-C to stop)")
-        for changes in watch(*folders, watch_filter=_watched, debounce=400, step=20):
+        # A second without a change, the loop checks on the worker (never restarted).
+        for changes in watch(
+            *folders, watch_filter=_watched, debounce=400, step=20, yield_on_timeout=True,
+            rust_timeout=1000,
+        ):  # fmt: skip
+            if not worker.is_alive():
+                raise DevError("the dev gateway's worker exited (see above); restart edgefn dev")
             session.changed(Path(path) for _change, path in changes)
     finally:
-        if session is not None:
-            session.close()
         if tail is not None:
             tail.stop()
         if worker is not None and worker.pid is not None:  # started
@@ -149,8 +165,9 @@ def _serve(
 
 
 def _worker(config: GatewayConfig, supervisor: int) -> None:
-    # Not this process's handlers: Ctrl-C reaches the whole process group, and this
-    # process stops the worker with SIGTERM.
+    # Not this process's handlers, until its event loop takes SIGINT and SIGTERM over
+    # (to drain): Ctrl-C reaches the whole process group, and this process stops the
+    # worker with SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     run_worker(config, supervisor=supervisor)
@@ -175,7 +192,8 @@ def _watched(_change: object, path: str) -> bool:
 
 
 def _say(message: str, colour: str | None) -> None:
-    click.secho(message, fg=colour, err=colour == "red")
+    # Messages quote what the function's folder and its import printed: escaped.
+    click.secho(printable_lines(message), fg=colour, err=colour == "red")
 
 
 def _interrupt(signum: int, frame: object) -> None:

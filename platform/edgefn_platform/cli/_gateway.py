@@ -1,4 +1,4 @@
-"""`edgefn serve` and `edgefn dev`: running a gateway."""
+"""`edgefn serve`: running a gateway."""
 
 from __future__ import annotations
 

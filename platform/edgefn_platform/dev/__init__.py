@@ -6,15 +6,18 @@ is a snapshot and a deploy to a local gateway, not a build. Only `edgefn dev`'s
 engine links the runner's capability: no gateway serves a dev runner.
 """
 
-from ._local import SECRETS_FILE, DevError, data_dir, parse_secret, write_policy
+from ._local import LOOPBACK, SECRETS_FILE, DevError, kv_dir, parse_secret, write_policy
+from ._logs import LogTail
 from ._session import DevFunction, DevSession
 
 __all__ = [
+    "LOOPBACK",
     "SECRETS_FILE",
     "DevError",
     "DevFunction",
     "DevSession",
-    "data_dir",
+    "LogTail",
+    "kv_dir",
     "parse_secret",
     "write_policy",
 ]

@@ -1,9 +1,10 @@
 """What `edgefn dev` keeps on the developer's machine: its gateway's settings,
-data directory and secrets."""
+the functions' key-value data and their local secrets."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from edgefn_contract.secrets import check_name
@@ -11,7 +12,15 @@ from edgefn_runtime import EdgefnError
 
 from ..builder import BUILD_DIR
 
-__all__ = ["DevError", "SECRETS_FILE", "data_dir", "parse_secret", "read_secrets", "write_policy"]
+__all__ = [
+    "LOOPBACK",
+    "SECRETS_FILE",
+    "DevError",
+    "kv_dir",
+    "parse_secret",
+    "read_secrets",
+    "write_policy",
+]
 
 # Beside each function's build output, git-ignored with it: `NAME=VALUE` lines.
 SECRETS_FILE = f"{BUILD_DIR}/dev-secrets"
@@ -27,9 +36,9 @@ class DevError(EdgefnError):
     status = 400
 
 
-def data_dir(directory: Path) -> Path:
-    """The dev gateway's registry, key-value stores and snapshots: in the (first)
-    function's build folder, so key-value data outlives a restart of `edgefn dev`."""
+def kv_dir(directory: Path) -> Path:
+    """Where `edgefn dev` keeps a function's key-value stores: in its build folder,
+    so that they outlive a restart of `edgefn dev`."""
     return directory / BUILD_DIR / "dev"
 
 
@@ -44,16 +53,26 @@ def write_policy(path: Path, *, cache: bool) -> Path:
     return path
 
 
-def parse_secret(text: str, source: str) -> tuple[str, str]:
-    """`NAME=VALUE` -> (NAME, VALUE); `DevError` names `source` when it is not one."""
+def parse_secret(
+    text: str, source: str, environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """`NAME=VALUE` -> (NAME, VALUE); with `environ`, a bare `NAME` takes the value of
+    the variable NAME there (out of `ps` and the shell's history). `DevError` names
+    `source`, never the text: it may be a value typed in the wrong place."""
     name, equals, value = text.partition("=")
     name = name.strip()
-    if not equals:
+    if check_name(name) is not None:
+        raise DevError(
+            f"{source}: expected NAME=VALUE, NAME being letters, digits and '_', not "
+            "starting with a digit"
+        )
+    if equals:
+        return name, value
+    if environ is None:
         raise DevError(f"{source}: expected NAME=VALUE, with no '=' in it")
-    problem = check_name(name)
-    if problem is not None:
-        raise DevError(f"{source}: {problem}")
-    return name, value
+    if name not in environ:
+        raise DevError(f"{source}: no '=', and no variable of that name in the environment")
+    return name, environ[name]
 
 
 def read_secrets(directory: Path) -> dict[str, str]:

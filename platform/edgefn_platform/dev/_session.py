@@ -10,33 +10,31 @@ serves it with the same sandbox, limits and capabilities as a deployed function.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgefn_runtime import EdgefnError
 
-from ..builder import BuildError, DevRunner, build_dev_runner, check_entry, source_files
+from ..builder import BuildError, DevRunner, build_dev_runner, check_entry
 from ..gateway import Deployer, GatewayConfig, deploy_directory
 from ..gateway._rollout import ServingBoard
 from ..manifest import MANIFEST_FILE, Manifest, load_manifest
 from ..registry import Registry, VersionRecord
 from ..secrets import Cipher
-from ._local import DevError, read_secrets
+from ._local import SECRETS_FILE, DevError, read_secrets
+from ._snapshots import Snapshots
 
 __all__ = ["DevFunction", "DevSession"]
 
 Say = Callable[[str, str | None], None]
 """Prints a line, in a colour (click's names) or the terminal's own (None)."""
 
-# Snapshots kept per function: the one served and the one before, which requests
-# that started before the swap may still be importing from.
-_KEPT_SNAPSHOTS = 2
 _LIVE_TIMEOUT = 30.0
+# The native check of a save: longer means a loop at module level, not an import.
+_CHECK_TIMEOUT = 10.0
 
 
 @dataclass
@@ -46,15 +44,23 @@ class DevFunction:
     directory: Path
     manifest: Manifest
     runner: DevRunner
-    # The digest of the source the function serves now ("" before the first publish).
+    # The digest of the source served now, and its snapshot (before the first publish:
+    # "" and None).
     served: str = ""
+    snapshot: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
 
     def owns(self, path: Path) -> bool:
         return path == self.directory or self.directory in path.parents
 
 
 class DevSession:
-    """The functions of one `edgefn dev`, published to `registry` for its worker."""
+    """The functions of one `edgefn dev`, published to `registry` for its worker;
+    their secrets from `secrets` (`--secret`) and each one's local file, stored
+    with `cipher`."""
 
     def __init__(
         self,
@@ -63,67 +69,72 @@ class DevSession:
         registry: Registry,
         deployer: Deployer,
         say: Say,
+        secrets: dict[str, str],
+        cipher: Cipher,
     ) -> None:
         self.config = config
         self.registry = registry
         self.deployer = deployer
         self.board = ServingBoard(config.workers_dir)
         self.say = say
+        self.secrets = secrets
+        self.cipher = cipher
+        self.snapshots = Snapshots(config.data_dir / "sources")
         self.functions = [self._open(d) for d in directories]
         _check_unique(self.functions)
-        # The native check of each publish, off the path to serving it.
-        self._checks = ThreadPoolExecutor(1, thread_name_prefix="edgefn-dev-check")
-
-    def close(self) -> None:
-        self._checks.shutdown(wait=False, cancel_futures=True)
+        declared = {name for f in self.functions for name in f.manifest.secrets}
+        for name in sorted(secrets.keys() - declared):
+            say(f"--secret {name}: no function's manifest declares it", "yellow")
+        for function in self.functions:
+            self._store_secrets(function)
+        # The native check of each function's latest save, off the path to serving it:
+        # one at a time, on a daemon thread that never holds up an exit.
+        self._checks: dict[str, tuple[DevFunction, Path]] = {}
+        self._checks_waiting = threading.Condition()
+        threading.Thread(target=self._run_checks, name="edgefn-dev-check", daemon=True).start()
 
     def _open(self, directory: Path) -> DevFunction:
         manifest = load_manifest(directory)
         return DevFunction(directory, manifest, self._runner(manifest))
 
     def _runner(self, manifest: Manifest) -> DevRunner:
-        """The dev runner with `manifest`'s requirements: built (saying so) unless cached."""
+        """The dev runner with `manifest`'s requirements, compiled: made (saying so,
+        step by step) unless cached."""
         started = time.perf_counter()
-        built: list[str] = []
+        steps: list[str] = []
 
         def progress(message: str) -> None:
-            if not built:
+            if not steps:
                 with_ = ", ".join(manifest.requirements)
                 detail = f" with {with_}" if with_ else ""
                 self.say(f"{manifest.name}: making the dev runner{detail} (once) ...", None)
-            built.append(message)
+            steps.append(message)
             self.say(f"  {message}", None)
 
         runner = build_dev_runner(manifest.requirements, self.config.aot_cache_dir, progress)
         engine = self.deployer.engine
         sha256 = runner.sha256()
-        if not engine.aot.path_for(sha256).exists():  # Cranelift, ~10 s: once per machine
+        if not engine.aot.path_for(sha256).exists():  # Cranelift, ~12 s: once per machine
             progress("compiling the dev runner for this machine")
             engine.load(runner.wasm, sha256=sha256)
-        if built:
+        if steps:
             self.say(f"  done in {time.perf_counter() - started:.1f} s", None)
         return runner
 
-    def set_secrets(self, given: dict[str, str], cipher: Cipher) -> None:
-        """Store the secrets of each function, from its local file then `given`
-        (`--secret`, which wins)."""
-        declared: set[str] = set()
-        for function in self.functions:
-            values = read_secrets(function.directory) | given
-            for name in function.manifest.secrets:
-                declared.add(name)
-                if name in values:
-                    self.registry.set_secret(
-                        function.manifest.name, name, cipher.encrypt(values[name])
-                    )
-                else:
-                    self.say(
-                        f"{function.manifest.name}: secret {name} is not set "
-                        f"(--secret {name}=... or {function.directory}/.edgefn/dev-secrets)",
-                        "yellow",
-                    )
-        for name in sorted(given.keys() - declared):
-            self.say(f"--secret {name}: no function's manifest declares it", "yellow")
+    def _store_secrets(self, function: DevFunction) -> None:
+        """Store the secrets `function` declares, from its local file, then from
+        `--secret` (which wins); say which are set nowhere."""
+        values = read_secrets(function.directory) | self.secrets
+        for name in function.manifest.secrets:
+            if name in values:
+                value = self.cipher.encrypt(values[name])
+                self.registry.set_secret(function.name, name, value)
+            else:
+                self.say(
+                    f"{function.name}: secret {name} is not set (--secret {name}=... or "
+                    f"{function.directory / SECRETS_FILE})",
+                    "yellow",
+                )
 
     def publish_all(self) -> None:
         for function in self.functions:
@@ -136,78 +147,47 @@ class DevSession:
             self.publish(function)
 
     def publish(self, function: DevFunction) -> VersionRecord | None:
-        """Snapshot `function`'s source and serve it; None if it did not change, or
+        """Snapshot `function`'s folder and serve it; None if it did not change, or
         could not be published (said in red: the previous version keeps serving)."""
         started = time.perf_counter()
         try:
             manifest = load_manifest(function.directory)
+            if manifest.name != function.name:
+                raise DevError(
+                    f"{function.directory / MANIFEST_FILE}: the name changed from "
+                    f"{function.name!r} to {manifest.name!r}; restart `edgefn dev`"
+                )
             if manifest.requirements != function.manifest.requirements:
                 self.say(f"{manifest.name}: requirements changed: a full build", "yellow")
                 function.runner = self._runner(manifest)
-            if manifest.name != function.manifest.name:
-                raise DevError(
-                    f"{function.directory / MANIFEST_FILE}: the name changed from "
-                    f"{function.manifest.name!r} to {manifest.name!r}; restart `edgefn dev`"
-                )
+            secrets_changed = manifest.secrets != function.manifest.secrets
             function.manifest = manifest
-            digest, snapshot = self._snapshot(function)
+            if secrets_changed:
+                self._store_secrets(function)
+            digest, snapshot = self.snapshots.take(function.directory, manifest)
             if digest == function.served:
                 return None
             version = deploy_directory(
                 self.deployer, function.directory, function.runner.wasm, dev_source=snapshot
             )
             self._wait_live(version)
-        except EdgefnError as exc:
-            self.say(f"{function.directory.name}: {exc}", "red")
+        except (EdgefnError, OSError, UnicodeError) as exc:
+            # Whatever the folder holds, the watch goes on: the next save may fix it.
+            self.say(f"{function.name}: {exc}", "red")
             return None
-        function.served = digest
-        self._prune(snapshot.parent, keep=digest)
+        if function.snapshot is not None:
+            self.snapshots.replaced(function.snapshot)
+        function.served, function.snapshot = digest, snapshot
         seconds = time.perf_counter() - started
         self.say(
             f"Serving {version.function} (version {version.version}) at "
             f"{self.config.public_url()}{version.route} ({seconds * 1000:.0f} ms)",
             "green",
         )
-        self._checks.submit(self._check, function, snapshot)
+        with self._checks_waiting:
+            self._checks[function.name] = (function, snapshot)
+            self._checks_waiting.notify()
         return version
-
-    def _snapshot(self, function: DevFunction) -> tuple[str, Path]:
-        """A copy of the function's source (not its assets, which are deployed as
-        assets), in a folder named by its digest; the digest and the folder."""
-        directory = function.directory
-        assets = directory / function.manifest.assets if function.manifest.assets else None
-        files = [p for p in source_files(directory) if assets is None or assets not in p.parents]
-        digest = hashlib.sha256(function.manifest.entry.encode() + b"\0")
-        contents = []
-        for path in files:
-            data = path.read_bytes()
-            relative = path.relative_to(directory)
-            digest.update(str(relative).encode() + b"\0" + data + b"\0")
-            contents.append((relative, data))
-        name = digest.hexdigest()[:20]
-        root = self.config.data_dir / "sources" / function.manifest.name
-        target = root / name
-        if not target.is_dir():
-            partial = root / f".{name}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            for relative, data in contents:
-                (partial / relative).parent.mkdir(parents=True, exist_ok=True)
-                (partial / relative).write_bytes(data)
-            partial.mkdir(parents=True, exist_ok=True)  # a function of no files
-            partial.rename(target)
-        return name, target
-
-    def _prune(self, root: Path, keep: str) -> None:
-        """Remove snapshots but the newest few (`keep` among them)."""
-        snapshots = sorted(
-            (p for p in root.iterdir() if not p.name.startswith(".")),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
-        kept = {keep} | {p.name for p in snapshots[:_KEPT_SNAPSHOTS]}
-        for path in snapshots:
-            if path.name not in kept:
-                shutil.rmtree(path, ignore_errors=True)
 
     def _wait_live(self, version: VersionRecord) -> None:
         """Until the worker serves `version` (when it runs: not before it starts)."""
@@ -218,18 +198,25 @@ class DevSession:
         self.board.wait_until_live(generation, 1, version.function, change, _LIVE_TIMEOUT)
 
     def wait_all_live(self) -> None:
-        """Until the worker, just started, serves every function."""
+        """Until the worker, just started, serves every function (or says which it
+        could not load)."""
         generation = self.registry.change_token()
-        names = ", ".join(f.manifest.name for f in self.functions)
-        self.board.wait_until_live(generation, 1, "", names, _LIVE_TIMEOUT)
+        for function in self.functions:
+            self.board.wait_until_live(generation, 1, function.name, function.name, _LIVE_TIMEOUT)
 
-    def _check(self, function: DevFunction, snapshot: Path) -> None:
-        """Import the `snapshot` natively as a build would, to say in the terminal
-        at once what its next request would show (a syntax or import error)."""
-        try:
-            check_entry(snapshot, function.manifest, function.runner.python_path)
-        except BuildError as exc:
-            self.say(f"{function.manifest.name}: {exc}", "red")
+    def _run_checks(self) -> None:
+        while True:
+            with self._checks_waiting:
+                while not self._checks:
+                    self._checks_waiting.wait()
+                _, (function, snapshot) = self._checks.popitem()
+            # The snapshot, as a build would: what its next request would show.
+            try:
+                check_entry(
+                    snapshot, function.manifest, function.runner.python_path, _CHECK_TIMEOUT
+                )
+            except (BuildError, OSError) as exc:
+                self.say(f"{function.name}: {exc}", "red")
 
 
 def _check_unique(functions: list[DevFunction]) -> None:

@@ -98,8 +98,8 @@ class Deployer:
     ) -> VersionRecord:
         """Validate and compile before anything is stored; the registry then stores
         the artifact and activates the version in one transaction. A failure or a
-        crash at any step leaves the previous version serving. `dev_source`: the
-        function's source folder, for `edgefn dev`'s dev runner (never the admin API)."""
+        crash at any step leaves the previous version serving. `dev_source`: a snapshot
+        of the function's folder, for `edgefn dev`'s dev runner (never the admin API)."""
         try:
             return self._deploy(manifest_text, component, assets, dev_source)
         except OSError as exc:

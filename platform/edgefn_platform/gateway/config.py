@@ -73,7 +73,7 @@ class GatewayConfig:
     secrets_key: str | None = field(default=None, repr=False)
     secrets_key_file: Path | None = None
     # `edgefn dev`'s gateway: it links the dev runner's capability, so it serves
-    # versions deployed with their source folder (`Deployer.deploy(dev_source=)`).
+    # versions deployed with a snapshot of their folder (`Deployer.deploy(dev_source=)`).
     dev: bool = False
     # `edgefn dev`: each function's key-value stores in its own directory, by function
     # name; None: in the registry's database.

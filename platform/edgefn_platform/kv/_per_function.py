@@ -25,7 +25,6 @@ class PerFunctionKeyValue:
             directory.mkdir(parents=True, exist_ok=True)
             SQLiteRegistry(directory).close()  # creates the key-value tables
             self._stores[function] = SQLiteKeyValue(directory)
-        self.location = ", ".join(str(s.path) for s in self._stores.values())
 
     def _of(self, function: str) -> SQLiteKeyValue:
         try:

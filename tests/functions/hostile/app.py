@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import socket
@@ -271,3 +272,17 @@ def status(request: Request) -> Response:
 @app.post("/length")
 def length(request: Request) -> dict[str, int]:
     return {"length": len(request.body)}
+
+
+@app.get("/late-import/{which}")
+def late_import(request: Request) -> str:
+    """A module imported inside a handler: one the build imported (`json`, at the
+    top), one only a build-time import imported (`_socket`, by `socket`), one
+    nothing imported (`fractions`), one of the function's own (`hostile_late`).
+    Deployed and under `edgefn dev`, only the first two import."""
+    which = request.path_params["which"]
+    if which == "own":
+        import hostile_late
+
+        return hostile_late.VALUE
+    return importlib.import_module(which).__name__

@@ -27,7 +27,8 @@ SOURCE_GUEST_PATH = "/src"
 
 @dataclass(frozen=True)
 class DevSource:
-    """A snapshot of the function's source folder, and its manifest's entry."""
+    """A snapshot of the function's folder (`edgefn dev` takes one per save), and its
+    manifest's entry."""
 
     directory: Path
     entry: str
@@ -48,5 +49,5 @@ class DevCapability(Capability):
 def _entry(store: wasmtime.StoreContext) -> str:
     context, _ = host_call(store)
     source = context.grants.get(DevCapability.name)
-    # No grant: nothing to import, which the runner's error page says.
+    # No grant: an empty entry, whose import fails (the runner's error page says so).
     return source.entry if isinstance(source, DevSource) else ""

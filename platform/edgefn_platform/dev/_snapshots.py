@@ -1,0 +1,89 @@
+"""Snapshots of function folders: what the dev runner imports, one folder per content.
+
+A request imports from the snapshot its version was deployed with, so a save never
+changes the files under an import already running; a replaced snapshot is kept
+for a grace period, for the requests that started on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+from ..builder import source_files
+from ..manifest import Manifest
+from ._local import DevError
+
+__all__ = ["Snapshots"]
+
+# A file larger than this is not source: it belongs in the assets, or elsewhere.
+MAX_FILE = 16 * 2**20
+# How long a replaced snapshot is kept: over the longest request timeout an operator
+# allows by default (30 s), with room for a queue.
+GRACE_SECONDS = 120.0
+
+
+class Snapshots:
+    """The snapshots of `edgefn dev`'s functions, under `root/<function>/<digest>`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._retired: dict[Path, float] = {}  # snapshot -> when it was replaced
+
+    def take(self, directory: Path, manifest: Manifest) -> tuple[str, Path]:
+        """A copy of the function's files in a folder named by their digest, which
+        covers the assets too (they are deployed as assets, not copied here)."""
+        assets = directory / manifest.assets if manifest.assets else None
+        digest = hashlib.sha256(manifest.entry.encode() + b"\0")
+        contents = []
+        for path in source_files(directory):
+            # Editors' lock, swap and backup files are not source (Emacs' `.#app.py`
+            # is a dangling link); a FIFO or device would block or never end.
+            if path.name.startswith(".") or path.name.endswith("~"):
+                continue
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # gone since the walk, or a dangling link
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            relative = path.relative_to(directory)
+            encoded = os.fsencode(relative)
+            if assets is not None and assets in path.parents:
+                digest.update(b"asset\0%s\0%d\0%d\0" % (encoded, info.st_size, info.st_mtime_ns))
+                continue
+            if info.st_size > MAX_FILE:
+                raise DevError(
+                    f"{relative}: {info.st_size:,} bytes; `edgefn dev` copies a function's "
+                    f"files up to {MAX_FILE // 2**20} MiB on every save: move it to the "
+                    "manifest's assets, or out of the folder"
+                )
+            data = path.read_bytes()
+            digest.update(encoded + b"\0" + data + b"\0")
+            contents.append((relative, data))
+        name = digest.hexdigest()[:20]
+        target = self.root / manifest.name / name
+        self._retired.pop(target, None)  # served again
+        if not target.is_dir():
+            partial = target.with_name(f".{name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            for relative, data in contents:
+                (partial / relative).parent.mkdir(parents=True, exist_ok=True)
+                (partial / relative).write_bytes(data)
+            partial.mkdir(parents=True, exist_ok=True)  # a function of no files
+            partial.rename(target)
+        return name, target
+
+    def replaced(self, snapshot: Path) -> None:
+        """`snapshot` is served no more: remove it after the grace period, and
+        remove those whose grace period is over."""
+        now = time.monotonic()
+        self._retired[snapshot] = now
+        for path, since in list(self._retired.items()):
+            if now - since > GRACE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+                del self._retired[path]

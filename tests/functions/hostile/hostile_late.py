@@ -1,0 +1,3 @@
+"""Imported by nothing at build time: see app.py, late_import."""
+
+VALUE = "late"
