@@ -373,3 +373,16 @@ def test_a_module_level_loop_is_reported_and_ctrl_c_still_ends_dev(tmp_path: Pat
         timeout=5,
         message="the worker and the check to end with edgefn dev",
     )
+
+
+def test_prepare_makes_the_dev_runner_and_exits(tmp_path: Path) -> None:
+    # `make test` prepares the runner this way, beside the functions' builds.
+    directory = write(tmp_path / "fn", answer("x"))
+    result = CliRunner().invoke(
+        main, ["dev", "--prepare", str(directory)], env={"EDGEFN_CACHE_DIR": str(CACHE_DIR)}
+    )
+    assert result.exit_code == 0, result.output
+    assert "Watching" not in result.output  # it serves nothing
+    runner = build_dev_runner((), CACHE_DIR)
+    with Engine(cache_dir=CACHE_DIR) as engine:
+        assert engine.aot.path_for(runner.sha256()).is_file()  # compiled, not only built

@@ -14,7 +14,8 @@ from secrets import token_urlsafe
 
 import click
 
-from edgefn_runtime import default_cache_dir
+from edgefn_runtime import Engine, default_cache_dir
+from edgefn_runtime.capabilities import installed
 
 from .._printable import printable_lines
 from ..dev import (
@@ -25,6 +26,7 @@ from ..dev import (
     LogTail,
     kv_dir,
     parse_secret,
+    prepare_runner,
     write_policy,
 )
 from ..gateway import Deployer, GatewayConfig, run_worker
@@ -53,12 +55,21 @@ __all__ = ["COMMANDS"]
     "--secret",
     "secrets",
     multiple=True,
-    metavar="NAME=VALUE",
-    help=f"A secret for the functions that declare NAME; repeatable. Also read from each "
-    f"function's {SECRETS_FILE} (git-ignored with .edgefn/).",
+    metavar="NAME[=VALUE]",
+    help="A secret for the functions that declare NAME: the value of the variable NAME "
+    "in this environment, or VALUE (which `ps` and your shell's history show); "
+    f"repeatable. Also read from each function's {SECRETS_FILE} (git-ignored with .edgefn/).",
 )
 @click.option("--cache", is_flag=True, help="Turn the edge cache on (off in dev by default).")
-def dev(directories: tuple[Path, ...], port: int, secrets: tuple[str, ...], cache: bool) -> None:
+@click.option(
+    "--prepare",
+    is_flag=True,
+    help="Make the dev runner(s) the functions need (build and compile, ~30 s once) and "
+    "exit: for an image or a CI step, before `edgefn dev` starts.",
+)
+def dev(
+    directories: tuple[Path, ...], port: int, secrets: tuple[str, ...], cache: bool, prepare: bool
+) -> None:
     """Serve the functions in DIRECTORIES (default: .), each on its route, in the
     sandbox; every saved change is live at the next request, without a build."""
     try:
@@ -66,6 +77,11 @@ def dev(directories: tuple[Path, ...], port: int, secrets: tuple[str, ...], cach
     except DevError as exc:
         raise click.BadParameter(str(exc), param_hint="--secret") from None
     folders = list(dict.fromkeys(d.resolve() for d in directories or (Path("."),)))
+    if prepare:
+        with Engine(cache_dir=default_cache_dir(), capabilities=installed(dev=True)) as engine:
+            for folder in folders:
+                prepare_runner(load_manifest(folder), engine, _say)
+        return
     # SIGTERM (a process manager, `kill`) stops dev as Ctrl-C does, from the first
     # instruction on: its worker stopped and its port closed, exiting 0, whether
     # it was building, serving or starting.

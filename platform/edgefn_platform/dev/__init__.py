@@ -8,7 +8,7 @@ engine links the runner's capability: no gateway serves a dev runner.
 
 from ._local import LOOPBACK, SECRETS_FILE, DevError, kv_dir, parse_secret, write_policy
 from ._logs import LogTail
-from ._session import DevFunction, DevSession
+from ._session import DevFunction, DevSession, prepare_runner
 
 __all__ = [
     "LOOPBACK",
@@ -19,5 +19,6 @@ __all__ = [
     "LogTail",
     "kv_dir",
     "parse_secret",
+    "prepare_runner",
     "write_policy",
 ]

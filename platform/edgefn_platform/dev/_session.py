@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefn_runtime import EdgefnError
+from edgefn_runtime import EdgefnError, Engine
 
 from ..builder import BuildError, DevRunner, build_dev_runner, check_entry
 from ..gateway import Deployer, GatewayConfig, deploy_directory
@@ -27,7 +27,7 @@ from ..secrets import Cipher
 from ._local import SECRETS_FILE, DevError, read_secrets
 from ._snapshots import Snapshots
 
-__all__ = ["DevFunction", "DevSession"]
+__all__ = ["DevFunction", "DevSession", "prepare_runner"]
 
 Say = Callable[[str, str | None], None]
 """Prints a line, in a colour (click's names) or the terminal's own (None)."""
@@ -98,28 +98,7 @@ class DevSession:
         return DevFunction(directory, manifest, self._runner(manifest))
 
     def _runner(self, manifest: Manifest) -> DevRunner:
-        """The dev runner with `manifest`'s requirements, compiled: made (saying so,
-        step by step) unless cached."""
-        started = time.perf_counter()
-        steps: list[str] = []
-
-        def progress(message: str) -> None:
-            if not steps:
-                with_ = ", ".join(manifest.requirements)
-                detail = f" with {with_}" if with_ else ""
-                self.say(f"{manifest.name}: making the dev runner{detail} (once) ...", None)
-            steps.append(message)
-            self.say(f"  {message}", None)
-
-        runner = build_dev_runner(manifest.requirements, self.config.aot_cache_dir, progress)
-        engine = self.deployer.engine
-        sha256 = runner.sha256()
-        if not engine.aot.path_for(sha256).exists():  # Cranelift, ~12 s: once per machine
-            progress("compiling the dev runner for this machine")
-            engine.load(runner.wasm, sha256=sha256)
-        if steps:
-            self.say(f"  done in {time.perf_counter() - started:.1f} s", None)
-        return runner
+        return prepare_runner(manifest, self.deployer.engine, self.say)
 
     def _store_secrets(self, function: DevFunction) -> None:
         """Store the secrets `function` declares, from its local file, then from
@@ -217,6 +196,30 @@ class DevSession:
                 )
             except (BuildError, OSError) as exc:
                 self.say(f"{function.name}: {exc}", "red")
+
+
+def prepare_runner(manifest: Manifest, engine: Engine, say: Say) -> DevRunner:
+    """The dev runner with `manifest`'s requirements, compiled by `engine` into its
+    AOT cache: made (saying so, step by step) unless cached."""
+    started = time.perf_counter()
+    steps: list[str] = []
+
+    def progress(message: str) -> None:
+        if not steps:
+            with_ = ", ".join(manifest.requirements)
+            detail = f" with {with_}" if with_ else ""
+            say(f"{manifest.name}: making the dev runner{detail} (once) ...", None)
+        steps.append(message)
+        say(f"  {message}", None)
+
+    runner = build_dev_runner(manifest.requirements, engine.aot.directory.parent, progress)
+    sha256 = runner.sha256()
+    if not engine.aot.path_for(sha256).exists():  # Cranelift, ~12 s: once per machine
+        progress("compiling the dev runner for this machine")
+        engine.load(runner.wasm, sha256=sha256)
+    if steps:
+        say(f"  done in {time.perf_counter() - started:.1f} s", None)
+    return runner
 
 
 def _check_unique(functions: list[DevFunction]) -> None:
