@@ -37,6 +37,8 @@ from ..secrets import Cipher, generate_key
 
 __all__ = ["COMMANDS"]
 
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
 
 @click.command()
 @click.argument(
@@ -139,7 +141,14 @@ def _serve(
         worker = multiprocessing.get_context("fork").Process(
             target=_worker, args=(config, os.getpid())
         )
-        worker.start()
+        # A stop signal during the fork would run its handler inside the fork's own
+        # hooks (logging's lock release), where the KeyboardInterrupt is ignored: dev
+        # went on serving. Held until the worker is started, it is raised here.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        try:
+            worker.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
         engine = config.open_engine()
         deployer = Deployer(registry, engine, config.data_dir)
         cipher = Cipher(config.secrets_keys or ())
@@ -186,6 +195,7 @@ def _worker(config: GatewayConfig, supervisor: int) -> None:
     # worker with SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # blocked around the fork
     run_worker(config, supervisor=supervisor)
 
 
