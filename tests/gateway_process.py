@@ -339,7 +339,8 @@ def start_dev(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """`edgefn dev directory [extra...]` on a port it picks, its output appended to
     `log`, with `env` added to its environment; the process and that port. End it
-    with `ended`."""
+    with `ended`. Its data directory goes beside `log` unless `env` sets TMPDIR: one
+    that `kill -9` leaves behind is then the test's to remove, not /tmp's."""
     command = [sys.executable, "-m", "edgefn_platform", "dev", str(directory), *(extra or [])]
     with log.open("ab") as output:
         offset = output.tell()
@@ -347,7 +348,12 @@ def start_dev(
             [*command, "--port", "0"],
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn"), **(env or {})},
+            env={
+                **os.environ,
+                "EDGEFN_CACHE_DIR": str(ROOT / ".cache" / "edgefn"),
+                "TMPDIR": str(log.parent),
+                **(env or {}),
+            },
         )
     try:
         return process, listening_ports(log, offset, process)["public"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from origin_server import OriginServer
 
 from edgefn_platform.builder import BuildResult, build_dev_runner
 from edgefn_platform.cli import main
-from edgefn_platform.dev import DevError, parse_secret
+from edgefn_platform.dev import DevError, LogTail, parse_secret
 from edgefn_platform.dev._local import read_secrets
 from edgefn_platform.dev._snapshots import MAX_FILE, Snapshots
 from edgefn_platform.gateway import Deployer
@@ -98,6 +99,26 @@ def test_an_edit_is_served_once_the_reload_line_is_printed(tmp_path: Path) -> No
         assert get(port, "/devfn/").text == "last"
     assert serving_lines(log, "devfn") == 5  # neither touch made a version
     assert "Traceback" not in log.read_text()
+
+
+def test_assets_are_served_and_packed_again_only_when_they_change(tmp_path: Path) -> None:
+    reader = "@app.get('/')\ndef index(request):\n    return open('/assets/a.txt').read()"
+    directory = write(tmp_path / "devfn", reader + "\n", 'assets = "static"\n')
+    (directory / "static").mkdir()
+    (directory / "static" / "a.txt").write_text("one")
+    log = tmp_path / "dev.log"
+    with dev(directory, log) as port:
+        assert get(port, "/devfn/").text == "one"
+        [archive] = tmp_path.glob("edgefn-dev-*/assets-packed/devfn.tar.gz")  # TMPDIR
+        packed = archive.stat().st_mtime_ns
+        write(directory, reader + ".upper()\n", 'assets = "static"\n')
+        wait_for_line(log, r"^Serving devfn \(version 2\)")
+        assert get(port, "/devfn/").text == "ONE"
+        assert archive.stat().st_mtime_ns == packed  # a source edit: not packed again
+        (directory / "static" / "a.txt").write_text("two")
+        wait_for_line(log, r"^Serving devfn \(version 3\)")
+        assert get(port, "/devfn/").text == "TWO"
+        assert archive.stat().st_mtime_ns != packed
 
 
 def test_a_syntax_error_shows_file_and_line_and_a_fix_recovers(tmp_path: Path) -> None:
@@ -189,12 +210,51 @@ def test_several_functions_kv_secrets_and_loopback_origins(tmp_path: Path) -> No
             with dev(store, log, extra=[str(proxy), "--secret", "TOKEN=flag"]) as port:
                 assert get(port, "/s/").text == f"{expected} flag from file"
                 assert get(port, "/proxy/").text == "203"
+                if expected == "2":
+                    # An edit of the secrets file is live without a restart, a value
+                    # taken out of it is gone; the --secret flag still wins.
+                    secrets = store / ".edgefn" / "dev-secrets"
+                    secrets.write_text("TOKEN=file\nOTHER=edited\n")
+                    wait_for_line(log, r"^store: secrets read again from .*dev-secrets$")
+                    wait_until(
+                        lambda: get(port, "/s/").text.endswith(" flag edited"),
+                        timeout=10,
+                        message="the edited secret",
+                    )
+                    secrets.write_text("TOKEN=file\n")
+                    wait_for_line(log, r"^store: secrets read again", count=2)
+                    wait_until(
+                        lambda: get(port, "/s/").text.endswith(" flag None"),
+                        timeout=10,
+                        message="the secret taken out of the file to be unset",
+                    )
         text = log.read_text()
         assert "store: secret UNSET is not set" in text
         assert "loopback ones (127.0.0.0/8, ::1/128) included in dev" in text
         assert "--token dev" not in text and re.search(r"--token \S{20,}", text)
         assert (store / ".edgefn" / "dev" / "registry.sqlite3").is_file()
         assert origin.hits("/status/203") == 2
+
+
+def test_the_log_tail_prints_a_burst_whole(tmp_path: Path) -> None:
+    registry = SQLiteRegistry(tmp_path)
+    printed: list[str] = []
+    tail = LogTail(registry, lambda: ["fn"], printed.append)
+    lines = [f"line {n}" for n in range(3000)]
+    try:
+        # A burst within one poll: each line once, in order ...
+        registry.append_logs(("fn", time.time(), "r", "log", line) for line in lines[:900])
+        tail._print("fn")
+        assert printed == [f"[fn] {line}" for line in lines[:900]]
+        tail._print("fn")
+        assert len(printed) == 900
+        # ... and one over what the registry keeps says lines were left out.
+        registry.append_logs(("fn", time.time(), "r", "log", line) for line in lines[900:])
+        tail._print("fn")
+    finally:
+        registry.close()
+    assert printed[900].startswith("[fn] ... (lines left out: over 1,000 in ")
+    assert printed[901:] == [f"[fn] {line}" for line in lines[2000:]]
 
 
 def test_the_edge_cache_is_off_unless_asked(tmp_path: Path) -> None:
@@ -325,12 +385,16 @@ def test_snapshots_take_source_files_only_and_cover_the_assets(tmp_path: Path) -
     (directory / latin).write_text("X = 1\n")
     manifest = load_manifest(directory)
     snapshots = Snapshots(tmp_path / "snapshots")
-    digest, folder = snapshots.take(directory, manifest)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["app.py", "edgefn.toml", latin])
-    assert snapshots.take(directory, manifest) == (digest, folder)  # the same content
+    first = snapshots.take(directory, manifest)
+    assert sorted(p.name for p in first.path.iterdir()) == sorted(["app.py", "edgefn.toml", latin])
+    assert snapshots.take(directory, manifest) == first  # the same content
     # An asset's change is a change, though assets are deployed as assets, not copied.
     (directory / "static" / "logo.png").write_bytes(b"22")
-    assert snapshots.take(directory, manifest)[0] != digest
+    second = snapshots.take(directory, manifest)
+    assert second.digest != first.digest and second.assets != first.assets
+    assert second.assets is not None and second.path.name == second.digest
+    write(directory, answer("y"), 'assets = "static"\n')
+    assert snapshots.take(directory, manifest).assets == second.assets  # source only
     with (directory / "data.bin").open("wb") as big:
         big.truncate(MAX_FILE + 1)  # sparse: no disk used
     with pytest.raises(DevError, match=r"^data\.bin: 16,777,217 bytes; .* the manifest's assets"):
@@ -385,4 +449,4 @@ def test_prepare_makes_the_dev_runner_and_exits(tmp_path: Path) -> None:
     assert "Watching" not in result.output  # it serves nothing
     runner = build_dev_runner((), CACHE_DIR)
     with Engine(cache_dir=CACHE_DIR) as engine:
-        assert engine.aot.path_for(runner.sha256()).is_file()  # compiled, not only built
+        assert engine.aot.path_for(runner.sha256).is_file()  # compiled, not only built

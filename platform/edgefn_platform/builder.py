@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from importlib.metadata import version
 from pathlib import Path
@@ -124,8 +125,10 @@ class DevRunner:
     wasm: Path
     python_path: list[Path]
 
+    @cached_property
     def sha256(self) -> str:
-        return hashlib.sha256(self.wasm.read_bytes()).hexdigest()
+        with self.wasm.open("rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def build_dev_runner(

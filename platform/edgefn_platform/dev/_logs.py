@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 from .._printable import printable
 from ..registry import Registry, RegistryUnavailable
+from ..registry._model import LOG_LINES_KEPT
 
 __all__ = ["LogTail"]
 
 # The worker writes its lines to the registry every 0.25 s (`LogSink`).
 _INTERVAL = 0.2
-_PAGE = 500
 
 
 class LogTail:
@@ -47,12 +47,21 @@ class LogTail:
     def _run(self) -> None:
         while not self._stopped.wait(_INTERVAL):
             for name in self.functions():
-                try:
-                    records = self.registry.logs(name, self._after.get(name, 0), _PAGE)
-                except RegistryUnavailable:
-                    continue
-                for record in records:
-                    if record.kind == "log":
-                        self.echo(printable(f"[{name}] {record.line}"))
-                if records:
-                    self._after[name] = records[-1].id
+                self._print(name)
+
+    def _print(self, name: str) -> None:
+        """Every line of `name`'s the registry still keeps since the last one printed
+        (`logs()` answers the newest `limit`: all it keeps, so none is skipped)."""
+        after = self._after.get(name, 0)
+        try:
+            # From the last line printed, to tell whether retention has passed it.
+            records = self.registry.logs(name, max(after - 1, 0), LOG_LINES_KEPT + 1)
+        except RegistryUnavailable:
+            return
+        if after and records and records[0].id != after:
+            self.echo(f"[{name}] ... (lines left out: over {LOG_LINES_KEPT:,} in {_INTERVAL} s)")
+        for record in records:
+            if record.id > after and record.kind == "log":
+                self.echo(printable(f"[{name}] {record.line}"))
+        if records:
+            self._after[name] = records[-1].id

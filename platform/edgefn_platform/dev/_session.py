@@ -15,17 +15,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from edgefn_runtime import EdgefnError, Engine
 
 from ..builder import BuildError, DevRunner, build_dev_runner, check_entry
-from ..gateway import Deployer, GatewayConfig, deploy_directory
+from ..gateway import Deployer, GatewayConfig, pack_assets
 from ..gateway._rollout import ServingBoard
 from ..manifest import MANIFEST_FILE, Manifest, load_manifest
 from ..registry import Registry, VersionRecord
 from ..secrets import Cipher
 from ._local import SECRETS_FILE, DevError, read_secrets
-from ._snapshots import Snapshots
+from ._snapshots import Snapshot, Snapshots
 
 __all__ = ["DevFunction", "DevSession", "prepare_runner"]
 
@@ -48,6 +49,8 @@ class DevFunction:
     # "" and None).
     served: str = ""
     snapshot: Path | None = None
+    # The digest of the assets last packed for a deploy (None: none packed).
+    packed: str | None = None
 
     @property
     def name(self) -> str:
@@ -80,6 +83,8 @@ class DevSession:
         self.secrets = secrets
         self.cipher = cipher
         self.snapshots = Snapshots(config.data_dir / "sources")
+        self._packed_dir = config.data_dir / "assets-packed"
+        self._stored: dict[tuple[str, str], str] = {}  # (function, secret) -> value stored
         self.functions = [self._open(d) for d in directories]
         _check_unique(self.functions)
         declared = {name for f in self.functions for name in f.manifest.secrets}
@@ -102,13 +107,19 @@ class DevSession:
 
     def _store_secrets(self, function: DevFunction) -> None:
         """Store the secrets `function` declares, from its local file, then from
-        `--secret` (which wins); say which are set nowhere."""
+        `--secret` (which wins); remove those no longer set; say which are set nowhere.
+        The worker sees the change at its next poll, without a new version."""
         values = read_secrets(function.directory) | self.secrets
         for name in function.manifest.secrets:
+            key = (function.name, name)
             if name in values:
-                value = self.cipher.encrypt(values[name])
-                self.registry.set_secret(function.name, name, value)
+                if self._stored.get(key) != values[name]:
+                    value = self.cipher.encrypt(values[name])
+                    self.registry.set_secret(function.name, name, value)
+                    self._stored[key] = values[name]
             else:
+                if self._stored.pop(key, None) is not None:
+                    self.registry.delete_secret(function.name, name)
                 self.say(
                     f"{function.name}: secret {name} is not set (--secret {name}=... or "
                     f"{function.directory / SECRETS_FILE})",
@@ -120,10 +131,21 @@ class DevSession:
             self.publish(function)
 
     def changed(self, paths: Iterable[Path]) -> None:
-        """Publish each function a changed path belongs to."""
-        touched = {id(f): f for p in paths for f in self.functions if f.owns(p)}
-        for function in touched.values():
-            self.publish(function)
+        """Publish each function a changed path belongs to; store again the secrets
+        of each whose local secrets file changed."""
+        changed = set(paths)
+        for function in self.functions:
+            mine = {p for p in changed if function.owns(p)}
+            secrets_file = function.directory / SECRETS_FILE
+            if secrets_file in mine:
+                try:
+                    self._store_secrets(function)
+                except (EdgefnError, OSError) as exc:
+                    self.say(f"{function.name}: {exc}", "red")
+                else:
+                    self.say(f"{function.name}: secrets read again from {secrets_file}", None)
+            if mine - {secrets_file}:
+                self.publish(function)
 
     def publish(self, function: DevFunction) -> VersionRecord | None:
         """Snapshot `function`'s folder and serve it; None if it did not change, or
@@ -143,12 +165,10 @@ class DevSession:
             function.manifest = manifest
             if secrets_changed:
                 self._store_secrets(function)
-            digest, snapshot = self.snapshots.take(function.directory, manifest)
-            if digest == function.served:
+            snapshot = self.snapshots.take(function.directory, manifest)
+            if snapshot.digest == function.served:
                 return None
-            version = deploy_directory(
-                self.deployer, function.directory, function.runner.wasm, dev_source=snapshot
-            )
+            version = self._deploy(function, snapshot)
             self._wait_live(version)
         except (EdgefnError, OSError, UnicodeError) as exc:
             # Whatever the folder holds, the watch goes on: the next save may fix it.
@@ -156,7 +176,7 @@ class DevSession:
             return None
         if function.snapshot is not None:
             self.snapshots.replaced(function.snapshot)
-        function.served, function.snapshot = digest, snapshot
+        function.served, function.snapshot = snapshot.digest, snapshot.path
         seconds = time.perf_counter() - started
         self.say(
             f"Serving {version.function} (version {version.version}) at "
@@ -164,9 +184,33 @@ class DevSession:
             "green",
         )
         with self._checks_waiting:
-            self._checks[function.name] = (function, snapshot)
+            self._checks[function.name] = (function, snapshot.path)
             self._checks_waiting.notify()
         return version
+
+    def _deploy(self, function: DevFunction, snapshot: Snapshot) -> VersionRecord:
+        """The dev runner, as it is (hashed once), with the manifest and the snapshot."""
+        text = (function.directory / MANIFEST_FILE).read_text(encoding="utf-8")
+        runner, folder = function.runner, function.manifest.assets
+        if folder is None or snapshot.assets is None:
+            return self.deployer.deploy(
+                text, runner.wasm, sha256=runner.sha256, dev_source=snapshot.path
+            )
+        with self._pack(function, function.directory / folder, snapshot.assets) as assets:
+            return self.deployer.deploy(
+                text, runner.wasm, assets, sha256=runner.sha256, dev_source=snapshot.path
+            )
+
+    def _pack(self, function: DevFunction, folder: Path, digest: str) -> BinaryIO:
+        """The function's assets archive, packed again only when they changed: a save
+        of its source deploys the same archive (which the deployer unpacks once)."""
+        archive = self._packed_dir / f"{function.name}.tar.gz"
+        if function.packed != digest:
+            function.packed = None  # until the archive is whole
+            self._packed_dir.mkdir(exist_ok=True)
+            pack_assets(folder, archive)
+            function.packed = digest
+        return archive.open("rb")
 
     def _wait_live(self, version: VersionRecord) -> None:
         """Until the worker serves `version` (when it runs: not before it starts)."""
@@ -213,7 +257,7 @@ def prepare_runner(manifest: Manifest, engine: Engine, say: Say) -> DevRunner:
         say(f"  {message}", None)
 
     runner = build_dev_runner(manifest.requirements, engine.aot.directory.parent, progress)
-    sha256 = runner.sha256()
+    sha256 = runner.sha256
     if not engine.aot.path_for(sha256).exists():  # Cranelift, ~12 s: once per machine
         progress("compiling the dev runner for this machine")
         engine.load(runner.wasm, sha256=sha256)

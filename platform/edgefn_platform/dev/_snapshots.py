@@ -12,19 +12,29 @@ import os
 import shutil
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..builder import source_files
 from ..manifest import Manifest
 from ._local import DevError
 
-__all__ = ["Snapshots"]
+__all__ = ["Snapshot", "Snapshots"]
 
 # A file larger than this is not source: it belongs in the assets, or elsewhere.
 MAX_FILE = 16 * 2**20
 # How long a replaced snapshot is kept: over the longest request timeout an operator
 # allows by default (30 s), with room for a queue.
 GRACE_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A function folder's source as it was at a save."""
+
+    digest: str  # of everything below: the same digest, the same function
+    path: Path  # the copy of its source files
+    assets: str | None  # a digest of its assets' names, sizes and times, if it has any
 
 
 class Snapshots:
@@ -34,11 +44,12 @@ class Snapshots:
         self.root = root
         self._retired: dict[Path, float] = {}  # snapshot -> when it was replaced
 
-    def take(self, directory: Path, manifest: Manifest) -> tuple[str, Path]:
+    def take(self, directory: Path, manifest: Manifest) -> Snapshot:
         """A copy of the function's files in a folder named by their digest, which
         covers the assets too (they are deployed as assets, not copied here)."""
         assets = directory / manifest.assets if manifest.assets else None
         digest = hashlib.sha256(manifest.entry.encode() + b"\0")
+        assets_digest = hashlib.sha256() if assets is not None else None
         contents = []
         for path in source_files(directory):
             # Editors' lock, swap and backup files are not source (Emacs' `.#app.py`
@@ -53,8 +64,8 @@ class Snapshots:
                 continue
             relative = path.relative_to(directory)
             encoded = os.fsencode(relative)
-            if assets is not None and assets in path.parents:
-                digest.update(b"asset\0%s\0%d\0%d\0" % (encoded, info.st_size, info.st_mtime_ns))
+            if assets_digest is not None and assets in path.parents:
+                assets_digest.update(b"%s\0%d\0%d\0" % (encoded, info.st_size, info.st_mtime_ns))
                 continue
             if info.st_size > MAX_FILE:
                 raise DevError(
@@ -65,6 +76,8 @@ class Snapshots:
             data = path.read_bytes()
             digest.update(encoded + b"\0" + data + b"\0")
             contents.append((relative, data))
+        assets_sha = assets_digest.hexdigest() if assets_digest is not None else None
+        digest.update(f"assets\0{assets_sha}".encode())
         name = digest.hexdigest()[:20]
         target = self.root / manifest.name / name
         self._retired.pop(target, None)  # served again
@@ -76,7 +89,7 @@ class Snapshots:
                 (partial / relative).write_bytes(data)
             partial.mkdir(parents=True, exist_ok=True)  # a function of no files
             partial.rename(target)
-        return name, target
+        return Snapshot(name, target, assets_sha)
 
     def replaced(self, snapshot: Path) -> None:
         """`snapshot` is served no more: remove it after the grace period, and
