@@ -315,7 +315,8 @@ def test_restart_is_ready_only_once_compiled_and_warm(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_a_slow_request_finish(tmp_path: Path) -> None:
-    with GatewayProcess(tmp_path / "data") as gateway:
+    delay = {"EDGEFN_SHUTDOWN_DELAY": "1"}  # the default, which the tests set to 0
+    with GatewayProcess(tmp_path / "data", extra_env=delay) as gateway:
         assert cli(gateway, "deploy", str(HOSTILE)).exit_code == 0
         assert cli(gateway, "limits", "hostile", "--timeout", "5s").exit_code == 0
         result: list[httpx.Response] = []

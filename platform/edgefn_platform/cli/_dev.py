@@ -117,6 +117,7 @@ def _dev(folders: list[Path], port: int, secrets: dict[str, str], cache: bool) -
             dev=True,
             kv_dirs=kv_dirs,
             refresh_seconds=0.02,  # the worker's only wait between a save and serving it
+            shutdown_delay=0,  # no load balancer to tell: Ctrl-C stops it at once
         )
         config.load()
         # Held until dev ends; a --port 0 becomes the port the kernel picked.

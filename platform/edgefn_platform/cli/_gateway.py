@@ -84,7 +84,17 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     name="config_file",
     type=_FILE,
 )
-@_option("--drain-timeout", "On SIGTERM, seconds requests in flight get to finish.", type=float)
+@_option(
+    "--shutdown-delay",
+    "On SIGTERM, seconds /readyz answers 503 before the listeners close, for load "
+    "balancers to stop sending; 0 closes them at once.",
+    type=click.FloatRange(min=0),
+)
+@_option(
+    "--drain-timeout",
+    "On SIGTERM, seconds requests in flight then get to finish.",
+    type=float,
+)
 @_option(
     "--header-timeout",
     "Seconds a client has to send a request's line and headers; then 408.",
