@@ -20,6 +20,7 @@ from edgefn_platform.builder import BuildError
 from edgefn_platform.cli import main
 from edgefn_platform.client import AdminError, GatewayUnreachable
 from edgefn_platform.gateway import InvalidAssets
+from edgefn_platform.manifest import load_manifest
 from edgefn_platform.gateway._deploy import StorageFull
 from edgefn_platform.gateway._errors import GatewayError
 from edgefn_platform.gateway.config import TokenError
@@ -49,12 +50,50 @@ def test_new_build_invoke(created: Path) -> None:
 
     again = runner.invoke(main, ["build", str(created)])
     assert again.exit_code == 0 and "Up to date" in again.output
+    # A manifest's settings are not build inputs: a new limit needs no build.
+    manifest = created / "edgefn.toml"
+    text = manifest.read_text()
+    manifest.write_text(text.replace('timeout = "2s"', 'timeout = "3s"'))
+    try:
+        assert "Up to date" in runner.invoke(main, ["build", str(created)]).output
+    finally:
+        manifest.write_text(text)
 
     invoked = runner.invoke(main, ["invoke", str(created), "/hello/ada?greeting=Hi", "-i"])
     assert invoked.exit_code == 0, invoked.output
     assert "HTTP 200" in invoked.output
     assert "Hi, ada!" in invoked.output
     assert "usage: fuel" in invoked.output
+
+
+def test_a_build_is_reused_unless_a_build_input_changed(tmp_path: Path) -> None:
+    from edgefn_platform.builder import _source_hash
+
+    directory = tmp_path / "fn"
+    directory.mkdir()
+    (directory / "app.py").write_text("from edgefn import App\napp = App()\n")
+    base = 'name = "fn"\n[env]\nA = "1"\n'
+
+    def digest(manifest: str = base, app: str = "") -> str:
+        (directory / "edgefn.toml").write_text(manifest)
+        (directory / "app.py").write_text("from edgefn import App\napp = App()\n" + app)
+        return _source_hash(directory, load_manifest(directory))
+
+    built = digest()
+    # Settings the component does not hold: the same build.
+    same = ['route = "/x"\n', 'reuse = true\n', '[limits]\nfuel = 1_000_000\n', 'secrets = ["S"]\n']
+    for extra in same:
+        assert digest(base.replace("[env]", f"{extra}[env]", 1)) == built, extra
+    assert digest(base + "# a comment\n") == built
+    # What it is built from: a new build.
+    changed = [
+        digest(base.replace('"1"', '"2"')),  # the entry is checked with the environment
+        digest(base + 'B = "2"\n'),
+        digest(base.replace("[env]", 'entry = "app:other"\n[env]')),
+        digest(base.replace("[env]", 'requirements = ["six"]\n[env]')),
+        digest(app="# edited\n"),
+    ]
+    assert built not in changed and len(set(changed)) == len(changed)
 
 
 def test_invoke_sends_method_headers_and_body_from_file(created: Path, tmp_path: Path) -> None:

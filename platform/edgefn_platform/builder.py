@@ -28,7 +28,7 @@ import edgefn
 import edgefn_contract
 from edgefn_runtime import EdgefnError
 
-from .manifest import Manifest, load_manifest
+from .manifest import MANIFEST_FILE, Manifest, load_manifest
 
 __all__ = ["BuildError", "BuildResult", "DevRunner", "build", "build_dev_runner", "output_path"]
 
@@ -291,8 +291,16 @@ def _native_distributions(site: Path) -> list[str]:
 
 
 def _source_hash(directory: Path, manifest: Manifest) -> str:
+    """What a build reads: the source, and of the manifest only the entry, the
+    requirements and the environment the entry check imports with. A change of
+    limits, route, grants or reuse deploys the component already built (a build is
+    ~10 s, and a new component's compile as long again)."""
     digest = _toolchain_digest()
+    inputs = {"entry": manifest.entry, "requirements": manifest.requirements, "env": manifest.env}
+    digest.update(json.dumps(inputs, sort_keys=True).encode() + b"\0")
     for path in source_files(directory):
+        if path == directory / MANIFEST_FILE:
+            continue
         name = f"fn/{path.relative_to(directory)}"
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
