@@ -20,12 +20,11 @@ from edgefn_platform.builder import BuildError
 from edgefn_platform.cli import main
 from edgefn_platform.client import AdminError, GatewayUnreachable
 from edgefn_platform.gateway import InvalidAssets
-from edgefn_platform.manifest import load_manifest
 from edgefn_platform.gateway._deploy import StorageFull
 from edgefn_platform.gateway._errors import GatewayError
 from edgefn_platform.gateway.config import TokenError
 from edgefn_platform.gateway.policy import ConfigError
-from edgefn_platform.manifest import ManifestError
+from edgefn_platform.manifest import ManifestError, load_manifest
 from edgefn_platform.registry import FunctionNotFound, RegistryUnavailable
 from edgefn_platform.scaffold import ScaffoldError
 from edgefn_runtime import EdgefnError, InvalidComponent
@@ -81,7 +80,7 @@ def test_a_build_is_reused_unless_a_build_input_changed(tmp_path: Path) -> None:
 
     built = digest()
     # Settings the component does not hold: the same build.
-    same = ['route = "/x"\n', 'reuse = true\n', '[limits]\nfuel = 1_000_000\n', 'secrets = ["S"]\n']
+    same = ['route = "/x"\n', "reuse = true\n", "[limits]\nfuel = 1_000_000\n", 'secrets = ["S"]\n']
     for extra in same:
         assert digest(base.replace("[env]", f"{extra}[env]", 1)) == built, extra
     assert digest(base + "# a comment\n") == built
@@ -431,6 +430,13 @@ def test_the_token_is_read_from_the_data_directory_serve_would_use(
 def test_serve_refuses_a_bad_port_or_data_directory_in_one_line(tmp_path: Path) -> None:
     port = CliRunner().invoke(main, ["serve", "--port", "99999"])
     assert port.exit_code == 2 and "99999 is not in the range 0<=x<=65535" in port.output
+    # A stop that would never end: SIGTERM must stop the gateway.
+    for option, value in (("--shutdown-delay", "nan"), ("--drain-timeout", "inf")):
+        result = CliRunner().invoke(main, ["serve", option, value])
+        assert result.exit_code == 2, result.output
+        assert "must be 0 to 3600 seconds, got" in result.output
+    negative = CliRunner().invoke(main, ["serve", "--shutdown-delay", "-1"])
+    assert negative.exit_code == 2 and "-1.0 is not in the range x>=0" in negative.output
     a_file = tmp_path / "file"
     a_file.write_text("")
     ports = ["--port", "0", "--admin-port", "0", "--data-dir"]

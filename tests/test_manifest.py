@@ -70,6 +70,11 @@ def test_full_manifest() -> None:
         ("name = 'a'\nrequirements = ['six; rm -rf /', '--index-url=http://x']", "requirements:"),
         ("name = 'a'\nassets = '../secrets'", "assets:"),
         ("name = 'a'\nassets = '/etc'", "assets:"),
+        # The folder itself, or a dot-folder, would deploy .edgefn/ (dev secrets) or .git/.
+        ("name = 'a'\nassets = '.'", "assets: must be a directory inside the function folder"),
+        ("name = 'a'\nassets = ''", "assets:"),
+        ("name = 'a'\nassets = '.edgefn'", "assets:"),
+        ("name = 'a'\nassets = 'static/.git'", "assets:"),
         ("name = 'a'\n[limits]\nmemory = 'lots'", "limits.memory:"),
         ("name = 'a'\n[limits]\nmemory = '8MiB'", "limits.memory: must be at least 16MiB"),
         ("name = 'a'\n[limits]\nfuel = -1", "limits.fuel:"),

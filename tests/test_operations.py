@@ -315,7 +315,7 @@ def test_restart_is_ready_only_once_compiled_and_warm(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_a_slow_request_finish(tmp_path: Path) -> None:
-    delay = {"EDGEFN_SHUTDOWN_DELAY": "1"}  # the default, which the tests set to 0
+    delay = {"EDGEFN_SHUTDOWN_DELAY": "4"}  # not the default (1 s), nor the tests' (0)
     with GatewayProcess(tmp_path / "data", extra_env=delay) as gateway:
         assert cli(gateway, "deploy", str(HOSTILE)).exit_code == 0
         assert cli(gateway, "limits", "hostile", "--timeout", "5s").exit_code == 0
@@ -339,6 +339,8 @@ def test_sigterm_lets_a_slow_request_finish(tmp_path: Path) -> None:
                     return 0
 
             wait_until(lambda: readyz() != 200, message="/readyz to report the drain")
+            assert httpx.get(gateway.public_url + "/readyz").status_code == 503
+            time.sleep(1.5)  # past the default delay: still reporting it
             assert httpx.get(gateway.public_url + "/readyz").status_code == 503
         finally:
             slow.join()

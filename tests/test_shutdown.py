@@ -101,10 +101,11 @@ def test_an_expired_drain_timeout_cuts_a_slow_request_off_and_says_so(
             took = time.monotonic() - signalled
         finally:
             thread.join()
-        # /readyz reports the drain for 1 s (shutdown delay), then the request gets
-        # the drain timeout; the guest's sleep (25 s) does not hold the gateway up.
-        margin = 4.0
-        assert code == 0 and took < 1.0 + drain + margin, f"exit {code} after {took:.1f} s"
+        # The listeners close at once (the tests' shutdown delay is 0), then the
+        # request gets the drain timeout; the guest's sleep (25 s) does not hold the
+        # gateway up.
+        margin = 5.0
+        assert code == 0 and took < drain + margin, f"exit {code} after {took:.1f} s"
         said = tail(gateway.log, offset, lines=200)
         assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in said, said
         assert "Traceback" not in said and "Exception in ASGI application" not in said, said

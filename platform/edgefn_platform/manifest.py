@@ -26,6 +26,7 @@ __all__ = [
     "load_manifest",
     "parse_limits",
     "parse_manifest",
+    "read_manifest",
 ]
 
 MANIFEST_FILE = "edgefn.toml"
@@ -175,6 +176,11 @@ def check_function_name(name: str) -> str | None:
 
 def load_manifest(directory: Path) -> Manifest:
     """Read and check `directory/edgefn.toml`."""
+    return read_manifest(directory)[1]
+
+
+def read_manifest(directory: Path) -> tuple[str, Manifest]:
+    """`directory/edgefn.toml`'s text, read once, and the manifest it holds, checked."""
     path = directory / MANIFEST_FILE
     try:
         text = path.read_text(encoding="utf-8")
@@ -183,7 +189,7 @@ def load_manifest(directory: Path) -> Manifest:
     manifest = parse_manifest(text, source=str(path))
     if manifest.assets is not None and not (directory / manifest.assets).is_dir():
         raise ManifestError(str(path), [f"assets: directory {manifest.assets!r} does not exist"])
-    return manifest
+    return text, manifest
 
 
 def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
@@ -235,9 +241,17 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
             )
     assets = data.get("assets")
     if assets is not None and (
-        not isinstance(assets, str) or Path(assets).is_absolute() or ".." in Path(assets).parts
+        not isinstance(assets, str)
+        or Path(assets).is_absolute()
+        or not Path(assets).parts
+        or any(part == ".." or part.startswith(".") for part in Path(assets).parts)
     ):
-        problems.append(f"assets: must be a directory inside the function folder, got {assets!r}")
+        # Not the folder itself, nor a dot-folder: they hold .edgefn/ (the build, the
+        # local secrets of `edgefn dev`) and .git/, which would be deployed as assets.
+        problems.append(
+            "assets: must be a directory inside the function folder, not the folder itself "
+            f"nor a dot-folder, got {assets!r}"
+        )
 
     reuse = data.get("reuse", False)
     if reuse is True:

@@ -181,7 +181,7 @@ def _serve(
                 # is printed: a save in between went unseen (once in the test suite,
                 # under load). What changed since the first publish is published now.
                 started = True
-                session.publish_all()
+                session.catch_up()
             session.changed(Path(path) for _change, path in changes)
     finally:
         if tail is not None:

@@ -59,7 +59,10 @@ class LogTail:
         except RegistryUnavailable:
             return
         if after and records and records[0].id != after:
-            self.echo(f"[{name}] ... (lines left out: over {LOG_LINES_KEPT:,} in {_INTERVAL} s)")
+            self.echo(
+                f"[{name}] ... (lines may have been left out: the registry keeps a "
+                f"function's last {LOG_LINES_KEPT:,})"
+            )
         for record in records:
             if record.id > after and record.kind == "log":
                 self.echo(printable(f"[{name}] {record.line}"))

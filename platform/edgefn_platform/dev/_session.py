@@ -22,7 +22,7 @@ from edgefn_runtime import EdgefnError, Engine
 from ..builder import BuildError, DevRunner, build_dev_runner, check_entry
 from ..gateway import Deployer, GatewayConfig, pack_assets
 from ..gateway._rollout import ServingBoard
-from ..manifest import MANIFEST_FILE, Manifest, load_manifest
+from ..manifest import MANIFEST_FILE, Manifest, load_manifest, read_manifest
 from ..registry import Registry, VersionRecord
 from ..secrets import Cipher
 from ._local import SECRETS_FILE, DevError, read_secrets
@@ -84,7 +84,9 @@ class DevSession:
         self.cipher = cipher
         self.snapshots = Snapshots(config.data_dir / "sources")
         self._packed_dir = config.data_dir / "assets-packed"
-        self._stored: dict[tuple[str, str], str] = {}  # (function, secret) -> value stored
+        # (function, secret) -> the value stored; and those set nowhere, said once.
+        self._stored: dict[tuple[str, str], str] = {}
+        self._unset: set[tuple[str, str]] = set()
         self.functions = [self._open(d) for d in directories]
         _check_unique(self.functions)
         declared = {name for f in self.functions for name in f.manifest.secrets}
@@ -117,9 +119,12 @@ class DevSession:
                     value = self.cipher.encrypt(values[name])
                     self.registry.set_secret(function.name, name, value)
                     self._stored[key] = values[name]
-            else:
-                if self._stored.pop(key, None) is not None:
+                self._unset.discard(key)
+            elif key not in self._unset:
+                if key in self._stored:
                     self.registry.delete_secret(function.name, name)
+                    del self._stored[key]
+                self._unset.add(key)
                 self.say(
                     f"{function.name}: secret {name} is not set (--secret {name}=... or "
                     f"{function.directory / SECRETS_FILE})",
@@ -130,6 +135,13 @@ class DevSession:
         for function in self.functions:
             self.publish(function)
 
+    def catch_up(self) -> None:
+        """Store the secrets and publish the source of every function as they are
+        now: what was saved before the watcher was set up."""
+        for function in self.functions:
+            self._read_secrets_again(function)
+            self.publish(function)
+
     def changed(self, paths: Iterable[Path]) -> None:
         """Publish each function a changed path belongs to; store again the secrets
         of each whose local secrets file changed."""
@@ -137,22 +149,27 @@ class DevSession:
         for function in self.functions:
             mine = {p for p in changed if function.owns(p)}
             secrets_file = function.directory / SECRETS_FILE
-            if secrets_file in mine:
-                try:
-                    self._store_secrets(function)
-                except (EdgefnError, OSError) as exc:
-                    self.say(f"{function.name}: {exc}", "red")
-                else:
-                    self.say(f"{function.name}: secrets read again from {secrets_file}", None)
+            if secrets_file in mine and self._read_secrets_again(function):
+                self.say(f"{function.name}: secrets read again from {secrets_file}", None)
             if mine - {secrets_file}:
                 self.publish(function)
+
+    def _read_secrets_again(self, function: DevFunction) -> bool:
+        """`_store_secrets`, an error said in red (the values stored stay); whether it
+        worked."""
+        try:
+            self._store_secrets(function)
+        except (EdgefnError, OSError) as exc:
+            self.say(f"{function.name}: {exc}", "red")
+            return False
+        return True
 
     def publish(self, function: DevFunction) -> VersionRecord | None:
         """Snapshot `function`'s folder and serve it; None if it did not change, or
         could not be published (said in red: the previous version keeps serving)."""
         started = time.perf_counter()
         try:
-            manifest = load_manifest(function.directory)
+            text, manifest = read_manifest(function.directory)
             if manifest.name != function.name:
                 raise DevError(
                     f"{function.directory / MANIFEST_FILE}: the name changed from "
@@ -168,7 +185,7 @@ class DevSession:
             snapshot = self.snapshots.take(function.directory, manifest)
             if snapshot.digest == function.served:
                 return None
-            version = self._deploy(function, snapshot)
+            version = self._deploy(function, text, snapshot)
             self._wait_live(version)
         except (EdgefnError, OSError, UnicodeError) as exc:
             # Whatever the folder holds, the watch goes on: the next save may fix it.
@@ -188,9 +205,9 @@ class DevSession:
             self._checks_waiting.notify()
         return version
 
-    def _deploy(self, function: DevFunction, snapshot: Snapshot) -> VersionRecord:
-        """The dev runner, as it is (hashed once), with the manifest and the snapshot."""
-        text = (function.directory / MANIFEST_FILE).read_text(encoding="utf-8")
+    def _deploy(self, function: DevFunction, text: str, snapshot: Snapshot) -> VersionRecord:
+        """The dev runner, as it is (hashed once), with the manifest `text` and the
+        snapshot."""
         runner, folder = function.runner, function.manifest.assets
         if folder is None or snapshot.assets is None:
             return self.deployer.deploy(

@@ -49,9 +49,10 @@ class Snapshots:
         covers the assets too (they are deployed as assets, not copied here)."""
         assets = directory / manifest.assets if manifest.assets else None
         digest = hashlib.sha256(manifest.entry.encode() + b"\0")
-        assets_digest = hashlib.sha256() if assets is not None else None
         contents = []
         for path in source_files(directory):
+            if assets is not None and assets in path.parents:
+                continue  # deployed as assets: below
             # Editors' lock, swap and backup files are not source (Emacs' `.#app.py`
             # is a dangling link); a FIFO or device would block or never end.
             if path.name.startswith(".") or path.name.endswith("~"):
@@ -63,10 +64,6 @@ class Snapshots:
             if not stat.S_ISREG(info.st_mode):
                 continue
             relative = path.relative_to(directory)
-            encoded = os.fsencode(relative)
-            if assets_digest is not None and assets in path.parents:
-                assets_digest.update(b"%s\0%d\0%d\0" % (encoded, info.st_size, info.st_mtime_ns))
-                continue
             if info.st_size > MAX_FILE:
                 raise DevError(
                     f"{relative}: {info.st_size:,} bytes; `edgefn dev` copies a function's "
@@ -74,9 +71,9 @@ class Snapshots:
                     "manifest's assets, or out of the folder"
                 )
             data = path.read_bytes()
-            digest.update(encoded + b"\0" + data + b"\0")
+            digest.update(os.fsencode(relative) + b"\0" + data + b"\0")
             contents.append((relative, data))
-        assets_sha = assets_digest.hexdigest() if assets_digest is not None else None
+        assets_sha = _stat_digest(assets) if assets is not None else None
         digest.update(f"assets\0{assets_sha}".encode())
         name = digest.hexdigest()[:20]
         target = self.root / manifest.name / name
@@ -100,3 +97,17 @@ class Snapshots:
             if now - since > GRACE_SECONDS:
                 shutil.rmtree(path, ignore_errors=True)
                 del self._retired[path]
+
+
+def _stat_digest(folder: Path) -> str:
+    """A digest of every entry `pack_assets` packs (or refuses) in `folder`, by name,
+    type, size and time: whatever changes there is a new archive."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        try:
+            info = path.lstat()
+        except FileNotFoundError:  # gone since the walk
+            continue
+        name = os.fsencode(path.relative_to(folder))
+        digest.update(b"%s\0%d\0%d\0%d\0" % (name, info.st_mode, info.st_size, info.st_mtime_ns))
+    return digest.hexdigest()

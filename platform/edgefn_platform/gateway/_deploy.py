@@ -101,10 +101,11 @@ class Deployer:
         the artifact and activates the version in one transaction. A failure or a
         crash at any step leaves the previous version serving.
 
-        `component`: an upload, copied and hashed on its way to disk; or a file on
-        this host, read where it is, `sha256` its digest if the caller knows it
-        (`edgefn dev` hashes its 39 MB runner once, not at every save: an edit was
-        live in a median 104-106 ms, against 171-179 copying and hashing it, 2 runs each).
+        `component`: an upload, copied and hashed on its way to disk; or a file of
+        this host's that nothing rewrites, read where it is, `sha256` its digest if the
+        caller knows it: `edgefn dev` hashes its 39 MB runner once, not at every save
+        (an edit was live in a median 104-106 ms, against 171-179 copying and hashing
+        it, 2 runs each).
         `dev_source`: a snapshot of the function's folder, for `edgefn dev`'s dev
         runner (never the admin API)."""
         try:
@@ -132,6 +133,8 @@ class Deployer:
                 if sha256 is None:
                     with wasm.open("rb") as file:
                         sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+            elif sha256 is not None:
+                raise ValueError("sha256 is for a file of this host's, not an upload")
             else:
                 wasm = Path(temp) / "component.wasm"
                 sha256 = _copy_hashing(component, wasm)
@@ -270,13 +273,14 @@ def _copy_hashing(source: BinaryIO, target: Path) -> str:
 
 
 def deploy_directory(deployer: Deployer, directory: Path, wasm: Path) -> VersionRecord:
-    """Deploy a function folder built into `wasm` in-process (`edgefn serve --deploy`)."""
+    """Deploy a function folder built into `wasm` in-process (`edgefn serve --deploy`).
+    Copied and hashed in one pass, as an upload is: a build may replace the file."""
     manifest_text = (directory / MANIFEST_FILE).read_text(encoding="utf-8")
     manifest = parse_manifest(manifest_text)
-    if manifest.assets is None:
-        return deployer.deploy(manifest_text, wasm)
-    with tempfile.TemporaryDirectory() as temp:
+    with tempfile.TemporaryDirectory() as temp, wasm.open("rb") as component:
+        if manifest.assets is None:
+            return deployer.deploy(manifest_text, component)
         archive = Path(temp) / _ARCHIVE
         pack_assets(directory / manifest.assets, archive)
         with archive.open("rb") as assets:
-            return deployer.deploy(manifest_text, wasm, assets)
+            return deployer.deploy(manifest_text, component, assets)

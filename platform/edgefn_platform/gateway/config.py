@@ -30,6 +30,10 @@ TOKEN_FILE = "admin-token"
 log = logging.getLogger("edgefn.gateway")
 
 
+# The longest --shutdown-delay or --drain-timeout: an hour.
+_LONGEST_STOP = 3600.0
+
+
 @dataclass
 class GatewayConfig:
     """Where the gateway listens, where it keeps its data, and how many workers it runs."""
@@ -90,6 +94,11 @@ class GatewayConfig:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if (self.admin_tls_cert is None) != (self.admin_tls_key is None):
             raise ValueError("admin TLS needs both a certificate and a key")
+        for name in ("shutdown_delay", "drain_timeout"):
+            value = getattr(self, name)
+            if not 0 <= value <= _LONGEST_STOP:  # nan and inf too: a stop that never ends
+                what = name.replace("_", " ")
+                raise ValueError(f"{what} must be 0 to {_LONGEST_STOP:g} seconds, got {value}")
         if self.rollout_timeout <= 0:
             raise ValueError(f"rollout timeout must be positive, got {self.rollout_timeout}")
         if self.memory_release_after < 0:
