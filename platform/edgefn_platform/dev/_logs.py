@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from .._printable import printable
-from ..registry import Registry, RegistryUnavailable
+from ..registry import Registry, RegistryUnavailable, logs_since
 from ..registry._model import LOG_LINES_KEPT
 
 __all__ = ["LogTail"]
@@ -50,21 +50,18 @@ class LogTail:
                 self._print(name)
 
     def _print(self, name: str) -> None:
-        """Every line of `name`'s the registry still keeps since the last one printed
-        (`logs()` answers the newest `limit`: all it keeps, so none is skipped)."""
-        after = self._after.get(name, 0)
+        """Every line of `name`'s the registry still keeps since the last one printed."""
         try:
-            # From the last line printed, to tell whether retention has passed it.
-            records = self.registry.logs(name, max(after - 1, 0), LOG_LINES_KEPT + 1)
+            records, skipped = logs_since(self.registry, name, self._after.get(name, 0))
         except RegistryUnavailable:
             return
-        if after and records and records[0].id != after:
+        if skipped:
             self.echo(
                 f"[{name}] ... (lines may have been left out: the registry keeps a "
                 f"function's last {LOG_LINES_KEPT:,})"
             )
         for record in records:
-            if record.id > after and record.kind == "log":
+            if record.kind == "log":
                 self.echo(printable(f"[{name}] {record.line}"))
         if records:
             self._after[name] = records[-1].id

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -175,7 +176,8 @@ class DevSession:
                     f"{function.directory / MANIFEST_FILE}: the name changed from "
                     f"{function.name!r} to {manifest.name!r}; restart `edgefn dev`"
                 )
-            if manifest.requirements != function.manifest.requirements:
+            # Compared as the runner's cache key does: a new order is the same runner.
+            if sorted(manifest.requirements) != sorted(function.manifest.requirements):
                 self.say(f"{manifest.name}: requirements changed: a full build", "yellow")
                 function.runner = self._runner(manifest)
             secrets_changed = manifest.secrets != function.manifest.secrets
@@ -208,24 +210,26 @@ class DevSession:
     def _deploy(self, function: DevFunction, text: str, snapshot: Snapshot) -> VersionRecord:
         """The dev runner, as it is (hashed once), with the manifest `text` and the
         snapshot."""
-        runner, folder = function.runner, function.manifest.assets
-        if folder is None or snapshot.assets is None:
-            return self.deployer.deploy(
-                text, runner.wasm, sha256=runner.sha256, dev_source=snapshot.path
-            )
-        with self._pack(function, function.directory / folder, snapshot.assets) as assets:
+        runner = function.runner
+        with self._pack(function, snapshot.assets) as assets:
             return self.deployer.deploy(
                 text, runner.wasm, assets, sha256=runner.sha256, dev_source=snapshot.path
             )
 
-    def _pack(self, function: DevFunction, folder: Path, digest: str) -> BinaryIO:
-        """The function's assets archive, packed again only when they changed: a save
-        of its source deploys the same archive (which the deployer unpacks once)."""
+    def _pack(
+        self, function: DevFunction, digest: str | None
+    ) -> AbstractContextManager[BinaryIO | None]:
+        """The function's assets archive (none without assets), packed again only when
+        they changed: a save of its source deploys the same archive (which the
+        deployer unpacks once)."""
+        folder = function.manifest.assets
+        if folder is None or digest is None:
+            return nullcontext()
         archive = self._packed_dir / f"{function.name}.tar.gz"
         if function.packed != digest:
             function.packed = None  # until the archive is whole
             self._packed_dir.mkdir(exist_ok=True)
-            pack_assets(folder, archive)
+            pack_assets(function.directory / folder, archive)
             function.packed = digest
         return archive.open("rb")
 

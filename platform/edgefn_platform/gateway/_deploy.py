@@ -102,10 +102,9 @@ class Deployer:
         crash at any step leaves the previous version serving.
 
         `component`: an upload, copied and hashed on its way to disk; or a file of
-        this host's that nothing rewrites, read where it is, `sha256` its digest if the
-        caller knows it: `edgefn dev` hashes its 39 MB runner once, not at every save
-        (an edit was live in a median 104-106 ms, against 171-179 copying and hashing
-        it, 2 runs each).
+        this host's that nothing rewrites, read where it is, with its `sha256`:
+        `edgefn dev` hashes its 39 MB runner once, not at every save (an edit was live
+        in a median 104-106 ms, against 171-179 copying and hashing it, 2 runs each).
         `dev_source`: a snapshot of the function's folder, for `edgefn dev`'s dev
         runner (never the admin API)."""
         try:
@@ -128,16 +127,14 @@ class Deployer:
         manifest = parse_manifest(manifest_text, source="edgefn.toml")
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as temp:
+            if isinstance(component, Path) != (sha256 is not None):
+                raise ValueError("a file of this host's is deployed with its sha256, and only it")
             if isinstance(component, Path):
                 wasm = component
-                if sha256 is None:
-                    with wasm.open("rb") as file:
-                        sha256 = hashlib.file_digest(file, "sha256").hexdigest()
-            elif sha256 is not None:
-                raise ValueError("sha256 is for a file of this host's, not an upload")
             else:
                 wasm = Path(temp) / "component.wasm"
                 sha256 = _copy_hashing(component, wasm)
+            assert sha256 is not None
             crash_point("deploy:uploaded")
             assets_sha = self._unpack_assets(assets, Path(temp)) if assets else None
             if manifest.assets and assets_sha is None:

@@ -22,7 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from edgefn_runtime import EdgefnError
 
 from ..manifest import Manifest
-from ..registry import FunctionRecord, VersionRecord
+from ..registry import FunctionRecord, VersionRecord, logs_since
 from ..registry._model import LOG_LINES_KEPT, PREFIX_MAX_LENGTH
 from ._admin_guards import LimitBody, RequireToken
 from ._admin_kv import add_kv_routes
@@ -438,12 +438,7 @@ class AdminApp:
         self.registry.function(name)
         more = skipped = False
         if oldest:
-            # Every line still kept from the cursor on (the cursor's own included,
-            # to tell whether retention passed it): at most LOG_LINES_KEPT rows.
-            rows = self.registry.logs(name, max(after - 1, 0), LOG_LINES_KEPT, request_id)
-            if after > 0:
-                skipped = bool(rows) and rows[0].id != after
-                rows = [r for r in rows if r.id > after]
+            rows, skipped = logs_since(self.registry, name, after, request_id)
             more, rows = len(rows) > limit, rows[:limit]
         else:
             rows = self.registry.logs(name, after, limit + 1, request_id)

@@ -25,6 +25,7 @@ from ._model import (
     StorageFull,
     VersionNotFound,
     VersionRecord,
+    logs_since,
 )
 from ._sqlite import SQLiteRegistry
 
@@ -46,6 +47,7 @@ __all__ = [
     "VersionNotFound",
     "VersionRecord",
     "open_registry",
+    "logs_since",
 ]
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "VersionNotFound",
     "VersionRecord",
     "check_prefix",
+    "logs_since",
 ]
 
 
@@ -282,3 +283,15 @@ class Registry(Protocol):
         first; only those of `request_id` when given."""
 
     def close(self) -> None: ...
+
+
+def logs_since(
+    registry: Registry, name: str, after: int, request_id: str | None = None
+) -> tuple[list[LogRecord], bool]:
+    """Every line of `name` the registry still keeps after the line `after`, oldest
+    first, and whether retention has passed `after` (lines after it may have been
+    dropped before they were read): what a reader following the logs needs."""
+    # From the cursor's own line on, to tell whether it is still kept.
+    rows = registry.logs(name, max(after - 1, 0), LOG_LINES_KEPT + 1, request_id)
+    skipped = after > 0 and bool(rows) and rows[0].id != after
+    return [r for r in rows if r.id > after], skipped
