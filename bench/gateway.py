@@ -3,8 +3,9 @@
 Both run with 2 worker processes on loopback, in the same run, loaded with the
 same client: `wrk` when installed, else a bounded asyncio load generator. The
 function runs three times: with a fresh instance per request (the default), with
-`reuse = true`, and with `reuse = true` on a gateway that runs short requests on its
-event loop (`EDGEFN_INLINE_CPU_MS=1`, opt-in). Prints requests/s and p50/p99 latency
+`reuse = true` (whose short requests run on the worker's event loop, the default),
+and with `reuse = true` on a gateway that runs every request on a thread
+(`EDGEFN_INLINE_CPU_MS=0`). Prints requests/s and p50/p99 latency
 for each and the ratios, then the first request after a deploy and after a restart
 against the median warm one.
 Issue 20's targets get a met / NOT MET line each: `reuse = true` >= 0.6x the
@@ -45,9 +46,8 @@ from gateway_process import GatewayProcess, children, cpu_seconds, worker_pids  
 # of 3 runs of this script there (4.90x, 4.90x, 5.81x), alternating with runs of
 # this version (3.07x, 3.54x, 4.09x after the cycle and cache-miss fixes).
 OVERHEAD_BEFORE = 4.90
-# The gateway's opt-in: short `reuse` requests on its event loop (README,
-# "Reused instances").
-ON_THE_LOOP = {"EDGEFN_INLINE_CPU_MS": "1"}
+# Every request on a thread, as before issue 20 (README, "Reused instances").
+ON_THREADS = {"EDGEFN_INLINE_CPU_MS": "0"}
 
 
 class Load(NamedTuple):
@@ -144,16 +144,16 @@ def main() -> None:
                 gateway.wait_serving("bench")
                 url = f"{gateway.public_url}/bench/"
                 rows[label], cpu[label] = measured(load, url, args, worker_pids(gateway))
-            # Opt-in: short `reuse` requests on the event loop, no thread hand-off.
-            inline = GatewayProcess(Path(temp) / "inline", workers=2, extra_env=ON_THE_LOOP)
+            # For comparison: every request handed to a thread and back.
+            threads = GatewayProcess(Path(temp) / "threads", workers=2, extra_env=ON_THREADS)
             try:
-                inline.start()
-                deploy(inline, f"reuse = true\n{manifest}", result.path.read_bytes())
-                inline.wait_serving("bench")
-                label, url = "reuse, on loop", f"{inline.public_url}/bench/"
-                rows[label], cpu[label] = measured(load, url, args, worker_pids(inline))
+                threads.start()
+                deploy(threads, f"reuse = true\n{manifest}", result.path.read_bytes())
+                threads.wait_serving("bench")
+                label, url = "reuse, threads", f"{threads.public_url}/bench/"
+                rows[label], cpu[label] = measured(load, url, args, worker_pids(threads))
             finally:
-                inline.stop()
+                threads.stop()
             url = f"http://127.0.0.1:{port}/bench/"
             tree = [baseline.pid, *children(baseline.pid)]
             rows["fastapi"], cpu["fastapi"] = measured(load, url, args, tree)
@@ -184,7 +184,7 @@ def main() -> None:
         )
         figures = f"{row.rps:8.0f} {row.p50:8.2f} {row.p99:8.2f} {cpu[label] * 1e6:8.0f}"
         print(f"{label:14} {figures}{ratios}")
-    for label, how in (("edgefn reuse", ""), ("reuse, on loop", ", EDGEFN_INLINE_CPU_MS=1")):
+    for label, how in (("edgefn reuse", ""), ("reuse, threads", ", EDGEFN_INLINE_CPU_MS=0")):
         reuse = rows[label]
         verdict(
             f"reuse = true hello{how}, req/s vs FastAPI",

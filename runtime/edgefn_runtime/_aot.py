@@ -9,8 +9,10 @@ version or configuration never loads a stale one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import wasmtime
@@ -19,6 +21,8 @@ from wasmtime import component as wc
 from ._errors import from_load_failure
 
 __all__ = ["AotCache", "sha256_file"]
+
+log = logging.getLogger("edgefn.runtime")
 
 
 def sha256_file(path: Path) -> str:
@@ -45,8 +49,16 @@ class AotCache:
         """Forget the compiled artifact of a component no longer deployed."""
         self.path_for(sha256).unlink(missing_ok=True)
 
-    def load(self, engine: wasmtime.Engine, wasm: Path, sha256: str | None = None) -> wc.Component:
-        """The compiled component for `wasm`, compiling and caching it on a miss."""
+    def load(
+        self,
+        engine: wasmtime.Engine,
+        wasm: Path,
+        sha256: str | None = None,
+        prepare: Callable[[bytes], bytes | None] | None = None,
+    ) -> wc.Component:
+        """The compiled component for `wasm`, compiling and caching it on a miss:
+        what `prepare` makes of its bytes, or, if that is None or does not
+        compile, the bytes as they are."""
         artifact = self.path_for(sha256 or sha256_file(wasm))
         if artifact.exists():
             try:
@@ -57,12 +69,23 @@ class AotCache:
                 self.hits += 1
                 return component
         self.misses += 1
-        try:
-            component = wc.Component.from_file(engine, wasm)
-        except wasmtime.WasmtimeError as exc:
-            raise from_load_failure(exc, f"{wasm} is not a valid WebAssembly component") from None
-        self._store(artifact, component.serialize())
-        return component
+        data = wasm.read_bytes()
+        prepared = prepare(data) if prepare is not None else None
+        compiled = None
+        if prepared is not None:
+            try:
+                compiled = wc.Component(engine, prepared)
+            except wasmtime.WasmtimeError as exc:  # a bug of `prepare`'s: run it as it is
+                log.warning("%s: compiling it as prepared failed, so it is not: %s", wasm, exc)
+        if compiled is None:
+            try:
+                compiled = wc.Component(engine, data)
+            except wasmtime.WasmtimeError as exc:
+                raise from_load_failure(
+                    exc, f"{wasm} is not a valid WebAssembly component"
+                ) from None
+        self._store(artifact, compiled.serialize())
+        return compiled
 
     def _store(self, artifact: Path, data: bytes | bytearray) -> None:
         # Write-then-rename: concurrent loaders see a whole artifact or none.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -15,7 +16,7 @@ from typing import Any
 import wasmtime
 from wasmtime import component as wc
 
-from . import _memory, _wasmtime
+from . import _memory, _wait_guard, _wasmtime
 from ._ahead import Ahead
 from ._aot import AotCache, sha256_file
 from ._contract import check_component
@@ -93,7 +94,8 @@ class Engine:
     a request. `release_after` seconds of quiet after a burst give its memory
     back (`release_memory()`); None: only when called. A reusable function whose
     requests average at most `inline_cpu` seconds of CPU may run them on the
-    caller's thread (`Sandbox.invoke_now`, `$EDGEFN_INLINE_CPU_MS`; 0, the default: never).
+    caller's thread (`Sandbox.invoke_now`, `$EDGEFN_INLINE_CPU_MS`, 1 ms unless
+    set; 0: never).
     """
 
     def __init__(
@@ -112,10 +114,12 @@ class Engine:
         config.epoch_interruption = True
         config.cranelift_opt_level = "speed"
         _use_pooling_allocator(config, max_instances)
-        self._settings = "fuel,epoch,opt=speed,pooling"
+        # Components are compiled with `_wait_guard`'s adapter in front of them.
+        self._settings = f"fuel,epoch,opt=speed,pooling,wait-guard={_wait_guard.IDENTITY}"
         self.wasmtime = wasmtime.Engine(config)
         self.linker = wc.Linker(self.wasmtime)
         self.linker.add_wasip2()
+        _wait_guard.link(self.linker)
         self.capabilities = tuple(installed() if capabilities is None else capabilities)
         names = [capability.name for capability in self.capabilities]
         if len(set(names)) != len(names):
@@ -179,8 +183,10 @@ class Engine:
         """
         wasm = Path(wasm)
         sha256 = sha256 or sha256_file(wasm)
-        component = self.aot.load(self.wasmtime, wasm, sha256)
-        check_component(self.wasmtime, component, self.imports)
+        component = self.aot.load(
+            self.wasmtime, wasm, sha256, functools.partial(_wait_guard.guard, self.wasmtime)
+        )
+        check_component(self.wasmtime, component, self.imports | {_wait_guard.GUARD_IMPORT})
         self._check_instantiates(component)
         if assets is not None and not Path(assets).is_dir():
             raise FileNotFoundError(f"assets directory {assets} does not exist")
@@ -192,6 +198,7 @@ class Engine:
             assets=assets,
             reuse=reuse,
             grants=grants,
+            waits_bounded=_wait_guard.waits_bounded(self.wasmtime, component),
         )
         self._sandboxes.add(sandbox)
         return sandbox

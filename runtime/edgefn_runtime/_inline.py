@@ -9,18 +9,18 @@ worker served 1.4-2x the requests/s (`bench/gateway.py`, 2 workers, wrk -c50).
 A hand-off that blocks the loop until the thread answers (up to 2 ms) bought
 nothing: the thread's wake-up is paid with the loop idle.
 
-Opt-in (`$EDGEFN_INLINE_CPU_MS`), for gateways whose functions are trusted:
-the loop does nothing else while a guest runs on it, and the epoch deadline
-fires only while WebAssembly runs, not while wasmtime waits inside a WASI call
-(a clock subscription, `poll`). A guest that waits there holds the loop, and
-every connection of the worker, for as long as it asks; no knob of wasmtime's
-C API bounds that. What is bounded is everything else:
+On by default (`$EDGEFN_INLINE_CPU_MS`, 1 ms; 0 turns it off). The loop does
+nothing else while a guest runs on it, so everything a guest can do there is
+bounded:
 - only a request an instance is ready for: reused, instantiated (instantiating
   takes milliseconds), idle, fitting the live limits; and a small body;
 - a host call (key-value, outbound HTTP, images, secrets) may wait on I/O or
   work for milliseconds: the first one made on the loop stops the guest before
   the host does anything (`capabilities.host_call`), and the request runs again
-  on a thread;
+  on a thread; so does a wait in WASI (`poll`, a clock: the epoch deadline does
+  not fire while wasmtime waits there), through the adapter `_wait_guard.py`
+  puts in front of every component, and a component it could not change never
+  runs on the loop;
 - a guest still running at the second epoch tick (10-20 ms) is stopped, and
   its request runs again on a thread with its whole limits;
 - either, or one request holding the loop over `LONG` seconds, sends the
@@ -89,11 +89,17 @@ class InlineGate:
             self.close()
 
 
+# A function whose requests take at most this much CPU on average (1 ms) runs
+# them on the loop: a trivial `reuse` request costs 0.2-0.3 ms in the sandbox
+# (`bench/gateway.py`), an image pipeline tens of ms.
+DEFAULT_CPU = 0.001
+
+
 def inline_cpu_setting() -> float:
-    """`$EDGEFN_INLINE_CPU_MS` in seconds; unset or 0: never on the loop."""
+    """`$EDGEFN_INLINE_CPU_MS` in seconds; unset: `DEFAULT_CPU`; 0: never on the loop."""
     configured = os.environ.get("EDGEFN_INLINE_CPU_MS", "").strip()
     if not configured:
-        return 0.0
+        return DEFAULT_CPU
     try:
         value = float(configured)
     except ValueError:

@@ -59,6 +59,7 @@ class Sandbox:
         assets: Path | str | None,
         reuse: int = 0,
         grants: Mapping[str, Any] | None = None,
+        waits_bounded: bool = False,
     ) -> None:
         self.engine = engine
         self.component = component
@@ -85,7 +86,8 @@ class Sandbox:
         self._idle: collections.deque[Instance] = collections.deque()
         # Fresh instances made ahead of demand (none for a reusable function).
         self._stock = None if reuse else engine.ahead.stock()
-        self._inline = InlineGate(engine.inline_cpu if reuse else 0)
+        # Only where no WASI wait can hold the loop (`_wait_guard.py`).
+        self._inline = InlineGate(engine.inline_cpu if reuse and waits_bounded else 0)
 
     def invoke(self, request: Request, limits: Limits | None = None) -> Outcome:
         """Run `request` through the function under `limits`.

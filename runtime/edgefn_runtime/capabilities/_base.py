@@ -91,6 +91,9 @@ class RequestContext:
         self.states: dict[str, Any] = {}
         # Run on an event loop, where no host call may run (`_inline.py`).
         self.on_loop = False
+        # The guest subscribed to a clock, in this request or an earlier one of
+        # its instance: a wait of its may be a long one (`_wait_guard.py`).
+        self.clock_subscribed = False
 
     def begin(
         self,

@@ -1,0 +1,151 @@
+"""The adapter in front of a component's WASI clock and `poll` (`_wait_guard.py`),
+on small components written here in the text format, so that each case is exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import wasmtime
+from wasmtime import component as wc
+
+from edgefn_runtime import Engine, InvalidComponent
+from edgefn_runtime import _wait_guard as wait_guard
+from edgefn_runtime import _wasmtime as raw
+from edgefn_runtime._contract import HANDLER_EXPORT
+from edgefn_runtime._inline import HostCallOnLoop
+from edgefn_runtime.capabilities import RequestContext
+
+POLL = "wasi:io/poll@0.2.9"
+CLOCK = "wasi:clocks/monotonic-clock@0.2.9"
+
+# Subscribes to `count` clocks of 1 ms, polls them all at once, drops them, and
+# answers how many `poll` found ready: every step of the adapter, with a list
+# larger than its first page of memory (4 bytes a pollable, each way).
+WAITER = f"""
+(component
+  (import "{POLL}" (instance $poll
+    (export "pollable" (type $p (sub resource)))
+    (export "poll" (func (param "in" (list (borrow $p))) (result (list u32))))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "{CLOCK}" (instance $clock
+    (export "pollable" (type $p (eq $pollable)))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $p))))))
+  (core module $memory
+    (memory (export "memory") 8)
+    (global $heap (mut i32) (i32.const 262144))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (global.get $heap)
+      (global.set $heap (i32.add (global.get $heap) (local.get 3)))))
+  (core instance $memory (instantiate $memory))
+  (alias core export $memory "memory" (core memory $mem))
+  (alias core export $memory "realloc" (core func $realloc))
+  (core func $subscribe (canon lower (func $clock "subscribe-duration")))
+  (core func $poll (canon lower (func $poll "poll") (memory $mem) (realloc $realloc)))
+  (core func $drop (canon resource.drop $pollable))
+  (core module $main
+    (import "host" "memory" (memory 8))
+    (import "host" "subscribe" (func $subscribe (param i64) (result i32)))
+    (import "host" "poll" (func $poll (param i32 i32 i32)))
+    (import "host" "drop" (func $drop (param i32)))
+    (func (export "run") (param $count i32) (result i32)
+      (local $i i32)
+      (loop $make
+        (i32.store (i32.add (i32.const 1024) (i32.shl (local.get $i) (i32.const 2)))
+          (call $subscribe (i64.const 1000000)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $make (i32.lt_u (local.get $i) (local.get $count))))
+      (call $poll (i32.const 1024) (local.get $count) (i32.const 0))
+      (local.set $i (i32.const 0))
+      (loop $free
+        (call $drop (i32.load (i32.add (i32.const 1024) (i32.shl (local.get $i) (i32.const 2)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $free (i32.lt_u (local.get $i) (local.get $count))))
+      (i32.load (i32.const 4))))
+  (core instance $main (instantiate $main (with "host" (instance
+    (export "memory" (memory $mem))
+    (export "subscribe" (func $subscribe))
+    (export "poll" (func $poll))
+    (export "drop" (func $drop))))))
+  (func $run (param "count" u32) (result u32) (canon lift (core func $main "run")))
+  (instance $handler (export "run" (func $run)))
+  (export "{HANDLER_EXPORT}" (instance $handler)))
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    with Engine(ahead=0) as engine:
+        yield engine
+
+
+def encoded(text: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(text))
+
+
+def run(engine: Engine, component: wc.Component, count: int, on_loop: bool = False) -> object:
+    """`run(count)` of a WAITER-shaped component in a store of its own."""
+    context = RequestContext(None)
+    context.on_loop = on_loop
+    store = wasmtime.Store(engine.wasmtime, data=context)
+    raw.set_fuel(store, 10**9)
+    store.set_epoch_deadline(2**32)
+    store.set_wasi(wasmtime.WasiConfig())
+    instance = engine.linker.instantiate(store, component)
+    handler = instance.get_export_index(store, HANDLER_EXPORT)
+    function = instance.get_func(store, instance.get_export_index(store, "run", handler))
+    assert function is not None
+    try:
+        return function(store, count)
+    except wasmtime.WasmtimeError:
+        return context.breach
+
+
+def test_a_guarded_component_waits_on_a_thread_and_is_stopped_on_the_loop(engine: Engine) -> None:
+    guarded = wait_guard.guard(engine.wasmtime, encoded(WAITER))
+    assert guarded is not None
+    component = wc.Component(engine.wasmtime, guarded)
+    assert wait_guard.waits_bounded(engine.wasmtime, component)
+    # 20,000 pollables: 80 KB lists through the adapter's 64 KiB of memory, and
+    # every borrow dropped (else wasmtime traps the call); twice, as its list
+    # memory is reset after each call.
+    for _ in range(2):
+        ready = run(engine, component, 20_000)
+        assert isinstance(ready, int) and 1 <= ready <= 20_000
+    assert isinstance(run(engine, component, 3, on_loop=True), HostCallOnLoop)
+
+
+def test_without_the_adapter_a_wait_is_not_bounded(engine: Engine) -> None:
+    component = wc.Component(engine.wasmtime, encoded(WAITER))
+    assert not wait_guard.waits_bounded(engine.wasmtime, component)
+    assert run(engine, component, 3, on_loop=True) == 3  # waited, on the loop
+
+
+def test_a_component_without_a_clock_needs_no_adapter(engine: Engine) -> None:
+    plain = encoded(f'(component (import "{POLL}" (instance)))')
+    assert wait_guard.guard(engine.wasmtime, plain) is None
+    assert wait_guard.waits_bounded(engine.wasmtime, wc.Component(engine.wasmtime, plain))
+
+
+def test_a_layout_it_does_not_know_is_left_as_it_is(engine: Engine) -> None:
+    late = encoded(f'(component (core module) (import "{CLOCK}" (instance)))')
+    assert wait_guard.guard(engine.wasmtime, late) is None
+    assert not wait_guard.waits_bounded(engine.wasmtime, wc.Component(engine.wasmtime, late))
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_component_may_not_import_the_guard_itself(
+    engine: Engine, tmp_path: Path, late: bool
+) -> None:
+    # Else it could pass for one the adapter guards; wherever it declares it.
+    before = "(core module)" if late else ""
+    forged = encoded(
+        f'(component {before} (import "{wait_guard.GUARD_IMPORT}" (instance '
+        '(export "clock" (func)) (export "wait" (func)))))'
+    )
+    with pytest.raises(InvalidComponent, match="which edgefn reserves"):
+        wait_guard.guard(engine.wasmtime, forged)
+    path = tmp_path / "forged.wasm"
+    path.write_bytes(forged)
+    with pytest.raises(InvalidComponent, match="which edgefn reserves"):
+        engine.load(path)
