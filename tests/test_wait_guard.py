@@ -1,19 +1,23 @@
-"""The adapter in front of a component's WASI clock and `poll` (`_wait_guard.py`),
+"""The adapter in front of a component's WASI clock, `poll` and random (`_wait_guard.py`),
 on small components written here in the text format, so that each case is exact."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import wasmtime
 from wasmtime import component as wc
 
-from edgefn_runtime import Engine, InvalidComponent
+from edgefn_platform import BuildResult
+from edgefn_runtime import Engine, InvalidComponent, Limits
 from edgefn_runtime import _wait_guard as wait_guard
 from edgefn_runtime import _wasmtime as raw
+from edgefn_runtime._component_binary import PREAMBLE
 from edgefn_runtime._contract import HANDLER_EXPORT
 from edgefn_runtime._inline import HostCallOnLoop
+from edgefn_runtime._instance import Instance
 from edgefn_runtime.capabilities import RequestContext
 
 POLL = "wasi:io/poll@0.2.9"
@@ -121,16 +125,109 @@ def test_without_the_adapter_a_wait_is_not_bounded(engine: Engine) -> None:
     assert run(engine, component, 3, on_loop=True) == 3  # waited, on the loop
 
 
-def test_a_component_without_a_clock_needs_no_adapter(engine: Engine) -> None:
-    plain = encoded(f'(component (import "{POLL}" (instance)))')
+def test_a_component_without_those_interfaces_needs_no_adapter(engine: Engine) -> None:
+    plain = encoded('(component (import "wasi:cli/environment@0.2.9" (instance)))')
     assert wait_guard.guard(engine.wasmtime, plain) is None
     assert wait_guard.waits_bounded(engine.wasmtime, wc.Component(engine.wasmtime, plain))
 
 
-def test_a_layout_it_does_not_know_is_left_as_it_is(engine: Engine) -> None:
-    late = encoded(f'(component (core module) (import "{CLOCK}" (instance)))')
-    assert wait_guard.guard(engine.wasmtime, late) is None
-    assert not wait_guard.waits_bounded(engine.wasmtime, wc.Component(engine.wasmtime, late))
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Imports after the code.
+        f'(component (core module) (import "{CLOCK}" (instance)))',
+        # `wasi:io/poll` without its resource.
+        f'(component (import "{POLL}" (instance)))',
+        # A name the outer component's text would have to escape.
+        '(component (import "wasi:random/random@0.2.9\\22)) (x" (instance)))',
+    ],
+)
+def test_a_component_it_cannot_front_is_left_as_it_is(engine: Engine, text: str) -> None:
+    wasm = encoded(text)
+    assert wait_guard.guard(engine.wasmtime, wasm) is None
+    if "\\22" not in text:  # (wasmtime refuses that name itself)
+        component = wc.Component(engine.wasmtime, wasm)
+        assert not wait_guard.waits_bounded(engine.wasmtime, component)
+
+
+# Asks for `size` random bytes; answers how many came.
+RANDOM = f"""
+(component
+  (import "wasi:random/random@0.2.9" (instance $random
+    (export "get-random-bytes" (func (param "len" u64) (result (list u8))))))
+  (core module $memory
+    (memory (export "memory") 64)
+    (global $heap (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (global.get $heap)
+      (global.set $heap (i32.add (global.get $heap) (local.get 3)))))
+  (core instance $memory (instantiate $memory))
+  (alias core export $memory "memory" (core memory $mem))
+  (alias core export $memory "realloc" (core func $realloc))
+  (core func $bytes
+    (canon lower (func $random "get-random-bytes") (memory $mem) (realloc $realloc)))
+  (core module $main
+    (import "host" "bytes" (func $bytes (param i64 i32)))
+    (import "host" "memory" (memory 64))
+    (func (export "run") (param $size i32) (result i32)
+      (call $bytes (i64.extend_i32_u (local.get $size)) (i32.const 0))
+      (i32.load (i32.const 4))))
+  (core instance $main (instantiate $main (with "host" (instance
+    (export "memory" (memory $mem)) (export "bytes" (func $bytes))))))
+  (func $run (param "count" u32) (result u32) (canon lift (core func $main "run")))
+  (instance $handler (export "run" (func $run)))
+  (export "{HANDLER_EXPORT}" (instance $handler)))
+"""
+
+
+def test_long_host_work_is_stopped_on_the_loop(engine: Engine) -> None:
+    guarded = wait_guard.guard(engine.wasmtime, encoded(RANDOM))
+    assert guarded is not None
+    component = wc.Component(engine.wasmtime, guarded)
+    # Through the adapter's memory, which grows for it, on a thread.
+    assert run(engine, component, 1024 * 1024) == 1024 * 1024
+    assert run(engine, component, 64 * 1024, on_loop=True) == 64 * 1024
+    # 64 MiB took 0.4 s inside wasmtime, where the epoch deadline does not fire.
+    assert isinstance(run(engine, component, 64 * 1024 + 1, on_loop=True), HostCallOnLoop)
+
+
+def test_a_poll_of_many_pollables_is_stopped_on_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As for pollables that are no clock's (a stream's): its clocks left unmarked.
+    monkeypatch.setattr(wait_guard, "_clock", lambda store: None)
+    with Engine(ahead=0) as unmarked:
+        guarded = wait_guard.guard(unmarked.wasmtime, encoded(WAITER))
+        assert guarded is not None
+        component = wc.Component(unmarked.wasmtime, guarded)
+        ready = run(unmarked, component, 256, on_loop=True)
+        assert isinstance(ready, int) and 1 <= ready <= 256  # polled, on the loop
+        assert isinstance(run(unmarked, component, 257, on_loop=True), HostCallOnLoop)
+
+
+def test_as_many_guarded_instances_as_the_pool_has_fit(hostile_build: BuildResult) -> None:
+    with Engine(max_instances=4, ahead=0) as small:
+        sandbox = small.load(hostile_build.path, env=hostile_build.manifest.env, reuse=10)
+        instances = [Instance(sandbox, Limits(), None) for _ in range(4)]
+        for instance in instances:
+            instance.instantiate(Limits())
+        for instance in instances:
+            instance.close()
+
+
+@pytest.mark.parametrize(
+    ("wasm", "message"),
+    [
+        (PREAMBLE + bytes([10, 4, 1, 0, 3, 0x61]), "not a valid"),
+        (PREAMBLE + bytes([10]) + b"\xff" * 300_000, "longer than 5 bytes"),
+        (encoded('(component (import "m" (core module)))'), "imports a core module"),
+    ],
+)
+def test_unreadable_imports_are_refused_at_once(engine: Engine, wasm: bytes, message: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(InvalidComponent, match=message):
+        wait_guard.guard(engine.wasmtime, wasm)
+    assert time.monotonic() - started < 0.1
 
 
 @pytest.mark.parametrize("late", [False, True])

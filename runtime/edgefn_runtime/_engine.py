@@ -45,8 +45,10 @@ AHEAD_IDLE_SECONDS = 30.0
 
 # Pooling allocator sizing for componentize-py components, which hold 14 core
 # instances, 2 tables (the larger between 5,000 and 10,000 elements) and one
-# memory. Slots are reserved once; instances reuse them instead of mmap/munmap
-# per request.
+# memory, with the wait guard's adapter in front (`_wait_guard.py`): 17 or 18
+# core instances and 2 memories in all, for which the totals below budget 20
+# and 3 per instance. Slots are reserved once; instances reuse them instead of
+# mmap/munmap per request.
 _POOL = {
     "max_core_instances_per_component": 32,
     "max_tables_per_component": 8,
@@ -305,8 +307,8 @@ def _use_pooling_allocator(config: wasmtime.Config, max_instances: int) -> None:
         {
             **_POOL,
             "total_component_instances": max_instances,
-            "total_core_instances": max_instances * 16,
-            "total_memories": max_instances * 2,
+            "total_core_instances": max_instances * 20,
+            "total_memories": max_instances * 3,
             "total_tables": max_instances * 4,
             "total_stacks": max_instances,
         },

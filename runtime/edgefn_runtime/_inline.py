@@ -17,10 +17,11 @@ bounded:
 - a host call (key-value, outbound HTTP, images, secrets) may wait on I/O or
   work for milliseconds: the first one made on the loop stops the guest before
   the host does anything (`capabilities.host_call`), and the request runs again
-  on a thread; so does a wait in WASI (`poll`, a clock: the epoch deadline does
-  not fire while wasmtime waits there), through the adapter `_wait_guard.py`
-  puts in front of every component, and a component it could not change never
-  runs on the loop;
+  on a thread; so does a wait in WASI once the instance has subscribed to a
+  clock, and WASI work of unbounded size (many pollables, many random bytes):
+  the epoch deadline does not fire inside WASI, so `_wait_guard.py` puts an
+  adapter in front of every component, and one it could not front never runs
+  on the loop;
 - a guest still running at the second epoch tick (10-20 ms) is stopped, and
   its request runs again on a thread with its whole limits;
 - either, or one request holding the loop over `LONG` seconds, sends the
