@@ -20,6 +20,7 @@ from edgefn_runtime._inline import HostCallOnLoop
 from edgefn_runtime._instance import Instance
 from edgefn_runtime.capabilities import RequestContext
 
+MiB = 1024 * 1024
 POLL = "wasi:io/poll@0.2.9"
 CLOCK = "wasi:clocks/monotonic-clock@0.2.9"
 
@@ -156,7 +157,7 @@ RANDOM = f"""
   (import "wasi:random/random@0.2.9" (instance $random
     (export "get-random-bytes" (func (param "len" u64) (result (list u8))))))
   (core module $memory
-    (memory (export "memory") 64)
+    (memory (export "memory") 320)
     (global $heap (mut i32) (i32.const 1024))
     (func (export "realloc") (param i32 i32 i32 i32) (result i32)
       (global.get $heap)
@@ -168,7 +169,7 @@ RANDOM = f"""
     (canon lower (func $random "get-random-bytes") (memory $mem) (realloc $realloc)))
   (core module $main
     (import "host" "bytes" (func $bytes (param i64 i32)))
-    (import "host" "memory" (memory 64))
+    (import "host" "memory" (memory 320))
     (func (export "run") (param $size i32) (result i32)
       (call $bytes (i64.extend_i32_u (local.get $size)) (i32.const 0))
       (i32.load (i32.const 4))))
@@ -184,8 +185,11 @@ def test_long_host_work_is_stopped_on_the_loop(engine: Engine) -> None:
     guarded = wait_guard.guard(engine.wasmtime, encoded(RANDOM))
     assert guarded is not None
     component = wc.Component(engine.wasmtime, guarded)
-    # Through the adapter's memory, which grows for it, on a thread.
+    # Through the adapter's memory, which grows for it, on a thread; up to its cap,
+    # as a store's memory limit holds for each memory apart.
     assert run(engine, component, 1024 * 1024) == 1024 * 1024
+    assert run(engine, component, 16 * MiB - 8) == 16 * MiB - 8
+    assert run(engine, component, 16 * MiB) is None  # trapped: 8 bytes go to the answer
     assert run(engine, component, 64 * 1024, on_loop=True) == 64 * 1024
     # 64 MiB took 0.4 s inside wasmtime, where the epoch deadline does not fire.
     assert isinstance(run(engine, component, 64 * 1024 + 1, on_loop=True), HostCallOnLoop)

@@ -13,7 +13,9 @@ calls a function of the host's `GUARD` interface first, then WASI's own.
 - the borrows `poll` and `block` are lent are dropped before they return, as the
   canonical ABI requires of a component that does not own the resource;
 - the lists `poll` and `get-*-bytes` return pass through the adapter's own
-  memory, a bump allocator reset after each call.
+  memory, a bump allocator reset after each call. A store's memory limit holds
+  for each of its memories apart, so this one is capped at `_MAX_LIST_BYTES`
+  (a longer list traps): else a guest could hold twice its limit.
 Members the guest does not import are neither imported nor exported; a core
 stand-in that traps takes their place in the wrapper, which never calls it.
 """
@@ -27,6 +29,7 @@ __all__ = ["INTERFACES", "Imported", "Interface", "adapter"]
 # Past these, the host's work in one call is long enough to matter on the loop.
 _MANY_POLLABLES = 256
 _MANY_BYTES = 64 * 1024
+_MAX_LIST_BYTES = 16 * 1024 * 1024
 
 
 class Interface(NamedTuple):
@@ -155,6 +158,7 @@ _WRAPPER = f"""
           (i32.add (global.get $next) (i32.sub (local.get 2) (i32.const 1)))
           (i32.sub (i32.const 0) (local.get 2))))
         (local.set $end (i32.add (local.get $at) (local.get 3)))
+        (if (i32.gt_u (local.get $end) (i32.const {_MAX_LIST_BYTES})) (then unreachable))
         (if (i32.gt_u (local.get $end) (i32.mul (memory.size) (i32.const 65536)))
           (then (if (i32.eq (i32.const -1) (memory.grow (i32.sub
               (i32.shr_u (i32.add (local.get $end) (i32.const 65535)) (i32.const 16))
