@@ -250,3 +250,15 @@ def test_a_component_may_not_import_the_guard_itself(
     path.write_bytes(forged)
     with pytest.raises(InvalidComponent, match="which edgefn reserves"):
         engine.load(path)
+
+
+def test_a_component_without_the_handler_is_compiled_as_it_is_then_refused(
+    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The adapter's outer component exports the handler it nests: without one it
+    # does not compile, and the component itself says what is wrong with it.
+    path = tmp_path / "no-handler.wasm"
+    path.write_bytes(encoded(WAITER.replace(HANDLER_EXPORT, "other:thing/run@1.0.0")))
+    with pytest.raises(InvalidComponent, match="does not export edgefn:http/incoming-handler"):
+        engine.load(path)
+    assert "does not compile as prepared" in caplog.text

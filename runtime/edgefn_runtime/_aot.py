@@ -75,8 +75,10 @@ class AotCache:
         if prepared is not None:
             try:
                 compiled = wc.Component(engine, prepared)
-            except wasmtime.WasmtimeError as exc:  # a bug of `prepare`'s: run it as it is
-                log.warning("%s: compiling it as prepared failed, so it is not: %s", wasm, exc)
+            except wasmtime.WasmtimeError as exc:  # e.g. no handler to export: said below
+                log.warning(
+                    "%s does not compile as prepared, so it is compiled as it is: %s", wasm, exc
+                )
         if compiled is None:
             try:
                 compiled = wc.Component(engine, data)
