@@ -24,6 +24,21 @@ MiB = 1024 * 1024
 POLL = "wasi:io/poll@0.2.9"
 CLOCK = "wasi:clocks/monotonic-clock@0.2.9"
 
+
+def memory(pages: int, heap: int) -> str:
+    """A guest's memory of `pages` and a bump allocator from `heap` on, as `$mem`
+    and `$realloc`, for the lists the canonical ABI passes it."""
+    return f"""  (core module $memory
+    (memory (export "memory") {pages})
+    (global $heap (mut i32) (i32.const {heap}))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (global.get $heap)
+      (global.set $heap (i32.add (global.get $heap) (local.get 3)))))
+  (core instance $memory (instantiate $memory))
+  (alias core export $memory "memory" (core memory $mem))
+  (alias core export $memory "realloc" (core func $realloc))"""
+
+
 # Subscribes to `count` clocks of 1 ms, polls them all at once, drops them, and
 # answers how many `poll` found ready: every step of the adapter, with a list
 # larger than its first page of memory (4 bytes a pollable, each way).
@@ -36,15 +51,7 @@ WAITER = f"""
   (import "{CLOCK}" (instance $clock
     (export "pollable" (type $p (eq $pollable)))
     (export "subscribe-duration" (func (param "when" u64) (result (own $p))))))
-  (core module $memory
-    (memory (export "memory") 8)
-    (global $heap (mut i32) (i32.const 262144))
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
-      (global.get $heap)
-      (global.set $heap (i32.add (global.get $heap) (local.get 3)))))
-  (core instance $memory (instantiate $memory))
-  (alias core export $memory "memory" (core memory $mem))
-  (alias core export $memory "realloc" (core func $realloc))
+{memory(8, heap=262144)}
   (core func $subscribe (canon lower (func $clock "subscribe-duration")))
   (core func $poll (canon lower (func $poll "poll") (memory $mem) (realloc $realloc)))
   (core func $drop (canon resource.drop $pollable))
@@ -157,15 +164,7 @@ RANDOM = f"""
 (component
   (import "wasi:random/random@0.2.9" (instance $random
     (export "get-random-bytes" (func (param "len" u64) (result (list u8))))))
-  (core module $memory
-    (memory (export "memory") 320)
-    (global $heap (mut i32) (i32.const 1024))
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
-      (global.get $heap)
-      (global.set $heap (i32.add (global.get $heap) (local.get 3)))))
-  (core instance $memory (instantiate $memory))
-  (alias core export $memory "memory" (core memory $mem))
-  (alias core export $memory "realloc" (core func $realloc))
+{memory(320, heap=1024)}
   (core func $bytes
     (canon lower (func $random "get-random-bytes") (memory $mem) (realloc $realloc)))
   (core module $main

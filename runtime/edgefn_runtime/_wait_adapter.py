@@ -79,29 +79,19 @@ INTERFACES = (
             ),
         },
     ),
-    Interface(
-        "random",
-        "wasi:random/random@",
-        "",
-        "",
-        {
-            "get-random-bytes": ('(param "len" u64) (result (list u8))', "random-bytes", _LIST),
-            "get-random-u64": ("(result u64)", "", ""),
-        },
-    ),
-    Interface(
-        "insecure",
-        "wasi:random/insecure@",
-        "",
-        "",
-        {
-            "get-insecure-random-bytes": (
-                '(param "len" u64) (result (list u8))',
-                "insecure-random-bytes",
-                _LIST,
-            ),
-            "get-insecure-random-u64": ("(result u64)", "", ""),
-        },
+    *(
+        # `wasi:random/random` and `wasi:random/insecure`: the same two members.
+        Interface(
+            id,
+            f"wasi:random/{id}@",
+            "",
+            "",
+            {
+                f"get-{kind}bytes": ('(param "len" u64) (result (list u8))', f"{id}-bytes", _LIST),
+                f"get-{kind}u64": ("(result u64)", "", ""),
+            },
+        )
+        for id, kind in (("random", "random-"), ("insecure", "insecure-random-"))
     ),
 )
 # The wrapped members' core functions: name, signature, and what is lowered with them.
@@ -111,8 +101,10 @@ _CORE = {
     "subscribe-instant": ("(param i64) (result i32)", ""),
     "subscribe-duration": ("(param i64) (result i32)", ""),
     "random-bytes": ("(param i64 i32)", " (memory $mem) (realloc $realloc)"),
-    "insecure-random-bytes": ("(param i64 i32)", " (memory $mem) (realloc $realloc)"),
+    "insecure-bytes": ("(param i64 i32)", " (memory $mem) (realloc $realloc)"),
 }
+# The member each core function is WASI's for.
+_MEMBER = {w: m for i in INTERFACES for m, (_, w, _) in i.members.items() if w}
 _WRAPPER = f"""
     (core module $wrap
       (import "host" "memory" (memory 1))
@@ -140,14 +132,15 @@ _WRAPPER = f"""
           (local.set $at (i32.add (local.get $at) (i32.const 4)))
           (br $next)))
         (i32.const 0))
-      (func (export "random-bytes") (param i64) (result i32)
+      {
+    " ".join(
+        f'''(func (export "{n}") (param i64) (result i32)
         (if (i64.gt_u (local.get 0) (i64.const {_MANY_BYTES})) (then (call $work)))
-        (call $random-bytes (local.get 0) (i32.const 0))
-        (i32.const 0))
-      (func (export "insecure-random-bytes") (param i64) (result i32)
-        (if (i64.gt_u (local.get 0) (i64.const {_MANY_BYTES})) (then (call $work)))
-        (call $insecure-random-bytes (local.get 0) (i32.const 0))
-        (i32.const 0))
+        (call ${n} (local.get 0) (i32.const 0))
+        (i32.const 0))'''
+        for n in ("random-bytes", "insecure-bytes")
+    )
+}
       (func (export "reset") (param i32) (call $reset)))
     (core module $memory
       (memory (export "memory") 1)
@@ -227,9 +220,7 @@ def _declared(interface: Interface, members: set[str]) -> str:
 def _lowered(name: str, source: dict[str, str]) -> str:
     """The core function the wrapper `name` calls: WASI's, or a stand-in if the
     guest does not import that member (the wrapper is then never lifted)."""
-    member = next(
-        (m for i in INTERFACES for m, (_, wrapper, _) in i.members.items() if wrapper == name), ""
-    )
+    member = _MEMBER[name]
     if member not in source:
         return f'(alias core export $memory "{name}" (core func ${name}-core))'
     options = _CORE[name][1]
