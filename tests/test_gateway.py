@@ -8,7 +8,6 @@ import os
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -145,6 +144,15 @@ UPLOAD_AREA = "Uploads to the admin API (tests/test_gateway.py)"
 
 def hello_wasm() -> bytes:
     return build(HELLO).path.read_bytes()  # built once (by `make test`, or here)
+
+
+def uncompiled(component: bytes) -> bytes:
+    """`component` with a custom section of random bytes appended: the same code,
+    but a component no AOT cache holds yet, as a new build's would be, without the
+    build (~12 s)."""
+    name = b"edgefn-test"
+    section = bytes([len(name)]) + name + os.urandom(16)
+    return component + bytes([0, len(section)]) + section  # both lengths < 128: one-byte LEB128
 
 
 @pytest.mark.parametrize(
@@ -346,18 +354,14 @@ def test_sigkill_during_deploy_leaves_the_previous_version(tmp_path: Path) -> No
     with GatewayProcess(tmp_path / "data") as gateway:
         # Version 1: hello's component, compiled already (the test is about version 2).
         assert upload(gateway, 'name = "crashy"', hello_wasm()).status_code == 201
-        # New source, new component: the deploy spends seconds compiling it.
-        directory = write_function(tmp_path / "crashy", "crashy", f"second {time.time()}")
-        assert CliRunner().invoke(main, ["build", str(directory)]).exit_code == 0
-        wasm = directory / ".edgefn" / "crashy.wasm"
+        # A component no gateway has compiled: the deploy spends seconds compiling it.
+        second = uncompiled(hello_wasm())
         thread = threading.Thread(
-            target=lambda: _ignore_errors(
-                lambda: upload(gateway, 'name = "crashy"', wasm.read_bytes())
-            )
+            target=lambda: _ignore_errors(lambda: upload(gateway, 'name = "crashy"', second))
         )
         thread.start()
         scratch = tmp_path / "data" / "tmp"
-        size = wasm.stat().st_size
+        size = len(second)
 
         def compiling() -> bool:
             # Uploaded whole into the deploy's scratch folder: compiling it now.

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -20,6 +21,9 @@ import httpx
 import pytest
 
 import attacks
+from edgefn_platform import build
+from edgefn_platform.builder import output_path
+from edgefn_platform.manifest import load_manifest
 from gateway_process import ROOT, GatewayProcess, cli, ended
 from waiting import wait_until
 
@@ -82,19 +86,28 @@ def fresh_get(gateway: GatewayProcess, path: str, **kwargs: object) -> httpx.Res
 def test_a_limit_above_the_maximum_is_clamped_with_a_warning(
     gateway: GatewayProcess, tmp_path: Path
 ) -> None:
+    # hello under another name, with its build: the name and limits are not part of
+    # what a build reads, so `edgefn deploy` finds it built (a build is ~12 s).
+    hello = ROOT / "functions" / "hello"
     directory = tmp_path / "greedy"
-    directory.mkdir()
-    (directory / "edgefn.toml").write_text('name = "greedy"\n[limits]\nmemory = "512MiB"\n')
-    (directory / "app.py").write_text("from edgefn import App\napp = App()\n")
+    shutil.copytree(hello, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = (hello / "edgefn.toml").read_text()
+    greedy = manifest.replace('"hello"', '"greedy"').replace('"/hello"', '"/greedy"')
+    (directory / "edgefn.toml").write_text(greedy.replace('"64MiB"', '"512MiB"'))
+    built = build(hello).path
+    renamed = output_path(directory, load_manifest(directory))
+    for suffix in (".wasm", ".build.json"):  # the component and its build's stamp
+        shutil.copy(built.with_suffix(suffix), renamed.with_suffix(suffix))
     result = cli(gateway, "deploy", str(directory))
     assert result.exit_code == 0, result.output
+    assert "Up to date" in result.output
     assert (
         "warning: memory: 512.0 MiB asked for (manifest), above the maximum of 256.0 MiB"
         in result.output
     )
     shown = cli(gateway, "limits", "greedy").output
     assert re.search(r"memory\s+256.0 MiB\s+maximum", shown)
-    assert re.search(r"fuel\s+2,000,000,000\s+default", shown)
+    assert re.search(r"fuel\s+2,000,000,000\s+manifest", shown)
 
 
 def test_live_limits_apply_on_every_worker_and_reset(
