@@ -169,3 +169,16 @@ async def test_a_gateway_bug_is_a_json_500_and_the_app_keeps_serving(
         assert broken.status_code == 500
         assert broken.json()["error"]["code"] == "internal_error"
         assert (await http.get("/f/counter")).status_code == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("code", [204, 304])
+async def test_a_204_or_304_goes_without_the_body_the_function_gave_it(
+    hostile: Sandbox, metrics: Metrics, code: int
+) -> None:
+    # Neither has a body: uvicorn would cut the response off ("longer than
+    # Content-Length"), and bytes after it would be read as the next response.
+    async with client(hostile, metrics) as http:
+        response = await http.get(f"/f/status?code={code}")
+    assert (response.status_code, response.content) == (code, b"")
+    assert "content-length" not in response.headers

@@ -482,10 +482,16 @@ class _Answer(Response):
 
 def _to_http(answer: SandboxResponse, request_id: str) -> Response:
     headers = []
-    if answer.status >= 200 and answer.status not in (204, 304):
-        headers.append((b"content-length", str(len(answer.body)).encode()))
+    body = answer.body
+    if answer.status in (204, 304):
+        # Neither has a body (RFC 9110 15.3.5, 15.4.5): one given would be cut off
+        # mid-response by uvicorn ("longer than Content-Length"), or read by the
+        # client as the start of the next response.
+        body = b""
+    else:
+        headers.append((b"content-length", str(len(body)).encode()))
     for name, value in answer.headers:  # the sandbox checked each one
         if name.lower() not in _HOP_BY_HOP:
             headers.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
     headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
-    return _Answer(answer.status, headers, answer.body)
+    return _Answer(answer.status, headers, body)
