@@ -70,3 +70,44 @@ def test_a_stored_response_is_still_served_from_the_cache(tmp_path: Path) -> Non
     public = [("cache-control", "public, max-age=60")]
     statuses, _ = _serve(tmp_path, public, public)
     assert statuses == ["MISS", "HIT"]
+
+
+def test_answers_at_once_only_what_needs_no_wait(tmp_path: Path) -> None:
+    # `answer_now` (a GET the protocol would answer without an ASGI cycle): a fresh
+    # entry in memory, or a run for a key known not to be storable; else None, and
+    # the request takes `serve`.
+    store = HttpCache(CacheConfig(dir=tmp_path, disk=2**20))
+    metrics: Any = SimpleNamespace()
+    cache = ResponseCache(store, metrics)
+    function: Any = SimpleNamespace(name="f", cache_id="f@1")
+    private, public = [("cache-control", "private")], [("cache-control", "public, max-age=60")]
+    answers = iter([private, private, public])
+    ran: list[list[tuple[str, str]]] = []
+
+    def run_now(headers: list[tuple[str, str]]) -> Outcome | None:
+        ran.append(headers)
+        return Outcome(Response(200, next(answers), b"body"), Usage(), [])
+
+    async def run(method: str, headers: list[tuple[str, str]]) -> Outcome:
+        outcome = run_now(headers)
+        assert outcome is not None
+        return outcome
+
+    asked = [("host", "h"), ("if-none-match", '"x"')]
+    try:
+        # Nothing known of the key: a miss may read the disk or wait for another run.
+        assert cache.answer_now(function, "/p", "", asked, run_now) is None and ran == []
+        assert asyncio.run(cache.serve(function, "GET", "/p", "", asked, run, run)).status == "MISS"
+        # Not storable: run at once, asked for the whole response (no condition).
+        answer = cache.answer_now(function, "/p", "", asked, run_now)
+        assert answer is not None and answer.status == "MISS"
+        assert ran[-1] == [("host", "h")]
+        # A run that cannot happen at once leaves it to `serve`.
+        assert cache.answer_now(function, "/p", "", asked, lambda headers: None) is None
+        # Storable again: stored, and the next is a hit without a run.
+        assert cache.answer_now(function, "/p", "", asked, run_now).status == "MISS"  # type: ignore[union-attr]
+        runs = len(ran)
+        hit = cache.answer_now(function, "/p", "", [("host", "h")], run_now)
+        assert hit is not None and (hit.status, hit.body) == ("HIT", b"body") and len(ran) == runs
+    finally:
+        store.close()

@@ -147,11 +147,9 @@ class ResponseCache:
         """The answer to a GET or HEAD for `function` (`applies()` was true):
         `run` runs the function for this request, `refresh` in the background
         (a stale entry's refresh, which is its own request in logs and metrics)."""
-        assert function.cache_id is not None
-        host = next((v.lower() for n, v in headers if n.lower() == "host"), "")
-        base = key("response", function.cache_id, host, path, normalise_query(query))
-        entry, where = locate(self.store, base, headers, disk=False)
-        request = _Request(function, method, path, headers, base, where)
+        request = self._request(function, method, path, query, headers)
+        entry, where = locate(self.store, request.base, headers, disk=False)
+        request.key = where
         if entry is None and self._uncacheable.get(where, 0.0) > time.monotonic():
             # Its last response could not be stored (hit-for-miss): a disk read,
             # the node-wide lock and its release on the writer thread would only
@@ -173,6 +171,43 @@ class ResponseCache:
                 self._refresh_later(request, entry, refresh)
                 return self._answer(entry, "STALE", headers, now)
         return await self._run_once(request, entry, run)
+
+    def answer_now(
+        self,
+        function: LiveFunction,
+        path: str,
+        query: str,
+        headers: Headers,
+        run: Callable[[Headers], Outcome | None],
+    ) -> Cached | None:
+        """`serve` for a GET, without waiting, or None when it would wait: a fresh
+        entry in this worker's memory (HIT), or a run by `run` (None: it cannot
+        run at once) for a key whose responses could not be stored (hit-for-miss).
+        Anything else (a disk lookup, a stale entry, a miss that may coalesce)
+        goes through `serve`."""
+        assert function.cache_id is not None
+        request = self._request(function, "GET", path, query, headers)
+        entry, where = locate(self.store, request.base, headers, disk=False)
+        now = time.time()
+        if entry is not None:
+            return self._answer(entry, "HIT", headers, now) if now < entry.fresh_until else None
+        if self._uncacheable.get(where, 0.0) <= time.monotonic():
+            return None
+        outcome = run(_without_conditions(headers))
+        if outcome is None:
+            return None
+        answer, result = self._settle(request, outcome, now)
+        if result == _STORED:
+            self._uncacheable.pop(where, None)
+        return answer
+
+    def _request(
+        self, function: LiveFunction, method: str, path: str, query: str, headers: Headers
+    ) -> _Request:
+        assert function.cache_id is not None
+        host = next((v.lower() for n, v in headers if n.lower() == "host"), "")
+        base = key("response", function.cache_id, host, path, normalise_query(query))
+        return _Request(function, method, path, headers, base, base)
 
     # -- lookups -----------------------------------------------------------
 
@@ -280,7 +315,7 @@ class ResponseCache:
     async def _run(self, request: _Request, stale: Entry | None, run: Run) -> tuple[Cached, str]:
         """The function's answer (or the stale copy's, if it failed within the
         entry's stale-if-error), and what became of it: stored, uncacheable or failed."""
-        ask = [(n, v) for n, v in request.headers if n.lower() not in _CONDITIONAL]
+        ask = _without_conditions(request.headers)
         if stale is not None:
             ask += validators(stale.etag, stale.last_modified)
         # Stored as of now, not of when the run ends: a purge that lands while the
@@ -294,13 +329,9 @@ class ResponseCache:
                 return replace(answer, error=exc), _FAILED
             raise
         response = outcome.response
-        if response.status >= 500:
-            if stale is not None and _within_error_window(stale):
-                answer = self._answer(stale, "STALE", request.headers, time.time())
-                return replace(answer, outcome=outcome), _FAILED
-            return Cached(
-                "MISS", response.status, response.headers, response.body, outcome
-            ), _FAILED
+        if response.status >= 500 and stale is not None and _within_error_window(stale):
+            answer = self._answer(stale, "STALE", request.headers, time.time())
+            return replace(answer, outcome=outcome), _FAILED
         if response.status == 304 and stale is not None:
             refreshed = self._refresh(request, stale, response.headers, started)
             if refreshed is None:
@@ -309,6 +340,16 @@ class ResponseCache:
                 return await self._run(request, None, run)
             answer = self._answer(refreshed, "REVALIDATED", request.headers, time.time())
             return replace(answer, outcome=outcome), _STORED
+        return self._settle(request, outcome, started)
+
+    def _settle(self, request: _Request, outcome: Outcome, started: float) -> tuple[Cached, str]:
+        """A run's response, stored if it may be, and what became of it (no stale
+        copy to fall back on or revalidate)."""
+        response = outcome.response
+        if response.status >= 500:
+            return Cached(
+                "MISS", response.status, response.headers, response.body, outcome
+            ), _FAILED
         freshness = None
         if request.method == "GET":
             freshness = decide("GET", request.headers, response.status, response.headers)
@@ -391,6 +432,12 @@ class ResponseCache:
         if not_modified(headers, entry.etag, entry.last_modified):
             return Cached(status, 304, [*not_modified_headers(entry.headers), age], b"")
         return Cached(status, entry.status, [*entry.headers, age], entry.body)
+
+
+def _without_conditions(headers: Headers) -> Headers:
+    """The request's headers less its own conditions: a run is asked for the whole
+    response, to store it, and the client's question is answered from that."""
+    return [(n, v) for n, v in headers if n.lower() not in _CONDITIONAL]
 
 
 def _within_error_window(entry: Entry) -> bool:

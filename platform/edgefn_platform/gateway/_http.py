@@ -15,41 +15,79 @@ The body clock starts when the app reads, not with the head, because the public
 app may make a request wait for room in its body budget first (`_bodies.py`):
 until the app asks, uvicorn stops reading after 64 KiB, so that wait is the
 gateway's, not the client's, and bounded by the app's own `queue_wait`.
+
+The public listener asks its app to answer a GET without a body at once first
+(`answer_now`, `PublicApp.answer_now`): when it can, the response is written in
+one go, without an ASGI cycle; when it cannot, the request goes on as above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+import httptools
+from starlette.responses import Response
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from ._request_ids import request_id
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent
 
-__all__ = ["guarded_protocol"]
+__all__ = ["AnswerNow", "guarded_protocol"]
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
+log = logging.getLogger("edgefn.gateway")
+
+# A GET's response made at once, or None: (path, raw path, query, headers) ->
+# the response. The path is decoded, the headers' names lower-case.
+AnswerNow = Callable[[str, bytes, bytes, list[tuple[bytes, bytes]]], Response | None]
+
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+}
 
 
 def guarded_protocol(
-    header_timeout: float, body_timeout: float, max_head: int = 64 * 1024
+    header_timeout: float,
+    body_timeout: float,
+    max_head: int = 64 * 1024,
+    answer_now: AnswerNow | None = None,
 ) -> type[HttpToolsProtocol]:
-    """uvicorn's protocol class with these limits, for `uvicorn.Config(http=...)`."""
-    limits = {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_head": max_head}
-    return type("GuardedProtocol", (_Guarded,), limits)
+    """uvicorn's protocol class with these limits, for `uvicorn.Config(http=...)`,
+    asking `answer_now` first for each GET without a body."""
+    attributes = {
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "max_head": max_head,
+        "answer_now": None if answer_now is None else staticmethod(answer_now),
+    }
+    return type("GuardedProtocol", (_Guarded,), attributes)
 
 
 class _Guarded(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 30.0
     max_head = 64 * 1024
+    answer_now: AnswerNow | None = None
     _timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    _answered = False  # the current request was answered at once: it has no cycle
+    _at_once_left = 0  # of this read's requests, how many more may be answered at once
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -61,7 +99,11 @@ class _Guarded(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # A request answered at once armed the keep-alive timeout: the next one,
+        # pipelined behind it in the same read, must not be cut off by it.
+        self._unset_keepalive_if_required()
         self._head_bytes = 0
+        self._answered = False
         self._arm(self.header_timeout, "the request head did not arrive in time")
 
     def on_url(self, url: bytes) -> None:
@@ -74,6 +116,8 @@ class _Guarded(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        if self.answer_now is not None and self._answer_at_once():
+            return
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not None and self.cycle is not previous:
@@ -109,7 +153,68 @@ class _Guarded(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
-        super().on_message_complete()
+        if not self._answered:
+            super().on_message_complete()
+
+    def _answer_at_once(self) -> bool:
+        """Answer the request whose head just arrived without an ASGI cycle, if the
+        app can (`answer_now`): only a GET, with no `Expect` or upgrade, and not
+        while a response is still being written for an earlier request of the
+        connection (pipelining keeps its order), the client is not reading (the
+        answer would only add to what waits to be sent), or another request of
+        the same read was answered at once: the rest of a pipelined batch waits
+        its turn in uvicorn's pipeline, so one read cannot hold the loop for
+        many function runs."""
+        if self.transport.is_closing():
+            # An earlier answer closed the connection (HTTP/1.0, `Connection:
+            # close`); what the client pipelined behind it is not run.
+            self._answered = True
+            return True
+        parser = self.parser
+        cycle = self.cycle
+        if (
+            not self._at_once_left
+            or parser.get_method() != b"GET"
+            or (cycle is not None and not cycle.response_complete)
+            or self.flow.write_paused
+            or self.expect_100_continue
+            or parser.should_upgrade()
+        ):
+            return False
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("ascii")  # as uvicorn decodes it: the parser took ASCII only
+        if "%" in path:
+            path = unquote(path)
+        assert self.answer_now is not None
+        response = self.answer_now(path, url.path, url.query or b"", self.headers)
+        if response is None:
+            return False
+        self._answered, self._at_once_left = True, self._at_once_left - 1
+        # No cycle of its own: the last one is done, and must not arm timers for it.
+        self.cycle = None  # type: ignore[assignment]  # as uvicorn starts it
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        self._write(response, keep_alive)
+        return True
+
+    def _write(self, response: Response, keep_alive: bool) -> None:
+        """The response's head and body in one write, as uvicorn would send them:
+        its default headers (date, server) first, each header checked."""
+        content: list[bytes | memoryview] = [STATUS_LINE[response.status_code]]
+        for headers in (self.server_state.default_headers, response.raw_headers):
+            for name, value in headers:
+                if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+                    # Every header was checked before (the sandbox, `request_id`).
+                    log.error("a response header is not valid HTTP: %r", name)
+                    self._refuse(500, "internal_error", "the response could not be sent")
+                    return
+                content += (name.lower(), b": ", value, b"\r\n")
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", response.body)
+        self.transport.write(b"".join(content))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # uvicorn's: count it, arm the keep-alive timeout
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
@@ -163,6 +268,7 @@ class _Guarded(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return  # refused: ignore what the client still sends
+        self._at_once_left = 1
         super().data_received(data)
 
 

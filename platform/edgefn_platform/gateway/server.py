@@ -41,7 +41,7 @@ from ..secrets import SecretValues
 from ._cache import ResponseCache
 from ._deploy import Deployer, recover
 from ._functions import FunctionTable
-from ._http import guarded_protocol
+from ._http import AnswerNow, guarded_protocol
 from ._keylocks import KeyLocks
 from ._lifeline import die_with
 from ._logs import LogSink
@@ -231,7 +231,7 @@ def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
         # Not listening yet: the kernel hands a port's connections to every
         # listening worker, so a worker joins only when uvicorn starts serving,
         # after the public app's startup has loaded and warmed every function.
-        (_server(public, config), bind(config.host, config.port, listen=False)),
+        (_server(public, config, public.answer_now), bind(config.host, config.port, listen=False)),
         (_server(admin, config, tls=True), bind(config.admin_host, config.admin_port)),
     ]
 
@@ -262,7 +262,9 @@ def run_worker(config: GatewayConfig, supervisor: int | None = None) -> None:
         public.threads.shutdown(wait=False, cancel_futures=True)
 
 
-def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
+def _server(
+    app: Any, config: GatewayConfig, answer_now: AnswerNow | None = None, tls: bool = False
+) -> _Server:
     return _Server(
         uvicorn.Config(
             app,
@@ -270,7 +272,9 @@ def _server(app: Any, config: GatewayConfig, tls: bool = False) -> _Server:
             ssl_keyfile=config.admin_tls_key if tls else None,
             log_level="warning",
             access_log=False,
-            http=guarded_protocol(config.header_timeout, config.body_timeout),
+            http=guarded_protocol(
+                config.header_timeout, config.body_timeout, answer_now=answer_now
+            ),
             timeout_graceful_shutdown=config.drain_timeout,  # type: ignore[arg-type]
         )
     )
