@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import http.client
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -262,6 +263,16 @@ def test_nothing_pipelined_behind_an_answer_that_closes_runs(at_once: tuple[int,
     # HTTP/1.0 with `Connection: keep-alive`: the parser reads on, uvicorn closes.
     port, answers = at_once
     head = b"GET /now HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-    (response,), closed = responses(port, head * 3, 1)
+    post = b"POST /now HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi"
+    warned: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        (response,), closed = responses(port, head * 2 + post + head, 1)
+    finally:
+        logger.removeHandler(handler)
     assert response.headers["connection"] == "close" and closed
     assert len(answers.asked) == 1 and through_asgi == []
+    assert warned == []  # not read as an invalid request either

@@ -151,6 +151,10 @@ class _Guarded(HttpToolsProtocol):
     def _arm_body_timer(self) -> None:
         self._arm(self.body_timeout, "the request body did not arrive in time")
 
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:  # dropped behind an answer that closed: it has no cycle
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._disarm()
         if not self._answered:
