@@ -14,11 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 import wasmtime
-from click.testing import CliRunner
 
 import attacks
 from edgefn_platform import build
-from edgefn_platform.cli import main
 from gateway_process import ROOT, GatewayProcess, cli, ended, start_dev
 from waiting import wait_until
 
@@ -289,16 +287,16 @@ def write_function(directory: Path, name: str, answer: str) -> Path:
     return directory
 
 
-def test_redeploy_under_load_rollback_and_delete(deployed: GatewayProcess, tmp_path: Path) -> None:
-    # Version 1: hello's component, built and compiled already. Version 2: a new one,
-    # built before the load starts (with its build beside the hammer on 2 cores, the
-    # test took 52 s, against 23); its deploy, the compile in it, runs under the load.
-    assert upload(deployed, 'name = "flip"', hello_wasm()).status_code == 201
+def test_redeploy_under_load_rollback_and_delete(deployed: GatewayProcess) -> None:
+    # Version 1: the hostile fixture's component, compiled already, its /env route
+    # answering its [env]. Version 2: the same code with a custom section of its
+    # own (a component no cache holds) and another [env]: its deploy, the compile
+    # in it, runs under the load. (A new build first took 12 s more.)
+    hostile = build(FUNCTIONS / "hostile").path.read_bytes()
+    assert upload(deployed, 'name = "flip"\n[env]\nVERSION = "1"', hostile).status_code == 201
     deployed.wait_serving("flip", 1)
-    v1 = deployed.get("/flip/").text
-    assert v1 == '{"message":"Hello from hello!"}'
-    directory = write_function(tmp_path / "flip", "flip", "v2")
-    assert CliRunner().invoke(main, ["build", str(directory)]).exit_code == 0
+    v1, v2 = '{"VERSION":"1"}', '{"VERSION":"2"}'
+    assert deployed.get("/flip/env").text == v1
 
     answers: list[str] = []
     failures: list[str] = []
@@ -307,14 +305,14 @@ def test_redeploy_under_load_rollback_and_delete(deployed: GatewayProcess, tmp_p
     def hammer() -> None:
         with httpx.Client(base_url=deployed.public_url, timeout=30) as client:
             while not stop.is_set():
-                response = client.get("/flip/")
+                response = client.get("/flip/env")
                 (answers if response.status_code == 200 else failures).append(response.text)
 
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        result = cli(deployed, "deploy", str(directory))
-        assert result.exit_code == 0, result.output
+        second = upload(deployed, 'name = "flip"\n[env]\nVERSION = "2"', uncompiled(hostile))
+        assert second.status_code == 201, second.text
         deployed.wait_serving("flip", 2)  # every worker notices within a second
         # The hammer's connection answered v2 once a request that started after the
         # switch (the second from now: the first may have been in flight) returns.
@@ -327,13 +325,13 @@ def test_redeploy_under_load_rollback_and_delete(deployed: GatewayProcess, tmp_p
         stop.set()
         thread.join()
     assert failures == []
-    assert answers[0] == v1 and answers[-1] == "v2"
-    assert set(answers) == {v1, "v2"}
+    assert answers[0] == v1 and answers[-1] == v2
+    assert set(answers) == {v1, v2}
 
     rolled = cli(deployed, "rollback", "flip")
     assert rolled.exit_code == 0 and "version 1" in rolled.output
     deployed.wait_serving("flip", 1)
-    assert deployed.get("/flip/").text == v1
+    assert deployed.get("/flip/env").text == v1
     versions = cli(deployed, "versions", "flip")
     assert "* " in versions.output.splitlines()[1]
 
