@@ -27,12 +27,11 @@ class Admission:
         self.queue_length = queue_length
         self.queue_wait = queue_wait
         self.in_flight: Counter[str] = Counter()
+        # Their sum, kept as they change: every request reads it, and the counter
+        # has an entry for every function the worker ever ran.
+        self.total_in_flight = 0
         self.queued = 0
         self._changed = asyncio.Condition()
-
-    @property
-    def total_in_flight(self) -> int:
-        return sum(self.in_flight.values())
 
     def _has_room(self, function: str, limit: int) -> bool:
         return self.in_flight[function] < limit and self.total_in_flight < self.global_limit
@@ -59,9 +58,11 @@ class Admission:
             finally:
                 self.queued -= 1
         self.in_flight[function] += 1
+        self.total_in_flight += 1
         try:
             yield time.perf_counter() - started
         finally:
             self.in_flight[function] -= 1
+            self.total_in_flight -= 1
             async with self._changed:
                 self._changed.notify_all()

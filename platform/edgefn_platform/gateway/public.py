@@ -173,8 +173,7 @@ class PublicApp:
             )
             response = error_response(error, request_id(request.headers.get("x-request-id")))
         except Exception as exc:  # a bug: logged, answered as a bare 500
-            response = error_response(exc, request_id(request.headers.get("x-request-id")))
-            self.metrics.requests.labels("", "500", "internal_error").inc()
+            response = self._bug(exc, request.headers)
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
@@ -223,8 +222,12 @@ class PublicApp:
         try:
             return self._answer_now(path, raw_path, query, headers)
         except Exception as exc:  # a bug: as `__call__` answers it
-            self.metrics.requests.labels("", "500", "internal_error").inc()
-            return error_response(exc, request_id(headers.get("x-request-id")))
+            return self._bug(exc, headers)
+
+    def _bug(self, exc: Exception, headers: Headers) -> Response:
+        """A gateway bug's answer: logged, a bare 500, counted."""
+        self.metrics.requests.labels("", "500", "internal_error").inc()
+        return error_response(exc, request_id(headers.get("x-request-id")))
 
     def _answer_now(
         self, path: str, raw_path: bytes, query: bytes, headers: Headers
