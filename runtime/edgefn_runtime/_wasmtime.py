@@ -69,6 +69,7 @@ __all__ = [
     "lower_u64",
     "lower_variant",
     "prepare",
+    "replace_string",
     "set_fuel",
     "set_stdin_bytes",
     "store_data",
@@ -93,6 +94,7 @@ def _bind(symbol: str) -> Any:
 
 _byte_vec_new = _bind("wasm_byte_vec_new")
 _byte_vec_new.argtypes = [ctypes.POINTER(ffi.wasm_byte_vec_t), ctypes.c_size_t, ctypes.c_char_p]
+_byte_vec_delete = _bind("wasm_byte_vec_delete")
 _set_fuel = _bind("wasmtime_context_set_fuel")
 _get_fuel = _bind("wasmtime_context_get_fuel")
 _set_epoch_deadline = _bind("wasmtime_context_set_epoch_deadline")
@@ -171,6 +173,14 @@ def _name(text: str) -> Any:
 def lower_string(val: Any, text: str) -> None:
     val.kind = ffi.WASMTIME_COMPONENT_STRING
     val.of.string = _name(text)
+
+
+def replace_string(val: Any, text: str) -> None:
+    """Give the string `val` new text, freeing the old (which leaves it empty)."""
+    string = ctypes.byref(val.of.string)
+    _byte_vec_delete(string)
+    data = text.encode()
+    _byte_vec_new(string, len(data), data)
 
 
 def lower_u64(val: Any, number: int) -> None:
