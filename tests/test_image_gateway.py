@@ -76,6 +76,19 @@ def test_gateway_bytes_equal_native_bytes(gateway: GatewayProcess) -> None:
     assert served == native.body
 
 
+def test_pixels_are_counted_per_function(gateway: GatewayProcess) -> None:
+    def pixels(function: str) -> float:
+        return gateway.metric("edgefn_image_pixels_total", function=function)
+
+    before = pixels("image-resize")
+    # A width no other test asks for: the edge cache cannot answer it.
+    response = gateway.get("/image_resize/sample.jpg?w=317&format=png")
+    assert response.status_code == 200, response.text
+    assert pixels("image-resize") >= before + 317 * 211  # at least the output's
+    assert gateway.get("/hello/").status_code == 200
+    assert pixels("hello") == 0
+
+
 def test_auto_format_is_negotiated(gateway: GatewayProcess) -> None:
     for accept, fmt in (("image/avif,image/webp", "avif"), ("image/webp", "webp"), ("", "jpeg")):
         response = gateway.get("/image_resize/sample.jpg?w=100", headers={"accept": accept})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import logging
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import TextIO
 
 from .._printable import printable
 
-__all__ = ["AccessEntry", "access_logger", "log_access"]
+__all__ = ["AccessEntry", "AccessLog", "access_log", "log_access"]
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
@@ -68,51 +67,46 @@ class AccessEntry:
         )
 
 
-class _Formatter(logging.Formatter):
-    def __init__(self, human: bool) -> None:
-        super().__init__()
-        self.human = human
-
-    def format(self, record: logging.LogRecord) -> str:
-        if self.human:
-            entry: AccessEntry = record.entry  # type: ignore[attr-defined]
-            return entry.human()
-        return record.line  # type: ignore[attr-defined, no-any-return]
-
-
 def log_access(entry: AccessEntry, line: str) -> None:
     """Log `entry`; `line` is its `json()`, which the caller needs too."""
-    access_logger().info("", extra={"entry": entry, "line": line})
+    access_log().add(entry, line)
 
 
-def access_logger() -> logging.Logger:
-    logger = logging.getLogger("edgefn.access")
-    if not logger.handlers:
-        handler = _BatchingHandler(sys.stdout)
-        handler.setFormatter(_Formatter(human=sys.stdout.isatty()))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
+_started = threading.Lock()
+_log: AccessLog | None = None
 
 
-class _BatchingHandler(logging.Handler):
-    """Formats at once, writes every `interval` seconds from a thread of its own."""
+def access_log() -> AccessLog:
+    """The process's access log on stdout, its writer thread started on first use."""
+    global _log
+    with _started:
+        if _log is None:
+            _log = AccessLog(sys.stdout, human=sys.stdout.isatty())
+        return _log
 
-    def __init__(self, stream: TextIO, interval: float = 0.1) -> None:
-        super().__init__()
+
+class AccessLog:
+    """Formats at once, writes every `interval` seconds from a thread of its own.
+
+    Not a `logging` handler: a logger's record, caller lookup and handler lock
+    took 12.6 µs a line, as long as the rest of the line's making (json() 8 µs)."""
+
+    def __init__(self, stream: TextIO, human: bool, interval: float = 0.1) -> None:
         self.stream = stream
-        self._lines: list[str] = []  # under the handler's own lock
+        self.human = human
+        self._lines: list[str] = []  # under the lock
+        self._lock = threading.Lock()
         self._interval = interval
         threading.Thread(target=self._run, name="edgefn-access-log", daemon=True).start()
         atexit.register(self.flush)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        # Handler.handle() holds self.lock around emit().
-        self._lines.append(self.format(record))
+    def add(self, entry: AccessEntry, line: str) -> None:
+        text = entry.human() if self.human else line
+        with self._lock:
+            self._lines.append(text)
 
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
+        with self._lock:
             lines, self._lines = self._lines, []
         if lines:
             self.stream.write("\n".join(lines) + "\n")

@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as _values
@@ -23,6 +24,8 @@ from prometheus_client.registry import Collector
 __all__ = ["Metrics", "forget_worker", "reset_metrics"]
 
 log = logging.getLogger("edgefn.gateway")
+
+Family = TypeVar("Family", Counter, Histogram)
 
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -49,7 +52,8 @@ class Metrics:
         # Read by each value when it is created: one store per process.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
         _values.ValueClass = _values.MultiProcessValue()  # type: ignore[no-untyped-call]
-        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        # Each family's labelled children, as `child()` looked them up.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
         # registry=None: in multiprocess mode the collector reads the files, and a
         # second Metrics in one process (tests) must not clash in the default one.
         self.requests = Counter(
@@ -198,13 +202,17 @@ class Metrics:
             registry=None,
         )
 
-    def count(self, family: Counter, *labels: str, amount: float = 1) -> None:
-        """`family.labels(*labels).inc(amount)`, each labelled child looked up once:
-        on a cache hit's path the lookup cost more than the increment."""
-        child = self._children.get((family, labels))
+    def child(self, family: Family, *labels: str) -> Family:
+        """`family.labels(*labels)`, looked up once: on a request's path the
+        lookup cost more than the increment or observation."""
+        child: Family | None = self._children.get((family, labels))
         if child is None:
             child = self._children[(family, labels)] = family.labels(*labels)
-        child.inc(amount)
+        return child
+
+    def count(self, family: Counter, *labels: str, amount: float = 1) -> None:
+        """`family.labels(*labels).inc(amount)`."""
+        self.child(family, *labels).inc(amount)
 
     def cache_event(self, event: str, tier: str, amount: int) -> None:
         """An `HttpCache` listener: its tiers' events as metrics (from any thread)."""

@@ -23,7 +23,7 @@ from edgefn_runtime import LOOP_TOKEN, MAX_LOOPS, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime import Response as SandboxResponse
 
-from ._access import AccessEntry, access_logger, log_access
+from ._access import AccessEntry, access_log, log_access
 from ._admission import Admission
 from ._bodies import BodyBudget, read_body
 from ._cache import CACHE_HEADER, ResponseCache
@@ -497,7 +497,7 @@ async def _warm_up(
         for status in ("MISS", "HIT", "BYPASS"):
             metrics.cache.labels(function.name, status)
         metrics.outbound.labels(function.name, "2xx")
-    access_logger()
+    access_log()
     if cache is not None:
         await cache.warm_up()
     # Startup leaves many objects behind; collect once now and exempt the survivors
@@ -519,14 +519,16 @@ def _loops(headers: Headers) -> int:
 
 
 def _observe(metrics: Metrics, function: str, usage: Usage, queued: float) -> None:
-    metrics.queue.labels(function).observe(queued)
+    child = metrics.child
+    child(metrics.queue, function).observe(queued)
     # A reused instance is instantiated once, then only executes: every request
     # has an execute time, only fresh instances an instantiate time.
     if usage.instantiate_seconds:
-        metrics.instantiate.labels(function).observe(usage.instantiate_seconds)
-    metrics.execute.labels(function).observe(usage.execute_seconds)
-    metrics.fuel.labels(function).inc(usage.fuel)
-    metrics.pixels.labels(function).inc(usage.image_pixels)
+        child(metrics.instantiate, function).observe(usage.instantiate_seconds)
+    child(metrics.execute, function).observe(usage.execute_seconds)
+    metrics.count(metrics.fuel, function, amount=usage.fuel)
+    if usage.image_pixels:  # each increment takes a lock and writes the file
+        metrics.count(metrics.pixels, function, amount=usage.image_pixels)
     if usage.fetches:
         for outcome, count in usage.fetch_outcomes.items():
             metrics.outbound.labels(function, outcome).inc(count)
