@@ -55,6 +55,14 @@ def test_the_json_access_line_keeps_the_raw_values() -> None:
     assert json.loads(entry(PATH).json())["path"] == PATH
 
 
+@pytest.mark.parametrize("path", ["/fn/plain?q=1", "/fn/©é ✓ 😀", PATH])
+def test_the_json_access_line_is_one_ascii_line_of_every_field(path: str) -> None:
+    # ASCII whatever the path: stdout's encoding may be ASCII (LANG=C in a container).
+    line = entry(path).json()
+    assert line.isascii() and "\n" not in line
+    assert json.loads(line) == vars(entry(path))
+
+
 def test_edgefn_logs_lines_escape_everything_a_client_or_guest_wrote() -> None:
     access = {
         "id": 1,

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TextIO
 
+import orjson
+
 from .._printable import printable
 
 __all__ = ["AccessEntry", "AccessLog", "access_log", "log_access"]
@@ -53,7 +55,15 @@ class AccessEntry:
 
     def json(self) -> str:
         # vars(), not asdict(): the fields are flat, and asdict() deep-copies each.
-        return _ENCODER.encode(vars(self))
+        fields = vars(self)
+        # orjson takes a tenth of json's time for this line (1 against 10 us). Its
+        # output is UTF-8: a line with other than ASCII (a client's path) is json's,
+        # escaped as it always was, so that stdout's encoding never matters.
+        try:
+            line = orjson.dumps(fields).decode()
+        except orjson.JSONEncodeError:  # a lone surrogate
+            return _ENCODER.encode(fields)
+        return line if line.isascii() else _ENCODER.encode(fields)
 
     def human(self) -> str:
         """A line for a terminal: the client's path and request id escaped, so they
