@@ -215,7 +215,9 @@ def test_noisy_neighbours_at_default_settings_without_cap_sys_nice(
     assert len(workers) == 2 and not any(has_sys_nice(pid) for pid in workers)
     # 10 s (~800 samples): the p99 of fewer swung enough to move the ratio by 0.5x.
     solo, _ = latencies(shipped, 10)
-    seconds = 30
+    # 20 s under abuse: ~1,200 samples (1,782 in 30 s), more than solo's, and 10 s
+    # less of CI's time than 30.
+    seconds = 20
     answered = shipped.metric("edgefn_requests_total", function="hostile")
     hammer = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "hammer.py"), shipped.public_url,
@@ -242,7 +244,7 @@ def test_noisy_neighbours_at_default_settings_without_cap_sys_nice(
     assert ratio <= 3, summary
     attacks.record(
         AREA,
-        "20 clients hammer every hostile route for 30 s; default settings "
+        f"20 clients hammer every hostile route for {seconds} s; default settings "
         "(`--workers 2`, no `concurrency` set), no CAP_SYS_NICE",
         summary,
     )
