@@ -20,7 +20,9 @@ from edgefn_runtime import (
     ResponseTooLarge,
     Sandbox,
     Timeout,
+    _wasmtime,
 )
+from edgefn_runtime._handle_call import HandleParam
 from edgefn_runtime._sandbox import SUCCESSOR_LEAD
 from waiting import wait_until
 
@@ -69,6 +71,24 @@ def test_each_request_gets_its_own_head(reused: Sandbox) -> None:
         seen.append(answer)
     assert seen[0] == seen[4]
     assert counter(reused) == 1  # all five from one instance, now retired
+
+
+def test_a_request_that_cannot_be_lowered_leaves_the_last_one_whole() -> None:
+    # The parameter a reused instance keeps: a text that cannot be encoded (a lone
+    # surrogate, e.g. from `edgefn invoke` on a non-UTF-8 command line) raises and
+    # leaves each field as it was, so the next request is lowered in full.
+    param = HandleParam(body_in_file=False)
+
+    def lowered() -> list[str]:
+        return [_wasmtime.lift_string(param._fields[i].val) for i in range(4)]
+
+    first = Request("GET", "/secret-path", "a=1", [("x-one", "1")])
+    param.set(first)
+    with pytest.raises(UnicodeEncodeError):
+        param.set(Request("POST", "/a\udcff", "b=2", [("x-two", "2")]))
+    assert lowered() == ["POST", "/secret-path", "a=1", "x-one: 1\n"]
+    param.set(first)
+    assert lowered() == ["GET", "/secret-path", "a=1", "x-one: 1\n"]
 
 
 def test_each_request_gets_its_own_logs(reused: Sandbox) -> None:

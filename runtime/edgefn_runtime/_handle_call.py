@@ -10,6 +10,7 @@ directly; headers cross as one string for the same reason (see the WIT file).
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,10 @@ class HandleParam:
 
     def __init__(self, body_in_file: bool) -> None:
         self.val = _wasmtime.Val()
+        # Freed with this object, not by the instance's close() nor at exit: a
+        # sandbox thread still serving at shutdown (a worker does not wait for
+        # them) may be setting it, and a value half lowered is freed safely.
+        weakref.finalize(self, _wasmtime.delete_val, self.val).atexit = False
         self._texts = ["", "", "", ""]  # method, path, query, headers: as lowered
         self._fields = _wasmtime.lower_record(self.val, _REQUEST_FIELDS)
         for i in range(4):
@@ -100,10 +105,6 @@ class HandleParam:
                 _wasmtime.replace_string(self._fields[i].val, text)
                 texts[i] = text
         self._length.of.u64 = len(request.body)
-
-    def close(self) -> None:
-        """Free what wasmtime allocated; once, from the instance's finalizer."""
-        _wasmtime.delete_val(self.val)
 
 
 # RFC 9110 field names are tokens and field values hold no controls but HTAB:

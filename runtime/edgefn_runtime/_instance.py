@@ -74,13 +74,11 @@ class Instance:
             config.preopen_dir(str(host), guest, fs_mutable=False)
         stretches = 1 if body is not None or single_use else _REUSE_STRETCHES
         self._body_in_file = body is None
+        self._param = HandleParam(self._body_in_file)
         files = GuestFiles(config) if body is None or sandbox.needs_files else None
         if body is not None:
             _wasmtime.set_stdin_bytes(config, body)
-        self._param = HandleParam(self._body_in_file)
-        opened: list[GuestFiles | GuestOutput | HandleParam] = [self._param]
-        if files is not None:
-            opened.append(files)
+        opened: list[GuestFiles | GuestOutput] = [files] if files else []
         try:
             self._stdout = _output(
                 config, "stdout", limits.max_response + self._stdout_reserve, stretches
@@ -91,7 +89,7 @@ class Instance:
         except BaseException:
             _close_all(opened)
             raise
-        # Frees the files and the parameter exactly once: from close(), or when an idle reusable
+        # Closes the files exactly once: from close(), or when an idle reusable
         # instance is dropped with its sandbox, or at exit.
         self._finalizer = weakref.finalize(self, _close_all, opened)
         self.context.take_output = self._stdout.take
@@ -258,7 +256,7 @@ class Instance:
         self.broken = True
 
 
-def _close_all(streams: list[GuestFiles | GuestOutput | HandleParam]) -> None:
+def _close_all(streams: list[GuestFiles | GuestOutput]) -> None:
     for stream in streams:
         stream.close()
 

@@ -177,9 +177,9 @@ def lower_string(val: Any, text: str) -> None:
 
 def replace_string(val: Any, text: str) -> None:
     """Give the string `val` new text, freeing the old (which leaves it empty)."""
+    data = text.encode()  # first: a text that cannot be encoded leaves the old one
     string = ctypes.byref(val.of.string)
     _byte_vec_delete(string)
-    data = text.encode()
     _byte_vec_new(string, len(data), data)
 
 
