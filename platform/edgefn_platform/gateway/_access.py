@@ -99,7 +99,7 @@ class AccessLog:
     """Formats at once, writes every `interval` seconds from a thread of its own.
 
     Not a `logging` handler: a logger's record, caller lookup and handler lock
-    took 12.6 µs a line, as long as the rest of the line's making (json() 8 µs)."""
+    took 12.6 µs a line (0.6 µs here), more than making the line itself."""
 
     def __init__(self, stream: TextIO, human: bool, interval: float = 0.1) -> None:
         self.stream = stream
