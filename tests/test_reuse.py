@@ -76,7 +76,8 @@ def test_each_request_gets_its_own_head(reused: Sandbox) -> None:
 def test_a_request_that_cannot_be_lowered_leaves_the_last_one_whole() -> None:
     # The parameter a reused instance keeps: a text that cannot be encoded (a lone
     # surrogate, e.g. from `edgefn invoke` on a non-UTF-8 command line) raises and
-    # leaves each field as it was, so the next request is lowered in full.
+    # leaves every field as its record of what was lowered says (those before the
+    # bad one already replaced), so the next request replaces what differs.
     param = HandleParam(body_in_file=False)
 
     def lowered() -> list[str]:
