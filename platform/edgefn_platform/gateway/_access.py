@@ -88,12 +88,16 @@ _log: AccessLog | None = None
 
 
 def access_log() -> AccessLog:
-    """The process's access log on stdout, its writer thread started on first use."""
+    """The process's access log on stdout, its writer thread started on first use
+    (the lock only then: every request's line comes through here)."""
     global _log
-    with _started:
-        if _log is None:
-            _log = AccessLog(sys.stdout, human=sys.stdout.isatty())
-        return _log
+    log = _log
+    if log is None:
+        with _started:
+            if _log is None:
+                _log = AccessLog(sys.stdout, human=sys.stdout.isatty())
+            log = _log
+    return log
 
 
 class AccessLog:

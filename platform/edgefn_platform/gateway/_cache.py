@@ -147,22 +147,19 @@ class ResponseCache:
         """The answer to a GET or HEAD for `function` (`applies()` was true):
         `run` runs the function for this request, `refresh` in the background
         (a stale entry's refresh, which is its own request in logs and metrics)."""
-        request = self._request(function, method, path, query, headers)
-        entry, where = locate(self.store, request.base, headers, disk=False)
-        request.key = where
-        if entry is None and self._uncacheable.get(where, 0.0) > time.monotonic():
+        request, entry = self._lookup(function, method, path, query, headers)
+        if entry is None and self._uncacheable.get(request.key, 0.0) > time.monotonic():
             # Its last response could not be stored (hit-for-miss): a disk read,
             # the node-wide lock and its release on the writer thread would only
             # delay a run whose answer will not be stored either. They were ~20 %
             # of a worker's time for a function that never sets Cache-Control.
             answer, result = await self._run(request, None, run)
             if result == _STORED:  # storable again: back to the full path
-                self._uncacheable.pop(where, None)
+                self._uncacheable.pop(request.key, None)
             return answer
         if entry is None and self.store.has_disk:
             # A disk read takes 0.1-6 ms: off the event loop, which only misses pay for.
-            entry, where = await self._locate_on_disk(request)
-            request.key = where
+            entry, request.key = await self._locate_on_disk(request)
         now = time.time()
         if entry is not None:
             if now < entry.fresh_until:
@@ -185,29 +182,29 @@ class ResponseCache:
         run at once) for a key whose responses could not be stored (hit-for-miss).
         Anything else (a disk lookup, a stale entry, a miss that may coalesce)
         goes through `serve`."""
-        assert function.cache_id is not None
-        request = self._request(function, "GET", path, query, headers)
-        entry, where = locate(self.store, request.base, headers, disk=False)
+        request, entry = self._lookup(function, "GET", path, query, headers)
         now = time.time()
         if entry is not None:
             return self._answer(entry, "HIT", headers, now) if now < entry.fresh_until else None
-        if self._uncacheable.get(where, 0.0) <= time.monotonic():
+        if self._uncacheable.get(request.key, 0.0) <= time.monotonic():
             return None
         outcome = run(_without_conditions(headers))
         if outcome is None:
             return None
         answer, result = self._settle(request, outcome, now)
         if result == _STORED:
-            self._uncacheable.pop(where, None)
+            self._uncacheable.pop(request.key, None)
         return answer
 
-    def _request(
+    def _lookup(
         self, function: LiveFunction, method: str, path: str, query: str, headers: Headers
-    ) -> _Request:
+    ) -> tuple[_Request, Entry | None]:
+        """The request's keys, and its entry in this worker's memory tier if any."""
         assert function.cache_id is not None
         host = next((v.lower() for n, v in headers if n.lower() == "host"), "")
         base = key("response", function.cache_id, host, path, normalise_query(query))
-        return _Request(function, method, path, headers, base, base)
+        entry, where = locate(self.store, base, headers, disk=False)
+        return _Request(function, method, path, headers, base, where), entry
 
     # -- lookups -----------------------------------------------------------
 

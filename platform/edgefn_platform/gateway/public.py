@@ -94,6 +94,13 @@ class _Exchange:
     method: str = ""  # when not the request's own (a background refresh is a GET)
     ran: bool = False  # the function was run (not answered from the cache)
 
+    def refused(self, exc: GatewayError | SandboxError) -> Response:
+        """The error's response; its outcome, and a function's usage and logs, kept."""
+        self.outcome = exc.code
+        if isinstance(exc, SandboxError):
+            self.usage, self.logs = exc.usage, exc.logs
+        return error_response(exc, self.request_id)
+
 
 def health_routes(lifecycle: Lifecycle, for_deploys: bool = False) -> list[Route]:
     """`/healthz` and `/readyz`. The admin listener's `/readyz` (`for_deploys`) is
@@ -191,14 +198,11 @@ class PublicApp:
                 )
             response = await self._run(request, exchange)
         except (GatewayError, SandboxError) as exc:
-            response = error_response(exc, exchange.request_id)
-            exchange.outcome = exc.code
+            response = exchange.refused(exc)
             if not exchange.body_read and _has_body(request.headers):
                 # Refused before its body was read (too large, no route, no room):
                 # close rather than read the upload to its end.
                 response.headers["connection"] = "close"
-            if isinstance(exc, SandboxError):
-                exchange.usage, exchange.logs = exc.usage, exc.logs
         self._record(request.method, response, exchange)
         return response
 
@@ -235,6 +239,15 @@ class PublicApp:
         lifecycle = self.lifecycle
         if not self.table.ready.is_set() or (lifecycle is not None and lifecycle.draining):
             return None
+        admission = self.admission
+        if admission.queued or admission.total_in_flight:
+            # Requests wait on threads or in the queue: answering others on the
+            # loop one after another would keep the GIL from them. (Requests that
+            # instantiated on threads at each retirement of the loop's instance
+            # took 28-567 ms for 0.3-0.8 ms of work, before `Sandbox` made its
+            # successor ahead.) Through the app, the loop lets them run. Asked
+            # first: what falls through is routed again there.
+            return None
         if path in self.reserved:  # health checks: Starlette's routes
             return None
         if _has_body(headers) or _loops(headers) >= MAX_LOOPS:
@@ -247,14 +260,6 @@ class PublicApp:
         if found is None:
             return None
         function, relative, query_text = found
-        admission = self.admission
-        if admission.queued or admission.total_in_flight:
-            # Requests wait on threads or in the queue: answering others on the
-            # loop one after another would keep the GIL from them. (Requests that
-            # instantiated on threads at each retirement of the loop's instance
-            # took 28-567 ms for 0.3-0.8 ms of work, before `Sandbox` made its
-            # successor ahead.) Through the app, the loop lets them run.
-            return None
         exchange = _Exchange(request_id(headers.get("x-request-id")), path=path, function=function)
         call_headers = _headers(headers, function)
 
@@ -282,9 +287,7 @@ class PublicApp:
                 answer = outcome.response
             response = _to_http(answer, exchange.request_id)
         except SandboxError as exc:
-            response = error_response(exc, exchange.request_id)
-            exchange.outcome = exc.code
-            exchange.usage, exchange.logs = exc.usage, exc.logs
+            response = exchange.refused(exc)
         self._record("GET", response, exchange)
         return response
 
