@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from edgefn_platform.gateway._rollout import ServingBoard
 from edgefn_platform.gateway.admin import AdminApp
 from edgefn_platform.gateway.public import Lifecycle
 from edgefn_platform.gateway.server import Worker
-from edgefn_runtime import Engine, _aot, _engine
+from edgefn_runtime import Engine, Sandbox, _aot, _engine
 from gateway_process import ROOT, GatewayProcess, cli
 
 # Requests right after a change, each on a new connection: SO_REUSEPORT spreads
@@ -201,3 +202,37 @@ def test_a_deploy_loads_and_hashes_its_component_once(
         assert worker.table.match("/rollout/env") is not None
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize("own_cache", [True, False], ids=["own cache", "--cache-dir"])
+def test_rm_removes_the_compiled_artifact_only_from_a_cache_of_its_own(
+    tmp_path: Path, hostile: Sandbox, hostile_build: BuildResult, own_cache: bool
+) -> None:
+    # `hostile` compiled the component into the tests' shared cache; a copy in the
+    # data directory's own spares the deploy a compile (~8 s).
+    shared = hostile.engine.aot.path_for(hostile.sha256)
+    data_dir = tmp_path / "data"
+    if own_cache:
+        (data_dir / "aot").mkdir(parents=True)
+        shutil.copy(shared, data_dir / "aot" / shared.name)
+    cache_dir = None if own_cache else shared.parent.parent
+    config = GatewayConfig(data_dir=data_dir, workers=1, token="t", cache_dir=cache_dir)
+    worker = Worker.open(config)
+    artifact = worker.engine.aot.path_for(hostile.sha256)
+    try:
+        with TestClient(AdminApp(worker, "t", Lifecycle(worker.table))) as client:
+            auth = {"authorization": "Bearer t"}
+            with hostile_build.path.open("rb") as wasm:
+                deployed = client.post(
+                    "/v1/functions",
+                    headers=auth,
+                    data={"manifest": manifest("pruned")},
+                    files={"component": ("c.wasm", wasm, "application/wasm")},
+                )
+            assert deployed.status_code == 201, deployed.text
+            assert (worker.engine.aot.hits, worker.engine.aot.misses) == (1, 0)
+            assert client.delete("/v1/functions/rollout", headers=auth).status_code == 204
+    finally:
+        worker.close()
+    # Another gateway, `edgefn dev` or `edgefn invoke` may load it from a --cache-dir.
+    assert artifact.is_file() != own_cache

@@ -178,6 +178,10 @@ class AdminApp:
         config = worker.config
         self.public_url = config.public_url()
         self.workers, self.rollout_timeout = config.workers, config.rollout_timeout
+        # A cache of its own (in the data directory) is this gateway's to prune; one
+        # given with --cache-dir may be shared (other gateways, `edgefn dev`, the tests'),
+        # where removing an artifact costs whoever else loads it a compile (~8 s).
+        self.prunes_aot = config.cache_dir is None
         # No /docs page: its browser fetch of the document could not carry the token.
         self.api = app = FastAPI(
             title="edgefn admin API",
@@ -386,7 +390,8 @@ class AdminApp:
     def delete(self, name: str) -> None:
         """Remove the function; answers once no worker of this gateway serves it."""
         for sha256 in self.registry.delete(name):
-            self.deployer.engine.aot.remove(sha256)
+            if self.prunes_aot:
+                self.deployer.engine.aot.remove(sha256)
         self._go_live(name, f"the removal of {name}")
 
     def purge(self, name: str, body: PurgeIn | None = None) -> PurgeOut:
