@@ -11,11 +11,14 @@ must be built: `make test` builds them first.
 
 from __future__ import annotations
 
+import ctypes
+import signal
 from pathlib import Path
 
 from edgefn_runtime import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Roughly the order the suite first deploys them in (by test file name): the
 # earliest are compiled by the tests themselves more often than not.
 FUNCTIONS = [
@@ -33,6 +36,9 @@ FUNCTIONS = [
 
 
 def main() -> None:
+    # Ends with the recipe's shell, however that ends: a started process ignores
+    # SIGINT there, so Ctrl-C would not reach it, nor would the recipe's `kill` run.
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     # The gateways' cache (tests/gateway_process.py), with their engine settings.
     with Engine(cache_dir=ROOT / ".cache" / "edgefn") as engine:
         for directory in FUNCTIONS:

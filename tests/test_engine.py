@@ -14,13 +14,14 @@ import wasmtime
 import edgefn_runtime
 from edgefn_platform import BuildResult
 from edgefn_runtime import CONTRACT_VERSION, Engine, InvalidComponent, Limits, Request
+from edgefn_runtime._aot import AotCache
 
 
 def test_a_corrupt_artifact_is_recompiled_and_the_next_load_served_from_the_cache(
     tmp_path: Path, hostile_build: BuildResult
 ) -> None:
     # One test, as a compile takes ~10 s: a corrupt artifact is a miss, as a
-    # missing one is (every first deploy in the suite is one of those).
+    # missing one is (test_wait_guard's and a cold restart's in test_operations).
     wasm = hostile_build.path
     with Engine(cache_dir=tmp_path) as engine:
         artifact = engine.aot.path_for(hostile_build.sha256)
@@ -34,6 +35,18 @@ def test_a_corrupt_artifact_is_recompiled_and_the_next_load_served_from_the_cach
         assert time.perf_counter() - started < 1.0
         assert (engine.aot.hits, engine.aot.misses) == (1, 1)
         assert sandbox.invoke(Request("GET", "/counter")).response.status == 200
+
+
+def test_the_first_of_two_compiles_of_an_artifact_stays(tmp_path: Path) -> None:
+    # Workers starting at once, or gateways sharing a --cache-dir, may compile one
+    # component together: a second write must not replace the file the first's
+    # processes have mapped.
+    cache = AotCache(tmp_path, "key")
+    artifact = cache.path_for("0" * 64)
+    cache._store(artifact, b"first")
+    cache._store(artifact, b"second")
+    assert artifact.read_bytes() == b"first"
+    assert list(tmp_path.iterdir()) == [artifact]  # no temporary file left behind
 
 
 def test_random_bytes_are_not_a_component(tmp_path: Path, engine: Engine) -> None:

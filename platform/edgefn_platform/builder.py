@@ -230,11 +230,13 @@ def check_entry(
     """Compile the function's sources and import its entry natively, in a child
     process, with only `path` beside it; `BuildError` says what is wrong, and where,
     or that the import took over `timeout` seconds."""
-    # -S: no site-packages, so the function sees what it will see as a component.
+    # -S: no site-packages, so the function sees what it will see as a component;
+    # -B: no __pycache__ left in the function's folder (-I ignores PYTHON* variables).
     command = [
         sys.executable,
         "-I",
         "-S",
+        "-B",
         str(_CHECK_SCRIPT),
         str(directory),
         manifest.entry,

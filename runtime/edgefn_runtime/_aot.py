@@ -8,6 +8,7 @@ version or configuration never loads a stale one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -90,7 +91,10 @@ class AotCache:
         return compiled
 
     def _store(self, artifact: Path, data: bytes | bytearray) -> None:
-        # Write-then-rename: concurrent loaders see a whole artifact or none.
+        # Written aside, then linked in place: concurrent loaders see a whole
+        # artifact or none, and the first of several compiles (workers starting at
+        # once, gateways sharing a --cache-dir) stays, so no process that mapped
+        # it finds its file replaced underneath.
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         try:
@@ -98,7 +102,7 @@ class AotCache:
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
-            os.replace(tmp, artifact)
-        except BaseException:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, artifact)
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
