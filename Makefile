@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PYTHONPYCACHEPREFIX := $(CURDIR)/.cache/pycache
 # ... written there even where the environment says not to write it: with a prefix,
 # the standard library's own bytecode is looked for there too, and each process that
-# finds none compiles what it imports (a gateway's start took 1.1 s more).
+# finds none compiles what it imports (importing the gateway took 1.2 s more).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install postgres run test coverage attacks bench fuzz soak lint wheel clean

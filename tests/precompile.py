@@ -5,7 +5,7 @@ A component's first deploy in a session otherwise compiles it on the test's path
 about 8 s of both cores, for each of the ten below. This compiles them on what
 the suite leaves idle instead (about 40 % of the machine over a run); one the
 cache holds already is only loaded. A component a test compiles at the same time is
-only compiled twice (the cache writes whole artifacts or none). The functions
+only compiled twice (the cache keeps the first artifact written). The functions
 must be built: `make test` builds them first.
 """
 
