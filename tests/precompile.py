@@ -2,7 +2,7 @@
 
 `make test` runs this at the lowest priority (`nice -n 19`) while pytest runs.
 A component's first deploy in a session otherwise compiles it on the test's path:
-about 8 s of both cores, for each of the ten below. This compiles them on what
+about 8 s of both cores for each. This compiles them on what
 the suite leaves idle instead (about 40 % of the machine over a run); one the
 cache holds already is only loaded. A component a test compiles at the same time is
 only compiled twice (the cache keeps the first artifact written). The functions
@@ -19,20 +19,6 @@ from edgefn_runtime import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-# Roughly the order the suite first deploys them in (by test file name): the
-# earliest are compiled by the tests themselves more often than not.
-FUNCTIONS = [
-    ROOT / "functions" / "hello",
-    ROOT / "tests" / "functions" / "counter",
-    ROOT / "tests" / "functions" / "hostile",
-    ROOT / "tests" / "functions" / "cached",
-    ROOT / "tests" / "functions" / "outbound",
-    ROOT / "functions" / "image_resize",
-    ROOT / "functions" / "watermark",
-    ROOT / "tests" / "functions" / "state",
-    ROOT / "tests" / "functions" / "image_parity",
-    ROOT / "tests" / "functions" / "secret_user",
-]
 
 
 def main() -> None:
@@ -41,8 +27,9 @@ def main() -> None:
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     # The gateways' cache (tests/gateway_process.py), with their engine settings.
     with Engine(cache_dir=ROOT / ".cache" / "edgefn") as engine:
-        for directory in FUNCTIONS:
-            for wasm in sorted((directory / ".edgefn").glob("*.wasm")):
+        # What `make test` builds (functions/*/ and tests/functions/*/), in its order.
+        for pattern in ("functions/*/.edgefn/*.wasm", "tests/functions/*/.edgefn/*.wasm"):
+            for wasm in sorted(ROOT.glob(pattern)):
                 engine.load(wasm)  # a hit when compiled already: ~50 ms
 
 
