@@ -93,6 +93,7 @@ bench: export EDGEFN_CACHE_DIR = $(CURDIR)/.cache/edgefn
 bench: install
 	$(BIN)/python bench/runtime.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/fresh_rate.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/origin.py

@@ -1,7 +1,7 @@
 """The native baseline for bench/gateway.py: the same handler in a plain FastAPI app."""
 
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 app = FastAPI()
 
@@ -9,3 +9,17 @@ app = FastAPI()
 @app.get("/bench/")
 def hello() -> PlainTextResponse:
     return PlainTextResponse("Hello, world!\n")
+
+
+def csv_chunks(rows: int, lines: int = 4096):  # type: ignore[no-untyped-def]
+    """As the bench function's (bench/functions/bench/app.py)."""
+    for start in range(0, rows, lines):
+        end = min(rows, start + lines)
+        yield "".join(f"{n},{n * n},{n % 7}\n" for n in range(start, end)).encode()
+
+
+@app.get("/bench/export")
+def export(rows: int = 120_000, lines: int = 4096, stream: str = "") -> Response:
+    if stream:
+        return StreamingResponse(csv_chunks(rows, lines), media_type="text/csv")
+    return Response(b"".join(csv_chunks(rows)), media_type="text/csv")

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from edgefn_platform.gateway._cache import ResponseCache
+from edgefn_platform.gateway._cache import ResponseCache, Streams
 from edgefn_runtime import Outcome, Response, Usage
 from edgefn_runtime.cache import CacheConfig, HttpCache
 
@@ -34,7 +34,9 @@ def _serve(tmp_path: Path, *answers: list[tuple[str, str]]) -> tuple[list[str], 
 
     headers = iter(answers)
 
-    async def run(method: str, request_headers: list[tuple[str, str]]) -> Outcome:
+    async def run(
+        method: str, request_headers: list[tuple[str, str]], _: Streams | None
+    ) -> Outcome:
         return Outcome(Response(200, next(headers), b"body"), Usage(), [])
 
     async def serve_twice() -> tuple[list[str], int]:
@@ -88,7 +90,7 @@ def test_answers_at_once_only_what_needs_no_wait(tmp_path: Path) -> None:
         ran.append(headers)
         return Outcome(Response(200, next(answers), b"body"), Usage(), [])
 
-    async def run(method: str, headers: list[tuple[str, str]]) -> Outcome:
+    async def run(method: str, headers: list[tuple[str, str]], _: Streams | None) -> Outcome:
         outcome = run_now(headers)
         assert outcome is not None
         return outcome
@@ -111,3 +113,55 @@ def test_answers_at_once_only_what_needs_no_wait(tmp_path: Path) -> None:
         assert hit is not None and (hit.status, hit.body) == ("HIT", b"body") and len(ran) == runs
     finally:
         store.close()
+
+
+def test_a_response_streams_only_if_it_will_not_be_stored_and_its_waiters_go_on(
+    tmp_path: Path,
+) -> None:
+    """A streamed response the cache would store is gathered whole; one it will not
+    store streams, and requests for the key that waited for its run (coalescing)
+    run at once instead of waiting for the stream's end."""
+    store = HttpCache(CacheConfig(dir=tmp_path, disk=2**20))
+    counter = SimpleNamespace(inc=lambda: None)
+    metrics: Any = SimpleNamespace(coalesced=SimpleNamespace(labels=lambda *_: counter))
+    cache = ResponseCache(store, metrics)
+    function: Any = SimpleNamespace(name="f", cache_id="f@1")
+    private, public = [("cache-control", "private")], [("cache-control", "public, max-age=60")]
+    decisions: list[bool] = []
+    events: list[str] = []
+
+    async def scenario() -> None:
+        go, streaming_ends = asyncio.Event(), asyncio.Event()
+
+        async def first(
+            method: str, headers: list[tuple[str, str]], streams: Streams | None
+        ) -> Outcome:
+            assert streams is not None
+            await go.wait()
+            # Asked on the sandbox's thread, as the gateway's stream asks it.
+            for status, answer in ((200, public), (503, private), (200, private)):
+                decisions.append(await asyncio.to_thread(streams, status, answer))
+            events.append("first streams")
+            await streaming_ends.wait()  # the stream goes on until the second has run
+            events.append("first ends")
+            return Outcome(Response(200, private, b""), Usage(), [])
+
+        async def second(method: str, headers: list[tuple[str, str]], _: Streams | None) -> Outcome:
+            events.append("second runs")
+            streaming_ends.set()
+            return Outcome(Response(200, private, b"body"), Usage(), [])
+
+        served = asyncio.create_task(cache.serve(function, "GET", "/p", "", [], first, first))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(cache.serve(function, "GET", "/p", "", [], second, second))
+        await asyncio.sleep(0.05)  # the second now waits for the first's run
+        assert events == [] and not waiting.done()
+        go.set()
+        assert (await served).status == (await waiting).status == "MISS"
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 10))
+    finally:
+        store.close()
+    assert decisions == [False, False, True]
+    assert events == ["first streams", "second runs", "first ends"]

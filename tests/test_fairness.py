@@ -140,7 +140,7 @@ HAMMER = [
     "/hostile/alloc",
     "/hostile/crash",
     "/hostile/sleep?seconds=30",
-    "/hostile/big?size=100000000",
+    "/hostile/big?size=20000000&whole=1",
     "/hostile/log-flood?lines=50000",
     "/hostile/headers?count=500",
     "/hostile/exit-hard",

@@ -4,10 +4,13 @@ status and code, the gateway stays up, and a healthy neighbour keeps answering
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 import attacks
@@ -43,7 +46,7 @@ def neighbour_answers(gateway: GatewayProcess) -> None:
         ("memory bomb (1 MiB allocations forever)", "/hostile/alloc", 503, "memory_limit"),
         ("deep recursion", "/hostile/recurse", 500, "function_error"),
         ("stack overflow past the recursion limit", "/hostile/crash", 502, "function_crashed"),
-        ("1 GB response", "/hostile/big?size=1000000000", 502, "response_too_large"),
+        ("a 20 MB response", "/hostile/big?size=20000000&whole=1", 502, "response_too_large"),
         ("200 response headers", "/hostile/headers?count=200", 502, "response_too_large"),
         ("a 1 MB response header", "/hostile/headers?size=1000000", 502, "response_too_large"),
         ("header with CR LF injection", "/hostile/bad-header", 502, "invalid_response"),
@@ -58,7 +61,6 @@ def neighbour_answers(gateway: GatewayProcess) -> None:
         ("status 600", "/hostile/status?code=600", 502, "invalid_response"),
         ("status 99", "/hostile/status?code=99", 502, "invalid_response"),
         ("sleeping past the timeout", "/hostile/sleep?seconds=30", 504, "timeout"),
-        ("raising inside a generator", "/hostile/raise-in-generator", 500, "function_error"),
         ("raising inside `finally`", "/hostile/raise-in-finally", 500, "function_error"),
         ("sys.exit()", "/hostile/exit", 500, "function_error"),
         ("os._exit()", "/hostile/exit-hard", 500, "function_error"),
@@ -147,3 +149,132 @@ def test_a_mutated_global_is_not_seen_by_the_next_request(gateway: GatewayProces
     counts = {gateway.get("/hostile/counter").json()["counter"] for _ in range(5)}
     assert counts == {1}
     attacks.record(AREA, "mutate a global, read it next request", "counter is 1 every time")
+
+
+# --- Streamed responses -----------------------------------------------------------
+
+
+def raw_get(gateway: GatewayProcess, path: str) -> tuple[str, bytes]:
+    """The response's head and its raw (chunked) body, read until the gateway
+    closes the connection (`Connection: close`)."""
+    host, port = gateway.public_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+        received = b""
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head.decode("latin-1").lower(), body
+
+
+def access_line(gateway: GatewayProcess, request_id: str) -> dict[str, object]:
+    gateway.wait_logged("hostile", [request_id])
+    lines = gateway.admin("GET", f"/v1/functions/hostile/logs?request_id={request_id}").json()
+    (line,) = (json.loads(r["line"]) for r in lines if r["kind"] == "access")
+    return line
+
+
+def test_a_streamed_body_reaches_the_client_as_the_function_writes_it(
+    gateway: GatewayProcess,
+) -> None:
+    url = gateway.public_url + "/hostile/stream?chunks=2&size=10&pause=700"
+    arrived: list[tuple[float, bytes]] = []
+    with httpx.stream("GET", url, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["x-streamed"] == "yes"
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert "content-length" not in response.headers
+        assert response.headers["x-edgefn-cache"] == "MISS"  # not storable: streamed
+        for data in response.iter_raw():
+            arrived.append((time.perf_counter(), data))
+    assert b"".join(data for _, data in arrived) == b"0" * 10 + b"1" * 10
+    # Sent whole, both chunks would arrive together; streamed, 0.7 s apart.
+    assert arrived[-1][0] - arrived[0][0] > 0.4, arrived
+    line = access_line(gateway, response.headers["x-request-id"])
+    assert (line["status"], line["outcome"], line["bytes_out"]) == (200, "ok", 20)
+
+
+def test_a_head_request_to_a_streamed_response_gets_no_body(gateway: GatewayProcess) -> None:
+    response = httpx.head(gateway.public_url + "/hostile/stream?chunks=3", timeout=30)
+    assert response.status_code == 200 and response.content == b""
+    assert response.headers["x-streamed"] == "yes"
+
+
+def test_a_streamed_response_failing_before_its_first_chunk_gets_its_status(
+    gateway: GatewayProcess,
+) -> None:
+    response = gateway.get("/hostile/stream-bad-header")
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "invalid_response"
+
+
+@pytest.mark.parametrize(
+    ("attack", "path", "code", "sent"),
+    [
+        ("an exception after the first chunk", "/hostile/raise-in-generator", "function_error", 12),
+        (
+            "a 1 GB streamed response",
+            "/hostile/big?size=1000000000",
+            "response_too_large",
+            10 * 2**20,
+        ),
+    ],
+)
+def test_a_stream_failing_after_its_head_is_cut_off(
+    gateway: GatewayProcess, attack: str, path: str, code: str, sent: int
+) -> None:
+    """The status is out: the connection closes before the chunked body's end, so
+    no client or cache can take the rest for the whole."""
+    head, body = raw_get(gateway, path)
+    assert head.startswith("http/1.1 200") and "transfer-encoding: chunked" in head, head
+    assert not body.endswith(b"0\r\n\r\n"), body[-100:]
+    (request_id,) = (line[14:] for line in head.split("\r\n") if line.startswith("x-request-id:"))
+    line = access_line(gateway, request_id.strip())
+    assert (line["status"], line["outcome"]) == (200, code), line
+    # What the function sent before its failure: 12 bytes, or 10 MiB (the limit).
+    assert line["bytes_out"] == sent, line
+    assert sent < len(body) < sent + 2**16  # and the client got it, with chunk sizes
+    neighbour_answers(gateway)
+    attacks.record(
+        AREA,
+        f"{attack} (StreamingResponse)",
+        f"200 and {line['bytes_out']:,} body bytes, then the connection closed without "
+        f"the body's end; logged as `{code}`; neighbour answers 200",
+    )
+
+
+def test_a_client_that_leaves_stops_the_stream(gateway: GatewayProcess) -> None:
+    """The function stops at its next chunk, not at its timeout."""
+    request_id = "streamed-and-left"
+    url = gateway.public_url + "/hostile/stream?chunks=500&size=10&pause=2"
+    with httpx.stream("GET", url, headers={"x-request-id": request_id}, timeout=30) as response:
+        next(response.iter_raw())
+    line = access_line(gateway, request_id)
+    lines = gateway.admin("GET", f"/v1/functions/hostile/logs?request_id={request_id}").json()
+    (made,) = (r["line"] for r in lines if r["kind"] == "log")
+    # 2 ms apart, 500 chunks would take ~1 s, the fixture's timeout.
+    assert int(made.split()[1]) < 250, made
+    assert line["outcome"] == "ok" and line["status"] == 200, line
+
+
+def test_a_client_that_stops_reading_holds_the_function_back(gateway: GatewayProcess) -> None:
+    """Past a backlog, the function waits for the client, within its timeout."""
+    request_id = "streamed-unread"
+    host, port = gateway.public_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        path = "/hostile/big?size=1000000000"
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nhost: x\r\nx-request-id: {request_id}\r\n\r\n".encode()
+        )
+        line = access_line(gateway, request_id)
+    assert (line["status"], line["outcome"]) == (200, "timeout"), line
+    # Far less than the 10 MiB the function would have sent to a reader.
+    assert line["bytes_out"] < 8 * 2**20, line
+    neighbour_answers(gateway)
+    attacks.record(
+        AREA,
+        "a client that stops reading a 1 GB streamed response",
+        f"the function held back after {line['bytes_out']:,} bytes, ended by its timeout "
+        "(`timeout`); neighbour answers 200",
+    )

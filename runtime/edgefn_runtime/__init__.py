@@ -24,7 +24,16 @@ from ._errors import (
     Timeout,
 )
 from ._limits import MIN_MEMORY, Limits
-from ._messages import LOOP_TOKEN, MAX_LOOPS, WARM_UP_HEADER, Outcome, Request, Response, Usage
+from ._messages import (
+    LOOP_TOKEN,
+    MAX_LOOPS,
+    WARM_UP_HEADER,
+    Outcome,
+    Request,
+    Response,
+    ResponseSink,
+    Usage,
+)
 from ._sandbox import Sandbox
 
 __all__ = [
@@ -46,6 +55,7 @@ __all__ = [
     "Outcome",
     "Request",
     "Response",
+    "ResponseSink",
     "ResponseTooLarge",
     "Sandbox",
     "SandboxError",

@@ -18,10 +18,18 @@ import wasmtime
 from wasmtime import component as wc
 
 from . import _wasmtime
-from ._errors import InvalidComponent
+from ._errors import InvalidComponent, InvalidResponse, ResponseTooLarge, SandboxError
+from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS
 from ._messages import HeaderList, Request
 
-__all__ = ["GuestFailure", "HandleParam", "ResponseHead", "call_handle", "check_handle_type"]
+__all__ = [
+    "GuestFailure",
+    "HandleParam",
+    "ResponseHead",
+    "call_handle",
+    "check_handle_type",
+    "head_problem",
+]
 
 # `handle`'s type as `_describe` renders it.
 HANDLE_TYPE = (
@@ -117,6 +125,25 @@ _FIELD_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 def valid_field(name: str, value: str) -> bool:
     """Whether `name: value` is a header line HTTP may carry as it is."""
     return bool(_FIELD_NAME.fullmatch(name)) and not _FIELD_VALUE_CONTROL.search(value)
+
+
+def head_problem(status: int, headers: HeaderList) -> SandboxError | None:
+    """Why a response head the guest gave may not be sent, or None."""
+    if not 200 <= status <= 599:  # no 1xx: 101 would make a proxy open a tunnel
+        return InvalidResponse(
+            f"the function answered with status {status}; only 200-599 may be sent"
+        )
+    header_bytes = sum(len(name) + len(value) + 4 for name, value in headers)
+    if len(headers) > MAX_RESPONSE_HEADERS or header_bytes > MAX_RESPONSE_HEADER_BYTES:
+        return ResponseTooLarge(
+            f"the response has {len(headers)} headers of {header_bytes} bytes; "
+            f"the limits are {MAX_RESPONSE_HEADERS} headers and "
+            f"{MAX_RESPONSE_HEADER_BYTES} bytes"
+        )
+    for name, value in headers:  # within the caps above, so the scan is bounded
+        if not valid_field(name, value):
+            return InvalidResponse(f"the function answered with an invalid header {name[:100]!r}")
+    return None
 
 
 def encode_headers(headers: HeaderList) -> str:

@@ -12,15 +12,14 @@ from wasmtime import component as wc
 from . import _wasmtime
 from ._errors import (
     GuestCrashed,
-    InvalidResponse,
     ResponseTooLarge,
     SandboxError,
     from_guest_error,
     from_trap,
 )
-from ._handle_call import GuestFailure, HandleParam, call_handle, valid_field
-from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS, Limits
-from ._messages import Outcome, Request, Response, Usage
+from ._handle_call import GuestFailure, HandleParam, call_handle, head_problem
+from ._limits import Limits
+from ._messages import Outcome, Request, Response, ResponseSink, Usage
 from ._stdio import GuestFiles, GuestOutput
 from .capabilities import RequestContext
 
@@ -136,22 +135,36 @@ class Instance:
         )
 
     def serve(
-        self, request: Request, limits: Limits, *, on_loop: bool = False, ticks: int | None = None
+        self,
+        request: Request,
+        limits: Limits,
+        *,
+        on_loop: bool = False,
+        ticks: int | None = None,
+        sink: ResponseSink | None = None,
     ) -> Outcome:
         """Run one request; on any failure the instance is marked broken.
 
         `on_loop`: the caller is an event loop, so a host call stops the guest
-        (`HostCallOnLoop`); `ticks`: an epoch deadline no longer than `limits.timeout`'s.
+        (`HostCallOnLoop`); `ticks`: an epoch deadline no longer than `limits.timeout`'s;
+        `sink`: where a streamed response goes (see `Sandbox.invoke`).
         """
         try:
-            return self._serve(request, limits, on_loop, ticks)
+            return self._serve(request, limits, on_loop, ticks, sink)
         except BaseException:
             self.broken = True
             raise
 
-    def _serve(self, request: Request, limits: Limits, on_loop: bool, ticks: int | None) -> Outcome:
+    def _serve(
+        self,
+        request: Request,
+        limits: Limits,
+        on_loop: bool,
+        ticks: int | None,
+        sink: ResponseSink | None,
+    ) -> Outcome:
         store, context, engine = self.store, self.context, self._engine
-        context.begin(request, limits, self._capabilities, on_loop=on_loop)
+        context.begin(request, limits, self._capabilities, on_loop=on_loop, sink=sink)
         if self._body_in_file:
             assert self._files is not None, "a body file comes with its files"
             self._files.put("body", request.body)
@@ -199,26 +212,9 @@ class Instance:
             raise fail(from_trap(trap, limits, fuel_left=fuel_left, logs=logs)) from None
         if isinstance(head, GuestFailure):
             raise fail(from_guest_error(head.kind, head.message, limits))
-        if not 200 <= head.status <= 599:  # no 1xx: 101 would make a proxy open a tunnel
-            raise fail(
-                InvalidResponse(
-                    f"the function answered with status {head.status}; only 200-599 may be sent"
-                )
-            )
-        header_bytes = sum(len(name) + len(value) + 4 for name, value in head.headers)
-        if len(head.headers) > MAX_RESPONSE_HEADERS or header_bytes > MAX_RESPONSE_HEADER_BYTES:
-            raise fail(
-                ResponseTooLarge(
-                    f"the response has {len(head.headers)} headers of {header_bytes} bytes; "
-                    f"the limits are {MAX_RESPONSE_HEADERS} headers and "
-                    f"{MAX_RESPONSE_HEADER_BYTES} bytes"
-                )
-            )
-        for name, value in head.headers:  # within the caps above, so the scan is bounded
-            if not valid_field(name, value):
-                raise fail(
-                    InvalidResponse(f"the function answered with an invalid header {name[:100]!r}")
-                )
+        problem = head_problem(head.status, head.headers)
+        if problem is not None:
+            raise fail(problem)
         written = head.written
         if written is None:
             if context.response_body is None:

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["LOOP_TOKEN", "MAX_LOOPS", "WARM_UP_HEADER", "Outcome", "Request", "Response", "Usage"]
+__all__ = [
+    "LOOP_TOKEN",
+    "MAX_LOOPS",
+    "WARM_UP_HEADER",
+    "Outcome",
+    "Request",
+    "Response",
+    "ResponseSink",
+    "Usage",
+]
 
 HeaderList = list[tuple[str, str]]
 
@@ -34,6 +44,20 @@ class Response:
     status: int
     headers: HeaderList
     body: bytes
+
+
+class ResponseSink(Protocol):
+    """Where a response the function streams goes as it is produced (the client's
+    connection), given to `Sandbox.invoke`. Called on the sandbox's thread."""
+
+    def start(self, status: int, headers: HeaderList) -> bool:
+        """Send the head: the function began its body (checked, as a whole
+        response's head is). False to take it whole instead (an edge cache that
+        stores it): the body is then gathered, and the outcome carries it."""
+
+    def write(self, chunk: bytes, timeout: float) -> bool:
+        """Send the body's next chunk, waiting at most `timeout` seconds for room;
+        False if nobody reads any more. Raises `TimeoutError` when out of time."""
 
 
 @dataclass

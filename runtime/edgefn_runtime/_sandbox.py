@@ -18,7 +18,7 @@ from ._errors import BodyTooLarge, Timeout
 from ._inline import HostCallOnLoop, InlineGate
 from ._instance import Instance
 from ._limits import Limits
-from ._messages import Outcome, Request
+from ._messages import Outcome, Request, ResponseSink
 from ._reaper import retire
 
 if TYPE_CHECKING:
@@ -98,8 +98,14 @@ class Sandbox:
         # Only where no WASI wait can hold the loop (`_wait_guard.py`).
         self._inline = InlineGate(engine.inline_cpu if reuse and waits_bounded else 0)
 
-    def invoke(self, request: Request, limits: Limits | None = None) -> Outcome:
+    def invoke(
+        self, request: Request, limits: Limits | None = None, sink: ResponseSink | None = None
+    ) -> Outcome:
         """Run `request` through the function under `limits`.
+
+        A response the function streams (`edgefn.StreamingResponse`) goes to
+        `sink` as it is produced, and the outcome's body is empty; without a
+        sink it is gathered and comes whole, as any other.
 
         Raises a `SandboxError` subclass for every failure: the function's own
         exception (`GuestError`), a broken limit (`Timeout`, `FuelExhausted`,
@@ -117,7 +123,7 @@ class Sandbox:
             if instance is None:  # none ready: instantiated on this request's path
                 instance = Instance(self, limits, request.body)
             try:
-                return instance.serve(request, limits)
+                return instance.serve(request, limits, sink=sink)
             finally:
                 if len(request.body) > RETIRE_MAX_BODY:
                     instance.close()
@@ -128,7 +134,7 @@ class Sandbox:
         counted = self._inline.enabled and instance.instantiated
         started = time.thread_time() if counted else 0.0
         try:
-            outcome = instance.serve(request, limits)
+            outcome = instance.serve(request, limits, sink=sink)
         finally:
             self._checkin(instance, limits)
         if counted:

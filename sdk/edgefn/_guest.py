@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Iterable
 
 from componentize_py_types import Err
 from wit_world.exports import IncomingHandler
 from wit_world.imports import image as host_image
 from wit_world.imports import kv as host_kv
 from wit_world.imports import outbound as host_outbound
+from wit_world.imports import response_stream as host_stream
 from wit_world.imports import secrets as host_secrets
 from wit_world.imports.types import (
     GuestError,
@@ -110,14 +111,15 @@ def _handle(app: App, head: RequestHead) -> ResponseHead:
             body=functools.partial(_read_body, head.body),
         )
         response = app.handle(request)
+        headers = "".join(f"{k}: {v}\n" for k, v in response.headers.multi_items())
         sent: ResponseBody_Written | ResponseBody_Rendered
         if isinstance(response, image.RenderedResponse):
             sent = ResponseBody_Rendered()
         elif isinstance(response, StreamingResponse):
-            sent = ResponseBody_Written(_write_body(response.body_iterator))
+            _stream(response, headers)
+            sent = ResponseBody_Rendered()
         else:
-            sent = ResponseBody_Written(_write_body((response.body,)))
-        headers = "".join(f"{k}: {v}\n" for k, v in response.headers.multi_items())
+            sent = ResponseBody_Written(_write_body(response.body))
         return ResponseHead(response.status, headers, sent)
     except BaseException as exc:  # noqa: BLE001 - an escaping exception would trap the guest
         traceback.print_exc()
@@ -174,8 +176,6 @@ def _source(source: tuple[str, object]) -> host_image.Source:
     if kind == "bytes":
         # Out of band, like a response body: the host reads the next len(data)
         # bytes of stdout as the image (a list<u8> would cross byte by byte).
-        if _writing_body:
-            raise RuntimeError("Image.from_bytes cannot be used while a response body streams")
         data = bytes(value)  # type: ignore[call-overload]
         # Past the limit the host refuses on the length alone, before reading a
         # byte, so the bytes are not written: unread, they would stay on stdout
@@ -198,8 +198,6 @@ class _HostOutbound:
         # The body goes out of band, like a response body: the host reads the
         # next len(body) bytes of stdout (a list<u8> would cross byte by byte).
         if request.body:
-            if _writing_body:
-                raise RuntimeError("fetch cannot send a body while a response body streams")
             if _write_all(request.body) != len(request.body):
                 raise ValueError(
                     f"no room left on stdout for the fetch body of {len(request.body):,} bytes"
@@ -265,8 +263,6 @@ class _HostKV:
         # The value goes out of band, like a fetch body: the host reads the next
         # len(value) bytes of stdout (a list<u8> would cross byte by byte).
         if value:
-            if _writing_body:
-                raise RuntimeError("kv set cannot be used while a response body streams")
             if _write_all(value) != len(value):
                 raise ValueError(f"no room left on stdout for the value of {len(value):,} bytes")
         try:
@@ -336,27 +332,37 @@ class _HostSecrets:
 secrets.use_backend(_HostSecrets())
 
 
-_writing_body = False
-
-
-def _write_body(chunks: Iterable[bytes]) -> int:
-    """Write the body to fd 1 and return its length.
+def _write_body(body: bytes) -> int:
+    """Write a whole body to fd 1 and return its length.
 
     The host sizes stdout to the response limit; when a write fails there, the
-    length returned counts the chunk that did not fit, which tells the host the
+    length returned is the whole body's all the same, which tells the host the
     response was too large.
     """
-    global _writing_body
-    total = 0
-    _writing_body = True
+    _write_all(body)
+    return len(body)
+
+
+def _stream(response: StreamingResponse, headers: str) -> None:
+    """Send the response chunk by chunk as its iterator yields them.
+
+    It begins at the first chunk, so an exception before it still gets its error
+    status. Each chunk is written to fd 1 and announced at once: the host takes
+    it from there before anything else is written (a fetch body, an image, a kv
+    value), so those may be used between chunks. A short write is announced
+    whole, and the host refuses it as too large.
+    """
+    chunks = response.body_iterator
     try:
-        for chunk in chunks:
-            if _write_all(chunk) != len(chunk):
-                return total + len(chunk)
-            total += len(chunk)
+        first = next(chunks, b"")
+        host_stream.begin(response.status, headers)
+        for chunk in itertools.chain((first,), chunks):
+            if chunk:
+                _write_all(chunk)
+                if not host_stream.send(len(chunk)):
+                    break  # the client went away: nobody reads the rest
     finally:
-        _writing_body = False
-    return total
+        chunks.close()  # runs the generator's `finally` now, also when cut short
 
 
 def _write_all(data: bytes) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json as _json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any
 
 from ._datastructures import MutableHeaders
@@ -55,8 +55,10 @@ class Response:
 
 
 class StreamingResponse(Response):
-    """A response whose body is produced chunk by chunk, so a large body never
-    has to fit in the function's memory at once.
+    """A response whose body is produced chunk by chunk and sent as it is: the
+    client gets the first chunk before the last is produced, and a large body
+    never has to fit in the function's memory at once. The status and headers
+    go with the first chunk; an error after it cuts the response short.
 
     >>> StreamingResponse(f"line {i}\\n" for i in range(1_000_000))
     """
@@ -69,7 +71,7 @@ class StreamingResponse(Response):
         media_type: str | None = None,
     ) -> None:
         super().__init__(b"", status, headers, media_type)
-        self.body_iterator = (self._render(chunk) for chunk in content)
+        self.body_iterator: Generator[bytes] = (self._render(chunk) for chunk in content)
 
     def chunks(self) -> Iterator[bytes]:
         return self.body_iterator

@@ -1,6 +1,6 @@
 """Routes the benchmarks measure: a trivial answer, bodies, CPU work, held memory."""
 
-from edgefn import App, Request, Response
+from edgefn import App, Request, Response, StreamingResponse
 
 app = App()
 
@@ -40,3 +40,19 @@ def cached(request: Request) -> Response:
     """hello, cacheable: bench/cache.py measures the edge cache's hits with it."""
     headers = {"cache-control": "public, max-age=60"}
     return Response("Hello, world!\n", media_type="text/plain", headers=headers)
+
+
+def csv_chunks(rows: int, lines: int = 4096):  # type: ignore[no-untyped-def]
+    """`rows` CSV lines, `lines` to a chunk (4,096: ~60 KiB): what an export streams."""
+    for start in range(0, rows, lines):
+        end = min(rows, start + lines)
+        yield "".join(f"{n},{n * n},{n % 7}\n" for n in range(start, end)).encode()
+
+
+@app.get("/export")
+def export(request: Request) -> Response:
+    """bench/streaming.py: the same CSV streamed (`stream=1`) or whole."""
+    rows, lines = int(request.query.get("rows", "120000")), int(request.query.get("lines", "4096"))
+    if request.query.get("stream"):
+        return StreamingResponse(csv_chunks(rows, lines), media_type="text/csv")
+    return Response(b"".join(csv_chunks(rows)), media_type="text/csv")

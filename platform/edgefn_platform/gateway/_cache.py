@@ -49,16 +49,21 @@ from ._functions import LiveFunction
 from ._keylocks import Held, KeyLocks
 from ._metrics import Metrics
 
-__all__ = ["CACHE_HEADER", "Cached", "ResponseCache"]
+__all__ = ["CACHE_HEADER", "Cached", "ResponseCache", "Streams"]
 
 log = logging.getLogger("edgefn.gateway")
 
 CACHE_HEADER = "x-edgefn-cache"
 _CONDITIONAL = ("if-none-match", "if-modified-since")
 Headers = list[tuple[str, str]]
-# Runs the function with this method and these request headers: its outcome, or
-# the error it raised.
-Run = Callable[[str, Headers], Awaitable[Outcome]]
+# Whether a response with this status and these headers may reach the client as
+# the function streams it (it will not be stored); asked on the sandbox's thread
+# when the function begins a streamed response.
+Streams = Callable[[int, Headers], bool]
+# Runs the function with this method and these request headers (and, if not
+# None, what of its streamed responses may stream): its outcome, or the error it
+# raised.
+Run = Callable[[str, Headers, Streams | None], Awaitable[Outcome]]
 # What became of a run, told to the requests that waited for it: its response
 # stored; one that can never be (the waiters run at once, and the key's requests
 # skip the wait for a while); not stored for this request's sake (a HEAD, its
@@ -253,14 +258,12 @@ class ResponseCache:
         self._running[request.key] = done
         result = _FAILED
         held = None
-        try:
-            held, answer = await self._node_lock(request, counted=waited)
-            if answer is not None:
-                result = _STORED
-                return answer
-            answer, result = await self._run(request, stale, run)
-            return answer
-        finally:
+
+        def release(result: str) -> None:
+            """Tell the waiters what became of the run: at its end, or as soon as
+            its response streams (it will not be stored, and may last long)."""
+            if done.done():
+                return
             del self._running[request.key]
             done.set_result(result)
             if result == _UNCACHEABLE:
@@ -269,6 +272,16 @@ class ResponseCache:
                 self._uncacheable[request.key] = time.monotonic() + _UNCACHEABLE_SECONDS
             if held is not None:
                 self._unlock_when_written(held)
+
+        try:
+            held, answer = await self._node_lock(request, counted=waited)
+            if answer is not None:
+                result = _STORED
+                return answer
+            answer, result = await self._run(request, stale, run, release)
+            return answer
+        finally:
+            release(result)
 
     async def _node_lock(
         self, request: _Request, counted: bool
@@ -309,17 +322,28 @@ class ResponseCache:
         # descriptor, no state of the event loop's (which may be closed by then).
         self.store.after_writes(lambda: locks.unlock(held))
 
-    async def _run(self, request: _Request, stale: Entry | None, run: Run) -> tuple[Cached, str]:
+    async def _run(
+        self,
+        request: _Request,
+        stale: Entry | None,
+        run: Run,
+        release: Callable[[str], None] | None = None,
+    ) -> tuple[Cached, str]:
         """The function's answer (or the stale copy's, if it failed within the
-        entry's stale-if-error), and what became of it: stored, uncacheable or failed."""
+        entry's stale-if-error), and what became of it: stored, uncacheable or
+        failed. `release(result)` tells requests waiting for the run, when its
+        response streams, what it will be."""
         ask = _without_conditions(request.headers)
+        streams = None
         if stale is not None:
             ask += validators(stale.etag, stale.last_modified)
+        else:  # a stale copy may yet answer instead, or be revalidated: never streamed
+            streams = self._streams(request, release)
         # Stored as of now, not of when the run ends: a purge that lands while the
         # function runs must remove what this run computed from what it purged.
         started = time.time()
         try:
-            outcome = await run(request.method, ask)
+            outcome = await run(request.method, ask, streams)
         except (GatewayError, SandboxError) as exc:
             if stale is not None and exc.status >= 500 and _within_error_window(stale):
                 answer = self._answer(stale, "STALE", request.headers, time.time())
@@ -339,6 +363,26 @@ class ResponseCache:
             return replace(answer, outcome=outcome), _STORED
         return self._settle(request, outcome, started)
 
+    def _streams(self, request: _Request, release: Callable[[str], None] | None) -> Streams:
+        """Whether a streamed response of `request`'s run may stream: only if it will
+        not be stored, as `_settle` decides for a whole one."""
+        loop = asyncio.get_running_loop()
+
+        def streams(status: int, headers: Headers) -> bool:
+            if status >= 500:  # failed: `_settle` answers it whole
+                return False
+            if request.method == "GET":
+                if decide("GET", request.headers, status, headers) is not None:
+                    return False
+                result = _UNSTORED if _authorized(request.headers) else _UNCACHEABLE
+            else:
+                result = _UNSTORED
+            if release is not None:
+                loop.call_soon_threadsafe(release, result)
+            return True
+
+        return streams
+
     def _settle(self, request: _Request, outcome: Outcome, started: float) -> tuple[Cached, str]:
         """A run's response, stored if it may be, and what became of it (no stale
         copy to fall back on or revalidate)."""
@@ -355,9 +399,7 @@ class ResponseCache:
             # For good when the response alone said no: of a GET's own headers only
             # `Authorization` weighs in `decide`.
             never = (
-                request.method == "GET"
-                and freshness is None
-                and not any(n.lower() == "authorization" for n, _ in request.headers)
+                request.method == "GET" and freshness is None and not _authorized(request.headers)
             )
             return Cached(
                 "MISS", response.status, response.headers, response.body, outcome
@@ -435,6 +477,12 @@ def _without_conditions(headers: Headers) -> Headers:
     """The request's headers less its own conditions: a run is asked for the whole
     response, to store it, and the client's question is answered from that."""
     return [(n, v) for n, v in headers if n.lower() not in _CONDITIONAL]
+
+
+def _authorized(headers: Headers) -> bool:
+    """Whether the request has `Authorization`, which keeps a shared cache from
+    storing a response `decide` would otherwise allow (RFC 9111 3.5)."""
+    return any(n.lower() == "authorization" for n, _ in headers)
 
 
 def _within_error_window(entry: Entry) -> bool:

@@ -28,7 +28,7 @@ import json
 import logging
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from ._request_ids import request_id
+from ._streams import ABORT_EXTENSION
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent
@@ -140,6 +141,17 @@ class _Guarded(HttpToolsProtocol):
 
         # The cycle's own attribute: uvicorn passes `self.receive` to the app.
         cycle.receive = receive_and_time  # type: ignore[method-assign]
+
+        def abort() -> None:
+            cycle = weak_cycle()
+            if cycle is not None and not cycle.response_complete:
+                # Disconnected for uvicorn: it sends nothing more, and does not log
+                # that the app returned without ending the response.
+                cycle.disconnected = True
+                cycle.transport.close()
+
+        extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
+        extensions[ABORT_EXTENSION] = abort
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -26,13 +27,14 @@ from edgefn_runtime import Response as SandboxResponse
 from ._access import AccessEntry, access_log, log_access
 from ._admission import Admission
 from ._bodies import BodyBudget, read_body
-from ._cache import CACHE_HEADER, ResponseCache
+from ._cache import CACHE_HEADER, ResponseCache, Streams
 from ._errors import GatewayError, error_response
 from ._fairness import FairThreadPool
 from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
 from ._metrics import Metrics
 from ._request_ids import request_id
+from ._streams import ClientStream, StreamedAnswer
 from ._target import route
 from .policy import Policy
 
@@ -93,6 +95,7 @@ class _Exchange:
     cache: str = ""  # X-Edgefn-Cache, once a function was found
     method: str = ""  # when not the request's own (a background refresh is a GET)
     ran: bool = False  # the function was run (not answered from the cache)
+    stream: ClientStream | None = None  # where a streamed response goes
 
     def refused(self, exc: GatewayError | SandboxError) -> Response:
         """The error's response; its outcome, and a function's usage and logs, kept."""
@@ -169,7 +172,7 @@ class PublicApp:
             return
         request = Request(scope, receive)
         try:
-            response = await self.handle(request)
+            response = await self.handle(request, send)
         except asyncio.CancelledError:
             # uvicorn cancels what still runs when the drain timeout expires: the
             # client gets the gateway's own answer, not a bare 500 and a traceback.
@@ -183,8 +186,9 @@ class PublicApp:
             response = self._bug(exc, request.headers)
         await response(scope, receive, send)
 
-    async def handle(self, request: Request) -> Response:
-        """The response to one function request, recorded (access line, logs, metrics)."""
+    async def handle(self, request: Request, send: Send | None = None) -> Response:
+        """The response to one function request, recorded (access line, logs, metrics).
+        With `send`, a response the function streams is sent as it is produced."""
         exchange = _Exchange(request_id(request.headers.get("x-request-id")))
         exchange.path = request.scope["path"]
         try:
@@ -196,13 +200,20 @@ class PublicApp:
                     f"method {request.method} is not served (allowed: {allowed})",
                     {"allow": allowed},
                 )
-            response = await self._run(request, exchange)
+            response = await self._run(request, exchange, send)
+        except asyncio.CancelledError:  # see `__call__`
+            if exchange.stream is not None and exchange.stream.started:
+                exchange.stream.abort()  # its status is out: no other answer can follow
+            raise
         except (GatewayError, SandboxError) as exc:
             response = exchange.refused(exc)
             if not exchange.body_read and _has_body(request.headers):
                 # Refused before its body was read (too large, no route, no room):
                 # close rather than read the upload to its end.
                 response.headers["connection"] = "close"
+        if exchange.stream is not None and exchange.stream.started:
+            # Its head is out: what is left is to end it, or cut it off on a failure.
+            response = StreamedAnswer(exchange.stream, complete=exchange.outcome == "ok")
         self._record(request.method, response, exchange)
         return response
 
@@ -291,7 +302,7 @@ class PublicApp:
         self._record("GET", response, exchange)
         return response
 
-    async def _run(self, request: Request, exchange: _Exchange) -> Response:
+    async def _run(self, request: Request, exchange: _Exchange, send: Send | None) -> Response:
         if not self.table.ready.is_set():
             # Not a 404: this worker has not loaded the registry yet.
             raise GatewayError(
@@ -315,12 +326,14 @@ class PublicApp:
         cache = self.cache
         bodiless = not _has_body(request.headers)
         if cache is not None and cache.applies(request.method, function) and bodiless:
-            return await self._cached(cache, request, function, path, query, exchange)
+            return await self._cached(cache, request, function, path, query, exchange, send)
         exchange.cache = "BYPASS"
         async with read_body(request, function.limits.max_body, self.bodies) as body:
             exchange.bytes_in, exchange.body_read = len(body), True
             headers = _headers(request.headers, function)
             call = SandboxRequest(request.method, path, query, headers, body)
+            if send is not None:
+                exchange.stream = _stream(request, send, exchange)
             outcome = await self._execute(function, call, exchange)
             return _to_http(outcome.response, exchange.request_id)
 
@@ -332,16 +345,23 @@ class PublicApp:
         path: str,
         query: str,
         exchange: _Exchange,
+        send: Send | None,
     ) -> Response:
         """A GET or HEAD through the edge cache: the function runs only when the
         cache has no answer (see `_cache.py`)."""
         exchange.body_read, exchange.cache = True, "MISS"
 
-        async def run(method: str, headers: list[tuple[str, str]]) -> Outcome:
+        async def run(
+            method: str, headers: list[tuple[str, str]], streams: Streams | None
+        ) -> Outcome:
             call = SandboxRequest(method, path, query, headers, b"")
+            if send is not None and streams is not None:
+                exchange.stream = _stream(request, send, exchange, streams)
             return await self._execute(function, call, exchange)
 
-        async def refresh(method: str, headers: list[tuple[str, str]]) -> Outcome:
+        async def refresh(
+            method: str, headers: list[tuple[str, str]], _: Streams | None
+        ) -> Outcome:
             # Its own request id, access line, logs and metrics (cache "REFRESH").
             background = _Exchange(request_id(None), path=exchange.path, function=function)
             background.cache, background.method = "REFRESH", method
@@ -382,7 +402,11 @@ class PublicApp:
                     outcome = function.sandbox.invoke_now(call, function.limits)
                     if outcome is None:
                         outcome = await asyncio.get_running_loop().run_in_executor(
-                            self.threads, function.sandbox.invoke, call, function.limits
+                            self.threads,
+                            function.sandbox.invoke,
+                            call,
+                            function.limits,
+                            exchange.stream,
                         )
         except GatewayError:
             metrics.queued.dec()
@@ -418,6 +442,7 @@ class PublicApp:
                 if usage.fetches
                 else ""
             )
+        stream = exchange.stream
         entry = AccessEntry(
             time=time.time(),
             request_id=exchange.request_id,
@@ -439,7 +464,9 @@ class PublicApp:
             kv_ms=round(usage.kv_seconds * 1000, 3),
             cache=exchange.cache,
             bytes_in=exchange.bytes_in,
-            bytes_out=len(response.body),
+            bytes_out=stream.handed
+            if stream is not None and stream.started
+            else len(response.body),
             worker=self.pid,
         )
         line = entry.json()
@@ -580,8 +607,35 @@ def _to_http(answer: SandboxResponse, request_id: str) -> Response:
         body = b""  # never sent (RFC 9110 15.3.5, 15.4.5): the next response's bytes
     else:
         headers.append((b"content-length", str(len(body)).encode()))
-    for name, value in answer.headers:  # the sandbox checked each one
-        if name.lower() not in _HOP_BY_HOP:
-            headers.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
-    headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+    _add_headers(headers, answer.headers, request_id)
     return _Answer(answer.status, headers, body)
+
+
+def _add_headers(
+    raw: list[tuple[bytes, bytes]], headers: list[tuple[str, str]], request_id: str
+) -> None:
+    """Append the function's headers, less hop-by-hop ones, and the request's id."""
+    for name, value in headers:  # the sandbox checked each one
+        if name.lower() not in _HOP_BY_HOP:
+            raw.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
+    raw.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+
+
+def _stream(
+    request: Request, send: Send, exchange: _Exchange, accepts: Streams | None = None
+) -> ClientStream:
+    """Where the function's response goes if it streams it."""
+    head = functools.partial(_stream_head, exchange)
+    return ClientStream(request.scope, request.receive, send, head, accepts)
+
+
+def _stream_head(
+    exchange: _Exchange, status: int, headers: list[tuple[str, str]]
+) -> list[tuple[bytes, bytes]]:
+    """A streamed response's head: without a length (the server sends it chunked),
+    and timed up to the function's start, which is all that is known then."""
+    raw: list[tuple[bytes, bytes]] = []
+    _add_headers(raw, headers, exchange.request_id)
+    raw.append((CACHE_HEADER.encode(), exchange.cache.encode()))
+    raw.append((b"server-timing", f"queue;dur={exchange.queued * 1000:.2f}".encode()))
+    return raw

@@ -16,6 +16,7 @@ from .image import ImageCapability
 from .kv import KeyValueBackend, KeyValueCapability
 from .outbound import OutboundCapability, OutboundPolicy
 from .secrets import SecretsCapability, SecretSource
+from .stream import StreamCapability
 
 __all__ = [
     "Capability",
@@ -27,6 +28,7 @@ __all__ = [
     "OutboundCapability",
     "RequestContext",
     "SecretsCapability",
+    "StreamCapability",
     "host_call",
     "installed",
 ]
@@ -50,13 +52,14 @@ def installed(
     `kv` keeps the functions' key-value stores (None: every operation answers
     `unavailable`), whose values are at most `kv_max_value` bytes (the operator's
     maximum `max_kv_value`); `secrets(function, name)` gives the operator's
-    secrets (None: every declared secret reads as unset); `dev` links the dev
-    runner's capability too, for `edgefn dev` alone."""
+    secrets (None: every declared secret reads as unset); streamed responses,
+    always; `dev` links the dev runner's capability too, for `edgefn dev` alone."""
     capabilities: list[Capability] = [
         ImageCapability(),
         OutboundCapability(outbound, cache),
         KeyValueCapability(kv, kv_max_value),
         SecretsCapability(secrets),
+        StreamCapability(),
     ]
     if dev:
         capabilities.append(DevCapability())

@@ -23,7 +23,7 @@ from .. import _wasmtime
 from .._errors import SandboxError
 from .._inline import HostCallOnLoop
 from .._limits import Limits
-from .._messages import Request, Usage
+from .._messages import Request, ResponseSink, Usage
 
 __all__ = ["Capability", "CountedFuel", "Fuel", "RequestContext", "StoreFuel", "host_call"]
 
@@ -88,6 +88,9 @@ class RequestContext:
         # A response body a capability produced on the host, which the guest's
         # `response-body.rendered` head sends.
         self.response_body: bytes | None = None
+        # Where a streamed response goes as the guest writes it; None: gathered
+        # into `response_body` and sent whole.
+        self.sink: ResponseSink | None = None
         self.states: dict[str, Any] = {}
         # Run on an event loop, where no host call may run (`_inline.py`).
         self.on_loop = False
@@ -102,9 +105,10 @@ class RequestContext:
         capabilities: Iterable[Capability],
         *,
         on_loop: bool = False,
+        sink: ResponseSink | None = None,
     ) -> None:
         self.body, self.headers, self.limits = request.body, request.headers, limits
-        self.on_loop = on_loop
+        self.on_loop, self.sink = on_loop, sink
         self.deadline = time.monotonic() + limits.timeout
         self.breach = None
         self.response_body = None

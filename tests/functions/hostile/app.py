@@ -150,7 +150,10 @@ def fail(request: Request) -> None:
 
 @app.get("/big")
 def big(request: Request) -> Response:
+    """`size` bytes, streamed 1 MiB at a time, or with `whole=1` in one body."""
     size = int(request.query["size"])
+    if request.query.get("whole"):
+        return Response(b"x" * size)
     megabyte = b"x" * 1024 * 1024
     chunks = (megabyte[: min(len(megabyte), size - sent)] for sent in range(0, size, len(megabyte)))
     return StreamingResponse(chunks)
@@ -188,6 +191,39 @@ def raise_in_generator(request: Request) -> Response:
         raise RuntimeError("the generator broke")
 
     return StreamingResponse(chunks())
+
+
+@app.get("/stream")
+def stream(request: Request) -> Response:
+    """`chunks` chunks of `size` bytes, `pause` ms apart, logging how many it made;
+    with `fail=1` the generator raises before its first chunk."""
+    import time
+
+    count, size = int(request.query.get("chunks", "2")), int(request.query.get("size", "10"))
+    pause = int(request.query.get("pause", "0")) / 1000
+
+    def chunks():  # type: ignore[no-untyped-def]
+        made = 0
+        if request.query.get("fail"):
+            raise ValueError("failed before the first chunk")
+        try:
+            for i in range(count):
+                if i and pause:
+                    time.sleep(pause)
+                made += 1
+                yield str(i % 10).encode() * size
+        finally:
+            print(f"made {made} chunks")
+
+    headers = {"x-streamed": "yes"}
+    return StreamingResponse(
+        chunks(), status=int(request.query.get("status", "200")), headers=headers
+    )
+
+
+@app.get("/stream-bad-header")
+def stream_bad_header(request: Request) -> Response:
+    return StreamingResponse(iter([b"x"]), headers={"x-evil": "a\r\nInjected: 1"})
 
 
 @app.get("/raise-in-finally")

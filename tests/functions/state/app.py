@@ -126,7 +126,7 @@ def timing(request: Request) -> dict[str, list[float]]:
 
 @app.get("/stream")
 def stream(request: Request) -> StreamingResponse:
-    """A set while the body streams: its value would land in the body, so it is refused."""
+    """A set while the body streams: its value crosses on stdout between two chunks."""
     store = _store(request)
 
     def chunks() -> Iterator[bytes]:
