@@ -8,7 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from edgefn_platform.gateway._cache import ResponseCache, Streams
+from edgefn_platform.gateway._cache import ResponseCache
+from edgefn_platform.gateway._streams import Streams
 from edgefn_runtime import Outcome, Response, Usage
 from edgefn_runtime.cache import CacheConfig, HttpCache
 

@@ -36,11 +36,13 @@ async def echo(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
 
 
 @contextlib.contextmanager
-def serving(app: ASGIApp, answer_now: AnswerNow | None = None) -> Iterator[int]:
+def serving(
+    app: ASGIApp, answer_now: AnswerNow | None = None, body_timeout: float = 5
+) -> Iterator[int]:
     """`app` behind the guarded protocol on a port of its own, in a thread; an idle
     kept-alive connection is closed after 0.5 s."""
     with bind("127.0.0.1", 0, shared=False) as listener:
-        http = guarded_protocol(5, 5, answer_now=answer_now)
+        http = guarded_protocol(5, body_timeout, answer_now=answer_now)
         config = uvicorn.Config(
             app, http=http, lifespan="off", log_level="warning", timeout_keep_alive=0.5
         )
@@ -276,3 +278,27 @@ def test_nothing_pipelined_behind_an_answer_that_closes_runs(at_once: tuple[int,
     assert response.headers["connection"] == "close" and closed
     assert len(answers.asked) == 1 and through_asgi == []
     assert warned == []  # not read as an invalid request either
+
+
+def test_a_client_that_takes_nothing_of_a_response_is_dropped() -> None:
+    """uvicorn waits for a client's reads for ever: with the response (or the rest
+    of a stream) in memory, and the app's task too. The protocol drops a client
+    that takes nothing for `body_timeout`."""
+    sent = threading.Event()
+
+    async def large(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * (8 * 2**20), "more_body": True})
+        # uvicorn waits for the client before a write, not after it.
+        await send({"type": "http.response.body", "body": b""})
+        sent.set()  # the write buffer drained, or the connection was dropped
+
+    with (
+        serving(large, body_timeout=0.5) as port,
+        socket.create_connection(("127.0.0.1", port)) as client,
+    ):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert sent.wait(10), "the app still waits for a client that reads nothing"

@@ -171,6 +171,29 @@ def test_trapped_instances_are_freed_at_once_not_by_the_cyclic_gc(hostile: Sandb
     assert grown < 200 * 2**20, f"grew by {grown / 2**20:.0f} MB"
 
 
+@pytest.mark.parametrize("path", ["/json", "/stream"])
+def test_a_request_s_context_is_freed_at_once_not_by_the_cyclic_gc(
+    hostile: Sandbox, path: str
+) -> None:
+    # The context holds the request's body: in a cycle (a capability's state
+    # referring back to it), 100 uploads of 25 MiB at once held +1.1 GB instead
+    # of +0.7 GB, until a collection. (wasmtime-py leaves small ctypes cycles.)
+    call(hostile, path)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            call(hostile, path)
+        gc.collect()
+        cyclic = {type(garbage).__name__ for garbage in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not cyclic & {"RequestContext", "Instance", "Store"}, cyclic
+
+
 def test_hundred_megabytes_of_output_is_response_too_large(hostile: Sandbox) -> None:
     with pytest.raises(ResponseTooLarge, match="exceeds the limit of 10485760 bytes"):
         call(hostile, "/big", "size=100000000", limits=Limits(timeout=10))

@@ -114,3 +114,15 @@ def test_a_reused_instance_streams_each_of_its_requests(reused: Sandbox) -> None
         assert written == b"".join(str(n).encode() * 1000 for n in range(i))
         assert outcome.response.body == b""
     assert reused.idle == 1  # one instance served them all
+
+
+def test_each_send_is_charged_fuel_so_a_byte_at_a_time_pays_for_its_host_calls(
+    hostile: Sandbox,
+) -> None:
+    def fuel(count: int) -> int:
+        request = Request("GET", "/stream-bytes", f"count={count}")
+        outcome = hostile.invoke(request, Limits(), Sink())
+        return outcome.usage.fuel
+
+    # 1,000 more sends (and as many empty chunks, which the SDK does not send).
+    assert fuel(1010) - fuel(10) >= 1000 * 20_000

@@ -12,6 +12,7 @@ from wasmtime import component as wc
 from . import _wasmtime
 from ._errors import (
     GuestCrashed,
+    InvalidResponse,
     ResponseTooLarge,
     SandboxError,
     from_guest_error,
@@ -212,6 +213,11 @@ class Instance:
             raise fail(from_trap(trap, limits, fuel_left=fuel_left, logs=logs)) from None
         if isinstance(head, GuestFailure):
             raise fail(from_guest_error(head.kind, head.message, limits))
+        if context.response_head is not None:  # streamed: its head was checked and sent
+            if head.written is not None:  # bytes left on stdout would start the next body
+                raise fail(InvalidResponse("the function answered with a body after streaming one"))
+            status, headers = context.response_head
+            return Outcome(Response(status, headers, context.response_body or b""), usage, logs)
         problem = head_problem(head.status, head.headers)
         if problem is not None:
             raise fail(problem)
@@ -236,6 +242,7 @@ class Instance:
     def _finish_capabilities(self, usage: Usage) -> None:
         for capability in self._capabilities:
             capability.finish(self.context.states[capability.name], usage)
+        self.context.sink = None  # an idle instance keeps no client's connection
         if self._files is not None:
             self._files.clear()
 

@@ -46,7 +46,7 @@ class _Handler(IncomingHandler):
         if isinstance(_loaded, str):
             page = _loaded.encode()
             headers = "content-type: text/plain; charset=utf-8\n"
-            return ResponseHead(500, headers, ResponseBody_Written(_write_body((page,))))
+            return ResponseHead(500, headers, ResponseBody_Written(_write_body(page)))
         return _handle(_loaded, request)
 
 

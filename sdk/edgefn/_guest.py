@@ -352,7 +352,7 @@ def _stream(response: StreamingResponse, headers: str) -> None:
     value), so those may be used between chunks. A short write is announced
     whole, and the host refuses it as too large.
     """
-    chunks = response.body_iterator
+    chunks = iter(response.chunks())
     try:
         first = next(chunks, b"")
         host_stream.begin(response.status, headers)
@@ -362,7 +362,9 @@ def _stream(response: StreamingResponse, headers: str) -> None:
                 if not host_stream.send(len(chunk)):
                     break  # the client went away: nobody reads the rest
     finally:
-        chunks.close()  # runs the generator's `finally` now, also when cut short
+        close = getattr(chunks, "close", None)  # runs a generator's `finally` now
+        if close is not None:
+            close()
 
 
 def _write_all(data: bytes) -> int:

@@ -71,7 +71,18 @@ class StreamingResponse(Response):
         media_type: str | None = None,
     ) -> None:
         super().__init__(b"", status, headers, media_type)
-        self.body_iterator: Generator[bytes] = (self._render(chunk) for chunk in content)
+        self.body_iterator: Generator[bytes] = self._rendered(iter(content))
+
+    def _rendered(self, content: Iterator[bytes | str]) -> Generator[bytes]:
+        try:
+            for chunk in content:
+                yield self._render(chunk)
+        finally:
+            # Closed with this generator, not when the garbage collector gets to
+            # it: a generator's `finally` runs, and what it raises is the function's.
+            close = getattr(content, "close", None)
+            if close is not None:
+                close()
 
     def chunks(self) -> Iterator[bytes]:
         return self.body_iterator

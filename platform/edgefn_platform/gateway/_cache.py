@@ -48,18 +48,15 @@ from ._errors import GatewayError
 from ._functions import LiveFunction
 from ._keylocks import Held, KeyLocks
 from ._metrics import Metrics
+from ._streams import Streams
 
-__all__ = ["CACHE_HEADER", "Cached", "ResponseCache", "Streams"]
+__all__ = ["CACHE_HEADER", "Cached", "ResponseCache"]
 
 log = logging.getLogger("edgefn.gateway")
 
 CACHE_HEADER = "x-edgefn-cache"
 _CONDITIONAL = ("if-none-match", "if-modified-since")
 Headers = list[tuple[str, str]]
-# Whether a response with this status and these headers may reach the client as
-# the function streams it (it will not be stored); asked on the sandbox's thread
-# when the function begins a streamed response.
-Streams = Callable[[int, Headers], bool]
 # Runs the function with this method and these request headers (and, if not
 # None, what of its streamed responses may stream): its outcome, or the error it
 # raised.
@@ -358,7 +355,7 @@ class ResponseCache:
             if refreshed is None:
                 # The 304 made the copy unstorable: ask for the whole response, for
                 # a client that never asked a conditional question.
-                return await self._run(request, None, run)
+                return await self._run(request, None, run, release)
             answer = self._answer(refreshed, "REVALIDATED", request.headers, time.time())
             return replace(answer, outcome=outcome), _STORED
         return self._settle(request, outcome, started)

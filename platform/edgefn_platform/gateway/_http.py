@@ -86,17 +86,53 @@ class _Guarded(HttpToolsProtocol):
     max_head = 64 * 1024
     answer_now: AnswerNow | None = None
     _timer: asyncio.TimerHandle | None = None
+    _stall: asyncio.TimerHandle | None = None  # the client has taken nothing for a while
+    _cycles: weakref.WeakSet[RequestResponseCycle]  # of this connection, still running
     _head_bytes = 0
     _answered = False  # the current request was answered at once: it has no cycle
     _at_once_left = 0  # of this read's requests, how many more may be answered at once
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._cycles = weakref.WeakSet()
         self._arm(self.header_timeout, "the request head did not arrive in time")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._stall is not None:
+            self._stall.cancel()
         super().connection_lost(exc)
+        # uvicorn tells only the newest request; one still streaming its response
+        # behind a pipelined one must learn it too, or it writes on to nobody.
+        for cycle in list(self._cycles):
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._watch_writes(self.transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _watch_writes(self, waiting: int) -> None:
+        self._stall = self.loop.call_later(self.body_timeout, self._stalled, waiting)
+
+    def _stalled(self, waiting: int) -> None:
+        """A client that took nothing of a response for `body_timeout` is dropped,
+        with what waited for it: uvicorn would wait for it for ever. One that
+        reads, however slowly, is not."""
+        self._stall = None
+        now = self.transport.get_write_buffer_size()
+        if now < waiting:
+            self._watch_writes(now)
+        else:
+            self.transport.abort()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -130,6 +166,7 @@ class _Guarded(HttpToolsProtocol):
         # whose pauses made p99 ~90 ms instead of ~8 (`bench/gateway.py`). The
         # app calls it while its task, which holds the cycle, runs.
         weak_cycle, weak_protocol = weakref.ref(cycle), weakref.ref(self)
+        self._cycles.add(cycle)
 
         async def receive_and_time() -> ASGIReceiveEvent:
             cycle, protocol = weak_cycle(), weak_protocol()
@@ -264,6 +301,14 @@ class _Guarded(HttpToolsProtocol):
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            # A response is still being written (a streamed one, a request pipelined
+            # behind it is refused): an answer of ours would land inside its body.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.close()
             return
         # Always a new id: the client's X-Request-Id may not have been parsed yet,
         # or be part of what is refused.

@@ -1,11 +1,19 @@
 """Streamed responses on the public listener: the sandbox's `ResponseSink`.
 
 The function runs on a request thread; the connection belongs to the event
-loop. `ClientStream` hands the head and each chunk over to the loop, which
-sends them in order, and holds the function back while more than `BACKLOG`
-bytes wait to be sent: a client that reads slowly slows the function down
-instead of filling the worker's memory, and one that stops reading runs it into
-its wall-clock timeout. A client that goes away stops it at its next chunk.
+loop. `ClientStream` gathers what the function sends into one buffer and wakes
+the loop only when it is not already on its way, and the loop paces small writes
+(`PACE`), so a function that sends many small chunks costs the loop a write per
+batch, not one per chunk (a loop step per chunk let a guest sending bytes one at
+a time keep the worker's loop busy, a reviewer found).
+
+Each stream may have `BACKLOG` bytes made and not yet sent; past that it
+borrows from its worker's `StreamBudget`, and once that is spent the function
+waits for its client. So a slow reader costs memory first, as a whole response
+in the transport's buffer would, but bounded per worker; only then does it slow
+the function down, and one that stops reading runs it into its wall-clock
+timeout (the protocol drops a connection that takes nothing for `body_timeout`).
+A client that goes away stops the function at its next chunk.
 
 Once the head is sent the status is committed. A request that fails after it
 (a limit, an exception in the function) ends with the connection closed before
@@ -25,25 +33,53 @@ from starlette.types import Message, Receive, Scope, Send
 
 from edgefn_runtime import ResponseSink
 
-__all__ = ["ABORT_EXTENSION", "ClientStream", "StreamedAnswer"]
+__all__ = ["ABORT_EXTENSION", "ClientStream", "StreamBudget", "StreamedAnswer", "Streams"]
 
 log = logging.getLogger("edgefn.gateway")
 
-# Bytes handed over by the function and not yet sent.
+# Bytes a stream may have made and not yet sent without borrowing.
 BACKLOG = 1 << 20
+# After a write of less than this, the loop lets a stream's next bytes gather for
+# `PACE` seconds: a function sending a byte at a time then costs the loop a write
+# a millisecond, not one per send (the loop kept up with its sends one by one).
+SMALL_WRITE, PACE = 64 * 1024, 0.001
 # An ASGI extension the gateway's protocol (`_http.py`) puts in the scope: closes
 # the connection without ending the response, and without uvicorn's complaint
 # that the app did not complete it.
 ABORT_EXTENSION = "edgefn.abort"
 
-Head = Callable[[int, list[tuple[str, str]]], list[tuple[bytes, bytes]]]
+Headers = list[tuple[str, str]]
+# Whether a response with this status and these headers may stream (asked on the
+# sandbox's thread when the function begins one).
+Streams = Callable[[int, Headers], bool]
+# The raw head to send: (status, the function's headers, seconds queued).
+Head = Callable[[int, Headers, float], list[tuple[bytes, bytes]]]
+
+
+class StreamBudget:
+    """Bytes a worker's streams may hold past their own `BACKLOG`, all together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
 
 
 class ClientStream(ResponseSink):
-    """One request's stream to its client. `head(status, headers)` gives the raw
-    headers to send; `accepts(status, headers)`, called on the sandbox's thread,
-    whether to stream that response at all (None: always); `finish` ends the
-    stream once the function is done."""
+    """One request's stream to its client. `head` gives the raw head to send;
+    `accepts`, whether to stream a response at all (None: always); `finish`
+    ends the stream once the function is done. `queued` is set by the gateway
+    before the function runs, for the head's `Server-Timing`."""
 
     def __init__(
         self,
@@ -51,20 +87,28 @@ class ClientStream(ResponseSink):
         receive: Receive,
         send: Send,
         head: Head,
-        accepts: Callable[[int, list[tuple[str, str]]], bool] | None = None,
+        budget: StreamBudget,
+        accepts: Streams | None = None,
     ) -> None:
         self._scope, self._receive, self._send, self._head = scope, receive, send, head
-        self._accepts = accepts
+        self._budget, self._accepts = budget, accepts
         self._loop = asyncio.get_running_loop()
+        self.queued = 0.0
         self.status = 0  # once the function began its response
         self.handed = 0  # body bytes the function handed over
         # Made when the function begins: most responses are not streamed.
         self._room: threading.Condition | None = None
-        self._queue: asyncio.Queue[bytes | None] | None = None
+        self._ready: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._backlog = 0
+        self._pending = bytearray()  # made, not yet taken by the loop
+        self._backlog = 0  # made, not yet sent: pending and being written
+        self._borrowed = 0  # of that, from the budget
+        self._woken = False  # the loop has been told there is more
+        self._ending = False
         self._gone = False
-        self._bodiless = False  # 204 and 304 are sent without one
+        self._aborted = False
+        # HEAD, 204 and 304 are sent without a body: the function need not make it.
+        self._bodiless = scope.get("method") == "HEAD"
 
     @property
     def started(self) -> bool:
@@ -72,65 +116,99 @@ class ClientStream(ResponseSink):
 
     # The sandbox's thread ---------------------------------------------------
 
-    def start(self, status: int, headers: list[tuple[str, str]]) -> bool:
-        if self._accepts is not None and not self._accepts(status, headers):
+    def start(self, status: int, headers: Headers) -> bool:
+        # HTTP/1.0 has no chunked encoding (RFC 9112 6.1): such a client gets it whole.
+        if self._scope.get("http_version") == "1.0" or (
+            self._accepts is not None and not self._accepts(status, headers)
+        ):
             return False
         self._room, self.status = threading.Condition(), status
-        self._bodiless = status in (204, 304)
+        self._bodiless = self._bodiless or status in (204, 304)
         self._loop.call_soon_threadsafe(self._begin, status, headers)
         return True
 
     def write(self, chunk: bytes, timeout: float) -> bool:
         room = self._room
         assert room is not None, "the sandbox starts a stream before writing to it"
-        if self._bodiless:  # as `_to_http` drops a whole body of theirs
-            return not self._gone
+        if self._bodiless:  # nothing to send: the function may stop
+            return False
         with room:
-            if not room.wait_for(lambda: self._gone or self._backlog < BACKLOG, timeout):
+            if not room.wait_for(lambda: self._gone or self._fits(len(chunk)), timeout):
                 raise TimeoutError
             if self._gone:
                 return False
+            self._pending += chunk
             self._backlog += len(chunk)
+            wake, self._woken = not self._woken, True
         self.handed += len(chunk)
-        self._loop.call_soon_threadsafe(self._put, chunk)
+        if wake:
+            self._loop.call_soon_threadsafe(self._wake)
+        return True
+
+    def _fits(self, size: int) -> bool:
+        """Whether `size` more bytes may wait, borrowing past `BACKLOG` (held: `_room`)."""
+        over = self._backlog + size - max(self._backlog, BACKLOG)
+        if over <= 0 or self._backlog == 0:  # a chunk larger than the backlog still goes
+            return True
+        if not self._budget.take(over):
+            return False
+        self._borrowed += over
         return True
 
     # The event loop ---------------------------------------------------------
 
-    def _begin(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self._queue = asyncio.Queue()
+    def _begin(self, status: int, headers: Headers) -> None:
+        if self._aborted:  # the request was cancelled before its head went out
+            return
+        self._ready = asyncio.Event()
         start = {
             "type": "http.response.start",
             "status": status,
-            "headers": self._head(status, headers),
+            "headers": self._head(status, headers, self.queued),
         }
         self._tasks = [
             asyncio.create_task(self._pump(start)),
             asyncio.create_task(self._watch()),
         ]
 
-    def _put(self, chunk: bytes | None) -> None:
-        assert self._queue is not None, "_begin ran first: both come through call_soon_threadsafe"
-        self._queue.put_nowait(chunk)
+    def _wake(self) -> None:
+        if self._ready is not None:
+            self._ready.set()
 
     async def _pump(self, start: Message) -> None:
-        assert self._queue is not None
+        ready, room = self._ready, self._room
+        assert ready is not None and room is not None
         try:
             await self._send(start)
-            while (chunk := await self._queue.get()) is not None:
-                await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-                self._sent(len(chunk))
+            while True:
+                await ready.wait()
+                ready.clear()
+                with room:
+                    data, self._pending = self._pending, bytearray()
+                    self._woken, ending = False, self._ending
+                if data:
+                    message = {"type": "http.response.body", "body": bytes(data), "more_body": True}
+                    await self._send(message)
+                    self._sent(len(data))
+                if ending:  # the function is done: nothing more comes after `data`
+                    return
+                if len(data) < SMALL_WRITE:
+                    await asyncio.sleep(PACE)
         except Exception:  # a bug: the function must not wait for room for ever
             log.exception("streaming a response failed")
             self._sent(0, gone=True)
             raise
 
     def _sent(self, size: int, gone: bool = False) -> None:
-        assert self._room is not None
-        with self._room:
+        room = self._room
+        assert room is not None
+        with room:
             self._backlog -= size
+            kept = 0 if gone else min(self._borrowed, max(0, self._backlog - BACKLOG))
+            self._budget.give(self._borrowed - kept)
+            self._borrowed = kept
             self._gone = self._gone or gone
-            self._room.notify()
+            room.notify()
 
     async def _watch(self) -> None:
         """Mark the client gone when it disconnects (the body was read whole before
@@ -143,23 +221,29 @@ class ClientStream(ResponseSink):
         """Send what is left and end the body, or, if the function failed
         (`complete` false), close the connection once what it sent is out."""
         pump, watch = self._tasks
-        self._put(None)
+        assert self._room is not None and self._ready is not None
+        with self._room:
+            self._ending = True
+        self._ready.set()
         try:
             await pump
         except Exception:  # logged by the pump
             complete = False
         finally:
             watch.cancel()
+            self._sent(0, gone=True)  # what it borrowed goes back
         if complete:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
             self._cut_off()
 
     def abort(self) -> None:
-        """Cut the response off now, unsent chunks and all (the worker stops)."""
+        """Cut the response off now, unsent bytes and all (the request was cancelled)."""
+        self._aborted = True
         for task in self._tasks:
             task.cancel()
-        self._sent(0, gone=True)
+        if self._room is not None:
+            self._sent(0, gone=True)
         self._cut_off()
 
     def _cut_off(self) -> None:
@@ -179,4 +263,9 @@ class StreamedAnswer(Response):
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.stream.finish(self.complete)
+        try:
+            await self.stream.finish(self.complete)
+        except asyncio.CancelledError:
+            # The worker stops (its drain timeout ran out): cut off, and done, as
+            # `PublicApp.__call__` is with a request it answers 503 then.
+            self.stream.abort()

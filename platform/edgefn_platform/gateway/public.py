@@ -27,14 +27,14 @@ from edgefn_runtime import Response as SandboxResponse
 from ._access import AccessEntry, access_log, log_access
 from ._admission import Admission
 from ._bodies import BodyBudget, read_body
-from ._cache import CACHE_HEADER, ResponseCache, Streams
+from ._cache import CACHE_HEADER, ResponseCache
 from ._errors import GatewayError, error_response
 from ._fairness import FairThreadPool
 from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
 from ._metrics import Metrics
 from ._request_ids import request_id
-from ._streams import ClientStream, StreamedAnswer
+from ._streams import ClientStream, StreamBudget, StreamedAnswer, Streams
 from ._target import route
 from .policy import Policy
 
@@ -47,6 +47,11 @@ ROUTE_HEADER = "x-edgefn-route"
 # Request headers only the gateway sets: a client's are dropped, so a function
 # can trust what it reads under this prefix.
 PLATFORM_HEADERS = b"x-edgefn-"
+# The request's usage, when the policy's `usage_header` is on.
+USAGE_HEADER = "x-edgefn-usage"
+# What a worker's streamed responses may hold, all together, past each one's own
+# backlog, before their functions wait for their clients (`_streams.py`).
+STREAM_BUDGET = 64 * 2**20
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _HOP_BY_HOP = {
     "connection",
@@ -62,6 +67,7 @@ _HOP_BY_HOP = {
     # The gateway's own, added by `_record` (a function's were always replaced).
     "server-timing",
     CACHE_HEADER,
+    USAGE_HEADER,
 }
 
 
@@ -159,6 +165,7 @@ class PublicApp:
         # Condition-based one cost a thread wake-up in Python on every request.
         self.threads = FairThreadPool(policy.global_concurrency)
         self.bodies = BodyBudget(policy.body_budget, policy.queue_wait)
+        self.streams = StreamBudget(STREAM_BUDGET)
         routes = health_routes(lifecycle) if lifecycle is not None else []
         self.health = Starlette(routes=routes, lifespan=self._lifespan)
         self.reserved = {route.path for route in routes}
@@ -201,16 +208,16 @@ class PublicApp:
                     {"allow": allowed},
                 )
             response = await self._run(request, exchange, send)
-        except asyncio.CancelledError:  # see `__call__`
-            if exchange.stream is not None and exchange.stream.started:
-                exchange.stream.abort()  # its status is out: no other answer can follow
-            raise
         except (GatewayError, SandboxError) as exc:
             response = exchange.refused(exc)
             if not exchange.body_read and _has_body(request.headers):
                 # Refused before its body was read (too large, no route, no room):
                 # close rather than read the upload to its end.
                 response.headers["connection"] = "close"
+        except BaseException:  # cancelled (see `__call__`), or a bug
+            if exchange.stream is not None and exchange.stream.started:
+                exchange.stream.abort()  # its status is out: no other answer can follow
+            raise
         if exchange.stream is not None and exchange.stream.started:
             # Its head is out: what is left is to end it, or cut it off on a failure.
             response = StreamedAnswer(exchange.stream, complete=exchange.outcome == "ok")
@@ -238,6 +245,15 @@ class PublicApp:
             return self._answer_now(path, raw_path, query, headers)
         except Exception as exc:  # a bug: as `__call__` answers it
             return self._bug(exc, headers)
+
+    def _stream(
+        self, request: Request, send: Send, exchange: _Exchange, accepts: Streams | None = None
+    ) -> ClientStream:
+        """Where the function's response goes if it streams it. (Not a closure over
+        `exchange`, which holds the stream: a cycle per request is the cyclic
+        collector's, whose pauses were p99's, see `_http.py`.)"""
+        head = functools.partial(_stream_head, exchange.request_id, exchange.cache)
+        return ClientStream(request.scope, request.receive, send, head, self.streams, accepts)
 
     def _bug(self, exc: Exception, headers: Headers) -> Response:
         """A gateway bug's answer: logged, a bare 500, counted."""
@@ -333,7 +349,7 @@ class PublicApp:
             headers = _headers(request.headers, function)
             call = SandboxRequest(request.method, path, query, headers, body)
             if send is not None:
-                exchange.stream = _stream(request, send, exchange)
+                exchange.stream = self._stream(request, send, exchange)
             outcome = await self._execute(function, call, exchange)
             return _to_http(outcome.response, exchange.request_id)
 
@@ -356,7 +372,7 @@ class PublicApp:
         ) -> Outcome:
             call = SandboxRequest(method, path, query, headers, b"")
             if send is not None and streams is not None:
-                exchange.stream = _stream(request, send, exchange, streams)
+                exchange.stream = self._stream(request, send, exchange, streams)
             return await self._execute(function, call, exchange)
 
         async def refresh(
@@ -396,6 +412,8 @@ class PublicApp:
             async with self.admission.slot(function.name, function.concurrency) as queued:
                 metrics.queued.dec()
                 exchange.queued = queued
+                if exchange.stream is not None:
+                    exchange.stream.queued = queued
                 with metrics.in_flight.labels(function.name).track_inprogress():
                     # On the loop when known to be short: the hand-off to a thread
                     # and back cost more than such a request (`_inline.py`).
@@ -437,7 +455,7 @@ class PublicApp:
         # function's, error responses have none), and setting one scans them all.
         raw.append((b"server-timing", server_timing.encode()))
         if self.policy.usage_header and function is not None:
-            response.headers["x-edgefn-usage"] = f"fuel={usage.fuel}" + (
+            response.headers[USAGE_HEADER] = f"fuel={usage.fuel}" + (
                 f", fetches={usage.fetches}, fetch_bytes={usage.fetch_bytes}"
                 if usage.fetches
                 else ""
@@ -621,21 +639,14 @@ def _add_headers(
     raw.append((b"x-request-id", request_id.encode("latin-1", "replace")))
 
 
-def _stream(
-    request: Request, send: Send, exchange: _Exchange, accepts: Streams | None = None
-) -> ClientStream:
-    """Where the function's response goes if it streams it."""
-    head = functools.partial(_stream_head, exchange)
-    return ClientStream(request.scope, request.receive, send, head, accepts)
-
-
 def _stream_head(
-    exchange: _Exchange, status: int, headers: list[tuple[str, str]]
+    request_id: str, cache: str, status: int, headers: list[tuple[str, str]], queued: float
 ) -> list[tuple[bytes, bytes]]:
     """A streamed response's head: without a length (the server sends it chunked),
     and timed up to the function's start, which is all that is known then."""
     raw: list[tuple[bytes, bytes]] = []
-    _add_headers(raw, headers, exchange.request_id)
-    raw.append((CACHE_HEADER.encode(), exchange.cache.encode()))
-    raw.append((b"server-timing", f"queue;dur={exchange.queued * 1000:.2f}".encode()))
+    _add_headers(raw, headers, request_id)
+    raw.append((CACHE_HEADER.encode(), cache.encode()))
+    timing = f"cache;desc={cache.lower()}, queue;dur={queued * 1000:.2f}"
+    raw.append((b"server-timing", timing.encode()))
     return raw

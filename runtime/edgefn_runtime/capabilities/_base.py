@@ -23,7 +23,7 @@ from .. import _wasmtime
 from .._errors import SandboxError
 from .._inline import HostCallOnLoop
 from .._limits import Limits
-from .._messages import Request, ResponseSink, Usage
+from .._messages import HeaderList, Request, ResponseSink, Usage
 
 __all__ = ["Capability", "CountedFuel", "Fuel", "RequestContext", "StoreFuel", "host_call"]
 
@@ -88,6 +88,9 @@ class RequestContext:
         # A response body a capability produced on the host, which the guest's
         # `response-body.rendered` head sends.
         self.response_body: bytes | None = None
+        # ...and the head a capability already sent with it (a streamed response's):
+        # it stands, whatever head the guest answers with.
+        self.response_head: tuple[int, HeaderList] | None = None
         # Where a streamed response goes as the guest writes it; None: gathered
         # into `response_body` and sent whole.
         self.sink: ResponseSink | None = None
@@ -111,7 +114,7 @@ class RequestContext:
         self.on_loop, self.sink = on_loop, sink
         self.deadline = time.monotonic() + limits.timeout
         self.breach = None
-        self.response_body = None
+        self.response_body, self.response_head = None, None
         self.states = {capability.name: capability.begin(self) for capability in capabilities}
 
     def stop(self, fuel: Fuel, breach: SandboxError) -> None:

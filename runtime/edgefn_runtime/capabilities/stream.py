@@ -17,32 +17,42 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import wasmtime
 from wasmtime import component as wc
 
 from .._contract import CONTRACT_VERSION
-from .._errors import GuestCrashed, InvalidResponse, ResponseTooLarge, Timeout
+from .._errors import FuelExhausted, GuestCrashed, InvalidResponse, ResponseTooLarge, Timeout
 from .._handle_call import decode_headers, head_problem
-from .._messages import ResponseSink, Usage
+from .._messages import HeaderList, ResponseSink, Usage
 from ._base import Capability, Fuel, RequestContext, host_call
 
 __all__ = ["STREAM_IMPORT", "StreamCapability"]
 
 STREAM_IMPORT = f"edgefn:http/response-stream@{CONTRACT_VERSION}"
+# Fuel a `send` costs before its bytes (a unit each): about the host's work for it
+# in guest instructions (a lock, a copy, a wake-up of the loop now and then), so a
+# function sending a byte at a time pays for its host calls as for its own loop.
+_SEND_FUEL = 20_000
 log = logging.getLogger("edgefn.runtime")
 
 
 @dataclass
 class _Stream:
-    context: RequestContext
-    began: bool = False
+    # Weakly: the context holds this state, and a cycle would keep every request's
+    # context, its body included, until the cyclic collector ran (100 uploads of
+    # 25 MiB at once held +1.1 GB instead of +0.7).
+    context: weakref.ref[RequestContext]
+    # The head `begin` checked: it stands, whatever `handle` answers after it.
+    head: tuple[int, HeaderList] | None = None
     sent: int = 0
     # Where the chunks go once begun: the request's sink if it took the stream.
     sink: ResponseSink | None = None
-    # Without one: the body so far.
-    chunks: list[bytes] = field(default_factory=list)
+    # Without one: the body so far (one buffer: a list of a million 1-byte chunks
+    # would hold some 50 MB).
+    gathered: bytearray = field(default_factory=bytearray)
 
 
 class StreamCapability(Capability):
@@ -57,14 +67,16 @@ class StreamCapability(Capability):
             instance.add_func("send", functools.partial(_send, self.name))
 
     def begin(self, context: RequestContext) -> _Stream:
-        return _Stream(context)
+        return _Stream(weakref.ref(context))
 
     def finish(self, state: _Stream, usage: Usage) -> None:
         # What `response-body.rendered` sends once a stream began: the body
         # gathered, or nothing more where a sink has had it all.
-        if state.began:
-            state.context.response_body = b"".join(state.chunks)
-            state.chunks = []
+        context = state.context()
+        if state.head is not None and context is not None:
+            context.response_head = state.head
+            context.response_body = bytes(state.gathered)
+        state.gathered, state.sink = bytearray(), None
 
 
 # The sandbox's linker binding ------------------------------------------------
@@ -77,15 +89,15 @@ def _begin(name: str, store: wasmtime.StoreContext, status: int, headers: str) -
     context, fuel = host_call(store)  # outside the `try`: see there
     stream: _Stream = context.states[name]
     try:
-        parsed = decode_headers(headers)
-        if stream.began:
+        if stream.head is not None:
             context.stop(fuel, InvalidResponse("the function began its response twice"))
             return
+        parsed = decode_headers(headers)
         problem = head_problem(status, parsed)
         if problem is not None:
             context.stop(fuel, problem)
             return
-        stream.began = True
+        stream.head = (status, parsed)
         if context.sink is not None and context.sink.start(status, parsed):
             stream.sink = context.sink
     except Exception as exc:  # noqa: BLE001 - see above
@@ -96,7 +108,7 @@ def _send(name: str, store: wasmtime.StoreContext, length: int) -> bool:
     context, fuel = host_call(store)  # outside the `try`: see there
     stream: _Stream = context.states[name]
     try:
-        if not stream.began:
+        if stream.head is None:
             context.stop(fuel, InvalidResponse("the function sent a body it had not begun"))
             return False
         limit = context.limits.max_response
@@ -109,6 +121,15 @@ def _send(name: str, store: wasmtime.StoreContext, length: int) -> bool:
                 ),
             )
             return False
+        if not fuel.spend(_SEND_FUEL + length):
+            context.stop(
+                fuel,
+                FuelExhausted(
+                    f"the function used all of its fuel ({context.limits.fuel:,} units) "
+                    "streaming its response"
+                ),
+            )
+            return False
         assert context.take_output is not None, "every instance reads its stdout"
         chunk = context.take_output(length)
         if len(chunk) < length:  # stdout is full: the rest of the chunk was never written
@@ -116,7 +137,9 @@ def _send(name: str, store: wasmtime.StoreContext, length: int) -> bool:
             return False
         stream.sent += length
         if stream.sink is None:
-            stream.chunks.append(chunk)
+            stream.gathered += chunk
+            return True
+        if not chunk:
             return True
         timeout = context.limits.timeout
         try:

@@ -221,6 +221,13 @@ def stream(request: Request) -> Response:
     )
 
 
+@app.get("/stream-bytes")
+def stream_bytes(request: Request) -> Response:
+    """`count` chunks of one byte, each after an empty one."""
+    count = int(request.query["count"])
+    return StreamingResponse(chunk for _ in range(count) for chunk in (b"", b"x"))
+
+
 @app.get("/stream-bad-header")
 def stream_bad_header(request: Request) -> Response:
     return StreamingResponse(iter([b"x"]), headers={"x-evil": "a\r\nInjected: 1"})
