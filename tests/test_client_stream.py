@@ -4,15 +4,30 @@ what a function may have made and not yet sent, and what it borrows."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
 from edgefn_platform.gateway._streams import BACKLOG, ClientStream, StreamBudget
 
 
-def test_past_its_backlog_a_stream_borrows_then_waits_and_gives_all_back() -> None:
-    budget = StreamBudget(3 * BACKLOG)
+@pytest.mark.parametrize(
+    ("others", "made"),
+    [
+        # Its own 1 MiB (two chunks), then its share of the budget (3 MiB, six).
+        (0, 8),
+        # Its own 1 MiB, then what other streams left of the budget (half a MiB).
+        (24 * BACKLOG - BACKLOG // 2, 3),
+    ],
+    ids=["its share", "what is left"],
+)
+def test_past_its_backlog_a_stream_borrows_then_waits_and_gives_all_back(
+    others: int, made: int
+) -> None:
+    budget = StreamBudget(24 * BACKLOG)  # a share of 3 MiB a stream
+    assert budget.take(others)
     sent: list[bytes] = []
+    streams: list[ClientStream] = []
 
     async def scenario() -> None:
         reading = asyncio.Event()  # the client: takes nothing until set
@@ -27,6 +42,7 @@ def test_past_its_backlog_a_stream_borrows_then_waits_and_gives_all_back() -> No
             return {}
 
         stream = ClientStream({"type": "http"}, receive, send, lambda *_: [], budget)
+        streams.append(stream)
         chunk = b"x" * (BACKLOG // 2)
 
         def function() -> list[bool | str]:
@@ -39,17 +55,29 @@ def test_past_its_backlog_a_stream_borrows_then_waits_and_gives_all_back() -> No
                 done.append("waits")
             return done
 
+        # What it made stays counted until the client has it: then it waits.
         done = await asyncio.to_thread(function)
-        # Its own 1 MiB (two chunks), then 3 MiB borrowed (six), then it waits:
-        # what it made stays counted until the client has taken it.
-        assert done == [True] * 8 + ["waits"], done
-        assert budget.used == 3 * BACKLOG
+        assert done == [True] * made + ["waits"], done
+        assert budget.used == others + (made - 2) * BACKLOG // 2
         reading.set()
         await stream.finish(complete=True)
-        assert budget.used == 0
+        assert budget.used == others
 
-    asyncio.run(asyncio.wait_for(scenario(), 30))
-    assert b"".join(sent) == b"x" * (4 * BACKLOG)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+        streams.clear()  # the last reference: freed now, unless in a cycle
+        gc.collect()
+        cyclic = {type(garbage).__name__ for garbage in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert b"".join(sent) == b"x" * (made * BACKLOG // 2)
+    # Its tasks (the watch was cancelled) would hold it in a cycle.
+    assert "ClientStream" not in cyclic, cyclic
 
 
 @pytest.mark.parametrize(("version", "streams"), [("1.0", False), ("1.1", True)])

@@ -150,11 +150,12 @@ def encode_headers(headers: HeaderList) -> str:
     return "".join(f"{name}: {value}\n" for name, value in headers)
 
 
-def decode_headers(block: str) -> HeaderList:
-    # Split at most one line past the cap: a guest's megabytes of line feeds would
-    # otherwise become millions of tuples before `head_problem` counts them.
+def decode_headers(block: str, cap: int = MAX_RESPONSE_HEADERS) -> HeaderList:
+    """The header lines of `block`, at most one past `cap` (the caller refuses that
+    many): a guest's megabytes of line feeds would otherwise become millions of
+    tuples before they were counted."""
     headers = []
-    for line in block.split("\n", MAX_RESPONSE_HEADERS + 1)[:-1]:
+    for line in block.split("\n", cap + 1)[:-1]:
         name, _, value = line.partition(": ")
         headers.append((name, value))
     return headers

@@ -299,15 +299,25 @@ class _Guarded(HttpToolsProtocol):
         else:
             self._refuse(408, "request_timeout", message)
 
+    def _writing(self) -> RequestResponseCycle | None:
+        """A request of this connection whose response is being written (a streamed
+        one): not always `self.cycle`, which uvicorn moves to the newest request
+        as soon as a pipelined head is parsed."""
+        for cycle in self._cycles:
+            if cycle.response_started and not cycle.response_complete:
+                return cycle
+        return None
+
     def _refuse(self, status: int, code: str, message: str) -> None:
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        if cycle is not None and cycle.response_started and not cycle.response_complete:
-            # A response is still being written (a streamed one, a request pipelined
-            # behind it is refused): an answer of ours would land inside its body.
-            cycle.disconnected = True
-            cycle.message_event.set()
+        writing = self._writing()
+        if writing is not None:
+            # An answer of ours would land inside that response's body: close.
+            for cycle in (writing, self.cycle):
+                if cycle is not None:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
             self.transport.close()
             return
         # Always a new id: the client's X-Request-Id may not have been parsed yet,

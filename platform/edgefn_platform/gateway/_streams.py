@@ -39,10 +39,17 @@ log = logging.getLogger("edgefn.gateway")
 
 # Bytes a stream may have made and not yet sent without borrowing.
 BACKLOG = 1 << 20
+# At most this much of a stream's backlog is written to its connection at once:
+# what is written no longer counts, and uvicorn waits for the client before a
+# write, not after it.
+WRITE = 256 * 1024
 # After a write of less than this, the loop lets a stream's next bytes gather for
 # `PACE` seconds: a function sending a byte at a time then costs the loop a write
 # a millisecond, not one per send (the loop kept up with its sends one by one).
 SMALL_WRITE, PACE = 64 * 1024, 0.001
+# What one stream may borrow, of its worker's budget: a few slow readers must not
+# take it all.
+BORROW_SHARE = 8
 # An ASGI extension the gateway's protocol (`_http.py`) puts in the scope: closes
 # the connection without ending the response, and without uvicorn's complaint
 # that the app did not complete it.
@@ -118,8 +125,10 @@ class ClientStream(ResponseSink):
 
     def start(self, status: int, headers: Headers) -> bool:
         # HTTP/1.0 has no chunked encoding (RFC 9112 6.1): such a client gets it whole.
-        if self._scope.get("http_version") == "1.0" or (
-            self._accepts is not None and not self._accepts(status, headers)
+        if (
+            self._aborted
+            or self._scope.get("http_version") == "1.0"
+            or (self._accepts is not None and not self._accepts(status, headers))
         ):
             return False
         self._room, self.status = threading.Condition(), status
@@ -150,6 +159,8 @@ class ClientStream(ResponseSink):
         over = self._backlog + size - max(self._backlog, BACKLOG)
         if over <= 0 or self._backlog == 0:  # a chunk larger than the backlog still goes
             return True
+        if self._borrowed + over > self._budget.limit // BORROW_SHARE:
+            return False
         if not self._budget.take(over):
             return False
         self._borrowed += over
@@ -184,8 +195,13 @@ class ClientStream(ResponseSink):
                 await ready.wait()
                 ready.clear()
                 with room:
-                    data, self._pending = self._pending, bytearray()
-                    self._woken, ending = False, self._ending
+                    data = self._pending[:WRITE]
+                    del self._pending[:WRITE]
+                    ending = self._ending and not self._pending
+                    if self._pending:  # the rest goes next, without a wake-up
+                        ready.set()
+                    else:
+                        self._woken = False
                 if data:
                     message = {"type": "http.response.body", "body": bytes(data), "more_body": True}
                     await self._send(message)
@@ -220,6 +236,9 @@ class ClientStream(ResponseSink):
     async def finish(self, complete: bool) -> None:
         """Send what is left and end the body, or, if the function failed
         (`complete` false), close the connection once what it sent is out."""
+        if not self._tasks:  # `_begin` never ran (it failed)
+            self.abort()
+            return
         pump, watch = self._tasks
         assert self._room is not None and self._ready is not None
         with self._room:
@@ -231,6 +250,9 @@ class ClientStream(ResponseSink):
             complete = False
         finally:
             watch.cancel()
+            # Not kept: a finished task holds its frame, and so this stream, in a
+            # cycle the collector would have to find.
+            self._tasks = []
             self._sent(0, gone=True)  # what it borrowed goes back
         if complete:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -238,10 +260,14 @@ class ClientStream(ResponseSink):
             self._cut_off()
 
     def abort(self) -> None:
-        """Cut the response off now, unsent bytes and all (the request was cancelled)."""
+        """Cut the response off now, unsent bytes and all (the request was cancelled);
+        one not yet begun never will be."""
         self._aborted = True
+        if not self.started:
+            return
         for task in self._tasks:
             task.cancel()
+        self._tasks = []
         if self._room is not None:
             self._sent(0, gone=True)
         self._cut_off()

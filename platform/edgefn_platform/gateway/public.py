@@ -19,13 +19,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edgefn_contract.image import NEGOTIATED_HEADER
 from edgefn_runtime import LOOP_TOKEN, MAX_LOOPS, Outcome, SandboxError, Usage
 from edgefn_runtime import Request as SandboxRequest
 from edgefn_runtime import Response as SandboxResponse
 
 from ._access import AccessEntry, access_log, log_access
 from ._admission import Admission
+from ._answers import USAGE_HEADER, stream_head, to_http
 from ._bodies import BodyBudget, read_body
 from ._cache import CACHE_HEADER, ResponseCache
 from ._errors import GatewayError, error_response
@@ -47,28 +47,10 @@ ROUTE_HEADER = "x-edgefn-route"
 # Request headers only the gateway sets: a client's are dropped, so a function
 # can trust what it reads under this prefix.
 PLATFORM_HEADERS = b"x-edgefn-"
-# The request's usage, when the policy's `usage_header` is on.
-USAGE_HEADER = "x-edgefn-usage"
 # What a worker's streamed responses may hold, all together, past each one's own
 # backlog, before their functions wait for their clients (`_streams.py`).
 STREAM_BUDGET = 64 * 2**20
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    NEGOTIATED_HEADER,  # for the edge cache only (see _cache.py)
-    # The gateway's own, added by `_record` (a function's were always replaced).
-    "server-timing",
-    CACHE_HEADER,
-    USAGE_HEADER,
-}
 
 
 @dataclass
@@ -215,8 +197,8 @@ class PublicApp:
                 # close rather than read the upload to its end.
                 response.headers["connection"] = "close"
         except BaseException:  # cancelled (see `__call__`), or a bug
-            if exchange.stream is not None and exchange.stream.started:
-                exchange.stream.abort()  # its status is out: no other answer can follow
+            if exchange.stream is not None:
+                exchange.stream.abort()  # begun, its status is out: no other answer follows
             raise
         if exchange.stream is not None and exchange.stream.started:
             # Its head is out: what is left is to end it, or cut it off on a failure.
@@ -252,7 +234,7 @@ class PublicApp:
         """Where the function's response goes if it streams it. (Not a closure over
         `exchange`, which holds the stream: a cycle per request is the cyclic
         collector's, whose pauses were p99's, see `_http.py`.)"""
-        head = functools.partial(_stream_head, exchange.request_id, exchange.cache)
+        head = functools.partial(stream_head, exchange.request_id, exchange.cache)
         return ClientStream(request.scope, request.receive, send, head, self.streams, accepts)
 
     def _bug(self, exc: Exception, headers: Headers) -> Response:
@@ -312,7 +294,7 @@ class PublicApp:
                 if outcome is None:
                     return None
                 answer = outcome.response
-            response = _to_http(answer, exchange.request_id)
+            response = to_http(answer, exchange.request_id)
         except SandboxError as exc:
             response = exchange.refused(exc)
         self._record("GET", response, exchange)
@@ -351,7 +333,7 @@ class PublicApp:
             if send is not None:
                 exchange.stream = self._stream(request, send, exchange)
             outcome = await self._execute(function, call, exchange)
-            return _to_http(outcome.response, exchange.request_id)
+            return to_http(outcome.response, exchange.request_id)
 
     async def _cached(
         self,
@@ -387,7 +369,7 @@ class PublicApp:
             except (GatewayError, SandboxError) as exc:
                 self._record(method, error_response(exc, background.request_id), background)
                 raise
-            self._record(method, _to_http(outcome.response, background.request_id), background)
+            self._record(method, to_http(outcome.response, background.request_id), background)
             return outcome
 
         answer = await cache.serve(
@@ -398,7 +380,7 @@ class PublicApp:
             exchange.outcome = answer.error.code
             if isinstance(answer.error, SandboxError):
                 exchange.usage, exchange.logs = answer.error.usage, answer.error.logs
-        return _to_http(
+        return to_http(
             SandboxResponse(answer.code, answer.headers, answer.body), exchange.request_id
         )
 
@@ -607,46 +589,3 @@ def _headers(given: Headers, function: LiveFunction) -> list[tuple[str, str]]:
     ]
     headers.append((ROUTE_HEADER, function.route))
     return headers
-
-
-class _Answer(Response):
-    """A response whose raw headers are given whole: Starlette's own constructor
-    computes headers that `_to_http` then replaced, a tenth of a cache hit's time."""
-
-    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self.status_code, self.raw_headers, self.body = status, raw_headers, body
-        self.background = None
-
-
-def _to_http(answer: SandboxResponse, request_id: str) -> Response:
-    headers = []
-    body = answer.body
-    if answer.status in (204, 304):
-        body = b""  # never sent (RFC 9110 15.3.5, 15.4.5): the next response's bytes
-    else:
-        headers.append((b"content-length", str(len(body)).encode()))
-    _add_headers(headers, answer.headers, request_id)
-    return _Answer(answer.status, headers, body)
-
-
-def _add_headers(
-    raw: list[tuple[bytes, bytes]], headers: list[tuple[str, str]], request_id: str
-) -> None:
-    """Append the function's headers, less hop-by-hop ones, and the request's id."""
-    for name, value in headers:  # the sandbox checked each one
-        if name.lower() not in _HOP_BY_HOP:
-            raw.append((name.encode("latin-1", "replace"), value.encode("latin-1", "replace")))
-    raw.append((b"x-request-id", request_id.encode("latin-1", "replace")))
-
-
-def _stream_head(
-    request_id: str, cache: str, status: int, headers: list[tuple[str, str]], queued: float
-) -> list[tuple[bytes, bytes]]:
-    """A streamed response's head: without a length (the server sends it chunked),
-    and timed up to the function's start, which is all that is known then."""
-    raw: list[tuple[bytes, bytes]] = []
-    _add_headers(raw, headers, request_id)
-    raw.append((CACHE_HEADER.encode(), cache.encode()))
-    timing = f"cache;desc={cache.lower()}, queue;dur={queued * 1000:.2f}"
-    raw.append((b"server-timing", timing.encode()))
-    return raw

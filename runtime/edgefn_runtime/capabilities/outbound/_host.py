@@ -456,7 +456,7 @@ def _fetch(
         outgoing = Outgoing(
             request.method,
             request.url,
-            decode_headers(request.headers),
+            decode_headers(request.headers, _MAX_HEADERS),
             body,
             timeout_ms / 1000 if timeout_ms else None,
             bool(request.cache),
