@@ -147,6 +147,11 @@ class FairThreadPool(Executor):
             if self._watcher is not None and self._watcher.is_alive():
                 self._watcher.join()
 
+    def running(self) -> bool:
+        """Whether a call is still running on a pool thread."""
+        with self._lock:
+            return any(thread.started is not None for thread in self._threads)
+
     def _new_thread(self, target: Callable[[], None], name: str = "") -> threading.Thread:
         name = f"{self.name}-{name or next(self._numbers)}"
         return threading.Thread(target=target, name=name, daemon=True)
