@@ -19,6 +19,7 @@ from edgefn_runtime import (
     Sandbox,
     Timeout,
 )
+from edgefn_runtime._handle_call import decode_headers, head_problem
 
 pytestmark = pytest.mark.wasm
 
@@ -126,3 +127,11 @@ def test_each_send_is_charged_fuel_so_a_byte_at_a_time_pays_for_its_host_calls(
 
     # 1,000 more sends (and as many empty chunks, which the SDK does not send).
     assert fuel(1010) - fuel(10) >= 1000 * 20_000
+
+
+def test_a_header_block_is_split_no_further_than_one_line_past_the_cap() -> None:
+    # Megabytes of line feeds from a guest (a streamed head or a whole one) must not
+    # become millions of tuples before they are counted and refused.
+    headers = decode_headers("\n" * 5_000_000)
+    assert len(headers) == 101 and isinstance(head_problem(200, headers), ResponseTooLarge)
+    assert decode_headers("a: 1\nb: 2\n") == [("a", "1"), ("b", "2")]
