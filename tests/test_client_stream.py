@@ -4,9 +4,9 @@ what a function may have made and not yet sent, and what it borrows."""
 from __future__ import annotations
 
 import asyncio
-import gc
 
 import pytest
+from cycles import cyclic_garbage
 
 from edgefn_platform.gateway._streams import BACKLOG, ClientStream, StreamBudget
 
@@ -63,18 +63,9 @@ def test_past_its_backlog_a_stream_borrows_then_waits_and_gives_all_back(
         await stream.finish(complete=True)
         assert budget.used == others
 
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as cyclic:
         asyncio.run(asyncio.wait_for(scenario(), 30))
         streams.clear()  # the last reference: freed now, unless in a cycle
-        gc.collect()
-        cyclic = {type(garbage).__name__ for garbage in gc.garbage}
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
     assert b"".join(sent) == b"x" * (made * BACKLOG // 2)
     # Its tasks (the watch was cancelled) would hold it in a cycle.
     assert "ClientStream" not in cyclic, cyclic

@@ -9,6 +9,7 @@ import socket
 import time
 
 import pytest
+from cycles import cyclic_garbage
 
 from edgefn_runtime import (
     BodyTooLarge,
@@ -179,18 +180,9 @@ def test_a_request_s_context_is_freed_at_once_not_by_the_cyclic_gc(
     # referring back to it), 100 uploads of 25 MiB at once held +1.1 GB instead
     # of +0.7 GB, until a collection. (wasmtime-py leaves small ctypes cycles.)
     call(hostile, path)
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as cyclic:
         for _ in range(20):
             call(hostile, path)
-        gc.collect()
-        cyclic = {type(garbage).__name__ for garbage in gc.garbage}
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
     assert not cyclic & {"RequestContext", "Instance", "Store"}, cyclic
 
 

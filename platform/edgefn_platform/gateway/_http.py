@@ -106,8 +106,7 @@ class _Guarded(HttpToolsProtocol):
         # behind a pipelined one must learn it too, or it writes on to nobody.
         for cycle in list(self._cycles):
             if not cycle.response_complete:
-                cycle.disconnected = True
-                cycle.message_event.set()
+                _disconnect(cycle)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -316,8 +315,7 @@ class _Guarded(HttpToolsProtocol):
             # An answer of ours would land inside that response's body: close.
             for cycle in (writing, self.cycle):
                 if cycle is not None:
-                    cycle.disconnected = True
-                    cycle.message_event.set()
+                    _disconnect(cycle)
             self.transport.close()
             return
         # Always a new id: the client's X-Request-Id may not have been parsed yet,
@@ -333,14 +331,19 @@ class _Guarded(HttpToolsProtocol):
         self.transport.write(head.encode() + body)
         self.transport.close()
         if self.cycle is not None:
-            self.cycle.disconnected = True
-            self.cycle.message_event.set()
+            _disconnect(self.cycle)
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return  # refused: ignore what the client still sends
         self._at_once_left = 1
         super().data_received(data)
+
+
+def _disconnect(cycle: RequestResponseCycle) -> None:
+    """Tell a request its client is gone, as uvicorn's `connection_lost` does."""
+    cycle.disconnected = True
+    cycle.message_event.set()
 
 
 class _Refused(Exception):
