@@ -94,6 +94,7 @@ bench: install
 	$(BIN)/python bench/runtime.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/streaming.py
+	$(BIN)/python bench/streamed_uploads.py
 	$(BIN)/python bench/fresh_rate.py
 	$(BIN)/python bench/images.py
 	$(BIN)/python bench/origin.py

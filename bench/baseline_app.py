@@ -1,6 +1,8 @@
 """The native baseline for bench/gateway.py: the same handler in a plain FastAPI app."""
 
-from fastapi import FastAPI
+import hashlib
+
+from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 app = FastAPI()
@@ -23,3 +25,13 @@ def export(rows: int = 120_000, lines: int = 4096, stream: str = "") -> Response
     if stream:
         return StreamingResponse(csv_chunks(rows, lines), media_type="text/csv")
     return Response(b"".join(csv_chunks(rows)), media_type="text/csv")
+
+
+@app.post("/bench/digest")
+async def digest(request: Request) -> dict[str, object]:
+    """As the bench function's: hashed as the body arrives."""
+    hashed, size = hashlib.sha256(), 0
+    async for chunk in request.stream():
+        hashed.update(chunk)
+        size += len(chunk)
+    return {"size": size, "sha256": hashed.hexdigest()}

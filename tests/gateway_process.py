@@ -366,12 +366,14 @@ def start_dev(
         raise
 
 
-def deploy_as(gateway: GatewayProcess, directory: Path, name: str) -> None:
+def deploy_as(
+    gateway: GatewayProcess, directory: Path, name: str, manifest: str | None = None
+) -> None:
     """The function in `directory`, built once, deployed as `name` through the admin
-    API: one build serves any number of names."""
+    API, with `manifest` for its own if given: one build serves any number of names."""
     from edgefn_platform import build  # the builder is only needed by tests that deploy
 
-    text = (directory / "edgefn.toml").read_text()
+    text = manifest or (directory / "edgefn.toml").read_text()
     manifest = re.sub(r'^name = "[^"]*"', f'name = "{name}"', text, count=1, flags=re.MULTILINE)
     response = gateway.admin(
         "POST",

@@ -17,7 +17,7 @@ from edgefn_platform.gateway._logs import LogSink
 from edgefn_platform.gateway._metrics import Metrics
 from edgefn_platform.gateway.policy import Policy
 from edgefn_platform.gateway.public import PublicApp
-from edgefn_runtime import Engine, Limits, ResponseSink, Sandbox
+from edgefn_runtime import Engine, Limits, Sandbox
 from waiting import until
 
 
@@ -55,11 +55,9 @@ class Counted:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox, self.calls = sandbox, 0
 
-    def invoke(
-        self, request: object, limits: Limits | None = None, sink: ResponseSink | None = None
-    ) -> object:
+    def invoke(self, request: object, *args: object) -> object:
         self.calls += 1
-        return self.sandbox.invoke(request, limits, sink)  # type: ignore[arg-type]
+        return self.sandbox.invoke(request, *args)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.sandbox, name)

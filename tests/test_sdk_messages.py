@@ -49,6 +49,17 @@ def test_body_is_read_lazily_once() -> None:
     assert request.method == "POST"
 
 
+def test_stream_gives_chunks_once_and_a_body_read_whole_in_one() -> None:
+    streamed = Request("POST", "/", body=lambda: iter([b"a", b"", b"b"]))
+    assert list(streamed.stream()) == [b"a", b"", b"b"]
+    for again in (lambda: streamed.body, streamed.stream):
+        with pytest.raises(RuntimeError, match="already streamed"):
+            again()
+    gathered = Request("POST", "/", body=iter([b"a", b"b"]))
+    assert gathered.body == b"ab" and list(gathered.stream()) == [b"ab"]
+    assert list(Request("GET", "/").stream()) == []
+
+
 def test_text_uses_the_declared_charset() -> None:
     request = Request(
         "POST",

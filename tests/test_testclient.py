@@ -116,3 +116,13 @@ def test_native_and_sandbox_answer_sys_exit_alike(hostile: Sandbox) -> None:
         caught.value.code,
     )
     assert native.json()["error"]["message"] == str(caught.value)
+
+
+def test_a_body_given_as_chunks_is_streamed_chunk_by_chunk_as_in_the_sandbox() -> None:
+    """As a function with `stream_request_body` reads an upload (test_request_stream.py)."""
+    client = TestClient(load_app(HOSTILE), raise_exceptions=False)
+    answer = client.post("/upload", body=[b"ab", b"c"]).json()
+    assert (answer["size"], answer["chunks"]) == (3, 2)
+    assert client.post("/upload?whole=1", body=[b"ab", b"c"]).json()["size"] == 3
+    twice = client.post("/upload?twice=1", body=[b"ab"])
+    assert twice.status == 500 and "already streamed" in twice.text

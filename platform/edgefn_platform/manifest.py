@@ -73,6 +73,7 @@ _KEYS = {
     "cache",
     "key_value_stores",
     "secrets",
+    "stream_request_body",
 }
 # Requests one instance serves with `reuse = true`.
 DEFAULT_REUSE = 1000
@@ -113,6 +114,9 @@ class Manifest:
     # the operator sets their values, `edgefn secrets set`).
     key_value_stores: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()
+    # True: the function starts once a request's head has arrived and reads its
+    # body as the client sends it (`request.stream()`), instead of once it is whole.
+    stream_request_body: bool = False
 
     @property
     def entry_module(self) -> str:
@@ -138,6 +142,8 @@ class Manifest:
             grants["kv"] = frozenset(self.key_value_stores)
         if self.secrets:
             grants["secrets"] = frozenset(self.secrets)
+        if self.stream_request_body:
+            grants["request_stream"] = True
         return grants
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,6 +285,9 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
     cache = data.get("cache", True)
     if not isinstance(cache, bool):
         problems.append(f"cache: must be true or false, got {cache!r}")
+    stream_request_body = data.get("stream_request_body", False)
+    if not isinstance(stream_request_body, bool):
+        problems.append(f"stream_request_body: must be true or false, got {stream_request_body!r}")
 
     stores = _names(data, "key_value_stores", check_store, '["default"]', problems)
     secrets = _names(data, "secrets", check_secret_name, '["ORIGIN_TOKEN"]', problems)
@@ -299,6 +308,7 @@ def parse_manifest(text: str, source: str = MANIFEST_FILE) -> Manifest:
         cache=bool(cache),
         key_value_stores=stores,
         secrets=secrets,
+        stream_request_body=stream_request_body,
     )
 
 

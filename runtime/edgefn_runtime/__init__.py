@@ -12,6 +12,7 @@ from ._contract import CONTRACT_VERSION
 from ._engine import Engine, default_cache_dir
 from ._errors import (
     BodyTooLarge,
+    ClientClosed,
     EdgefnError,
     FuelExhausted,
     GuestCrashed,
@@ -30,6 +31,7 @@ from ._messages import (
     WARM_UP_HEADER,
     Outcome,
     Request,
+    RequestSource,
     Response,
     ResponseSink,
     Usage,
@@ -43,6 +45,7 @@ __all__ = [
     "WARM_UP_HEADER",
     "MIN_MEMORY",
     "BodyTooLarge",
+    "ClientClosed",
     "EdgefnError",
     "Engine",
     "FuelExhausted",
@@ -54,6 +57,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "Outcome",
     "Request",
+    "RequestSource",
     "Response",
     "ResponseSink",
     "ResponseTooLarge",

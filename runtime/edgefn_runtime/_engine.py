@@ -20,7 +20,7 @@ from . import _memory, _wait_guard, _wasmtime
 from ._ahead import Ahead
 from ._aot import AotCache, sha256_file
 from ._contract import check_component
-from ._errors import from_load_failure
+from ._errors import InvalidComponent, from_load_failure
 from ._inline import inline_cpu_setting
 from ._sandbox import Sandbox
 from .capabilities import Capability, RequestContext, installed
@@ -193,6 +193,13 @@ class Engine:
             self.wasmtime, wasm, sha256, functools.partial(_wait_guard.guard, self.wasmtime)
         )
         check_component(self.wasmtime, component, self.imports | {_wait_guard.GUARD_IMPORT})
+        imports = frozenset(component.type.imports(self.wasmtime))
+        grants = grants or {}
+        for capability in self.capabilities:
+            if capability.name in grants:
+                refusal = capability.refusal(grants[capability.name], imports)
+                if refusal is not None:
+                    raise InvalidComponent(refusal)
         self._check_instantiates(component)
         if assets is not None and not Path(assets).is_dir():
             raise FileNotFoundError(f"assets directory {assets} does not exist")

@@ -82,6 +82,14 @@ class BodyTooLarge(SandboxError):
     status = 413
 
 
+class ClientClosed(SandboxError):
+    """The client left before the function had its whole request body: nobody
+    reads the answer; 499 as nginx logs it."""
+
+    code = "client_closed_request"
+    status = 499
+
+
 class ResponseTooLarge(SandboxError):
     code = "response_too_large"
 

@@ -17,6 +17,8 @@ from typing import Any
 import wasmtime
 from wasmtime import component as wc
 
+from edgefn_contract.request_stream import STREAMED
+
 from . import _wasmtime
 from ._errors import InvalidComponent, InvalidResponse, ResponseTooLarge, SandboxError
 from ._limits import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS
@@ -67,10 +69,11 @@ def check_handle_type(handle: Any) -> None:
 
 
 def call_handle(
-    store: wasmtime.Store, func: wc.Func, param: HandleParam, request: Request
+    store: wasmtime.Store, func: wc.Func, param: HandleParam, request: Request, streamed: bool
 ) -> ResponseHead | GuestFailure:
-    """Call the guest's `handle`; a trap raises `wasmtime.WasmtimeError`."""
-    param.set(request)
+    """Call the guest's `handle`, its body `streamed` if so (`request-stream`); a
+    trap raises `wasmtime.WasmtimeError`."""
+    param.set(request, streamed)
     result = _wasmtime.Val()  # zeroed: what wasmtime drops before writing the result
     _wasmtime.call_func(store, func, param.val, result)
     try:
@@ -104,7 +107,7 @@ class HandleParam:
         # The u64 in wasmtime's heap copy of `length`.
         self._length = body.of.variant.val.contents
 
-    def set(self, request: Request) -> None:
+    def set(self, request: Request, streamed: bool = False) -> None:
         texts = self._texts
         for i, text in enumerate(
             (request.method, request.path, request.query, encode_headers(request.headers))
@@ -112,7 +115,7 @@ class HandleParam:
             if text != texts[i]:
                 _wasmtime.replace_string(self._fields[i].val, text)
                 texts[i] = text
-        self._length.of.u64 = len(request.body)
+        self._length.of.u64 = STREAMED if streamed else len(request.body)
 
 
 # RFC 9110 field names are tokens and field values hold no controls but HTAB:

@@ -20,7 +20,7 @@ from ._errors import (
 )
 from ._handle_call import GuestFailure, HandleParam, call_handle, head_problem
 from ._limits import Limits
-from ._messages import Outcome, Request, Response, ResponseSink, Usage
+from ._messages import Outcome, Request, RequestSource, Response, ResponseSink, Usage
 from ._stdio import GuestFiles, GuestOutput
 from .capabilities import RequestContext
 
@@ -143,15 +143,17 @@ class Instance:
         on_loop: bool = False,
         ticks: int | None = None,
         sink: ResponseSink | None = None,
+        source: RequestSource | None = None,
     ) -> Outcome:
         """Run one request; on any failure the instance is marked broken.
 
         `on_loop`: the caller is an event loop, so a host call stops the guest
         (`HostCallOnLoop`); `ticks`: an epoch deadline no longer than `limits.timeout`'s;
-        `sink`: where a streamed response goes (see `Sandbox.invoke`).
+        `sink` and `source`: where a streamed response goes and a streamed request
+        body comes from (see `Sandbox.invoke`).
         """
         try:
-            return self._serve(request, limits, on_loop, ticks, sink)
+            return self._serve(request, limits, on_loop, ticks, sink, source)
         except BaseException:
             self.broken = True
             raise
@@ -163,9 +165,12 @@ class Instance:
         on_loop: bool,
         ticks: int | None,
         sink: ResponseSink | None,
+        source: RequestSource | None,
     ) -> Outcome:
         store, context, engine = self.store, self.context, self._engine
-        context.begin(request, limits, self._capabilities, on_loop=on_loop, sink=sink)
+        context.begin(
+            request, limits, self._capabilities, on_loop=on_loop, sink=sink, source=source
+        )
         if self._body_in_file:
             assert self._files is not None, "a body file comes with its files"
             self._files.put("body", request.body)
@@ -183,7 +188,7 @@ class Instance:
             if self._handle is None:
                 self._handle = self._instantiate()
                 usage.instantiate_seconds = time.perf_counter() - started
-            head = call_handle(store, self._handle, self._param, request)
+            head = call_handle(store, self._handle, self._param, request, source is not None)
         except wasmtime.WasmtimeError as exc:
             # Without its traceback: the traceback's frames hold this instance and its
             # store in a reference cycle, which kept each failed instance's memory

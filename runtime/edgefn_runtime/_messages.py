@@ -11,6 +11,7 @@ __all__ = [
     "WARM_UP_HEADER",
     "Outcome",
     "Request",
+    "RequestSource",
     "Response",
     "ResponseSink",
     "Usage",
@@ -44,6 +45,16 @@ class Response:
     status: int
     headers: HeaderList
     body: bytes
+
+
+class RequestSource(Protocol):
+    """A request body the function reads as the client sends it (the client's
+    connection), given to `Sandbox.invoke`. Called on the sandbox's thread."""
+
+    def read(self, size: int, timeout: float) -> bytes:
+        """At most `size` more bytes of the body, waiting at most `timeout` seconds
+        for them; b"" at its end. Raises `TimeoutError` when out of time, and
+        `ConnectionError` when the client left."""
 
 
 class ResponseSink(Protocol):

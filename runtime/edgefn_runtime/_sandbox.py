@@ -18,7 +18,7 @@ from ._errors import BodyTooLarge, Timeout
 from ._inline import HostCallOnLoop, InlineGate
 from ._instance import Instance
 from ._limits import Limits
-from ._messages import Outcome, Request, ResponseSink
+from ._messages import Outcome, Request, RequestSource, ResponseSink
 from ._reaper import retire
 
 if TYPE_CHECKING:
@@ -99,13 +99,20 @@ class Sandbox:
         self._inline = InlineGate(engine.inline_cpu if reuse and waits_bounded else 0)
 
     def invoke(
-        self, request: Request, limits: Limits | None = None, sink: ResponseSink | None = None
+        self,
+        request: Request,
+        limits: Limits | None = None,
+        sink: ResponseSink | None = None,
+        source: RequestSource | None = None,
     ) -> Outcome:
         """Run `request` through the function under `limits`.
 
         A response the function streams (`edgefn.StreamingResponse`) goes to
         `sink` as it is produced, and the outcome's body is empty; without a
-        sink it is gathered and comes whole, as any other.
+        sink it is gathered and comes whole, as any other. With `source`, for a
+        function granted `request_stream`, the request's body is not
+        `request.body` (empty) but what the function reads of `source`, as it
+        arrives.
 
         Raises a `SandboxError` subclass for every failure: the function's own
         exception (`GuestError`), a broken limit (`Timeout`, `FuelExhausted`,
@@ -123,9 +130,10 @@ class Sandbox:
             if instance is None:  # none ready: instantiated on this request's path
                 instance = Instance(self, limits, request.body)
             try:
-                return instance.serve(request, limits, sink=sink)
+                return instance.serve(request, limits, sink=sink, source=source)
             finally:
-                if len(request.body) > RETIRE_MAX_BODY:
+                # A streamed body's size is the guest's to know: freed at once too.
+                if len(request.body) > RETIRE_MAX_BODY or source is not None:
                     instance.close()
                 else:
                     retire(instance)
@@ -134,7 +142,7 @@ class Sandbox:
         counted = self._inline.enabled and instance.instantiated
         started = time.thread_time() if counted else 0.0
         try:
-            outcome = instance.serve(request, limits, sink=sink)
+            outcome = instance.serve(request, limits, sink=sink, source=source)
         finally:
             self._checkin(instance, limits)
         if counted:

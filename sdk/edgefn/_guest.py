@@ -14,12 +14,14 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 
 from componentize_py_types import Err
 from wit_world.exports import IncomingHandler
 from wit_world.imports import image as host_image
 from wit_world.imports import kv as host_kv
 from wit_world.imports import outbound as host_outbound
+from wit_world.imports import request_stream as host_request
 from wit_world.imports import response_stream as host_stream
 from wit_world.imports import secrets as host_secrets
 from wit_world.imports.types import (
@@ -34,6 +36,7 @@ from wit_world.imports.types import (
 
 from edgefn_contract.kv import KV_FILE
 from edgefn_contract.outbound import FETCH_FILE
+from edgefn_contract.request_stream import READ_MAX, REQUEST_FILE, STREAMED
 
 from . import image, kv, outbound, secrets
 from ._requests import Request
@@ -139,12 +142,42 @@ def _split_header(line: str) -> tuple[str, str]:
     return name, value
 
 
-def _read_body(where: RequestBody_Stdin | RequestBody_File) -> bytes:
-    """The request body, from where the host put it."""
+def _read_body(where: RequestBody_Stdin | RequestBody_File) -> bytes | Iterator[bytes]:
+    """The request body, from where the host put it: its chunks, if streamed."""
+    if where.value == STREAMED:
+        return _read_streamed()
     if isinstance(where, RequestBody_Stdin):
         return sys.stdin.buffer.read(where.value)
     with open(BODY_FILE, "rb") as file:
         return file.read(where.value)
+
+
+def _read_streamed() -> Iterator[bytes]:
+    # One descriptor for the whole body, each chunk read from its start: `read`
+    # rewrites the file in place. With open() and its buffered reader for every
+    # chunk, 8 MiB in 64 KiB chunks took 159 ms in the sandbox instead of 96, and
+    # a 50 MiB/s upload was answered 46 ms after its last byte instead of 0.7
+    # (bench/streamed_uploads.py).
+    fd = -1
+    try:
+        while length := host_request.read(READ_MAX):
+            if fd < 0:  # the file exists once the first chunk is in it
+                fd = os.open(REQUEST_FILE, os.O_RDONLY)
+            yield _read_at_start(fd, length)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _read_at_start(fd: int, length: int) -> bytes:
+    parts, got = [], 0
+    while got < length:  # WASI hands out at most 64 KiB a call
+        part = os.pread(fd, length - got, got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 class _HostImages:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json as _json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any
 
@@ -18,7 +18,9 @@ class Request:
 
     `path` is relative to the function's route. The body is read on first
     access of `body`, `text()` or `json()`, so handlers that ignore it never pay
-    for it.
+    for it; `stream()` gives it chunk by chunk instead. For a function whose
+    manifest says `stream_request_body = true`, each chunk is read as the client
+    sends it, so a large upload is never held whole (`body` still gathers it).
     """
 
     def __init__(
@@ -28,7 +30,7 @@ class Request:
         *,
         query_string: str = "",
         headers: Iterable[tuple[str, str]] = (),
-        body: bytes | Callable[[], bytes] = b"",
+        body: bytes | Iterator[bytes] | Callable[[], bytes | Iterator[bytes]] = b"",
         path_params: dict[str, Any] | None = None,
     ) -> None:
         self.method = method.upper()
@@ -37,6 +39,7 @@ class Request:
         self.headers = Headers(headers)
         self.path_params: dict[str, Any] = path_params or {}
         self._body = body
+        self._streamed = False
 
     @cached_property
     def query(self) -> QueryParams:
@@ -46,9 +49,32 @@ class Request:
     @property
     def body(self) -> bytes:
         """The raw body, read once on first access."""
+        body = self._source()
+        if not isinstance(body, bytes):
+            self._take_stream()
+            self._body = body = b"".join(body)
+        return body
+
+    def stream(self) -> Iterator[bytes]:
+        """The body's chunks as they arrive (the body whole, once read); for
+        a streamed body, once: it is not kept."""
+        body = self._source()
+        if isinstance(body, bytes):
+            return iter((body,) if body else ())
+        self._take_stream()
+        return body
+
+    def _source(self) -> bytes | Iterator[bytes]:
         if callable(self._body):
             self._body = self._body()
         return self._body
+
+    def _take_stream(self) -> None:
+        if self._streamed:
+            raise RuntimeError(
+                "the request body was already streamed: read `body` or `stream()`, once"
+            )
+        self._streamed = True
 
     def text(self, encoding: str | None = None) -> str:
         """The body decoded with the charset of `Content-Type` (UTF-8 by default)."""

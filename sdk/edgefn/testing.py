@@ -15,7 +15,7 @@ import json as _json
 import sys
 import tomllib
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -133,9 +133,11 @@ class TestClient:
         path: str,
         *,
         headers: Mapping[str, str] | None = None,
-        body: bytes | str = b"",
+        body: bytes | str | Iterable[bytes] = b"",
         json: Any = None,
     ) -> TestResponse:
+        """`body` may be chunks, which `request.stream()` then yields one by one,
+        as a streamed upload (`stream_request_body`) arrives."""
         path, _, query = path.partition("?")
         header_items = list((headers or {}).items())
         if json is not None:
@@ -143,7 +145,13 @@ class TestClient:
             header_items.append(("content-type", "application/json"))
         if isinstance(body, str):
             body = body.encode()
-        request = Request(method, path, query_string=query, headers=header_items, body=body)
+        chunks: bytes | Iterator[bytes]
+        if isinstance(body, bytes):
+            chunks = body
+        else:
+            parts = list(body)
+            chunks, body = iter(parts), b"".join(parts)
+        request = Request(method, path, query_string=query, headers=header_items, body=chunks)
         outbound.use_backend(self._outbound)
         kv.use_backend(self.kv)
         secrets.use_backend(self._secrets)

@@ -1,5 +1,7 @@
 """Routes the benchmarks measure: a trivial answer, bodies, CPU work, held memory."""
 
+import hashlib
+
 from edgefn import App, Request, Response, StreamingResponse
 
 app = App()
@@ -8,6 +10,16 @@ app = App()
 @app.get("/")
 def hello(request: Request) -> Response:
     return Response("Hello, world!\n", media_type="text/plain")
+
+
+@app.post("/digest")
+def digest(request: Request) -> dict[str, object]:
+    """The body's sha256, hashed chunk by chunk as `stream()` gives them."""
+    hashed, size = hashlib.sha256(), 0
+    for chunk in request.stream():
+        hashed.update(chunk)
+        size += len(chunk)
+    return {"size": size, "sha256": hashed.hexdigest()}
 
 
 @app.post("/echo")

@@ -18,6 +18,12 @@ every body read at once the worker went from 0.5 to 5.2 GB; with the default
 256 MiB budget it peaks at 1.1-1.4 GB, most of that the sandboxes of the
 requests running. Reading bodies only once admitted was the other way to bound
 them, and it would have let a few slow uploads take every slot.
+
+A function whose manifest says `stream_request_body = true` is the exception:
+it takes its slot at once and reads its body as it arrives (`BodyStream`), so
+the worker holds a chunk of it at a time, not the whole, and the budget is
+not used; the slot is held while the client uploads, within the function's
+wall-clock timeout.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive
 
-from edgefn_runtime import BodyTooLarge
+from edgefn_runtime import BodyTooLarge, ClientClosed, RequestSource
 
-from ._errors import GatewayError, overloaded
+from ._errors import overloaded
 
-__all__ = ["BodyBudget", "read_body"]
+__all__ = ["BodyBudget", "BodyStream", "read_body", "refuse_declared"]
 
 
 class BodyBudget:
@@ -96,14 +103,20 @@ class BodyBudget:
             granted.set_result(None)
 
 
-@asynccontextmanager
-async def read_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIterator[bytes]:
-    """The whole body of `request` (at most `limit` bytes), held under `budget`
-    until the block ends."""
+def refuse_declared(request: Request, limit: int) -> int:
+    """The body's declared length (0 if none), refused at once if over `limit`."""
     declared = request.headers.get("content-length")
     expected = int(declared) if declared is not None and declared.isdigit() else 0
     if expected > limit:
         raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    return expected
+
+
+@asynccontextmanager
+async def read_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIterator[bytes]:
+    """The whole body of `request` (at most `limit` bytes), held under `budget`
+    until the block ends."""
+    expected = refuse_declared(request, limit)
     held = 0
     if expected:
         await budget.reserve(expected)
@@ -122,12 +135,57 @@ async def read_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIt
                     held = size
                 buffer.write(chunk)
         except ClientDisconnect:
-            # Gone, or cut off by the body timeout: nobody reads the answer; 499 as nginx logs it.
-            raise GatewayError(
-                499, "client_closed_request", "the client closed the connection mid-body"
-            ) from None
+            # Gone, or cut off by the body timeout: nobody reads the answer.
+            raise ClientClosed("the client closed the connection mid-body") from None
         body = buffer.getvalue()
         buffer.close()
         yield body
     finally:
         budget.release(held)
+
+
+class BodyStream(RequestSource):
+    """A request body the function reads as it arrives: the `RequestSource` the
+    sandbox calls on its thread, each `read` a wait for the event loop's next
+    ASGI message (uvicorn reads no more than 64 KiB ahead of the app)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._loop = asyncio.get_running_loop()
+        self._rest = b""  # what the last message held past the size asked
+        self._over = asyncio.Event()  # the body ended, or its client left
+        self.received = 0  # bytes handed to the function
+        self.ended = False
+        self.gone = False
+
+    def read(self, size: int, timeout: float) -> bytes:
+        if not self._rest and not self._over.is_set():
+            future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+            try:
+                future.result(timeout)
+            except TimeoutError:
+                future.cancel()
+                raise
+        chunk, self._rest = self._rest[:size], self._rest[size:]
+        self.received += len(chunk)
+        return chunk
+
+    async def _next(self) -> None:
+        while not self._rest and not self._over.is_set():
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                self._over.set()
+                raise ConnectionResetError("the client closed the connection mid-body")
+            self._rest = message.get("body", b"")
+            if not message.get("more_body", False):
+                self.ended = True
+                self._over.set()
+
+    async def receive_after_body(self) -> Message:
+        """`receive` for a streamed response's disconnect watcher: it must not
+        take the body's messages, which are the function's."""
+        await self._over.wait()
+        if self.gone:
+            return {"type": "http.disconnect"}
+        return await self._receive()

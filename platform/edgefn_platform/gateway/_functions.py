@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from edgefn_runtime import WARM_UP_HEADER, Limits, Request, Sandbox, SandboxError
+from edgefn_runtime.capabilities import RequestStreamCapability
 
 from ..manifest import Manifest
 from ..registry import FunctionRecord, RegistryUnavailable, SecretRecord
@@ -37,6 +38,11 @@ class LiveFunction:
     # When the version was made: a function deleted and made again numbers its
     # versions from 1 again, and must not be taken for the one before.
     created_at: float = 0.0
+
+    @property
+    def streams_body(self) -> bool:
+        """Whether it reads request bodies as they arrive (`stream_request_body`)."""
+        return RequestStreamCapability.name in self.sandbox.grants
 
 
 # Told every function's purges (path prefix, time) whenever the registry changed.

@@ -26,7 +26,7 @@ from edgefn_runtime import Response as SandboxResponse
 from ._access import AccessEntry, access_log, log_access
 from ._admission import Admission
 from ._answers import USAGE_HEADER, stream_head, to_http
-from ._bodies import BodyBudget, read_body
+from ._bodies import BodyBudget, BodyStream, read_body, refuse_declared
 from ._cache import CACHE_HEADER, ResponseCache
 from ._errors import GatewayError, error_response
 from ._fairness import FairThreadPool
@@ -192,10 +192,6 @@ class PublicApp:
             response = await self._run(request, exchange, send)
         except (GatewayError, SandboxError) as exc:
             response = exchange.refused(exc)
-            if not exchange.body_read and _has_body(request.headers):
-                # Refused before its body was read (too large, no route, no room):
-                # close rather than read the upload to its end.
-                response.headers["connection"] = "close"
         except BaseException:  # cancelled (see `__call__`), or a bug
             if exchange.stream is not None:
                 exchange.stream.abort()  # begun, its status is out: no other answer follows
@@ -203,6 +199,10 @@ class PublicApp:
         if exchange.stream is not None and exchange.stream.started:
             # Its head is out: what is left is to end it, or cut it off on a failure.
             response = StreamedAnswer(exchange.stream, complete=exchange.outcome == "ok")
+        elif not exchange.body_read and _has_body(request.headers):
+            # Answered before its body was read to its end (too large, no route, no
+            # room, a function that read part of it): close rather than read the rest.
+            response.headers["connection"] = "close"
         self._record(request.method, response, exchange)
         return response
 
@@ -229,13 +229,20 @@ class PublicApp:
             return self._bug(exc, headers)
 
     def _stream(
-        self, request: Request, send: Send, exchange: _Exchange, accepts: Streams | None = None
+        self,
+        request: Request,
+        send: Send,
+        exchange: _Exchange,
+        accepts: Streams | None = None,
+        receive: Receive | None = None,
     ) -> ClientStream:
-        """Where the function's response goes if it streams it. (Not a closure over
-        `exchange`, which holds the stream: a cycle per request is the cyclic
+        """Where the function's response goes if it streams it; `receive`, where it
+        learns that the client left (the request's own by default). (Not a closure
+        over `exchange`, which holds the stream: a cycle per request is the cyclic
         collector's, whose pauses were p99's, see `_http.py`.)"""
         head = functools.partial(stream_head, exchange.request_id, exchange.cache)
-        return ClientStream(request.scope, request.receive, send, head, self.streams, accepts)
+        receive = receive or request.receive
+        return ClientStream(request.scope, receive, send, head, self.streams, accepts)
 
     def _bug(self, exc: Exception, headers: Headers) -> Response:
         """A gateway bug's answer: logged, a bare 500, counted."""
@@ -326,14 +333,33 @@ class PublicApp:
         if cache is not None and cache.applies(request.method, function) and bodiless:
             return await self._cached(cache, request, function, path, query, exchange, send)
         exchange.cache = "BYPASS"
-        async with read_body(request, function.limits.max_body, self.bodies) as body:
-            exchange.bytes_in, exchange.body_read = len(body), True
+        async with self._body(request, function, exchange) as (body, source):
             headers = _headers(request.headers, function)
             call = SandboxRequest(request.method, path, query, headers, body)
             if send is not None:
-                exchange.stream = self._stream(request, send, exchange)
-            outcome = await self._execute(function, call, exchange)
+                receive = source.receive_after_body if source is not None else None
+                exchange.stream = self._stream(request, send, exchange, receive=receive)
+            outcome = await self._execute(function, call, exchange, source)
             return to_http(outcome.response, exchange.request_id)
+
+    @contextlib.asynccontextmanager
+    async def _body(
+        self, request: Request, function: LiveFunction, exchange: _Exchange
+    ) -> AsyncIterator[tuple[bytes, BodyStream | None]]:
+        """The request's body, whole; or, for a function that reads it as it
+        arrives, nothing yet and where it comes from (`_bodies.py`)."""
+        limit = function.limits.max_body
+        if not (function.streams_body and _has_body(request.headers)):
+            async with read_body(request, limit, self.bodies) as body:
+                exchange.bytes_in, exchange.body_read = len(body), True
+                yield body, None
+            return
+        refuse_declared(request, limit)
+        source = BodyStream(request.receive)
+        try:
+            yield b"", source
+        finally:
+            exchange.bytes_in, exchange.body_read = source.received, source.ended
 
     async def _cached(
         self,
@@ -385,7 +411,11 @@ class PublicApp:
         )
 
     async def _execute(
-        self, function: LiveFunction, call: SandboxRequest, exchange: _Exchange
+        self,
+        function: LiveFunction,
+        call: SandboxRequest,
+        exchange: _Exchange,
+        source: BodyStream | None = None,
     ) -> Outcome:
         metrics = self.metrics
         exchange.ran = True
@@ -399,7 +429,9 @@ class PublicApp:
                 with metrics.in_flight.labels(function.name).track_inprogress():
                     # On the loop when known to be short: the hand-off to a thread
                     # and back cost more than such a request (`_inline.py`).
-                    outcome = function.sandbox.invoke_now(call, function.limits)
+                    outcome = None
+                    if source is None:
+                        outcome = function.sandbox.invoke_now(call, function.limits)
                     if outcome is None:
                         outcome = await asyncio.get_running_loop().run_in_executor(
                             self.threads,
@@ -407,6 +439,7 @@ class PublicApp:
                             call,
                             function.limits,
                             exchange.stream,
+                            source,
                         )
         except GatewayError:
             metrics.queued.dec()

@@ -15,6 +15,7 @@ from .dev import DevCapability, DevSource
 from .image import ImageCapability
 from .kv import KeyValueBackend, KeyValueCapability
 from .outbound import OutboundCapability, OutboundPolicy
+from .request_stream import RequestStreamCapability
 from .secrets import SecretsCapability, SecretSource
 from .stream import StreamCapability
 
@@ -27,6 +28,7 @@ __all__ = [
     "KeyValueCapability",
     "OutboundCapability",
     "RequestContext",
+    "RequestStreamCapability",
     "SecretsCapability",
     "StreamCapability",
     "host_call",
@@ -53,13 +55,15 @@ def installed(
     `unavailable`), whose values are at most `kv_max_value` bytes (the operator's
     maximum `max_kv_value`); `secrets(function, name)` gives the operator's
     secrets (None: every declared secret reads as unset); streamed responses,
-    always; `dev` links the dev runner's capability too, for `edgefn dev` alone."""
+    always; streamed request bodies, for the functions granted them; `dev` links
+    the dev runner's capability too, for `edgefn dev` alone."""
     capabilities: list[Capability] = [
         ImageCapability(),
         OutboundCapability(outbound, cache),
         KeyValueCapability(kv, kv_max_value),
         SecretsCapability(secrets),
         StreamCapability(),
+        RequestStreamCapability(),
     ]
     if dev:
         capabilities.append(DevCapability())

@@ -23,7 +23,7 @@ from .. import _wasmtime
 from .._errors import SandboxError
 from .._inline import HostCallOnLoop
 from .._limits import Limits
-from .._messages import HeaderList, Request, ResponseSink, Usage
+from .._messages import HeaderList, Request, RequestSource, ResponseSink, Usage
 
 __all__ = ["Capability", "CountedFuel", "Fuel", "RequestContext", "StoreFuel", "host_call"]
 
@@ -47,6 +47,10 @@ class Capability:
 
     def link(self, linker: wc.Linker) -> None:
         """Add the capability's host functions to `linker` (once, per engine)."""
+
+    def refusal(self, grant: Any, imports: frozenset[str]) -> str | None:
+        """Why a component importing `imports` cannot be given `grant`, or None."""
+        return None
 
     def directories(self, grant: Any) -> Mapping[str, Path]:
         """Read-only host directories a function granted `grant` sees, by guest path."""
@@ -94,6 +98,8 @@ class RequestContext:
         # Where a streamed response goes as the guest writes it; None: gathered
         # into `response_body` and sent whole.
         self.sink: ResponseSink | None = None
+        # Where a streamed request body comes from; None: it is `body`, whole.
+        self.source: RequestSource | None = None
         self.states: dict[str, Any] = {}
         # Run on an event loop, where no host call may run (`_inline.py`).
         self.on_loop = False
@@ -109,9 +115,10 @@ class RequestContext:
         *,
         on_loop: bool = False,
         sink: ResponseSink | None = None,
+        source: RequestSource | None = None,
     ) -> None:
         self.body, self.headers, self.limits = request.body, request.headers, limits
-        self.on_loop, self.sink = on_loop, sink
+        self.on_loop, self.sink, self.source = on_loop, sink, source
         self.deadline = time.monotonic() + limits.timeout
         self.breach = None
         self.response_body, self.response_head = None, None

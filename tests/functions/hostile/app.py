@@ -1,3 +1,4 @@
+import hashlib
 import importlib
 import json
 import os
@@ -329,3 +330,27 @@ def late_import(request: Request) -> str:
 
         return hostile_late.VALUE
     return importlib.import_module(which).__name__
+
+
+@app.post("/upload")
+def upload(request: Request) -> dict[str, object]:
+    """The body's size, chunks and digest, read as a stream (`?whole=1`: as `body`).
+    `?stop=N` answers after N chunks; `?twice=1` reads it again after streaming."""
+    digest, size, chunks = hashlib.sha256(), 0, 0
+    stop = int(request.query.get("stop", "0"))
+    parts = [request.body] if request.query.get("whole") else request.stream()
+    for chunk in parts:
+        digest.update(chunk)
+        size, chunks = size + len(chunk), chunks + 1
+        if chunks == stop:
+            break
+    if request.query.get("twice"):
+        size += len(request.body)
+    return {"size": size, "chunks": chunks, "sha256": digest.hexdigest()}
+
+
+@app.post("/upload-echo")
+def upload_echo(request: Request) -> Response:
+    """Streams back each chunk's size as it reads it: the client sees a chunk
+    arrive before it sends the next."""
+    return StreamingResponse(f"{len(chunk)}\n".encode() for chunk in request.stream())
