@@ -1,12 +1,14 @@
-"""The worker's body budget on its own: who gets in, who waits, who is refused."""
+"""The worker's body budget on its own: who gets in, who waits, who is refused; and
+a body read as it arrives (`BodyStream`), in-process."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from cycles import cyclic_garbage
 
-from edgefn_platform.gateway._bodies import BodyBudget
+from edgefn_platform.gateway._bodies import BodyBudget, BodyStream
 from edgefn_platform.gateway._errors import GatewayError
 from waiting import until
 
@@ -106,3 +108,87 @@ def test_a_cancelled_wait_leaves_nothing_held() -> None:
         assert budget.held == 0 and not budget._waiting
 
     run(main())
+
+
+def test_a_body_stream_hands_over_each_message_in_the_sizes_asked() -> None:
+    messages = [
+        {"type": "http.request", "body": b"abcde", "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": True},
+        {"type": "http.request", "body": b"f", "more_body": False},
+    ]
+
+    async def scenario() -> tuple[list[bytes], BodyStream]:
+        async def receive() -> dict[str, object]:
+            return messages.pop(0)
+
+        stream = BodyStream(receive, None)
+        reads = [2, 10, 10, 10, 10]
+        return [await asyncio.to_thread(stream.read, n, 5) for n in reads], stream
+
+    chunks, stream = asyncio.run(scenario())
+    assert chunks == [b"ab", b"cde", b"f", b"", b""]
+    assert stream.received == 6 and stream.ended and not stream.gone
+
+
+def test_a_body_stream_whose_client_leaves_raises_and_leaves_no_cycle() -> None:
+    async def scenario() -> None:
+        async def receive() -> dict[str, object]:
+            return {"type": "http.disconnect"}
+
+        stream = BodyStream(receive, None)
+        with pytest.raises(ConnectionResetError, match="mid-body"):
+            await asyncio.to_thread(stream.read, 10, 5)
+        assert stream.gone and await stream.receive_after_body() == {"type": "http.disconnect"}
+
+    with cyclic_garbage() as cyclic:
+        asyncio.run(scenario())
+    # The exception kept in a future held the reading frame, and it the future.
+    assert "BodyStream" not in cyclic and "ConnectionResetError" not in cyclic, cyclic
+
+
+def test_a_body_stream_times_out_and_its_message_waits_for_the_next_read() -> None:
+    async def scenario() -> None:
+        arrived = asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            await arrived.wait()
+            return {"type": "http.request", "body": b"late", "more_body": False}
+
+        stream = BodyStream(receive, None)
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(stream.read, 10, 0.05)
+        arrived.set()
+        assert await asyncio.to_thread(stream.read, 10, 5) == b"late"
+
+    asyncio.run(scenario())
+
+
+def test_a_streamed_response_learns_its_client_left_while_the_body_is_unread() -> None:
+    """The watcher of a response may not take the body's messages, but must not
+    wait for them either: the protocol's `gone` future tells it."""
+
+    async def scenario() -> None:
+        async def receive() -> dict[str, object]:
+            raise AssertionError("the watcher took a body message")
+
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stream = BodyStream(receive, gone)
+        watcher = asyncio.ensure_future(stream.receive_after_body())
+        await asyncio.sleep(0.01)
+        assert not watcher.done()
+        gone.set_result(None)
+        assert await asyncio.wait_for(watcher, 5) == {"type": "http.disconnect"}
+
+    asyncio.run(scenario())
+
+
+def test_a_body_stream_on_a_closed_loop_says_the_client_is_gone() -> None:
+    loop = asyncio.new_event_loop()
+
+    async def make() -> BodyStream:
+        return BodyStream(None, None)  # type: ignore[arg-type]
+
+    stream = loop.run_until_complete(make())
+    loop.close()
+    with pytest.raises(ConnectionResetError, match="stopping"):
+        stream.read(10, 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -147,6 +148,17 @@ def test_a_reused_instance_streams_each_of_its_requests(
         "chunks": 1,
         "sha256": hashlib.sha256(b"ab").hexdigest(),
     }
+
+
+def test_an_idle_instance_keeps_nothing_of_its_last_request_s_source(
+    engine: Engine, hostile_build: BuildResult
+) -> None:
+    sandbox = engine.load(hostile_build.path, reuse=5, grants=GRANT)
+    source = Source([b"x"])
+    gone = weakref.ref(source)
+    upload(sandbox, "", source)
+    del source
+    assert sandbox.idle == 1 and gone() is None
 
 
 def test_a_component_built_without_it_is_refused_the_grant(hostile_build: BuildResult) -> None:

@@ -40,10 +40,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         yield process
 
 
-def access_line(gateway: GatewayProcess, request_id: str) -> dict[str, object]:
+def logged(gateway: GatewayProcess, request_id: str, kind: str) -> str:
+    """The request's one line of `kind` ("access" or "log") in the function's logs."""
     gateway.wait_logged("uploads", [request_id])
     lines = gateway.admin("GET", f"/v1/functions/uploads/logs?request_id={request_id}").json()
-    (line,) = (json.loads(r["line"]) for r in lines if r["kind"] == "access")
+    (line,) = (r["line"] for r in lines if r["kind"] == kind)
+    return str(line)
+
+
+def access_line(gateway: GatewayProcess, request_id: str) -> dict[str, object]:
+    line: dict[str, object] = json.loads(logged(gateway, request_id, "access"))
     return line
 
 
@@ -213,3 +219,37 @@ def test_kept_alive_requests_go_on_after_a_streamed_body_read_to_its_end(
             response = client.post("/uploads/upload", content=b"y" * size)
             assert response.json()["size"] == size
             assert response.headers.get("connection") != "close"
+
+
+def test_a_response_streamed_before_its_body_is_read_ends_the_connection(
+    gateway: GatewayProcess,
+) -> None:
+    """Kept alive, the connection would read the unread rest of the body for the
+    next request's head (or wait for it) after the response."""
+    upload = Upload(gateway, "/uploads/stream?chunks=2&size=3")
+    try:
+        upload.send(b"never read")
+        upload.read_until(b"0\r\n\r\n")  # the whole response, its chunked end included
+        assert upload.sock.recv(100) == b""  # then the gateway closed
+    finally:
+        upload.close()
+    head = upload.received.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200 ") and b"\r\nconnection: close" in head
+
+
+def test_a_client_that_leaves_while_its_body_is_unread_stops_the_streamed_response(
+    gateway: GatewayProcess,
+) -> None:
+    """The response's disconnect watcher may not read the body, which is the
+    function's: the protocol tells it the client left all the same."""
+    request_id = "left-with-body-unread"
+    upload = Upload(
+        gateway, "/uploads/stream?chunks=500&size=10&pause=5", f"X-Request-Id: {request_id}\r\n"
+    )
+    upload.send(b"never read")
+    upload.read_until(b"\r\n\r\n")
+    upload.close()
+    made = logged(gateway, request_id, "log")
+    # 5 ms apart, 500 chunks would take 2.5 s, most of the function's 3 s.
+    assert int(made.split()[1]) < 250, made
+    assert access_line(gateway, request_id)["outcome"] == "ok"

@@ -247,7 +247,8 @@ class Instance:
     def _finish_capabilities(self, usage: Usage) -> None:
         for capability in self._capabilities:
             capability.finish(self.context.states[capability.name], usage)
-        self.context.sink = None  # an idle instance keeps no client's connection
+        # An idle instance keeps no client's connection.
+        self.context.sink = self.context.source = None
         if self._files is not None:
             self._files.clear()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json as _json
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
@@ -11,6 +12,8 @@ from ._datastructures import Headers, QueryParams
 from ._exceptions import HTTPError
 
 __all__ = ["Request"]
+
+_WHOLE = (bytes, bytearray, memoryview)
 
 
 class Request:
@@ -50,17 +53,23 @@ class Request:
     def body(self) -> bytes:
         """The raw body, read once on first access."""
         body = self._source()
-        if not isinstance(body, bytes):
-            self._take_stream()
-            self._body = body = b"".join(body)
-        return body
+        if isinstance(body, _WHOLE):
+            return bytes(body)
+        self._take_stream()
+        # One buffer, handed over as the body: b"".join() would hold every chunk
+        # and the body at once, twice the body in the function's memory.
+        gathered = io.BytesIO()
+        for chunk in body:
+            gathered.write(chunk)
+        self._body = whole = gathered.getvalue()
+        return whole
 
     def stream(self) -> Iterator[bytes]:
         """The body's chunks as they arrive (the body whole, once read); for
         a streamed body, once: it is not kept."""
         body = self._source()
-        if isinstance(body, bytes):
-            return iter((body,) if body else ())
+        if isinstance(body, _WHOLE):
+            return iter((bytes(body),) if body else ())
         self._take_stream()
         return body
 

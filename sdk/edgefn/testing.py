@@ -146,10 +146,10 @@ class TestClient:
         if isinstance(body, str):
             body = body.encode()
         chunks: bytes | Iterator[bytes]
-        if isinstance(body, bytes):
-            chunks = body
-        else:
-            parts = list(body)
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            chunks = body = bytes(body)
+        else:  # the host hands a function no empty chunk
+            parts = [bytes(part) for part in body if part]
             chunks, body = iter(parts), b"".join(parts)
         request = Request(method, path, query_string=query, headers=header_items, body=chunks)
         outbound.use_backend(self._outbound)

@@ -29,10 +29,12 @@ wall-clock timeout.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
@@ -147,12 +149,15 @@ async def read_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIt
 class BodyStream(RequestSource):
     """A request body the function reads as it arrives: the `RequestSource` the
     sandbox calls on its thread, each `read` a wait for the event loop's next
-    ASGI message (uvicorn reads no more than 64 KiB ahead of the app)."""
+    ASGI message (uvicorn reads no more than 64 KiB ahead of the app). `gone`:
+    resolved when the client leaves (the protocol's `GONE_EXTENSION`)."""
 
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
+    def __init__(self, receive: Receive, gone: asyncio.Future[None] | None) -> None:
+        self._receive, self._gone = receive, gone
         self._loop = asyncio.get_running_loop()
-        self._rest = b""  # what the last message held past the size asked
+        # What the last message held past the sizes asked: a view, so that a guest
+        # asking a byte at a time does not copy the rest at every read.
+        self._rest = memoryview(b"")
         self._over = asyncio.Event()  # the body ended, or its client left
         self.received = 0  # bytes handed to the function
         self.ended = False
@@ -160,31 +165,51 @@ class BodyStream(RequestSource):
 
     def read(self, size: int, timeout: float) -> bytes:
         if not self._rest and not self._over.is_set():
-            future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+            try:
+                future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+            except RuntimeError:  # the loop is closed: the worker is stopping
+                raise ConnectionResetError("the gateway is stopping") from None
             try:
                 future.result(timeout)
             except TimeoutError:
                 future.cancel()
                 raise
-        chunk, self._rest = self._rest[:size], self._rest[size:]
+            except concurrent.futures.CancelledError:  # the loop is stopping
+                raise ConnectionResetError("the gateway is stopping") from None
+            finally:
+                del future  # an exception's frames would hold it, and it them
+        if self.gone:
+            raise ConnectionResetError("the client closed the connection mid-body")
+        chunk, self._rest = bytes(self._rest[:size]), self._rest[size:]
         self.received += len(chunk)
         return chunk
 
     async def _next(self) -> None:
+        # It returns, never raises: an exception kept in the future would hold the
+        # reading frame, and it the exception (a cycle for every client that left).
         while not self._rest and not self._over.is_set():
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.gone = True
                 self._over.set()
-                raise ConnectionResetError("the client closed the connection mid-body")
-            self._rest = message.get("body", b"")
+                return
+            self._rest = memoryview(message.get("body", b""))
             if not message.get("more_body", False):
                 self.ended = True
                 self._over.set()
 
     async def receive_after_body(self) -> Message:
-        """`receive` for a streamed response's disconnect watcher: it must not
-        take the body's messages, which are the function's."""
+        """`receive` for a streamed response's disconnect watcher: it must not take
+        the body's messages, which are the function's, but must learn at once
+        that the client left, whether or not the function is reading."""
+        if not self._over.is_set() and self._gone is not None:
+            over: asyncio.Future[Any] = asyncio.ensure_future(self._over.wait())
+            try:
+                await asyncio.wait((over, self._gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                over.cancel()
+            if self._gone.done():
+                return {"type": "http.disconnect"}
         await self._over.wait()
         if self.gone:
             return {"type": "http.disconnect"}

@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from ._request_ids import request_id
-from ._streams import ABORT_EXTENSION
+from ._streams import ABORT_EXTENSION, GONE_EXTENSION
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent
@@ -188,6 +188,7 @@ class _Guarded(HttpToolsProtocol):
 
         extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
         extensions[ABORT_EXTENSION] = abort
+        extensions[GONE_EXTENSION] = self.loop.create_future()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -341,9 +342,14 @@ class _Guarded(HttpToolsProtocol):
 
 
 def _disconnect(cycle: RequestResponseCycle) -> None:
-    """Tell a request its client is gone, as uvicorn's `connection_lost` does."""
+    """Tell a request its client is gone, as uvicorn's `connection_lost` does, and
+    whoever waits on its `GONE_EXTENSION`."""
     cycle.disconnected = True
     cycle.message_event.set()
+    extensions: dict[str, Any] = cycle.scope.get("extensions") or {}
+    gone: asyncio.Future[None] | None = extensions.get(GONE_EXTENSION)
+    if gone is not None and not gone.done():
+        gone.set_result(None)
 
 
 class _Refused(Exception):

@@ -33,7 +33,14 @@ from starlette.types import Message, Receive, Scope, Send
 
 from edgefn_runtime import ResponseSink
 
-__all__ = ["ABORT_EXTENSION", "ClientStream", "StreamBudget", "StreamedAnswer", "Streams"]
+__all__ = [
+    "ABORT_EXTENSION",
+    "GONE_EXTENSION",
+    "ClientStream",
+    "StreamBudget",
+    "StreamedAnswer",
+    "Streams",
+]
 
 log = logging.getLogger("edgefn.gateway")
 
@@ -54,6 +61,9 @@ BORROW_SHARE = 8
 # the connection without ending the response, and without uvicorn's complaint
 # that the app did not complete it.
 ABORT_EXTENSION = "edgefn.abort"
+# Another: a future the protocol resolves when the client is gone, for whoever
+# must learn it without taking the request's body messages (`BodyStream`).
+GONE_EXTENSION = "edgefn.gone"
 
 Headers = list[tuple[str, str]]
 # Whether a response with this status and these headers may stream (asked on the

@@ -9,8 +9,9 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -34,7 +35,7 @@ from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
 from ._metrics import Metrics
 from ._request_ids import request_id
-from ._streams import ClientStream, StreamBudget, StreamedAnswer, Streams
+from ._streams import GONE_EXTENSION, ClientStream, StreamBudget, StreamedAnswer, Streams
 from ._target import route
 from .policy import Policy
 
@@ -234,14 +235,17 @@ class PublicApp:
         send: Send,
         exchange: _Exchange,
         accepts: Streams | None = None,
-        receive: Receive | None = None,
+        source: BodyStream | None = None,
     ) -> ClientStream:
-        """Where the function's response goes if it streams it; `receive`, where it
-        learns that the client left (the request's own by default). (Not a closure
-        over `exchange`, which holds the stream: a cycle per request is the cyclic
-        collector's, whose pauses were p99's, see `_http.py`.)"""
+        """Where the function's response goes if it streams it, while it reads its
+        body from `source` if given. (Not a closure over `exchange`, which holds
+        the stream: a cycle per request is the cyclic collector's, whose pauses
+        were p99's, see `_http.py`.)"""
         head = functools.partial(stream_head, exchange.request_id, exchange.cache)
-        receive = receive or request.receive
+        if source is None:
+            return ClientStream(request.scope, request.receive, send, head, self.streams, accepts)
+        head = functools.partial(_closing_unless_read, source, head)
+        receive = source.receive_after_body
         return ClientStream(request.scope, receive, send, head, self.streams, accepts)
 
     def _bug(self, exc: Exception, headers: Headers) -> Response:
@@ -337,8 +341,7 @@ class PublicApp:
             headers = _headers(request.headers, function)
             call = SandboxRequest(request.method, path, query, headers, body)
             if send is not None:
-                receive = source.receive_after_body if source is not None else None
-                exchange.stream = self._stream(request, send, exchange, receive=receive)
+                exchange.stream = self._stream(request, send, exchange, source=source)
             outcome = await self._execute(function, call, exchange, source)
             return to_http(outcome.response, exchange.request_id)
 
@@ -355,7 +358,7 @@ class PublicApp:
                 yield body, None
             return
         refuse_declared(request, limit)
-        source = BodyStream(request.receive)
+        source = BodyStream(request.receive, request.scope["extensions"].get(GONE_EXTENSION))
         try:
             yield b"", source
         finally:
@@ -605,6 +608,17 @@ def _observe(metrics: Metrics, function: str, usage: Usage, queued: float) -> No
 
 def _route_of(function: LiveFunction) -> str:
     return function.route
+
+
+def _closing_unless_read(
+    source: BodyStream, head: Callable[..., list[tuple[bytes, bytes]]], *args: Any
+) -> list[tuple[bytes, bytes]]:
+    """A streamed response's head, which ends the connection if the function has not
+    read its body to the end yet: the rest is not read (nor a 100 Continue sent)."""
+    raw = head(*args)
+    if not source.ended:
+        raw.append((b"connection", b"close"))
+    return raw
 
 
 def _has_body(headers: Headers) -> bool:

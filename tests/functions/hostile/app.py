@@ -194,7 +194,7 @@ def raise_in_generator(request: Request) -> Response:
     return StreamingResponse(chunks())
 
 
-@app.get("/stream")
+@app.route("/stream", methods=["GET", "POST"])
 def stream(request: Request) -> Response:
     """`chunks` chunks of `size` bytes, `pause` ms apart, logging how many it made;
     with `fail=1` the generator raises before its first chunk."""
