@@ -132,6 +132,14 @@ def test_each_read_is_charged_fuel_for_the_host_s_work_and_its_bytes(
         upload(streaming, "", Source([b"x" * 1_000_000]), fuel=one + 70_000)
 
 
+def test_a_read_that_finds_the_end_pays_as_one_that_finds_bytes(streaming: Sandbox) -> None:
+    """A guest calling on after the body's end would otherwise keep the host busy
+    for free."""
+    whole = streaming.invoke(Request("POST", "/upload")).usage.fuel  # no read at all
+    ended = streaming.invoke(Request("POST", "/upload"), source=Source([])).usage.fuel
+    assert ended - whole >= 20_000
+
+
 def test_without_a_source_the_body_comes_whole_as_always(streaming: Sandbox) -> None:
     outcome = streaming.invoke(Request("POST", "/upload", body=b"abc"))
     assert json.loads(outcome.response.body)["size"] == 3

@@ -54,7 +54,8 @@ class Request:
         """The raw body, read once on first access."""
         body = self._source()
         if isinstance(body, _WHOLE):
-            return bytes(body)
+            self._body = whole = bytes(body)  # once: a bytearray or view is copied
+            return whole
         self._take_stream()
         # One buffer, handed over as the body: b"".join() would hold every chunk
         # and the body at once, twice the body in the function's memory.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,6 +45,8 @@ from edgefn_runtime import BodyTooLarge, ClientClosed, RequestSource
 from ._errors import overloaded
 
 __all__ = ["BodyBudget", "BodyStream", "read_body", "refuse_declared"]
+
+log = logging.getLogger("edgefn.gateway")
 
 
 class BodyBudget:
@@ -148,9 +151,10 @@ async def read_body(request: Request, limit: int, budget: BodyBudget) -> AsyncIt
 
 class BodyStream(RequestSource):
     """A request body the function reads as it arrives: the `RequestSource` the
-    sandbox calls on its thread, each `read` a wait for the event loop's next
-    ASGI message (uvicorn reads no more than 64 KiB ahead of the app). `gone`:
-    resolved when the client leaves (the protocol's `GONE_EXTENSION`)."""
+    sandbox calls on its thread. A `read` takes what the last ASGI message left,
+    else waits for the event loop's next one (uvicorn reads no more than 64 KiB
+    ahead of the app). `gone`: resolved when the client leaves (the protocol's
+    `GONE_EXTENSION`)."""
 
     def __init__(self, receive: Receive, gone: asyncio.Future[None] | None) -> None:
         self._receive, self._gone = receive, gone
@@ -165,10 +169,9 @@ class BodyStream(RequestSource):
 
     def read(self, size: int, timeout: float) -> bytes:
         if not self._rest and not self._over.is_set():
-            try:
-                future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
-            except RuntimeError:  # the loop is closed: the worker is stopping
-                raise ConnectionResetError("the gateway is stopping") from None
+            if self._loop.is_closed():  # the worker is stopping
+                raise ConnectionResetError("the gateway is stopping")
+            future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
             try:
                 future.result(timeout)
             except TimeoutError:
@@ -188,7 +191,11 @@ class BodyStream(RequestSource):
         # It returns, never raises: an exception kept in the future would hold the
         # reading frame, and it the exception (a cycle for every client that left).
         while not self._rest and not self._over.is_set():
-            message = await self._receive()
+            try:
+                message = await self._receive()
+            except Exception:  # a bug: the function is told its client is gone
+                log.exception("reading a streamed request body failed")
+                message = {"type": "http.disconnect"}
             if message["type"] == "http.disconnect":
                 self.gone = True
                 self._over.set()

@@ -42,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from ._request_ids import request_id
-from ._streams import ABORT_EXTENSION, GONE_EXTENSION
+from ._streams import ABORT_EXTENSION, CLOSE_EXTENSION, GONE_EXTENSION
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent
@@ -186,8 +186,14 @@ class _Guarded(HttpToolsProtocol):
                 cycle.disconnected = True
                 cycle.transport.close()
 
+        def close_after() -> None:
+            cycle = weak_cycle()
+            if cycle is not None:
+                cycle.keep_alive = False  # uvicorn closes once the response is out
+
         extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
         extensions[ABORT_EXTENSION] = abort
+        extensions[CLOSE_EXTENSION] = close_after
         extensions[GONE_EXTENSION] = self.loop.create_future()
 
     def on_response_complete(self) -> None:

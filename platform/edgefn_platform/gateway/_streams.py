@@ -35,6 +35,7 @@ from edgefn_runtime import ResponseSink
 
 __all__ = [
     "ABORT_EXTENSION",
+    "CLOSE_EXTENSION",
     "GONE_EXTENSION",
     "ClientStream",
     "StreamBudget",
@@ -64,6 +65,9 @@ ABORT_EXTENSION = "edgefn.abort"
 # Another: a future the protocol resolves when the client is gone, for whoever
 # must learn it without taking the request's body messages (`BodyStream`).
 GONE_EXTENSION = "edgefn.gone"
+# And one that makes the connection end with the response being sent (its request's
+# body was not read to the end, and is not to be read as the next request's head).
+CLOSE_EXTENSION = "edgefn.close"
 
 Headers = list[tuple[str, str]]
 # Whether a response with this status and these headers may stream (asked on the
@@ -237,8 +241,9 @@ class ClientStream(ResponseSink):
             room.notify()
 
     async def _watch(self) -> None:
-        """Mark the client gone when it disconnects (the body was read whole before
-        the function ran, so nothing else arrives)."""
+        """Mark the client gone when it disconnects: `receive` gives nothing else
+        (the body was read whole before the function ran, or `BodyStream` keeps
+        the body's messages for the function)."""
         while (await self._receive())["type"] != "http.disconnect":
             pass
         self._sent(0, gone=True)

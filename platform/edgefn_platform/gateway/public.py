@@ -9,9 +9,8 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -35,7 +34,14 @@ from ._functions import FunctionTable, LiveFunction, warm_up
 from ._logs import LogSink
 from ._metrics import Metrics
 from ._request_ids import request_id
-from ._streams import GONE_EXTENSION, ClientStream, StreamBudget, StreamedAnswer, Streams
+from ._streams import (
+    CLOSE_EXTENSION,
+    GONE_EXTENSION,
+    ClientStream,
+    StreamBudget,
+    StreamedAnswer,
+    Streams,
+)
 from ._target import route
 from .policy import Policy
 
@@ -197,10 +203,14 @@ class PublicApp:
             if exchange.stream is not None:
                 exchange.stream.abort()  # begun, its status is out: no other answer follows
             raise
+        unread = not exchange.body_read and _has_body(request.headers)
         if exchange.stream is not None and exchange.stream.started:
             # Its head is out: what is left is to end it, or cut it off on a failure.
             response = StreamedAnswer(exchange.stream, complete=exchange.outcome == "ok")
-        elif not exchange.body_read and _has_body(request.headers):
+            close = request.scope.get("extensions", {}).get(CLOSE_EXTENSION)
+            if unread and close is not None:
+                close()  # as below, once the response is out
+        elif unread:
             # Answered before its body was read to its end (too large, no route, no
             # room, a function that read part of it): close rather than read the rest.
             response.headers["connection"] = "close"
@@ -242,10 +252,7 @@ class PublicApp:
         the stream: a cycle per request is the cyclic collector's, whose pauses
         were p99's, see `_http.py`.)"""
         head = functools.partial(stream_head, exchange.request_id, exchange.cache)
-        if source is None:
-            return ClientStream(request.scope, request.receive, send, head, self.streams, accepts)
-        head = functools.partial(_closing_unless_read, source, head)
-        receive = source.receive_after_body
+        receive = request.receive if source is None else source.receive_after_body
         return ClientStream(request.scope, receive, send, head, self.streams, accepts)
 
     def _bug(self, exc: Exception, headers: Headers) -> Response:
@@ -358,7 +365,8 @@ class PublicApp:
                 yield body, None
             return
         refuse_declared(request, limit)
-        source = BodyStream(request.receive, request.scope["extensions"].get(GONE_EXTENSION))
+        gone = request.scope.get("extensions", {}).get(GONE_EXTENSION)
+        source = BodyStream(request.receive, gone)
         try:
             yield b"", source
         finally:
@@ -608,17 +616,6 @@ def _observe(metrics: Metrics, function: str, usage: Usage, queued: float) -> No
 
 def _route_of(function: LiveFunction) -> str:
     return function.route
-
-
-def _closing_unless_read(
-    source: BodyStream, head: Callable[..., list[tuple[bytes, bytes]]], *args: Any
-) -> list[tuple[bytes, bytes]]:
-    """A streamed response's head, which ends the connection if the function has not
-    read its body to the end yet: the rest is not read (nor a 100 Continue sent)."""
-    raw = head(*args)
-    if not source.ended:
-        raw.append((b"connection", b"close"))
-    return raw
 
 
 def _has_body(headers: Headers) -> bool:

@@ -76,6 +76,11 @@ def _read(name: str, store: wasmtime.StoreContext, size: int) -> int:
     context, fuel = host_call(store)  # outside the `try`: see there
     reading: _Reading = context.states[name]
     try:
+        # Every call pays, whatever it gets: a guest calling on after the body's end
+        # would otherwise keep the host's Python busy (the GIL held) for free.
+        if not fuel.spend(_READ_FUEL):
+            context.stop(fuel, _out_of_fuel(context))
+            return 0
         source = context.source
         if source is None or reading.ended or size == 0:  # 0: asked for nothing
             return 0
@@ -103,20 +108,21 @@ def _read(name: str, store: wasmtime.StoreContext, size: int) -> int:
         if reading.received > limit:
             context.stop(fuel, BodyTooLarge(f"request body exceeds the limit of {limit} bytes"))
             return 0
-        if not fuel.spend(_READ_FUEL + len(chunk)):
-            context.stop(
-                fuel,
-                FuelExhausted(
-                    f"the function used all of its fuel ({context.limits.fuel:,} units) "
-                    "reading its request body"
-                ),
-            )
+        if not fuel.spend(len(chunk)):
+            context.stop(fuel, _out_of_fuel(context))
             return 0
         context.put_file(_FILE, chunk)
         return len(chunk)
     except Exception as exc:  # noqa: BLE001 - no exception may escape (see `host_call`)
         _host_failed(context, fuel, exc)
         return 0
+
+
+def _out_of_fuel(context: RequestContext) -> FuelExhausted:
+    return FuelExhausted(
+        f"the function used all of its fuel ({context.limits.fuel:,} units) "
+        "reading its request body"
+    )
 
 
 def _host_failed(context: RequestContext, fuel: Fuel, exc: Exception) -> None:
