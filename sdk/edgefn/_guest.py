@@ -153,23 +153,23 @@ def _read_body(where: RequestBody_Stdin | RequestBody_File) -> bytes | Iterator[
 
 
 def _read_streamed() -> Iterator[bytes]:
-    # One descriptor for the whole body, each chunk read from its start: `read`
-    # rewrites the file in place. With open() and its buffered reader for every
-    # chunk, 8 MiB in 64 KiB chunks took 159 ms in the sandbox instead of 96, and
-    # a 50 MiB/s upload was answered 46 ms after its last byte instead of 0.7
-    # (bench/streamed_uploads.py).
-    fd = -1
-    try:
-        while length := host_request.read(READ_MAX):
-            if fd < 0:  # the file exists once the first chunk is in it
-                fd = os.open(REQUEST_FILE, os.O_RDONLY)
-            yield _read_at_start(fd, length)
-    finally:
-        if fd >= 0:
-            os.close(fd)
+    while length := host_request.read(READ_MAX):
+        yield _read_host_file(REQUEST_FILE, length)
 
 
-def _read_at_start(fd: int, length: int) -> bytes:
+# Descriptors of the files in /.edgefn the host rewrites in place for each call,
+# kept open for the instance's life: an open() per call was half the time of a
+# 100 B kv get, and with one per chunk of a streamed body, 8 MiB in 64 KiB chunks
+# took 159 ms in the sandbox instead of 96 (a 50 MiB/s upload was answered 46 ms
+# after its last byte instead of 0.7, bench/streamed_uploads.py).
+_host_files: dict[str, int] = {}
+
+
+def _read_host_file(path: str, length: int) -> bytes:
+    """The first `length` bytes of `path`, which the host just wrote."""
+    fd = _host_files.get(path)
+    if fd is None:
+        fd = _host_files[path] = os.open(path, os.O_RDONLY)
     parts, got = [], 0
     while got < length:  # WASI hands out at most 64 KiB a call
         part = os.pread(fd, length - got, got)
@@ -285,7 +285,7 @@ class _HostKV:
             kv.raise_failure(failure.value.kind, failure.value.message)
         if length is None:
             return None
-        value = _read_kv(length)
+        value = _read_host_file(KV_FILE, length)
         if len(value) != length:
             raise kv.KVUnavailable(
                 f"the host announced a value of {length:,} bytes, {len(value):,} arrived"
@@ -327,26 +327,6 @@ class _HostKV:
             return host_kv.incr(store, key, by, ttl_ms)
         except Err as failure:
             kv.raise_failure(failure.value.kind, failure.value.message)
-
-
-_kv_fd = -1
-
-
-def _read_kv(length: int) -> bytes:
-    """The first `length` bytes of /.edgefn/kv. The host rewrites that file in
-    place for each get, so its descriptor stays open for the instance's life:
-    an open() per get was half the time of a 100 B get."""
-    global _kv_fd
-    if _kv_fd < 0:
-        _kv_fd = os.open(KV_FILE, os.O_RDONLY)
-    chunks, read = [], 0
-    while read < length:
-        chunk = os.pread(_kv_fd, length - read, read)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        read += len(chunk)
-    return b"".join(chunks)
 
 
 kv.use_backend(_HostKV())
