@@ -157,11 +157,13 @@ def _read_streamed() -> Iterator[bytes]:
         yield _read_host_file(REQUEST_FILE, length)
 
 
-# Descriptors of the files in /.edgefn the host rewrites in place for each call,
-# kept open for the instance's life: an open() per call was half the time of a
-# 100 B kv get, and with one per chunk of a streamed body, 8 MiB in 64 KiB chunks
-# took 159 ms in the sandbox instead of 96 (a 50 MiB/s upload was answered 46 ms
-# after its last byte instead of 0.7, bench/streamed_uploads.py).
+# Descriptors of the files in /.edgefn the host rewrites in place for each call
+# (a kv value, a streamed body's chunk), kept open for the instance's life: an
+# open() per call was half the time of a 100 B kv get, and with one per chunk of
+# a streamed body, 8 MiB in 64 KiB chunks took 159 ms in the sandbox instead of
+# 96 (a 50 MiB/s upload was answered 46 ms after its last byte instead of 0.7,
+# bench/streamed_uploads.py). A body read whole (fetched, or a reused instance's
+# request) is read with open() instead: into one buffer, not pieces then a join.
 _host_files: dict[str, int] = {}
 
 

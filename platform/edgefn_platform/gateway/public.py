@@ -344,33 +344,39 @@ class PublicApp:
         if cache is not None and cache.applies(request.method, function) and bodiless:
             return await self._cached(cache, request, function, path, query, exchange, send)
         exchange.cache = "BYPASS"
-        async with self._body(request, function, exchange) as (body, source):
-            headers = _headers(request.headers, function)
-            call = SandboxRequest(request.method, path, query, headers, body)
-            if send is not None:
-                exchange.stream = self._stream(request, send, exchange, source=source)
-            outcome = await self._execute(function, call, exchange, source)
-            return to_http(outcome.response, exchange.request_id)
-
-    @contextlib.asynccontextmanager
-    async def _body(
-        self, request: Request, function: LiveFunction, exchange: _Exchange
-    ) -> AsyncIterator[tuple[bytes, BodyStream | None]]:
-        """The request's body, whole; or, for a function that reads it as it
-        arrives, nothing yet and where it comes from (`_bodies.py`)."""
         limit = function.limits.max_body
-        if not (function.streams_body and _has_body(request.headers)):
-            async with read_body(request, limit, self.bodies) as body:
-                exchange.bytes_in, exchange.body_read = len(body), True
-                yield body, None
-            return
-        refuse_declared(request, limit)
-        gone = request.scope.get("extensions", {}).get(GONE_EXTENSION)
-        source = BodyStream(request.receive, gone)
-        try:
-            yield b"", source
-        finally:
-            exchange.bytes_in, exchange.body_read = source.received, source.ended
+        if function.streams_body and _has_body(request.headers):
+            # Read as it arrives (`_bodies.py`): nothing held yet, nothing to wait for.
+            refuse_declared(request, limit)
+            gone = request.scope.get("extensions", {}).get(GONE_EXTENSION)
+            source = BodyStream(request.receive, gone)
+            try:
+                return await self._call(request, function, path, query, b"", exchange, send, source)
+            finally:
+                exchange.bytes_in, exchange.body_read = source.received, source.ended
+        async with read_body(request, limit, self.bodies) as body:
+            exchange.bytes_in, exchange.body_read = len(body), True
+            return await self._call(request, function, path, query, body, exchange, send)
+
+    async def _call(
+        self,
+        request: Request,
+        function: LiveFunction,
+        path: str,
+        query: str,
+        body: bytes,
+        exchange: _Exchange,
+        send: Send | None,
+        source: BodyStream | None = None,
+    ) -> Response:
+        """Run the function on the request, its body `body` or read from `source`."""
+        call = SandboxRequest(
+            request.method, path, query, _headers(request.headers, function), body
+        )
+        if send is not None:
+            exchange.stream = self._stream(request, send, exchange, source=source)
+        outcome = await self._execute(function, call, exchange, source)
+        return to_http(outcome.response, exchange.request_id)
 
     async def _cached(
         self,

@@ -11,6 +11,7 @@ capabilities only through this module: adding one is adding a module.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,12 +21,22 @@ import wasmtime
 from wasmtime import component as wc
 
 from .. import _wasmtime
-from .._errors import SandboxError
+from .._errors import GuestCrashed, SandboxError
 from .._inline import HostCallOnLoop
 from .._limits import Limits
 from .._messages import HeaderList, Request, RequestSource, ResponseSink, Usage
 
-__all__ = ["Capability", "CountedFuel", "Fuel", "RequestContext", "StoreFuel", "host_call"]
+__all__ = [
+    "Capability",
+    "CountedFuel",
+    "Fuel",
+    "RequestContext",
+    "StoreFuel",
+    "host_call",
+    "host_failed",
+]
+
+log = logging.getLogger("edgefn.runtime")
 
 
 class Capability:
@@ -190,3 +201,11 @@ def host_call(store: wasmtime.StoreContext) -> tuple[RequestContext, Fuel]:
         context.breach = HostCallOnLoop("a host call on the event loop")
         raise wasmtime.WasmtimeError("a host call on the event loop")
     return context, StoreFuel(store)
+
+
+def host_failed(context: RequestContext, fuel: Fuel, what: str, exc: Exception) -> None:
+    """A host function's own bug, which may not escape it (see `host_call`): logged
+    with its traceback, and the guest stopped; the request fails as `function_crashed`
+    saying what the host failed to do."""
+    log.exception("the host failed to %s", what, exc_info=exc)
+    context.stop(fuel, GuestCrashed(f"the host failed to {what}: {type(exc).__name__}"))

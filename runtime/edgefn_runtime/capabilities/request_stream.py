@@ -16,7 +16,6 @@ host's work. A client that leaves mid-body stops the function (499).
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import time
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from wasmtime import component as wc
 from edgefn_contract.request_stream import READ_MAX, REQUEST_FILE
 
 from .._contract import CONTRACT_VERSION
-from .._errors import BodyTooLarge, ClientClosed, FuelExhausted, GuestCrashed, Timeout
-from ._base import Capability, Fuel, RequestContext, host_call
+from .._errors import BodyTooLarge, ClientClosed, FuelExhausted, Timeout
+from ._base import Capability, RequestContext, host_call, host_failed
 
 __all__ = ["REQUEST_STREAM_IMPORT", "RequestStreamCapability"]
 
@@ -38,7 +37,6 @@ _FILE = os.path.basename(REQUEST_FILE)
 # Fuel a `read` costs before its bytes (a unit each), as a response stream's
 # `send` does: about the host's work for it in guest instructions.
 _READ_FUEL = 20_000
-log = logging.getLogger("edgefn.runtime")
 
 
 @dataclass
@@ -114,7 +112,7 @@ def _read(name: str, store: wasmtime.StoreContext, size: int) -> int:
         context.put_file(_FILE, chunk)
         return len(chunk)
     except Exception as exc:  # noqa: BLE001 - no exception may escape (see `host_call`)
-        _host_failed(context, fuel, exc)
+        host_failed(context, fuel, "read the request body", exc)
         return 0
 
 
@@ -122,11 +120,4 @@ def _out_of_fuel(context: RequestContext) -> FuelExhausted:
     return FuelExhausted(
         f"the function used all of its fuel ({context.limits.fuel:,} units) "
         "reading its request body"
-    )
-
-
-def _host_failed(context: RequestContext, fuel: Fuel, exc: Exception) -> None:
-    log.exception("request-stream read failed in the host", exc_info=exc)
-    context.stop(
-        fuel, GuestCrashed(f"the host failed to read the request body: {type(exc).__name__}")
     )

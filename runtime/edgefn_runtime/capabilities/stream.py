@@ -15,7 +15,6 @@ the host holds no more of it than the sink's backlog.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -24,10 +23,10 @@ import wasmtime
 from wasmtime import component as wc
 
 from .._contract import CONTRACT_VERSION
-from .._errors import FuelExhausted, GuestCrashed, InvalidResponse, ResponseTooLarge, Timeout
+from .._errors import FuelExhausted, InvalidResponse, ResponseTooLarge, Timeout
 from .._handle_call import decode_headers, head_problem
 from .._messages import HeaderList, ResponseSink, Usage
-from ._base import Capability, Fuel, RequestContext, host_call
+from ._base import Capability, RequestContext, host_call, host_failed
 
 __all__ = ["STREAM_IMPORT", "StreamCapability"]
 
@@ -36,7 +35,6 @@ STREAM_IMPORT = f"edgefn:http/response-stream@{CONTRACT_VERSION}"
 # in guest instructions (a lock, a copy, a wake-up of the loop now and then), so a
 # function sending a byte at a time pays for its host calls as for its own loop.
 _SEND_FUEL = 20_000
-log = logging.getLogger("edgefn.runtime")
 
 
 @dataclass
@@ -101,7 +99,7 @@ def _begin(name: str, store: wasmtime.StoreContext, status: int, headers: str) -
         if context.sink is not None and context.sink.start(status, parsed):
             stream.sink = context.sink
     except Exception as exc:  # noqa: BLE001 - see above
-        _host_failed(context, fuel, "begin", exc)
+        host_failed(context, fuel, "stream the response", exc)
 
 
 def _send(name: str, store: wasmtime.StoreContext, length: int) -> bool:
@@ -154,12 +152,5 @@ def _send(name: str, store: wasmtime.StoreContext, length: int) -> bool:
             )
             return False
     except Exception as exc:  # noqa: BLE001 - see above
-        _host_failed(context, fuel, "send", exc)
+        host_failed(context, fuel, "stream the response", exc)
         return False
-
-
-def _host_failed(context: RequestContext, fuel: Fuel, call: str, exc: Exception) -> None:
-    log.exception("response-stream %s failed in the host", call, exc_info=exc)
-    context.stop(
-        fuel, GuestCrashed(f"the host failed to stream the response: {type(exc).__name__}")
-    )
